@@ -1,0 +1,1166 @@
+//! The signed APT repository engine.
+//!
+//! Owns everything under `<state>/repositories/`. The package index of every distribution lives in
+//! redb (`store`); the published `dists/` trees are derived from it by `publish`, and a
+//! distribution whose tree is behind its index is marked dirty in the same transaction that
+//! changed the index, so a crash at any point is repaired by the next publish.
+
+pub mod index;
+pub mod layout;
+pub mod publish;
+
+use crate::config::{self, Distribution, LayoutObject, Repository, kind};
+use crate::deb::changes::FileCheckError;
+use crate::deb::control::ControlError;
+use crate::deb::debfile::DebError;
+use crate::deb::{
+    Arch, Changes, Checksums, Component, Dist, Dsc, FileName, PackageName, RepoId, SnapshotName, Stanza, Version,
+};
+use crate::events::{Event, EventType};
+use crate::gpg::ArchiveKey;
+use crate::store::{
+    self, CONFIG, DIRTY, DIST_BINARIES, DIST_DSCS, DIST_SOURCES, POOL_REFS, SNAPSHOTS, Store, StoreError,
+};
+use layout::{Layout, ShiftOp, Slot};
+use publish::{Part, PublishError};
+use redb::{ReadableTable, WriteTransaction};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Largest `.changes` or `.dsc` read into memory.
+const CONTROL_FILE_LIMIT: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{file}: {source}")]
+    Control { file: String, source: ControlError },
+    #[error("{file}: {source}")]
+    Deb { file: String, source: DebError },
+    #[error(transparent)]
+    FileCheck(#[from] FileCheckError),
+    #[error("{0}")]
+    Rule(#[from] layout::RuleError),
+    #[error("repository {0} does not exist; create it with `buildbay setup --repositories {0}:Default:<codename>`")]
+    UnknownRepository(RepoId),
+    #[error("repository {0} is not active; activate it first")]
+    InactiveRepository(RepoId),
+    #[error("distribution {dist} does not exist: {why}")]
+    UnknownDistribution { dist: String, why: String },
+    #[error("{0} is a rollback distribution; upload to or include into {1} instead")]
+    RollbackDistribution(Dist, Dist),
+    #[error("{package} {version} is already in {dist} of repository {repo}; use a new version")]
+    AlreadyInstalled { package: PackageName, version: Version, dist: Dist, repo: RepoId },
+    #[error("{package} {version} is lower than {current} in {dist}; use a higher version, or remove the installed one")]
+    VersionTooLow { package: PackageName, version: Version, current: Version, dist: Dist },
+    #[error("{0} is not in {1}")]
+    NotFound(PackageName, Dist),
+    #[error("{package} in {dist} has version {actual}, not {asked}")]
+    WrongVersion { package: PackageName, dist: Dist, actual: Version, asked: Version },
+    #[error("{0} does not migrate anywhere in its layout")]
+    NoMigration(Dist),
+    #[error("{0} is already in {1}; remove it there before restoring a rollback")]
+    RestoreOccupied(PackageName, Dist),
+    #[error("upload is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error(
+        "pool file {path} already exists with different content; the upload reuses a file name with new content (e.g. a changed orig tarball)"
+    )]
+    PoolConflict { path: String },
+    #[error("snapshot {0} of {1} already exists")]
+    SnapshotExists(SnapshotName, Dist),
+    #[error("snapshot {0} of {1} does not exist")]
+    NoSnapshot(SnapshotName, Dist),
+}
+
+pub type Result<T> = std::result::Result<T, ArchiveError>;
+
+macro_rules! via_store {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ArchiveError {
+            fn from(e: $t) -> ArchiveError {
+                ArchiveError::Store(e.into())
+            }
+        }
+    )*};
+}
+via_store!(redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
+
+fn io_err<P: AsRef<Path>>(path: P) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    let path = path.as_ref().to_owned();
+    move |source| ArchiveError::Io { path, source }
+}
+
+/// A file in a repository's pool.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolFile {
+    /// Relative to the repository root: `pool/main/h/hello/hello_1.0.dsc`.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BinaryKey {
+    pub arch: Arch,
+    pub package: PackageName,
+    pub version: Version,
+}
+
+/// What a distribution holds of one source package.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRecord {
+    pub source: PackageName,
+    pub version: Version,
+    pub component: Component,
+    pub files: Vec<PoolFile>,
+    pub binaries: Vec<BinaryKey>,
+}
+
+/// A record plus its index stanzas, as moved between distributions.
+#[derive(Debug, Clone)]
+struct Entry {
+    record: SourceRecord,
+    dsc: Option<Vec<u8>>,
+    binaries: Vec<Vec<u8>>,
+}
+
+/// A repository with everything needed to apply its rules.
+#[derive(Debug, Clone)]
+pub struct RepoCtx {
+    pub repo: Repository,
+    pub layout: Layout,
+    /// Per codename: the distribution and its codeversion.
+    pub dists: BTreeMap<String, (Distribution, String)>,
+}
+
+impl RepoCtx {
+    pub fn load(tx: &redb::ReadTransaction, id: &RepoId) -> Result<RepoCtx> {
+        let t = tx.open_table(CONFIG)?;
+        let repo: Repository = store::get_config(&t, kind::REPOSITORY, id.as_str())?
+            .ok_or_else(|| ArchiveError::UnknownRepository(id.clone()))?;
+        let layout: LayoutObject = store::get_config(&t, kind::LAYOUT, &repo.layout)?.ok_or_else(|| {
+            ArchiveError::Inconsistent(format!("repository {id} uses unknown layout {}", repo.layout))
+        })?;
+        let mut dists = BTreeMap::new();
+        for c in &repo.distributions {
+            let d: Distribution = store::get_config(&t, kind::DISTRIBUTION, c.as_str())?
+                .ok_or_else(|| ArchiveError::Inconsistent(format!("repository {id} uses unknown distribution {c}")))?;
+            let src: Option<config::Source> = store::get_config(&t, kind::SOURCE, &d.base_source)?;
+            let cv =
+                src.map(|s| s.codeversion().to_owned()).unwrap_or_else(|| format!("~{}", c.as_str().to_uppercase()));
+            dists.insert(c.to_string(), (d, cv));
+        }
+        Ok(RepoCtx { repo, layout: layout.layout, dists })
+    }
+
+    /// Every distribution name of the repository, rollbacks included.
+    pub fn all_dists(&self) -> Vec<Dist> {
+        let mut out = Vec::new();
+        for (d, _) in self.dists.values() {
+            for s in &self.layout.suites {
+                let base = Dist::new(d.codename.clone(), self.repo.identity.clone(), s.suite.clone());
+                out.extend((0..s.rollback).map(|n| base.rollback(n)));
+                out.push(base);
+            }
+        }
+        out
+    }
+
+    /// Check that a distribution exists in this repository.
+    pub fn check_dist(&self, dist: &Dist) -> Result<(&Distribution, &layout::SuiteOption, &str)> {
+        let unknown = |why: String| ArchiveError::UnknownDistribution { dist: dist.to_string(), why };
+        if dist.repo != self.repo.identity {
+            return Err(unknown(format!("it belongs to repository {}, not {}", dist.repo, self.repo.identity)));
+        }
+        let (d, cv) = self
+            .dists
+            .get(dist.codename.as_str())
+            .ok_or_else(|| unknown(format!("repository {} has no codename {}", self.repo.identity, dist.codename)))?;
+        let s = self
+            .layout
+            .suite(&dist.suite)
+            .ok_or_else(|| unknown(format!("layout {} has no suite {}", self.layout.name, dist.suite)))?;
+        if let Some(n) = dist.rollback
+            && n >= s.rollback
+        {
+            return Err(unknown(format!("suite {} keeps {} rollbacks", s.suite, s.rollback)));
+        }
+        Ok((d, s, cv))
+    }
+
+    fn rollbacks(&self, dist: &Dist) -> u32 {
+        self.layout.suite(&dist.suite).map_or(0, |s| s.rollback)
+    }
+
+    fn parts(&self, dist: &Dist) -> Vec<Part> {
+        let Some((d, _)) = self.dists.get(dist.codename.as_str()) else { return vec![] };
+        let mut parts = Vec::new();
+        for c in &d.components {
+            for a in d.arches() {
+                parts.push(Part { component: c.to_string(), arch: a.to_string() });
+            }
+            parts.push(Part { component: c.to_string(), arch: "source".into() });
+        }
+        parts
+    }
+
+    pub fn release_meta(&self, dist: &Dist, origin: &str) -> index::ReleaseMeta {
+        let suite = self.layout.suite(&dist.suite);
+        let (na, bau) = match (dist.rollback, suite) {
+            (Some(_), _) => (true, false),
+            (None, Some(s)) => (s.not_automatic, s.but_automatic_upgrades),
+            (None, None) => (true, false),
+        };
+        let d = self.dists.get(dist.codename.as_str()).map(|(d, _)| d);
+        index::ReleaseMeta {
+            origin: origin.to_owned(),
+            label: dist.to_string(),
+            suite: dist.to_string(),
+            codename: dist.to_string(),
+            description: dist.to_string(),
+            architectures: d.map(|d| d.arches().map(|a| a.to_string()).collect()).unwrap_or_default(),
+            components: d.map(|d| d.components.iter().map(|c| c.to_string()).collect()).unwrap_or_default(),
+            not_automatic: na,
+            but_automatic_upgrades: bau,
+        }
+    }
+}
+
+/// Result of an include.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncludeReport {
+    pub distribution: Dist,
+    pub source: PackageName,
+    pub version: Version,
+    pub files: Vec<String>,
+}
+
+/// One line of `ls`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LsEntry {
+    pub distribution: Dist,
+    pub source: PackageName,
+    pub version: Version,
+    pub component: Component,
+    pub binaries: Vec<BinaryKey>,
+}
+
+pub struct Archive<'a> {
+    store: &'a Store,
+    key: &'a ArchiveKey,
+    origin: String,
+    root: PathBuf,
+    writer: Mutex<()>,
+}
+
+/// A prepared include: everything validated and staged in memory, nothing written yet.
+struct Staged {
+    dist: Dist,
+    entry: Entry,
+    /// Pool path → file to copy in.
+    copies: Vec<(String, PathBuf, Checksums)>,
+    /// Binary-only upload onto an existing source record.
+    binary_only: bool,
+}
+
+fn key3(a: &str, b: &str, c: &str) -> String {
+    format!("{a}/{b}/{c}")
+}
+
+fn read_limited(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    if meta.len() > CONTROL_FILE_LIMIT {
+        return Err(ArchiveError::Inconsistent(format!(
+            "{} is larger than {CONTROL_FILE_LIMIT} bytes",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    String::from_utf8(bytes).map_err(|_| ArchiveError::Inconsistent(format!("{} is not UTF-8 text", path.display())))
+}
+
+fn component_of(section: Option<&str>) -> Option<&str> {
+    section.and_then(|s| s.split_once('/')).map(|(c, _)| c)
+}
+
+impl<'a> Archive<'a> {
+    pub fn new(store: &'a Store, key: &'a ArchiveKey, origin: String) -> Archive<'a> {
+        let root = store.dir().join("repositories");
+        Archive { store, key, origin, root, writer: Mutex::new(()) }
+    }
+
+    pub fn repo_root(&self, repo: &RepoId) -> PathBuf {
+        self.root.join(repo.as_str())
+    }
+
+    fn dists_dir(&self, repo: &RepoId) -> PathBuf {
+        self.repo_root(repo).join("dists")
+    }
+
+    pub fn ctx(&self, repo: &RepoId) -> Result<RepoCtx> {
+        RepoCtx::load(&self.store.read()?, repo)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Create a repository's directories and publish all its distributions.
+    pub fn prepare_repository(&self, repo: &RepoId) -> Result<()> {
+        let _w = self.lock();
+        let ctx = self.ctx(repo)?;
+        for sub in ["dists", "pool"] {
+            let d = self.repo_root(repo).join(sub);
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        let tx = self.store.write()?;
+        {
+            let mut dirty = tx.open_table(DIRTY)?;
+            for d in ctx.all_dists() {
+                dirty.insert(key3(&d.to_string(), "*", "*").as_str(), 1)?;
+            }
+        }
+        tx.commit()?;
+        self.publish_dirty_locked(&ctx)?;
+        Ok(())
+    }
+
+    /// Remove a repository's tree and index.
+    pub fn remove_repository(&self, repo: &RepoId) -> Result<()> {
+        let _w = self.lock();
+        let ctx = self.ctx(repo)?;
+        let tx = self.store.write()?;
+        {
+            for d in ctx.all_dists() {
+                let prefix = format!("{d}/");
+                for t in [DIST_SOURCES, DIST_BINARIES, DIST_DSCS, SNAPSHOTS] {
+                    let mut table = tx.open_table(t)?;
+                    table.retain_in(prefix.as_str().., |k, _| !k.starts_with(&prefix))?;
+                }
+                let mut dirty = tx.open_table(DIRTY)?;
+                dirty.retain_in(prefix.as_str().., |k, _| !k.starts_with(&prefix))?;
+            }
+            let prefix = format!("{repo}/");
+            tx.open_table(POOL_REFS)?.retain_in(prefix.as_str().., |k, _| !k.starts_with(&prefix))?;
+        }
+        tx.commit()?;
+        let root = self.repo_root(repo);
+        if root.exists() {
+            std::fs::remove_dir_all(&root).map_err(io_err(&root))?;
+        }
+        Ok(())
+    }
+
+    /// Verify that every published distribution matches its index and signature.
+    pub fn check_repository(&self, repo: &RepoId) -> Result<()> {
+        let ctx = self.ctx(repo)?;
+        let _w = self.lock();
+        self.publish_dirty_locked(&ctx)?;
+        for d in ctx.all_dists() {
+            let dir = self.dists_dir(repo).join(d.to_string());
+            let inrelease = std::fs::read(dir.join("InRelease")).map_err(io_err(dir.join("InRelease")))?;
+            let (payload, _) = crate::gpg::verify_clearsigned(&inrelease, std::slice::from_ref(self.key.cert()))
+                .map_err(|e| ArchiveError::Inconsistent(format!("{d}: InRelease: {e}")))?;
+            for f in index::release_files(&String::from_utf8_lossy(&payload)) {
+                let p = dir.join(&f.path);
+                let sums = Checksums::of_file(&p).map_err(io_err(&p))?;
+                if sums.sha256 != f.sums.sha256 {
+                    return Err(ArchiveError::Inconsistent(format!("{d}: {} does not match Release", f.path)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate an upload completely, without writing anything.
+    fn stage(&self, ctx: &RepoCtx, dist: &Dist, changes_path: &Path, force: bool) -> Result<Staged> {
+        let (distribution, suite, codeversion) = ctx.check_dist(dist)?;
+        if dist.is_rollback() {
+            return Err(ArchiveError::RollbackDistribution(dist.clone(), dist.base()));
+        }
+        let cname = changes_path.display().to_string();
+        let changes = Changes::parse(&read_limited(changes_path)?)
+            .map_err(|source| ArchiveError::Control { file: cname.clone(), source })?;
+        let dir = changes_path.parent().unwrap_or(Path::new("."));
+        let mut sums: BTreeMap<FileName, Checksums> = BTreeMap::new();
+        for f in &changes.files {
+            sums.insert(f.name.clone(), f.verify(dir)?);
+        }
+
+        let read = self.store.read()?;
+        let current = get_entry(&read, dist, &changes.source)?;
+        let dsc_entry = changes.dsc().cloned();
+        let (mut entry, copies_src, binary_only) = match dsc_entry {
+            Some(dsc_file) => {
+                let dsc = Dsc::parse(&read_limited(&dir.join(dsc_file.name.as_str()))?)
+                    .map_err(|source| ArchiveError::Control { file: dsc_file.name.to_string(), source })?;
+                if dsc.source != changes.source || dsc.version != changes.version {
+                    return Err(ArchiveError::Inconsistent(format!(
+                        ".dsc is {} {}, but the .changes says {} {}",
+                        dsc.source, dsc.version, changes.source, changes.version
+                    )));
+                }
+                let component = component_of(dsc_file.section.as_deref()).unwrap_or("main").to_owned();
+                let component: Component = component
+                    .parse()
+                    .map_err(|e: crate::deb::names::NameError| ArchiveError::Inconsistent(e.to_string()))?;
+                if !distribution.components.contains(&component) {
+                    return Err(ArchiveError::Inconsistent(format!("component {component} is not in {dist}")));
+                }
+                let pooldir = format!("pool/{component}/{}/{}", changes.source.pool_prefix(), changes.source);
+                // Every file of the .dsc: from the upload, or already in the pool with the same content.
+                let mut copies = vec![(
+                    format!("{pooldir}/{}", dsc_file.name),
+                    dir.join(dsc_file.name.as_str()),
+                    sums[&dsc_file.name].clone(),
+                )];
+                for f in &dsc.files {
+                    let pool_path = format!("{pooldir}/{}", f.name);
+                    match sums.get(&f.name) {
+                        Some(s) => {
+                            f.matches(s)?;
+                            copies.push((pool_path, dir.join(f.name.as_str()), s.clone()));
+                        }
+                        None => {
+                            let in_pool = self.repo_root(&dist.repo).join(&pool_path);
+                            let s = Checksums::of_file(&in_pool).map_err(|_| {
+                                ArchiveError::Inconsistent(format!(
+                                    "{} is listed in the .dsc but neither uploaded nor in the pool; upload with -sa",
+                                    f.name
+                                ))
+                            })?;
+                            f.matches(&s)?;
+                            copies.push((pool_path, in_pool, s));
+                        }
+                    }
+                }
+                let dsc_stanza = index::sources_entry(
+                    &dsc.stanza,
+                    dsc_file.name.as_str(),
+                    &sums[&dsc_file.name],
+                    &pooldir,
+                    dsc_file.section.as_deref(),
+                    dsc_file.priority.as_deref(),
+                );
+                let record = SourceRecord {
+                    source: changes.source.clone(),
+                    version: changes.version.clone(),
+                    component,
+                    files: vec![],
+                    binaries: vec![],
+                };
+                (Entry { record, dsc: Some(dsc_stanza.to_string().into_bytes()), binaries: vec![] }, copies, false)
+            }
+            None => {
+                let Some(cur) = current.clone().filter(|c| c.record.version == changes.version) else {
+                    return Err(ArchiveError::Inconsistent(format!(
+                        "binary-only upload of {} {}, but {dist} does not hold that source version; include the source first",
+                        changes.source, changes.version
+                    )));
+                };
+                (cur, vec![], true)
+            }
+        };
+
+        let pooldir = format!("pool/{}/{}/{}", entry.record.component, changes.source.pool_prefix(), changes.source);
+        let mut copies = copies_src;
+        let mut new_bins: Vec<(BinaryKey, Vec<u8>)> = Vec::new();
+        for f in &changes.files {
+            let name = f.name.as_str();
+            if name.ends_with(".udeb") || name.ends_with(".ddeb") {
+                return Err(ArchiveError::Inconsistent(format!(
+                    "{name}: udeb and ddeb packages are not supported yet"
+                )));
+            }
+            if !name.ends_with(".deb") {
+                continue;
+            }
+            let control = crate::deb::debfile::read_control(&dir.join(name))
+                .map_err(|source| ArchiveError::Deb { file: name.to_owned(), source })?;
+            let field = |k: &'static str| {
+                control.require(k).map_err(|source| ArchiveError::Control { file: name.to_owned(), source })
+            };
+            let package: PackageName = field("Package")?
+                .parse()
+                .map_err(|e: crate::deb::names::NameError| ArchiveError::Inconsistent(format!("{name}: {e}")))?;
+            let version: Version = field("Version")?
+                .parse()
+                .map_err(|e: crate::deb::version::VersionError| ArchiveError::Inconsistent(format!("{name}: {e}")))?;
+            let arch: Arch = field("Architecture")?
+                .parse()
+                .map_err(|e: crate::deb::names::NameError| ArchiveError::Inconsistent(format!("{name}: {e}")))?;
+            let src_name = control.get("Source").and_then(|s| s.split_whitespace().next()).unwrap_or(package.as_str());
+            if src_name != changes.source.as_str() {
+                return Err(ArchiveError::Inconsistent(format!(
+                    "{name} is built from source {src_name}, not {}",
+                    changes.source
+                )));
+            }
+            if !arch.is_all() && !distribution.arches().any(|a| a == &arch) {
+                return Err(ArchiveError::Inconsistent(format!("{name}: architecture {arch} is not in {dist}")));
+            }
+            let pool_path = format!("{pooldir}/{name}");
+            let stanza = index::packages_entry(
+                &control,
+                &pool_path,
+                &sums[&f.name],
+                f.section.as_deref(),
+                f.priority.as_deref(),
+            );
+            copies.push((pool_path, dir.join(name), sums[&f.name].clone()));
+            new_bins.push((BinaryKey { arch, package, version }, stanza.to_string().into_bytes()));
+        }
+        if binary_only && new_bins.is_empty() {
+            return Err(ArchiveError::Inconsistent("the .changes lists neither a .dsc nor any .deb".into()));
+        }
+
+        // Merge: binaries replace those of the same package and architecture.
+        if binary_only {
+            let mut bins: Vec<(BinaryKey, Vec<u8>)> =
+                entry.record.binaries.iter().cloned().zip(entry.binaries.iter().cloned()).collect();
+            for (k, s) in new_bins {
+                bins.retain(|(b, _)| !(b.package == k.package && b.arch == k.arch));
+                bins.push((k, s));
+            }
+            entry.record.binaries = bins.iter().map(|(k, _)| k.clone()).collect();
+            entry.binaries = bins.into_iter().map(|(_, s)| s).collect();
+        } else {
+            entry.record.binaries = new_bins.iter().map(|(k, _)| k.clone()).collect();
+            entry.binaries = new_bins.into_iter().map(|(_, s)| s).collect();
+        }
+        for (path, _, s) in &copies {
+            entry.record.files.retain(|f| &f.path != path);
+            entry.record.files.push(PoolFile { path: path.clone(), size: s.size, sha256: s.sha256.clone() });
+        }
+
+        // Version rules.
+        if !binary_only && !force {
+            ctx.layout.check_version(suite, &ctx.repo.identity, codeversion, &changes.version)?;
+            for d in ctx.all_dists() {
+                if let Some(e) = get_entry(&read, &d, &changes.source)?
+                    && e.record.version == changes.version
+                {
+                    return Err(ArchiveError::AlreadyInstalled {
+                        package: changes.source.clone(),
+                        version: changes.version.clone(),
+                        dist: d,
+                        repo: ctx.repo.identity.clone(),
+                    });
+                }
+            }
+            if let Some(cur) = &current
+                && changes.version < cur.record.version
+            {
+                return Err(ArchiveError::VersionTooLow {
+                    package: changes.source.clone(),
+                    version: changes.version.clone(),
+                    current: cur.record.version.clone(),
+                    dist: dist.clone(),
+                });
+            }
+        }
+
+        // The pool never changes a file's content under its name.
+        for (path, _, s) in &copies {
+            let existing = self.repo_root(&dist.repo).join(path);
+            if existing.exists() {
+                let have = Checksums::of_file(&existing).map_err(io_err(&existing))?;
+                if have.sha256 != s.sha256 {
+                    return Err(ArchiveError::PoolConflict { path: path.clone() });
+                }
+            }
+        }
+        Ok(Staged { dist: dist.clone(), entry, copies, binary_only })
+    }
+
+    /// Include a `.changes` (source and/or binaries) into a distribution.
+    pub fn include(&self, dist: &Dist, changes_path: &Path, force: bool) -> Result<IncludeReport> {
+        self.include_many(dist, &[changes_path.to_owned()], force).remove(0)
+    }
+
+    /// Include several uploads one after another, publishing once at the end (bulk import).
+    /// Each upload succeeds or fails on its own; a failed one changes nothing.
+    pub fn include_many(&self, dist: &Dist, changes: &[PathBuf], force: bool) -> Vec<Result<IncludeReport>> {
+        let ctx = match self.ctx(&dist.repo) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                return changes.iter().map(|_| Err(ArchiveError::Inconsistent(msg.clone()))).collect();
+            }
+        };
+        let _w = self.lock();
+        let mut gc = Vec::new();
+        let results: Vec<_> = changes.iter().map(|c| self.include_one(&ctx, dist, c, force, &mut gc)).collect();
+        if let Err(e) = self.finish(&ctx, gc) {
+            let msg = e.to_string();
+            return results.into_iter().map(|r| r.and_then(|_| Err(ArchiveError::Inconsistent(msg.clone())))).collect();
+        }
+        results
+    }
+
+    fn include_one(
+        &self,
+        ctx: &RepoCtx,
+        dist: &Dist,
+        changes_path: &Path,
+        force: bool,
+        gc: &mut Vec<String>,
+    ) -> Result<IncludeReport> {
+        let staged = self.stage(ctx, dist, changes_path, force)?;
+        let root = self.repo_root(&dist.repo);
+        for (path, from, _) in &staged.copies {
+            let dst = root.join(path);
+            if dst.exists() {
+                continue;
+            }
+            let parent = dst.parent().expect("pool paths have a parent");
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            let tmp = parent.join(format!(".{}.tmp", dst.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+            std::fs::copy(from, &tmp).map_err(io_err(&tmp))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        }
+        let tx = self.store.write()?;
+        if !staged.binary_only {
+            shift_rollbacks(&tx, ctx, &staged.dist, &staged.entry.record.source, gc)?;
+        }
+        put_entry(&tx, ctx, &staged.dist, &staged.entry, gc)?;
+        tx.commit()?;
+        Ok(IncludeReport {
+            distribution: staged.dist,
+            source: staged.entry.record.source.clone(),
+            version: staged.entry.record.version.clone(),
+            files: staged.copies.iter().map(|(p, _, _)| p.clone()).collect(),
+        })
+    }
+
+    /// Publish what changed and drop pool files nothing references any more.
+    fn finish(&self, ctx: &RepoCtx, gc: Vec<String>) -> Result<()> {
+        self.publish_dirty_locked(ctx)?;
+        let root = self.repo_root(&ctx.repo.identity);
+        // Only what is still unreferenced now: a later upload of a batch may have taken a file back.
+        let gc: Vec<String> = {
+            let read = self.store.read()?;
+            let refs = read.open_table(POOL_REFS)?;
+            let mut keep = Vec::new();
+            for p in gc {
+                if refs.get(format!("{}/{p}", ctx.repo.identity).as_str())?.is_none() && !keep.contains(&p) {
+                    keep.push(p);
+                }
+            }
+            keep
+        };
+        for path in gc {
+            match std::fs::remove_file(root.join(&path)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ArchiveError::Io { path: root.join(path), source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Migrate a source package from a distribution to the next suite (or along the whole chain);
+    /// from a rollback distribution, restore it into its base distribution.
+    pub fn migrate(
+        &self,
+        source: &PackageName,
+        dist: &Dist,
+        full: bool,
+        version: Option<&Version>,
+    ) -> Result<Vec<Event>> {
+        let ctx = self.ctx(&dist.repo)?;
+        let _w = self.lock();
+        ctx.check_dist(dist)?;
+        let tx = self.store.write()?;
+        let mut gc = Vec::new();
+        let mut events = Vec::new();
+        let mut from = dist.clone();
+        loop {
+            let entry =
+                get_entry_w(&tx, &from, source)?.ok_or_else(|| ArchiveError::NotFound(source.clone(), from.clone()))?;
+            if let Some(v) = version
+                && &entry.record.version != v
+            {
+                return Err(ArchiveError::WrongVersion {
+                    package: source.clone(),
+                    dist: from.clone(),
+                    actual: entry.record.version.clone(),
+                    asked: v.clone(),
+                });
+            }
+            let to = if from.is_rollback() {
+                let base = from.base();
+                if get_entry_w(&tx, &base, source)?.is_some() {
+                    return Err(ArchiveError::RestoreOccupied(source.clone(), base));
+                }
+                base
+            } else {
+                let next = ctx.layout.suite(&from.suite).and_then(|s| s.migrates_to.clone());
+                let next = next.ok_or_else(|| ArchiveError::NoMigration(from.clone()))?;
+                Dist::new(from.codename.clone(), from.repo.clone(), next)
+            };
+            shift_rollbacks(&tx, &ctx, &to, source, &mut gc)?;
+            put_entry(&tx, &ctx, &to, &entry, &mut gc)?;
+            let ev = Event::new(EventType::Migrated, &from, source, &entry.record.version)
+                .with("migrated_to", to.to_string());
+            ev.record(&tx)?;
+            events.push(ev);
+            let more =
+                full && !to.is_rollback() && ctx.layout.suite(&to.suite).is_some_and(|s| s.migrates_to.is_some());
+            if !more || from.is_rollback() {
+                break;
+            }
+            from = to;
+        }
+        tx.commit()?;
+        self.finish(&ctx, gc)?;
+        Ok(events)
+    }
+
+    /// Remove a source package from a distribution, keeping it in the rollbacks unless asked not to.
+    pub fn remove(
+        &self,
+        source: &PackageName,
+        dist: &Dist,
+        without_rollback: bool,
+        version: Option<&Version>,
+    ) -> Result<Event> {
+        let ctx = self.ctx(&dist.repo)?;
+        let _w = self.lock();
+        ctx.check_dist(dist)?;
+        let tx = self.store.write()?;
+        let mut gc = Vec::new();
+        let entry =
+            get_entry_w(&tx, dist, source)?.ok_or_else(|| ArchiveError::NotFound(source.clone(), dist.clone()))?;
+        if let Some(v) = version
+            && &entry.record.version != v
+        {
+            return Err(ArchiveError::WrongVersion {
+                package: source.clone(),
+                dist: dist.clone(),
+                actual: entry.record.version.clone(),
+                asked: v.clone(),
+            });
+        }
+        match dist.rollback {
+            None => {
+                if !without_rollback {
+                    shift_rollbacks(&tx, &ctx, dist, source, &mut gc)?;
+                }
+                delete_entry(&tx, &ctx, dist, source, &mut gc)?;
+            }
+            Some(k) => {
+                let base = dist.base();
+                for (slot, from) in layout::compact_plan(k, ctx.rollbacks(&base)) {
+                    let to = slot_dist(&base, slot);
+                    match from.map(|s| slot_dist(&base, s)) {
+                        Some(f) => match get_entry_w(&tx, &f, source)? {
+                            Some(e) => put_entry(&tx, &ctx, &to, &e, &mut gc)?,
+                            None => delete_entry(&tx, &ctx, &to, source, &mut gc)?,
+                        },
+                        None => delete_entry(&tx, &ctx, &to, source, &mut gc)?,
+                    }
+                }
+            }
+        }
+        let ev = Event::new(EventType::Removed, dist, source, &entry.record.version)
+            .with("without_rollback", without_rollback);
+        ev.record(&tx)?;
+        tx.commit()?;
+        self.finish(&ctx, gc)?;
+        Ok(ev)
+    }
+
+    /// Every distribution's version of a source package in a repository.
+    pub fn ls(&self, repo: &RepoId, source: &PackageName) -> Result<Vec<LsEntry>> {
+        let ctx = self.ctx(repo)?;
+        let read = self.store.read()?;
+        let mut out = Vec::new();
+        for d in ctx.all_dists() {
+            if let Some(e) = get_entry(&read, &d, source)? {
+                out.push(LsEntry {
+                    distribution: d,
+                    source: e.record.source,
+                    version: e.record.version,
+                    component: e.record.component,
+                    binaries: e.record.binaries,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// All source packages of a distribution.
+    pub fn list_dist(&self, dist: &Dist) -> Result<Vec<SourceRecord>> {
+        let read = self.store.read()?;
+        let t = read.open_table(DIST_SOURCES)?;
+        let mut out = Vec::new();
+        store::scan_prefix(&t, &format!("{dist}/"), |k, v| {
+            out.push(store::decode(k, v)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub fn snapshot_ls(&self, dist: &Dist) -> Result<Vec<SnapshotName>> {
+        let read = self.store.read()?;
+        let t = read.open_table(SNAPSHOTS)?;
+        let mut out = Vec::new();
+        store::scan_prefix(&t, &format!("{dist}/"), |k, _| {
+            if let Some(n) = k.rsplit('/').next().and_then(|n| n.parse().ok()) {
+                out.push(n);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Freeze a distribution's current state as `dists/<dist>/snapshots/<name>/`.
+    pub fn snapshot_create(&self, dist: &Dist, name: &SnapshotName) -> Result<()> {
+        let ctx = self.ctx(&dist.repo)?;
+        let _w = self.lock();
+        ctx.check_dist(dist)?;
+        self.publish_dirty_locked(&ctx)?;
+        let skey = format!("{dist}/{name}");
+        let tx = self.store.write()?;
+        {
+            let mut snaps = tx.open_table(SNAPSHOTS)?;
+            if snaps.get(skey.as_str())?.is_some() {
+                return Err(ArchiveError::SnapshotExists(name.clone(), dist.clone()));
+            }
+            let mut records: Vec<SourceRecord> = Vec::new();
+            store::scan_prefix(&tx.open_table(DIST_SOURCES)?, &format!("{dist}/"), |k, v| {
+                records.push(store::decode(k, v)?);
+                Ok(())
+            })?;
+            let mut refs = tx.open_table(POOL_REFS)?;
+            for f in records.iter().flat_map(|r| &r.files) {
+                let k = format!("{}/{}", dist.repo, f.path);
+                let n = refs.get(k.as_str())?.map_or(0, |v| v.value());
+                refs.insert(k.as_str(), n + 1)?;
+            }
+            snaps.insert(skey.as_str(), store::encode(&records).as_slice())?;
+        }
+        // Build the snapshot tree beside its final place, then rename it in.
+        let dists = self.dists_dir(&dist.repo);
+        let (_, cur) = publish::current_generation(&dists, &dist.to_string())
+            .ok_or_else(|| ArchiveError::Inconsistent(format!("{dist} is not published")))?;
+        let snapdir = dists.join(".snapshots").join(dist.to_string());
+        std::fs::create_dir_all(&snapdir).map_err(io_err(&snapdir))?;
+        let tmp = snapdir.join(format!(".{name}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        let release = std::fs::read_to_string(cur.join("Release")).map_err(io_err(cur.join("Release")))?;
+        let files = index::release_files(&release);
+        for f in &files {
+            let dst = tmp.join(&f.path);
+            let parent = dst.parent().expect("index files live in directories");
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            std::fs::hard_link(cur.join(&f.path), &dst).map_err(io_err(&dst))?;
+        }
+        let mut meta = ctx.release_meta(dist, &self.origin);
+        meta.suite = format!("{dist}/snapshots/{name}");
+        meta.codename = meta.suite.clone();
+        meta.not_automatic = true;
+        meta.but_automatic_upgrades = false;
+        let text = index::release(&meta, chrono::Utc::now(), &files);
+        publish::write_synced(&tmp.join("Release"), text.as_bytes())?;
+        publish::write_synced(
+            &tmp.join("InRelease"),
+            &self.key.clearsign(text.as_bytes()).map_err(PublishError::from)?,
+        )?;
+        publish::write_synced(
+            &tmp.join("Release.gpg"),
+            &self.key.detached_sign(text.as_bytes()).map_err(PublishError::from)?,
+        )?;
+        let fin = snapdir.join(name.as_str());
+        if fin.exists() {
+            std::fs::remove_dir_all(&fin).map_err(io_err(&fin))?;
+        }
+        std::fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn snapshot_delete(&self, dist: &Dist, name: &SnapshotName) -> Result<()> {
+        let ctx = self.ctx(&dist.repo)?;
+        let _w = self.lock();
+        let skey = format!("{dist}/{name}");
+        let tx = self.store.write()?;
+        let mut gc = Vec::new();
+        {
+            let mut snaps = tx.open_table(SNAPSHOTS)?;
+            let records: Vec<SourceRecord> = match snaps.remove(skey.as_str())? {
+                Some(v) => store::decode(&skey, v.value())?,
+                None => return Err(ArchiveError::NoSnapshot(name.clone(), dist.clone())),
+            };
+            let mut refs = tx.open_table(POOL_REFS)?;
+            for r in &records {
+                unref_files(&mut refs, &dist.repo, &r.files, &mut gc)?;
+            }
+        }
+        tx.commit()?;
+        let dir = self.dists_dir(&dist.repo).join(".snapshots").join(dist.to_string()).join(name.as_str());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        self.finish(&ctx, gc)
+    }
+
+    /// Publish every dirty distribution of every repository (after a crash, or on start).
+    pub fn publish_dirty(&self, repo: &RepoId) -> Result<usize> {
+        let ctx = self.ctx(repo)?;
+        let _w = self.lock();
+        self.publish_dirty_locked(&ctx)
+    }
+
+    fn publish_dirty_locked(&self, ctx: &RepoCtx) -> Result<usize> {
+        let repo = &ctx.repo.identity;
+        let dirty: Vec<String> = {
+            let read = self.store.read()?;
+            let t = read.open_table(DIRTY)?;
+            let mut v = Vec::new();
+            for d in ctx.all_dists() {
+                store::scan_prefix(&t, &format!("{d}/"), |k, _| {
+                    v.push(k.to_owned());
+                    Ok(())
+                })?;
+            }
+            v
+        };
+        let mut by_dist: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+        for k in &dirty {
+            let mut it = k.splitn(3, '/');
+            if let (Some(d), Some(c), Some(a)) = (it.next(), it.next(), it.next()) {
+                by_dist.entry(d.to_owned()).or_default().insert((c.to_owned(), a.to_owned()));
+            }
+        }
+        let dists = self.dists_dir(repo);
+        std::fs::create_dir_all(&dists).map_err(io_err(&dists))?;
+        for (dist_name, touched) in &by_dist {
+            let dist: Dist = dist_name
+                .parse()
+                .map_err(|e: crate::deb::names::NameError| ArchiveError::Inconsistent(e.to_string()))?;
+            let parts = ctx.parts(&dist);
+            let all =
+                touched.contains(&("*".into(), "*".into())) || publish::current_generation(&dists, dist_name).is_none();
+            let regen: Vec<&Part> =
+                parts.iter().filter(|p| all || touched.contains(&(p.component.clone(), p.arch.clone()))).collect();
+            let read = self.store.read()?;
+            let mut fresh = Vec::new();
+            for p in regen {
+                fresh.push((p.clone(), index_text(&read, &dist, p)?));
+            }
+            drop(read);
+            publish::publish(&dists, dist_name, &ctx.release_meta(&dist, &self.origin), &parts, fresh, self.key)?;
+        }
+        if !dirty.is_empty() {
+            let tx = self.store.write()?;
+            {
+                let mut t = tx.open_table(DIRTY)?;
+                for k in &dirty {
+                    t.remove(k.as_str())?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(by_dist.len())
+    }
+}
+
+/// The plain text of one index (`Packages` of an arch, with arch-all, or `Sources`).
+fn index_text(read: &redb::ReadTransaction, dist: &Dist, part: &Part) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut add = |_: &str, v: &[u8]| {
+        out.extend_from_slice(v);
+        out.push(b'\n');
+        Ok(())
+    };
+    if part.arch == "source" {
+        store::scan_prefix(&read.open_table(DIST_DSCS)?, &format!("{dist}/{}/", part.component), &mut add)?;
+    } else {
+        let t = read.open_table(DIST_BINARIES)?;
+        store::scan_prefix(&t, &format!("{dist}/{}/{}/", part.component, part.arch), &mut add)?;
+        store::scan_prefix(&t, &format!("{dist}/{}/all/", part.component), &mut add)?;
+    }
+    Ok(out)
+}
+
+fn slot_dist(base: &Dist, slot: Slot) -> Dist {
+    match slot {
+        Slot::Base => base.clone(),
+        Slot::Rollback(n) => base.rollback(n),
+    }
+}
+
+fn get_entry(read: &redb::ReadTransaction, dist: &Dist, source: &PackageName) -> Result<Option<Entry>> {
+    load_entry(
+        &read.open_table(DIST_SOURCES)?,
+        &read.open_table(DIST_DSCS)?,
+        &read.open_table(DIST_BINARIES)?,
+        dist,
+        source,
+    )
+}
+
+fn get_entry_w(tx: &WriteTransaction, dist: &Dist, source: &PackageName) -> Result<Option<Entry>> {
+    load_entry(&tx.open_table(DIST_SOURCES)?, &tx.open_table(DIST_DSCS)?, &tx.open_table(DIST_BINARIES)?, dist, source)
+}
+
+fn binary_key(dist: &Dist, component: &Component, b: &BinaryKey) -> String {
+    format!("{dist}/{component}/{}/{}", b.arch, b.package)
+}
+
+fn load_entry(
+    sources: &impl ReadableTable<&'static str, &'static [u8]>,
+    dscs: &impl ReadableTable<&'static str, &'static [u8]>,
+    bins: &impl ReadableTable<&'static str, &'static [u8]>,
+    dist: &Dist,
+    source: &PackageName,
+) -> Result<Option<Entry>> {
+    let Some(record) = store::get_json::<SourceRecord>(sources, &format!("{dist}/{source}"))? else {
+        return Ok(None);
+    };
+    let dsc = dscs
+        .get(key3(&dist.to_string(), record.component.as_str(), source.as_str()).as_str())?
+        .map(|v| v.value().to_vec());
+    let mut binaries = Vec::new();
+    for b in &record.binaries {
+        let k = binary_key(dist, &record.component, b);
+        let v = bins
+            .get(k.as_str())?
+            .ok_or_else(|| StoreError::Corrupt { key: k.clone(), reason: "missing stanza".into() })?;
+        binaries.push(v.value().to_vec());
+    }
+    Ok(Some(Entry { record, dsc, binaries }))
+}
+
+fn mark_dirty(tx: &WriteTransaction, ctx: &RepoCtx, dist: &Dist, record: &SourceRecord) -> Result<()> {
+    let mut dirty = tx.open_table(DIRTY)?;
+    let d = dist.to_string();
+    let c = record.component.as_str();
+    dirty.insert(key3(&d, c, "source").as_str(), 1)?;
+    for b in &record.binaries {
+        if b.arch.is_all() {
+            if let Some((dd, _)) = ctx.dists.get(dist.codename.as_str()) {
+                for a in dd.arches() {
+                    dirty.insert(key3(&d, c, a.as_str()).as_str(), 1)?;
+                }
+            }
+        } else {
+            dirty.insert(key3(&d, c, b.arch.as_str()).as_str(), 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn unref_files(
+    refs: &mut redb::Table<&'static str, u64>,
+    repo: &RepoId,
+    files: &[PoolFile],
+    gc: &mut Vec<String>,
+) -> Result<()> {
+    for f in files {
+        let k = format!("{repo}/{}", f.path);
+        let n = refs.get(k.as_str())?.map_or(0, |v| v.value());
+        if n <= 1 {
+            refs.remove(k.as_str())?;
+            gc.push(f.path.clone());
+        } else {
+            refs.insert(k.as_str(), n - 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn delete_entry(
+    tx: &WriteTransaction,
+    ctx: &RepoCtx,
+    dist: &Dist,
+    source: &PackageName,
+    gc: &mut Vec<String>,
+) -> Result<()> {
+    let Some(old) = get_entry_w(tx, dist, source)? else { return Ok(()) };
+    mark_dirty(tx, ctx, dist, &old.record)?;
+    tx.open_table(DIST_SOURCES)?.remove(format!("{dist}/{source}").as_str())?;
+    tx.open_table(DIST_DSCS)?
+        .remove(key3(&dist.to_string(), old.record.component.as_str(), source.as_str()).as_str())?;
+    {
+        let mut bins = tx.open_table(DIST_BINARIES)?;
+        for b in &old.record.binaries {
+            bins.remove(binary_key(dist, &old.record.component, b).as_str())?;
+        }
+    }
+    unref_files(&mut tx.open_table(POOL_REFS)?, &dist.repo, &old.record.files, gc)?;
+    Ok(())
+}
+
+fn put_entry(tx: &WriteTransaction, ctx: &RepoCtx, dist: &Dist, entry: &Entry, gc: &mut Vec<String>) -> Result<()> {
+    let source = &entry.record.source;
+    // Reference the new files before releasing the old ones, so shared files survive.
+    {
+        let mut refs = tx.open_table(POOL_REFS)?;
+        for f in &entry.record.files {
+            let k = format!("{}/{}", dist.repo, f.path);
+            let n = refs.get(k.as_str())?.map_or(0, |v| v.value());
+            refs.insert(k.as_str(), n + 1)?;
+        }
+    }
+    delete_entry(tx, ctx, dist, source, gc)?;
+    gc.retain(|p| !entry.record.files.iter().any(|f| &f.path == p));
+    tx.open_table(DIST_SOURCES)?
+        .insert(format!("{dist}/{source}").as_str(), store::encode(&entry.record).as_slice())?;
+    if let Some(dsc) = &entry.dsc {
+        tx.open_table(DIST_DSCS)?.insert(
+            key3(&dist.to_string(), entry.record.component.as_str(), source.as_str()).as_str(),
+            dsc.as_slice(),
+        )?;
+    }
+    {
+        let mut bins = tx.open_table(DIST_BINARIES)?;
+        for (b, stanza) in entry.record.binaries.iter().zip(&entry.binaries) {
+            bins.insert(binary_key(dist, &entry.record.component, b).as_str(), stanza.as_slice())?;
+        }
+    }
+    mark_dirty(tx, ctx, dist, &entry.record)?;
+    Ok(())
+}
+
+/// Apply mini-buildd's rollback shift for `source` in base distribution `dist`.
+fn shift_rollbacks(
+    tx: &WriteTransaction,
+    ctx: &RepoCtx,
+    dist: &Dist,
+    source: &PackageName,
+    gc: &mut Vec<String>,
+) -> Result<()> {
+    let n = ctx.rollbacks(dist);
+    let base = get_entry_w(tx, dist, source)?.map(|e| e.record.version);
+    let mut rbs = Vec::new();
+    for k in 0..n {
+        rbs.push(get_entry_w(tx, &dist.rollback(k), source)?.map(|e| e.record.version));
+    }
+    for op in layout::shift_plan(base.as_ref(), &rbs) {
+        let ShiftOp::Copy { from, to } = op;
+        let (from, to) = (slot_dist(dist, from), slot_dist(dist, to));
+        match get_entry_w(tx, &from, source)? {
+            Some(e) => put_entry(tx, ctx, &to, &e, gc)?,
+            None => delete_entry(tx, ctx, &to, source, gc)?,
+        }
+    }
+    Ok(())
+}
+
+/// Parse the fields of a `Packages` stanza that `show` reports.
+pub fn stanza_summary(stanza: &[u8]) -> Option<Stanza> {
+    Stanza::parse_one(std::str::from_utf8(stanza).ok()?).ok()
+}

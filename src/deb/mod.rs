@@ -1,0 +1,17 @@
+//! Debian formats: names, versions, deb822 stanzas, `.changes`/`.dsc`, `.deb` control, changelogs.
+//!
+//! Pure code: nothing here writes files or knows about repositories.
+
+pub mod changelog;
+pub mod changes;
+pub mod checksum;
+pub mod control;
+pub mod debfile;
+pub mod names;
+pub mod version;
+
+pub use changes::{Changes, Dsc, FileEntry};
+pub use checksum::Checksums;
+pub use control::Stanza;
+pub use names::{Arch, Codename, Component, Dist, FileName, Identity, PackageName, RepoId, SnapshotName, Suite};
+pub use version::Version;

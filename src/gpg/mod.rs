@@ -1,0 +1,207 @@
+//! OpenPGP with sequoia: the archive key, signing `Release`, verifying signed uploads.
+
+use openpgp::cert::prelude::*;
+use openpgp::parse::Parse;
+use openpgp::parse::stream::{MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder};
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Armorer, Message, Signer};
+use openpgp::serialize::{Serialize, SerializeInto};
+use sequoia_openpgp as openpgp;
+use std::io::{Read, Write};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpgError {
+    #[error("OpenPGP: {0}")]
+    Pgp(#[from] anyhow::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the archive key has no usable signing key (expired or revoked?); regenerate it")]
+    NoSigningKey,
+    #[error("signature does not verify: {0}")]
+    Bad(String),
+}
+
+/// Which public-key algorithm the archive key uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum KeyAlgo {
+    /// RSA-4096, v4: verifiable by apt and gpgv on old releases too.
+    #[default]
+    Rsa4096,
+    /// Ed25519, v4: small and fast; needs gpgv ≥ 2.1 on the consumer.
+    Ed25519,
+}
+
+/// The instance's archive key (secret included).
+#[derive(Clone)]
+pub struct ArchiveKey {
+    cert: Cert,
+}
+
+fn policy() -> StandardPolicy<'static> {
+    StandardPolicy::new()
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GpgError + '_ {
+    move |source| GpgError::Io { path: path.display().to_string(), source }
+}
+
+impl ArchiveKey {
+    pub fn generate(userid: &str, algo: KeyAlgo) -> Result<ArchiveKey, GpgError> {
+        let suite = match algo {
+            KeyAlgo::Rsa4096 => CipherSuite::RSA4k,
+            KeyAlgo::Ed25519 => CipherSuite::Cv25519,
+        };
+        let (cert, _revocation) = CertBuilder::new()
+            .add_userid(userid)
+            .set_cipher_suite(suite)
+            .set_profile(openpgp::Profile::RFC4880)?
+            .add_signing_subkey()
+            .generate()?;
+        Ok(ArchiveKey { cert })
+    }
+
+    /// Write the secret key, armored, readable by the owner only.
+    pub fn save(&self, path: &Path) -> Result<(), GpgError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        self.cert.as_tsk().armored().serialize(&mut f)?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    }
+
+    pub fn load(path: &Path) -> Result<ArchiveKey, GpgError> {
+        let data = std::fs::read(path).map_err(io_err(path))?;
+        Ok(ArchiveKey { cert: Cert::from_bytes(&data)? })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.cert.fingerprint().to_hex()
+    }
+
+    pub fn cert(&self) -> &Cert {
+        &self.cert
+    }
+
+    /// The public key, ASCII-armored (`pub_key`, apt `Signed-By: *.asc`).
+    pub fn public_armored(&self) -> Result<String, GpgError> {
+        let bytes = self.cert.armored().to_vec()?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The public key, binary (`gpgv --keyring`, apt `Signed-By: *.gpg`).
+    pub fn public_binary(&self) -> Result<Vec<u8>, GpgError> {
+        Ok(self.cert.to_vec()?)
+    }
+
+    fn keypair(&self) -> Result<openpgp::crypto::KeyPair, GpgError> {
+        let p = policy();
+        let key = self
+            .cert
+            .keys()
+            .secret()
+            .with_policy(&p, None)
+            .supported()
+            .alive()
+            .revoked(false)
+            .for_signing()
+            .next()
+            .ok_or(GpgError::NoSigningKey)?;
+        Ok(key.key().clone().into_keypair()?)
+    }
+
+    /// Clear-sign (`InRelease`).
+    pub fn clearsign(&self, data: &[u8]) -> Result<Vec<u8>, GpgError> {
+        let mut out = Vec::new();
+        let mut s = Signer::new(Message::new(&mut out), self.keypair()?)?.cleartext().build()?;
+        s.write_all(data).map_err(|e| GpgError::Pgp(e.into()))?;
+        s.finalize()?;
+        Ok(out)
+    }
+
+    /// Armored detached signature (`Release.gpg`).
+    pub fn detached_sign(&self, data: &[u8]) -> Result<Vec<u8>, GpgError> {
+        let mut out = Vec::new();
+        let m = Armorer::new(Message::new(&mut out)).kind(openpgp::armor::Kind::Signature).build()?;
+        let mut s = Signer::new(m, self.keypair()?)?.detached().build()?;
+        s.write_all(data).map_err(|e| GpgError::Pgp(e.into()))?;
+        s.finalize()?;
+        Ok(out)
+    }
+}
+
+/// Read a keyring (binary or armored, one or more certificates).
+pub fn read_keyring(data: &[u8]) -> Result<Vec<Cert>, GpgError> {
+    Ok(CertParser::from_bytes(data)?.collect::<openpgp::Result<Vec<_>>>()?)
+}
+
+struct Helper<'a> {
+    certs: &'a [Cert],
+    signer: Option<String>,
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn get_certs(&mut self, _ids: &[openpgp::KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(self.certs.to_vec())
+    }
+
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        let mut errors = Vec::new();
+        for layer in structure.into_iter() {
+            if let MessageLayer::SignatureGroup { results } = layer {
+                for r in results {
+                    match r {
+                        Ok(good) => {
+                            self.signer = Some(good.ka.cert().fingerprint().to_hex());
+                            return Ok(());
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(anyhow::anyhow!(if errors.is_empty() { "no signature".to_string() } else { errors.join("; ") }))
+    }
+}
+
+/// Verify a clear-signed message against a keyring; returns the payload and the signer's fingerprint.
+pub fn verify_clearsigned(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, String), GpgError> {
+    let p = policy();
+    let helper = Helper { certs, signer: None };
+    let mut v = VerifierBuilder::from_bytes(data)
+        .map_err(|e| GpgError::Bad(e.to_string()))?
+        .with_policy(&p, None, helper)
+        .map_err(|e| GpgError::Bad(e.to_string()))?;
+    let mut payload = Vec::new();
+    v.read_to_end(&mut payload).map_err(|e| GpgError::Bad(e.to_string()))?;
+    let signer = v.into_helper().signer.ok_or_else(|| GpgError::Bad("no good signature".into()))?;
+    Ok((payload, signer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify_roundtrip() {
+        let key = ArchiveKey::generate("Test <t@example.org>", KeyAlgo::Ed25519).unwrap();
+        let signed = key.clearsign(b"Origin: x\n").unwrap();
+        let (payload, signer) = verify_clearsigned(&signed, std::slice::from_ref(key.cert())).unwrap();
+        assert_eq!(payload, b"Origin: x\n");
+        assert_eq!(signer, key.fingerprint());
+        let tampered = String::from_utf8(signed).unwrap().replace("Origin: x", "Origin: y");
+        assert!(verify_clearsigned(tampered.as_bytes(), std::slice::from_ref(key.cert())).is_err());
+        let other = ArchiveKey::generate("Other <o@example.org>", KeyAlgo::Ed25519).unwrap();
+        let signed = key.clearsign(b"a\n").unwrap();
+        assert!(verify_clearsigned(&signed, std::slice::from_ref(other.cert())).is_err());
+        assert!(key.detached_sign(b"x").unwrap().starts_with(b"-----BEGIN PGP SIGNATURE-----"));
+        assert_eq!(read_keyring(&key.public_binary().unwrap()).unwrap().len(), 1);
+    }
+}

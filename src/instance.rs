@@ -1,0 +1,360 @@
+//! One buildbay instance on its state directory: opens the store, owns the archive key, and runs
+//! the configuration objects' lifecycle actions (prepare, check, activate) that touch the world.
+
+use crate::archive::layout::{self, Layout};
+use crate::archive::{Archive, ArchiveError};
+use crate::config::{self, ArchOption, Daemon, Distribution, LayoutObject, Repository, Source, Status, kind};
+use crate::deb::{Arch, Codename, Component, Identity, RepoId};
+use crate::gpg::{ArchiveKey, GpgError, KeyAlgo};
+use crate::store::{self, CONFIG, Store, StoreError};
+use redb::ReadableTable;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("archive key: {0}")]
+    Gpg(#[from] GpgError),
+    #[error("the daemon is not prepared yet (no archive key); run `buildbay setup --identity <name> ...` first")]
+    NotSetUp,
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("{0}")]
+    Lifecycle(#[from] config::LifecycleError),
+}
+
+macro_rules! via_store {
+    ($($t:ty),*) => {$(
+        impl From<$t> for InstanceError {
+            fn from(e: $t) -> InstanceError {
+                InstanceError::Store(e.into())
+            }
+        }
+    )*};
+}
+via_store!(redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
+
+pub type Result<T> = std::result::Result<T, InstanceError>;
+
+pub struct Instance {
+    pub store: Store,
+    key: Option<ArchiveKey>,
+}
+
+/// What `setup` asks for (mini-buildd's `setup` option names).
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    pub identity: Option<Identity>,
+    /// `codename:arch0+arch1`.
+    pub distributions: Vec<String>,
+    /// `id:layout:codename0+codename1`.
+    pub repositories: Vec<String>,
+    pub key_algo: KeyAlgo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupItem {
+    pub kind: &'static str,
+    pub id: String,
+    /// MISSING → created, EXISTS (unchanged), CHANGED (updated), ACTIVE after PCA, FAILED.
+    pub status: String,
+    pub message: Option<String>,
+}
+
+impl Instance {
+    pub fn key_path(state: &Path) -> PathBuf {
+        state.join("gnupg").join("archive-key.asc")
+    }
+
+    pub fn open(state: &Path) -> Result<Instance> {
+        let store = Store::open(state)?;
+        let tx = store.write()?;
+        {
+            let mut t = tx.open_table(CONFIG)?;
+            for l in Layout::builtins() {
+                if t.get((kind::LAYOUT, l.name.as_str()))?.is_none() {
+                    let mut status = Status::default();
+                    status.prepared();
+                    status.checked(Ok(()), chrono::Utc::now());
+                    status.activate(&l.name)?;
+                    let obj = LayoutObject { layout: l.clone(), status };
+                    t.insert((kind::LAYOUT, l.name.as_str()), store::encode(&obj).as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        let key_path = Instance::key_path(state);
+        let key = if key_path.exists() { Some(ArchiveKey::load(&key_path)?) } else { None };
+        Ok(Instance { store, key })
+    }
+
+    pub fn key(&self) -> Result<&ArchiveKey> {
+        self.key.as_ref().ok_or(InstanceError::NotSetUp)
+    }
+
+    pub fn daemon(&self) -> Result<Option<Daemon>> {
+        self.get(kind::DAEMON, "1")
+    }
+
+    pub fn get<T: serde::de::DeserializeOwned>(&self, k: &str, id: &str) -> Result<Option<T>> {
+        let r = self.store.read()?;
+        Ok(store::get_config(&r.open_table(CONFIG)?, k, id)?)
+    }
+
+    pub fn list<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Vec<T>> {
+        let r = self.store.read()?;
+        Ok(store::list_config(&r.open_table(CONFIG)?, k)?)
+    }
+
+    pub fn put<T: Serialize>(&self, k: &str, id: &str, obj: &T) -> Result<()> {
+        let tx = self.store.write()?;
+        tx.open_table(CONFIG)?.insert((k, id), store::encode(obj).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn archive(&self) -> Result<Archive<'_>> {
+        let origin = self.daemon()?.ok_or(InstanceError::NotSetUp)?.archive_origin();
+        Ok(Archive::new(&self.store, self.key()?, origin))
+    }
+
+    /// The armored public archive key.
+    pub fn pub_key(&self) -> Result<String> {
+        Ok(self.key()?.public_armored()?)
+    }
+
+    /// Daemon prepare: generate the archive key once; never regenerate it.
+    fn prepare_daemon(&mut self, d: &mut Daemon) -> Result<()> {
+        if self.key.is_none() {
+            let path = Instance::key_path(self.store.dir());
+            let dir = path.parent().expect("key path has a parent");
+            std::fs::create_dir_all(dir).map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))?;
+            let key = ArchiveKey::generate(&format!("{} <buildbay@{}>", d.archive_origin(), d.identity), d.key_algo)?;
+            key.save(&path)?;
+            tracing::info!(fingerprint = %key.fingerprint(), "generated archive key");
+            self.key = Some(key);
+        }
+        d.key_fingerprint = self.key.as_ref().map(|k| k.fingerprint());
+        d.status.prepared();
+        Ok(())
+    }
+
+    /// Declaratively create or update objects, then prepare, check and activate them.
+    pub fn setup(&mut self, opts: &SetupOptions) -> Result<Vec<SetupItem>> {
+        let mut report = Vec::new();
+        let now = chrono::Utc::now();
+        let item = |kind: &'static str, id: &str, status: &str, message: Option<String>| SetupItem {
+            kind,
+            id: id.to_owned(),
+            status: status.to_owned(),
+            message,
+        };
+
+        // Daemon.
+        let mut daemon = match self.daemon()? {
+            Some(d) => d,
+            None => {
+                let identity = match &opts.identity {
+                    Some(i) => i.clone(),
+                    None => default_identity(),
+                };
+                report.push(item(kind::DAEMON, identity.as_str(), "MISSING", None));
+                Daemon {
+                    identity,
+                    custom_archive_origin: None,
+                    key_algo: opts.key_algo,
+                    key_fingerprint: None,
+                    status: Status::default(),
+                }
+            }
+        };
+        if let Some(i) = &opts.identity
+            && &daemon.identity != i
+        {
+            daemon.identity = i.clone();
+            daemon.status.changed();
+            report.push(item(kind::DAEMON, i.as_str(), "CHANGED", None));
+        }
+        self.prepare_daemon(&mut daemon)?;
+        let check = self.key()?.clearsign(b"check\n").map(|_| ()).map_err(|e| e.to_string());
+        daemon.status.checked(check, now);
+        daemon.status.activate("daemon")?;
+        self.put(kind::DAEMON, "1", &daemon)?;
+
+        // Sources and distributions.
+        for spec in &opts.distributions {
+            let (codename, arches) = spec.split_once(':').ok_or_else(|| {
+                InstanceError::Setup(format!("distribution {spec:?}: use codename:arch0+arch1, e.g. bookworm:amd64"))
+            })?;
+            let codename: Codename =
+                codename.parse().map_err(|e: crate::deb::names::NameError| InstanceError::Setup(e.to_string()))?;
+            let arches: Vec<Arch> = arches
+                .split('+')
+                .map(|a| a.parse::<Arch>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| InstanceError::Setup(format!("distribution {spec:?}: {e}")))?;
+            if arches.is_empty() || arches.iter().any(Arch::is_all) {
+                return Err(InstanceError::Setup(format!(
+                    "distribution {spec:?}: list real architectures, e.g. amd64+i386"
+                )));
+            }
+            let (origin, codeversion) = layout::known_release(&codename).unwrap_or_else(|| {
+                tracing::warn!(%codename, "unknown release; assuming Debian without a version (codeversion ~{})", codename.as_str().to_uppercase());
+                ("Debian", format!("~{}", codename.as_str().to_uppercase()))
+            });
+            let main: Component = "main".parse().expect("valid");
+            let mut source = Source {
+                origin: origin.to_owned(),
+                codename: codename.clone(),
+                codeversion,
+                codeversion_override: None,
+                components: vec![main.clone()],
+                architectures: arches.clone(),
+                status: Status::default(),
+            };
+            let sid = source.id();
+            match self.get::<Source>(kind::SOURCE, &sid)? {
+                Some(s) => source = s,
+                None => report.push(item(kind::SOURCE, &sid, "MISSING", None)),
+            }
+            source.status.prepared();
+            source.status.checked(Ok(()), now);
+            source.status.activate(&sid)?;
+            self.put(kind::SOURCE, &sid, &source)?;
+
+            let wanted: Vec<ArchOption> = arches
+                .iter()
+                .enumerate()
+                .map(|(i, a)| ArchOption { arch: a.clone(), optional: false, build_architecture_all: i == 0 })
+                .collect();
+            let dist = match self.get::<Distribution>(kind::DISTRIBUTION, codename.as_str())? {
+                Some(mut d) => {
+                    if d.architectures != wanted {
+                        d.architectures = wanted;
+                        d.status.changed();
+                        report.push(item(kind::DISTRIBUTION, codename.as_str(), "CHANGED", None));
+                    }
+                    d
+                }
+                None => {
+                    report.push(item(kind::DISTRIBUTION, codename.as_str(), "MISSING", None));
+                    Distribution {
+                        codename: codename.clone(),
+                        base_source: sid,
+                        architectures: wanted,
+                        components: vec![main],
+                        status: Status::default(),
+                    }
+                }
+            };
+            let mut dist = dist;
+            dist.status.prepared();
+            dist.status.checked(Ok(()), now);
+            dist.status.activate(codename.as_str())?;
+            self.put(kind::DISTRIBUTION, codename.as_str(), &dist)?;
+        }
+
+        // Repositories.
+        for spec in &opts.repositories {
+            let parts: Vec<&str> = spec.splitn(3, ':').collect();
+            let [id, layout_name, codenames] = parts[..] else {
+                return Err(InstanceError::Setup(format!(
+                    "repository {spec:?}: use id:layout:codename0+codename1, e.g. test:Default:bookworm"
+                )));
+            };
+            let id: RepoId =
+                id.parse().map_err(|e: crate::deb::names::NameError| InstanceError::Setup(e.to_string()))?;
+            let layout_name =
+                if layout_name.is_empty() && id.as_str() == "debdev" { "Debian Developer" } else { layout_name };
+            let layout_name = if layout_name.is_empty() { "Default" } else { layout_name };
+            if self.get::<LayoutObject>(kind::LAYOUT, layout_name)?.is_none() {
+                return Err(InstanceError::Setup(format!(
+                    "repository {id}: unknown layout {layout_name:?}; built in are: Default, Default (no rollbacks), Debian Developer"
+                )));
+            }
+            let codenames: Vec<Codename> = codenames
+                .split('+')
+                .map(|c| c.parse::<Codename>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| InstanceError::Setup(format!("repository {spec:?}: {e}")))?;
+            for c in &codenames {
+                if self.get::<Distribution>(kind::DISTRIBUTION, c.as_str())?.is_none() {
+                    return Err(InstanceError::Setup(format!(
+                        "repository {id}: no distribution {c}; add it with --distributions {c}:<arch>"
+                    )));
+                }
+            }
+            let mut repo = match self.get::<Repository>(kind::REPOSITORY, id.as_str())? {
+                Some(mut r) => {
+                    if r.layout != layout_name || r.distributions != codenames {
+                        r.layout = layout_name.to_owned();
+                        r.distributions = codenames;
+                        r.status.changed();
+                        report.push(item(kind::REPOSITORY, id.as_str(), "CHANGED", None));
+                    }
+                    r
+                }
+                None => {
+                    report.push(item(kind::REPOSITORY, id.as_str(), "MISSING", None));
+                    Repository {
+                        identity: id.clone(),
+                        layout: layout_name.to_owned(),
+                        distributions: codenames,
+                        allow_unauthenticated_uploads: id.as_str() == "test",
+                        extra_uploader_keyrings: if id.as_str() == "debdev" {
+                            vec!["/usr/share/keyrings/debian-keyring.gpg".into()]
+                        } else {
+                            vec![]
+                        },
+                        status: Status::default(),
+                    }
+                }
+            };
+            self.put(kind::REPOSITORY, id.as_str(), &repo)?;
+            let was_prepared =
+                repo.status.state != config::State::Removed && repo.status.checked != config::Checked::Changed;
+            if !was_prepared {
+                self.archive()?.prepare_repository(&id)?;
+                repo.status.prepared();
+            }
+            let check = self.archive()?.check_repository(&id).map_err(|e| e.to_string());
+            repo.status.checked(check, now);
+            repo.status.activate(id.as_str())?;
+            self.put(kind::REPOSITORY, id.as_str(), &repo)?;
+        }
+
+        report.push(item(
+            kind::DAEMON,
+            daemon.identity.as_str(),
+            status_word(&daemon.status),
+            daemon.status.message.clone(),
+        ));
+        for r in self.list::<Repository>(kind::REPOSITORY)? {
+            report.push(item(kind::REPOSITORY, r.identity.as_str(), status_word(&r.status), r.status.message.clone()));
+        }
+        Ok(report)
+    }
+}
+
+fn status_word(s: &Status) -> &'static str {
+    match (s.state, &s.checked) {
+        (config::State::Active, _) => "ACTIVE",
+        (_, config::Checked::Failed) => "FAILED",
+        (config::State::Prepared, _) => "DEACTIVATED",
+        (config::State::Removed, _) => "MISSING",
+    }
+}
+
+/// The host name, made into a valid identity.
+pub fn default_identity() -> Identity {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let cleaned: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    cleaned.trim_matches('-').parse().unwrap_or_else(|_| "buildbay".parse().expect("valid identity"))
+}

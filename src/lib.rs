@@ -1,0 +1,13 @@
+//! buildbay: a Debian package build daemon.
+
+// Errors carry typed names (Dist, Version, …) for their messages; they are the cold path, so
+// their size does not matter.
+#![allow(clippy::result_large_err)]
+
+pub mod archive;
+pub mod config;
+pub mod deb;
+pub mod events;
+pub mod gpg;
+pub mod instance;
+pub mod store;

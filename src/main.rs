@@ -1,0 +1,274 @@
+//! The `buildbay` command: the daemon and its offline administration commands.
+
+use anyhow::{Context, Result, bail};
+use buildbay::deb::{Dist, Identity, PackageName, RepoId, SnapshotName, Version};
+use buildbay::gpg::KeyAlgo;
+use buildbay::instance::{Instance, SetupOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "buildbay", version, about = "Debian package build daemon: incoming, builds, signed APT repositories")]
+struct Cli {
+    /// State directory (configuration, keys, repositories).
+    #[arg(long, global = true, env = "BUILDBAY_STATE", default_value = "/var/lib/buildbay")]
+    state: PathBuf,
+    /// Log filter, e.g. `info` or `debug,libunftp=warn`.
+    #[arg(long, global = true, env = "BUILDBAY_LOG", default_value = "info")]
+    log: String,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and activate configuration objects offline (mini-buildd's `setup` conventions).
+    Setup {
+        /// Instance identity (default: the host name).
+        #[arg(long)]
+        identity: Option<Identity>,
+        /// Distributions as `codename:arch0+arch1`, e.g. `bookworm:amd64+i386`.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        distributions: Vec<String>,
+        /// Repositories as `id:layout:codename0+codename1`, e.g. `test:Default:bookworm`.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        repositories: Vec<String>,
+        /// Archive key algorithm, used when the key is first generated.
+        #[arg(long, value_enum, default_value_t = KeyAlgo::Rsa4096)]
+        key_algo: KeyAlgo,
+    },
+    /// Print the armored archive public key.
+    PubKey,
+    /// Repository maintenance.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Include uploads (`.changes` with `.dsc` and `.deb`s) into a distribution; several are published once.
+    Include {
+        distribution: Dist,
+        #[arg(required = true)]
+        changes: Vec<PathBuf>,
+        /// Skip the layout's version rules (admin import).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Migrate a source package to the next suite; from a rollback distribution, restore it.
+    Migrate {
+        source: PackageName,
+        distribution: Dist,
+        /// Follow the whole migration chain.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        version: Option<Version>,
+    },
+    /// Remove a source package from a distribution (into its rollbacks, unless --without-rollback).
+    Remove {
+        source: PackageName,
+        distribution: Dist,
+        #[arg(long)]
+        without_rollback: bool,
+        #[arg(long)]
+        version: Option<Version>,
+    },
+    /// List a source package in every distribution of the repositories.
+    Ls {
+        source: PackageName,
+        /// Repositories to look in (default: all).
+        #[arg(long, value_delimiter = ',')]
+        repositories: Vec<RepoId>,
+    },
+    /// Like ls, with every binary package and its architecture.
+    Show {
+        source: PackageName,
+        #[arg(long, value_delimiter = ',')]
+        repositories: Vec<RepoId>,
+    },
+    /// List the source packages of a distribution.
+    List { distribution: Dist },
+    /// Snapshots of a distribution, served at dists/<dist>/snapshots/<name>/.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Verify every published distribution against its index and signature (republishing what is behind).
+    Check { repository: RepoId },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    Create { distribution: Dist, name: SnapshotName },
+    Ls { distribution: Dist },
+    Delete { distribution: Dist, name: SnapshotName },
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .init();
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, plain: impl FnOnce(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        let text = plain(value);
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("buildbay: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    let mut inst =
+        Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
+    match cli.command {
+        Command::Setup { identity, distributions, repositories, key_algo } => {
+            let report = inst.setup(&SetupOptions { identity, distributions, repositories, key_algo })?;
+            print(json, &report, |r| {
+                r.iter()
+                    .map(|i| {
+                        format!(
+                            "{:<12} {:<24} {}{}",
+                            i.kind,
+                            i.id,
+                            i.status,
+                            i.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::PubKey => print!("{}", inst.pub_key()?),
+        Command::Repo(cmd) => repo(&inst, json, cmd)?,
+    }
+    Ok(())
+}
+
+fn repos_or_all(inst: &Instance, repos: Vec<RepoId>) -> Result<Vec<RepoId>> {
+    if !repos.is_empty() {
+        return Ok(repos);
+    }
+    Ok(inst
+        .list::<buildbay::config::Repository>(buildbay::config::kind::REPOSITORY)?
+        .into_iter()
+        .map(|r| r.identity)
+        .collect())
+}
+
+fn repo(inst: &Instance, json: bool, cmd: RepoCommand) -> Result<()> {
+    let archive = inst.archive()?;
+    match cmd {
+        RepoCommand::Include { distribution, changes, force } => {
+            let results = archive.include_many(&distribution, &changes, force);
+            let mut failed = 0;
+            for (path, r) in changes.iter().zip(results) {
+                match r {
+                    Ok(rep) => print(json, &rep, |r| {
+                        format!("{}: included {} {} into {}", path.display(), r.source, r.version, r.distribution)
+                    }),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("buildbay: {}: {e}", path.display());
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} uploads were not included; the repository is unchanged for those", changes.len());
+            }
+        }
+        RepoCommand::Migrate { source, distribution, full, version } => {
+            for ev in archive.migrate(&source, &distribution, full, version.as_ref())? {
+                ev.log();
+                print(json, &ev, |e| {
+                    format!(
+                        "migrated {} {} from {} to {}",
+                        e.source,
+                        e.version,
+                        e.distribution,
+                        e.extra["migrated_to"].as_str().unwrap_or("?")
+                    )
+                });
+            }
+        }
+        RepoCommand::Remove { source, distribution, without_rollback, version } => {
+            let ev = archive.remove(&source, &distribution, without_rollback, version.as_ref())?;
+            ev.log();
+            print(json, &ev, |e| format!("removed {} {} from {}", e.source, e.version, e.distribution));
+        }
+        RepoCommand::Ls { source, repositories } | RepoCommand::Show { source, repositories } if json => {
+            let mut all = Vec::new();
+            for r in repos_or_all(inst, repositories)? {
+                all.extend(archive.ls(&r, &source)?);
+            }
+            print(true, &all, |_| String::new());
+        }
+        RepoCommand::Ls { source, repositories } => {
+            for r in repos_or_all(inst, repositories)? {
+                for e in archive.ls(&r, &source)? {
+                    println!(
+                        "{:<20} {:<28} {:<40} {}",
+                        e.source,
+                        e.version.to_string(),
+                        e.distribution.to_string(),
+                        e.component
+                    );
+                }
+            }
+        }
+        RepoCommand::Show { source, repositories } => {
+            for r in repos_or_all(inst, repositories)? {
+                for e in archive.ls(&r, &source)? {
+                    println!("{} {} in {} ({})", e.source, e.version, e.distribution, e.component);
+                    for b in &e.binaries {
+                        println!("  {} {} {}", b.package, b.version, b.arch);
+                    }
+                }
+            }
+        }
+        RepoCommand::List { distribution } => {
+            let list = archive.list_dist(&distribution)?;
+            print(json, &list, |l| {
+                l.iter().map(|r| format!("{} {}", r.source, r.version)).collect::<Vec<_>>().join("\n")
+            });
+        }
+        RepoCommand::Snapshot(SnapshotCommand::Create { distribution, name }) => {
+            archive.snapshot_create(&distribution, &name)?;
+            println!("created snapshot {name} of {distribution}");
+        }
+        RepoCommand::Snapshot(SnapshotCommand::Ls { distribution }) => {
+            let names = archive.snapshot_ls(&distribution)?;
+            print(json, &names, |n| n.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n"));
+        }
+        RepoCommand::Snapshot(SnapshotCommand::Delete { distribution, name }) => {
+            archive.snapshot_delete(&distribution, &name)?;
+            println!("deleted snapshot {name} of {distribution}");
+        }
+        RepoCommand::Check { repository } => {
+            archive.check_repository(&repository)?;
+            println!("repository {repository}: every distribution verifies");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! State in redb: configuration objects, the package index of every distribution, events.
+//!
+//! The database file is `<state>/buildbay.redb`. redb allows one process at a time, which is how
+//! an offline command learns that a daemon holds the state directory. Readers never block: redb
+//! serves read transactions from a snapshot while one writer works.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::{Path, PathBuf};
+
+/// Bump on every incompatible change, and add a step to [`Store::migrate`].
+pub const SCHEMA_VERSION: u64 = 1;
+
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `(kind, id)` → JSON of a configuration object.
+pub const CONFIG: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("config");
+/// `dist/source` → JSON `SourceRecord`.
+pub const DIST_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("dist_sources");
+/// `dist/component/arch/package` → the `Packages` stanza.
+pub const DIST_BINARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("dist_binaries");
+/// `dist/component/source` → the `Sources` stanza.
+pub const DIST_DSCS: TableDefinition<&str, &[u8]> = TableDefinition::new("dist_dscs");
+/// `repo/pool path` → number of distribution or snapshot records listing the file.
+pub const POOL_REFS: TableDefinition<&str, u64> = TableDefinition::new("pool_refs");
+/// `repo/dist` → 1 when the published tree is behind the index.
+pub const DIRTY: TableDefinition<&str, u8> = TableDefinition::new("dirty");
+/// `repo/dist` → JSON `Published` (generation and file list of what apt sees).
+pub const PUBLISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("published");
+/// `dist/name` → JSON list of source records frozen in a snapshot.
+pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// `(timestamp µs, seq)` → JSON event.
+pub const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "state directory {0} is in use by a running buildbay daemon; stop it (systemctl stop buildbay) or use its API instead"
+    )]
+    InUse(PathBuf),
+    #[error("cannot create state directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("state database: {0}")]
+    Db(String),
+    #[error(
+        "state directory {path} has schema version {found}, newer than this buildbay supports ({SCHEMA_VERSION}); upgrade buildbay"
+    )]
+    TooNew { path: PathBuf, found: u64 },
+    #[error("state record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(redb::Error, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    db: Database,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Open (or create) the state directory.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+        let db = match Database::create(dir.join("buildbay.redb")) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(dir.to_owned())),
+            Err(e) => return Err(StoreError::Db(e.to_string())),
+        };
+        let store = Store { db, dir: dir.to_owned() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Create the tables, stamp the schema version, and upgrade older state.
+    fn migrate(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew { path: self.dir.clone(), found: v });
+                }
+                // Future: `Some(1) => migrate_1_to_2(&tx)?`, one step per version.
+                _ => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+            }
+            tx.open_table(CONFIG)?;
+            for t in [DIST_SOURCES, DIST_BINARIES, DIST_DSCS, PUBLISHED, SNAPSHOTS] {
+                tx.open_table(t)?;
+            }
+            tx.open_table(POOL_REFS)?;
+            tx.open_table(DIRTY)?;
+            tx.open_table(EVENTS)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    pub fn read(&self) -> Result<redb::ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    pub fn write(&self) -> Result<redb::WriteTransaction> {
+        Ok(self.db.begin_write()?)
+    }
+}
+
+/// Decode a JSON record.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state records serialize")
+}
+
+/// Get a JSON record from a string-keyed table.
+pub fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>> {
+    match table.get(key)? {
+        Some(v) => Ok(Some(decode(key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// All `(key, value)` pairs of a string-keyed table whose key starts with `prefix`.
+pub fn scan_prefix<V: redb::Value + 'static>(
+    table: &impl ReadableTable<&'static str, V>,
+    prefix: &str,
+    mut f: impl FnMut(&str, V::SelfType<'_>) -> Result<()>,
+) -> Result<()> {
+    for item in table.range(prefix..)? {
+        let (k, v) = item?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        f(key, v.value())?;
+    }
+    Ok(())
+}
+
+/// Configuration objects by kind.
+pub fn get_config<T: DeserializeOwned>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    kind: &str,
+    id: &str,
+) -> Result<Option<T>> {
+    match table.get((kind, id))? {
+        Some(v) => Ok(Some(decode(&format!("{kind}/{id}"), v.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub fn list_config<T: DeserializeOwned>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    kind: &str,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for item in table.range((kind, "")..)? {
+        let (k, v) = item?;
+        let (k_kind, id) = k.value();
+        if k_kind != kind {
+            break;
+        }
+        out.push(decode(&format!("{kind}/{id}"), v.value())?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_twice_is_in_use_and_schema_is_stamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        match Store::open(dir.path()) {
+            Err(StoreError::InUse(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => panic!("second open must fail"),
+        }
+        drop(s);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let tx = s.write().unwrap();
+            tx.open_table(META).unwrap().insert("schema_version", SCHEMA_VERSION + 1).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew { .. })));
+    }
+}

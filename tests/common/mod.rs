@@ -1,0 +1,257 @@
+//! Shared helpers for integration tests: a state directory, test packages built with dpkg tools,
+//! a throwaway apt root.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_buildbay")
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Instance {
+    pub dir: tempfile::TempDir,
+}
+
+impl Instance {
+    /// A fresh state directory set up with bookworm/amd64 and repository `test`.
+    pub fn new(key_algo: &str) -> Instance {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let i = Instance { dir };
+        i.ok(&[
+            "setup",
+            "--identity",
+            "ci",
+            "--distributions",
+            "bookworm:amd64",
+            "--repositories",
+            "test:Default:bookworm",
+            "--key-algo",
+            key_algo,
+        ]);
+        i
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--state").arg(self.state()).args(args);
+        c
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(&mut self.cmd(args))
+    }
+
+    /// Run and expect failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = run(&mut self.cmd(args));
+        assert!(
+            !out.status.success(),
+            "{args:?} should fail, but succeeded:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.state().join("repositories").join("test")
+    }
+
+    pub fn key_files(&self) -> (PathBuf, PathBuf) {
+        let asc = self.dir.path().join("key.asc");
+        std::fs::write(&asc, self.ok(&["pub-key"])).expect("write key");
+        let gpg = self.dir.path().join("key.gpg");
+        let out = run(Command::new("gpg").args(["--batch", "--yes", "--dearmor", "-o"]).arg(&gpg).arg(&asc));
+        assert!(out.status.success(), "gpg --dearmor failed");
+        (asc, gpg)
+    }
+}
+
+/// Build a tiny native source package plus one arch-all binary with dpkg-source, dpkg-deb and
+/// dpkg-genchanges. Returns the `.changes`.
+pub fn make_pkg(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let work = dir.join(format!("{name}-{version}"));
+    let tree = work.join(format!("{name}-src"));
+    std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
+    std::fs::write(
+        tree.join("debian/changelog"),
+        format!("{name} ({version}) bookworm-test-unstable; urgency=medium\n\n  * Test package.\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        tree.join("debian/control"),
+        format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nStandards-Version: 4.6.2\n\nPackage: {name}\nArchitecture: all\nDescription: buildbay test package\n Prints hello.\n"),
+    )
+    .expect("write");
+    std::fs::write(tree.join("debian/source/format"), "3.0 (native)\n").expect("write");
+    std::fs::write(tree.join("debian/rules"), "#!/usr/bin/make -f\n%:\n\tdh $@\n").expect("write");
+    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
+    let root = work.join("root");
+    std::fs::create_dir_all(root.join("DEBIAN")).expect("mkdir");
+    std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+    let script = root.join("usr/bin").join(name);
+    std::fs::write(&script, format!("#!/bin/sh\necho hello from {name} {version}\n")).expect("write");
+    ok(Command::new("chmod").arg("755").arg(&script));
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test User <test@example.org>\nSection: misc\nPriority: optional\nDescription: buildbay test package\n Prints hello.\n"),
+    )
+    .expect("write");
+    let deb = format!("{name}_{version}_all.deb");
+    ok(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&root).arg(work.join(&deb)));
+    ok(Command::new("dpkg-distaddfile").args([&deb, "misc", "optional"]).current_dir(&tree));
+    let changes = ok(Command::new("dpkg-genchanges").arg("-sa").current_dir(&tree));
+    let path = work.join(format!("{name}_{version}_source+all.changes"));
+    std::fs::write(&path, changes).expect("write");
+    path
+}
+
+/// A throwaway apt root that uses the repository through `uri` with the key as Signed-By.
+pub struct AptRoot {
+    pub root: PathBuf,
+}
+
+impl AptRoot {
+    pub fn new(base: &Path, uri: &str, suites: &[&str], key: &Path) -> AptRoot {
+        let root = base.join("aptroot");
+        for d in [
+            "etc/apt/sources.list.d",
+            "etc/apt/apt.conf.d",
+            "etc/apt/preferences.d",
+            "etc/apt/trusted.gpg.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/lib/dpkg/info",
+            "var/lib/dpkg/updates",
+            "var/log",
+        ] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(root.join("var/lib/dpkg/status"), "").expect("write");
+        let a = AptRoot { root };
+        a.set_sources(uri, suites, key);
+        a
+    }
+
+    pub fn set_sources(&self, uri: &str, suites: &[&str], key: &Path) {
+        std::fs::write(
+            self.root.join("etc/apt/sources.list.d/buildbay.sources"),
+            format!(
+                "Types: deb deb-src\nURIs: {uri}\nSuites: {}\nComponents: main\nSigned-By: {}\n",
+                suites.join(" "),
+                key.display()
+            ),
+        )
+        .expect("write");
+    }
+
+    pub fn apt(&self, tool: &str, args: &[&str]) -> Output {
+        let r = self.root.display().to_string();
+        let mut c = Command::new(tool);
+        c.arg(format!("-oDir={r}"))
+            .arg(format!("-oDir::State::status={r}/var/lib/dpkg/status"))
+            .args(["-oAPT::Architecture=amd64", "-oAPT::Architectures=amd64", "-oDebug::NoLocking=1"])
+            .arg(format!("-oDpkg::Options::=--root={r}"))
+            .arg(format!("-oDpkg::Options::=--admindir={r}/var/lib/dpkg"))
+            .arg(format!("-oDpkg::Options::=--log={r}/var/log/dpkg.log"))
+            .arg("-oDpkg::Options::=--force-not-root")
+            .args(args);
+        run(&mut c)
+    }
+
+    /// `apt-get update`; panics on failure or on any warning.
+    pub fn update(&self) {
+        let out = self.apt("apt-get", &["update"]);
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "apt-get update failed:\n{all}");
+        assert!(
+            !all.lines().any(|l| l.starts_with("W:") || l.starts_with("E:") || l.starts_with("N:")),
+            "apt-get update warned:\n{all}"
+        );
+    }
+
+    pub fn madison(&self, pkg: &str) -> String {
+        String::from_utf8_lossy(&self.apt("apt-cache", &["madison", pkg]).stdout).into_owned()
+    }
+}
+
+/// Every file under `dir` (following nothing) with its content hash and symlink targets:
+/// a fingerprint of the tree that changes if any byte does.
+pub fn tree_fingerprint(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).expect("under base").display().to_string();
+            let ft = e.file_type().expect("file type");
+            if ft.is_symlink() {
+                out.push((rel, format!("-> {}", std::fs::read_link(&p).expect("link").display())));
+            } else if ft.is_dir() {
+                out.push((rel.clone(), "dir".into()));
+                walk(base, &p, out);
+            } else {
+                let data = std::fs::read(&p).expect("read");
+                out.push((rel, buildbay::deb::Checksums::of_bytes(&data).sha256));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Verify every published distribution: gpgv on InRelease and Release.gpg, and every listed file's checksum.
+pub fn verify_published(repo: &Path, keyring: &Path) {
+    verify_published_since(repo, keyring, &mut Default::default());
+}
+
+/// Like [`verify_published`], skipping distributions whose generation was verified before
+/// (a generation directory is never modified once it is published).
+pub fn verify_published_since(repo: &Path, keyring: &Path, seen: &mut std::collections::HashMap<String, PathBuf>) {
+    let dists = repo.join("dists");
+    for e in std::fs::read_dir(&dists).expect("dists").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let d = e.path();
+        let target = std::fs::read_link(&d).unwrap_or_else(|err| panic!("{name} is not a generation symlink: {err}"));
+        if seen.get(&name) == Some(&target) {
+            continue;
+        }
+        for args in [vec![d.join("InRelease")], vec![d.join("Release.gpg"), d.join("Release")]] {
+            let out = run(Command::new("gpgv").arg("--keyring").arg(keyring).args(&args));
+            assert!(out.status.success(), "gpgv {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let release = std::fs::read_to_string(d.join("Release")).expect("Release");
+        for f in buildbay::archive::index::release_files(&release) {
+            let sums = buildbay::deb::Checksums::of_file(&d.join(&f.path))
+                .unwrap_or_else(|e| panic!("{name}/{}: {e}", f.path));
+            assert_eq!(sums.sha256, f.sums.sha256, "{name}/{} does not match Release", f.path);
+            assert_eq!(sums.size, f.sums.size, "{name}/{}", f.path);
+            let by_hash = d.join(buildbay::archive::index::by_hash_path(&f.path, &f.sums, "SHA256"));
+            assert!(by_hash.exists(), "{name}: by-hash file for {} missing", f.path);
+        }
+        seen.insert(name, target);
+    }
+}

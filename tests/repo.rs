@@ -1,0 +1,208 @@
+//! The repository engine, judged by real apt and gpgv.
+
+mod common;
+use common::*;
+
+#[test]
+fn apt_accepts_the_repository_through_include_migrate_remove() {
+    // The default (RSA-4096) archive key: apt and gpgv of bookworm must accept it.
+    let inst = Instance::new("rsa4096");
+    let pkg = make_pkg(inst.dir.path(), "bbhello", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    let (asc, gpg) = inst.key_files();
+    verify_published(&inst.repo(), &gpg);
+    let release = std::fs::read_to_string(inst.repo().join("dists/bookworm-test-unstable/Release")).unwrap();
+    for field in [
+        "MD5Sum:",
+        "SHA1:",
+        "SHA256:",
+        "SHA512:",
+        "Acquire-By-Hash: yes",
+        "NotAutomatic: yes",
+        "ButAutomaticUpgrades: yes",
+        "Origin:",
+        "Label:",
+        "Suite:",
+        "Codename:",
+        "Architectures: amd64",
+        "Components: main",
+    ] {
+        assert!(release.contains(field), "Release lacks {field}:\n{release}");
+    }
+
+    let uri = format!("file://{}", inst.repo().display());
+    let apt = AptRoot::new(inst.dir.path(), &uri, &["bookworm-test-unstable"], &asc);
+    apt.update();
+    let out = apt.apt("apt-get", &["-y", "install", "bbhello"]);
+    assert!(out.status.success(), "apt-get install: {}", String::from_utf8_lossy(&out.stderr));
+    let hello = ok(&mut std::process::Command::new(apt.root.join("usr/bin/bbhello")));
+    assert_eq!(hello.trim(), "hello from bbhello 1.0~test12+1");
+
+    // migrate: testing serves it.
+    inst.ok(&["repo", "migrate", "bbhello", "bookworm-test-unstable"]);
+    apt.set_sources(&uri, &["bookworm-test-testing"], &asc);
+    apt.update();
+    assert!(apt.madison("bbhello").contains("bookworm-test-testing/main"), "{}", apt.madison("bbhello"));
+
+    // remove from unstable: gone there, served by unstable-rollback0.
+    inst.ok(&["repo", "remove", "bbhello", "bookworm-test-unstable"]);
+    apt.set_sources(&uri, &["bookworm-test-unstable", "bookworm-test-unstable-rollback0"], &asc);
+    apt.update();
+    let m = apt.madison("bbhello");
+    assert!(m.contains("bookworm-test-unstable-rollback0/main"), "{m}");
+    assert!(!m.contains("bookworm-test-unstable/main"), "{m}");
+    verify_published(&inst.repo(), &gpg);
+
+    // snapshot: served at dists/<dist>/snapshots/<name>/ and apt accepts it.
+    inst.ok(&["repo", "snapshot", "create", "bookworm-test-testing", "s1"]);
+    assert_eq!(inst.ok(&["repo", "snapshot", "ls", "bookworm-test-testing"]).trim(), "s1");
+    apt.set_sources(&uri, &["bookworm-test-testing/snapshots/s1"], &asc);
+    apt.update();
+    assert!(apt.madison("bbhello").contains("bbhello"));
+    // Removing from testing keeps the pool file alive for the snapshot.
+    inst.ok(&["repo", "remove", "bbhello", "bookworm-test-testing", "--without-rollback"]);
+    inst.ok(&["repo", "remove", "bbhello", "bookworm-test-unstable-rollback0"]);
+    assert!(inst.repo().join("pool/main/b/bbhello/bbhello_1.0~test12+1_all.deb").exists());
+    inst.ok(&["repo", "snapshot", "delete", "bookworm-test-testing", "s1"]);
+    assert!(
+        !inst.repo().join("pool/main/b/bbhello/bbhello_1.0~test12+1_all.deb").exists(),
+        "unreferenced pool files are removed"
+    );
+    inst.ok(&["repo", "check", "test"]);
+}
+
+#[test]
+fn rollbacks_shift_and_restore() {
+    let inst = Instance::new("ed25519");
+    for v in 1..=4 {
+        let pkg = make_pkg(inst.dir.path(), "bbroll", &format!("1.{v}~test12+1"));
+        inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    }
+    let ls = inst.ok(&["repo", "ls", "bbroll"]);
+    let has = |v: &str, d: &str| ls.lines().any(|l| l.contains(v) && l.split_whitespace().nth(2) == Some(d));
+    assert!(has("1.4~test12+1", "bookworm-test-unstable"), "{ls}");
+    assert!(has("1.3~test12+1", "bookworm-test-unstable-rollback0"), "{ls}");
+    assert!(has("1.2~test12+1", "bookworm-test-unstable-rollback1"), "{ls}");
+    assert!(has("1.1~test12+1", "bookworm-test-unstable-rollback2"), "{ls}");
+    // Removing rollback1 compacts the chain.
+    inst.ok(&["repo", "remove", "bbroll", "bookworm-test-unstable-rollback1"]);
+    let ls = inst.ok(&["repo", "ls", "bbroll"]);
+    assert!(ls.lines().any(|l| l.contains("1.1~test12+1") && l.contains("unstable-rollback1")), "{ls}");
+    // Restore needs an empty base distribution.
+    let err = inst.fails(&["repo", "migrate", "bbroll", "bookworm-test-unstable-rollback0"]);
+    assert!(err.contains("remove it there"), "{err}");
+    inst.ok(&["repo", "remove", "bbroll", "bookworm-test-unstable", "--without-rollback"]);
+    inst.ok(&["repo", "migrate", "bbroll", "bookworm-test-unstable-rollback0"]);
+    assert!(
+        inst.ok(&["repo", "ls", "bbroll"])
+            .lines()
+            .any(|l| l.contains("1.3~test12+1") && l.split_whitespace().nth(2) == Some("bookworm-test-unstable"))
+    );
+    // --full migrates along the whole chain.
+    inst.ok(&["repo", "migrate", "bbroll", "bookworm-test-unstable", "--full"]);
+    let ls = inst.ok(&["repo", "ls", "bbroll"]);
+    assert!(ls.contains("bookworm-test-stable "), "{ls}");
+    let (_, gpg) = inst.key_files();
+    verify_published(&inst.repo(), &gpg);
+}
+
+/// Bad input gets a clear error and leaves the repository byte-for-byte unchanged.
+#[test]
+fn bad_input_leaves_the_repository_unchanged() {
+    let inst = Instance::new("ed25519");
+    let good = make_pkg(inst.dir.path(), "bbgood", "2.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", good.to_str().unwrap()]);
+    let before = tree_fingerprint(&inst.repo());
+    let include =
+        |dist: &str, changes: &std::path::Path| inst.fails(&["repo", "include", dist, changes.to_str().unwrap()]);
+    let check = |what: &str, err: String, expect: &str| {
+        assert!(err.contains(expect), "{what}: error should mention {expect:?}, got: {err}");
+        assert_eq!(tree_fingerprint(&inst.repo()), before, "{what} changed the repository");
+    };
+
+    // A corrupt .deb whose checksums in the .changes are right.
+    let pkg = make_pkg(inst.dir.path(), "bbcorrupt", "1.0~test12+1");
+    let deb = pkg.with_file_name("bbcorrupt_1.0~test12+1_all.deb");
+    std::fs::write(&deb, b"!<arch>\ngarbage that is no deb").unwrap();
+    let tree = pkg.parent().unwrap().join("bbcorrupt-src");
+    let changes = ok(std::process::Command::new("dpkg-genchanges").arg("-sa").current_dir(&tree));
+    std::fs::write(&pkg, changes).unwrap();
+    check("corrupt deb", include("bookworm-test-unstable", &pkg), "bbcorrupt_1.0~test12+1_all.deb");
+
+    // A checksum mismatch.
+    let pkg = make_pkg(inst.dir.path(), "bbtamper", "1.0~test12+1");
+    let tar = pkg.with_file_name("bbtamper_1.0~test12+1.tar.xz");
+    let mut data = std::fs::read(&tar).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&tar, data).unwrap();
+    check("checksum mismatch", include("bookworm-test-unstable", &pkg), "checksum mismatch");
+
+    // Unknown distributions.
+    let pkg = make_pkg(inst.dir.path(), "bbdist", "1.0~test12+1");
+    check("unknown suite", include("bookworm-test-nosuch", &pkg), "no suite nosuch");
+    check("unknown codename", include("trixie-test-unstable", &pkg), "no codename trixie");
+    check("unknown repository", include("bookworm-other-unstable", &pkg), "repository other does not exist");
+    check("rollback", include("bookworm-test-unstable-rollback0", &pkg), "rollback distribution");
+    check("malformed", include("bookworm-test", &pkg), "invalid distribution");
+
+    // Version rules.
+    let pkg = make_pkg(inst.dir.path(), "bbrule", "1.0");
+    check("missing appendix", include("bookworm-test-unstable", &pkg), "mandatory appendix");
+    let pkg = make_pkg(inst.dir.path(), "bbrule", "1.0~test12+0");
+    check("experimental appendix in unstable", include("bookworm-test-unstable", &pkg), "~test12+1");
+    let pkg = make_pkg(inst.dir.path(), "bbgood", "1.0~test12+1");
+    check("lower version", include("bookworm-test-unstable", &pkg), "lower than 2.0~test12+1");
+    check("duplicate version", include("bookworm-test-unstable", &good), "already in bookworm-test-unstable");
+
+    // Hostile file names in the .changes.
+    let text = std::fs::read_to_string(&good).unwrap();
+    for (what, bad) in [
+        ("dot-dot", "../../../etc/passwd".to_owned()),
+        ("absolute", "/etc/passwd".to_owned()),
+        ("NUL", "bad\0name.deb".to_owned()),
+        ("newline", "bad\nname.deb".to_owned()),
+    ] {
+        let hostile = text.replace("bbgood_2.0~test12+1_all.deb", &bad);
+        let path = inst.dir.path().join(format!("hostile-{what}.changes"));
+        std::fs::write(&path, hostile).unwrap();
+        let err = include("bookworm-test-unstable", &path);
+        assert!(
+            err.contains("invalid file name")
+                || err.contains("NUL")
+                || err.contains("malformed")
+                || err.contains("deb822"),
+            "{what}: {err}"
+        );
+        assert_eq!(tree_fingerprint(&inst.repo()), before, "{what} changed the repository");
+    }
+
+    // --force skips the version rules (admin import), and the repository still verifies.
+    let pkg = make_pkg(inst.dir.path(), "bbforce", "1.0");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap(), "--force"]);
+    let (_, gpg) = inst.key_files();
+    verify_published(&inst.repo(), &gpg);
+}
+
+#[test]
+fn offline_command_on_a_held_state_directory_fails_clearly() {
+    let inst = Instance::new("ed25519");
+    let store = buildbay::store::Store::open(&inst.state()).unwrap();
+    let err = inst.fails(&["repo", "ls", "bbhello"]);
+    assert!(err.contains("in use by a running buildbay daemon"), "{err}");
+    drop(store);
+    inst.ok(&["repo", "ls", "bbhello"]);
+}
+
+#[test]
+fn archive_key_is_private_and_setup_is_idempotent() {
+    use std::os::unix::fs::PermissionsExt;
+    let inst = Instance::new("ed25519");
+    let key = inst.state().join("gnupg/archive-key.asc");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(&key).unwrap();
+    let out = inst.ok(&["setup", "--distributions", "bookworm:amd64", "--repositories", "test:Default:bookworm"]);
+    assert!(!out.contains("MISSING") && !out.contains("CHANGED"), "{out}");
+    assert_eq!(std::fs::read(&key).unwrap(), before, "setup never regenerates the key");
+    assert!(inst.ok(&["pub-key"]).starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+}

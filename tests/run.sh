@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what buildbay's build and tests need from Debian, then run the test suite.
+#   tests/run.sh        install dependencies (when root) and run `cargo test`
+#   tests/run.sh deps   only install the dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
+# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt.
+PACKAGES=(build-essential pkg-config nettle-dev libclang-dev dpkg-dev gnupg gpgv apt xz-utils)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: missing Debian packages: ${missing[*]}; run as root (sudo) to install them" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+[ "${1:-}" = deps ] && exit 0
+
+exec cargo test --locked
