@@ -352,6 +352,49 @@ fn status_word(s: &Status) -> &'static str {
     }
 }
 
+impl Instance {
+    /// The embedded default for a fresh state directory: this host's identity, its release and
+    /// architecture, and a repository `test` (which accepts unsigned uploads).
+    pub fn default_setup_if_empty(&mut self) -> Result<Option<Vec<SetupItem>>> {
+        if self.daemon()?.is_some() {
+            return Ok(None);
+        }
+        let codename = host_codename();
+        let arch = host_arch();
+        tracing::info!(%codename, arch, "empty state directory: setting up the embedded default (repository test)");
+        let opts = SetupOptions {
+            identity: None,
+            distributions: vec![format!("{codename}:{arch}")],
+            repositories: vec![format!("test:Default:{codename}")],
+            key_algo: KeyAlgo::default(),
+        };
+        self.setup(&opts).map(Some)
+    }
+}
+
+/// This host's release codename (`/etc/os-release`), or bookworm.
+pub fn host_codename() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|c| c.trim_matches('"').to_owned()))
+        })
+        .filter(|c| c.parse::<Codename>().is_ok())
+        .unwrap_or_else(|| "bookworm".into())
+}
+
+/// This host's Debian architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "i386",
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        "powerpc64" => "ppc64el",
+        other => other,
+    }
+}
+
 /// The host name, made into a valid identity.
 pub fn default_identity() -> Identity {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();

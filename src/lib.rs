@@ -11,3 +11,5 @@ pub mod events;
 pub mod gpg;
 pub mod instance;
 pub mod store;
+pub mod systemd;
+pub mod web;

@@ -25,6 +25,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: serve the repositories over HTTP (systemd socket activation, or its own port).
+    Serve {
+        /// Address to bind when systemd passes no `http` socket.
+        #[arg(long, default_value = "[::]:8066")]
+        http: std::net::SocketAddr,
+        /// Do not set up the embedded default on an empty state directory.
+        #[arg(long)]
+        no_default_setup: bool,
+    },
     /// Create and activate configuration objects offline (mini-buildd's `setup` conventions).
     Setup {
         /// Instance identity (default: the host name).
@@ -106,15 +115,6 @@ enum SnapshotCommand {
     Delete { distribution: Dist, name: SnapshotName },
 }
 
-fn init_logging(filter: &str) {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
-        .init();
-}
-
 fn print<T: serde::Serialize>(json: bool, value: &T, plain: impl FnOnce(&T) -> String) {
     if json {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
@@ -128,8 +128,16 @@ fn print<T: serde::Serialize>(json: bool, value: &T, plain: impl FnOnce(&T) -> S
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
-    match run(cli) {
+    let serving = matches!(cli.command, Command::Serve { .. });
+    // Before any thread exists: take systemd's sockets and clear LISTEN_* for our children.
+    // SAFETY: single-threaded here.
+    let inherited = if serving { unsafe { buildbay::systemd::take_listeners() } } else { Ok(Default::default()) };
+    buildbay::systemd::init_logging(&cli.log, serving);
+    let result = match inherited {
+        Ok(inherited) => run(cli, inherited),
+        Err(e) => Err(anyhow::anyhow!("reading sockets passed by systemd: {e}")),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("buildbay: error: {e:#}");
@@ -138,11 +146,19 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     let json = cli.json;
     let mut inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
+        Command::Serve { http, no_default_setup } => {
+            if !no_default_setup && let Some(report) = inst.default_setup_if_empty()? {
+                for i in report {
+                    tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
+                }
+            }
+            serve(inst, &cli.state, http, inherited)?;
+        }
         Command::Setup { identity, distributions, repositories, key_algo } => {
             let report = inst.setup(&SetupOptions { identity, distributions, repositories, key_algo })?;
             print(json, &report, |r| {
@@ -164,6 +180,51 @@ fn run(cli: Cli) -> Result<()> {
         Command::Repo(cmd) => repo(&inst, json, cmd)?,
     }
     Ok(())
+}
+
+fn serve(
+    inst: Instance,
+    state: &std::path::Path,
+    http: std::net::SocketAddr,
+    inherited: buildbay::systemd::Inherited,
+) -> Result<()> {
+    use buildbay::systemd;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = match inherited.http {
+            Some(l) => {
+                tracing::info!("serving HTTP on the socket systemd passed");
+                tokio::net::TcpListener::from_std(l).context("using the inherited http socket")?
+            }
+            None => {
+                tracing::info!(%http, "no socket from systemd: binding HTTP myself");
+                tokio::net::TcpListener::bind(http).await.with_context(|| {
+                    format!("binding {http}; is another daemon running there? choose one with --http")
+                })?
+            }
+        };
+        let addr = listener.local_addr().context("reading the HTTP address")?;
+        if !systemd::notify_socket() {
+            tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
+        }
+        systemd::spawn_watchdog();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(buildbay::web::serve(listener, state.to_owned(), async move {
+            let _ = stop_rx.await;
+        }));
+        let status = format!("serving http://{addr}/repositories/");
+        tracing::info!("{status}");
+        systemd::notify_ready(&status);
+        systemd::shutdown_signal().await;
+        systemd::notify_stopping();
+        let _ = stop_tx.send(());
+        if tokio::time::timeout(systemd::GRACE, server).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within {:?}", systemd::GRACE);
+        }
+        drop(inst);
+        tracing::info!("stopped");
+        Ok(())
+    })
 }
 
 fn repos_or_all(inst: &Instance, repos: Vec<RepoId>) -> Result<Vec<RepoId>> {

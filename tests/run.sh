@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
-# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt.
-PACKAGES=(build-essential pkg-config nettle-dev libclang-dev dpkg-dev gnupg gpgv apt xz-utils)
+# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, curl, systemd (systemd-socket-activate).
+PACKAGES=(build-essential pkg-config nettle-dev libclang-dev dpkg-dev gnupg gpgv apt xz-utils curl systemd)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

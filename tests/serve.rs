@@ -1,0 +1,93 @@
+//! The daemon: its own port or systemd's socket, apt over HTTP, graceful SIGTERM.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// Start `serve` and wait for its "serving http://ADDR/" line; returns the child and the base URL.
+fn start(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("serve exited early").expect("read");
+        if let Some(rest) = line.split("serving ").nth(1) {
+            break rest.trim().trim_end_matches("/repositories/").to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn stop(mut child: Child) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
+}
+
+#[test]
+fn apt_installs_over_http_and_the_state_directory_is_held() {
+    let inst = Instance::new("ed25519");
+    let pkg = make_pkg(inst.dir.path(), "bbweb", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    let (asc, _) = inst.key_files();
+    let (child, url) = start(inst.cmd(&["serve", "--http", "127.0.0.1:0"]));
+
+    let err = inst.fails(&["repo", "ls", "bbweb"]);
+    assert!(err.contains("in use by a running buildbay daemon"), "{err}");
+
+    let apt = AptRoot::new(inst.dir.path(), &format!("{url}/repositories/test"), &["bookworm-test-unstable"], &asc);
+    apt.update();
+    let out = apt.apt("apt-get", &["-y", "install", "bbweb"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ok(&mut Command::new(apt.root.join("usr/bin/bbweb"))).trim(), "hello from bbweb 1.0~test12+1");
+
+    // Nothing outside the repository tree is reachable.
+    for path in [
+        "/repositories/test/../../buildbay.redb",
+        "/repositories/test/%2e%2e/%2e%2e/buildbay.redb",
+        "/repositories/..%2f..%2fbuildbay.redb",
+    ] {
+        let code = ok(Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--path-as-is"])
+            .arg(format!("{url}{path}")));
+        assert_eq!(code, "404", "{path}");
+    }
+    stop(child);
+    inst.ok(&["repo", "ls", "bbweb"]);
+}
+
+#[test]
+fn socket_activation_answers_the_first_request() {
+    let inst = Instance::new("ed25519");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=http", bin(), "--state"]).arg(inst.state()).arg("serve");
+    let mut child = cmd.stderr(Stdio::null()).stdout(Stdio::null()).spawn().expect("systemd-socket-activate");
+    // The socket exists before buildbay starts; the first request starts it and is answered.
+    let mut code = String::new();
+    for _ in 0..100 {
+        code = String::from_utf8_lossy(
+            &Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://127.0.0.1:{port}/repositories/test/dists/bookworm-test-unstable/InRelease"))
+                .output()
+                .expect("curl")
+                .stdout,
+        )
+        .into_owned();
+        if code == "200" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(code, "200");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    child.wait().expect("wait");
+}
