@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
 # Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, curl, systemd (systemd-socket-activate).
-PACKAGES=(build-essential pkg-config nettle-dev libclang-dev dpkg-dev gnupg gpgv apt xz-utils curl systemd)
+PACKAGES=(build-essential pkg-config nettle-dev libclang-dev dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

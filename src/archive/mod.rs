@@ -5,6 +5,7 @@
 //! distribution whose tree is behind its index is marked dirty in the same transaction that
 //! changed the index, so a crash at any point is repaired by the next publish.
 
+pub mod compress;
 pub mod index;
 pub mod layout;
 pub mod publish;
@@ -955,13 +956,21 @@ impl<'a> Archive<'a> {
                 touched.contains(&("*".into(), "*".into())) || publish::current_generation(&dists, dist_name).is_none();
             let regen: Vec<&Part> =
                 parts.iter().filter(|p| all || touched.contains(&(p.component.clone(), p.arch.clone()))).collect();
+            let t = std::time::Instant::now();
             let read = self.store.read()?;
             let mut fresh = Vec::new();
             for p in regen {
                 fresh.push((p.clone(), index_text(&read, &dist, p)?));
             }
             drop(read);
+            let t_index = t.elapsed();
             publish::publish(&dists, dist_name, &ctx.release_meta(&dist, &self.origin), &parts, fresh, self.key)?;
+            tracing::debug!(
+                dist = dist_name,
+                index_ms = t_index.as_millis() as u64,
+                total_ms = t.elapsed().as_millis() as u64,
+                "published"
+            );
         }
         if !dirty.is_empty() {
             let tx = self.store.write()?;

@@ -5,6 +5,7 @@
 //! `by-hash` files for this and the previous generation), signed, synced, and then swapped in with
 //! one `rename` of the symlink. apt, or a crash, sees either the old tree or the new one, never a mix.
 
+use super::compress;
 use super::index::{self, HASHES, ReleaseFile, ReleaseMeta};
 use crate::deb::Checksums;
 use crate::gpg::ArchiveKey;
@@ -62,15 +63,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
-fn compress(plain: &[u8]) -> (Vec<u8>, Vec<u8>) {
+/// The chunk manifest of an index, kept beside it (not listed in `Release`).
+fn manifest_name(index: &str) -> String {
+    match index.rsplit_once('/') {
+        Some((dir, base)) => format!("{dir}/.{base}.chunks"),
+        None => format!(".{index}.chunks"),
+    }
+}
+
+/// Compress an index, reusing the chunks of the current generation's files; hash it meanwhile.
+fn compress_index(plain: &[u8], current: Option<&Path>, name: &str) -> (compress::Compressed, Checksums) {
+    let prev = current.and_then(|cur| {
+        let manifest: Vec<compress::ChunkMeta> =
+            serde_json::from_slice(&std::fs::read(cur.join(manifest_name(name))).ok()?).ok()?;
+        let gz = std::fs::read(cur.join(format!("{name}.gz"))).ok()?;
+        let xz = std::fs::read(cur.join(format!("{name}.xz"))).ok()?;
+        Some((manifest, gz, xz))
+    });
     std::thread::scope(|s| {
-        let gz = s.spawn(|| {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-            e.write_all(plain).and_then(|_| e.finish()).expect("in-memory gzip")
-        });
-        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
-        let xz = xz.write_all(plain).and_then(|_| xz.finish()).expect("in-memory xz");
-        (gz.join().expect("gzip thread"), xz)
+        let sums = s.spawn(|| Checksums::of_bytes(plain));
+        let prev = prev.as_ref().map(|(m, gz, xz)| compress::Previous { chunks: m, gz, xz });
+        let c = compress::compress(plain, prev.as_ref());
+        (c, sums.join().expect("hash thread"))
     })
 }
 
@@ -118,6 +132,7 @@ pub fn publish(
         let regenerated = fresh.iter().position(|(p, _)| p == part).map(|i| fresh.swap_remove(i).1);
         let carried =
             regenerated.is_none() && current.is_some() && names.iter().all(|n| prev_files.iter().any(|f| &f.path == n));
+        let manifest = manifest_name(&names[0]);
         if carried {
             let (_, cur) = current.as_ref().expect("checked");
             for name in &names {
@@ -125,13 +140,28 @@ pub fn publish(
                 let f = prev_files.iter().find(|f| &f.path == name).expect("checked");
                 files.push(f.clone());
             }
+            // Without its manifest the next publish just compresses everything again.
+            let _ = std::fs::hard_link(cur.join(&manifest), gen_dir.join(&manifest));
         } else {
             let plain = regenerated.unwrap_or_default();
-            let (gz, xz) = compress(&plain);
-            for (name, data) in names.iter().zip([&plain, &gz, &xz]) {
+            let t = std::time::Instant::now();
+            let (c, plain_sums) = compress_index(&plain, current.as_ref().map(|(_, d)| d.as_path()), &names[0]);
+            tracing::debug!(
+                part = %part.dir(),
+                bytes = plain.len(),
+                chunks = c.chunks.len(),
+                fresh = c.fresh,
+                ms = t.elapsed().as_millis() as u64,
+                "compressed"
+            );
+            write_synced(&gen_dir.join(&names[0]), &plain)?;
+            files.push(ReleaseFile { path: names[0].clone(), sums: plain_sums });
+            for (name, data) in names[1..].iter().zip([&c.gz, &c.xz]) {
                 write_synced(&gen_dir.join(name), data)?;
                 files.push(ReleaseFile { path: name.clone(), sums: Checksums::of_bytes(data) });
             }
+            let m = serde_json::to_vec(&c.chunks).expect("manifest serializes");
+            write_synced(&gen_dir.join(&manifest), &m)?;
         }
     }
 

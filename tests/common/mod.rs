@@ -252,6 +252,28 @@ pub fn verify_published_since(repo: &Path, keyring: &Path, seen: &mut std::colle
             let by_hash = d.join(buildbay::archive::index::by_hash_path(&f.path, &f.sums, "SHA256"));
             assert!(by_hash.exists(), "{name}: by-hash file for {} missing", f.path);
         }
+        // The compressed indices are the plain one, by the real gzip and xz.
+        for f in buildbay::archive::index::release_files(&release) {
+            for (ext, tool) in [(".gz", "gzip"), (".xz", "xz")] {
+                if let Some(plain) = f.path.strip_suffix(ext) {
+                    let out = run(Command::new(tool).arg("-dc").arg(d.join(&f.path)));
+                    assert!(
+                        out.status.success(),
+                        "{tool} -dc {name}/{}: {}",
+                        f.path,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    assert_eq!(
+                        out.stdout,
+                        std::fs::read(d.join(plain)).expect("plain index"),
+                        "{name}/{} decompresses to its plain index",
+                        f.path
+                    );
+                }
+            }
+        }
         seen.insert(name, target);
     }
 }
+
+pub mod synth;
