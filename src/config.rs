@@ -228,6 +228,7 @@ pub mod kind {
     pub const LAYOUT: &str = "layout";
     pub const REPOSITORY: &str = "repository";
     pub const UPLOADER: &str = "uploader";
+    pub const SUBSCRIPTION: &str = "subscription";
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ pub type Result<T> = std::result::Result<T, InstanceError>;
 
 pub struct Instance {
     pub store: Store,
-    key: Option<ArchiveKey>,
+    key: std::sync::OnceLock<ArchiveKey>,
+    archive_writer: std::sync::Mutex<()>,
 }
 
 /// What `setup` asks for (mini-buildd's `setup` option names).
@@ -88,12 +89,15 @@ impl Instance {
         }
         tx.commit()?;
         let key_path = Instance::key_path(state);
-        let key = if key_path.exists() { Some(ArchiveKey::load(&key_path)?) } else { None };
-        Ok(Instance { store, key })
+        let key = std::sync::OnceLock::new();
+        if key_path.exists() {
+            let _ = key.set(ArchiveKey::load(&key_path)?);
+        }
+        Ok(Instance { store, key, archive_writer: std::sync::Mutex::new(()) })
     }
 
     pub fn key(&self) -> Result<&ArchiveKey> {
-        self.key.as_ref().ok_or(InstanceError::NotSetUp)
+        self.key.get().ok_or(InstanceError::NotSetUp)
     }
 
     pub fn daemon(&self) -> Result<Option<Daemon>> {
@@ -117,9 +121,16 @@ impl Instance {
         Ok(())
     }
 
+    pub fn delete(&self, k: &str, id: &str) -> Result<()> {
+        let tx = self.store.write()?;
+        tx.open_table(CONFIG)?.remove((k, id))?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn archive(&self) -> Result<Archive<'_>> {
         let origin = self.daemon()?.ok_or(InstanceError::NotSetUp)?.archive_origin();
-        Ok(Archive::new(&self.store, self.key()?, origin))
+        Ok(Archive::new(&self.store, self.key()?, origin, &self.archive_writer))
     }
 
     /// The armored public archive key.
@@ -128,8 +139,8 @@ impl Instance {
     }
 
     /// Daemon prepare: generate the archive key once; never regenerate it.
-    fn prepare_daemon(&mut self, d: &mut Daemon) -> Result<()> {
-        if self.key.is_none() {
+    fn prepare_daemon(&self, d: &mut Daemon) -> Result<()> {
+        if self.key.get().is_none() {
             let path = Instance::key_path(self.store.dir());
             let dir = path.parent().expect("key path has a parent");
             std::fs::create_dir_all(dir).map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))?;
@@ -139,15 +150,15 @@ impl Instance {
             let key = ArchiveKey::generate(&format!("{} <buildbay@{}>", d.archive_origin(), d.identity), d.key_algo)?;
             key.save(&path)?;
             tracing::info!(fingerprint = %key.fingerprint(), "generated archive key");
-            self.key = Some(key);
+            let _ = self.key.set(key);
         }
-        d.key_fingerprint = self.key.as_ref().map(|k| k.fingerprint());
+        d.key_fingerprint = self.key.get().map(|k| k.fingerprint());
         d.status.prepared();
         Ok(())
     }
 
     /// Declaratively create or update objects, then prepare, check and activate them.
-    pub fn setup(&mut self, opts: &SetupOptions) -> Result<Vec<SetupItem>> {
+    pub fn setup(&self, opts: &SetupOptions) -> Result<Vec<SetupItem>> {
         let mut report = Vec::new();
         let now = chrono::Utc::now();
         let item = |kind: &'static str, id: &str, status: &str, message: Option<String>| SetupItem {
@@ -355,7 +366,7 @@ fn status_word(s: &Status) -> &'static str {
 impl Instance {
     /// The embedded default for a fresh state directory: this host's identity, its release and
     /// architecture, and a repository `test` (which accepts unsigned uploads).
-    pub fn default_setup_if_empty(&mut self) -> Result<Option<Vec<SetupItem>>> {
+    pub fn default_setup_if_empty(&self) -> Result<Option<Vec<SetupItem>>> {
         if self.daemon()?.is_some() {
             return Ok(None);
         }

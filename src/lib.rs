@@ -4,8 +4,12 @@
 // their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
 pub mod archive;
+pub mod auth;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod deb;
 pub mod events;
 pub mod gpg;

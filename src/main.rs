@@ -1,6 +1,7 @@
 //! The `buildbay` command: the daemon and its offline administration commands.
 
 use anyhow::{Context, Result, bail};
+use buildbay::auth::Role;
 use buildbay::deb::{Dist, Identity, PackageName, RepoId, SnapshotName, Version};
 use buildbay::gpg::KeyAlgo;
 use buildbay::instance::{Instance, SetupOptions};
@@ -51,6 +52,27 @@ enum Command {
     },
     /// Print the armored archive public key.
     PubKey,
+    /// Users of the web and API.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Call the API of a running instance: `buildbay api <call> [args]` (see `buildbay api --help`).
+    Api {
+        /// The instance's URL.
+        #[arg(long, env = "BUILDBAY_URL", default_value = "http://localhost:8066")]
+        url: String,
+        /// An API token (see the token_create call).
+        #[arg(long, env = "BUILDBAY_TOKEN", conflicts_with = "user")]
+        token: Option<String>,
+        /// Log in as this user; the password comes from $BUILDBAY_PASSWORD or is asked for.
+        #[arg(long)]
+        user: Option<String>,
+        /// Confirm calls that need it.
+        #[arg(long)]
+        confirm: bool,
+        /// The call and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        call: Vec<String>,
+    },
     /// Repository maintenance.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -109,6 +131,18 @@ enum RepoCommand {
 }
 
 #[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is asked for, or read from standard input.
+    Add {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Role::Login)]
+        role: Role,
+    },
+    /// List users.
+    Ls,
+}
+
+#[derive(Subcommand)]
 enum SnapshotCommand {
     Create { distribution: Dist, name: SnapshotName },
     Ls { distribution: Dist },
@@ -148,7 +182,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     let json = cli.json;
-    let mut inst =
+    if let Command::Api { url, token, user, confirm, call } = &cli.command {
+        return api_client(url, token.clone(), user.as_deref(), *confirm, json, call);
+    }
+    let inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
         Command::Serve { http, no_default_setup } => {
@@ -157,7 +194,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
                 }
             }
-            serve(inst, &cli.state, http, inherited)?;
+            serve(inst, http, inherited)?;
         }
         Command::Setup { identity, distributions, repositories, key_algo } => {
             let report = inst.setup(&SetupOptions { identity, distributions, repositories, key_algo })?;
@@ -177,17 +214,29 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             });
         }
         Command::PubKey => print!("{}", inst.pub_key()?),
+        Command::User(UserCommand::Add { name, role }) => {
+            let password = read_password(&format!("Password for {name}: "))?;
+            let u = buildbay::auth::add_user(&inst.store, &name, &password, role)?;
+            println!("created user {} ({})", u.name, u.role.as_str());
+        }
+        Command::User(UserCommand::Ls) => {
+            let users = buildbay::auth::list_users(&inst.store)?;
+            let list: Vec<serde_json::Value> =
+                users.iter().map(|u| serde_json::json!({"name": u.name, "role": u.role})).collect();
+            print(json, &list, |l| {
+                l.iter()
+                    .map(|u| format!("{} {}", u["name"].as_str().unwrap_or(""), u["role"].as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Api { .. } => unreachable!("handled before opening the state directory"),
         Command::Repo(cmd) => repo(&inst, json, cmd)?,
     }
     Ok(())
 }
 
-fn serve(
-    inst: Instance,
-    state: &std::path::Path,
-    http: std::net::SocketAddr,
-    inherited: buildbay::systemd::Inherited,
-) -> Result<()> {
+fn serve(inst: Instance, http: std::net::SocketAddr, inherited: buildbay::systemd::Inherited) -> Result<()> {
     use buildbay::systemd;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -207,24 +256,84 @@ fn serve(
         if !systemd::notify_socket() {
             tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
         }
+        // mini-buildd's default: FTP on the HTTP port + 1.
+        let daemon = std::sync::Arc::new(buildbay::daemon::Daemon::new(inst, addr.port().wrapping_add(1)));
         systemd::spawn_watchdog();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(buildbay::web::serve(listener, state.to_owned(), async move {
-            let _ = stop_rx.await;
-        }));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(buildbay::web::serve(listener, daemon.clone(), stop_rx));
         let status = format!("serving http://{addr}/repositories/");
-        tracing::info!("{status}");
+        tracing::info!(running = daemon.is_running(), "{status}");
         systemd::notify_ready(&status);
         systemd::shutdown_signal().await;
         systemd::notify_stopping();
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
         if tokio::time::timeout(systemd::GRACE, server).await.is_err() {
             tracing::warn!("in-flight requests did not finish within {:?}", systemd::GRACE);
         }
-        drop(inst);
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Read a password: from $BUILDBAY_PASSWORD, from a terminal without echo, or a line of stdin.
+fn read_password(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if let Ok(p) = std::env::var("BUILDBAY_PASSWORD") {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    let saved = if stdin.is_terminal() {
+        eprint!("{prompt}");
+        std::io::stderr().flush().ok();
+        let t = nix::sys::termios::tcgetattr(&stdin).ok();
+        if let Some(t) = &t {
+            let mut quiet = t.clone();
+            quiet.local_flags.remove(nix::sys::termios::LocalFlags::ECHO);
+            let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &quiet);
+        }
+        t
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &t);
+        eprintln!();
+    }
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn api_client(
+    url: &str,
+    token: Option<String>,
+    user: Option<&str>,
+    confirm: bool,
+    json: bool,
+    call: &[String],
+) -> Result<()> {
+    use buildbay::client;
+    let argv = std::iter::once("buildbay api".to_owned()).chain(call.iter().cloned());
+    let matches = match client::api_command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            print!("{e}");
+            return Ok(());
+        }
+        Err(e) => bail!("{e}"),
+    };
+    let (name, sub) = matches.subcommand().context("no call given")?;
+    let reg = buildbay::api::registry::find(name).context("unknown call")?;
+    let args = client::args_from_matches(reg, sub).map_err(|e| anyhow::anyhow!(e.detail))?;
+    let mut c = client::Client::new(url, token);
+    if let Some(u) = user {
+        let password = read_password(&format!("Password for {u} at {url}: "))?;
+        c.login(u, &password)?;
+    }
+    let result = c.call(&args, confirm)?;
+    println!("{}", client::render(&result, json));
+    Ok(())
 }
 
 fn repos_or_all(inst: &Instance, repos: Vec<RepoId>) -> Result<Vec<RepoId>> {

@@ -21,6 +21,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The real mini-buildd client, to prove wire compatibility: Debian's mini-buildd-utils from
+# bookworm-backports (only that package comes from backports; its dependencies from bookworm).
+if ! dpkg-query -W -f='${Status}' mini-buildd-utils 2>/dev/null | grep -q 'install ok installed'; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: mini-buildd-utils (bookworm-backports) is missing; run as root to install it" >&2
+        exit 1
+    fi
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mini-buildd-utils/bookworm-backports
+fi
 [ "${1:-}" = deps ] && exit 0
 
 exec cargo test --locked

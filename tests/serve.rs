@@ -13,7 +13,7 @@ fn start(mut cmd: Command) -> (Child, String) {
     let url = loop {
         let line = lines.next().expect("serve exited early").expect("read");
         if let Some(rest) = line.split("serving ").nth(1) {
-            break rest.trim().trim_end_matches("/repositories/").to_owned();
+            break rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
         }
     };
     std::thread::spawn(move || for _ in lines {});

@@ -258,7 +258,8 @@ pub struct Archive<'a> {
     key: &'a ArchiveKey,
     origin: String,
     root: PathBuf,
-    writer: Mutex<()>,
+    /// Shared by every `Archive` of one instance: one writer at a time.
+    writer: &'a Mutex<()>,
 }
 
 /// A prepared include: everything validated and staged in memory, nothing written yet.
@@ -292,9 +293,9 @@ fn component_of(section: Option<&str>) -> Option<&str> {
 }
 
 impl<'a> Archive<'a> {
-    pub fn new(store: &'a Store, key: &'a ArchiveKey, origin: String) -> Archive<'a> {
+    pub fn new(store: &'a Store, key: &'a ArchiveKey, origin: String, writer: &'a Mutex<()>) -> Archive<'a> {
         let root = store.dir().join("repositories");
-        Archive { store, key, origin, root, writer: Mutex::new(()) }
+        Archive { store, key, origin, root, writer }
     }
 
     pub fn repo_root(&self, repo: &RepoId) -> PathBuf {

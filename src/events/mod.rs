@@ -40,6 +40,8 @@ pub struct Event {
     pub distribution: String,
     pub source: String,
     pub version: String,
+    /// Python's `isoformat()` of an aware UTC time, as mini-buildd's clients parse it.
+    #[serde(with = "iso")]
     pub timestamp: DateTime<Utc>,
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -89,6 +91,30 @@ impl Event {
     }
 }
 
+/// Timestamps as Python's `datetime.isoformat()` writes them: `2024-05-01T12:00:00.123456+00:00`.
+pub mod iso {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    }
+
+    /// Parse an aware ISO 8601 time (`+00:00`, `Z`, any offset); naive times are refused.
+    pub fn parse(s: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&s.replace(' ', "+")).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not an aware ISO 8601 time: {s:?}")))
+    }
+}
+
 /// Events at or after `after`, oldest first.
 pub fn since(store: &store::Store, after: Option<DateTime<Utc>>) -> Result<Vec<Event>> {
     let tx = store.read()?;
@@ -100,4 +126,32 @@ pub fn since(store: &store::Store, after: Option<DateTime<Utc>>) -> Result<Vec<E
         out.push(store::decode(&format!("event {:?}", k.value()), v.value())?);
     }
     Ok(out)
+}
+
+/// The event bus: every event, once persisted, goes to the log and to every live subscriber
+/// (long-poll, SSE, the web pages).
+#[derive(Clone)]
+pub struct Bus {
+    tx: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl Bus {
+    pub fn new() -> Bus {
+        Bus { tx: tokio::sync::broadcast::channel(1024).0 }
+    }
+
+    pub fn publish(&self, event: &Event) {
+        event.log();
+        let _ = self.tx.send(event.clone());
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
 }

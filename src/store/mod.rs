@@ -28,6 +28,12 @@ pub const DIRTY: TableDefinition<&str, u8> = TableDefinition::new("dirty");
 pub const PUBLISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("published");
 /// `dist/name` → JSON list of source records frozen in a snapshot.
 pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// `name` → JSON user (see `auth`).
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// SHA-256 of a session id → JSON session.
+pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// SHA-256 of an API token → JSON token.
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// `(timestamp µs, seq)` → JSON event.
 pub const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
 
@@ -101,7 +107,7 @@ impl Store {
                 }
             }
             tx.open_table(CONFIG)?;
-            for t in [DIST_SOURCES, DIST_BINARIES, DIST_DSCS, PUBLISHED, SNAPSHOTS] {
+            for t in [DIST_SOURCES, DIST_BINARIES, DIST_DSCS, PUBLISHED, SNAPSHOTS, USERS, SESSIONS, TOKENS] {
                 tx.open_table(t)?;
             }
             tx.open_table(POOL_REFS)?;

@@ -1,22 +1,404 @@
-//! The HTTP face: repository delivery (apt), and later the API and the browser pages.
+//! The HTTP face: repository delivery for apt, mini-buildd's API wire contract, its login flow,
+//! and the event streams. Everything blocking runs on tokio's blocking pool.
 
-use std::path::PathBuf;
-use warp::Filter;
+mod events;
+mod files;
+mod login;
+
+use crate::api::{self, ApiError, Args, calls::Origin, registry};
+use crate::auth::{self, Principal};
+use crate::daemon::Daemon;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use warp::http::{HeaderMap, Response, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+/// Longest query string accepted.
+pub const MAX_QUERY: usize = 16 * 1024;
+/// Most header bytes accepted.
+pub const MAX_HEADERS: usize = 32 * 1024;
+/// Largest form body accepted.
+pub const MAX_FORM: u64 = 256 * 1024;
+
+#[derive(Clone)]
+pub struct Web {
+    pub daemon: Arc<Daemon>,
+    pub events: Arc<events::Attached>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+pub type Body = warp::reply::Response;
+
+pub fn empty() -> Body {
+    Response::new(Vec::new().into())
+}
+
+fn with<T: Clone + Send>(t: T) -> impl Filter<Extract = (T,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || t.clone())
+}
+
+/// A JSON or problem response.
+pub fn json_response(status: StatusCode, content_type: &str, body: &serde_json::Value) -> Body {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(bytes.into())
+        .unwrap_or_else(|_| empty())
+}
+
+pub fn problem(e: &ApiError) -> Body {
+    json_response(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "application/problem+json",
+        &e.problem(),
+    )
+}
+
+pub fn html_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#x27;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+pub fn html_page(status: StatusCode, title: &str, body_html: &str) -> Body {
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} — buildbay</title></head><body>\n{body_html}\n</body></html>\n",
+        html_escape(title)
+    );
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/html; charset=utf-8")
+        .body(page.into())
+        .unwrap_or_else(|_| empty())
+}
+
+/// `http://host:port` as the client addressed us (the Host header), for URLs in answers.
+pub fn base_url(headers: &HeaderMap, local: Option<SocketAddr>) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) && !h.is_empty())
+        .map(str::to_owned)
+        .or_else(|| local.map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost:8066".into());
+    format!("http://{host}")
+}
+
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Who is asking: a bearer token, a session cookie, or nobody.
+async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let store_err = |e: auth::AuthError| ApiError::new(500, e.to_string());
+    if let Some(authz) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let token = authz
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ApiError::new(401, "unsupported Authorization scheme; use Authorization: Bearer <token>"))?
+            .trim()
+            .to_owned();
+        let d = web.daemon.clone();
+        let p = tokio::task::spawn_blocking(move || auth::token_principal(&d.inst.store, &token))
+            .await
+            .map_err(|e| ApiError::new(500, e.to_string()))?
+            .map_err(store_err)?;
+        return p
+            .ok_or_else(|| ApiError::new(401, "the API token is unknown or revoked; create one with token_create"));
+    }
+    if let Some(sid) = cookie(headers, "sessionid").map(str::to_owned) {
+        let d = web.daemon.clone();
+        let p = tokio::task::spawn_blocking(move || auth::session_principal(&d.inst.store, &sid))
+            .await
+            .map_err(|e| ApiError::new(500, e.to_string()))?
+            .map_err(store_err)?;
+        if let Some(p) = p {
+            return Ok(p);
+        }
+    }
+    Ok(Principal::anonymous())
+}
+
+/// Browser sessions need CSRF protection for anything that is not anonymous reading.
+/// Accepted: the csrftoken cookie echoed (X-CSRFToken header or csrfmiddlewaretoken field), a
+/// same-origin request by the browser's own account (Sec-Fetch-Site, Origin), or a request that
+/// carries no browser markers at all (API clients like mini-buildd-api).
+fn csrf_ok(headers: &HeaderMap, form_token: Option<&str>, base: &str) -> bool {
+    let cookie_token = cookie(headers, "csrftoken");
+    let sent = headers.get("x-csrftoken").and_then(|v| v.to_str().ok()).or(form_token);
+    if let (Some(c), Some(s)) = (cookie_token, sent)
+        && !c.is_empty()
+        && c == s
+    {
+        return true;
+    }
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let origin = headers.get("origin").and_then(|v| v.to_str().ok());
+    match (fetch_site, origin) {
+        (Some("same-origin"), None) => true,
+        (Some("same-origin") | None, Some(o)) => o == base,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+async fn api_call(
+    name: String,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    web: Web,
+) -> Result<Body, std::convert::Infallible> {
+    let output = query.iter().find(|(k, _)| k == "output").map(|(_, v)| v.clone());
+    let wants_html = match output.as_deref() {
+        Some(o) => o.starts_with("html"),
+        None => headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html")),
+    };
+    let result = async {
+        let call = registry::find(name.trim_end_matches('/')).ok_or_else(|| {
+            ApiError::new(404, format!("no API call {name:?}; GET /mini_buildd/api/?output=json lists them"))
+        })?;
+        let who = principal(&web, &headers).await?;
+        let confirm = query.iter().find(|(k, _)| k == "confirm").map(|(_, v)| v.as_str());
+        api::admit(call, &who, web.daemon.is_running(), confirm)?;
+        let base = base_url(&headers, None);
+        let changes_state = call.auth > auth::Role::None || call.confirm;
+        if who.via_session && changes_state {
+            let form_token = query.iter().find(|(k, _)| k == "csrfmiddlewaretoken").map(|(_, v)| v.as_str());
+            if !csrf_ok(&headers, form_token, &base) {
+                return Err(ApiError::new(403, "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken"));
+            }
+        }
+        let args = Args::from_query(call, query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let d = web.daemon.clone();
+        let origin = Origin { base_url: base };
+        tokio::task::spawn_blocking(move || api::calls::execute(&d, &args, &who, &origin))
+            .await
+            .map_err(|e| ApiError::new(500, format!("call failed: {e}")))?
+    }
+    .await;
+    Ok(match (result, output.as_deref(), wants_html) {
+        (Ok(v), Some("plain"), _) => {
+            let text = match &v {
+                serde_json::Value::String(s) => s.clone(),
+                other => serde_json::to_string_pretty(other).unwrap_or_default(),
+            };
+            Response::builder()
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(text.into())
+                .unwrap_or_else(|_| empty())
+        }
+        (Ok(v), _, true) => {
+            let text = match &v {
+                serde_json::Value::String(s) => s.clone(),
+                other => serde_json::to_string_pretty(other).unwrap_or_default(),
+            };
+            html_page(
+                StatusCode::OK,
+                &name,
+                &format!("<h1>{}</h1>\n<pre>{}</pre>", html_escape(&name), html_escape(&text)),
+            )
+        }
+        (Ok(v), _, false) => json_response(StatusCode::OK, "application/json", &v),
+        (Err(e), _, true) => html_page(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.title(),
+            &format!("<h1>{}</h1>\n<p>{}</p>", e.title(), html_escape(&e.detail)),
+        ),
+        (Err(e), _, false) => problem(&e),
+    })
+}
+
+/// The API index: every call with its auth level and arguments, from the registry.
+fn api_index(query: HashMap<String, String>) -> Body {
+    let calls: Vec<serde_json::Value> = registry::CALLS
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "group": c.group,
+                "auth": c.auth.as_str(),
+                "needs_running": c.needs_running,
+                "confirm": c.confirm,
+                "doc": c.doc,
+                "args": c.args.iter().map(|a| serde_json::json!({
+                    "name": a.name,
+                    "flag": if a.positional { a.name.to_owned() } else { a.flag() },
+                    "short": a.short.map(|s| format!("-{s}")),
+                    "type": format!("{:?}", a.kind).to_lowercase(),
+                    "required": a.default == registry::Default::Required,
+                    "default": match a.default { registry::Default::Value(v) => Some(v), _ => None },
+                    "choices": a.choices,
+                    "doc": a.doc,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if query.get("output").is_some_and(|o| o == "json") {
+        return json_response(StatusCode::OK, "application/json", &serde_json::json!(calls));
+    }
+    let mut html = String::from(
+        "<h1>API</h1>\n<p>Call as <code>GET /mini_buildd/api/&lt;call&gt;/?&lt;arg&gt;=&lt;value&gt;&amp;output=json</code>, or <code>buildbay api &lt;call&gt;</code>.</p>\n<table><tr><th>call</th><th>auth</th><th>confirm</th><th>arguments</th><th>what it does</th></tr>\n",
+    );
+    for c in registry::CALLS {
+        let args: Vec<String> =
+            c.args.iter().map(|a| if a.positional { a.name.to_owned() } else { a.flag() }).collect();
+        html.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
+            c.name,
+            c.auth.as_str(),
+            if c.confirm { "yes" } else { "" },
+            html_escape(&args.join(" ")),
+            html_escape(c.doc)
+        ));
+    }
+    html.push_str("</table>");
+    html_page(StatusCode::OK, "API", &html)
+}
+
+/// Refuse oversized requests before anything else looks at them.
+fn limits() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and_then(|headers: HeaderMap, q: String| async move {
+            let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+            if size > MAX_HEADERS {
+                return Err(warp::reject::custom(TooLarge(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)));
+            }
+            if q.len() > MAX_QUERY {
+                return Err(warp::reject::custom(TooLarge(StatusCode::URI_TOO_LONG)));
+            }
+            Ok(())
+        })
+        .untuple_one()
+}
+
+#[derive(Debug)]
+struct TooLarge(StatusCode);
+impl warp::reject::Reject for TooLarge {}
+
+async fn recover(r: Rejection) -> Result<Body, Rejection> {
+    if let Some(TooLarge(code)) = r.find::<TooLarge>() {
+        return Ok(problem(&ApiError::new(code.as_u16(), "request too large")));
+    }
+    if r.is_not_found() {
+        return Ok(problem(&ApiError::new(404, "not found")));
+    }
+    if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(problem(&ApiError::new(405, "method not allowed")));
+    }
+    if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(problem(&ApiError::new(413, "request body too large")));
+    }
+    if r.find::<warp::reject::InvalidQuery>().is_some() {
+        return Ok(problem(&ApiError::bad_request("malformed query string")));
+    }
+    Err(r)
+}
 
 /// All routes of the daemon.
-pub fn routes(state: PathBuf) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    let repositories = warp::path("repositories").and(warp::fs::dir(state.join("repositories")));
+pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let state = web.daemon.inst.store.dir().to_owned();
+    let api_get = warp::get()
+        .and(warp::path!("mini_buildd" / "api" / String))
+        .and(warp::query::<Vec<(String, String)>>())
+        .and(warp::header::headers_cloned())
+        .and(with(web.clone()))
+        .and_then(api_call);
+    // Browser forms post the same arguments.
+    let api_post = warp::post()
+        .and(warp::path!("mini_buildd" / "api" / String))
+        .and(warp::body::content_length_limit(MAX_FORM))
+        .and(warp::body::form::<Vec<(String, String)>>())
+        .and(warp::header::headers_cloned())
+        .and(with(web.clone()))
+        .and_then(api_call);
+    let index = warp::get()
+        .and(warp::path!("mini_buildd" / "api"))
+        .and(warp::query::<HashMap<String, String>>())
+        .map(api_index);
+    let root = warp::get()
+        .and(warp::path::end())
+        .map(|| warp::redirect::see_other(warp::http::Uri::from_static("/mini_buildd/api/")));
     let log = warp::log::custom(|info| {
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
     });
-    repositories.with(log)
+    limits()
+        .and(
+            api_get
+                .or(api_post)
+                .or(index)
+                .or(login::routes(web.clone()))
+                .or(events::routes(web.clone()))
+                .or(files::routes(state.join("repositories")))
+                .or(root),
+        )
+        .recover(recover)
+        .with(log)
 }
 
 /// Serve until `shutdown` resolves, then let in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: PathBuf,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    daemon: Arc<Daemon>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+    let web = Web { daemon, events: Arc::new(events::Attached::default()), shutdown: shutdown.clone() };
+    let mut stop = shutdown;
+    warp::serve(routes(web))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run()
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn csrf_rules() {
+        let base = "http://h:8066";
+        assert!(csrf_ok(&headers(&[]), None, base), "API clients carry no browser markers");
+        assert!(csrf_ok(
+            &headers(&[("cookie", "csrftoken=abc"), ("x-csrftoken", "abc"), ("sec-fetch-site", "cross-site")]),
+            None,
+            base
+        ));
+        assert!(!csrf_ok(&headers(&[("cookie", "csrftoken=abc"), ("sec-fetch-site", "cross-site")]), None, base));
+        assert!(!csrf_ok(&headers(&[("origin", "http://evil.example")]), None, base));
+        assert!(csrf_ok(&headers(&[("origin", "http://h:8066")]), None, base));
+        assert!(csrf_ok(&headers(&[("sec-fetch-site", "same-origin")]), None, base));
+        assert!(!csrf_ok(&headers(&[("cookie", "csrftoken=abc"), ("sec-fetch-site", "same-site")]), Some("abd"), base));
+    }
+
+    #[test]
+    fn host_and_cookies() {
+        assert_eq!(base_url(&headers(&[("host", "127.0.0.1:8066")]), None), "http://127.0.0.1:8066");
+        assert_eq!(base_url(&headers(&[("host", "evil<script>")]), None), "http://localhost:8066");
+        assert_eq!(cookie(&headers(&[("cookie", "a=1; sessionid=xyz")]), "sessionid"), Some("xyz"));
+        assert_eq!(html_escape("<a href='x'>&"), "&lt;a href=&#x27;x&#x27;&gt;&amp;");
+    }
 }

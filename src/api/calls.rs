@@ -1,0 +1,445 @@
+//! What each call does. Blocking (redb, files): `web` runs it on a blocking thread.
+
+use super::{ApiError, Args};
+use crate::archive::{ArchiveError, layout::Layout};
+use crate::auth::{self, Principal, Role};
+use crate::config::{self, LayoutObject, Repository, Uploader, kind};
+use crate::daemon::Daemon;
+use crate::deb::{Codename, Dist, PackageName, RepoId, SnapshotName, Version};
+use crate::events::Event;
+use crate::instance::{InstanceError, SetupOptions};
+use serde_json::{Value as Json, json};
+
+/// Where the request came in: `http://host:port`, as the client addressed us.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub base_url: String,
+}
+
+impl Origin {
+    fn host(&self) -> &str {
+        let hp = self.base_url.split_once("://").map_or(self.base_url.as_str(), |(_, r)| r);
+        match hp.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => hp,
+        }
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> ApiError {
+        let status = match &e {
+            ArchiveError::UnknownRepository(_)
+            | ArchiveError::UnknownDistribution { .. }
+            | ArchiveError::NotFound(..)
+            | ArchiveError::NoSnapshot(..) => 404,
+            ArchiveError::Store(_) | ArchiveError::Publish(_) | ArchiveError::Io { .. } => 500,
+            _ => 400,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<InstanceError> for ApiError {
+    fn from(e: InstanceError) -> ApiError {
+        match e {
+            InstanceError::Archive(a) => a.into(),
+            InstanceError::Setup(_) | InstanceError::Lifecycle(_) => ApiError::bad_request(e.to_string()),
+            InstanceError::NotSetUp => ApiError::new(503, e.to_string()),
+            _ => ApiError::new(500, e.to_string()),
+        }
+    }
+}
+
+impl From<auth::AuthError> for ApiError {
+    fn from(e: auth::AuthError) -> ApiError {
+        let status = match e {
+            auth::AuthError::Store(_) | auth::AuthError::Hash(_) => 500,
+            auth::AuthError::NoToken(..) | auth::AuthError::NoUser(_) => 404,
+            _ => 400,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::new(500, e.to_string())
+    }
+}
+
+fn repositories(d: &Daemon) -> Result<Vec<Repository>, ApiError> {
+    Ok(d.inst.list::<Repository>(kind::REPOSITORY)?)
+}
+
+fn layout_of(d: &Daemon, r: &Repository) -> Result<Layout, ApiError> {
+    d.inst
+        .get::<LayoutObject>(kind::LAYOUT, &r.layout)?
+        .map(|l| l.layout)
+        .ok_or_else(|| ApiError::new(500, format!("repository {} uses unknown layout {}", r.identity, r.layout)))
+}
+
+/// Repositories selected by a `repositories` list argument (all when empty); unknown ids are an error.
+fn selected_repos(d: &Daemon, args: &Args) -> Result<Vec<Repository>, ApiError> {
+    let all = repositories(d)?;
+    let want = args.list("repositories");
+    for w in &want {
+        if !all.iter().any(|r| r.identity.as_str() == w) {
+            return Err(ApiError::new(404, format!("no repository {w}")));
+        }
+    }
+    Ok(all.into_iter().filter(|r| want.is_empty() || want.iter().any(|w| w == r.identity.as_str())).collect())
+}
+
+fn who_name(who: &Principal) -> Result<&str, ApiError> {
+    who.user.as_deref().ok_or_else(|| ApiError::new(401, "log in first"))
+}
+
+fn publish(d: &Daemon, events: &[Event]) {
+    for e in events {
+        d.bus.publish(e);
+    }
+}
+
+/// Run a call whose arguments and admission were checked.
+pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Result<Json, ApiError> {
+    let archive = || d.inst.archive().map_err(ApiError::from);
+    match args.call.name {
+        "status" => {
+            let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
+            let mut s = json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "identity": identity,
+                "url": origin.base_url,
+                "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
+                "load": d.load(),
+                "chroots": Vec::<String>::new(),
+                "remotes": Vec::<String>::new(),
+            });
+            if args.bool("with_repositories") {
+                let mut repos = serde_json::Map::new();
+                for r in repositories(d)? {
+                    let layout = layout_of(d, &r)?;
+                    let suites: serde_json::Map<String, Json> = layout
+                        .suites
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.suite.to_string(),
+                                json!({"uploadable": s.uploadable, "experimental": s.experimental, "migrates_to": s.migrates_to}),
+                            )
+                        })
+                        .collect();
+                    repos.insert(r.identity.to_string(), json!({"codenames": r.distributions, "layout": suites}));
+                }
+                s["repositories"] = Json::Object(repos);
+            }
+            Ok(s)
+        }
+        "pub_key" => Ok(Json::String(d.inst.pub_key().unwrap_or_default())),
+        "dput_conf" => {
+            let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
+            let fqdn = format!("{}:{}", origin.host(), d.ftp_port);
+            if args.bool("dput_ng_profile") {
+                let p = json!({"method": "ftp", "fqdn": fqdn, "login": "anonymous", "incoming": "/incoming"});
+                return Ok(Json::String(serde_json::to_string_pretty(&p).unwrap_or_default()));
+            }
+            let mut s = format!("[mini-buildd-{identity}]\n");
+            for (k, v) in
+                [("method", "ftp"), ("fqdn", fqdn.as_str()), ("login", "anonymous"), ("incoming", "/incoming")]
+            {
+                s.push_str(&format!("{k:8} = {v}\n"));
+            }
+            if let Ok(extra) = std::fs::read_to_string(d.inst.store.dir().join("etc/dput.cf")) {
+                s.push_str(&extra);
+            }
+            Ok(Json::String(s))
+        }
+        "sources_list" => sources_list(d, args, origin).map(Json::String),
+        "ls" | "show" => ls(d, args, args.call.name == "show"),
+        "migrate" => {
+            let source: PackageName = args.require("source")?;
+            let dist: Dist = args.require("distribution")?;
+            let version: Option<Version> = args.parse("version")?;
+            let events = archive()?.migrate(&source, &dist, args.bool("full"), version.as_ref())?;
+            publish(d, &events);
+            Ok(json!({}))
+        }
+        "remove" => {
+            let source: PackageName = args.require("source")?;
+            let dist: Dist = args.require("distribution")?;
+            let version: Option<Version> = args.parse("version")?;
+            let event = archive()?.remove(&source, &dist, args.bool("without_rollback"), version.as_ref())?;
+            publish(d, &[event]);
+            Ok(json!({}))
+        }
+        "snapshot_ls" => {
+            let dist: Dist = args.require("distribution")?;
+            archive()?.ctx(&dist.repo)?.check_dist(&dist)?;
+            Ok(json!(archive()?.snapshot_ls(&dist)?.iter().map(|s| s.to_string()).collect::<Vec<_>>()))
+        }
+        "snapshot_create" => {
+            let dist: Dist = args.require("distribution")?;
+            let name: SnapshotName = args.require("name")?;
+            archive()?.snapshot_create(&dist, &name)?;
+            Ok(json!({}))
+        }
+        "snapshot_delete" => {
+            let dist: Dist = args.require("distribution")?;
+            let name: SnapshotName = args.require("name")?;
+            archive()?.snapshot_delete(&dist, &name)?;
+            Ok(json!({}))
+        }
+        "uploaders" => {
+            let uploaders = d.inst.list::<Uploader>(kind::UPLOADER)?;
+            let mut out = serde_json::Map::new();
+            for r in selected_repos(d, args)? {
+                let keys: Vec<Json> = uploaders
+                    .iter()
+                    .filter(|u| u.status.is_active() && u.may_upload_to.contains(&r.identity))
+                    .map(|u| json!({"user": u.user, "fingerprints": u.fingerprint.iter().collect::<Vec<_>>(), "key": u.key}))
+                    .collect();
+                out.insert(
+                    r.identity.to_string(),
+                    json!({"allow_unauthenticated_uploads": r.allow_unauthenticated_uploads, "uploaders": keys}),
+                );
+            }
+            Ok(Json::Object(out))
+        }
+        "setup" => {
+            let _lock = d.maintenance.try_lock().map_err(|_| {
+                ApiError::new(503, "another maintenance call (setup) is running; try again when it is done")
+            })?;
+            let identity = args.parse("identity")?;
+            let opts = SetupOptions {
+                identity,
+                distributions: args.list("distributions"),
+                repositories: args.list("repositories"),
+                key_algo: Default::default(),
+            };
+            let update =
+                args.str("update") == Some("all") || !opts.distributions.is_empty() || !opts.repositories.is_empty();
+            let report = if update { d.inst.setup(&opts)? } else { vec![] };
+            Ok(json!({
+                "setup": {"identity": args.str("identity"), "distributions": opts.distributions, "repositories": opts.repositories},
+                "instances": report,
+                "report": {"daemon": d.inst.daemon()?.map(|x| x.identity.to_string()), "repositories": repositories(d)?.iter().map(|r| r.identity.to_string()).collect::<Vec<_>>()},
+            }))
+        }
+        "start" => {
+            let daemon =
+                d.inst.daemon()?.ok_or_else(|| ApiError::new(400, "the daemon is not set up; run setup first"))?;
+            if !daemon.status.is_active() {
+                return Err(ApiError::bad_request("the Daemon object is not active; check and activate it first"));
+            }
+            d.set_running(true);
+            Ok(json!({}))
+        }
+        "stop" => {
+            d.set_running(false);
+            Ok(json!({}))
+        }
+        "set_user_key" => {
+            let user = who_name(who)?;
+            let key = args.require::<String>("key")?;
+            let certs = crate::gpg::read_keyring(key.as_bytes()).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "not an OpenPGP public key ({e}); paste the ASCII-armored key (gpg --armor --export)"
+                ))
+            })?;
+            let [cert] = &certs[..] else {
+                return Err(ApiError::bad_request(format!("give exactly one key, not {}", certs.len())));
+            };
+            let mut status = config::Status::default();
+            status.prepared();
+            status.checked(Ok(()), chrono::Utc::now());
+            let prev: Option<Uploader> = d.inst.get(kind::UPLOADER, user)?;
+            let up = Uploader {
+                user: user.to_owned(),
+                key,
+                fingerprint: Some(cert.fingerprint().to_hex()),
+                may_upload_to: prev.map(|p| p.may_upload_to).unwrap_or_default(),
+                status,
+            };
+            d.inst.put(kind::UPLOADER, user, &up)?;
+            Ok(json!({}))
+        }
+        "subscribe" | "unsubscribe" => {
+            let user = who_name(who)?;
+            let source = args.str("source").unwrap_or("").to_owned();
+            let dist = args.str("distribution").unwrap_or("").to_owned();
+            if !source.is_empty() {
+                source.parse::<PackageName>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
+            if !dist.is_empty() {
+                dist.parse::<Dist>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
+            let id = format!("{user}/{source}/{dist}");
+            if args.call.name == "subscribe" {
+                let exists = d.inst.get::<Json>(kind::SUBSCRIPTION, &id)?.is_some();
+                d.inst.put(kind::SUBSCRIPTION, &id, &json!({"user": user, "source": source, "distribution": dist}))?;
+                Ok(json!({"created": !exists, "source": source, "distribution": dist}))
+            } else {
+                let mut removed = Vec::new();
+                for s in d.inst.list::<Json>(kind::SUBSCRIPTION)? {
+                    let matches = |k: &str, v: &str| v.is_empty() || s[k] == v;
+                    if s["user"] == user && matches("source", &source) && matches("distribution", &dist) {
+                        let sid = format!(
+                            "{}/{}/{}",
+                            user,
+                            s["source"].as_str().unwrap_or(""),
+                            s["distribution"].as_str().unwrap_or("")
+                        );
+                        d.inst.delete(kind::SUBSCRIPTION, &sid)?;
+                        removed.push(json!({"source": s["source"], "distribution": s["distribution"]}));
+                    }
+                }
+                Ok(Json::Array(removed))
+            }
+        }
+        "token_create" => {
+            let user = who_name(who)?;
+            let role = match args.str("role").unwrap_or("login") {
+                "admin" => Role::Admin,
+                "staff" => Role::Staff,
+                _ => Role::Login,
+            };
+            let role = role.min(who.role);
+            let (secret, token) = auth::create_token(&d.inst.store, user, role, args.str("label").unwrap_or(""))?;
+            Ok(json!({"token": secret, "id": token.id, "role": token.role, "label": token.label}))
+        }
+        "token_ls" => Ok(json!(auth::list_tokens(&d.inst.store, who_name(who)?)?)),
+        "token_revoke" => {
+            auth::revoke_token(&d.inst.store, who_name(who)?, &args.require::<String>("id")?)?;
+            Ok(json!({}))
+        }
+        "user_add" => {
+            let name: String = args.require("name")?;
+            let role = match args.str("role").unwrap_or("login") {
+                "admin" => Role::Admin,
+                "staff" => Role::Staff,
+                _ => Role::Login,
+            };
+            let u = auth::add_user(&d.inst.store, &name, &args.require::<String>("password")?, role)?;
+            Ok(json!({"name": u.name, "role": u.role}))
+        }
+        other => Err(ApiError::new(500, format!("call {other} is registered but not implemented"))),
+    }
+}
+
+fn component_rank(c: &str) -> (usize, String) {
+    let order = ["main", "contrib", "non-free", "non-free-firmware", "universe", "restricted", "multiverse"];
+    (order.iter().position(|o| *o == c).unwrap_or(order.len()), c.to_owned())
+}
+
+fn sources_list(d: &Daemon, args: &Args, origin: &Origin) -> Result<String, ApiError> {
+    let codenames = args.list("codenames");
+    let suites = args.list("suites");
+    let types = args.list("types");
+    let rollbacks = args.int("rollbacks").unwrap_or(0);
+    let opts = args.str("options").unwrap_or("");
+    let snapshot: Option<SnapshotName> = args.parse("snapshot")?;
+    let base = args
+        .str("mirror")
+        .map(|m| m.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("{}/repositories", origin.base_url));
+    let origin_name = d.inst.daemon()?.map(|x| x.archive_origin()).unwrap_or_default();
+    let mut lines = Vec::new();
+    for r in selected_repos(d, args)? {
+        let ctx = d.inst.archive()?.ctx(&r.identity)?;
+        for (codename, (dist, _)) in &ctx.dists {
+            if !codenames.is_empty() && !codenames.contains(codename) {
+                continue;
+            }
+            let mut comps: Vec<String> = dist.components.iter().map(|c| c.to_string()).collect();
+            comps.sort_by_key(|c| component_rank(c));
+            for s in &ctx.layout.suites {
+                if !suites.is_empty() && !suites.iter().any(|x| x == s.suite.as_str()) {
+                    continue;
+                }
+                let base_dist = Dist::new(dist.codename.clone(), r.identity.clone(), s.suite.clone());
+                let n = if rollbacks < 0 { s.rollback } else { (rollbacks as u32).min(s.rollback) };
+                let dists = std::iter::once(base_dist.clone()).chain((0..n).map(|k| base_dist.rollback(k)));
+                for dd in dists {
+                    let suite = match &snapshot {
+                        Some(name) => format!("{dd}/snapshots/{name}"),
+                        None => dd.to_string(),
+                    };
+                    for t in &types {
+                        if args.bool("with_comment") {
+                            lines.push(format!("# {origin_name} '{dd}': release n={dd}, o={origin_name}"));
+                        }
+                        lines.push(format!("{t} [{opts}] {base}/{} {suite} {}", r.identity, comps.join(" ")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+fn ls(d: &Daemon, args: &Args, show: bool) -> Result<Json, ApiError> {
+    let source: PackageName = args.require("source")?;
+    let version: Option<Version> = args.parse("version")?;
+    let min_version: Option<Version> = args.parse("min_version")?;
+    let codenames: Vec<Codename> = args
+        .list("codenames")
+        .iter()
+        .map(|c| c.parse().map_err(|e: crate::deb::names::NameError| ApiError::bad_request(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let archive = d.inst.archive()?;
+    let mut out = serde_json::Map::new();
+    for r in selected_repos(d, args)? {
+        let layout = layout_of(d, &r)?;
+        let mut dists = serde_json::Map::new();
+        for e in archive.ls(&r.identity, &source)? {
+            if !codenames.is_empty() && !codenames.contains(&e.distribution.codename) {
+                continue;
+            }
+            if version.as_ref().is_some_and(|v| v != &e.version) || min_version.as_ref().is_some_and(|m| &e.version < m)
+            {
+                continue;
+            }
+            let mut info = json!({"version": e.version, "component": e.component, "architecture": "source"});
+            if show {
+                info["dsc_path"] = json!(format!(
+                    "pool/{}/{}/{}/{}_{}.dsc",
+                    e.component,
+                    source.pool_prefix(),
+                    source,
+                    source,
+                    e.version.without_epoch()
+                ));
+                info["binaries"] = json!(e.binaries);
+            }
+            let base = e.distribution.base().to_string();
+            let entry = dists.entry(base.clone()).or_insert_with(|| json!({"rollbacks": {}}));
+            if e.distribution.is_rollback() {
+                entry["rollbacks"][e.distribution.to_string()] = info;
+            } else if let (Json::Object(m), Json::Object(i)) = (entry, info) {
+                m.extend(i);
+            }
+        }
+        if show {
+            for (name, entry) in dists.iter_mut() {
+                let Ok(dist) = name.parse::<Dist>() else { continue };
+                if let Some(s) = layout.suite(&dist.suite) {
+                    entry["uploadable"] = json!(s.uploadable);
+                    if let Some(to) = &s.migrates_to {
+                        let target = Dist::new(dist.codename.clone(), dist.repo.clone(), to.clone()).to_string();
+                        entry["migrates_to"] = json!(target);
+                    }
+                }
+            }
+        }
+        if !dists.is_empty() {
+            out.insert(r.identity.to_string(), Json::Object(dists));
+        }
+    }
+    Ok(Json::Object(out))
+}
+
+/// `RepoId` for call arguments that name one.
+pub fn repo_id(s: &str) -> Result<RepoId, ApiError> {
+    s.parse().map_err(|e: crate::deb::names::NameError| ApiError::bad_request(e.to_string()))
+}

@@ -1,0 +1,395 @@
+//! The call registry: every API call with its auth level, flags and typed arguments.
+//!
+//! One table drives the HTTP API (`/mini_buildd/api/<call>/`), the `buildbay api` command line,
+//! the API index and reference, and the browser forms. Names, flags, encodings and defaults
+//! follow mini-buildd 2.x, so its clients work unchanged.
+
+use crate::auth::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    /// Several lines (an armored key).
+    Multiline,
+    /// `True` over HTTP, `--flag` on the command line.
+    Bool,
+    Int,
+    /// Comma-separated over HTTP, `--key v0 v1` on the command line.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Default {
+    /// Required.
+    Required,
+    /// Optional; absent means "not given" (server decides).
+    Server,
+    /// A fixed default the client sends (e.g. `types=deb`, `rollbacks=0`).
+    Value(&'static str),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Arg {
+    /// The identity: the HTTP query key (`with_repositories`).
+    pub name: &'static str,
+    /// A positional argument on the command line (otherwise `--name-with-dashes`).
+    pub positional: bool,
+    pub short: Option<char>,
+    pub kind: Kind,
+    pub default: Default,
+    pub choices: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub name: &'static str,
+    pub auth: Role,
+    /// Answers 503 while the daemon is stopped.
+    pub needs_running: bool,
+    /// Needs `confirm=<name>`.
+    pub confirm: bool,
+    pub args: &'static [Arg],
+    pub doc: &'static str,
+    /// Consumer, Developer or Administrator (the index groups by it).
+    pub group: &'static str,
+}
+
+impl Arg {
+    /// The long option: `--with-repositories`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+}
+
+const fn pos(name: &'static str, doc: &'static str) -> Arg {
+    Arg { name, positional: true, short: None, kind: Kind::Str, default: Default::Required, choices: &[], doc }
+}
+
+const fn opt(name: &'static str, short: Option<char>, kind: Kind, default: Default, doc: &'static str) -> Arg {
+    Arg { name, positional: false, short, kind, default, choices: &[], doc }
+}
+
+const REPOSITORIES: Arg =
+    opt("repositories", Some('R'), Kind::List, Default::Server, "Repository identities (default: all).");
+const CODENAMES: Arg = opt("codenames", Some('C'), Kind::List, Default::Server, "Codenames (default: all).");
+const VERSION: Arg = opt("version", Some('V'), Kind::Str, Default::Server, "Exact version (default: any).");
+const SOURCE: Arg = pos("source", "Source package name.");
+const DISTRIBUTION: Arg = pos("distribution", "Distribution, e.g. bookworm-test-unstable.");
+const LS_ARGS: &[Arg] = &[
+    SOURCE,
+    REPOSITORIES,
+    CODENAMES,
+    VERSION,
+    opt("min_version", Some('M'), Kind::Str, Default::Server, "Minimal version."),
+];
+
+pub static CALLS: &[Call] = &[
+    Call {
+        name: "status",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "Status of the instance: identity, URLs, load (-1 when stopped), chroots and remotes.",
+        args: &[opt(
+            "with_repositories",
+            Some('R'),
+            Kind::Bool,
+            Default::Server,
+            "Also list repositories with their layouts.",
+        )],
+    },
+    Call {
+        name: "pub_key",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "The instance's ASCII-armored public key: it signs the repositories.",
+        args: &[],
+    },
+    Call {
+        name: "dput_conf",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Developer",
+        doc: "A dput.cf snippet for uploading to this instance.",
+        args: &[opt("dput_ng_profile", Some('N'), Kind::Bool, Default::Server, "A dput-ng JSON profile instead.")],
+    },
+    Call {
+        name: "sources_list",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "APT sources.list lines for the repositories.",
+        args: &[
+            CODENAMES,
+            REPOSITORIES,
+            opt("suites", Some('S'), Kind::List, Default::Server, "Suites (default: all)."),
+            Arg {
+                name: "types",
+                positional: false,
+                short: Some('T'),
+                kind: Kind::List,
+                default: Default::Value("deb"),
+                choices: &["deb", "deb-src"],
+                doc: "Line types.",
+            },
+            opt(
+                "options",
+                Some('O'),
+                Kind::Str,
+                Default::Server,
+                "APT line options, e.g. signed-by=/usr/share/keyrings/x.asc.",
+            ),
+            opt("rollbacks", Some('r'), Kind::Int, Default::Value("0"), "Also list this many rollbacks (<0: all)."),
+            opt("snapshot", Some('P'), Kind::Str, Default::Server, "A snapshot name."),
+            opt("mirror", Some('M'), Kind::Str, Default::Server, "A mirror URL instead of this instance."),
+            opt("with_extra", Some('X'), Kind::Bool, Default::Server, "Also list the extra sources."),
+            opt("with_comment", Some('D'), Kind::Bool, Default::Server, "Comment each line."),
+        ],
+    },
+    Call {
+        name: "ls",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "Where a source package is: its version in every distribution and rollback.",
+        args: LS_ARGS,
+    },
+    Call {
+        name: "show",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "Like ls, plus uploadability, migration targets and pool paths.",
+        args: LS_ARGS,
+    },
+    Call {
+        name: "migrate",
+        auth: Role::Staff,
+        needs_running: false,
+        confirm: true,
+        group: "Developer",
+        doc: "Migrate a source package to the next suite; from a rollback distribution, restore it.",
+        args: &[
+            SOURCE,
+            DISTRIBUTION,
+            opt("full", Some('F'), Kind::Bool, Default::Server, "Follow the whole migration chain."),
+            VERSION,
+        ],
+    },
+    Call {
+        name: "remove",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Remove a source package from a distribution (into its rollbacks, unless --without-rollback).",
+        args: &[
+            SOURCE,
+            DISTRIBUTION,
+            opt("without_rollback", None, Kind::Bool, Default::Server, "Do not keep it in the rollbacks."),
+            VERSION,
+        ],
+    },
+    Call {
+        name: "snapshot_ls",
+        auth: Role::None,
+        needs_running: true,
+        confirm: false,
+        group: "Consumer",
+        doc: "Snapshots of a distribution.",
+        args: &[DISTRIBUTION],
+    },
+    Call {
+        name: "snapshot_create",
+        auth: Role::Admin,
+        needs_running: true,
+        confirm: true,
+        group: "Administrator",
+        doc: "Freeze a distribution as dists/<dist>/snapshots/<name>/.",
+        args: &[DISTRIBUTION, pos("name", "Snapshot name.")],
+    },
+    Call {
+        name: "snapshot_delete",
+        auth: Role::Admin,
+        needs_running: true,
+        confirm: true,
+        group: "Administrator",
+        doc: "Delete a snapshot.",
+        args: &[DISTRIBUTION, pos("name", "Snapshot name.")],
+    },
+    Call {
+        name: "uploaders",
+        auth: Role::Admin,
+        needs_running: true,
+        confirm: false,
+        group: "Administrator",
+        doc: "Per repository: whether unsigned uploads are allowed, and the uploader keys.",
+        args: &[REPOSITORIES],
+    },
+    Call {
+        name: "setup",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Create or update configuration objects, then prepare, check and activate them.",
+        args: &[
+            opt("update", None, Kind::Str, Default::Server, "all, or nothing (inspect only)."),
+            opt("pca", None, Kind::Str, Default::Server, "Prepare, check and activate (all)."),
+            opt("identity", None, Kind::Str, Default::Server, "Instance identity (default: host name)."),
+            opt("distributions", None, Kind::List, Default::Value(""), "codename:arch0+arch1, e.g. bookworm:amd64."),
+            opt(
+                "repositories",
+                None,
+                Kind::List,
+                Default::Value(""),
+                "id:layout:codename0+codename1, e.g. test:Default:bookworm.",
+            ),
+        ],
+    },
+    Call {
+        name: "start",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Start the daemon (accept uploads and builds).",
+        args: &[],
+    },
+    Call {
+        name: "stop",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Stop the daemon (the HTTP face keeps serving).",
+        args: &[],
+    },
+    Call {
+        name: "set_user_key",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: true,
+        group: "Developer",
+        doc: "Set your uploader key (ASCII-armored); staff activate it.",
+        args: &[Arg { kind: Kind::Multiline, ..pos("key", "ASCII-armored public key.") }],
+    },
+    Call {
+        name: "subscribe",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: false,
+        group: "Developer",
+        doc: "Subscribe to a package's events (empty: all).",
+        args: &[
+            Arg { default: Default::Value(""), ..pos("source", "Source package (empty: all).") },
+            Arg { default: Default::Value(""), ..pos("distribution", "Distribution (empty: all).") },
+        ],
+    },
+    Call {
+        name: "unsubscribe",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: false,
+        group: "Developer",
+        doc: "Remove matching subscriptions.",
+        args: &[
+            Arg { default: Default::Value(""), ..pos("source", "Source package (empty: all).") },
+            Arg { default: Default::Value(""), ..pos("distribution", "Distribution (empty: all).") },
+        ],
+    },
+    Call {
+        name: "token_create",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: true,
+        group: "Developer",
+        doc: "Create an API token for yourself (shown once), scoped to a role no higher than yours.",
+        args: &[
+            Arg {
+                name: "role",
+                positional: false,
+                short: None,
+                kind: Kind::Str,
+                default: Default::Value("login"),
+                choices: &["login", "staff", "admin"],
+                doc: "The token's role.",
+            },
+            opt("label", None, Kind::Str, Default::Value(""), "What the token is for."),
+        ],
+    },
+    Call {
+        name: "token_ls",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: false,
+        group: "Developer",
+        doc: "Your API tokens (without their secrets).",
+        args: &[],
+    },
+    Call {
+        name: "token_revoke",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: true,
+        group: "Developer",
+        doc: "Revoke one of your API tokens.",
+        args: &[pos("id", "Token id, as token_ls shows it.")],
+    },
+    Call {
+        name: "user_add",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Create a user.",
+        args: &[
+            pos("name", "User name."),
+            Arg {
+                name: "role",
+                positional: false,
+                short: None,
+                kind: Kind::Str,
+                default: Default::Value("login"),
+                choices: &["login", "staff", "admin"],
+                doc: "The user's role.",
+            },
+            opt("password", None, Kind::Str, Default::Required, "Initial password (at least 8 characters)."),
+        ],
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Call> {
+    CALLS.iter().find(|c| c.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_is_consistent() {
+        let mut names: Vec<&str> = CALLS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CALLS.len(), "call names are unique");
+        for c in CALLS {
+            let mut seen = Vec::new();
+            for a in c.args {
+                assert!(!seen.contains(&a.name), "{}: duplicate argument {}", c.name, a.name);
+                seen.push(a.name);
+                assert!(a.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", a.name);
+            }
+        }
+        assert_eq!(find("migrate").map(|c| (c.auth, c.confirm)), Some((Role::Staff, true)));
+        assert_eq!(find("sources_list").unwrap().args[4].flag(), "--options");
+    }
+}

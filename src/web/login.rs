@@ -1,0 +1,176 @@
+//! Django-compatible login (what mini-buildd's client scripts): a `csrftoken` cookie from
+//! `GET /accounts/login/`, a form POST, a redirect to `next` with the `sessionid` cookie.
+
+use super::{Web, cookie, html_escape, html_page};
+use crate::auth;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use warp::http::{HeaderMap, Response, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+fn login_form(status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -> super::Body {
+    let err = error.map(|e| format!("<p role=\"alert\"><strong>{}</strong></p>\n", html_escape(e))).unwrap_or_default();
+    let body = format!(
+        "<h1>Log in</h1>\n{err}<form method=\"post\" action=\"/accounts/login/\">\n\
+         <input type=\"hidden\" name=\"csrfmiddlewaretoken\" value=\"{}\">\n\
+         <input type=\"hidden\" name=\"next\" value=\"{}\">\n\
+         <p><label for=\"id_username\">User name</label> <input id=\"id_username\" name=\"username\" autocomplete=\"username\" required></p>\n\
+         <p><label for=\"id_password\">Password</label> <input id=\"id_password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></p>\n\
+         <p><button type=\"submit\">Log in</button></p>\n</form>",
+        html_escape(csrf),
+        html_escape(next)
+    );
+    let mut r = html_page(status, "Log in", &body);
+    if let Ok(v) = format!("csrftoken={csrf}; Path=/; SameSite=Lax; Max-Age=31449600").parse() {
+        r.headers_mut().append("set-cookie", v);
+    }
+    r
+}
+
+fn valid_csrf(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Where to go after login: a local path, or an absolute URL on this very host (made local).
+fn safe_next(next: &str, headers: &HeaderMap) -> String {
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+    let local = if let Some(rest) = next.strip_prefix("http://").or_else(|| next.strip_prefix("https://")) {
+        match rest.split_once('/') {
+            Some((h, path)) if h == host => format!("/{path}"),
+            _ => "/".into(),
+        }
+    } else {
+        next.to_owned()
+    };
+    if local.starts_with('/') && !local.starts_with("//") && !local.contains('\\') && !local.contains(['\r', '\n']) {
+        local
+    } else {
+        "/".into()
+    }
+}
+
+fn client_ip(remote: Option<SocketAddr>) -> IpAddr {
+    remote.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+}
+
+async fn post_login(
+    form: HashMap<String, String>,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+    web: Web,
+) -> Result<super::Body, std::convert::Infallible> {
+    let ip = client_ip(remote);
+    let next = safe_next(form.get("next").map_or("/", String::as_str), &headers);
+    let csrf_cookie = cookie(&headers, "csrftoken").filter(|c| valid_csrf(c)).map(str::to_owned);
+    let fresh = || auth::random_token();
+    if let Some(wait) = web.daemon.limiter.locked(ip) {
+        let mut r = login_form(
+            StatusCode::TOO_MANY_REQUESTS,
+            &csrf_cookie.clone().unwrap_or_else(fresh),
+            &next,
+            Some(&format!("Too many failed logins from your address; try again in {wait} s.")),
+        );
+        if let Ok(v) = wait.to_string().parse() {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return Ok(r);
+    }
+    let Some(csrf) = csrf_cookie.filter(|c| form.get("csrfmiddlewaretoken") == Some(c)) else {
+        return Ok(login_form(
+            StatusCode::FORBIDDEN,
+            &fresh(),
+            &next,
+            Some("CSRF verification failed: reload the login page and try again."),
+        ));
+    };
+    let (user, password) =
+        (form.get("username").cloned().unwrap_or_default(), form.get("password").cloned().unwrap_or_default());
+    let d = web.daemon.clone();
+    let checked = tokio::task::spawn_blocking(move || -> Result<Option<String>, auth::AuthError> {
+        match auth::check_password(&d.inst.store, &user, &password)? {
+            Some(u) => Ok(Some(auth::create_session(&d.inst.store, &u.name)?)),
+            None => Ok(None),
+        }
+    })
+    .await;
+    match checked {
+        Ok(Ok(Some(session))) => {
+            web.daemon.limiter.succeeded(ip);
+            let cookie = format!(
+                "sessionid={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+                auth::SESSION_LIFETIME.num_seconds()
+            );
+            Ok(Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", next)
+                .header("set-cookie", cookie)
+                .body(Vec::new().into())
+                .unwrap_or_else(|_| super::empty()))
+        }
+        Ok(Ok(None)) => {
+            web.daemon.limiter.failed(ip);
+            tracing::info!(%ip, "failed login");
+            Ok(login_form(StatusCode::OK, &csrf, &next, Some("Wrong user name or password.")))
+        }
+        Ok(Err(e)) => Ok(super::problem(&crate::api::ApiError::new(500, e.to_string()))),
+        Err(e) => Ok(super::problem(&crate::api::ApiError::new(500, e.to_string()))),
+    }
+}
+
+pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let get = warp::get()
+        .and(warp::path!("accounts" / "login"))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .map(|q: HashMap<String, String>, headers: HeaderMap| {
+            let csrf = cookie(&headers, "csrftoken")
+                .filter(|c| valid_csrf(c))
+                .map(str::to_owned)
+                .unwrap_or_else(auth::random_token);
+            login_form(StatusCode::OK, &csrf, &safe_next(q.get("next").map_or("/", String::as_str), &headers), None)
+        });
+    let post = warp::post()
+        .and(warp::path!("accounts" / "login"))
+        .and(warp::body::content_length_limit(super::MAX_FORM))
+        .and(warp::body::form::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(super::with(web.clone()))
+        .and_then(post_login);
+    let null = warp::get()
+        .and(warp::path!("accounts" / "null"))
+        .map(|| html_page(StatusCode::OK, "Logged in", "<p>Logged in.</p>"));
+    let logout = warp::path!("accounts" / "logout").and(warp::header::headers_cloned()).and(super::with(web)).and_then(
+        |headers: HeaderMap, web: Web| async move {
+            if let Some(sid) = cookie(&headers, "sessionid").map(str::to_owned) {
+                let d = web.daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || auth::end_session(&d.inst.store, &sid)).await;
+            }
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(StatusCode::SEE_OTHER)
+                    .header("location", "/")
+                    .header("set-cookie", "sessionid=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+                    .body(Vec::new().into())
+                    .unwrap_or_else(|_| super::empty()),
+            )
+        },
+    );
+    get.or(post).or(null).or(logout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_kept_local() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "127.0.0.1:8066".parse().unwrap());
+        assert_eq!(safe_next("http://127.0.0.1:8066/accounts/null/", &h), "/accounts/null/");
+        assert_eq!(safe_next("/mini_buildd/", &h), "/mini_buildd/");
+        assert_eq!(safe_next("http://evil.example/x", &h), "/");
+        assert_eq!(safe_next("//evil.example/x", &h), "/");
+        assert_eq!(safe_next("javascript:alert(1)", &h), "/");
+    }
+}

@@ -1,0 +1,395 @@
+//! The HTTP API on mini-buildd's wire contract: its real client, its login flow, tokens, CSRF,
+//! hostile requests, and the event streams.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(inst: &Instance) -> Server {
+    let mut child = inst
+        .cmd(&["serve", "--http", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines.next().expect("serve exited early").expect("read");
+        if let Some(rest) = line.split("serving ").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+/// curl: returns (status, headers, body).
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = run(Command::new("curl").args(["-s", "-S", "-D", "-", "--max-time", "30"]).args(args));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn set_cookie(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .find_map(|c| c.strip_prefix(&format!("{name}=")).map(|v| v.split(';').next().unwrap_or_default().to_owned()))
+}
+
+fn mbd(args: &[&str]) -> String {
+    ok(Command::new("mini-buildd-api").args(args))
+}
+
+fn setup_users(inst: &Instance) {
+    for (name, role) in [("admin", "admin"), ("staff", "staff"), ("user", "login")] {
+        ok(inst.cmd(&["user", "add", name, "--role", role]).env("BUILDBAY_PASSWORD", format!("{name}-password")));
+    }
+}
+
+/// Log in like mini-buildd's client (urllib), step by step; returns the cookie header.
+fn login(url: &str, user: &str, password: &str) -> Result<String, String> {
+    let (status, head, _) = curl(&[&format!("{url}/accounts/login/")]);
+    assert_eq!(status, 200);
+    let csrf = set_cookie(&head, "csrftoken").expect("csrftoken cookie");
+    assert!(head.to_lowercase().contains("path=/"), "{head}");
+    let form = format!(
+        "username={user}&password={password}&csrfmiddlewaretoken={csrf}&this_is_the_login_form=1&next=http%3A%2F%2F{}%2Faccounts%2Fnull%2F",
+        url.trim_start_matches("http://").replace(':', "%3A")
+    );
+    let (status, head, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/x-www-form-urlencoded",
+        "-H",
+        &format!("Referer: {url}"),
+        "-H",
+        &format!("Cookie: csrftoken={csrf}"),
+        "--data",
+        &form,
+        &format!("{url}/accounts/login/"),
+    ]);
+    if status != 302 {
+        return Err(format!("login answered {status}"));
+    }
+    let location =
+        head.lines().find_map(|l| l.to_lowercase().strip_prefix("location: ").map(str::to_owned)).expect("location");
+    assert_eq!(location.trim(), "/accounts/null/");
+    let session = set_cookie(&head, "sessionid").expect("sessionid cookie");
+    let session_line = head.lines().find(|l| l.to_lowercase().starts_with("set-cookie: sessionid")).unwrap_or_default();
+    assert!(session_line.contains("Path=/") && session_line.contains("HttpOnly"), "{session_line}");
+    let (status, _, _) =
+        curl(&["-H", &format!("Cookie: csrftoken={csrf}; sessionid={session}"), &format!("{url}{location}")]);
+    assert_eq!(status, 200);
+    Ok(format!("csrftoken={csrf}; sessionid={session}"))
+}
+
+#[test]
+fn real_mini_buildd_client_and_apt_over_http() {
+    let inst = Instance::new("ed25519");
+    let pkg = make_pkg(inst.dir.path(), "bbapi", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    let offline_key = inst.ok(&["pub-key"]);
+    let s = serve(&inst);
+
+    let status: serde_json::Value = serde_json::from_str(&mbd(&["status", &s.url])).expect("status is JSON");
+    assert_eq!(status["identity"], "ci");
+    assert_eq!(status["url"], s.url.as_str());
+    assert_eq!(status["load"], 0.0);
+    assert!(status["chroots"].is_array() && status["remotes"].is_array());
+    let port: u16 = s.url.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(status["incoming_url"], format!("ftp://127.0.0.1:{}", port + 1));
+    let with_repos: serde_json::Value = serde_json::from_str(&mbd(&["status", &s.url, "-R"])).unwrap();
+    assert_eq!(with_repos["repositories"]["test"]["layout"]["unstable"]["migrates_to"], "testing");
+
+    let key = mbd(&["pub_key", &s.url]);
+    assert_eq!(key.trim_end(), offline_key.trim_end());
+
+    let dput = mbd(&["dput_conf", &s.url]);
+    assert!(dput.starts_with("[mini-buildd-ci]\n"), "{dput}");
+    assert!(dput.contains(&format!("fqdn     = 127.0.0.1:{}\n", port + 1)), "{dput}");
+    assert!(dput.contains("incoming = /incoming\n"), "{dput}");
+
+    let ls: serde_json::Value = serde_json::from_str(&mbd(&["ls", &s.url, "bbapi"])).unwrap();
+    assert_eq!(ls["test"]["bookworm-test-unstable"]["version"], "1.0~test12+1");
+    assert_eq!(ls["test"]["bookworm-test-unstable"]["architecture"], "source");
+
+    // apt: the key from pub_key, the line from sources_list (with Signed-By as its option).
+    let keyfile = inst.dir.path().join("pub_key.asc");
+    std::fs::write(&keyfile, &key).unwrap();
+    let lines = mbd(&["sources_list", &s.url, "-S", "unstable", "-O", &format!("signed-by={}", keyfile.display())]);
+    let line = lines.lines().find(|l| l.starts_with("deb ")).expect("a deb line").to_owned();
+    assert_eq!(
+        line,
+        format!("deb [signed-by={}] {}/repositories/test bookworm-test-unstable main", keyfile.display(), s.url)
+    );
+    let apt = AptRoot::new(inst.dir.path(), "unused", &[], &keyfile);
+    std::fs::remove_file(apt.root.join("etc/apt/sources.list.d/buildbay.sources")).unwrap();
+    std::fs::write(apt.root.join("etc/apt/sources.list"), format!("{line}\n")).unwrap();
+    apt.update();
+    let out = apt.apt("apt-get", &["-y", "install", "bbapi"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ok(&mut Command::new(apt.root.join("usr/bin/bbapi"))).trim(), "hello from bbapi 1.0~test12+1");
+
+    // The client reports our RFC 7807 errors.
+    let out = run(Command::new("mini-buildd-api").args([
+        "--script-mode",
+        "migrate",
+        &s.url,
+        "bbapi",
+        "bookworm-test-unstable",
+    ]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs authorization: STAFF") && err.contains("HTTP 401"), "{err}");
+}
+
+#[test]
+fn login_flow_tokens_csrf_and_hostile_requests() {
+    let inst = Instance::new("ed25519");
+    setup_users(&inst);
+    let pkg = make_pkg(inst.dir.path(), "bbauth", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    let s = serve(&inst);
+    let api = |q: &str| format!("{}/mini_buildd/api/{q}", s.url);
+
+    // Anonymous state changes are refused.
+    let (code, _, body) =
+        curl(&[&api("migrate/?source=bbauth&distribution=bookworm-test-unstable&confirm=migrate&output=json")]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"status\":401") && body.contains("needs authorization"), "{body}");
+
+    // The login flow of mini-buildd's client; then migrate with confirm.
+    assert!(login(&s.url, "admin", "wrong-password").is_err());
+    let cookies = login(&s.url, "admin", "admin-password").expect("login");
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: {cookies}"),
+        &api("migrate/?source=bbauth&distribution=bookworm-test-unstable&output=json"),
+    ]);
+    assert_eq!(code, 400, "confirm is needed: {body}");
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: {cookies}"),
+        &api("migrate/?source=bbauth&distribution=bookworm-test-unstable&confirm=migrate&output=json"),
+    ]);
+    assert_eq!((code, body.as_str()), (200, "{}"));
+    let ls: serde_json::Value = serde_json::from_str(&mbd(&["ls", &s.url, "bbauth"])).unwrap();
+    assert_eq!(ls["test"]["bookworm-test-testing"]["version"], "1.0~test12+1");
+
+    // A browser session without a CSRF token, from another site, changes nothing.
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: {cookies}"),
+        "-H",
+        "Sec-Fetch-Site: cross-site",
+        &api("remove/?source=bbauth&distribution=bookworm-test-testing&confirm=remove&output=json"),
+    ]);
+    assert_eq!(code, 403, "{body}");
+    let (code, _, _) = curl(&[
+        "-H",
+        &format!("Cookie: {cookies}"),
+        "-H",
+        "Origin: http://evil.example",
+        &api("stop/?confirm=stop&output=json"),
+    ]);
+    assert_eq!(code, 403);
+    let csrf = cookies.split(';').next().unwrap().trim_start_matches("csrftoken=");
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: {cookies}"),
+        "-H",
+        "Sec-Fetch-Site: cross-site",
+        "-H",
+        &format!("X-CSRFToken: {csrf}"),
+        &api("snapshot_create/?distribution=bookworm-test-testing&name=s1&confirm=snapshot_create&output=json"),
+    ]);
+    assert_eq!(code, 200, "with the token it works: {body}");
+
+    // Tokens: created by the session, used as Bearer, scoped to a role.
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: {cookies}"),
+        &api("token_create/?role=login&label=ci&confirm=token_create&output=json"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let secret = token["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Authorization: Bearer {secret}");
+    let (code, _, _) = curl(&["-H", &bearer, &api("token_ls/?output=json")]);
+    assert_eq!(code, 200);
+    let (code, _, body) = curl(&[
+        "-H",
+        &bearer,
+        &api("migrate/?source=bbauth&distribution=bookworm-test-testing&confirm=migrate&output=json"),
+    ]);
+    assert_eq!(code, 403, "a login token cannot migrate: {body}");
+    let (code, _, _) = curl(&["-H", "Authorization: Bearer bb_forged", &api("status/?output=json")]);
+    assert_eq!(code, 401);
+    // Our CLI client with an admin token.
+    let (_, _, body) =
+        curl(&["-H", &format!("Cookie: {cookies}"), &api("token_create/?role=admin&confirm=token_create&output=json")]);
+    let admin_token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"].as_str().unwrap().to_owned();
+    let out = ok(Command::new(bin()).args([
+        "api",
+        "--url",
+        &s.url,
+        "--token",
+        &admin_token,
+        "--confirm",
+        "migrate",
+        "bbauth",
+        "bookworm-test-testing",
+    ]));
+    assert_eq!(out.trim(), "{}");
+    let out = ok(Command::new(bin()).args(["api", "--url", &s.url, "ls", "bbauth"]));
+    assert!(out.contains("bookworm-test-stable"), "{out}");
+    let out = run(Command::new(bin()).args(["api", "--url", &s.url, "remove", "bbauth", "bookworm-test-stable"]));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
+    // Our client's login flow works as mini-buildd's does.
+    let out = ok(Command::new(bin())
+        .args(["api", "--url", &s.url, "--user", "staff", "--confirm", "snapshot_ls", "bookworm-test-testing"])
+        .env("BUILDBAY_PASSWORD", "staff-password"));
+    assert!(out.contains("s1"), "{out}");
+
+    // Hostile requests.
+    for path in [
+        "/repositories/test/../../buildbay.redb",
+        "/repositories/test/%2e%2e/%2e%2e/buildbay.redb",
+        "/repositories/test%2f..%2f..%2fbuildbay.redb",
+        "/repositories/test/dists/.gen",
+        "/repositories/%2e%2e%2fgnupg/archive-key.asc",
+    ] {
+        let (code, _, _) = curl(&["--path-as-is", &format!("{}{path}", s.url)]);
+        assert_eq!(code, 404, "{path}");
+    }
+    let big = "x".repeat(40 * 1024);
+    let (code, _, _) = curl(&["-H", &format!("X-Big: {big}"), &api("status/")]);
+    assert!(code == 431 || code == 400, "oversized header: {code}");
+    let (code, _, _) = curl(&[&api(&format!("status/?junk={}", "y".repeat(20 * 1024)))]);
+    assert_eq!(code, 414);
+    let (code, _, body) = curl(&[&api("no_such_call/?output=json")]);
+    assert_eq!(code, 404, "{body}");
+    let (code, _, body) = curl(&[&api("sources_list/?rollbacks=many&output=json")]);
+    assert_eq!(code, 400, "{body}");
+    let (code, _, _) = curl(&[&api("ls/?source=%3Cscript%3E&output=json")]);
+    assert_eq!(code, 400);
+
+    // 1,000 wrong logins: rate-limited, and the server keeps answering.
+    let (_, head, _) = curl(&[&format!("{}/accounts/login/", s.url)]);
+    let csrf = set_cookie(&head, "csrftoken").unwrap();
+    let mut codes = std::collections::BTreeMap::new();
+    let t0 = std::time::Instant::now();
+    let form = format!("username=admin&password=wrong&csrfmiddlewaretoken={csrf}&next=/");
+    let url = format!("{}/accounts/login/", s.url);
+    let cookie = format!("Cookie: csrftoken={csrf}");
+    let mut args: Vec<&str> = Vec::new();
+    for i in 0..1000 {
+        if i > 0 {
+            args.push("--next");
+        }
+        args.extend(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "-H", &cookie, "--data", &form, &url]);
+    }
+    let out = ok(Command::new("curl").args(&args));
+    for c in out.lines() {
+        *codes.entry(c.to_owned()).or_insert(0) += 1;
+    }
+    eprintln!("1000 wrong logins in {:?}: {:?}", t0.elapsed(), codes.iter().take(5).collect::<Vec<_>>());
+    assert_eq!(codes.get("200"), Some(&5), "five attempts are checked: {codes:?}");
+    assert_eq!(codes.get("429"), Some(&995), "the rest are refused: {codes:?}");
+    let t = std::time::Instant::now();
+    let (code, _, _) = curl(&[&api("status/?output=json")]);
+    assert_eq!(code, 200);
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "still responsive");
+}
+
+#[test]
+fn events_long_poll_and_sse() {
+    let inst = Instance::new("ed25519");
+    setup_users(&inst);
+    let pkg = make_pkg(inst.dir.path(), "bbevent", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    let s = serve(&inst);
+    let before = "2000-01-01T00:00:00+00:00";
+    // An SSE listener, attached before the event happens.
+    let mut sse = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "20", &format!("{}/api/events", s.url)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl sse");
+    // A long-poll waiting for the next event.
+    let waiter = {
+        let url = format!("{}/static/events.attach?", s.url);
+        std::thread::spawn(move || curl(&[&url]))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let token_out = ok(Command::new(bin())
+        .args(["api", "--url", &s.url, "--user", "admin", "--confirm", "token_create", "--role", "staff"])
+        .env("BUILDBAY_PASSWORD", "admin-password"));
+    let token = serde_json::from_str::<serde_json::Value>(&token_out).unwrap()["token"].as_str().unwrap().to_owned();
+    ok(Command::new(bin()).args([
+        "api",
+        "--url",
+        &s.url,
+        "--token",
+        &token,
+        "--confirm",
+        "migrate",
+        "bbevent",
+        "bookworm-test-unstable",
+    ]));
+
+    let (code, head, body) = waiter.join().unwrap();
+    assert_eq!(code, 200, "{head}");
+    let ev: serde_json::Value = serde_json::from_str(&body).expect("one JSON event");
+    assert_eq!(ev["type"], "MIGRATED");
+    assert_eq!(ev["source"], "bbevent");
+    assert_eq!(ev["distribution"], "bookworm-test-unstable");
+    let ts = ev["timestamp"].as_str().unwrap();
+    assert!(ts.ends_with("+00:00") && ts.contains('T'), "{ts}");
+    for k in ["version", "extra"] {
+        assert!(ev.get(k).is_some());
+    }
+    // Replayed for a new connection with `after`.
+    let (code, _, body) = curl(&[&format!("{}/static/events.attach?after={}", s.url, before.replace('+', "%2B"))]);
+    assert_eq!(code, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["type"], "MIGRATED");
+    let (code, _, _) = curl(&[&format!("{}/static/events.attach?after=yesterday", s.url)]);
+    assert_eq!(code, 400);
+
+    // SSE got it live.
+    let mut lines = BufReader::new(sse.stdout.take().expect("stdout")).lines();
+    let data = loop {
+        let l = lines.next().expect("sse ended").expect("read");
+        if let Some(d) = l.strip_prefix("data:") {
+            break d.trim().to_owned();
+        }
+    };
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&data).unwrap()["type"], "MIGRATED");
+    let _ = sse.kill();
+    let _ = sse.wait();
+
+    // The real client's events reader gets it too.
+    let out =
+        run(Command::new("timeout").args(["10", "mini-buildd-events", "-A", before, "-E", "MIGRATED", "--", &s.url]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("MIGRATED") && text.contains("bbevent"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
