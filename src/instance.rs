@@ -27,16 +27,7 @@ pub enum InstanceError {
     Lifecycle(#[from] config::LifecycleError),
 }
 
-macro_rules! via_store {
-    ($($t:ty),*) => {$(
-        impl From<$t> for InstanceError {
-            fn from(e: $t) -> InstanceError {
-                InstanceError::Store(e.into())
-            }
-        }
-    )*};
-}
-via_store!(redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
+crate::from_redb_errors!(InstanceError);
 
 pub type Result<T> = std::result::Result<T, InstanceError>;
 

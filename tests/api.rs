@@ -4,39 +4,10 @@
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 fn serve(inst: &Instance) -> Server {
-    let mut child = inst
-        .cmd(&["serve", "--http", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("serve exited early").expect("read");
-        if let Some(rest) = line.split("serving ").nth(1) {
-            break rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+    Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0"]))
 }
 
 /// curl: returns (status, headers, body).

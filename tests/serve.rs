@@ -2,30 +2,7 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-/// Start `serve` and wait for its "serving http://ADDR/" line; returns the child and the base URL.
-fn start(mut cmd: Command) -> (Child, String) {
-    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().expect("serve exited early").expect("read");
-        if let Some(rest) = line.split("serving ").nth(1) {
-            break rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
-
-fn stop(mut child: Child) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn apt_installs_over_http_and_the_state_directory_is_held() {
@@ -33,7 +10,8 @@ fn apt_installs_over_http_and_the_state_directory_is_held() {
     let pkg = make_pkg(inst.dir.path(), "bbweb", "1.0~test12+1");
     inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
     let (asc, _) = inst.key_files();
-    let (child, url) = start(inst.cmd(&["serve", "--http", "127.0.0.1:0"]));
+    let server = Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0"]));
+    let url = server.url.clone();
 
     let err = inst.fails(&["repo", "ls", "bbweb"]);
     assert!(err.contains("in use by a running buildbay daemon"), "{err}");
@@ -55,7 +33,7 @@ fn apt_installs_over_http_and_the_state_directory_is_held() {
             .arg(format!("{url}{path}")));
         assert_eq!(code, "404", "{path}");
     }
-    stop(child);
+    assert!(server.stop(), "serve exits cleanly on SIGTERM");
     inst.ok(&["repo", "ls", "bbweb"]);
 }
 

@@ -76,6 +76,21 @@ const CODENAMES: Arg = opt("codenames", Some('C'), Kind::List, Default::Server, 
 const VERSION: Arg = opt("version", Some('V'), Kind::Str, Default::Server, "Exact version (default: any).");
 const SOURCE: Arg = pos("source", "Source package name.");
 const DISTRIBUTION: Arg = pos("distribution", "Distribution, e.g. bookworm-test-unstable.");
+const SUBSCRIPTION_ARGS: &[Arg] = &[
+    Arg { default: Default::Value(""), ..pos("source", "Source package (empty: all).") },
+    Arg { default: Default::Value(""), ..pos("distribution", "Distribution (empty: all).") },
+];
+const fn role(doc: &'static str) -> Arg {
+    Arg {
+        name: "role",
+        positional: false,
+        short: None,
+        kind: Kind::Str,
+        default: Default::Value("login"),
+        choices: &["login", "staff", "admin"],
+        doc,
+    }
+}
 const LS_ARGS: &[Arg] = &[
     SOURCE,
     REPOSITORIES,
@@ -289,10 +304,7 @@ pub static CALLS: &[Call] = &[
         confirm: false,
         group: "Developer",
         doc: "Subscribe to a package's events (empty: all).",
-        args: &[
-            Arg { default: Default::Value(""), ..pos("source", "Source package (empty: all).") },
-            Arg { default: Default::Value(""), ..pos("distribution", "Distribution (empty: all).") },
-        ],
+        args: SUBSCRIPTION_ARGS,
     },
     Call {
         name: "unsubscribe",
@@ -301,10 +313,7 @@ pub static CALLS: &[Call] = &[
         confirm: false,
         group: "Developer",
         doc: "Remove matching subscriptions.",
-        args: &[
-            Arg { default: Default::Value(""), ..pos("source", "Source package (empty: all).") },
-            Arg { default: Default::Value(""), ..pos("distribution", "Distribution (empty: all).") },
-        ],
+        args: SUBSCRIPTION_ARGS,
     },
     Call {
         name: "token_create",
@@ -313,18 +322,7 @@ pub static CALLS: &[Call] = &[
         confirm: true,
         group: "Developer",
         doc: "Create an API token for yourself (shown once), scoped to a role no higher than yours.",
-        args: &[
-            Arg {
-                name: "role",
-                positional: false,
-                short: None,
-                kind: Kind::Str,
-                default: Default::Value("login"),
-                choices: &["login", "staff", "admin"],
-                doc: "The token's role.",
-            },
-            opt("label", None, Kind::Str, Default::Value(""), "What the token is for."),
-        ],
+        args: &[role("The token's role."), opt("label", None, Kind::Str, Default::Value(""), "What the token is for.")],
     },
     Call {
         name: "token_ls",
@@ -353,15 +351,7 @@ pub static CALLS: &[Call] = &[
         doc: "Create a user.",
         args: &[
             pos("name", "User name."),
-            Arg {
-                name: "role",
-                positional: false,
-                short: None,
-                kind: Kind::Str,
-                default: Default::Value("login"),
-                choices: &["login", "staff", "admin"],
-                doc: "The user's role.",
-            },
+            role("The user's role."),
             opt("password", None, Kind::Str, Default::Required, "Initial password (at least 8 characters)."),
         ],
     },

@@ -82,16 +82,7 @@ pub enum ArchiveError {
 
 pub type Result<T> = std::result::Result<T, ArchiveError>;
 
-macro_rules! via_store {
-    ($($t:ty),*) => {$(
-        impl From<$t> for ArchiveError {
-            fn from(e: $t) -> ArchiveError {
-                ArchiveError::Store(e.into())
-            }
-        }
-    )*};
-}
-via_store!(redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
+crate::from_redb_errors!(ArchiveError);
 
 fn io_err<P: AsRef<Path>>(path: P) -> impl FnOnce(std::io::Error) -> ArchiveError {
     let path = path.as_ref().to_owned();

@@ -100,16 +100,7 @@ pub enum AuthError {
     Hash(String),
 }
 
-macro_rules! via_store {
-    ($($t:ty),*) => {$(
-        impl From<$t> for AuthError {
-            fn from(e: $t) -> AuthError {
-                AuthError::Store(e.into())
-            }
-        }
-    )*};
-}
-via_store!(redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
+crate::from_redb_errors!(AuthError);
 
 type Result<T> = std::result::Result<T, AuthError>;
 

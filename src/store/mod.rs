@@ -66,6 +66,22 @@ macro_rules! db_err {
 }
 db_err!(redb::Error, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
+/// `From` every redb error for a module error with a `Store(StoreError)` variant, so that `?`
+/// works on redb calls there too.
+#[macro_export]
+macro_rules! from_redb_errors {
+    ($target:ident) => {
+        $crate::from_redb_errors!($target, redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
+    };
+    ($target:ident, $($t:ty),*) => {$(
+        impl From<$t> for $target {
+            fn from(e: $t) -> $target {
+                $target::Store(e.into())
+            }
+        }
+    )*};
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {

@@ -119,7 +119,7 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
     let attach = warp::get()
         .and(warp::path!("static" / "events.attach"))
         .and(warp::query::<HashMap<String, String>>())
-        .and(warp::addr::remote())
+        .and(super::peer())
         .and(super::with(web.clone()))
         .and_then(attach);
     let sse = warp::get()

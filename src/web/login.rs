@@ -134,7 +134,7 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         .and(warp::body::content_length_limit(super::MAX_FORM))
         .and(warp::body::form::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(super::peer())
         .and(super::with(web.clone()))
         .and_then(post_login);
     let null = warp::get()

@@ -16,7 +16,7 @@ use warp::{Filter, Rejection, Reply};
 
 /// Longest query string accepted.
 pub const MAX_QUERY: usize = 16 * 1024;
-/// Most header bytes accepted.
+/// Most bytes of a request head accepted (hyper's read buffer; it answers 431 beyond).
 pub const MAX_HEADERS: usize = 32 * 1024;
 /// Largest form body accepted.
 pub const MAX_FORM: u64 = 256 * 1024;
@@ -268,15 +268,12 @@ fn api_index(query: HashMap<String, String>) -> Body {
     html_page(StatusCode::OK, "API", &html)
 }
 
-/// Refuse oversized requests before anything else looks at them.
+/// Refuse oversized query strings (headers are limited by hyper: 431).
 fn limits() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::headers_cloned()
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and_then(|headers: HeaderMap, q: String| async move {
-            let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-            if size > MAX_HEADERS {
-                return Err(warp::reject::custom(TooLarge(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)));
-            }
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move {
             if q.len() > MAX_QUERY {
                 return Err(warp::reject::custom(TooLarge(StatusCode::URI_TOO_LONG)));
             }
@@ -308,9 +305,8 @@ async fn recover(r: Rejection) -> Result<Body, Rejection> {
     Err(r)
 }
 
-/// All routes of the daemon.
+/// All routes of the daemon but repository delivery (see [`files::Files`]).
 pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    let state = web.daemon.inst.store.dir().to_owned();
     let api_get = warp::get()
         .and(warp::path!("mini_buildd" / "api" / String))
         .and(warp::query::<Vec<(String, String)>>())
@@ -336,34 +332,81 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
     });
     limits()
-        .and(
-            api_get
-                .or(api_post)
-                .or(index)
-                .or(login::routes(web.clone()))
-                .or(events::routes(web.clone()))
-                .or(files::routes(state.join("repositories")))
-                .or(root),
-        )
+        .and(api_get.or(api_post).or(index).or(login::routes(web.clone())).or(events::routes(web.clone())).or(root))
         .recover(recover)
         .with(log)
 }
 
-/// Serve until `shutdown` resolves, then let in-flight requests finish.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The header through which the accept loop tells the routes who the peer is. It is overwritten
+/// on every request, so a client cannot forge it.
+pub const PEER_HEADER: &str = "x-buildbay-peer";
+
+/// The TCP peer of this request, as the accept loop recorded it.
+pub fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = std::convert::Infallible> + Clone {
+    warp::header::optional::<SocketAddr>(PEER_HEADER).or(warp::any().map(|| None)).unify()
+}
+
+/// Serve until `shutdown` is set, then let in-flight requests finish.
+///
+/// The accept loop is ours rather than warp's so that every connection gets TCP_NODELAY (warp
+/// writes a file's headers and body separately, and without it each small file waits out the
+/// client's 40 ms delayed ACK) and so that the routes learn the peer address.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let files = Arc::new(files::Files::new(daemon.inst.store.dir().join("repositories")));
     let web = Web { daemon, events: Arc::new(events::Attached::default()), shutdown: shutdown.clone() };
-    let mut stop = shutdown;
-    warp::serve(routes(web))
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .run()
-        .await;
+    let routes = routes(web);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stopped = std::pin::pin!(stopped(shutdown));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let filtered = warp::service(routes.clone());
+        let peer_value = peer.to_string().parse::<warp::http::HeaderValue>().ok();
+        let files = files.clone();
+        let svc = hyper::service::service_fn(move |mut req: warp::http::Request<hyper::body::Incoming>| {
+            use futures_util::future::{Either, ready};
+            if let Some(response) = files.handle(req.method(), req.uri().path(), req.headers()) {
+                return Either::Left(ready(Ok(response)));
+            }
+            match &peer_value {
+                Some(v) => req.headers_mut().insert(PEER_HEADER, v.clone()),
+                None => req.headers_mut().remove(PEER_HEADER),
+            };
+            let mut filtered = filtered.clone();
+            Either::Right(async move { tower_service::Service::call(&mut filtered, req).await })
+        });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // Bounds the request head: hyper answers 431 beyond it.
+            builder.http1().max_buf_size(MAX_HEADERS);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]

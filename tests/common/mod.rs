@@ -277,3 +277,46 @@ pub fn verify_published_since(repo: &Path, keyring: &Path, seen: &mut std::colle
 }
 
 pub mod synth;
+
+/// A running `buildbay serve` on an ephemeral port; stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Start `serve` and wait for its "serving http://ADDR/" line.
+    pub fn start(mut cmd: Command) -> Server {
+        use std::io::BufRead;
+        let mut child =
+            cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().expect("spawn serve");
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let url = loop {
+            let line = lines.next().expect("serve exited early").expect("read");
+            if let Some(rest) = line.split("serving ").nth(1) {
+                break rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    /// Stop with SIGTERM and return whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
