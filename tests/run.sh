@@ -1,44 +1,53 @@
 #!/usr/bin/env bash
 # Install what buildbay's build and tests need from Debian, then run the test suite.
-#   tests/run.sh        install dependencies (when root) and run `cargo test`
-#   tests/run.sh deps   only install the dependencies
+#   tests/run.sh             install what is missing, then run `cargo test`
+#   tests/run.sh deps        only install the build and test dependencies
+#   tests/run.sh build-deps  only install what building buildbay needs
+# Installing uses sudo when not run as root; the tests themselves run as the caller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
-# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, curl, systemd (systemd-socket-activate).
-PACKAGES=(build-essential pkg-config nettle-dev libclang-dev dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd)
-
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "tests/run.sh: missing Debian packages: ${missing[*]}; run as root (sudo) to install them" >&2
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "tests/run.sh: need root to run: $*" >&2
         exit 1
     fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+}
+
+# Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
+BUILD=(build-essential pkg-config nettle-dev libclang-dev)
+# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, xz/gzip, curl,
+# systemd (systemd-socket-activate).
+TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+install_missing() {
+    local missing=()
+    for p in "$@"; do installed "$p" || missing+=("$p"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+install_missing "${BUILD[@]}"
+[ "${1:-}" = build-deps ] && exit 0
+install_missing "${TEST[@]}"
+
 # The real mini-buildd client, to prove wire compatibility: Debian's mini-buildd-utils from
 # bookworm-backports (only that package comes from backports; its dependencies from bookworm).
-if ! dpkg-query -W -f='${Status}' mini-buildd-utils 2>/dev/null | grep -q 'install ok installed'; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "tests/run.sh: mini-buildd-utils (bookworm-backports) is missing; run as root to install it" >&2
-        exit 1
-    fi
+if ! installed mini-buildd-utils; then
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SOURCES
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+            as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
     fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mini-buildd-utils/bookworm-backports
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mini-buildd-utils/bookworm-backports
 fi
 [ "${1:-}" = deps ] && exit 0
 
