@@ -194,6 +194,15 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
                 }
             }
+            // A writer killed between its commit and its publish left dists behind: repair first.
+            if let Ok(archive) = inst.archive() {
+                for r in inst.list::<buildbay::config::Repository>(buildbay::config::kind::REPOSITORY)? {
+                    let n = archive.publish_dirty(&r.identity)?;
+                    if n > 0 {
+                        tracing::info!(repository = %r.identity, distributions = n, "republished after an interrupted write");
+                    }
+                }
+            }
             serve(inst, http, inherited)?;
         }
         Command::Setup { identity, distributions, repositories, key_algo } => {

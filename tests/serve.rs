@@ -69,3 +69,26 @@ fn socket_activation_answers_the_first_request() {
         .expect("SIGTERM");
     child.wait().expect("wait");
 }
+
+#[test]
+fn serve_repairs_a_publish_that_a_crash_interrupted() {
+    let inst = Instance::new("ed25519");
+    // The state a writer killed between its commit and its publish leaves: the index is ahead,
+    // the distribution is marked dirty, its published tree is missing.
+    let dists = inst.repo().join("dists");
+    std::fs::remove_file(dists.join("bookworm-test-unstable")).unwrap();
+    {
+        let store = buildbay::store::Store::open(&inst.state()).unwrap();
+        let tx = store.write().unwrap();
+        tx.open_table(buildbay::store::DIRTY).unwrap().insert("bookworm-test-unstable/*/*", 1).unwrap();
+        tx.commit().unwrap();
+    }
+    let server = Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0"]));
+    let code = ok(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/repositories/test/dists/bookworm-test-unstable/InRelease", server.url)));
+    assert_eq!(code, "200");
+    assert!(server.stop());
+    let (_, gpg) = inst.key_files();
+    verify_published(&inst.repo(), &gpg);
+}

@@ -5,7 +5,7 @@ use crate::archive::{ArchiveError, layout::Layout};
 use crate::auth::{self, Principal, Role};
 use crate::config::{self, LayoutObject, Repository, Uploader, kind};
 use crate::daemon::Daemon;
-use crate::deb::{Codename, Dist, PackageName, RepoId, SnapshotName, Version};
+use crate::deb::{Codename, Dist, PackageName, SnapshotName, Version};
 use crate::events::Event;
 use crate::instance::{InstanceError, SetupOptions};
 use serde_json::{Value as Json, json};
@@ -437,9 +437,4 @@ fn ls(d: &Daemon, args: &Args, show: bool) -> Result<Json, ApiError> {
         }
     }
     Ok(Json::Object(out))
-}
-
-/// `RepoId` for call arguments that name one.
-pub fn repo_id(s: &str) -> Result<RepoId, ApiError> {
-    s.parse().map_err(|e: crate::deb::names::NameError| ApiError::bad_request(e.to_string()))
 }

@@ -15,7 +15,7 @@ use crate::deb::changes::FileCheckError;
 use crate::deb::control::ControlError;
 use crate::deb::debfile::DebError;
 use crate::deb::{
-    Arch, Changes, Checksums, Component, Dist, Dsc, FileName, PackageName, RepoId, SnapshotName, Stanza, Version,
+    Arch, Changes, Checksums, Component, Dist, Dsc, FileName, PackageName, RepoId, SnapshotName, Version,
 };
 use crate::events::{Event, EventType};
 use crate::gpg::ArchiveKey;
@@ -322,32 +322,6 @@ impl<'a> Archive<'a> {
         }
         tx.commit()?;
         self.publish_dirty_locked(&ctx)?;
-        Ok(())
-    }
-
-    /// Remove a repository's tree and index.
-    pub fn remove_repository(&self, repo: &RepoId) -> Result<()> {
-        let _w = self.lock();
-        let ctx = self.ctx(repo)?;
-        let tx = self.store.write()?;
-        {
-            for d in ctx.all_dists() {
-                let prefix = format!("{d}/");
-                for t in [DIST_SOURCES, DIST_BINARIES, DIST_DSCS, SNAPSHOTS] {
-                    let mut table = tx.open_table(t)?;
-                    table.retain_in(prefix.as_str().., |k, _| !k.starts_with(&prefix))?;
-                }
-                let mut dirty = tx.open_table(DIRTY)?;
-                dirty.retain_in(prefix.as_str().., |k, _| !k.starts_with(&prefix))?;
-            }
-            let prefix = format!("{repo}/");
-            tx.open_table(POOL_REFS)?.retain_in(prefix.as_str().., |k, _| !k.starts_with(&prefix))?;
-        }
-        tx.commit()?;
-        let root = self.repo_root(repo);
-        if root.exists() {
-            std::fs::remove_dir_all(&root).map_err(io_err(&root))?;
-        }
         Ok(())
     }
 
@@ -1159,9 +1133,4 @@ fn shift_rollbacks(
         }
     }
     Ok(())
-}
-
-/// Parse the fields of a `Packages` stanza that `show` reports.
-pub fn stanza_summary(stanza: &[u8]) -> Option<Stanza> {
-    Stanza::parse_one(std::str::from_utf8(stanza).ok()?).ok()
 }

@@ -45,10 +45,6 @@ pub fn notify_ready(status: &str) {
     }
 }
 
-pub fn notify_status(status: &str) {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
-}
-
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
