@@ -5,24 +5,15 @@
 //! Environment: BUILDBAY_BENCH_SOURCES (default 10000), BUILDBAY_BENCH_DIR (kept if given).
 //! Prints a Markdown report; docs/benchmarks.md holds the recorded one.
 
-#[path = "../tests/common/synth.rs"]
-mod synth;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{median, ok as sh, synth};
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 use synth::{DIST, package};
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Run under /usr/bin/time; returns (wall seconds, peak RSS MB).
 fn timed(cmd: &mut Command) -> (f64, f64) {
@@ -42,11 +33,6 @@ fn timed(cmd: &mut Command) -> (f64, f64) {
     let line = err.lines().rev().find(|l| l.starts_with("TIME ")).expect("time output");
     let f: Vec<f64> = line[5..].split_whitespace().map(|x| x.parse().expect("number")).collect();
     (f[0], f[1] / 1024.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
