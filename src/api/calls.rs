@@ -299,12 +299,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         }
         "token_create" => {
             let user = who_name(who)?;
-            let role = match args.str("role").unwrap_or("login") {
-                "admin" => Role::Admin,
-                "staff" => Role::Staff,
-                _ => Role::Login,
-            };
-            let role = role.min(who.role);
+            let role = args.require::<Role>("role")?.min(who.role);
             let (secret, token) = auth::create_token(&d.inst.store, user, role, args.str("label").unwrap_or(""))?;
             Ok(json!({"token": secret, "id": token.id, "role": token.role, "label": token.label}))
         }
@@ -315,11 +310,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         }
         "user_add" => {
             let name: String = args.require("name")?;
-            let role = match args.str("role").unwrap_or("login") {
-                "admin" => Role::Admin,
-                "staff" => Role::Staff,
-                _ => Role::Login,
-            };
+            let role: Role = args.require("role")?;
             let u = auth::add_user(&d.inst.store, &name, &args.require::<String>("password")?, role)?;
             Ok(json!({"name": u.name, "role": u.role}))
         }

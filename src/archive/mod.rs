@@ -510,9 +510,10 @@ impl<'a> Archive<'a> {
         // Version rules.
         if !binary_only && !force {
             ctx.layout.check_version(suite, &ctx.repo.identity, codeversion, &changes.version)?;
+            let records = read.open_table(DIST_SOURCES)?;
             for d in ctx.all_dists() {
-                if let Some(e) = get_entry(&read, &d, &changes.source)?
-                    && e.record.version == changes.version
+                if let Some(r) = get_record(&records, &d, &changes.source)?
+                    && r.version == changes.version
                 {
                     return Err(ArchiveError::AlreadyInstalled {
                         package: changes.source.clone(),
@@ -750,15 +751,16 @@ impl<'a> Archive<'a> {
     pub fn ls(&self, repo: &RepoId, source: &PackageName) -> Result<Vec<LsEntry>> {
         let ctx = self.ctx(repo)?;
         let read = self.store.read()?;
+        let records = read.open_table(DIST_SOURCES)?;
         let mut out = Vec::new();
         for d in ctx.all_dists() {
-            if let Some(e) = get_entry(&read, &d, source)? {
+            if let Some(r) = get_record(&records, &d, source)? {
                 out.push(LsEntry {
                     distribution: d,
-                    source: e.record.source,
-                    version: e.record.version,
-                    component: e.record.component,
-                    binaries: e.record.binaries,
+                    source: r.source,
+                    version: r.version,
+                    component: r.component,
+                    binaries: r.binaries,
                 });
             }
         }
@@ -977,6 +979,15 @@ fn slot_dist(base: &Dist, slot: Slot) -> Dist {
     }
 }
 
+/// Only the record of a source in a distribution (not its index stanzas).
+fn get_record(
+    records: &impl ReadableTable<&'static str, &'static [u8]>,
+    dist: &Dist,
+    source: &PackageName,
+) -> Result<Option<SourceRecord>> {
+    Ok(store::get_json(records, &format!("{dist}/{source}"))?)
+}
+
 fn get_entry(read: &redb::ReadTransaction, dist: &Dist, source: &PackageName) -> Result<Option<Entry>> {
     load_entry(
         &read.open_table(DIST_SOURCES)?,
@@ -1002,7 +1013,7 @@ fn load_entry(
     dist: &Dist,
     source: &PackageName,
 ) -> Result<Option<Entry>> {
-    let Some(record) = store::get_json::<SourceRecord>(sources, &format!("{dist}/{source}"))? else {
+    let Some(record) = get_record(sources, dist, source)? else {
         return Ok(None);
     };
     let dsc = dscs

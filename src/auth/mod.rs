@@ -30,6 +30,19 @@ pub enum Role {
     Admin,
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Role, String> {
+        match s {
+            "none" => Ok(Role::None),
+            "login" => Ok(Role::Login),
+            "staff" => Ok(Role::Staff),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?}; use login, staff or admin")),
+        }
+    }
+}
+
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -84,14 +84,12 @@ pub fn html_page(status: StatusCode, title: &str, body_html: &str) -> Body {
 }
 
 /// `http://host:port` as the client addressed us (the Host header), for URLs in answers.
-pub fn base_url(headers: &HeaderMap, local: Option<SocketAddr>) -> String {
+pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) && !h.is_empty())
-        .map(str::to_owned)
-        .or_else(|| local.map(|a| a.to_string()))
-        .unwrap_or_else(|| "localhost:8066".into());
+        .unwrap_or("localhost:8066");
     format!("http://{host}")
 }
 
@@ -173,7 +171,7 @@ async fn api_call(
         let who = principal(&web, &headers).await?;
         let confirm = query.iter().find(|(k, _)| k == "confirm").map(|(_, v)| v.as_str());
         api::admit(call, &who, web.daemon.is_running(), confirm)?;
-        let base = base_url(&headers, None);
+        let base = base_url(&headers);
         let changes_state = call.auth > auth::Role::None || call.confirm;
         if who.via_session && changes_state {
             let form_token = query.iter().find(|(k, _)| k == "csrfmiddlewaretoken").map(|(_, v)| v.as_str());
@@ -439,8 +437,8 @@ mod tests {
 
     #[test]
     fn host_and_cookies() {
-        assert_eq!(base_url(&headers(&[("host", "127.0.0.1:8066")]), None), "http://127.0.0.1:8066");
-        assert_eq!(base_url(&headers(&[("host", "evil<script>")]), None), "http://localhost:8066");
+        assert_eq!(base_url(&headers(&[("host", "127.0.0.1:8066")])), "http://127.0.0.1:8066");
+        assert_eq!(base_url(&headers(&[("host", "evil<script>")])), "http://localhost:8066");
         assert_eq!(cookie(&headers(&[("cookie", "a=1; sessionid=xyz")]), "sessionid"), Some("xyz"));
         assert_eq!(html_escape("<a href='x'>&"), "&lt;a href=&#x27;x&#x27;&gt;&amp;");
     }
