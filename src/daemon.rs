@@ -1,11 +1,15 @@
 //! The running daemon: the instance plus what only exists while serving (the event bus, the
-//! started/stopped switch, the login limiter, the maintenance lock).
+//! started/stopped switch, the login limiter, the maintenance lock, the upload pipeline).
 
 use crate::auth::LoginLimiter;
-use crate::events::Bus;
+use crate::events::{Bus, Event};
+use crate::incoming::Incoming;
 use crate::instance::Instance;
+use crate::packager::Packager;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
 
 pub struct Daemon {
     pub inst: Instance,
@@ -16,11 +20,19 @@ pub struct Daemon {
     pub maintenance: Mutex<()>,
     /// The FTP port uploads go to (`incoming_url`, `dput_conf`).
     pub ftp_port: u16,
+    /// The HTTP port (for URLs in build requests).
+    pub http_port: u16,
+    /// The host name builders and uploaders reach this instance by.
+    pub host: String,
+    pub incoming: Incoming,
+    wake: Mutex<mpsc::Sender<()>>,
+    wake_rx: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 impl Daemon {
-    pub fn new(inst: Instance, ftp_port: u16) -> Daemon {
+    pub fn new(inst: Instance, http_port: u16, ftp_port: u16, host: String, incoming: Incoming) -> Daemon {
         let active = inst.daemon().ok().flatten().is_some_and(|d| d.status.is_active());
+        let (tx, rx) = mpsc::channel();
         Daemon {
             inst,
             running: AtomicBool::new(active),
@@ -28,6 +40,11 @@ impl Daemon {
             limiter: LoginLimiter::new(),
             maintenance: Mutex::new(()),
             ftp_port,
+            http_port,
+            host,
+            incoming,
+            wake: Mutex::new(tx),
+            wake_rx: Mutex::new(Some(rx)),
         }
     }
 
@@ -37,10 +54,74 @@ impl Daemon {
 
     pub fn set_running(&self, on: bool) {
         self.running.store(on, Ordering::SeqCst);
+        self.wake();
     }
 
     /// mini-buildd's load: queued builds / slots, or -1 when stopped. No builders yet: 0.
     pub fn load(&self) -> f64 {
         if self.is_running() { 0.0 } else { -1.0 }
+    }
+
+    /// Wake the upload pipeline (a file landed, a result arrived, a retry was asked for).
+    pub fn wake(&self) {
+        if let Ok(tx) = self.wake.lock() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Publish events that are already recorded.
+    pub fn publish(&self, events: &[Event]) {
+        for e in events {
+            self.bus.publish(e);
+        }
+    }
+
+    fn packager(&self) -> Packager<'_> {
+        Packager {
+            inst: &self.inst,
+            incoming: &self.incoming,
+            http_url: format!("http://{}:{}", self.host, self.http_port),
+            ftp_url: format!("ftp://{}:{}", self.host, self.ftp_port),
+        }
+    }
+
+    /// The upload pipeline, on its own thread: claim complete uploads from incoming, then advance
+    /// every pending upload. One step at a time, each ending in its own transaction, so that a
+    /// crash anywhere resumes exactly where it was. Stopped (`stop` call): uploads wait.
+    pub fn run_pipeline(&self) {
+        let Some(rx) = self.wake_rx.lock().ok().and_then(|mut r| r.take()) else { return };
+        loop {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            while rx.try_recv().is_ok() {}
+            if !self.is_running() {
+                continue;
+            }
+            self.pipeline_pass();
+        }
+    }
+
+    /// One pass of the pipeline (also what tests and benchmarks drive).
+    pub fn pipeline_pass(&self) {
+        match self.incoming.scan(&self.inst.store, SystemTime::now()) {
+            Ok(report) => self.publish(&report.events),
+            Err(e) => tracing::error!("scanning incoming: {e}"),
+        }
+        let ids = match crate::packager::pending(&self.inst.store) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!("reading the upload queue: {e}");
+                return;
+            }
+        };
+        let packager = self.packager();
+        for id in ids {
+            match packager.step(id) {
+                Ok(events) => self.publish(&events),
+                Err(e) => tracing::error!(upload = id, "packaging step failed (it is retried): {e}"),
+            }
+        }
     }
 }

@@ -34,6 +34,8 @@ enum Command {
         /// Do not set up the embedded default on an empty state directory.
         #[arg(long)]
         no_default_setup: bool,
+        #[command(flatten)]
+        ftp: FtpArgs,
     },
     /// Create and activate configuration objects offline (mini-buildd's `setup` conventions).
     Setup {
@@ -76,6 +78,67 @@ enum Command {
     /// Repository maintenance.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Uploader keys: who may upload to which repositories.
+    #[command(subcommand)]
+    Uploader(UploaderCommand),
+}
+
+#[derive(Subcommand)]
+enum UploaderCommand {
+    /// Register (or replace) a user's uploader key, active at once.
+    Add {
+        user: String,
+        /// The ASCII-armored public key (gpg --armor --export).
+        #[arg(long)]
+        key: PathBuf,
+        /// Repositories the key may upload to.
+        #[arg(long, value_delimiter = ',', required = true)]
+        repositories: Vec<RepoId>,
+    },
+}
+
+/// The FTP drop box and the upload pipeline.
+#[derive(clap::Args)]
+struct FtpArgs {
+    /// FTP address to bind when systemd passes no `ftp` socket (default: the HTTP port + 1).
+    #[arg(long)]
+    ftp: Option<std::net::SocketAddr>,
+    /// Passive FTP data ports, `FIRST-LAST`.
+    #[arg(long, default_value = "49152-49407", value_parser = parse_port_range)]
+    ftp_passive_ports: std::ops::RangeInclusive<u16>,
+    /// FTPS: PEM certificate chain (with --ftp-key).
+    #[arg(long, requires = "ftp_key")]
+    ftp_cert: Option<PathBuf>,
+    /// FTPS: PEM private key (with --ftp-cert).
+    #[arg(long, requires = "ftp_cert")]
+    ftp_key: Option<PathBuf>,
+    /// Largest file an upload may contain, in bytes.
+    #[arg(long, default_value_t = 2 << 30)]
+    max_file_size: u64,
+    /// Largest upload (everything its .changes lists), in bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    max_upload_size: u64,
+    /// Seconds after which files that never became a complete upload are swept.
+    #[arg(long, default_value_t = 3600)]
+    incoming_timeout: u64,
+    /// The host name in the URLs of build requests (default: this host's name).
+    #[arg(long)]
+    public_host: Option<String>,
+    /// Days to keep events.
+    #[arg(long, default_value_t = 365)]
+    keep_events_days: u32,
+    /// Seconds an event hook may run before it is killed.
+    #[arg(long, default_value_t = 60)]
+    hook_timeout: u64,
+}
+
+fn parse_port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s.split_once('-').ok_or("give FIRST-LAST, e.g. 49152-49407")?;
+    let (a, b): (u16, u16) = (a.parse().map_err(|e| format!("{a}: {e}"))?, b.parse().map_err(|e| format!("{b}: {e}"))?);
+    if a > b || a == 0 {
+        return Err(format!("{s}: the first port must be between 1 and the last"));
+    }
+    Ok(a..=b)
 }
 
 #[derive(Subcommand)]
@@ -188,7 +251,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     let inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
-        Command::Serve { http, no_default_setup } => {
+        Command::Serve { http, no_default_setup, ftp } => {
             if !no_default_setup && let Some(report) = inst.default_setup_if_empty()? {
                 for i in report {
                     tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
@@ -203,7 +266,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     }
                 }
             }
-            serve(inst, http, inherited)?;
+            serve(inst, http, ftp, inherited)?;
         }
         Command::Setup { identity, distributions, repositories, key_algo } => {
             let report = inst.setup(&SetupOptions { identity, distributions, repositories, key_algo })?;
@@ -241,12 +304,54 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         }
         Command::Api { .. } => unreachable!("handled before opening the state directory"),
         Command::Repo(cmd) => repo(&inst, json, cmd)?,
+        Command::Uploader(UploaderCommand::Add { user, key, repositories }) => {
+            let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+            let certs = buildbay::gpg::read_keyring(text.as_bytes()).with_context(|| {
+                format!("{} is not an OpenPGP public key; export it with gpg --armor --export", key.display())
+            })?;
+            let [cert] = &certs[..] else { bail!("{} holds {} keys; give exactly one", key.display(), certs.len()) };
+            let mut status = buildbay::config::Status::default();
+            status.prepared();
+            status.checked(Ok(()), chrono::Utc::now());
+            status.activate(&user)?;
+            let up = buildbay::config::Uploader {
+                user: user.clone(),
+                key: text,
+                fingerprint: Some(cert.fingerprint().to_hex()),
+                may_upload_to: repositories,
+                status,
+            };
+            inst.put(buildbay::config::kind::UPLOADER, &user, &up)?;
+            println!("uploader {user}: key {} is active", cert.fingerprint());
+        }
     }
     Ok(())
 }
 
-fn serve(inst: Instance, http: std::net::SocketAddr, inherited: buildbay::systemd::Inherited) -> Result<()> {
+fn serve(
+    inst: Instance,
+    http: std::net::SocketAddr,
+    ftp: FtpArgs,
+    inherited: buildbay::systemd::Inherited,
+) -> Result<()> {
+    use buildbay::incoming::{self, Incoming};
     use buildbay::systemd;
+    let limits = incoming::Limits {
+        max_file: ftp.max_file_size,
+        max_upload: ftp.max_upload_size,
+        timeout: std::time::Duration::from_secs(ftp.incoming_timeout),
+    };
+    let incoming = Incoming::new(inst.store.dir(), limits).context("preparing the incoming directory")?;
+    let dropped = incoming.recover(&inst.store).context("recovering the spool")?;
+    if dropped > 0 {
+        tracing::info!(dropped, "dropped spool entries of claims that did not commit; their files are claimed again");
+    }
+    let host = match ftp.public_host.clone() {
+        Some(h) => h,
+        None => {
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let listener = match inherited.http {
@@ -262,15 +367,55 @@ fn serve(inst: Instance, http: std::net::SocketAddr, inherited: buildbay::system
             }
         };
         let addr = listener.local_addr().context("reading the HTTP address")?;
+        let ftp_listener = match inherited.ftp {
+            Some(l) => {
+                tracing::info!("serving FTP on the socket systemd passed");
+                tokio::net::TcpListener::from_std(l).context("using the inherited ftp socket")?
+            }
+            None => {
+                // mini-buildd's default: FTP on the HTTP port + 1 (any free port beside an ephemeral HTTP port).
+                let port = if http.port() == 0 { 0 } else { addr.port().wrapping_add(1) };
+                let a = ftp.ftp.unwrap_or_else(|| std::net::SocketAddr::new(http.ip(), port));
+                tracing::info!(ftp = %a, "no ftp socket from systemd: binding FTP myself");
+                tokio::net::TcpListener::bind(a).await.with_context(|| {
+                    format!("binding FTP on {a}; is another daemon running there? choose one with --ftp")
+                })?
+            }
+        };
+        let ftp_addr = ftp_listener.local_addr().context("reading the FTP address")?;
         if !systemd::notify_socket() {
             tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
         }
-        // mini-buildd's default: FTP on the HTTP port + 1.
-        let daemon = std::sync::Arc::new(buildbay::daemon::Daemon::new(inst, addr.port().wrapping_add(1)));
+        let daemon = std::sync::Arc::new(buildbay::daemon::Daemon::new(
+            inst,
+            addr.port(),
+            ftp_addr.port(),
+            host,
+            incoming.clone(),
+        ));
         systemd::spawn_watchdog();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(buildbay::web::serve(listener, daemon.clone(), stop_rx));
-        let status = format!("serving http://{addr}/repositories/");
+        let server = tokio::spawn(buildbay::web::serve(listener, daemon.clone(), stop_rx.clone()));
+        let waker = daemon.clone();
+        let dropbox = std::sync::Arc::new(incoming::ftp::DropBox {
+            incoming: incoming.dir.clone(),
+            part: incoming.part_dir(),
+            max_file: ftp.max_file_size,
+            landed: Box::new(move || waker.wake()),
+        });
+        let ftp_opts = incoming::ftp::FtpOptions {
+            passive_ports: ftp.ftp_passive_ports.clone(),
+            tls: ftp.ftp_cert.clone().zip(ftp.ftp_key.clone()),
+        };
+        tokio::spawn(incoming::ftp::serve(ftp_listener, dropbox, ftp_opts, stop_rx));
+        let pipeline = daemon.clone();
+        std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || pipeline.run_pipeline())
+            .context("starting the upload pipeline")?;
+        daemon.wake();
+        spawn_housekeeping(daemon.clone(), ftp.keep_events_days, std::time::Duration::from_secs(ftp.hook_timeout));
+        let status = format!("serving http://{addr}/repositories/ and ftp://{ftp_addr}/incoming");
         tracing::info!(running = daemon.is_running(), "{status}");
         systemd::notify_ready(&status);
         systemd::shutdown_signal().await;
@@ -282,6 +427,44 @@ fn serve(inst: Instance, http: std::net::SocketAddr, inherited: buildbay::system
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Event hooks for every event, and the daily expiry of old events.
+fn spawn_housekeeping(
+    daemon: std::sync::Arc<buildbay::daemon::Daemon>,
+    keep_days: u32,
+    hook_timeout: std::time::Duration,
+) {
+    let state = daemon.inst.store.dir().to_owned();
+    let hooks = buildbay::events::Hooks {
+        dir: state.join("etc/event-hooks"),
+        events_dir: state.join("var/events"),
+        timeout: hook_timeout,
+    };
+    let mut rx = daemon.bus.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => hooks.run(&event).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("event hooks fell behind and skipped {n} events")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+        loop {
+            tick.tick().await;
+            let before = chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days));
+            match buildbay::events::expire(&daemon.inst.store, before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "expired events older than {keep_days} days"),
+                Err(e) => tracing::warn!("expiring events: {e}"),
+            }
+        }
+    });
 }
 
 /// Read a password: from $BUILDBAY_PASSWORD, from a terminal without echo, or a line of stdin.

@@ -21,8 +21,8 @@ as_root() {
 # Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
 BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, xz/gzip, curl,
-# systemd (systemd-socket-activate).
-TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd)
+# systemd (systemd-socket-activate), dput and python3 (uploads over FTP).
+TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 

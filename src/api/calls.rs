@@ -115,6 +115,8 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "load": d.load(),
                 "chroots": Vec::<String>::new(),
                 "remotes": Vec::<String>::new(),
+                "packaging": packaging(d)?,
+                "build_queue": crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey).collect::<Vec<_>>(),
             });
             if args.bool("with_repositories") {
                 let mut repos = serde_json::Map::new();
@@ -156,6 +158,17 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(Json::String(s))
         }
         "sources_list" => sources_list(d, args, origin).map(Json::String),
+        "retry" => {
+            let bkey = args.require::<String>("bkey")?;
+            let u = crate::packager::retry(&d.inst, &d.incoming, &bkey).map_err(|e| match e {
+                crate::packager::RetryError::NotFound(_) | crate::packager::RetryError::NotFinished { .. } => {
+                    ApiError::bad_request(e.to_string())
+                }
+                crate::packager::RetryError::Store(s) => ApiError::from(s),
+            })?;
+            d.wake();
+            Ok(json!({"retried": bkey, "upload": u}))
+        }
         "ls" | "show" => ls(d, args, args.call.name == "show"),
         "migrate" => {
             let source: PackageName = args.require("source")?;
@@ -428,4 +441,16 @@ fn ls(d: &Daemon, args: &Args, show: bool) -> Result<Json, ApiError> {
         }
     }
     Ok(Json::Object(out))
+}
+
+/// Keys of the uploads the pipeline still works on (received, or packaging).
+fn packaging(d: &Daemon) -> Result<Vec<String>, ApiError> {
+    let tx = d.inst.store.read()?;
+    let mut out = Vec::new();
+    for id in crate::packager::pending(&d.inst.store)? {
+        if let Some(u) = crate::incoming::get(&tx, id)? {
+            out.push(u.key());
+        }
+    }
+    Ok(out)
 }

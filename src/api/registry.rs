@@ -200,6 +200,15 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "retry",
+        auth: Role::Staff,
+        needs_running: true,
+        confirm: true,
+        group: "Developer",
+        doc: "Run a FAILED or REJECTED upload through the checks and builds again.",
+        args: &[pos("bkey", "The upload's key, <source>/<version>/<timecode>[/source] (see its event).")],
+    },
+    Call {
         name: "remove",
         auth: Role::Admin,
         needs_running: false,

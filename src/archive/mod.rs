@@ -548,6 +548,21 @@ impl<'a> Archive<'a> {
         Ok(Staged { dist: dist.clone(), entry, copies, binary_only })
     }
 
+    /// Run every check of an include without writing anything: the upload's files, the
+    /// distribution, the version rules. Returns where each source file (the `.dsc` and what it
+    /// lists) is found: in the upload, or in the pool.
+    pub fn precheck(&self, dist: &Dist, changes_path: &Path) -> Result<Vec<PathBuf>> {
+        let ctx = self.ctx(&dist.repo)?;
+        let staged = self.stage(&ctx, dist, changes_path, false)?;
+        Ok(staged.copies.into_iter().filter(|(p, _, _)| !p.ends_with(".deb")).map(|(_, from, _)| from).collect())
+    }
+
+    /// Whether a distribution holds this version of a source package.
+    pub fn holds(&self, dist: &Dist, source: &PackageName, version: &Version) -> Result<bool> {
+        let read = self.store.read()?;
+        Ok(get_entry(&read, dist, source)?.is_some_and(|e| &e.record.version == version))
+    }
+
     /// Include a `.changes` (source and/or binaries) into a distribution.
     pub fn include(&self, dist: &Dist, changes_path: &Path, force: bool) -> Result<IncludeReport> {
         self.include_many(dist, &[changes_path.to_owned()], force).remove(0)

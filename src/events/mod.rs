@@ -77,17 +77,58 @@ impl Event {
 
     /// Write the event to the log (the journal, with structured fields, when there is one).
     pub fn log(&self) {
-        tracing::info!(
-            BUILDBAY_EVENT = self.kind.as_str(),
-            BUILDBAY_SOURCE = %self.source,
-            BUILDBAY_VERSION = %self.version,
-            BUILDBAY_DIST = %self.distribution,
-            "{} {} {} {}",
-            self.kind.as_str(),
-            self.source,
-            self.version,
-            self.distribution
-        );
+        let detail = self
+            .extra
+            .get("error")
+            .and_then(|e| e.get("detail"))
+            .and_then(|d| d.as_str())
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        match self.arch() {
+            Some(arch) => tracing::info!(
+                BUILDBAY_EVENT = self.kind.as_str(),
+                BUILDBAY_SOURCE = %self.source,
+                BUILDBAY_VERSION = %self.version,
+                BUILDBAY_DIST = %self.distribution,
+                BUILDBAY_ARCH = %arch,
+                "{} {} {} {} {arch}{detail}",
+                self.kind.as_str(),
+                self.source,
+                self.version,
+                self.distribution
+            ),
+            None => tracing::info!(
+                BUILDBAY_EVENT = self.kind.as_str(),
+                BUILDBAY_SOURCE = %self.source,
+                BUILDBAY_VERSION = %self.version,
+                BUILDBAY_DIST = %self.distribution,
+                "{} {} {} {}{detail}",
+                self.kind.as_str(),
+                self.source,
+                self.version,
+                self.distribution
+            ),
+        }
+    }
+
+    /// The architecture of a per-architecture event (BUILDING, BUILT).
+    pub fn arch(&self) -> Option<&str> {
+        matches!(self.kind, EventType::Building | EventType::Built)
+            .then(|| self.extra.get("architecture").and_then(|a| a.as_str()))
+            .flatten()
+    }
+
+    /// mini-buildd's file name: `<source>_<version>_<TYPE>[_<arch>].json`.
+    pub fn file_name(&self) -> String {
+        let clean = |s: &str| {
+            s.chars().map(|c| if c.is_ascii_alphanumeric() || "+-.~".contains(c) { c } else { '_' }).collect::<String>()
+        };
+        let mut n = format!("{}_{}_{}", clean(&self.source), clean(&self.version), self.kind.as_str());
+        if let Some(a) = self.arch() {
+            n.push('_');
+            n.push_str(&clean(a));
+        }
+        n + ".json"
     }
 }
 
@@ -126,6 +167,81 @@ pub fn since(store: &store::Store, after: Option<DateTime<Utc>>) -> Result<Vec<E
         out.push(store::decode(&format!("event {:?}", k.value()), v.value())?);
     }
     Ok(out)
+}
+
+/// Delete events older than `before`; returns how many.
+pub fn expire(store: &store::Store, before: DateTime<Utc>) -> Result<usize> {
+    let until = before.timestamp_micros().max(0) as u64;
+    let tx = store.write()?;
+    let n = {
+        let mut t = tx.open_table(EVENTS)?;
+        let keys: Vec<(u64, u32)> =
+            t.range(..(until, 0))?.map(|i| i.map(|(k, _)| k.value())).collect::<std::result::Result<_, _>>()?;
+        for k in &keys {
+            t.remove(k)?;
+        }
+        keys.len()
+    };
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Event hooks: every executable in `<state>/etc/event-hooks/` whose name matches mini-buildd's
+/// glob `[!_.]*[!~]` runs, in name order, as `<hook> <event.json>`, with a timeout. Failures are
+/// logged and change nothing else.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    pub dir: std::path::PathBuf,
+    /// Where the event JSON files are written (`<state>/var/events/`).
+    pub events_dir: std::path::PathBuf,
+    pub timeout: std::time::Duration,
+}
+
+impl Hooks {
+    fn hooks(&self) -> Vec<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
+        let mut v: Vec<std::path::PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                !n.starts_with(['_', '.']) && !n.ends_with('~') && !n.is_empty()
+            })
+            .filter(|e| e.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Write the event's JSON and run every hook on it.
+    pub async fn run(&self, event: &Event) {
+        let hooks = self.hooks();
+        let dir = self.events_dir.join(&event.source);
+        let path = dir.join(event.file_name());
+        let json = serde_json::to_vec_pretty(event).unwrap_or_default();
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&path, json).await) {
+            tracing::warn!("cannot write the event file {}: {e}", path.display());
+            return;
+        }
+        for hook in hooks {
+            let mut cmd = tokio::process::Command::new(&hook);
+            cmd.arg(&path).kill_on_drop(true).stdin(std::process::Stdio::null());
+            match tokio::time::timeout(self.timeout, cmd.output()).await {
+                Ok(Ok(out)) if out.status.success() => {
+                    tracing::info!(hook = %hook.display(), event = event.kind.as_str(), "event hook ran")
+                }
+                Ok(Ok(out)) => tracing::warn!(
+                    hook = %hook.display(),
+                    "event hook failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Ok(Err(e)) => tracing::warn!(hook = %hook.display(), "event hook did not start: {e}"),
+                Err(_) => tracing::warn!(hook = %hook.display(), "event hook killed after {:?}", self.timeout),
+            }
+        }
+    }
 }
 
 /// The event bus: every event, once persisted, goes to the log and to every live subscriber

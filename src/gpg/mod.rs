@@ -1,5 +1,6 @@
 //! OpenPGP with sequoia: the archive key, signing `Release`, verifying signed uploads.
 
+pub use openpgp::Cert;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
 use openpgp::parse::stream::{MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder};
@@ -144,7 +145,8 @@ pub fn read_keyring(data: &[u8]) -> Result<Vec<Cert>, GpgError> {
 
 struct Helper<'a> {
     certs: &'a [Cert],
-    signer: Option<String>,
+    /// Fingerprints of the certificate and of the (sub)key that made the good signature.
+    signer: Option<(String, String)>,
 }
 
 impl VerificationHelper for Helper<'_> {
@@ -159,7 +161,8 @@ impl VerificationHelper for Helper<'_> {
                 for r in results {
                     match r {
                         Ok(good) => {
-                            self.signer = Some(good.ka.cert().fingerprint().to_hex());
+                            self.signer =
+                                Some((good.ka.cert().fingerprint().to_hex(), good.ka.key().fingerprint().to_hex()));
                             return Ok(());
                         }
                         Err(e) => errors.push(e.to_string()),
@@ -173,6 +176,36 @@ impl VerificationHelper for Helper<'_> {
 
 /// Verify a clear-signed message against a keyring; returns the payload and the signer's fingerprint.
 pub fn verify_clearsigned(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, String), GpgError> {
+    verify_inner(data, certs).map(|(payload, (cert, _))| (payload, cert))
+}
+
+/// Verify a signed upload: a good signature, by a key that is valid now, neither expired nor
+/// revoked. Returns the signer's certificate fingerprint.
+pub fn verify_upload(data: &[u8], certs: &[Cert]) -> Result<String, GpgError> {
+    use openpgp::types::RevocationStatus;
+    let (_, (cert_fp, key_fp)) = verify_inner(data, certs)?;
+    let cert = certs
+        .iter()
+        .find(|c| c.fingerprint().to_hex() == cert_fp)
+        .ok_or_else(|| GpgError::Bad(format!("key {cert_fp} is not in the keyring")))?;
+    let p = policy();
+    let vc = cert.with_policy(&p, None).map_err(|e| GpgError::Bad(format!("key {cert_fp} is not valid now: {e}")))?;
+    if let RevocationStatus::Revoked(_) = vc.revocation_status() {
+        return Err(GpgError::Bad(format!("key {cert_fp} is revoked")));
+    }
+    vc.alive().map_err(|e| GpgError::Bad(format!("key {cert_fp} has expired ({e})")))?;
+    let key = vc
+        .keys()
+        .find(|k| k.key().fingerprint().to_hex() == key_fp)
+        .ok_or_else(|| GpgError::Bad(format!("signing key {key_fp} of {cert_fp} is not valid now")))?;
+    if let RevocationStatus::Revoked(_) = key.revocation_status() {
+        return Err(GpgError::Bad(format!("signing key {key_fp} of {cert_fp} is revoked")));
+    }
+    key.alive().map_err(|e| GpgError::Bad(format!("signing key {key_fp} of {cert_fp} has expired ({e})")))?;
+    Ok(cert_fp)
+}
+
+fn verify_inner(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, (String, String)), GpgError> {
     let p = policy();
     let helper = Helper { certs, signer: None };
     let mut v = VerifierBuilder::from_bytes(data)

@@ -36,6 +36,16 @@ pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("session
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// `(timestamp µs, seq)` → JSON event.
 pub const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
+/// Spool id → JSON `incoming::Upload` (the queue of uploads and build results).
+pub const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
+/// `.changes` file name → spool id of its latest claim (to recognise leftovers after a crash).
+pub const CLAIMED: TableDefinition<&str, u64> = TableDefinition::new("claimed");
+/// Spool ids of uploads whose state is not final (the packager's work list).
+pub const PENDING: TableDefinition<u64, u8> = TableDefinition::new("pending");
+/// Upload key `<source>/<version>/<timecode>` → spool id.
+pub const UPLOAD_KEYS: TableDefinition<&str, u64> = TableDefinition::new("upload_keys");
+/// bkey `<source>/<version>/<timecode>/<arch>` → JSON `packager::BuildRequest`, waiting for a builder.
+pub const BUILD_QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("build_queue");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,6 +139,11 @@ impl Store {
             tx.open_table(POOL_REFS)?;
             tx.open_table(DIRTY)?;
             tx.open_table(EVENTS)?;
+            tx.open_table(UPLOADS)?;
+            tx.open_table(CLAIMED)?;
+            tx.open_table(PENDING)?;
+            tx.open_table(UPLOAD_KEYS)?;
+            tx.open_table(BUILD_QUEUE)?;
         }
         tx.commit()?;
         Ok(())

@@ -65,7 +65,10 @@ pub fn spawn_watchdog() {
 /// Log to the journal when there is one, otherwise to stderr, and say which.
 pub fn init_logging(filter: &str, prefer_journal: bool) {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    // libunftp logs every FTP command at info: keep it to warnings unless asked for.
+    let filter =
+        if filter.contains("libunftp") { filter.to_owned() } else { format!("{filter},libunftp=warn,unftp_core=warn") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
     let (journald, journal_err) = if prefer_journal {
         match tracing_journald::layer() {
             Ok(l) => (Some(l.with_field_prefix(None).with_syslog_identifier("buildbay".into())), None),

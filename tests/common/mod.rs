@@ -288,6 +288,8 @@ pub mod synth;
 pub struct Server {
     pub child: std::process::Child,
     pub url: String,
+    /// `host:port` of the FTP drop box.
+    pub ftp: String,
 }
 
 impl Server {
@@ -297,14 +299,16 @@ impl Server {
         let mut child =
             cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().expect("spawn serve");
         let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let url = loop {
+        let (url, ftp) = loop {
             let line = lines.next().expect("serve exited early").expect("read");
             if let Some(rest) = line.split("serving ").nth(1) {
-                break rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
+                let url = rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
+                let ftp = rest.split("ftp://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_owned();
+                break (url, ftp);
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
+        Server { child, url, ftp }
     }
 
     /// Stop with SIGTERM and return whether it exited cleanly.

@@ -1,0 +1,300 @@
+//! The FTP drop box (libunftp): anonymous uploads into `/incoming`, nothing else.
+//!
+//! libunftp binds its own listener only from an address, so the daemon accepts on its socket
+//! (systemd's `ftp` socket or its own) and hands each connection to `Server::service`; this
+//! module builds the per-connection server. The storage back end refuses every read, delete,
+//! rename and directory operation, writes each file under `.part/` and renames it into place
+//! only when the transfer ended within the size limit, then wakes the incoming scan.
+
+use async_trait::async_trait;
+use std::fmt::Debug;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use unftp_core::auth::DefaultUser;
+use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
+
+/// FTP settings.
+#[derive(Debug, Clone)]
+pub struct FtpOptions {
+    pub passive_ports: std::ops::RangeInclusive<u16>,
+    /// FTPS: PEM certificate chain and key. Without them FTP is plain, as dput expects.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for FtpOptions {
+    fn default() -> Self {
+        FtpOptions { passive_ports: 49152..=49407, tls: None }
+    }
+}
+
+/// What every connection's back end shares.
+pub struct DropBox {
+    pub incoming: PathBuf,
+    pub part: PathBuf,
+    pub max_file: u64,
+    /// Called after a file landed in incoming.
+    pub landed: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Debug for DropBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropBox").field("incoming", &self.incoming).field("max_file", &self.max_file).finish()
+    }
+}
+
+static PART_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The per-connection storage back end.
+#[derive(Debug, Clone)]
+pub struct Storage(Arc<DropBox>);
+
+#[derive(Debug, Clone)]
+pub struct Meta {
+    dir: bool,
+}
+
+impl Metadata for Meta {
+    fn len(&self) -> u64 {
+        0
+    }
+    fn is_dir(&self) -> bool {
+        self.dir
+    }
+    fn is_file(&self) -> bool {
+        !self.dir
+    }
+    fn is_symlink(&self) -> bool {
+        false
+    }
+    fn modified(&self) -> Result<SystemTime> {
+        Ok(SystemTime::UNIX_EPOCH)
+    }
+    fn gid(&self) -> u32 {
+        0
+    }
+    fn uid(&self) -> u32 {
+        0
+    }
+}
+
+fn denied(what: &str) -> Error {
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!("{what} is not allowed: this server only takes uploads into /incoming"),
+    )
+}
+
+/// Where a path points, lexically: `/`, `/incoming`, a file in `/incoming`, or elsewhere.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Root,
+    Incoming,
+    File(String),
+    Outside,
+}
+
+fn target(path: &Path) -> Target {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(p) => match p.to_str() {
+                Some(s) => parts.push(s),
+                None => return Target::Outside,
+            },
+            Component::ParentDir | Component::Prefix(_) => return Target::Outside,
+        }
+    }
+    match parts.as_slice() {
+        [] => Target::Root,
+        ["incoming"] => Target::Incoming,
+        ["incoming", name] => Target::File((*name).to_owned()),
+        _ => Target::Outside,
+    }
+}
+
+impl Storage {
+    pub fn new(dropbox: Arc<DropBox>) -> Storage {
+        Storage(dropbox)
+    }
+
+    /// Copy at most `max_file` bytes into a fresh part file; Err if the limit is passed.
+    async fn receive<R: AsyncRead + Unpin>(&self, mut input: R, part: &Path) -> std::io::Result<u64> {
+        let mut out = tokio::fs::OpenOptions::new().write(true).create_new(true).open(part).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total: u64 = 0;
+        loop {
+            let n = input.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > self.0.max_file {
+                return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "file too large"));
+            }
+            out.write_all(&buf[..n]).await?;
+        }
+        out.sync_all().await?;
+        Ok(total)
+    }
+}
+
+#[async_trait]
+impl StorageBackend<DefaultUser> for Storage {
+    type Metadata = Meta;
+
+    async fn metadata<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> Result<Meta> {
+        match target(path.as_ref()) {
+            Target::Root | Target::Incoming => Ok(Meta { dir: true }),
+            _ => Err(Error::from(ErrorKind::PermanentFileNotAvailable)),
+        }
+    }
+
+    async fn list<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> Result<Vec<Fileinfo<PathBuf, Meta>>> {
+        match target(path.as_ref()) {
+            // Other people's uploads are not listed.
+            Target::Root => Ok(vec![Fileinfo { path: PathBuf::from("incoming"), metadata: Meta { dir: true } }]),
+            Target::Incoming => Ok(vec![]),
+            _ => Err(denied("listing")),
+        }
+    }
+
+    async fn get<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        _path: P,
+        _start_pos: u64,
+    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>> {
+        Err(denied("downloading"))
+    }
+
+    async fn put<P: AsRef<Path> + Send + Debug, R: tokio::io::AsyncRead + Send + Sync + Unpin + 'static>(
+        &self,
+        _user: &DefaultUser,
+        input: R,
+        path: P,
+        start_pos: u64,
+    ) -> Result<u64> {
+        let Target::File(name) = target(path.as_ref()) else {
+            return Err(Error::new(ErrorKind::PermissionDenied, "uploads go into /incoming only"));
+        };
+        if name.parse::<crate::deb::FileName>().is_err() {
+            return Err(Error::from(ErrorKind::FileNameNotAllowedError));
+        }
+        if start_pos != 0 {
+            return Err(Error::from(ErrorKind::CommandNotImplemented));
+        }
+        let seq = PART_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = self.0.part.join(format!("{name}.{}.{seq}", std::process::id()));
+        match self.receive(input, &part).await {
+            Ok(n) => {
+                let dst = self.0.incoming.join(&name);
+                tokio::fs::rename(&part, &dst).await.map_err(|e| {
+                    tracing::warn!(file = %name, "cannot move an upload into incoming: {e}");
+                    Error::from(ErrorKind::LocalError)
+                })?;
+                tracing::debug!(file = %name, bytes = n, "received");
+                (self.0.landed)();
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                if e.kind() == std::io::ErrorKind::FileTooLarge {
+                    tracing::warn!(file = %name, limit = self.0.max_file, "refused a file over the size limit");
+                    Err(Error::new(ErrorKind::ExceededStorageAllocationError, e))
+                } else {
+                    Err(Error::new(ErrorKind::ConnectionClosed, e))
+                }
+            }
+        }
+    }
+
+    async fn del<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> Result<()> {
+        Err(denied("deleting"))
+    }
+
+    async fn mkd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> Result<()> {
+        Err(denied("creating directories"))
+    }
+
+    async fn rename<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _from: P, _to: P) -> Result<()> {
+        Err(denied("renaming"))
+    }
+
+    async fn rmd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> Result<()> {
+        Err(denied("removing directories"))
+    }
+
+    async fn cwd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> Result<()> {
+        match target(path.as_ref()) {
+            Target::Root | Target::Incoming => Ok(()),
+            _ => Err(Error::from(ErrorKind::PermanentDirectoryNotAvailable)),
+        }
+    }
+}
+
+/// Serve FTP on a listener until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    dropbox: Arc<DropBox>,
+    opts: FtpOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("FTP accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let db = dropbox.clone();
+        let mut b = libunftp::ServerBuilder::new(Box::new(move || Storage::new(db.clone())))
+            .greeting("buildbay ready for uploads to /incoming")
+            .passive_ports(opts.passive_ports.clone())
+            .idle_session_timeout(600);
+        if let Some((cert, key)) = &opts.tls {
+            b = b.ftps(cert.clone(), key.clone());
+        }
+        match b.build() {
+            Ok(server) => {
+                tokio::spawn(async move {
+                    if let Err(e) = server.service(stream).await {
+                        tracing::debug!("FTP session ended with an error: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!("cannot start an FTP session: {e}; check --ftp-cert and --ftp-key");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_lexically() {
+        assert_eq!(target(Path::new("/")), Target::Root);
+        assert_eq!(target(Path::new("/incoming")), Target::Incoming);
+        assert_eq!(target(Path::new("/incoming/./")), Target::Incoming);
+        assert_eq!(target(Path::new("/incoming/a.dsc")), Target::File("a.dsc".into()));
+        assert_eq!(target(Path::new("/incoming/../etc/passwd")), Target::Outside);
+        assert_eq!(target(Path::new("/incoming/../incoming/a")), Target::Outside);
+        assert_eq!(target(Path::new("/etc/passwd")), Target::Outside);
+        assert_eq!(target(Path::new("/incoming/sub/a")), Target::Outside);
+        assert_eq!(target(Path::new("a")), Target::Outside);
+    }
+}
