@@ -283,6 +283,7 @@ pub fn verify_published_since(repo: &Path, keyring: &Path, seen: &mut std::colle
 }
 
 pub mod synth;
+pub mod upload;
 
 /// A running `buildbay serve` on an ephemeral port; stopped with SIGTERM when dropped.
 pub struct Server {
@@ -302,7 +303,8 @@ impl Server {
         let (url, ftp) = loop {
             let line = lines.next().expect("serve exited early").expect("read");
             if let Some(rest) = line.split("serving ").nth(1) {
-                let url = rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
+                let url =
+                    rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
                 let ftp = rest.split("ftp://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_owned();
                 break (url, ftp);
             }

@@ -1,0 +1,247 @@
+//! Uploads for tests: real gpg keys and signatures, source packages, build results, FTP through
+//! Python's ftplib, and the event stream.
+
+use super::{ok, run};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A throwaway GnuPG home, driven by the real gpg.
+pub struct Gpg {
+    pub home: PathBuf,
+}
+
+impl Gpg {
+    pub fn new(dir: &Path) -> Gpg {
+        let home = dir.join("gnupg");
+        std::fs::create_dir_all(&home).expect("mkdir gnupg");
+        ok(Command::new("chmod").arg("700").arg(&home));
+        Gpg { home }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("gpg");
+        c.arg("--homedir").arg(&self.home).args([
+            "--batch",
+            "--quiet",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]);
+        c
+    }
+
+    /// A new Ed25519 signing key; `faked` is a gpg `--faked-system-time` (e.g. `20200101T000000`).
+    pub fn generate(&self, uid: &str, expire: &str, faked: Option<&str>) {
+        let mut c = self.cmd();
+        if let Some(t) = faked {
+            c.args(["--faked-system-time", t]);
+        }
+        ok(c.args(["--quick-gen-key", uid, "ed25519", "sign", expire]));
+    }
+
+    pub fn export(&self, uid: &str) -> String {
+        ok(self.cmd().args(["--armor", "--export", uid]))
+    }
+
+    pub fn fingerprint(&self, uid: &str) -> String {
+        let out = ok(self.cmd().args(["--with-colons", "--fingerprint", uid]));
+        out.lines().find_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_owned()).expect("fingerprint")
+    }
+
+    /// Clear-sign a file in place, as debsign does.
+    pub fn clearsign(&self, uid: &str, file: &Path, faked: Option<&str>) {
+        let out = file.with_extension("asc-tmp");
+        let mut c = self.cmd();
+        if let Some(t) = faked {
+            c.args(["--faked-system-time", t]);
+        }
+        ok(c.args(["--yes", "--clearsign", "--local-user", uid, "--output"]).arg(&out).arg(file));
+        std::fs::rename(&out, file).expect("rename");
+    }
+
+    /// Revoke a key with the revocation certificate gpg made when it generated the key.
+    pub fn revoke(&self, uid: &str) {
+        let fpr = self.fingerprint(uid);
+        let rev = std::fs::read_to_string(self.home.join("openpgp-revocs.d").join(format!("{fpr}.rev"))).expect("rev");
+        let cert = rev.replace(":-----BEGIN", "-----BEGIN");
+        let path = self.home.join("revoke.asc");
+        std::fs::write(&path, cert).expect("write");
+        ok(self.cmd().arg("--import").arg(&path));
+    }
+
+    pub fn import(&self, key: &Path) {
+        ok(self.cmd().arg("--import").arg(key));
+    }
+}
+
+/// A source-only upload `<name>_<version>_source.changes` for `dist`, signed (the `.dsc`, then
+/// the `.changes`, as debsign does) when a signer is given.
+pub fn make_source(dir: &Path, name: &str, version: &str, dist: &str, signer: Option<(&Gpg, &str)>) -> PathBuf {
+    let work = dir.join(format!("{name}-{version}-{dist}"));
+    let tree = work.join(format!("{name}-src"));
+    std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
+    std::fs::write(
+        tree.join("debian/changelog"),
+        format!(
+            "{name} ({version}) {dist}; urgency=medium\n\n  * Test package.\n  * MINI_BUILDD_OPTION: lintian-mode=ignore\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        tree.join("debian/control"),
+        format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nStandards-Version: 4.6.2\n\nPackage: {name}\nArchitecture: all\nDescription: buildbay test package\n Prints hello.\n"),
+    )
+    .expect("write");
+    std::fs::write(tree.join("debian/source/format"), "1.0\n").expect("write");
+    std::fs::write(tree.join("debian/rules"), "#!/usr/bin/make -f\n%:\n\tdh $@\n").expect("write");
+    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
+    let upstream = version.split(':').next_back().unwrap_or(version);
+    let dsc = work.join(format!("{name}_{upstream}.dsc"));
+    if let Some((g, uid)) = signer {
+        g.clearsign(uid, &dsc, None);
+    }
+    let changes = ok(Command::new("dpkg-genchanges").args(["-S", "-sa"]).current_dir(&tree));
+    let path = work.join(format!("{name}_{upstream}_source.changes"));
+    std::fs::write(&path, changes).expect("write");
+    if let Some((g, uid)) = signer {
+        g.clearsign(uid, &path, None);
+    }
+    path
+}
+
+/// The files of an upload, the `.changes` last (as dput sends them).
+pub fn upload_files(changes: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(changes).expect("read changes");
+    let parsed = buildbay::deb::Changes::parse(&text).expect("parse changes");
+    let dir = changes.parent().expect("dir");
+    let mut v: Vec<PathBuf> = parsed.files.iter().map(|f| dir.join(f.name.as_str())).collect();
+    v.push(changes.to_owned());
+    v
+}
+
+pub fn ftp_client() -> String {
+    format!("{}/tests/support/ftp_client.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the FTP helper; returns its JSON.
+pub fn ftp(cmd: &str, hostport: &str, args: &[PathBuf]) -> serde_json::Value {
+    let out = ok(Command::new("python3").arg(ftp_client()).arg(cmd).arg(hostport).args(args));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ftp helper printed {out:?}: {e}"))
+}
+
+/// Upload every file of a `.changes` over FTP; panics unless every transfer succeeded.
+pub fn ftp_upload(hostport: &str, changes: &Path) {
+    let r = ftp("upload", hostport, &upload_files(changes));
+    for reply in r.as_array().expect("replies") {
+        assert!(reply.as_str().unwrap_or("").starts_with("226"), "upload of {changes:?}: {r}");
+    }
+}
+
+/// Every stored event, read from the SSE stream.
+pub fn events(url: &str) -> Vec<serde_json::Value> {
+    let out = run(Command::new("curl")
+        .args(["-s", "-N", "--max-time", "0.5"])
+        .arg(format!("{url}/api/events?after=1970-01-01T00:00:00%2B00:00")));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+/// Events of a source package, of one type.
+pub fn of(events: &[serde_json::Value], source: &str, kind: &str) -> Vec<serde_json::Value> {
+    events.iter().filter(|e| e["source"] == source && e["type"] == kind).cloned().collect()
+}
+
+/// Wait until an event of `kind` for `source` exists; returns it.
+pub fn wait_event(url: &str, source: &str, kind: &str, timeout: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let all = events(url);
+        if let Some(e) = of(&all, source, kind).pop() {
+            return e;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no {kind} event for {source} within {timeout:?}; events: {}",
+            serde_json::to_string_pretty(&all).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// GET an API call as JSON.
+pub fn api(url: &str, call: &str, query: &str) -> serde_json::Value {
+    let out = ok(Command::new("curl")
+        .args(["-s", "--max-time", "30"])
+        .arg(format!("{url}/mini_buildd/api/{call}/?output=json&{query}")));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{call} answered {out:?}: {e}"))
+}
+
+/// A builder's result for a PACKAGING event (mini-buildd §5.3): the buildlog and a tar with a
+/// binary-only `.changes` and its `.deb`, described by a result `.changes` signed with `signer`.
+pub fn build_result(dir: &Path, packaging: &serde_json::Value, status: &str, signer: (&Gpg, &str)) -> PathBuf {
+    use buildbay::deb::Checksums;
+    let name = packaging["source"].as_str().expect("source");
+    let version = packaging["version"].as_str().expect("version");
+    let dist = packaging["distribution"].as_str().expect("distribution");
+    let timecode = packaging["extra"]["timecode"].as_str().expect("timecode");
+    let arch = "amd64";
+    let work = dir.join(format!("result-{name}-{timecode}"));
+    let root = work.join("root");
+    std::fs::create_dir_all(root.join("DEBIAN")).expect("mkdir");
+    std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+    let script = root.join("usr/bin").join(name);
+    std::fs::write(&script, format!("#!/bin/sh\necho hello from {name} {version}\n")).expect("write");
+    ok(Command::new("chmod").arg("755").arg(&script));
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test User <test@example.org>\nSection: misc\nPriority: optional\nDescription: buildbay test package\n Prints hello.\n"),
+    )
+    .expect("write");
+    let out = work.join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let deb = format!("{name}_{version}_all.deb");
+    ok(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&root).arg(out.join(&deb)));
+    let s = Checksums::of_file(&out.join(&deb)).expect("sums");
+    let bin_changes = format!("{name}_{version}_{arch}.changes");
+    std::fs::write(
+        out.join(&bin_changes),
+        format!(
+            "Format: 1.8\nDate: Mon, 01 Jan 2024 00:00:00 +0000\nSource: {name}\nBinary: {name}\nArchitecture: all\nVersion: {version}\nDistribution: {dist}\nMaintainer: Test User <test@example.org>\nChanged-By: Test User <test@example.org>\nDescription:\n {name} - test\nChanges:\n {name} ({version}) {dist}; urgency=medium\nChecksums-Sha256:\n {} {} {deb}\nFiles:\n {} {} misc optional {deb}\n",
+            s.sha256, s.size, s.md5, s.size
+        ),
+    )
+    .expect("write");
+    let tar = format!("{name}_{version}_mini-buildd-buildresult_{arch}.changes.tar");
+    let upload = work.join("upload");
+    std::fs::create_dir_all(&upload).expect("mkdir");
+    ok(Command::new("tar").arg("-C").arg(&out).arg("-cf").arg(upload.join(&tar)).args([&bin_changes, &deb]));
+    let log = format!("{name}_{version}_{arch}.buildlog");
+    std::fs::write(upload.join(&log), format!("Status: {status}\n")).expect("write");
+    let (t, l) =
+        (Checksums::of_file(&upload.join(&tar)).expect("sums"), Checksums::of_file(&upload.join(&log)).expect("sums"));
+    let result = upload.join(format!("{name}_{version}_mini-buildd-buildresult_{arch}.changes"));
+    std::fs::write(
+        &result,
+        format!(
+            "Format: 1.8\nDate: Mon, 01 Jan 2024 00:00:00 +0000\nSource: {name}\nVersion: {version}\nDistribution: {dist}\nArchitecture: {arch}\nX-Mini-Buildd-Timecode: {timecode}\nX-Mini-Buildd-Sbuild-Status: {status}\nX-Mini-Buildd-Lintian-Mode: errfail\nX-Mini-Buildd-Sbuild-Lintian: pass\nFiles:\n {} {} mini-buildd extra {log}\n {} {} mini-buildd extra {tar}\n",
+            l.md5, l.size, t.md5, t.size
+        ),
+    )
+    .expect("write");
+    signer.0.clearsign(signer.1, &result, None);
+    result
+}
+
+/// A gpg home that holds the instance's archive key, to sign as a builder of this instance does.
+pub fn instance_signer(dir: &Path, state: &Path) -> (Gpg, String) {
+    let g = Gpg::new(&dir.join("instance-key"));
+    g.import(&buildbay::instance::Instance::key_path(state));
+    let out = ok(g.cmd().args(["--with-colons", "--list-secret-keys"]));
+    let fpr = out.lines().find_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_owned()).expect("fpr");
+    (g, fpr)
+}
