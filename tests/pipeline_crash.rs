@@ -74,7 +74,7 @@ fn kill_nine_anywhere_in_the_pipeline_loses_and_duplicates_nothing() {
 
     let mut dropped_uploads = 0;
     let mut results_sent: BTreeSet<String> = BTreeSet::new();
-    let mut drop_results = |results_sent: &mut BTreeSet<String>| {
+    let drop_results = |results_sent: &mut BTreeSet<String>| {
         for e in stored_events(&state) {
             let key = e.extra.get("key").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
             if e.kind == buildbay::events::EventType::Packaging && results_sent.insert(key) {
