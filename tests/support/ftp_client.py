@@ -5,6 +5,8 @@
   ftp_client.py parallel HOST:PORT DIR...         one connection per DIR, all at once; uploads every
                                                   file of DIR, the .changes last; prints the replies
   ftp_client.py hostile HOST:PORT SMALL BIG       tries what the drop box must refuse; prints each reply
+  ftp_client.py timed HOST:PORT DIR...            uploads each DIR in turn on one connection; prints the
+                                                  wall-clock time at which each DIR's last file was stored
 """
 import ftplib
 import json
@@ -65,6 +67,27 @@ def parallel(hostport, dirs):
     return results
 
 
+def timed(hostport, dirs):
+    import time
+    ftp = connect(hostport)
+    ftp.cwd("/incoming")
+    out = []
+    for d in dirs:
+        files = ordered(d)
+        replies = [put(ftp, f, os.path.basename(f)) for f in files[:-1]]
+        # The last file by hand, to note when its last byte left: before the server's reply.
+        with open(files[-1], "rb") as f:
+            data = f.read()
+        conn = ftp.transfercmd("STOR " + os.path.basename(files[-1]))
+        conn.sendall(data)
+        end = time.time()
+        conn.close()
+        replies.append(reply(ftp.voidresp))
+        out.append({"dir": d, "end": end, "ok": all(r.startswith("226") for r in replies)})
+    ftp.quit()
+    return out
+
+
 def hostile(hostport, small, big):
     ftp = connect(hostport)
     r = {}
@@ -96,6 +119,8 @@ def main():
         out = upload(hostport, args)
     elif cmd == "parallel":
         out = parallel(hostport, args)
+    elif cmd == "timed":
+        out = timed(hostport, args)
     elif cmd == "hostile":
         out = hostile(hostport, *args)
     else:
