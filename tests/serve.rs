@@ -92,3 +92,33 @@ fn serve_repairs_a_publish_that_a_crash_interrupted() {
     let (_, gpg) = inst.key_files();
     verify_published(&inst.repo(), &gpg);
 }
+
+#[test]
+fn socket_activation_by_an_ftp_upload() {
+    let inst = Instance::new("ed25519");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (http, ftp) = (free(), free());
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{http}"), "-l", &format!("127.0.0.1:{ftp}"), "--fdname=http:ftp", bin()])
+        .arg("--state")
+        .arg(inst.state())
+        .arg("serve")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate");
+    // The first connection is the upload: it starts buildbay, which serves FTP on the passed socket.
+    let changes = upload::make_source(dir.path(), "activated", "1.0-1~test12+1", "bookworm-test-unstable", None);
+    upload::ftp_upload(&format!("127.0.0.1:{ftp}"), &changes);
+    let e = upload::wait_event(
+        &format!("http://127.0.0.1:{http}"),
+        "activated",
+        "PACKAGING",
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(e["distribution"], "bookworm-test-unstable");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    child.wait().expect("wait");
+}
