@@ -354,6 +354,7 @@ fn serve(
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
+        let http_inherited = inherited.http.is_some();
         let listener = match inherited.http {
             Some(l) => {
                 tracing::info!("serving HTTP on the socket systemd passed");
@@ -370,26 +371,41 @@ fn serve(
         let ftp_listener = match inherited.ftp {
             Some(l) => {
                 tracing::info!("serving FTP on the socket systemd passed");
-                tokio::net::TcpListener::from_std(l).context("using the inherited ftp socket")?
+                Some(tokio::net::TcpListener::from_std(l).context("using the inherited ftp socket")?)
             }
             None => {
                 // mini-buildd's default: FTP on the HTTP port + 1 (any free port beside an ephemeral HTTP port).
-                let port = if http.port() == 0 { 0 } else { addr.port().wrapping_add(1) };
+                let port = if http.port() == 0 && !http_inherited { 0 } else { addr.port().wrapping_add(1) };
                 let a = ftp.ftp.unwrap_or_else(|| std::net::SocketAddr::new(http.ip(), port));
                 tracing::info!(ftp = %a, "no ftp socket from systemd: binding FTP myself");
-                tokio::net::TcpListener::bind(a).await.with_context(|| {
-                    format!("binding FTP on {a}; is another daemon running there? choose one with --ftp")
-                })?
+                match tokio::net::TcpListener::bind(a).await {
+                    Ok(l) => Some(l),
+                    // systemd passed HTTP only: keep serving the repositories, without uploads.
+                    Err(e) if http_inherited && ftp.ftp.is_none() => {
+                        tracing::error!(
+                            "uploads are off: cannot bind FTP on {a}: {e}; enable buildbay-ftp.socket or pass --ftp"
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "binding FTP on {a}; is another daemon running there? choose one with --ftp"
+                        )));
+                    }
+                }
             }
         };
-        let ftp_addr = ftp_listener.local_addr().context("reading the FTP address")?;
+        let ftp_addr = match &ftp_listener {
+            Some(l) => Some(l.local_addr().context("reading the FTP address")?),
+            None => None,
+        };
         if !systemd::notify_socket() {
             tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
         }
         let daemon = std::sync::Arc::new(buildbay::daemon::Daemon::new(
             inst,
             addr.port(),
-            ftp_addr.port(),
+            ftp_addr.map_or(addr.port().wrapping_add(1), |a| a.port()),
             host,
             incoming.clone(),
         ));
@@ -407,7 +423,9 @@ fn serve(
             passive_ports: ftp.ftp_passive_ports.clone(),
             tls: ftp.ftp_cert.clone().zip(ftp.ftp_key.clone()),
         };
-        tokio::spawn(incoming::ftp::serve(ftp_listener, dropbox, ftp_opts, stop_rx));
+        if let Some(l) = ftp_listener {
+            tokio::spawn(incoming::ftp::serve(l, dropbox, ftp_opts, stop_rx));
+        }
         let pipeline = daemon.clone();
         std::thread::Builder::new()
             .name("pipeline".into())
@@ -415,7 +433,10 @@ fn serve(
             .context("starting the upload pipeline")?;
         daemon.wake();
         spawn_housekeeping(daemon.clone(), ftp.keep_events_days, std::time::Duration::from_secs(ftp.hook_timeout));
-        let status = format!("serving http://{addr}/repositories/ and ftp://{ftp_addr}/incoming");
+        let status = match ftp_addr {
+            Some(f) => format!("serving http://{addr}/repositories/ and ftp://{f}/incoming"),
+            None => format!("serving http://{addr}/repositories/ (uploads off)"),
+        };
         tracing::info!(running = daemon.is_running(), "{status}");
         systemd::notify_ready(&status);
         systemd::shutdown_signal().await;
