@@ -93,11 +93,7 @@ fn main() {
     let d = dir.path();
     let inst = Instance::new("rsa4096");
     inst.ok(&["setup", "--repositories", "sec:Default:bookworm"]);
-    let g = Gpg::new(d);
-    g.generate("Uploader <up@example.org>", "1y", None);
-    let key = d.join("up.asc");
-    std::fs::write(&key, g.export("up@example.org")).expect("write");
-    inst.ok(&["uploader", "add", "up", "--key", key.to_str().expect("utf-8"), "--repositories", "sec"]);
+    let g = register_uploader(&inst, d, "sec");
     eprintln!("making 205 signed uploads");
     let seq = sets(d, "seq", 100, &g);
     let par = sets(d, "par", 100, &g);

@@ -24,11 +24,7 @@ const SECURE: &str = "bookworm-sec-unstable";
 fn with_uploader(dir: &Path) -> (Instance, Gpg) {
     let inst = Instance::new("ed25519");
     inst.ok(&["setup", "--repositories", "sec:Default:bookworm"]);
-    let g = Gpg::new(dir);
-    g.generate("Uploader <up@example.org>", "1y", None);
-    let key = dir.join("up.asc");
-    std::fs::write(&key, g.export("up@example.org")).expect("write");
-    inst.ok(&["uploader", "add", "up", "--key", key.to_str().expect("utf-8"), "--repositories", "test,sec"]);
+    let g = register_uploader(&inst, dir, "test,sec");
     (inst, g)
 }
 

@@ -39,13 +39,7 @@ impl ApiError {
 
     /// The RFC 7807 body (`application/problem+json`), as mini-buildd writes it.
     pub fn problem(&self) -> serde_json::Value {
-        serde_json::json!({
-            "type": "about:blank",
-            "status": self.status,
-            "title": self.title(),
-            "detail": self.detail,
-            "instance": "about:blank",
-        })
+        crate::events::problem(self.status, self.title(), &self.detail)
     }
 }
 

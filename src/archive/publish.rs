@@ -51,12 +51,17 @@ impl Part {
 
 /// Write a file and sync it; never leaves a partial file under `path`'s name.
 pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    write_file_synced(path, data).map_err(io(path))
+}
+
+/// [`write_synced`] for callers outside the archive, with a plain I/O error.
+pub fn write_file_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp =
         path.with_file_name(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -132,6 +132,11 @@ impl Event {
     }
 }
 
+/// mini-buildd's RFC 7807 error object, as in an event's `extra.error` and an API error body.
+pub fn problem(status: u16, title: &str, detail: &str) -> serde_json::Value {
+    serde_json::json!({"type": "about:blank", "status": status, "title": title, "detail": detail, "instance": "about:blank"})
+}
+
 /// Timestamps as Python's `datetime.isoformat()` writes them: `2024-05-01T12:00:00.123456+00:00`.
 pub mod iso {
     use chrono::{DateTime, Utc};

@@ -168,11 +168,6 @@ pub fn list(store: &store::Store) -> std::result::Result<Vec<Upload>, StoreError
     list_from(&store.read()?.open_table(UPLOADS)?)
 }
 
-/// Every upload, inside a write transaction.
-pub fn list_in(tx: &redb::WriteTransaction) -> std::result::Result<Vec<Upload>, StoreError> {
-    list_from(&tx.open_table(UPLOADS)?)
-}
-
 fn list_from(t: &impl ReadableTable<u64, &'static [u8]>) -> std::result::Result<Vec<Upload>, StoreError> {
     let mut out = Vec::new();
     for item in t.iter()? {
@@ -339,34 +334,26 @@ impl Incoming {
                 }
             };
             referenced.extend(changes.files.iter().map(|f| f.name.to_string()));
+            // What of the upload is here, to keep with a rejection.
+            let present = || -> Vec<FileName> {
+                changes.files.iter().filter(|f| sizes.contains_key(f.name.as_str())).map(|f| f.name.clone()).collect()
+            };
             match readiness(&changes, &self.limits, |f| sizes.get(f.as_str()).map(|s| s.0)) {
                 Readiness::Complete => {
                     let id = self.claim(store, &name, &changes)?;
                     report.claimed.push(id);
                 }
                 Readiness::TooLarge { total, limit } => {
-                    let files: Vec<FileName> = changes
-                        .files
-                        .iter()
-                        .filter(|f| sizes.contains_key(f.name.as_str()))
-                        .map(|f| f.name.clone())
-                        .collect();
                     let why = format!("the upload is {total} bytes, more than the limit of {limit} bytes");
-                    self.claim_rejected(store, &name, &files, why, &mut report)?;
+                    self.claim_rejected(store, &name, &present(), why, &mut report)?;
                 }
                 Readiness::Waiting(missing) if stale(mtime) => {
-                    let files: Vec<FileName> = changes
-                        .files
-                        .iter()
-                        .filter(|f| sizes.contains_key(f.name.as_str()))
-                        .map(|f| f.name.clone())
-                        .collect();
                     let why = format!(
                         "the upload stayed incomplete for {} s: {}; upload every file the .changes lists",
                         self.limits.timeout.as_secs(),
                         missing.join(", ")
                     );
-                    self.claim_rejected(store, &name, &files, why, &mut report)?;
+                    self.claim_rejected(store, &name, &present(), why, &mut report)?;
                 }
                 Readiness::Waiting(_) => {}
             }
@@ -533,12 +520,7 @@ pub fn rejected_event(u: &Upload, why: &str) -> Event {
     Event::new(EventType::Rejected, &u.distribution, &u.source, &u.version)
         .with("changes", u.changes.as_str())
         .with("key", u.key())
-        .with("error", problem(400, "Upload rejected", why))
-}
-
-/// mini-buildd's RFC 7807 error object.
-pub fn problem(status: u16, title: &str, detail: &str) -> serde_json::Value {
-    serde_json::json!({"type": "about:blank", "status": status, "title": title, "detail": detail, "instance": "about:blank"})
+        .with("error", crate::events::problem(400, "Upload rejected", why))
 }
 
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {

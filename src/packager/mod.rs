@@ -10,8 +10,9 @@ pub mod options;
 use crate::archive::{ArchiveError, RepoCtx};
 use crate::config::{self, Distribution, Repository, Uploader, kind};
 use crate::deb::{Changes, Dist, FileName, Stanza};
+use crate::events::problem;
 use crate::events::{Event, EventType};
-use crate::incoming::{self, ArchBuild, ArchResult, Incoming, Kind, Upload, UploadState, problem};
+use crate::incoming::{self, ArchBuild, ArchResult, Incoming, Kind, Upload, UploadState};
 use crate::instance::Instance;
 use crate::store::{self, BUILD_QUEUE, CONFIG, PENDING, StoreError, UPLOAD_KEYS};
 use options::UploadOptions;
@@ -115,12 +116,6 @@ impl Packager<'_> {
             return Ok(vec![]);
         };
         match (u.kind, u.state) {
-            (_, s) if s.is_final() => {
-                let tx = self.inst.store.write()?;
-                tx.open_table(PENDING)?.remove(id)?;
-                tx.commit()?;
-                Ok(vec![])
-            }
             (Kind::Upload, UploadState::Received) => self.package(u),
             (Kind::BuildResult, UploadState::Received) => self.take_result(u),
             (_, UploadState::Packaging) => self.install_if_complete(u),
@@ -298,7 +293,7 @@ impl Packager<'_> {
         u.state = UploadState::Packaging;
         let buildrequests: serde_json::Map<String, serde_json::Value> =
             requests.iter().map(|r| (r.arch.clone(), r.bkey.clone().into())).collect();
-        let event = changes_event(EventType::Packaging, &u, &a.changes).with("buildrequests", buildrequests);
+        let event = event_for(EventType::Packaging, &u, Some(&a.changes)).with("buildrequests", buildrequests);
         let tx = self.inst.store.write()?;
         incoming::put(&tx, &u)?;
         tx.open_table(UPLOAD_KEYS)?.insert(key.as_str(), u.id)?;
@@ -470,9 +465,15 @@ impl Packager<'_> {
             .filter_map(|(a, b)| b.result.as_ref().filter(|r| !r.success).map(|r| (a, r)))
             .map(|(a, r)| format!("{a}: {}", r.reason.clone().unwrap_or_else(|| r.status.clone())))
             .collect();
-        let outcome = if failures.is_empty() { self.install(&u) } else { Err(failures.join("; ")) };
-        let changes =
-            Changes::parse(&std::fs::read_to_string(self.dir(&u).join(u.changes.as_str())).unwrap_or_default()).ok();
+        let changes = std::fs::read_to_string(self.dir(&u).join(u.changes.as_str()))
+            .map_err(|e| e.to_string())
+            .and_then(|t| Changes::parse(&t).map_err(|e| e.to_string()));
+        let outcome = match (&changes, failures.is_empty()) {
+            (Ok(c), true) => self.install(&u, c),
+            (Err(e), true) => Err(format!("{}: {e}", u.changes)),
+            (_, false) => Err(failures.join("; ")),
+        };
+        let changes = changes.ok();
         let results: serde_json::Map<String, serde_json::Value> = u
             .arches
             .iter()
@@ -502,16 +503,13 @@ impl Packager<'_> {
 
     /// Install the source and every successful architecture's binaries. Safe to run again after
     /// a crash: a source already in the distribution is not included twice.
-    fn install(&self, u: &Upload) -> std::result::Result<(), String> {
+    fn install(&self, u: &Upload, changes: &Changes) -> std::result::Result<(), String> {
         let dir = self.dir(u);
         let dist: Dist = u.distribution.parse().map_err(|e| format!("{e}"))?;
-        let changes =
-            Changes::parse(&std::fs::read_to_string(dir.join(u.changes.as_str())).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
         let archive = self.inst.archive().map_err(|e| e.to_string())?;
         let mut list = Vec::new();
         if !archive.holds(&dist, &changes.source, &changes.version).map_err(|e| e.to_string())? {
-            list.push(source_only_changes(&dir, &changes).map_err(|e| e.to_string())?);
+            list.push(source_only_changes(&dir, changes).map_err(|e| e.to_string())?);
         }
         for (arch, b) in &u.arches {
             let Some(r) = b.result.as_ref().filter(|r| r.success) else { continue };
@@ -611,11 +609,7 @@ fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Res
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::archive::publish::write_file_synced(path, data).map_err(io_err(path))
 }
 
 /// The request tar: `.config/*`, then the `.dsc` and every source file.
@@ -693,11 +687,7 @@ fn unpack_result(result_dir: &Path, out: &Path) -> std::result::Result<PathBuf, 
     changes.ok_or_else(|| "the build result tar holds no .changes".to_owned())
 }
 
-/// An event about an upload with the `.changes` fields mini-buildd puts into `extra`.
-fn changes_event(kind: EventType, u: &Upload, c: &Changes) -> Event {
-    event_for(kind, u, Some(c))
-}
-
+/// An event about an upload, with the `.changes` fields mini-buildd puts into `extra`.
 fn event_for(kind: EventType, u: &Upload, c: Option<&Changes>) -> Event {
     let mut e = Event::new(kind, &u.distribution, &u.source, &u.version)
         .with("key", u.key())

@@ -96,11 +96,23 @@ impl Instance {
 /// dpkg-genchanges. Returns the `.changes`.
 pub fn make_pkg(dir: &Path, name: &str, version: &str) -> PathBuf {
     let work = dir.join(format!("{name}-{version}"));
+    let tree = source_tree(&work, name, version, "bookworm-test-unstable", "3.0 (native)", "");
+    let deb = build_deb(&work, &work, name, version);
+    ok(Command::new("dpkg-distaddfile").args([&deb, "misc", "optional"]).current_dir(&tree));
+    let changes = ok(Command::new("dpkg-genchanges").arg("-sa").current_dir(&tree));
+    let path = work.join(format!("{name}_{version}_source+all.changes"));
+    std::fs::write(&path, changes).expect("write");
+    path
+}
+
+/// Write a source tree `<work>/<name>-src` (changelog with `changes` lines, control, format,
+/// rules) and build its source package with dpkg-source; returns the tree.
+pub fn source_tree(work: &Path, name: &str, version: &str, dist: &str, format: &str, changes: &str) -> PathBuf {
     let tree = work.join(format!("{name}-src"));
     std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
     std::fs::write(
         tree.join("debian/changelog"),
-        format!("{name} ({version}) bookworm-test-unstable; urgency=medium\n\n  * Test package.\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
+        format!("{name} ({version}) {dist}; urgency=medium\n\n  * Test package.\n{changes}\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
     )
     .expect("write");
     std::fs::write(
@@ -108,9 +120,15 @@ pub fn make_pkg(dir: &Path, name: &str, version: &str) -> PathBuf {
         format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nStandards-Version: 4.6.2\n\nPackage: {name}\nArchitecture: all\nDescription: buildbay test package\n Prints hello.\n"),
     )
     .expect("write");
-    std::fs::write(tree.join("debian/source/format"), "3.0 (native)\n").expect("write");
+    std::fs::write(tree.join("debian/source/format"), format!("{format}\n")).expect("write");
     std::fs::write(tree.join("debian/rules"), "#!/usr/bin/make -f\n%:\n\tdh $@\n").expect("write");
-    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
+    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(work));
+    tree
+}
+
+/// Build `<name>_<version>_all.deb` (a script printing hello) into `out`, staging under `work`;
+/// returns its file name.
+pub fn build_deb(work: &Path, out: &Path, name: &str, version: &str) -> String {
     let root = work.join("root");
     std::fs::create_dir_all(root.join("DEBIAN")).expect("mkdir");
     std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
@@ -123,12 +141,8 @@ pub fn make_pkg(dir: &Path, name: &str, version: &str) -> PathBuf {
     )
     .expect("write");
     let deb = format!("{name}_{version}_all.deb");
-    ok(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&root).arg(work.join(&deb)));
-    ok(Command::new("dpkg-distaddfile").args([&deb, "misc", "optional"]).current_dir(&tree));
-    let changes = ok(Command::new("dpkg-genchanges").arg("-sa").current_dir(&tree));
-    let path = work.join(format!("{name}_{version}_source+all.changes"));
-    std::fs::write(&path, changes).expect("write");
-    path
+    ok(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&root).arg(out.join(&deb)));
+    deb
 }
 
 /// A throwaway apt root that uses the repository through `uri` with the key as Signed-By.

@@ -80,23 +80,7 @@ impl Gpg {
 /// the `.changes`, as debsign does) when a signer is given.
 pub fn make_source(dir: &Path, name: &str, version: &str, dist: &str, signer: Option<(&Gpg, &str)>) -> PathBuf {
     let work = dir.join(format!("{name}-{version}-{dist}"));
-    let tree = work.join(format!("{name}-src"));
-    std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
-    std::fs::write(
-        tree.join("debian/changelog"),
-        format!(
-            "{name} ({version}) {dist}; urgency=medium\n\n  * Test package.\n  * MINI_BUILDD_OPTION: lintian-mode=ignore\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        tree.join("debian/control"),
-        format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nStandards-Version: 4.6.2\n\nPackage: {name}\nArchitecture: all\nDescription: buildbay test package\n Prints hello.\n"),
-    )
-    .expect("write");
-    std::fs::write(tree.join("debian/source/format"), "1.0\n").expect("write");
-    std::fs::write(tree.join("debian/rules"), "#!/usr/bin/make -f\n%:\n\tdh $@\n").expect("write");
-    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
+    let tree = super::source_tree(&work, name, version, dist, "1.0", "  * MINI_BUILDD_OPTION: lintian-mode=ignore\n");
     let upstream = version.split(':').next_back().unwrap_or(version);
     let dsc = work.join(format!("{name}_{upstream}.dsc"));
     if let Some((g, uid)) = signer {
@@ -191,21 +175,9 @@ pub fn build_result(dir: &Path, packaging: &serde_json::Value, status: &str, sig
     let timecode = packaging["extra"]["timecode"].as_str().expect("timecode");
     let arch = "amd64";
     let work = dir.join(format!("result-{name}-{timecode}"));
-    let root = work.join("root");
-    std::fs::create_dir_all(root.join("DEBIAN")).expect("mkdir");
-    std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
-    let script = root.join("usr/bin").join(name);
-    std::fs::write(&script, format!("#!/bin/sh\necho hello from {name} {version}\n")).expect("write");
-    ok(Command::new("chmod").arg("755").arg(&script));
-    std::fs::write(
-        root.join("DEBIAN/control"),
-        format!("Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test User <test@example.org>\nSection: misc\nPriority: optional\nDescription: buildbay test package\n Prints hello.\n"),
-    )
-    .expect("write");
     let out = work.join("out");
     std::fs::create_dir_all(&out).expect("mkdir");
-    let deb = format!("{name}_{version}_all.deb");
-    ok(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&root).arg(out.join(&deb)));
+    let deb = super::build_deb(&work, &out, name, version);
     let s = Checksums::of_file(&out.join(&deb)).expect("sums");
     let bin_changes = format!("{name}_{version}_{arch}.changes");
     std::fs::write(
@@ -235,6 +207,16 @@ pub fn build_result(dir: &Path, packaging: &serde_json::Value, status: &str, sig
     .expect("write");
     signer.0.clearsign(signer.1, &result, None);
     result
+}
+
+/// A fresh gpg home with key `up@example.org`, registered as an active uploader of `repositories`.
+pub fn register_uploader(inst: &super::Instance, dir: &Path, repositories: &str) -> Gpg {
+    let g = Gpg::new(dir);
+    g.generate("Uploader <up@example.org>", "1y", None);
+    let key = dir.join("up.asc");
+    std::fs::write(&key, g.export("up@example.org")).expect("write");
+    inst.ok(&["uploader", "add", "up", "--key", key.to_str().expect("utf-8"), "--repositories", repositories]);
+    g
 }
 
 /// A gpg home that holds the instance's archive key, to sign as a builder of this instance does.
