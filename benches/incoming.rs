@@ -101,7 +101,8 @@ fn main() {
         .map(|i| make_source(d, &format!("dput{i}"), "1.0-1~sec12+1", DIST, Some((&g, "up@example.org"))))
         .collect();
 
-    let srv = Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0"]));
+    let srv =
+        Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"]));
     let idle_rss = rss_mb(srv.child.id());
     let (mut sse, seen) = watch(&srv.url);
     std::thread::sleep(Duration::from_millis(300));

@@ -229,6 +229,7 @@ pub mod kind {
     pub const REPOSITORY: &str = "repository";
     pub const UPLOADER: &str = "uploader";
     pub const SUBSCRIPTION: &str = "subscription";
+    pub const CHROOT: &str = "chroot";
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! started/stopped switch, the login limiter, the maintenance lock, the upload pipeline).
 
 use crate::auth::LoginLimiter;
+use crate::builder::Builder;
 use crate::events::{Bus, Event};
 use crate::incoming::Incoming;
 use crate::instance::Instance;
@@ -27,6 +28,10 @@ pub struct Daemon {
     pub incoming: Incoming,
     wake: Mutex<mpsc::Sender<()>>,
     wake_rx: Mutex<Option<mpsc::Receiver<()>>>,
+    /// Set once when serving starts (the runner is found asynchronously).
+    pub builder: std::sync::OnceLock<Builder>,
+    /// Wakes the builders: a build request was queued.
+    pub build_wake: tokio::sync::Notify,
 }
 
 impl Daemon {
@@ -45,6 +50,8 @@ impl Daemon {
             incoming,
             wake: Mutex::new(tx),
             wake_rx: Mutex::new(Some(rx)),
+            builder: std::sync::OnceLock::new(),
+            build_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -57,9 +64,43 @@ impl Daemon {
         self.wake();
     }
 
-    /// mini-buildd's load: queued builds / slots, or -1 when stopped. No builders yet: 0.
+    /// mini-buildd's load: queued builds / slots, or -1 when stopped.
     pub fn load(&self) -> f64 {
-        if self.is_running() { 0.0 } else { -1.0 }
+        match (self.is_running(), self.builder.get()) {
+            (false, _) => -1.0,
+            (true, Some(b)) => b.load(&self.inst),
+            (true, None) => 0.0,
+        }
+    }
+
+    /// The builders, as a task: start queued requests, watch running builds, deliver results.
+    /// Every step is recorded in redb, so a restarted daemon picks up where this one was.
+    pub async fn run_builders(self: std::sync::Arc<Self>) {
+        let Some(builder) = self.builder.get() else { return };
+        loop {
+            if self.is_running() {
+                match builder.pass(&self.inst).await {
+                    Ok((events, delivered)) => {
+                        self.publish(&events);
+                        if delivered {
+                            self.wake();
+                        }
+                    }
+                    Err(e) => tracing::error!("builder pass failed (it is retried): {e}"),
+                }
+            }
+            let busy = builder.jobs(&self.inst).map(|j| !j.is_empty()).unwrap_or(false);
+            let idle = Duration::from_millis(if busy { 200 } else { 5000 });
+            tokio::select! {
+                _ = self.build_wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// Where chroots live (the builder's places, or the defaults before it started).
+    pub fn places(&self) -> crate::chroot::Places {
+        self.builder.get().map(|b| b.places.clone()).unwrap_or_default()
     }
 
     /// Wake the upload pipeline (a file landed, a result arrived, a retry was asked for).
@@ -119,7 +160,12 @@ impl Daemon {
         let packager = self.packager();
         for id in ids {
             match packager.step(id) {
-                Ok(events) => self.publish(&events),
+                Ok(events) => {
+                    if events.iter().any(|e| e.kind == crate::events::EventType::Packaging) {
+                        self.build_wake.notify_one();
+                    }
+                    self.publish(&events);
+                }
                 Err(e) => tracing::error!(upload = id, "packaging step failed (it is retried): {e}"),
             }
         }

@@ -3,6 +3,7 @@
 
 use crate::archive::layout::{self, Layout};
 use crate::archive::{Archive, ArchiveError};
+use crate::chroot::Chroot;
 use crate::config::{self, ArchOption, Daemon, Distribution, LayoutObject, Repository, Source, Status, kind};
 use crate::deb::{Arch, Codename, Component, Identity, RepoId};
 use crate::gpg::{ArchiveKey, GpgError, KeyAlgo};
@@ -45,7 +46,11 @@ pub struct SetupOptions {
     pub distributions: Vec<String>,
     /// `id:layout:codename0+codename1`.
     pub repositories: Vec<String>,
+    /// `codename:arch`: chroots to prepare (minutes each, the first time).
+    pub chroots: Vec<String>,
     pub key_algo: KeyAlgo,
+    /// Where chroot images and schroot configs go.
+    pub places: crate::chroot::Places,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,6 +337,18 @@ impl Instance {
             self.put(kind::REPOSITORY, id.as_str(), &repo)?;
         }
 
+        // Chroots: each one's failure is reported, and the others go on.
+        for spec in &opts.chroots {
+            let c = self.chroot_spec(spec)?;
+            let id = c.id();
+            let exists = self.get::<Chroot>(kind::CHROOT, &id)?.is_some();
+            if !exists {
+                report.push(item(kind::CHROOT, &id, "MISSING", None));
+            }
+            let c = self.make_chroot(&opts.places, c, false)?;
+            report.push(item(kind::CHROOT, &id, status_word(&c.status), c.status.message.clone()));
+        }
+
         report.push(item(
             kind::DAEMON,
             daemon.identity.as_str(),
@@ -342,6 +359,53 @@ impl Instance {
             report.push(item(kind::REPOSITORY, r.identity.as_str(), status_word(&r.status), r.status.message.clone()));
         }
         Ok(report)
+    }
+}
+
+impl Instance {
+    /// Parse `codename:arch` into a chroot object (the stored one if it exists).
+    pub fn chroot_spec(&self, spec: &str) -> Result<Chroot> {
+        let bad = |why: String| {
+            InstanceError::Setup(format!("chroot {spec:?}: {why}; use codename:arch, e.g. bookworm:amd64"))
+        };
+        let (codename, arch) = spec.split_once(':').ok_or_else(|| bad("no arch".into()))?;
+        let codename: Codename = codename.parse().map_err(|e: crate::deb::names::NameError| bad(e.to_string()))?;
+        let arch: Arch = arch.parse().map_err(|e: crate::deb::names::NameError| bad(e.to_string()))?;
+        if arch.is_all() {
+            return Err(bad("\"all\" is not a machine architecture".into()));
+        }
+        let id = format!("{codename}:{arch}");
+        Ok(self.get::<Chroot>(kind::CHROOT, &id)?.unwrap_or_else(|| Chroot::new(codename, arch)))
+    }
+
+    /// Prepare (from scratch when `remake`), check and activate one chroot, and store how it went.
+    /// A failure is recorded in its status, not returned: one chroot never stops the others.
+    pub fn make_chroot(&self, places: &crate::chroot::Places, mut c: Chroot, remake: bool) -> Result<Chroot> {
+        let id = c.id();
+        let now = chrono::Utc::now();
+        let made = (|| {
+            if remake {
+                crate::chroot::remove(places, &c)?;
+                c.status.removed();
+            }
+            crate::chroot::prepare(places, &c)
+        })();
+        match made {
+            Ok(()) => {
+                c.status.prepared();
+                let check = crate::chroot::check(places, &c).map_err(|e| e.to_string());
+                c.status.checked(check, now);
+                c.status.activate(&id)?;
+            }
+            Err(e) => {
+                tracing::error!(chroot = %id, "preparing failed: {e}");
+                c.status.removed();
+                c.status.checked = config::Checked::Failed;
+                c.status.message = Some(e.to_string());
+            }
+        }
+        self.put(kind::CHROOT, &id, &c)?;
+        Ok(c)
     }
 }
 
@@ -368,7 +432,9 @@ impl Instance {
             identity: None,
             distributions: vec![format!("{codename}:{arch}")],
             repositories: vec![format!("test:Default:{codename}")],
+            chroots: vec![],
             key_algo: KeyAlgo::default(),
+            places: Default::default(),
         };
         self.setup(&opts).map(Some)
     }

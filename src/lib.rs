@@ -7,6 +7,8 @@
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod builder;
+pub mod chroot;
 pub mod client;
 pub mod config;
 pub mod daemon;

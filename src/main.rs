@@ -36,6 +36,23 @@ enum Command {
         no_default_setup: bool,
         #[command(flatten)]
         ftp: FtpArgs,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Run one build step (the main process and ExecStopPost of a build unit); not for humans.
+    #[command(hide = true)]
+    BuilderExec {
+        /// Copy the command's output to this file and to stdout.
+        #[arg(long, required_unless_present = "stop_post")]
+        build_log: Option<PathBuf>,
+        /// Record how the unit ended ($SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) in this file.
+        #[arg(long, conflicts_with = "build_log")]
+        stop_post: Option<PathBuf>,
+        /// With --build-log: record how the command ended in this file (child-process builds).
+        #[arg(long, requires = "build_log")]
+        result: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Create and activate configuration objects offline (mini-buildd's `setup` conventions).
     Setup {
@@ -48,6 +65,9 @@ enum Command {
         /// Repositories as `id:layout:codename0+codename1`, e.g. `test:Default:bookworm`.
         #[arg(long, num_args = 1.., value_delimiter = ',')]
         repositories: Vec<String>,
+        /// Chroots to prepare, check and activate, as `codename:arch` (minutes each, the first time).
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        chroots: Vec<String>,
         /// Archive key algorithm, used when the key is first generated.
         #[arg(long, value_enum, default_value_t = KeyAlgo::Rsa4096)]
         key_algo: KeyAlgo,
@@ -95,6 +115,40 @@ enum UploaderCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         repositories: Vec<RepoId>,
     },
+}
+
+/// Builds: how many at once, their limits, who runs them.
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Parallel builds (default: the number of cores). 0: build nothing here; build requests
+    /// wait for builders elsewhere.
+    #[arg(long)]
+    build_slots: Option<usize>,
+    /// MemoryMax of each build unit, in bytes (default: no limit).
+    #[arg(long)]
+    build_memory_max: Option<u64>,
+    /// RuntimeMaxSec of each build unit.
+    #[arg(long, default_value_t = 6 * 3600)]
+    build_runtime_max: u64,
+    /// The user builds run as (default: the daemon's own).
+    #[arg(long)]
+    build_user: Option<String>,
+    /// Where chroot machine images go.
+    #[arg(long, default_value = "/var/lib/machines")]
+    machines_dir: PathBuf,
+    /// Where schroot configs of the chroots go.
+    #[arg(long, default_value = "/etc/schroot/chroot.d")]
+    schroot_dir: PathBuf,
+    /// `systemd` (transient units over D-Bus), `child` (child processes), or `auto`.
+    #[arg(long, value_enum, default_value_t = RunnerChoice::Auto)]
+    build_runner: RunnerChoice,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RunnerChoice {
+    Auto,
+    Systemd,
+    Child,
 }
 
 /// The FTP drop box and the upload pipeline.
@@ -248,10 +302,23 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     if let Command::Api { url, token, user, confirm, call } = &cli.command {
         return api_client(url, token.clone(), user.as_deref(), *confirm, json, call);
     }
+    if let Command::BuilderExec { build_log: log, stop_post, result, command } = &cli.command {
+        use buildbay::builder::exec;
+        if let Some(result) = stop_post {
+            return exec::stop_post(result).with_context(|| format!("writing {}", result.display()));
+        }
+        let log = log.as_ref().context("--build-log is required")?;
+        let code = exec::run_logged(log, command).with_context(|| format!("running {command:?}"))?;
+        if let Some(result) = result {
+            exec::record_exit(result, code).with_context(|| format!("writing {}", result.display()))?;
+        }
+        std::process::exit(code);
+    }
     let inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
-        Command::Serve { http, no_default_setup, ftp } => {
+        Command::BuilderExec { .. } => unreachable!("handled before the state directory is opened"),
+        Command::Serve { http, no_default_setup, ftp, build } => {
             if !no_default_setup && let Some(report) = inst.default_setup_if_empty()? {
                 for i in report {
                     tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
@@ -266,10 +333,12 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     }
                 }
             }
-            serve(inst, http, ftp, inherited)?;
+            serve(inst, http, ftp, build, inherited)?;
         }
-        Command::Setup { identity, distributions, repositories, key_algo } => {
-            let report = inst.setup(&SetupOptions { identity, distributions, repositories, key_algo })?;
+        Command::Setup { identity, distributions, repositories, chroots, key_algo } => {
+            let places = Default::default();
+            let report =
+                inst.setup(&SetupOptions { identity, distributions, repositories, chroots, key_algo, places })?;
             print(json, &report, |r| {
                 r.iter()
                     .map(|i| {
@@ -332,6 +401,7 @@ fn serve(
     inst: Instance,
     http: std::net::SocketAddr,
     ftp: FtpArgs,
+    build: BuildArgs,
     inherited: buildbay::systemd::Inherited,
 ) -> Result<()> {
     use buildbay::incoming::{self, Incoming};
@@ -409,6 +479,44 @@ fn serve(
             host,
             incoming.clone(),
         ));
+        let runner = match build.build_runner {
+            RunnerChoice::Auto => buildbay::builder::Runner::detect().await,
+            RunnerChoice::Systemd => buildbay::builder::Runner::Systemd(
+                systemd::bus::Systemd::connect()
+                    .await
+                    .context("--build-runner systemd: connecting to systemd over D-Bus")?,
+            ),
+            RunnerChoice::Child => {
+                tracing::info!("--build-runner child: builds run as child processes in their own process group");
+                buildbay::builder::Runner::Child(Default::default())
+            }
+        };
+        let mut limits = buildbay::builder::Limits {
+            memory_max: build.build_memory_max,
+            runtime_max_sec: build.build_runtime_max,
+            user: build.build_user.clone(),
+            ..Default::default()
+        };
+        if let Some(n) = build.build_slots {
+            limits.slots = n;
+        }
+        let state = daemon.inst.store.dir().to_owned();
+        let builder = buildbay::builder::Builder {
+            runner,
+            limits,
+            places: buildbay::chroot::Places {
+                machines: build.machines_dir.clone(),
+                schroot_d: build.schroot_dir.clone(),
+            },
+            root: state.join("var/builds"),
+            incoming: daemon.incoming.dir.clone(),
+            exe: std::env::current_exe().context("finding the buildbay binary for build units")?,
+        };
+        tracing::info!(slots = builder.limits.slots, "builder ready");
+        if daemon.builder.set(builder).is_err() {
+            anyhow::bail!("the builder was set up twice");
+        }
+        tokio::spawn(daemon.clone().run_builders());
         systemd::spawn_watchdog();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(buildbay::web::serve(listener, daemon.clone(), stop_rx.clone()));

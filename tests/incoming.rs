@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const UNSTABLE: &str = "bookworm-test-unstable";
 
 fn serve(inst: &Instance, extra: &[&str]) -> Server {
-    let mut args = vec!["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0"];
+    let mut args = vec!["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"];
     args.extend_from_slice(extra);
     Server::start(inst.cmd(&args))
 }

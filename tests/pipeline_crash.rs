@@ -60,6 +60,8 @@ fn kill_nine_anywhere_in_the_pipeline_loses_and_duplicates_nothing() {
             "--ftp",
             &format!("127.0.0.1:{ftp}"),
             "--no-default-setup",
+            "--build-slots",
+            "0",
         ]))
     };
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos() as u64;

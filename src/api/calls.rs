@@ -3,6 +3,7 @@
 use super::{ApiError, Args};
 use crate::archive::{ArchiveError, layout::Layout};
 use crate::auth::{self, Principal, Role};
+use crate::chroot::Chroot;
 use crate::config::{self, LayoutObject, Repository, Uploader, kind};
 use crate::daemon::Daemon;
 use crate::deb::{Codename, Dist, PackageName, SnapshotName, Version};
@@ -113,7 +114,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "url": origin.base_url,
                 "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
                 "load": d.load(),
-                "chroots": Vec::<String>::new(),
+                "chroots": d.inst.list::<Chroot>(kind::CHROOT)?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect::<Vec<_>>(),
                 "remotes": Vec::<String>::new(),
                 "packaging": packaging(d)?,
                 "build_queue": crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey).collect::<Vec<_>>(),
@@ -168,6 +169,42 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             })?;
             d.wake();
             Ok(json!({"retried": bkey, "upload": u}))
+        }
+        "cancel" => {
+            let bkey = args.require::<String>("bkey")?;
+            let builder =
+                d.builder.get().ok_or_else(|| ApiError::new(503, "the builders are not running yet; try again"))?;
+            let by = who.user.clone().unwrap_or_else(|| "anonymous".into());
+            let events = tokio::runtime::Handle::current().block_on(builder.cancel(&d.inst, &bkey, &by)).map_err(
+                |e| match e {
+                    crate::builder::BuilderError::NoSuchBuild(_) => ApiError::bad_request(e.to_string()),
+                    e => ApiError::new(500, e.to_string()),
+                },
+            )?;
+            publish(d, &events);
+            d.wake();
+            Ok(json!({"canceled": bkey}))
+        }
+        "remake_chroots" => {
+            let _lock = d.maintenance.try_lock().map_err(|_| {
+                ApiError::new(
+                    503,
+                    "another maintenance call (setup, remake_chroots) is running; try again when it is done",
+                )
+            })?;
+            let wanted = args.list("chroots");
+            let all = d.inst.list::<Chroot>(kind::CHROOT)?;
+            let chosen: Vec<Chroot> = if wanted.is_empty() {
+                all
+            } else {
+                wanted.iter().map(|s| d.inst.chroot_spec(s)).collect::<Result<_, _>>()?
+            };
+            let mut out = serde_json::Map::new();
+            for c in chosen {
+                let c = d.inst.make_chroot(&d.places(), c, true)?;
+                out.insert(c.id(), json!({"active": c.status.is_active(), "message": c.status.message}));
+            }
+            Ok(Json::Object(out))
         }
         "ls" | "show" => ls(d, args, args.call.name == "show"),
         "migrate" => {
@@ -228,13 +265,17 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 identity,
                 distributions: args.list("distributions"),
                 repositories: args.list("repositories"),
+                chroots: args.list("chroots"),
                 key_algo: Default::default(),
+                places: d.places(),
             };
-            let update =
-                args.str("update") == Some("all") || !opts.distributions.is_empty() || !opts.repositories.is_empty();
+            let update = args.str("update") == Some("all")
+                || !opts.distributions.is_empty()
+                || !opts.repositories.is_empty()
+                || !opts.chroots.is_empty();
             let report = if update { d.inst.setup(&opts)? } else { vec![] };
             Ok(json!({
-                "setup": {"identity": args.str("identity"), "distributions": opts.distributions, "repositories": opts.repositories},
+                "setup": {"identity": args.str("identity"), "distributions": opts.distributions, "repositories": opts.repositories, "chroots": opts.chroots},
                 "instances": report,
                 "report": {"daemon": d.inst.daemon()?.map(|x| x.identity.to_string()), "repositories": repositories(d)?.iter().map(|r| r.identity.to_string()).collect::<Vec<_>>()},
             }))

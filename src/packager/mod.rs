@@ -248,7 +248,8 @@ impl Packager<'_> {
             let bkey = format!("{key}/{arch}");
             let out = self.dir(&u).join("requests").join(&arch);
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            let base = format!("{}_{}_mini-buildd-buildrequest_{arch}", a.changes.source, a.changes.version);
+            let base =
+                format!("{}_{}_mini-buildd-buildrequest_{arch}", a.changes.source, a.changes.version.without_epoch());
             let tar_name = format!("{base}.changes.tar");
             let tar_path = out.join(&tar_name);
             write_request_tar(&tar_path, &self.config_files(&a, &arch, &pub_key), &a.source_files)?;
@@ -311,7 +312,7 @@ impl Packager<'_> {
     /// The `X-Mini-Buildd-*` fields of a build request.
     fn request_fields(&self, a: &Accepted, u: &Upload, opt: &config::ArchOption, bkey: &str) -> Vec<(String, String)> {
         let arch = opt.arch.as_str();
-        let log = format!("{}_{}_{arch}.buildlog", a.changes.source, a.changes.version);
+        let log = format!("{}_{}_{arch}.buildlog", a.changes.source, a.changes.version.without_epoch());
         let mode = |k: &str, default: &str| a.options.get(k, arch).unwrap_or(default).to_owned();
         let mut f = vec![
             ("Timecode", u.timecode.clone().unwrap_or_default()),
@@ -449,6 +450,10 @@ impl Packager<'_> {
         if let Some(e) = changes.stanza.get("X-Mini-Buildd-Internal-Error") {
             success = false;
             reason = Some(format!("builder error: {e}"));
+        }
+        if let Some(by) = changes.stanza.get("X-Mini-Buildd-Canceled-By") {
+            success = false;
+            reason = Some(format!("build canceled by {by}"));
         }
         Ok((target, arch, ArchResult { status, success, spool: r.id, reason }))
     }

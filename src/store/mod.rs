@@ -46,6 +46,8 @@ pub const PENDING: TableDefinition<u64, u8> = TableDefinition::new("pending");
 pub const UPLOAD_KEYS: TableDefinition<&str, u64> = TableDefinition::new("upload_keys");
 /// bkey `<source>/<version>/<timecode>/<arch>` → JSON `packager::BuildRequest`, waiting for a builder.
 pub const BUILD_QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("build_queue");
+/// bkey → JSON `builder::Job`: builds started and not yet taken by the packager.
+pub const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,6 +146,7 @@ impl Store {
             tx.open_table(PENDING)?;
             tx.open_table(UPLOAD_KEYS)?;
             tx.open_table(BUILD_QUEUE)?;
+            tx.open_table(BUILDS)?;
         }
         tx.commit()?;
         Ok(())

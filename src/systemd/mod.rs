@@ -1,6 +1,8 @@
 //! systemd integration: inherited sockets, sd_notify, the journal. Everything here degrades to
 //! plain behaviour without systemd, and says so in the log.
 
+pub mod bus;
+
 use std::net::TcpListener;
 use std::os::fd::FromRawFd;
 use std::time::Duration;

@@ -227,3 +227,49 @@ pub fn instance_signer(dir: &Path, state: &Path) -> (Gpg, String) {
     let fpr = out.lines().find_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_owned()).expect("fpr");
     (g, fpr)
 }
+
+/// A real source package sbuild can build (3.0 native, debhelper, clean for lintian's errors):
+/// `/usr/bin/<name>` prints hello. `build` is the recipe of its build step, e.g. `exit 1` for a
+/// failure to build or `sleep 6071` for a long build. Returns its unsigned `_source.changes`.
+pub fn buildable_source(dir: &Path, name: &str, version: &str, dist: &str, build: &str) -> PathBuf {
+    let work = dir.join(format!("{name}-{version}"));
+    let tree = work.join(name);
+    std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
+    let files = [
+        ("debian/source/format", "3.0 (native)\n".to_owned()),
+        (
+            "debian/changelog",
+            format!("{name} ({version}) {dist}; urgency=medium\n\n  * Test package.\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
+        ),
+        (
+            "debian/control",
+            format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nBuild-Depends: debhelper-compat (= 13)\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\nPackage: {name}\nArchitecture: all\nDepends: ${{misc:Depends}}\nDescription: buildbay test package\n Prints hello.\n"),
+        ),
+        (
+            "debian/copyright",
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nCopyright: 2024 Test User\nLicense: CC0-1.0\n On Debian systems, the full text of the CC0 1.0 license is in\n /usr/share/common-licenses/CC0-1.0.\n".to_owned(),
+        ),
+        ("debian/rules", format!("#!/usr/bin/make -f\n%:\n\tdh $@\n\noverride_dh_auto_build:\n\t{build}\n")),
+        ("debian/install", format!("{name} usr/bin\n")),
+        (name, format!("#!/bin/sh\necho hello from {name} {version}\n")),
+    ];
+    for (path, text) in files {
+        std::fs::write(tree.join(path), text).expect("write");
+    }
+    ok(Command::new("chmod").arg("755").arg(tree.join("debian/rules")).arg(tree.join(name)));
+    ok(Command::new("dpkg-source").arg("-b").arg(name).current_dir(&work));
+    let changes = ok(Command::new("dpkg-genchanges").args(["-S", "-sa"]).current_dir(&tree));
+    let path = work.join(format!("{name}_{version}_source.changes"));
+    std::fs::write(&path, changes).expect("write");
+    path
+}
+
+/// Call the API as `user` (password `<user>-password`), with --confirm.
+pub fn api_as(url: &str, user: &str, call: &[&str]) -> std::process::Output {
+    super::run(
+        Command::new(super::bin())
+            .args(["api", "--url", url, "--user", user, "--confirm"])
+            .args(call)
+            .env("BUILDBAY_PASSWORD", format!("{user}-password")),
+    )
+}

@@ -1,0 +1,164 @@
+//! Process plumbing of a build: `buildbay builder-exec` (the unit's main process, which copies
+//! the build's output to the build log and to the journal) and the child-process runner.
+
+use super::Ended;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`. Returns the
+/// exit code to exit with (128 + signal when it was killed).
+///
+/// A stop signal (SIGTERM, SIGINT) is for the build, not for this relay: it keeps copying until
+/// the build's output ends, so that sbuild can clean up its session and say so in the log.
+pub fn run_logged(log: &Path, argv: &[String]) -> std::io::Result<i32> {
+    let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
+    ignore_stop_signals();
+    let mut file = std::fs::File::create(log)?;
+    let (read, write) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+    let mut child = {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(write.try_clone()?)).stderr(Stdio::from(write));
+        cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("{program}: {e}")))?
+        // `cmd` drops here, closing our copies of the write end.
+    };
+    let mut read = std::fs::File::from(read);
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match read.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        file.write_all(&buf[..n])?;
+        // The journal may be gone (daemon side); the log file is what counts.
+        let _ = stdout.write_all(&buf[..n]);
+    }
+    file.sync_all()?;
+    let status = child.wait()?;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+fn ignore_stop_signals() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler code; this process only relays output.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+}
+
+/// Record how a command ended, as a child process runner (no systemd to say it).
+pub fn record_exit(result: &Path, code: i32) -> std::io::Result<()> {
+    let ended = match code {
+        0 => Ended { service_result: "success".into(), exit_code: "exited".into(), exit_status: "0".into() },
+        c if c > 128 => {
+            Ended { service_result: "signal".into(), exit_code: "killed".into(), exit_status: (c - 128).to_string() }
+        }
+        c => Ended { service_result: "exit-code".into(), exit_code: "exited".into(), exit_status: c.to_string() },
+    };
+    crate::archive::publish::write_file_synced(result, ended.line().as_bytes())
+}
+
+/// ExecStopPost: record how the unit ended, from the variables systemd sets for it.
+pub fn stop_post(result: &Path) -> std::io::Result<()> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
+    let ended =
+        Ended { service_result: var("SERVICE_RESULT"), exit_code: var("EXIT_CODE"), exit_status: var("EXIT_STATUS") };
+    crate::archive::publish::write_file_synced(result, ended.line().as_bytes())
+}
+
+/// Start a build command as a child in its own process group, output to the build log only.
+pub fn spawn_group(argv: &[String], dir: &Path, env: &[String]) -> std::io::Result<Child> {
+    let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir).process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    for kv in env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.spawn()
+}
+
+/// What a child's exit status means, in the words systemd uses for units.
+pub fn ended_of(status: ExitStatus) -> Ended {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ended { service_result: "success".into(), exit_code: "exited".into(), exit_status: "0".into() },
+        (Some(c), _) => {
+            Ended { service_result: "exit-code".into(), exit_code: "exited".into(), exit_status: c.to_string() }
+        }
+        (None, s) => Ended {
+            service_result: "signal".into(),
+            exit_code: "killed".into(),
+            exit_status: s.unwrap_or(0).to_string(),
+        },
+    }
+}
+
+/// Stop a process group: SIGTERM, then SIGKILL after thirty seconds (sbuild ends its schroot
+/// session on SIGTERM).
+pub fn kill_group(pid: i32) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let pg = Pid::from_raw(pid);
+    if killpg(pg, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..300 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if killpg(pg, None).is_err() {
+            return;
+        }
+    }
+    let _ = killpg(pg, Signal::SIGKILL);
+}
+
+/// Whether a process (group leader) still exists.
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_goes_to_the_log_in_order_and_the_code_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let argv: Vec<String> = ["sh", "-c", "echo one; echo two >&2; echo three; exit 4"].map(String::from).to_vec();
+        assert_eq!(run_logged(&log, &argv).unwrap(), 4);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\nthree\n");
+        let killed: Vec<String> = ["sh", "-c", "kill -9 $$"].map(String::from).to_vec();
+        assert_eq!(run_logged(&log, &killed).unwrap(), 137);
+    }
+
+    #[test]
+    fn group_kill_takes_the_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let argv: Vec<String> =
+            vec!["sh".into(), "-c".into(), format!("sleep 300 & echo $! > {}; wait", pidfile.display())];
+        let mut child = spawn_group(&argv, dir.path(), &[]).unwrap();
+        let mut grandchild = None;
+        for _ in 0..100 {
+            if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                grandchild = Some(p);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let grandchild = grandchild.expect("the shell started its sleep");
+        assert!(alive(grandchild));
+        kill_group(child.id() as i32);
+        let status = child.wait().unwrap();
+        assert_eq!(ended_of(status).service_result, "signal");
+        // The grandchild is gone (or a zombie of init for a moment).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z"), "sleep survived: {state}");
+    }
+}

@@ -1,0 +1,343 @@
+//! From a signed build request to an sbuild command line, and from sbuild's output to a signed
+//! build result (mini-buildd §5.3).
+
+use super::{BuilderError, Ended, Job, Limits, Result, built_changes, file_fields, io_err, sbuild_fields};
+use crate::chroot::{self, Places};
+use crate::deb::{Changes, Dist, Stanza, Version};
+use crate::instance::Instance;
+use crate::packager::BuildRequest;
+use std::path::{Path, PathBuf};
+
+/// What `prepare` made of a request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub source: String,
+    pub version: String,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+}
+
+/// The request's copy in the build directory.
+const REQUEST: &str = "request.changes";
+
+fn bad(req: &BuildRequest, why: impl std::fmt::Display) -> BuilderError {
+    BuilderError::Request { bkey: req.bkey.clone(), why: why.to_string() }
+}
+
+/// Verify a request against our key, unpack it into a fresh `dir`, and plan its sbuild run.
+pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places) -> Result<Plan> {
+    let raw = std::fs::read(&req.changes).map_err(io_err(&req.changes))?;
+    crate::gpg::verify_clearsigned(&raw, std::slice::from_ref(inst.key()?.cert()))
+        .map_err(|e| bad(req, format!("not signed by this instance: {e}")))?;
+    let text = String::from_utf8(raw.clone()).map_err(|_| bad(req, "not UTF-8"))?;
+    let changes = Changes::parse(&text).map_err(|e| bad(req, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+    }
+    std::fs::create_dir_all(dir.join("out")).map_err(io_err(dir))?;
+    std::fs::write(dir.join(REQUEST), &raw).map_err(io_err(dir))?;
+    let from = req.changes.parent().unwrap_or(Path::new("."));
+    let mut dsc = None;
+    for f in &changes.files {
+        f.verify(from).map_err(|e| bad(req, e))?;
+        if f.name.as_str().ends_with(".tar") {
+            dsc = untar(&from.join(f.name.as_str()), dir).map_err(|e| bad(req, e))?.or(dsc);
+        }
+    }
+    let dsc = dsc.ok_or_else(|| bad(req, "its tar holds no .dsc"))?;
+    let dist: Dist = changes.distribution.parse().map_err(|e| bad(req, e))?;
+    let arch = req.arch.parse().map_err(|e| bad(req, e))?;
+    let name = chroot::name(&dist.codename, &arch);
+    if !places.machines.join(&name).exists() || !places.schroot_d.join(format!("{name}.conf")).exists() {
+        return Err(bad(
+            req,
+            format!(
+                "no chroot {}:{arch} here; add it with `buildbay api setup --chroots {}:{arch}`",
+                dist.codename, dist.codename
+            ),
+        ));
+    }
+    let setup = dir.join(".setup");
+    crate::archive::publish::write_file_synced(&setup, setup_script(&dir.join(".config")).as_bytes())
+        .map_err(io_err(&setup))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&setup, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&setup))?;
+    let fields = &changes.stanza;
+    let argv = sbuild_argv(fields, &req.arch, &name, dir, &dir.join(&dsc));
+    let mut env = vec![format!("HOME={}", dir.display())];
+    for (field, var) in [("Deb-Build-Options", "DEB_BUILD_OPTIONS"), ("Deb-Build-Profiles", "DEB_BUILD_PROFILES")] {
+        if let Some(v) = fields.get(&format!("X-Mini-Buildd-{field}")) {
+            env.push(format!("{var}={v}"));
+        }
+    }
+    Ok(Plan { source: changes.source.to_string(), version: changes.version.to_string(), argv, env })
+}
+
+/// Unpack a request tar: `.config/*` and plain file names only. Returns the `.dsc`'s name.
+fn untar(tar_path: &Path, dir: &Path) -> std::result::Result<Option<String>, String> {
+    let file = std::fs::File::open(tar_path).map_err(|e| format!("{}: {e}", tar_path.display()))?;
+    let mut ar = tar::Archive::new(file);
+    let mut dsc = None;
+    for entry in ar.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let s = path.to_str().unwrap_or_default().to_owned();
+        let plain = |n: &str| n.parse::<crate::deb::FileName>().is_ok();
+        let ok = plain(&s) || s.strip_prefix(".config/").is_some_and(plain);
+        if !ok {
+            return Err(format!("its tar holds {s:?}; only plain file names and .config/* are allowed"));
+        }
+        if let Some(parent) = dir.join(&s).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        entry.unpack(dir.join(&s)).map_err(|e| e.to_string())?;
+        if s.ends_with(".dsc") {
+            dsc = Some(s);
+        }
+    }
+    Ok(dsc)
+}
+
+/// The host-side setup, run by sbuild as a pre-build command with the chroot's exec prefix as
+/// its arguments: the request's apt key, sources and preferences go into the session, and apt
+/// updates just those sources (the base archive's lists come with the image).
+pub fn setup_script(config: &Path) -> String {
+    let c = config.display();
+    format!(
+        "#!/bin/sh\n\
+         # buildbay: apt setup of a build session. \"$@\" runs a command inside the session as root.\n\
+         set -e\n\
+         \"$@\" sh -c 'cat > /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc' < '{c}/apt_keys'\n\
+         \"$@\" sh -c 'cat > /etc/apt/sources.list.d/buildbay.list' < '{c}/apt_sources.list'\n\
+         \"$@\" sh -c 'cat > /etc/apt/preferences.d/buildbay' < '{c}/apt_preferences'\n\
+         for t in 10 40 80; do\n\
+         \x20 if \"$@\" timeout $t apt-get -q --error-on=any -o Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay.list \
+         -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0 update; then exit 0; fi\n\
+         \x20 sleep 3  # e.g. the daemon restarting\n\
+         done\n\
+         exit 1\n"
+    )
+}
+
+/// mini-buildd's sbuild command line, from the request's `X-Mini-Buildd-*` fields.
+pub fn sbuild_argv(fields: &Stanza, arch: &str, chroot: &str, dir: &Path, dsc: &Path) -> Vec<String> {
+    let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}"));
+    let mut a: Vec<String> = vec![
+        "sbuild".into(),
+        "--chroot-mode=schroot".into(),
+        format!("--dist={}", fields.get("Distribution").unwrap_or_default()),
+        format!("--arch={arch}"),
+        format!("--chroot={chroot}"),
+        format!("--build-dep-resolver={}", f("Build-Dep-Resolver").unwrap_or("apt")),
+        "--nolog".into(),
+        "--log-external-command-output".into(),
+        "--log-external-command-error".into(),
+        "--no-apt-update".into(),
+        "--no-apt-upgrade".into(),
+        "--no-apt-distupgrade".into(),
+        format!("--pre-build-commands={} %SBUILD_CHROOT_EXEC", dir.join(".setup").display()),
+    ];
+    a.push(if f("Arch-All") == Some("Yes") { "--arch-all".into() } else { "--no-arch-all".into() });
+    for dep in f("Add-Depends").unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        a.push(format!("--add-depends={dep}"));
+    }
+    match f("Lintian-Mode").unwrap_or("disabled") {
+        // ignore: its verdict would not count, so it does not delay the build.
+        "disabled" | "ignore" => a.push("--no-run-lintian".into()),
+        mode => {
+            a.push("--run-lintian".into());
+            a.push("--lintian-opts=--suppress-tags=bad-distribution-in-changes-file".into());
+            let fail_on = if mode == "warnfail" { "error,warning" } else { "error" };
+            a.push(format!("--lintian-opts=--fail-on={fail_on}"));
+        }
+    }
+    a.push("--no-run-piuparts".into());
+    a.push("--no-run-autopkgtest".into());
+    a.push(format!("--build-dir={}", dir.join("out").display()));
+    a.push(dsc.display().to_string());
+    a
+}
+
+/// The outcome of `result`.
+pub struct Outcome {
+    pub status: String,
+    /// `<bkey>/<source>_<version>_<arch>.buildlog`
+    pub buildlog: String,
+}
+
+/// Make the signed build result of a finished build and drop it into incoming: the tar (sbuild's
+/// `.changes` and what it lists), the build log, then the result `.changes` last.
+pub fn result(inst: &Instance, job: &Job, ended: &Ended, limits: &Limits, incoming: &Path) -> Result<Outcome> {
+    let dir = &job.dir;
+    let request = std::fs::read_to_string(dir.join(REQUEST)).ok().and_then(|t| Changes::parse(&t).ok());
+    let version = job.version.parse::<Version>().map(|v| v.without_epoch().to_owned()).unwrap_or(job.version.clone());
+    let base = format!("{}_{}_mini-buildd-buildresult_{}", job.source, version, job.arch);
+    let log_name = format!("{}_{}_{}.buildlog", job.source, version, job.arch);
+    let tar_name = format!("{base}.changes.tar");
+    let log_text = std::fs::read_to_string(dir.join("buildlog")).unwrap_or_default();
+    let mut log_out = log_text.clone();
+    let fields = sbuild_fields(&log_text);
+    let mut status = fields.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone()).unwrap_or("error".into());
+
+    let mut st = Stanza::new();
+    st.set("Format", "1.8");
+    st.set("Date", chrono::Utc::now().to_rfc2822());
+    st.set("Source", job.source.as_str());
+    st.set("Version", job.version.as_str());
+    st.set("Distribution", job.distribution.as_str());
+    st.set("Architecture", job.arch.as_str());
+    if let Some(r) = &request {
+        for (k, v) in r.stanza.fields() {
+            if k.starts_with("X-Mini-Buildd-") {
+                st.set(k, v);
+            }
+        }
+    }
+    let identity = inst.daemon().ok().flatten().map(|d| d.identity.to_string()).unwrap_or_default();
+    st.set("X-Mini-Buildd-Builder", identity);
+    for (k, v) in &fields {
+        st.set(&format!("X-Mini-Buildd-Sbuild-{k}"), v.as_str());
+    }
+    let mut internal = std::fs::read_to_string(dir.join("internal-error")).ok();
+    if internal.is_none() {
+        internal = ended.limit_reason(limits);
+    }
+    if internal.is_none() && ended.service_result == "lost" {
+        internal = Some("the build unit ended without recording how (was the machine rebooted?)".into());
+    }
+    if let Ok(by) = std::fs::read_to_string(dir.join("canceled")) {
+        st.set("X-Mini-Buildd-Canceled-By", by.trim());
+        status = "canceled".into();
+        internal = None;
+    }
+    if let Some(why) = &internal {
+        if status == "successful" {
+            status = "error".into();
+        }
+        st.set("X-Mini-Buildd-Internal-Error", why.as_str());
+        log_out.push_str(&format!("\nbuildbay: {why}\n"));
+    }
+    st.set("X-Mini-Buildd-Sbuild-Status", status.as_str());
+
+    // The tar: sbuild's .changes and its files, when the build got that far.
+    let tar_path = dir.join(&tar_name);
+    {
+        let file = std::fs::File::create(&tar_path).map_err(io_err(&tar_path))?;
+        let mut tar = tar::Builder::new(file);
+        if let Some((path, changes)) = built_changes(&dir.join("out")) {
+            let out = dir.join("out");
+            let mut names = vec![path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()];
+            names.extend(changes.files.iter().map(|f| f.name.as_str().to_owned()));
+            for n in names {
+                tar.append_path_with_name(out.join(&n), &n).map_err(io_err(out.join(&n)))?;
+            }
+        }
+        tar.into_inner().map_err(io_err(&tar_path))?.sync_all().map_err(io_err(&tar_path))?;
+    }
+    let log_path = dir.join(&log_name);
+    crate::archive::publish::write_file_synced(&log_path, log_out.as_bytes()).map_err(io_err(&log_path))?;
+    file_fields(&mut st, dir, &[log_name.clone(), tar_name.clone()])?;
+    let mut text = st.to_string();
+    text.push('\n');
+    let signed = inst.key()?.clearsign(text.as_bytes())?;
+    let changes_name = format!("{base}.changes");
+    let changes_path = dir.join(&changes_name);
+    crate::archive::publish::write_file_synced(&changes_path, &signed).map_err(io_err(&changes_path))?;
+    for name in [&tar_name, &log_name, &changes_name] {
+        deliver(&dir.join(name), &incoming.join(name))?;
+    }
+    Ok(Outcome { status, buildlog: format!("{}/{log_name}", job.bkey) })
+}
+
+/// Put a file into incoming atomically (a hard link, or a copy renamed into place).
+fn deliver(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    let tmp: PathBuf = to.with_file_name(format!(".{}.tmp", to.file_name().unwrap_or_default().to_string_lossy()));
+    std::fs::copy(from, &tmp).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io_err(to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(extra: &[(&str, &str)]) -> Stanza {
+        let mut st = Stanza::new();
+        st.set("Distribution", "bookworm-test-unstable");
+        st.set("X-Mini-Buildd-Build-Dep-Resolver", "apt");
+        st.set("X-Mini-Buildd-Lintian-Mode", "errfail");
+        for (k, v) in extra {
+            st.set(&format!("X-Mini-Buildd-{k}"), *v);
+        }
+        st
+    }
+
+    #[test]
+    fn sbuild_command_line_follows_the_request() {
+        let dir = Path::new("/b");
+        let a = sbuild_argv(
+            &request(&[("Arch-All", "Yes"), ("Add-Depends", "libfoo-dev, bar")]),
+            "amd64",
+            "buildbay-bookworm-amd64",
+            dir,
+            Path::new("/b/hello_1.0.dsc"),
+        );
+        for want in [
+            "--chroot-mode=schroot",
+            "--dist=bookworm-test-unstable",
+            "--arch=amd64",
+            "--chroot=buildbay-bookworm-amd64",
+            "--build-dep-resolver=apt",
+            "--arch-all",
+            "--add-depends=libfoo-dev",
+            "--add-depends=bar",
+            "--run-lintian",
+            "--lintian-opts=--fail-on=error",
+            "--pre-build-commands=/b/.setup %SBUILD_CHROOT_EXEC",
+            "--build-dir=/b/out",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+        }
+        assert_eq!(a.last().map(String::as_str), Some("/b/hello_1.0.dsc"));
+        let b = sbuild_argv(
+            &request(&[("Lintian-Mode", "ignore")]),
+            "i386",
+            "buildbay-bookworm-i386",
+            dir,
+            Path::new("/b/x.dsc"),
+        );
+        assert!(b.contains(&"--no-arch-all".to_owned()) && b.contains(&"--no-run-lintian".to_owned()));
+        let w = sbuild_argv(&request(&[("Lintian-Mode", "warnfail")]), "amd64", "c", dir, Path::new("/b/x.dsc"));
+        assert!(w.contains(&"--lintian-opts=--fail-on=error,warning".to_owned()));
+    }
+
+    #[test]
+    fn setup_script_runs_everything_through_the_session_prefix() {
+        let s = setup_script(Path::new("/b/.config"));
+        assert!(s.starts_with("#!/bin/sh\n"));
+        assert!(
+            s.contains("\"$@\" sh -c 'cat > /etc/apt/sources.list.d/buildbay.list' < '/b/.config/apt_sources.list'")
+        );
+        assert!(s.contains("Dir::Etc::SourceParts=-"));
+    }
+
+    #[test]
+    fn request_tar_refuses_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar_path = dir.path().join("r.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "sub/evil", &b"x"[..]).unwrap();
+        b.into_inner().unwrap();
+        let err = untar(&tar_path, &dir.path().join("out")).unwrap_err();
+        assert!(err.contains("only plain file names"), "{err}");
+    }
+}

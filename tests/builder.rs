@@ -1,0 +1,175 @@
+//! Real builds: a bookworm/amd64 machine image prepared with debootstrap, sbuild on its schroot
+//! (overlay), run by the child-process runner (this host has no systemd). Uploads over FTP end
+//! INSTALLED, FAILED for a package that does not build, canceled, or stopped by RuntimeMaxSec;
+//! a daemon restart during a build loses nothing. Needs root and Debian's archive.
+
+mod common;
+use common::upload::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const UNSTABLE: &str = "bookworm-test-unstable";
+const BUILD_WAIT: Duration = Duration::from_secs(600);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A daemon on fixed ports (a restarted one must be where build requests point).
+fn serve(inst: &Instance, ports: (u16, u16), extra: &[&str]) -> Server {
+    let (http, ftp) = (format!("127.0.0.1:{}", ports.0), format!("127.0.0.1:{}", ports.1));
+    let mut args =
+        vec!["serve", "--http", &http, "--ftp", &ftp, "--public-host", "127.0.0.1", "--build-runner", "child"];
+    args.extend_from_slice(extra);
+    Server::start(inst.cmd(&args))
+}
+
+fn walk_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && !cmd.contains("cargo") {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+fn wait_gone(needle: &str, timeout: Duration) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let left = processes_with(needle);
+        if left.is_empty() || start.elapsed() > timeout {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sbuild_on_a_machine_image_chroot() {
+    assert!(nix::unistd::geteuid().is_root(), "real builds need root (debootstrap, schroot); run the tests as root");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    // The image (debootstrap the first time; kept in /var/lib/machines afterwards), its schroot
+    // config, and the check (apt-get update and dist-upgrade inside it).
+    let t = Instant::now();
+    let setup = inst.ok(&["setup", "--chroots", "bookworm:amd64"]);
+    println!("setup --chroots: {:.1} s", t.elapsed().as_secs_f64());
+    assert!(
+        setup.lines().any(|l| l.starts_with("chroot") && l.contains("bookworm:amd64") && l.contains("ACTIVE")),
+        "{setup}"
+    );
+    assert!(Path::new("/var/lib/machines/buildbay-bookworm-amd64/etc/buildbay-image").exists());
+    let conf = std::fs::read_to_string("/etc/schroot/chroot.d/buildbay-bookworm-amd64.conf").expect("schroot config");
+    assert!(conf.contains("union-type=overlay"), "{conf}");
+
+    let ports = (free_port(), free_port());
+    let srv = serve(&inst, ports, &["--build-slots", "2"]);
+    let status = api(&srv.url, "status", "");
+    assert_eq!(status["chroots"], serde_json::json!(["bookworm:amd64"]), "{status}");
+
+    // 1. A package that builds: BUILDING, BUILT, INSTALLED; the result holds the .deb, the
+    //    .buildinfo and the log; apt sees the package.
+    let good = buildable_source(dir.path(), "bbhello", "1.0~test12+1", UNSTABLE, "true");
+    let t = Instant::now();
+    ftp_upload(&srv.ftp, &good);
+    let installed = wait_event(&srv.url, "bbhello", "INSTALLED", BUILD_WAIT);
+    println!("upload to INSTALLED: {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    let all = events(&srv.url);
+    let built = of(&all, "bbhello", "BUILT");
+    assert_eq!(built.len(), 1, "{all:?}");
+    assert_eq!(built[0]["extra"]["status"], "successful");
+    assert_eq!(of(&all, "bbhello", "BUILDING").len(), 1);
+    let tars =
+        walk_named(&inst.state().join("spool"), "bbhello_1.0~test12+1_mini-buildd-buildresult_amd64.changes.tar");
+    assert_eq!(tars.len(), 1, "{tars:?}");
+    let listing = ok(Command::new("tar").arg("tf").arg(&tars[0]));
+    for want in
+        ["bbhello_1.0~test12+1_all.deb", "bbhello_1.0~test12+1_amd64.buildinfo", "bbhello_1.0~test12+1_amd64.changes"]
+    {
+        assert!(listing.lines().any(|l| l == want), "{want} not in the result:\n{listing}");
+    }
+    let logs = walk_named(&inst.state().join("spool"), "bbhello_1.0~test12+1_amd64.buildlog");
+    let log = std::fs::read_to_string(&logs[0]).expect("buildlog");
+    assert!(log.contains("Status: successful") && log.contains("dpkg-buildpackage"), "{log}");
+    let pool = walk_named(&inst.state().join("repositories/test/pool"), "bbhello_1.0~test12+1_all.deb");
+    assert_eq!(pool.len(), 1);
+    let key = dir.path().join("archive.asc");
+    std::fs::write(&key, api(&srv.url, "pub_key", "").as_str().expect("the key")).expect("write");
+    let apt = AptRoot::new(dir.path(), &format!("{}/repositories/test", srv.url), &[UNSTABLE], &key);
+    apt.update();
+    assert!(apt.madison("bbhello").contains("1.0~test12+1"), "{}", apt.madison("bbhello"));
+
+    // 2. A package that fails to build: FAILED, and the result carries the log.
+    let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
+    ftp_upload(&srv.ftp, &bad);
+    let failed = wait_event(&srv.url, "bbftbfs", "FAILED", BUILD_WAIT);
+    let why = failed["extra"]["error"]["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("amd64: sbuild status"), "{failed}");
+    let logs = walk_named(&inst.state().join("spool"), "bbftbfs_1.0~test12+1_amd64.buildlog");
+    let log = std::fs::read_to_string(&logs[0]).expect("buildlog");
+    assert!(log.contains("this build breaks") && log.contains("Status: attempted"), "{log}");
+
+    // 3. Cancel a long build: FAILED "canceled by admin", and nothing of it is left running.
+    let long = buildable_source(dir.path(), "bbsleep", "1.0~test12+1", UNSTABLE, "sleep 6071");
+    ftp_upload(&srv.ftp, &long);
+    let building = wait_event(&srv.url, "bbsleep", "BUILDING", BUILD_WAIT);
+    let bkey = building["extra"]["bkey"].as_str().expect("bkey").to_owned();
+    let start = Instant::now();
+    while processes_with("sleep 6071").is_empty() {
+        assert!(start.elapsed() < BUILD_WAIT, "the long build never reached its build step");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = api_as(&srv.url, "admin", &["cancel", &bkey]);
+    assert!(out.status.success(), "cancel: {}", String::from_utf8_lossy(&out.stderr));
+    let failed = wait_event(&srv.url, "bbsleep", "FAILED", BUILD_WAIT);
+    assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("canceled by admin"), "{failed}");
+    let build_dir = inst.state().join("var/builds").join(&bkey);
+    let left = wait_gone(&build_dir.display().to_string(), Duration::from_secs(10));
+    assert!(left.is_empty(), "processes of the canceled build survived: {left:?}");
+    assert!(processes_with("sleep 6071").is_empty(), "the build's sleep survived the cancel");
+
+    // 4. Restart during a build: the build goes on, and the new daemon collects its result.
+    let slow = buildable_source(dir.path(), "bbslow", "1.0~test12+1", UNSTABLE, "sleep 8");
+    ftp_upload(&srv.ftp, &slow);
+    wait_event(&srv.url, "bbslow", "BUILDING", BUILD_WAIT);
+    assert!(srv.stop(), "the daemon stops on SIGTERM");
+    let srv = serve(&inst, ports, &["--build-slots", "2"]);
+    let installed = wait_event(&srv.url, "bbslow", "INSTALLED", BUILD_WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    assert_eq!(of(&events(&srv.url), "bbslow", "BUILDING").len(), 1, "the build ran once");
+    assert!(srv.stop());
+
+    // 5. RuntimeMaxSec: a build longer than the limit is stopped and fails with the reason.
+    let srv = serve(&inst, ports, &["--build-runtime-max", "20"]);
+    let endless = buildable_source(dir.path(), "bbendless", "1.0~test12+1", UNSTABLE, "sleep 6072");
+    ftp_upload(&srv.ftp, &endless);
+    let failed = wait_event(&srv.url, "bbendless", "FAILED", BUILD_WAIT);
+    assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("RuntimeMaxSec=20s"), "{failed}");
+    assert!(wait_gone("sleep 6072", Duration::from_secs(10)).is_empty(), "the stopped build's sleep survived");
+    assert!(srv.stop());
+}
