@@ -165,6 +165,8 @@ impl Systemd {
         let conn = zbus::Connection::system().await?;
         let m = ManagerProxy::new(&conn).await?;
         let version = m.version().await?;
+        // JobRemoved is sent to subscribed clients; once per connection (a second time is an error).
+        m.subscribe().await?;
         tracing::info!(systemd = %version, "builds run as transient systemd units (D-Bus)");
         Ok(Systemd { conn })
     }
@@ -177,7 +179,6 @@ impl Systemd {
     pub async fn start(&self, svc: &TransientService) -> zbus::Result<()> {
         use futures_util::StreamExt;
         let m = self.manager().await?;
-        m.subscribe().await?;
         let mut removed = m.receive_job_removed().await?;
         let props: Vec<(&str, Variant<'_>)> = svc.properties().iter().map(|(k, v)| (*k, variant(v))).collect();
         let job = m.start_transient_unit(&svc.name, "fail", &props, &[]).await?;
