@@ -15,7 +15,7 @@ pub mod exec;
 pub mod sbuild;
 
 use crate::chroot::Places;
-use crate::deb::{Changes, Checksums, Stanza};
+use crate::deb::Changes;
 use crate::events::{Event, EventType};
 use crate::instance::Instance;
 use crate::packager::BuildRequest;
@@ -525,20 +525,6 @@ pub fn sbuild_fields(log: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// Build a `.changes`-style stanza's `Files` and `Checksums-Sha256` for files in `dir`.
-pub(crate) fn file_fields(st: &mut Stanza, dir: &Path, names: &[String]) -> Result<()> {
-    let (mut files, mut sha) = (String::new(), String::new());
-    for n in names {
-        let p = dir.join(n);
-        let s = Checksums::of_file(&p).map_err(io_err(&p))?;
-        files.push_str(&format!("\n {} {} mini-buildd extra {n}", s.md5, s.size));
-        sha.push_str(&format!("\n {} {} {n}", s.sha256, s.size));
-    }
-    st.set("Checksums-Sha256", sha);
-    st.set("Files", files);
-    Ok(())
 }
 
 /// Parse sbuild's own `.changes` (unsigned) in `out`, if the build produced one.

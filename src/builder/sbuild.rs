@@ -1,11 +1,12 @@
 //! From a signed build request to an sbuild command line, and from sbuild's output to a signed
 //! build result (mini-buildd §5.3).
 
-use super::{BuilderError, Ended, Job, Limits, Result, built_changes, file_fields, io_err, sbuild_fields};
-use crate::chroot::{self, Places};
+use super::{BuilderError, Ended, Job, Limits, Result, built_changes, io_err, sbuild_fields};
+use crate::chroot::{Chroot, Places};
 use crate::deb::{Changes, Dist, Stanza, Version};
 use crate::instance::Instance;
 use crate::packager::BuildRequest;
+use crate::packager::{set_file_fields, unpack_protocol_tar};
 use std::path::{Path, PathBuf};
 
 /// What `prepare` made of a request.
@@ -41,21 +42,17 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places)
     for f in &changes.files {
         f.verify(from).map_err(|e| bad(req, e))?;
         if f.name.as_str().ends_with(".tar") {
-            dsc = untar(&from.join(f.name.as_str()), dir).map_err(|e| bad(req, e))?.or(dsc);
+            let names = unpack_protocol_tar(&from.join(f.name.as_str()), dir, true).map_err(|e| bad(req, e))?;
+            dsc = names.into_iter().find(|n| n.ends_with(".dsc")).or(dsc);
         }
     }
     let dsc = dsc.ok_or_else(|| bad(req, "its tar holds no .dsc"))?;
     let dist: Dist = changes.distribution.parse().map_err(|e| bad(req, e))?;
     let arch = req.arch.parse().map_err(|e| bad(req, e))?;
-    let name = chroot::name(&dist.codename, &arch);
-    if !places.machines.join(&name).exists() || !places.schroot_d.join(format!("{name}.conf")).exists() {
-        return Err(bad(
-            req,
-            format!(
-                "no chroot {}:{arch} here; add it with `buildbay api setup --chroots {}:{arch}`",
-                dist.codename, dist.codename
-            ),
-        ));
+    let chroot = Chroot::new(dist.codename.clone(), arch);
+    if !places.is_prepared(&chroot) {
+        let id = chroot.id();
+        return Err(bad(req, format!("no chroot {id} here; add it with `buildbay api setup --chroots {id}`")));
     }
     let setup = dir.join(".setup");
     crate::archive::publish::write_file_synced(&setup, setup_script(&dir.join(".config")).as_bytes())
@@ -63,7 +60,7 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places)
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&setup, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&setup))?;
     let fields = &changes.stanza;
-    let argv = sbuild_argv(fields, &req.arch, &name, dir, &dir.join(&dsc));
+    let argv = sbuild_argv(fields, &req.arch, &chroot.name(), dir, &dir.join(&dsc));
     let mut env = vec![format!("HOME={}", dir.display())];
     for (field, var) in [("Deb-Build-Options", "DEB_BUILD_OPTIONS"), ("Deb-Build-Profiles", "DEB_BUILD_PROFILES")] {
         if let Some(v) = fields.get(&format!("X-Mini-Buildd-{field}")) {
@@ -71,34 +68,6 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places)
         }
     }
     Ok(Plan { source: changes.source.to_string(), version: changes.version.to_string(), argv, env })
-}
-
-/// Unpack a request tar: `.config/*` and plain file names only. Returns the `.dsc`'s name.
-fn untar(tar_path: &Path, dir: &Path) -> std::result::Result<Option<String>, String> {
-    let file = std::fs::File::open(tar_path).map_err(|e| format!("{}: {e}", tar_path.display()))?;
-    let mut ar = tar::Archive::new(file);
-    let mut dsc = None;
-    for entry in ar.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let s = path.to_str().unwrap_or_default().to_owned();
-        let plain = |n: &str| n.parse::<crate::deb::FileName>().is_ok();
-        let ok = plain(&s) || s.strip_prefix(".config/").is_some_and(plain);
-        if !ok {
-            return Err(format!("its tar holds {s:?}; only plain file names and .config/* are allowed"));
-        }
-        if let Some(parent) = dir.join(&s).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        entry.unpack(dir.join(&s)).map_err(|e| e.to_string())?;
-        if s.ends_with(".dsc") {
-            dsc = Some(s);
-        }
-    }
-    Ok(dsc)
 }
 
 /// The host-side setup, run by sbuild as a pre-build command with the chroot's exec prefix as
@@ -239,7 +208,7 @@ pub fn result(inst: &Instance, job: &Job, ended: &Ended, limits: &Limits, incomi
     }
     let log_path = dir.join(&log_name);
     crate::archive::publish::write_file_synced(&log_path, log_out.as_bytes()).map_err(io_err(&log_path))?;
-    file_fields(&mut st, dir, &[log_name.clone(), tar_name.clone()])?;
+    set_file_fields(&mut st, dir, &[log_name.clone(), tar_name.clone()]).map_err(io_err(dir))?;
     let mut text = st.to_string();
     text.push('\n');
     let signed = inst.key()?.clearsign(text.as_bytes())?;
@@ -337,7 +306,7 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, "sub/evil", &b"x"[..]).unwrap();
         b.into_inner().unwrap();
-        let err = untar(&tar_path, &dir.path().join("out")).unwrap_err();
+        let err = unpack_protocol_tar(&tar_path, &dir.path().join("out"), true).unwrap_err();
         assert!(err.contains("only plain file names"), "{err}");
     }
 }

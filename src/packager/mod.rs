@@ -253,7 +253,6 @@ impl Packager<'_> {
             let tar_name = format!("{base}.changes.tar");
             let tar_path = out.join(&tar_name);
             write_request_tar(&tar_path, &self.config_files(&a, &arch, &pub_key), &a.source_files)?;
-            let sums = crate::deb::Checksums::of_file(&tar_path).map_err(io_err(&tar_path))?;
             let mut st = Stanza::new();
             st.set("Format", "1.8");
             st.set("Date", chrono::Utc::now().to_rfc2822());
@@ -264,8 +263,7 @@ impl Packager<'_> {
             for (k, v) in self.request_fields(&a, &u, opt, &bkey) {
                 st.set(&format!("X-Mini-Buildd-{k}"), v);
             }
-            st.set("Files", format!("\n {} {} mini-buildd extra {tar_name}", sums.md5, sums.size));
-            st.set("Checksums-Sha256", format!("\n {} {} {tar_name}", sums.sha256, sums.size));
+            set_file_fields(&mut st, &out, std::slice::from_ref(&tar_name)).map_err(io_err(&tar_path))?;
             let mut text = st.to_string();
             text.push('\n');
             let signed = key_.clearsign(text.as_bytes())?;
@@ -670,26 +668,56 @@ fn unpack_result(result_dir: &Path, out: &Path) -> std::result::Result<PathBuf, 
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "tar"))
         .ok_or("the build result has no .tar")?;
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let mut ar = tar::Archive::new(std::fs::File::open(&tar_path).map_err(|e| e.to_string())?);
-    let mut changes = None;
+    let names = unpack_protocol_tar(&tar_path, out, false)?;
+    let changes = names.into_iter().find(|n| n.ends_with(".changes"));
+    changes.map(|n| out.join(n)).ok_or_else(|| "the build result tar holds no .changes".to_owned())
+}
+
+/// Unpack the tar of a build request or result into `out`: plain file names only, and
+/// `.config/<plain name>` when `with_config` (a request's apt configuration). Returns the names
+/// written, in tar order.
+pub(crate) fn unpack_protocol_tar(
+    tar_path: &Path,
+    out: &Path,
+    with_config: bool,
+) -> std::result::Result<Vec<String>, String> {
+    let file = std::fs::File::open(tar_path).map_err(|e| format!("{}: {e}", tar_path.display()))?;
+    let mut ar = tar::Archive::new(file);
+    let plain = |n: &str| n.parse::<FileName>().is_ok();
+    let mut names = Vec::new();
     for entry in ar.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
         let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let name: FileName = path
-            .to_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("the result tar holds {} (only plain file names are allowed)", path.display()))?;
-        let dst = out.join(name.as_str());
-        entry.unpack(&dst).map_err(|e| e.to_string())?;
-        if name.as_str().ends_with(".changes") {
-            changes = Some(dst);
+        let name = path.to_str().unwrap_or_default().to_owned();
+        let config = with_config && name.strip_prefix(".config/").is_some_and(plain);
+        if !plain(&name) && !config {
+            let allowed = if with_config { "plain file names and .config/*" } else { "plain file names" };
+            return Err(format!("the tar holds {name:?}; only {allowed} are allowed"));
         }
+        let dst = out.join(&name);
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        entry.unpack(&dst).map_err(|e| e.to_string())?;
+        names.push(name);
     }
-    changes.ok_or_else(|| "the build result tar holds no .changes".to_owned())
+    Ok(names)
+}
+
+/// Set a protocol `.changes`' `Files` and `Checksums-Sha256` for `names` in `dir`.
+pub(crate) fn set_file_fields(st: &mut Stanza, dir: &Path, names: &[String]) -> std::io::Result<()> {
+    let (mut files, mut sha) = (String::new(), String::new());
+    for n in names {
+        let s = crate::deb::Checksums::of_file(&dir.join(n))?;
+        files.push_str(&format!("\n {} {} mini-buildd extra {n}", s.md5, s.size));
+        sha.push_str(&format!("\n {} {} {n}", s.sha256, s.size));
+    }
+    st.set("Files", files);
+    st.set("Checksums-Sha256", sha);
+    Ok(())
 }
 
 /// An event about an upload, with the `.changes` fields mini-buildd puts into `extra`.
