@@ -78,18 +78,20 @@ impl Daemon {
     pub async fn run_builders(self: std::sync::Arc<Self>) {
         let Some(builder) = self.builder.get() else { return };
         loop {
+            let mut busy = false;
             if self.is_running() {
                 match builder.pass(&self.inst).await {
-                    Ok((events, delivered)) => {
-                        self.publish(&events);
-                        if delivered {
+                    Ok(pass) => {
+                        self.publish(&pass.events);
+                        if pass.delivered {
                             self.wake();
                         }
+                        busy = pass.running > 0;
                     }
                     Err(e) => tracing::error!("builder pass failed (it is retried): {e}"),
                 }
             }
-            let busy = builder.jobs(&self.inst).map(|j| !j.is_empty()).unwrap_or(false);
+            // Running builds are watched closely; otherwise a queued request wakes us.
             let idle = Duration::from_millis(if busy { 200 } else { 5000 });
             tokio::select! {
                 _ = self.build_wake.notified() => {}

@@ -38,8 +38,7 @@ pub fn run_logged(log: &Path, argv: &[String]) -> std::io::Result<i32> {
         let _ = stdout.write_all(&buf[..n]);
     }
     file.sync_all()?;
-    let status = child.wait()?;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(exit_code(child.wait()?))
 }
 
 fn ignore_stop_signals() {
@@ -52,22 +51,13 @@ fn ignore_stop_signals() {
 
 /// Record how a command ended, as a child process runner (no systemd to say it).
 pub fn record_exit(result: &Path, code: i32) -> std::io::Result<()> {
-    let ended = match code {
-        0 => Ended { service_result: "success".into(), exit_code: "exited".into(), exit_status: "0".into() },
-        c if c > 128 => {
-            Ended { service_result: "signal".into(), exit_code: "killed".into(), exit_status: (c - 128).to_string() }
-        }
-        c => Ended { service_result: "exit-code".into(), exit_code: "exited".into(), exit_status: c.to_string() },
-    };
-    crate::archive::publish::write_file_synced(result, ended.line().as_bytes())
+    Ended::of_exit(code).write(result)
 }
 
 /// ExecStopPost: record how the unit ended, from the variables systemd sets for it.
 pub fn stop_post(result: &Path) -> std::io::Result<()> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
-    let ended =
-        Ended { service_result: var("SERVICE_RESULT"), exit_code: var("EXIT_CODE"), exit_status: var("EXIT_STATUS") };
-    crate::archive::publish::write_file_synced(result, ended.line().as_bytes())
+    Ended::new(&var("SERVICE_RESULT"), &var("EXIT_CODE"), &var("EXIT_STATUS")).write(result)
 }
 
 /// Start a build command as a child in its own process group, output to the build log only.
@@ -83,19 +73,9 @@ pub fn spawn_group(argv: &[String], dir: &Path, env: &[String]) -> std::io::Resu
     cmd.spawn()
 }
 
-/// What a child's exit status means, in the words systemd uses for units.
-pub fn ended_of(status: ExitStatus) -> Ended {
-    match (status.code(), status.signal()) {
-        (Some(0), _) => Ended { service_result: "success".into(), exit_code: "exited".into(), exit_status: "0".into() },
-        (Some(c), _) => {
-            Ended { service_result: "exit-code".into(), exit_code: "exited".into(), exit_status: c.to_string() }
-        }
-        (None, s) => Ended {
-            service_result: "signal".into(),
-            exit_code: "killed".into(),
-            exit_status: s.unwrap_or(0).to_string(),
-        },
-    }
+/// A child's exit status as an exit code (128 + N: killed by signal N), as a shell reports it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Stop a process group: SIGTERM, then SIGKILL after thirty seconds (sbuild ends its schroot
@@ -155,7 +135,7 @@ mod tests {
         assert!(alive(grandchild));
         kill_group(child.id() as i32);
         let status = child.wait().unwrap();
-        assert_eq!(ended_of(status).service_result, "signal");
+        assert_eq!(Ended::of_exit(exit_code(status)).service_result, "signal");
         // The grandchild is gone (or a zombie of init for a moment).
         std::thread::sleep(std::time::Duration::from_millis(200));
         let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();

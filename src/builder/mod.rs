@@ -90,7 +90,6 @@ pub enum JobState {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     pub bkey: String,
-    pub upload: u64,
     pub arch: String,
     pub source: String,
     pub version: String,
@@ -156,6 +155,15 @@ pub struct Builder {
     pub exe: PathBuf,
 }
 
+/// What one builder pass did.
+pub struct Pass {
+    pub events: Vec<Event>,
+    /// A result was dropped into incoming.
+    pub delivered: bool,
+    /// Builds running after the pass.
+    pub running: usize,
+}
+
 /// What a build's `result` file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
@@ -165,6 +173,24 @@ pub struct Ended {
 }
 
 impl Ended {
+    pub fn new(service_result: &str, exit_code: &str, exit_status: &str) -> Ended {
+        Ended { service_result: service_result.into(), exit_code: exit_code.into(), exit_status: exit_status.into() }
+    }
+
+    /// A process's exit code as systemd would report its unit (128 + N: killed by signal N).
+    pub fn of_exit(code: i32) -> Ended {
+        match code {
+            0 => Ended::new("success", "exited", "0"),
+            c if c > 128 => Ended::new("signal", "killed", &(c - 128).to_string()),
+            c => Ended::new("exit-code", "exited", &c.to_string()),
+        }
+    }
+
+    /// Record it as a build's `result` file.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        crate::archive::publish::write_file_synced(path, self.line().as_bytes())
+    }
+
     pub fn parse(text: &str) -> Ended {
         let mut w = text.split_whitespace().map(str::to_owned);
         Ended {
@@ -219,9 +245,8 @@ impl Builder {
     }
 
     /// One pass: collect finished builds, drop rows the packager is done with, start queued
-    /// requests into free slots. Returns the events recorded, and whether a result was dropped
-    /// into incoming.
-    pub async fn pass(&self, inst: &Instance) -> Result<(Vec<Event>, bool)> {
+    /// requests into free slots.
+    pub async fn pass(&self, inst: &Instance) -> Result<Pass> {
         let mut events = Vec::new();
         let mut delivered = false;
         let queue = crate::packager::build_queue(&inst.store)?;
@@ -276,7 +301,7 @@ impl Builder {
                 }
             }
         }
-        Ok((events, delivered))
+        Ok(Pass { events, delivered, running })
     }
 
     /// Whether a running build has ended (its `result` exists, or it vanished without one).
@@ -299,7 +324,7 @@ impl Builder {
                     Some(child) => match child.try_wait().map_err(io_err(&job.dir))? {
                         Some(status) => {
                             map.remove(&job.bkey);
-                            write_result(&result, &exec::ended_of(status))?;
+                            write_result(&result, &Ended::of_exit(exec::exit_code(status)))?;
                             return Ok(true);
                         }
                         None => {
@@ -308,12 +333,7 @@ impl Builder {
                                 exec::kill_group(child.id() as i32);
                                 let _ = child.wait();
                                 map.remove(&job.bkey);
-                                let ended = Ended {
-                                    service_result: "timeout".into(),
-                                    exit_code: "killed".into(),
-                                    exit_status: "KILL".into(),
-                                };
-                                write_result(&result, &ended)?;
+                                write_result(&result, &Ended::new("timeout", "killed", "KILL"))?;
                                 return Ok(true);
                             }
                             false
@@ -326,48 +346,53 @@ impl Builder {
         };
         if gone && !result.exists() {
             // ExecStopPost always runs; without its file the unit was lost (e.g. a reboot).
-            let ended = Ended { service_result: "lost".into(), exit_code: "-".into(), exit_status: "-".into() };
-            write_result(&result, &ended)?;
+            write_result(&result, &Ended::new("lost", "-", "-"))?;
         }
         Ok(gone)
+    }
+
+    /// The row of a build of `req`, started now.
+    fn job(&self, req: &BuildRequest, source: &str, version: &str, state: JobState) -> Job {
+        Job {
+            bkey: req.bkey.clone(),
+            arch: req.arch.clone(),
+            source: source.to_owned(),
+            version: version.to_owned(),
+            distribution: req.distribution.clone(),
+            unit: unit_name(&req.bkey),
+            dir: self.dir(&req.bkey),
+            state,
+            pid: None,
+            started: chrono::Utc::now(),
+        }
     }
 
     /// Verify and unpack a request, write the build's files, record it, start its unit.
     async fn start(&self, inst: &Instance, req: &BuildRequest) -> Result<Event> {
         let dir = self.dir(&req.bkey);
         let plan = sbuild::prepare(inst, req, &dir, &self.places)?;
-        let unit = unit_name(&req.bkey);
-        let mut job = Job {
-            bkey: req.bkey.clone(),
-            upload: req.upload,
-            arch: req.arch.clone(),
-            source: plan.source.clone(),
-            version: plan.version.clone(),
-            distribution: req.distribution.clone(),
-            unit: unit.clone(),
-            dir: dir.clone(),
-            state: JobState::Starting,
-            pid: None,
-            started: chrono::Utc::now(),
-        };
+        let mut job = self.job(req, &plan.source, &plan.version, JobState::Starting);
+        let unit = job.unit.clone();
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         tx.commit()?;
-        let log = dir.join("buildlog");
-        let mut exec_start: Vec<String> = vec![
-            self.exe.display().to_string(),
-            "builder-exec".into(),
-            "--build-log".into(),
-            log.display().to_string(),
-        ];
-        exec_start.push("--".into());
-        exec_start.extend(plan.argv.iter().cloned());
+        // The relay: `buildbay builder-exec --build-log … [--result …] -- sbuild …`.
+        let relay = |result: bool| -> Vec<String> {
+            let mut argv = vec![self.exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
+            argv.push(dir.join("buildlog").display().to_string());
+            if result {
+                argv.extend(["--result".to_owned(), dir.join("result").display().to_string()]);
+            }
+            argv.push("--".into());
+            argv.extend(plan.argv.iter().cloned());
+            argv
+        };
         match &self.runner {
             Runner::Systemd(s) => {
                 let svc = TransientService {
                     name: unit.clone(),
                     description: format!("buildbay build {} {} {}", plan.source, plan.version, req.arch),
-                    exec_start,
+                    exec_start: relay(false),
                     exec_stop_post: vec![
                         self.exe.display().to_string(),
                         "builder-exec".into(),
@@ -391,10 +416,8 @@ impl Builder {
                 s.start(&svc).await?;
             }
             Runner::Child(children) => {
-                let mut argv = exec_start;
-                let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
-                argv.splice(at..at, ["--result".to_owned(), dir.join("result").display().to_string()]);
-                let child = exec::spawn_group(&argv, &dir, &plan.env).map_err(io_err(&dir))?;
+                // No ExecStopPost here: the relay records how the build ended.
+                let child = exec::spawn_group(&relay(true), &dir, &plan.env).map_err(io_err(&dir))?;
                 job.pid = Some(child.id() as i32);
                 children.lock().unwrap_or_else(|p| p.into_inner()).insert(req.bkey.clone(), child);
             }
@@ -418,21 +441,9 @@ impl Builder {
         let dir = self.dir(&req.bkey);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let (source, version) = req.bkey.split('/').next().zip(req.bkey.split('/').nth(1)).unwrap_or_default();
-        let job = Job {
-            bkey: req.bkey.clone(),
-            upload: req.upload,
-            arch: req.arch.clone(),
-            source: source.to_owned(),
-            version: version.to_owned(),
-            distribution: req.distribution.clone(),
-            unit: unit_name(&req.bkey),
-            dir: dir.clone(),
-            state: JobState::Running,
-            pid: None,
-            started: chrono::Utc::now(),
-        };
+        let job = self.job(req, source, version, JobState::Running);
         std::fs::write(dir.join("internal-error"), why).map_err(io_err(&dir))?;
-        write_result(&dir.join("result"), &Ended::parse("error - -"))?;
+        write_result(&dir.join("result"), &Ended::new("error", "-", "-"))?;
         self.finish(inst, job)
     }
 
@@ -472,12 +483,7 @@ impl Builder {
                         if let Some(mut c) = map.remove(&job.bkey) {
                             let _ = c.wait();
                         }
-                        let ended = Ended {
-                            service_result: "canceled".into(),
-                            exit_code: "killed".into(),
-                            exit_status: "TERM".into(),
-                        };
-                        write_result(&job.dir.join("result"), &ended)?;
+                        write_result(&job.dir.join("result"), &Ended::new("canceled", "killed", "TERM"))?;
                     }
                 }
                 // Wait for ExecStopPost's result (StopUnit returns when the job is queued).
@@ -507,8 +513,8 @@ impl Builder {
     }
 }
 
-pub(crate) fn write_result(path: &Path, ended: &Ended) -> Result<()> {
-    crate::archive::publish::write_file_synced(path, ended.line().as_bytes()).map_err(io_err(path))
+fn write_result(path: &Path, ended: &Ended) -> Result<()> {
+    ended.write(path).map_err(io_err(path))
 }
 
 /// The lines of an sbuild log mini-buildd turns into `X-Mini-Buildd-Sbuild-<Name>` fields.

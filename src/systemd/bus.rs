@@ -2,6 +2,7 @@
 //!
 //! A build's unit is described by [`TransientService`], plain data that turns into
 //! `StartTransientUnit`'s `a(sv)` properties; the proxies below carry it to systemd.
+//! `MachinesProxy` (machined) is for the ephemeral nspawn backend, which is not built yet.
 
 use zbus::{OwnedObjectPath, Variant};
 
@@ -21,7 +22,6 @@ pub trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     /// Ask for signals (JobRemoved) to be sent to this client.
     fn subscribe(&self) -> zbus::Result<()>;
     #[zbus(signal)]
@@ -34,19 +34,6 @@ pub trait Manager {
 pub trait Unit {
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-}
-
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
-pub trait Service {
-    /// `success`, `exit-code`, `signal`, `timeout`, `oom-kill`, …
-    #[zbus(property)]
-    fn result(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn control_group(&self) -> zbus::Result<String>;
-    #[zbus(property, name = "MainPID")]
-    fn main_pid(&self) -> zbus::Result<u32>;
 }
 
 #[zbus::proxy(
@@ -86,7 +73,6 @@ pub struct TransientService {
 pub enum Prop {
     Str(String),
     U64(u64),
-    Bool(bool),
     Strs(Vec<String>),
     /// `a(sasb)`: path, argv, ignore-failure.
     Exec(Vec<(String, Vec<String>, bool)>),
@@ -137,7 +123,6 @@ fn variant(p: &Prop) -> Variant<'static> {
     match p {
         Prop::Str(s) => Variant::from(s.clone()),
         Prop::U64(n) => Variant::from(*n),
-        Prop::Bool(b) => Variant::from(*b),
         Prop::Strs(v) => Variant::from(v.clone()),
         Prop::Exec(v) => Variant::from(v.clone()),
         Prop::Bytes(v) => Variant::from(v.clone()),
@@ -216,24 +201,6 @@ impl Systemd {
             "inactive" | "failed" => UnitState::Gone,
             _ => UnitState::Running,
         })
-    }
-
-    /// The cgroup of a running unit (`/system.slice/….service`).
-    pub async fn control_group(&self, name: &str) -> zbus::Result<String> {
-        let path = self.manager().await?.get_unit(name).await?;
-        ServiceProxy::builder(&self.conn).path(path).build().await?.control_group().await
-    }
-
-    /// Names of the machines machined knows.
-    pub async fn machines(&self) -> zbus::Result<Vec<String>> {
-        let m = MachinesProxy::new(&self.conn).await?;
-        Ok(m.list_machines().await?.into_iter().map(|(name, ..)| name).collect())
-    }
-
-    /// Names of the images machined sees in /var/lib/machines.
-    pub async fn images(&self) -> zbus::Result<Vec<String>> {
-        let m = MachinesProxy::new(&self.conn).await?;
-        Ok(m.list_images().await?.into_iter().map(|(name, ..)| name).collect())
     }
 }
 
