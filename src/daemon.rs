@@ -64,11 +64,11 @@ impl Daemon {
         self.wake();
     }
 
-    /// mini-buildd's load: queued builds / slots, or -1 when stopped.
-    pub fn load(&self) -> f64 {
+    /// mini-buildd's load: `queued` builds per slot, or -1 when stopped.
+    pub fn load(&self, queued: usize) -> f64 {
         match (self.is_running(), self.builder.get()) {
             (false, _) => -1.0,
-            (true, Some(b)) => b.load(&self.inst),
+            (true, Some(b)) => queued as f64 / b.limits.slots.max(1) as f64,
             (true, None) => 0.0,
         }
     }

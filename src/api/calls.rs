@@ -108,16 +108,17 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
     match args.call.name {
         "status" => {
             let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
+            let queue: Vec<String> = crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey).collect();
             let mut s = json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "identity": identity,
                 "url": origin.base_url,
                 "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
-                "load": d.load(),
+                "load": d.load(queue.len()),
                 "chroots": d.inst.list::<Chroot>(kind::CHROOT)?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect::<Vec<_>>(),
                 "remotes": Vec::<String>::new(),
                 "packaging": packaging(d)?,
-                "build_queue": crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey).collect::<Vec<_>>(),
+                "build_queue": queue,
             });
             if args.bool("with_repositories") {
                 let mut repos = serde_json::Map::new();

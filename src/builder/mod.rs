@@ -19,9 +19,9 @@ use crate::deb::Changes;
 use crate::events::{Event, EventType};
 use crate::instance::Instance;
 use crate::packager::BuildRequest;
-use crate::store::{self, BUILD_QUEUE, BUILDS, StoreError};
+use crate::store::{self, BUILDS, StoreError};
 use crate::systemd::bus::{Systemd, TransientService, UnitState};
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -504,12 +504,6 @@ impl Builder {
                 Ok(vec![self.fail_unstarted(inst, &req, &format!("canceled by {by} before it started"))?])
             }
         }
-    }
-
-    /// mini-buildd's load: builds running or waiting per slot.
-    pub fn load(&self, inst: &Instance) -> f64 {
-        let queued = inst.store.read().ok().and_then(|tx| tx.open_table(BUILD_QUEUE).ok()?.len().ok()).unwrap_or(0);
-        queued as f64 / self.limits.slots.max(1) as f64
     }
 }
 
