@@ -511,6 +511,7 @@ fn serve(
             root: state.join("var/builds"),
             incoming: daemon.incoming.dir.clone(),
             exe: std::env::current_exe().context("finding the buildbay binary for build units")?,
+            turn: Default::default(),
         };
         tracing::info!(slots = builder.limits.slots, "builder ready");
         if daemon.builder.set(builder).is_err() {

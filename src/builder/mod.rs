@@ -153,6 +153,8 @@ pub struct Builder {
     pub incoming: PathBuf,
     /// The running binary, for `builder-exec`.
     pub exe: PathBuf,
+    /// Held by `pass` and `cancel`: only one of them collects a build's result.
+    pub turn: tokio::sync::Mutex<()>,
 }
 
 /// What one builder pass did.
@@ -247,6 +249,7 @@ impl Builder {
     /// One pass: collect finished builds, drop rows the packager is done with, start queued
     /// requests into free slots.
     pub async fn pass(&self, inst: &Instance) -> Result<Pass> {
+        let _turn = self.turn.lock().await;
         let mut events = Vec::new();
         let mut delivered = false;
         let queue = crate::packager::build_queue(&inst.store)?;
@@ -468,6 +471,8 @@ impl Builder {
     /// `cancel`: stop a running build (its whole cgroup), or drop a queued one; either way the
     /// upload gets a failed result that says who canceled it.
     pub async fn cancel(&self, inst: &Instance, bkey: &str, by: &str) -> Result<Vec<Event>> {
+        // Without the turn, a pass could see the result first and collect it twice.
+        let _turn = self.turn.lock().await;
         let job = self.jobs(inst)?.into_iter().find(|j| j.bkey == bkey);
         match job {
             Some(job) if job.state == JobState::Running => {
