@@ -22,8 +22,9 @@ as_root() {
 BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, xz/gzip, curl,
 # systemd (systemd-socket-activate), dput and python3 (uploads over FTP).
-# Builds (tests/builder.rs, as root): sbuild, schroot, and mmdebstrap for the chroot image.
-TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap)
+# Builds (tests/builder.rs, as root): sbuild, schroot, and mmdebstrap for the chroot image;
+# systemd-container (systemd-nspawn) boots the container of tests/systemd_builds.rs.
+TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 

@@ -4,7 +4,7 @@
 use super::Ended;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`. Returns the
@@ -55,9 +55,51 @@ pub fn record_exit(result: &Path, code: i32) -> std::io::Result<()> {
 }
 
 /// ExecStopPost: record how the unit ended, from the variables systemd sets for it.
+///
+/// systemd reports `oom-kill` only on the unified hierarchy; on cgroup v1 (MemoryLimit=) the
+/// kernel's kill shows as a plain failure. ExecStopPost still runs in the unit's cgroup, so its
+/// OOM-kill counter says whether the memory limit ended the build.
 pub fn stop_post(result: &Path) -> std::io::Result<()> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
-    Ended::new(&var("SERVICE_RESULT"), &var("EXIT_CODE"), &var("EXIT_STATUS")).write(result)
+    let mut service_result = var("SERVICE_RESULT");
+    if service_result != "success" && own_cgroup_oom_kills() > 0 {
+        service_result = "oom-kill".into();
+    }
+    Ended::new(&service_result, &var("EXIT_CODE"), &var("EXIT_STATUS")).write(result)
+}
+
+/// How many processes the kernel's OOM killer took in this process's memory cgroup.
+fn own_cgroup_oom_kills() -> u64 {
+    let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else { return 0 };
+    memory_cgroup_files(&own)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| oom_kill_count(&text))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where the memory controller's counters of the cgroup in `/proc/self/cgroup` live: v2
+/// `memory.events`, v1 `memory.oom_control`.
+fn memory_cgroup_files(proc_cgroup: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut out = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let rel = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            out.push(root.join(rel).join("memory.events"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            out.push(root.join("memory").join(rel).join("memory.oom_control"));
+        }
+    }
+    out
+}
+
+/// The `oom_kill N` line of `memory.events` or `memory.oom_control`.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines().filter_map(|l| l.strip_prefix("oom_kill ")).filter_map(|n| n.trim().parse().ok()).next().unwrap_or(0)
 }
 
 /// Start a build command as a child in its own process group, output to the build log only.
@@ -140,5 +182,22 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
         assert!(state.is_empty() || state.contains(") Z"), "sleep survived: {state}");
+    }
+
+    #[test]
+    fn the_memory_counters_of_the_own_cgroup_on_either_hierarchy() {
+        let hybrid = "9:name=systemd:/system.slice/b.service\n4:memory:/system.slice/b.service\n\
+                      0::/system.slice/b.service\n";
+        assert_eq!(
+            memory_cgroup_files(hybrid),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/system.slice/b.service/memory.oom_control"),
+                PathBuf::from("/sys/fs/cgroup/system.slice/b.service/memory.events"),
+            ]
+        );
+        assert_eq!(memory_cgroup_files("1:cpu,cpuacct:/x\n"), Vec::<PathBuf>::new());
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 2);
+        assert_eq!(oom_kill_count("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
+        assert_eq!(oom_kill_count("low 0\n"), 0);
     }
 }

@@ -1,0 +1,281 @@
+//! Builds as transient systemd units over D-Bus, inside a booted systemd container: the journal
+//! holds each build's lines under its LogExtraFields, `cancel` (StopUnit) leaves no process of the
+//! unit's cgroup alive, `systemctl restart buildbay` during a build loses nothing, and MemoryMax
+//! and RuntimeMaxSec end a build cleanly with the reason. Needs root and Debian's archive.
+
+mod common;
+use common::upload::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const UNSTABLE: &str = "bookworm-test-unstable";
+const WAIT: Duration = Duration::from_secs(600);
+const IMAGE: &str = "/var/lib/machines/buildbay-bookworm-amd64";
+
+/// A bookworm tree with systemd, sbuild, schroot and machined, made once per machine.
+fn systemd_tree() -> PathBuf {
+    let tree = PathBuf::from("/var/tmp/buildbay-tests/systemd-bookworm");
+    let done = tree.join("etc/buildbay-test-tree");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::create_dir_all(tree.parent().expect("parent")).expect("mkdir");
+        // mmdebstrap: debootstrap cannot resolve sbuild's virtual dependencies.
+        ok(Command::new("mmdebstrap")
+            .args([
+                "--variant=minbase",
+                "--include=dbus,systemd,systemd-sysv,systemd-container,sbuild,schroot,debootstrap,ca-certificates",
+                "bookworm",
+            ])
+            .arg(&tree)
+            .arg("http://deb.debian.org/debian"));
+        std::fs::write(&done, "").expect("write");
+    }
+    tree
+}
+
+/// A booted container: systemd-nspawn -b, sharing the host's network.
+struct Booted {
+    nspawn: Child,
+    leader: i32,
+}
+
+impl Booted {
+    fn boot(tree: &Path, binds: &[&str]) -> Booted {
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.args(["-q", "--register=no", "--keep-unit", "-b", "-D"]).arg(tree);
+        for b in binds {
+            cmd.arg(format!("--bind={b}"));
+        }
+        let nspawn =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("systemd-nspawn");
+        let start = Instant::now();
+        let leader = loop {
+            assert!(start.elapsed() < Duration::from_secs(60), "the container did not start");
+            if let Some(pid) = child_of(nspawn.id() as i32) {
+                break pid;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let b = Booted { nspawn, leader };
+        // Wait for the boot to finish (degraded is fine: some units do not apply in a container).
+        let out = loop {
+            let out = b.run("systemctl is-system-running --wait");
+            let state = String::from_utf8_lossy(&out.stdout);
+            // "offline" (or nothing): its bus is not up yet.
+            if state.contains("running") || state.contains("degraded") || start.elapsed() > Duration::from_secs(60) {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let state = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            state.contains("running") || state.contains("degraded"),
+            "boot: {state} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b.writable_memory_controller();
+        b
+    }
+
+    /// On a host with the legacy (v1) or hybrid hierarchy, nspawn mounts the container's memory
+    /// controller read-only, and every MemoryMax= in it is silently ignored. Mount it writable
+    /// and have systemd re-execute, so the container's units get their memory limits as on a
+    /// real host. (A unified-hierarchy host has no `/sys/fs/cgroup/memory`: nothing to do.)
+    fn writable_memory_controller(&self) {
+        let v1 = PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup/memory", self.leader));
+        if v1.join("cgroup.procs").exists() {
+            self.ok("umount -l /sys/fs/cgroup/memory && \
+                     mount -t cgroup -o rw,nosuid,nodev,noexec,memory cgroup /sys/fs/cgroup/memory && \
+                     systemctl daemon-reexec");
+        }
+    }
+
+    /// A unit's ControlGroup as the host sees it: the unified hierarchy, or systemd's named
+    /// hierarchy on a v1 or hybrid host.
+    fn cgroup_dir(&self, cg: &str) -> PathBuf {
+        let root = PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", self.leader));
+        let rel = cg.trim_start_matches('/');
+        ["unified", "systemd", ""]
+            .iter()
+            .map(|h| root.join(h).join(rel))
+            .find(|d| d.join("cgroup.procs").exists())
+            .unwrap_or_else(|| panic!("no cgroup directory for {cg} under {}", root.display()))
+    }
+
+    fn run(&self, script: &str) -> Output {
+        run(Command::new("nsenter").args(["-t", &self.leader.to_string(), "-a", "sh", "-c", script]))
+    }
+
+    fn ok(&self, script: &str) -> String {
+        let out = self.run(script);
+        assert!(
+            out.status.success(),
+            "in the container: {script}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        let _ = self.run("systemctl poweroff");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn child_of(parent: i32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid …: comm may hold spaces, so split after the last ')'.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        // The container's init, once it is systemd (not a short-lived fork of nspawn).
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if ppid == Some(parent) && comm.trim() == "systemd" {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Every process id in a cgroup and its children.
+fn cgroup_pids(cg: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![cg.to_owned()];
+    while let Some(d) = stack.pop() {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(procs.lines().map(str::to_owned));
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn builds_are_transient_systemd_units() {
+    assert!(nix::unistd::geteuid().is_root(), "booting a systemd container needs root");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The chroot image, prepared on the host (tests/builder.rs does the same; it is kept).
+    let seed = Instance::new("ed25519");
+    seed.ok(&["setup", "--chroots", "bookworm:amd64"]);
+    let tree = systemd_tree();
+    std::fs::copy(bin(), tree.join("usr/local/bin/buildbay")).expect("copy buildbay");
+    let _ = std::fs::remove_dir_all(tree.join("var/lib/buildbay"));
+    let c = Booted::boot(&tree, &[IMAGE]);
+    let (http, ftp) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{http}");
+    let bb = "/usr/local/bin/buildbay --state /var/lib/buildbay";
+    c.ok(&format!(
+        "{bb} setup --identity ci --distributions bookworm:amd64 --repositories test:Default:bookworm --chroots bookworm:amd64"
+    ));
+    c.ok(&format!("BUILDBAY_PASSWORD=admin-password {bb} user add admin --role admin"));
+    let start_daemon = |extra: &str| {
+        c.ok(&format!(
+            "systemd-run --unit=buildbay --property=KillMode=mixed -- {bb} serve --http 127.0.0.1:{http} --ftp 127.0.0.1:{ftp} --public-host 127.0.0.1 {extra}"
+        ));
+        let start = Instant::now();
+        while run(Command::new("curl").args(["-sf", &format!("{url}/mini_buildd/api/status/")])).status.code()
+            != Some(0)
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "buildbay did not come up in the container");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    start_daemon("--build-memory-max 400000000");
+    let journal = c.ok("journalctl -u buildbay --no-pager");
+    assert!(journal.contains("builds run as transient systemd units"), "{journal}");
+    let ftp_at = format!("127.0.0.1:{ftp}");
+
+    // A build: a transient unit with the journal fields; INSTALLED.
+    let good = buildable_source(dir.path(), "sdhello", "1.0~test12+1", UNSTABLE, "true");
+    ftp_upload(&ftp_at, &good);
+    let installed = wait_event(&url, "sdhello", "INSTALLED", WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    let lines = c.ok("journalctl BUILDBAY_SOURCE=sdhello BUILDBAY_ARCH=amd64 --no-pager -o cat");
+    assert!(lines.contains("Status: successful") && lines.contains("dpkg-buildpackage"), "{lines}");
+    let units = c.ok("journalctl BUILDBAY_SOURCE=sdhello -o export --no-pager | grep '^_SYSTEMD_UNIT=' | sort -u");
+    assert!(units.contains("_SYSTEMD_UNIT=buildbay-build-sdhello-"), "{units}");
+    assert!(c.ok("machinectl list-images --no-legend").contains("buildbay-bookworm-amd64"));
+
+    // Cancel: StopUnit takes every process of the unit's cgroup.
+    let long = buildable_source(dir.path(), "sdsleep", "1.0~test12+1", UNSTABLE, "sleep 6081");
+    ftp_upload(&ftp_at, &long);
+    let building = wait_event(&url, "sdsleep", "BUILDING", WAIT);
+    let bkey = building["extra"]["bkey"].as_str().expect("bkey").to_owned();
+    let unit = building["extra"]["unit"].as_str().expect("unit").to_owned();
+    let status = c.ok(&format!("systemctl status --no-pager '{unit}' || true"));
+    assert!(status.contains("sbuild"), "{status}");
+    let cg = c.ok(&format!("systemctl show -P ControlGroup '{unit}'")).trim().to_owned();
+    let cg_host = c.cgroup_dir(&cg);
+    let start = Instant::now();
+    loop {
+        let pids = cgroup_pids(&cg_host);
+        let has_sleep = pids.iter().any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("6081"))
+        });
+        if has_sleep {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the long build never reached its build step; cgroup {cg}: {pids:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let before = cgroup_pids(&cg_host);
+    let out = api_as(&url, "admin", &["cancel", &bkey]);
+    assert!(out.status.success(), "cancel: {}", String::from_utf8_lossy(&out.stderr));
+    let failed = wait_event(&url, "sdsleep", "FAILED", WAIT);
+    assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("canceled by admin"), "{failed}");
+    let survivors: Vec<&String> = before.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()).collect();
+    assert!(survivors.is_empty(), "processes of the canceled unit survived: {survivors:?} (of {before:?})");
+    assert!(!cg_host.exists() || cgroup_pids(&cg_host).is_empty(), "the unit's cgroup still has processes");
+
+    // Restart during a build: the unit is not the daemon's; the next daemon collects it.
+    let slow = buildable_source(dir.path(), "sdslow", "1.0~test12+1", UNSTABLE, "sleep 10");
+    ftp_upload(&ftp_at, &slow);
+    wait_event(&url, "sdslow", "BUILDING", WAIT);
+    c.ok("systemctl stop buildbay");
+    start_daemon("--build-memory-max 400000000 --build-runtime-max 60");
+    let installed = wait_event(&url, "sdslow", "INSTALLED", WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    assert_eq!(of(&events(&url), "sdslow", "BUILDING").len(), 1, "the build ran once");
+
+    // MemoryMax: a build that wants 1 GB in a 400 MB unit is killed, with the reason.
+    let hungry = buildable_source(
+        dir.path(),
+        "sdhungry",
+        "1.0~test12+1",
+        UNSTABLE,
+        "perl -e '$$x = \"x\" x (1000*1024*1024); sleep 5'",
+    );
+    ftp_upload(&ftp_at, &hungry);
+    let failed = wait_event(&url, "sdhungry", "FAILED", WAIT);
+    assert!(
+        failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("MemoryMax=400000000"),
+        "{failed}"
+    );
+
+    // RuntimeMaxSec (60 s for this daemon): systemd stops the unit, the result says why.
+    let endless = buildable_source(dir.path(), "sdendless", "1.0~test12+1", UNSTABLE, "sleep 6082");
+    ftp_upload(&ftp_at, &endless);
+    let failed = wait_event(&url, "sdendless", "FAILED", WAIT);
+    assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("RuntimeMaxSec=60s"), "{failed}");
+}
