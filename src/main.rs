@@ -446,7 +446,9 @@ fn serve(
             None => {
                 // mini-buildd's default: FTP on the HTTP port + 1 (any free port beside an ephemeral HTTP port).
                 let port = if http.port() == 0 && !http_inherited { 0 } else { addr.port().wrapping_add(1) };
-                let a = ftp.ftp.unwrap_or_else(|| std::net::SocketAddr::new(http.ip(), port));
+                let a = ftp.ftp.unwrap_or_else(|| {
+                    std::net::SocketAddr::new(incoming::ftp::bind_ip_beside(http.ip()), port)
+                });
                 tracing::info!(ftp = %a, "no ftp socket from systemd: binding FTP myself");
                 match tokio::net::TcpListener::bind(a).await {
                     Ok(l) => Some(l),
@@ -469,6 +471,9 @@ fn serve(
             Some(l) => Some(l.local_addr().context("reading the FTP address")?),
             None => None,
         };
+        if let Some(warning) = ftp_addr.and_then(incoming::ftp::ipv6_warning) {
+            tracing::warn!("{warning}");
+        }
         if !systemd::notify_socket() {
             tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
         }

@@ -239,6 +239,28 @@ impl StorageBackend<DefaultUser> for Storage {
     }
 }
 
+/// The address to bind FTP on beside HTTP's. libunftp answers PASV with IPv4 only and fails the
+/// session when the control connection's local address is IPv6, which a dual-stack `[::]` socket
+/// gives IPv4 clients too (`::ffff:a.b.c.d`): so an IPv6 wildcard or loopback becomes IPv4's.
+pub fn bind_ip_beside(http: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match http {
+        IpAddr::V6(a) if a == Ipv6Addr::UNSPECIFIED => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(a) if a == Ipv6Addr::LOCALHOST => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// What to tell the administrator about an FTP socket on an IPv6 address (see `bind_ip_beside`).
+pub fn ipv6_warning(addr: std::net::SocketAddr) -> Option<String> {
+    addr.is_ipv6().then(|| {
+        format!(
+            "FTP listens on {addr}, an IPv6 address: passive mode (PASV) works for IPv4 only, so uploads \
+             over it fail; listen on an IPv4 address (ListenStream=0.0.0.0:8067, or --ftp 0.0.0.0:8067)"
+        )
+    })
+}
+
 /// Serve FTP on a listener until `stop` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -284,6 +306,18 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ftp_binds_ipv4_beside_an_ipv6_wildcard_or_loopback() {
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(bind_ip_beside(ip("::")), ip("0.0.0.0"));
+        assert_eq!(bind_ip_beside(ip("::1")), ip("127.0.0.1"));
+        assert_eq!(bind_ip_beside(ip("192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(bind_ip_beside(ip("2001:db8::1")), ip("2001:db8::1"));
+        assert!(ipv6_warning("[::]:8067".parse().unwrap()).is_some_and(|w| w.contains("0.0.0.0:8067")));
+        assert!(ipv6_warning("0.0.0.0:8067".parse().unwrap()).is_none());
+    }
 
     #[test]
     fn paths_resolve_lexically() {
