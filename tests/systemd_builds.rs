@@ -4,10 +4,11 @@
 //! and RuntimeMaxSec end a build cleanly with the reason. Needs root and Debian's archive.
 
 mod common;
+use common::container::{self, Booted};
 use common::upload::*;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const UNSTABLE: &str = "bookworm-test-unstable";
@@ -16,138 +17,16 @@ const IMAGE: &str = "/var/lib/machines/buildbay-bookworm-amd64";
 
 /// A bookworm tree with systemd, sbuild, schroot and machined, made once per machine.
 fn systemd_tree() -> PathBuf {
-    let tree = PathBuf::from("/var/tmp/buildbay-tests/systemd-bookworm");
-    let done = tree.join("etc/buildbay-test-tree");
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&tree);
-        std::fs::create_dir_all(tree.parent().expect("parent")).expect("mkdir");
-        // mmdebstrap: debootstrap cannot resolve sbuild's virtual dependencies.
-        ok(Command::new("mmdebstrap")
-            .args([
-                "--variant=minbase",
-                "--include=dbus,systemd,systemd-sysv,systemd-container,sbuild,schroot,debootstrap,ca-certificates",
-                "bookworm",
-            ])
-            .arg(&tree)
-            .arg("http://deb.debian.org/debian"));
-        std::fs::write(&done, "").expect("write");
-    }
-    tree
-}
-
-/// A booted container: systemd-nspawn -b, sharing the host's network.
-struct Booted {
-    nspawn: Child,
-    leader: i32,
-}
-
-impl Booted {
-    fn boot(tree: &Path, binds: &[&str]) -> Booted {
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.args(["-q", "--register=no", "--keep-unit", "-b", "-D"]).arg(tree);
-        for b in binds {
-            cmd.arg(format!("--bind={b}"));
-        }
-        let nspawn =
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("systemd-nspawn");
-        let start = Instant::now();
-        let leader = loop {
-            assert!(start.elapsed() < Duration::from_secs(60), "the container did not start");
-            if let Some(pid) = child_of(nspawn.id() as i32) {
-                break pid;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let b = Booted { nspawn, leader };
-        // Wait for the boot to finish (degraded is fine: some units do not apply in a container).
-        let out = loop {
-            let out = b.run("systemctl is-system-running --wait");
-            let state = String::from_utf8_lossy(&out.stdout);
-            // "offline" (or nothing): its bus is not up yet.
-            if state.contains("running") || state.contains("degraded") || start.elapsed() > Duration::from_secs(60) {
-                break out;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let state = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            state.contains("running") || state.contains("degraded"),
-            "boot: {state} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        b.writable_memory_controller();
-        b
-    }
-
-    /// On a host with the legacy (v1) or hybrid hierarchy, nspawn mounts the container's memory
-    /// controller read-only, and every MemoryMax= in it is silently ignored. Mount it writable
-    /// and have systemd re-execute, so the container's units get their memory limits as on a
-    /// real host. (A unified-hierarchy host has no `/sys/fs/cgroup/memory`: nothing to do.)
-    fn writable_memory_controller(&self) {
-        let v1 = PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup/memory", self.leader));
-        if v1.join("cgroup.procs").exists() {
-            self.ok("umount -l /sys/fs/cgroup/memory && \
-                     mount -t cgroup -o rw,nosuid,nodev,noexec,memory cgroup /sys/fs/cgroup/memory && \
-                     systemctl daemon-reexec");
-        }
-    }
-
-    /// A unit's ControlGroup as the host sees it: the unified hierarchy, or systemd's named
-    /// hierarchy on a v1 or hybrid host.
-    fn cgroup_dir(&self, cg: &str) -> PathBuf {
-        let root = PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", self.leader));
-        let rel = cg.trim_start_matches('/');
-        ["unified", "systemd", ""]
-            .iter()
-            .map(|h| root.join(h).join(rel))
-            .find(|d| d.join("cgroup.procs").exists())
-            .unwrap_or_else(|| panic!("no cgroup directory for {cg} under {}", root.display()))
-    }
-
-    fn run(&self, script: &str) -> Output {
-        run(Command::new("nsenter").args(["-t", &self.leader.to_string(), "-a", "sh", "-c", script]))
-    }
-
-    fn ok(&self, script: &str) -> String {
-        let out = self.run(script);
-        assert!(
-            out.status.success(),
-            "in the container: {script}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Booted {
-    fn drop(&mut self) {
-        let _ = self.run("systemctl poweroff");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.nspawn.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
-    }
-}
-
-fn child_of(parent: i32) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid …: comm may hold spaces, so split after the last ')'.
-        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        // The container's init, once it is systemd (not a short-lived fork of nspawn).
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if ppid == Some(parent) && comm.trim() == "systemd" {
-            return Some(pid);
-        }
-    }
-    None
+    // mmdebstrap: debootstrap cannot resolve sbuild's virtual dependencies.
+    container::tree(
+        Path::new("/var/tmp/buildbay-tests/systemd-bookworm"),
+        &[
+            "mmdebstrap",
+            "--variant=minbase",
+            "--include=dbus,systemd,systemd-sysv,systemd-container,sbuild,schroot,debootstrap,ca-certificates",
+            "bookworm",
+        ],
+    )
 }
 
 fn free_port() -> u16 {

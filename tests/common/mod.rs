@@ -296,6 +296,7 @@ pub fn verify_published_since(repo: &Path, keyring: &Path, seen: &mut std::colle
     }
 }
 
+pub mod container;
 pub mod synth;
 pub mod upload;
 
