@@ -395,9 +395,79 @@ pub fn find(name: &str) -> Option<&'static Call> {
     CALLS.iter().find(|c| c.name == name)
 }
 
+/// The API reference (docs/api.md), from this table: every call by group, with its auth level,
+/// its HTTP form and its command line, and each argument.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# API reference\n\nGenerated from the call registry (`src/api/registry.rs`) by `buildbay api-reference`; \
+         a unit test keeps this file equal to it. Every call is `GET /mini_buildd/api/<call>/?<arg>=<value>…` \
+         (add `output=json` for JSON), as in mini-buildd 2.x, and `buildbay api <call> …` on the command line. \
+         Calls that change things need `confirm=<call>` (`--confirm`).\n",
+    );
+    let mut groups: Vec<&str> = CALLS.iter().map(|c| c.group).collect();
+    groups.dedup();
+    groups.sort();
+    groups.dedup();
+    for group in groups {
+        out.push_str(&format!("\n## {group}\n"));
+        for c in CALLS.iter().filter(|c| c.group == group) {
+            let mut cli = format!("buildbay api {}", c.name);
+            for a in c.args {
+                let shown = if a.positional {
+                    a.name.to_uppercase()
+                } else if a.kind == Kind::Bool {
+                    a.flag()
+                } else {
+                    format!("{} …", a.flag())
+                };
+                if matches!(a.default, Default::Required) {
+                    cli.push_str(&format!(" {shown}"));
+                } else {
+                    cli.push_str(&format!(" [{shown}]"));
+                }
+            }
+            out.push_str(&format!("\n### `{}`\n\n{}\n\n", c.name, c.doc));
+            let mut notes = vec![format!("auth: {}", c.auth.as_str())];
+            if c.confirm {
+                notes.push("needs confirm".into());
+            }
+            if c.needs_running {
+                notes.push("503 while the daemon is stopped".into());
+            }
+            out.push_str(&format!("- {}\n- `{cli}`\n", notes.join("; ")));
+            for a in c.args {
+                let kind = match a.kind {
+                    Kind::Str => "text",
+                    Kind::Multiline => "text, several lines",
+                    Kind::Bool => "flag",
+                    Kind::Int => "integer",
+                    Kind::List => "list (comma-separated over HTTP)",
+                };
+                let default = match a.default {
+                    Default::Required => "required".to_owned(),
+                    Default::Server => "optional".to_owned(),
+                    Default::Value(v) => format!("default `{v}`"),
+                };
+                let choices =
+                    if a.choices.is_empty() { String::new() } else { format!("; one of `{}`", a.choices.join("`, `")) };
+                out.push_str(&format!("- `{}` ({kind}, {default}{choices}): {}\n", a.name, a.doc));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_reference_is_generated_from_the_registry() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(doc == markdown(), "docs/api.md is out of date: run `buildbay api-reference > docs/api.md`");
+        assert!(doc.contains("### `migrate`") && doc.contains("auth: staff; needs confirm"));
+    }
 
     #[test]
     fn registry_is_consistent() {
