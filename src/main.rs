@@ -54,6 +54,15 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Print the API reference (Markdown) from the call registry: every call, its auth level and
+    /// its arguments.
+    ApiReference,
+    /// Write the man pages (one per command) into a directory; for packaging.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write `buildbay.1`, `buildbay-serve.1`, … into.
+        dir: PathBuf,
+    },
     /// Create and activate configuration objects offline (mini-buildd's `setup` conventions).
     Setup {
         /// Instance identity (default: the host name).
@@ -302,6 +311,16 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     if let Command::Api { url, token, user, confirm, call } = &cli.command {
         return api_client(url, token.clone(), user.as_deref(), *confirm, json, call);
     }
+    if let Command::ApiReference = &cli.command {
+        print!("{}", buildbay::api::registry::markdown());
+        return Ok(());
+    }
+    if let Command::Man { dir } = &cli.command {
+        use clap::CommandFactory;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        return clap_mangen::generate_to(Cli::command(), dir)
+            .with_context(|| format!("writing man pages into {}", dir.display()));
+    }
     if let Command::BuilderExec { build_log: log, stop_post, result, command } = &cli.command {
         use buildbay::builder::exec;
         if let Some(result) = stop_post {
@@ -317,7 +336,9 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     let inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
-        Command::BuilderExec { .. } => unreachable!("handled before the state directory is opened"),
+        Command::BuilderExec { .. } | Command::Man { .. } | Command::ApiReference => {
+            unreachable!("handled before the state directory is opened")
+        }
         Command::Serve { http, no_default_setup, ftp, build } => {
             if !no_default_setup && let Some(report) = inst.default_setup_if_empty()? {
                 for i in report {
@@ -446,9 +467,9 @@ fn serve(
             None => {
                 // mini-buildd's default: FTP on the HTTP port + 1 (any free port beside an ephemeral HTTP port).
                 let port = if http.port() == 0 && !http_inherited { 0 } else { addr.port().wrapping_add(1) };
-                let a = ftp.ftp.unwrap_or_else(|| {
-                    std::net::SocketAddr::new(incoming::ftp::bind_ip_beside(http.ip()), port)
-                });
+                let a = ftp
+                    .ftp
+                    .unwrap_or_else(|| std::net::SocketAddr::new(incoming::ftp::bind_ip_beside(http.ip()), port));
                 tracing::info!(ftp = %a, "no ftp socket from systemd: binding FTP myself");
                 match tokio::net::TcpListener::bind(a).await {
                     Ok(l) => Some(l),

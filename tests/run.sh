@@ -23,8 +23,11 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, xz/gzip, curl,
 # systemd (systemd-socket-activate), dput and python3 (uploads over FTP).
 # Builds (tests/builder.rs, as root): sbuild, schroot, and mmdebstrap for the chroot image;
-# systemd-container (systemd-nspawn) boots the container of tests/systemd_builds.rs.
-TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container)
+# systemd-container (systemd-nspawn) boots the containers of tests/systemd_builds.rs and
+# tests/appliance/, which also builds buildbay's own .deb (debhelper), checks it with lintian, and
+# debootstraps the tree it installs it into.
+TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
+      debhelper lintian debootstrap)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
