@@ -3,7 +3,7 @@
 //! and see the sockets start the daemon; set up a chroot through the API; upload a signed
 //! package with Debian's dput; apt-get install the built package from the repository inside the
 //! container and run it; find it in the journal; restart the daemon during a build and stop it
-//! before an upload without losing either. Needs root and Debian's archive. The timings it
+//! before an upload without losing either; purge it. Needs root and Debian's archive. The timings it
 //! prints go to docs/benchmarks.md.
 
 #[path = "../common/mod.rs"]
@@ -65,6 +65,15 @@ fn fresh_tree(work: &Path) -> PathBuf {
     tree
 }
 
+/// The one-time admin password the package's postinst left for root.
+fn password_in(tree: &Path) -> String {
+    let path = tree.join("var/lib/buildbay/admin-password");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).expect("the admin password file").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} is readable by others", path.display());
+    std::fs::read_to_string(&path).expect("admin password").trim().to_owned()
+}
+
 fn wait_http() {
     let start = Instant::now();
     while run(Command::new("curl").args(["-sf", "--max-time", "5", &format!("{URL}/mini_buildd/api/status/")]))
@@ -110,8 +119,9 @@ fn install_boot_upload_build_and_apt_install() {
         ]));
     timings.push(("apt install ./buildbay_*.deb (with sbuild, schroot, mmdebstrap)", t.elapsed().as_secs_f64()));
     assert!(install.contains("created the account 'admin'"), "{install}");
-    let password = std::fs::read_to_string(tree.join("var/lib/buildbay/admin-password")).expect("admin password");
-    let password = password.trim();
+    assert!(!install.contains(password_in(&tree).as_str()), "the password went into apt's log: {install}");
+    let password = password_in(&tree);
+    let password = password.as_str();
     // Builders and uploaders reach this instance as localhost (the host's name is not resolvable
     // inside chroots here).
     std::fs::write(tree.join("etc/default/buildbay"), "BUILDBAY_OPTS=\"--public-host localhost\"\n").expect("write");
@@ -196,6 +206,14 @@ fn install_boot_upload_build_and_apt_install() {
 
     let rss = c.ok("ps -o rss= -C buildbay | head -1");
     println!("buildbay RSS after the run: {} kB", rss.trim());
+    assert_eq!(c.ok("stat -c '%U:%G %a' /var/lib/buildbay").trim(), "root:buildbay 750");
+
+    // 8. Purge: the state and the schroot configs go, the chroot image is left and named.
+    let purge = c.ok("DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq buildbay 2>&1");
+    assert!(purge.contains("chroot images are left in /var/lib/machines"), "{purge}");
+    assert!(!tree.join("var/lib/buildbay").exists(), "purge left the state directory");
+    assert!(!tree.join("etc/schroot/chroot.d/buildbay-bookworm-amd64.conf").exists());
+    assert!(tree.join("var/lib/machines/buildbay-bookworm-amd64").exists());
     for (what, secs) in &timings {
         println!("timing: {what}: {secs:.1} s");
     }
