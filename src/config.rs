@@ -173,6 +173,39 @@ pub struct ArchOption {
     pub build_architecture_all: bool,
 }
 
+/// How the builds of a distribution are isolated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildBackend {
+    /// sbuild on the chroot's schroot overlay (mini-buildd's way).
+    #[default]
+    Sbuild,
+    /// An ephemeral systemd-nspawn machine of the chroot image, registered with machined:
+    /// apt installs the build dependencies, dpkg-buildpackage builds as a non-root user
+    /// (debspawn's way).
+    Nspawn,
+}
+
+impl BuildBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildBackend::Sbuild => "sbuild",
+            BuildBackend::Nspawn => "nspawn",
+        }
+    }
+}
+
+impl std::str::FromStr for BuildBackend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sbuild" => Ok(BuildBackend::Sbuild),
+            "nspawn" => Ok(BuildBackend::Nspawn),
+            other => Err(format!("unknown build backend {other:?}: use sbuild or nspawn")),
+        }
+    }
+}
+
 /// A build profile for one base source (one codename).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Distribution {
@@ -181,6 +214,12 @@ pub struct Distribution {
     pub architectures: Vec<ArchOption>,
     pub components: Vec<Component>,
     pub status: Status,
+    #[serde(default)]
+    pub build_backend: BuildBackend,
+    /// The build step may use the network (the nspawn backend cuts it off otherwise; installing
+    /// the build dependencies always has it).
+    #[serde(default)]
+    pub build_network: bool,
 }
 
 impl Distribution {

@@ -42,7 +42,7 @@ pub struct Instance {
 #[derive(Debug, Clone, Default)]
 pub struct SetupOptions {
     pub identity: Option<Identity>,
-    /// `codename:arch0+arch1`.
+    /// `codename:arch0+arch1[:sbuild|nspawn|nspawn+network]`.
     pub distributions: Vec<String>,
     /// `id:layout:codename0+codename1`.
     pub repositories: Vec<String>,
@@ -198,8 +198,22 @@ impl Instance {
         // Sources and distributions.
         for spec in &opts.distributions {
             let (codename, arches) = spec.split_once(':').ok_or_else(|| {
-                InstanceError::Setup(format!("distribution {spec:?}: use codename:arch0+arch1, e.g. bookworm:amd64"))
+                InstanceError::Setup(format!(
+                    "distribution {spec:?}: use codename:arch0+arch1[:sbuild|nspawn|nspawn+network], e.g. bookworm:amd64"
+                ))
             })?;
+            let (arches, backend) = arches.split_once(':').unwrap_or((arches, "sbuild"));
+            let (backend, build_network) = match backend.strip_suffix("+network") {
+                Some(b) => (b, true),
+                None => (backend, false),
+            };
+            let build_backend: crate::config::BuildBackend =
+                backend.parse().map_err(|e| InstanceError::Setup(format!("distribution {spec:?}: {e}")))?;
+            if build_network && build_backend != crate::config::BuildBackend::Nspawn {
+                return Err(InstanceError::Setup(format!(
+                    "distribution {spec:?}: +network applies to the nspawn backend only (sbuild's builds have the network)"
+                )));
+            }
             let codename: Codename =
                 codename.parse().map_err(|e: crate::deb::names::NameError| InstanceError::Setup(e.to_string()))?;
             let arches: Vec<Arch> = arches
@@ -243,8 +257,11 @@ impl Instance {
                 .collect();
             let dist = match self.get::<Distribution>(kind::DISTRIBUTION, codename.as_str())? {
                 Some(mut d) => {
-                    if d.architectures != wanted {
+                    if d.architectures != wanted || d.build_backend != build_backend || d.build_network != build_network
+                    {
                         d.architectures = wanted;
+                        d.build_backend = build_backend;
+                        d.build_network = build_network;
                         d.status.changed();
                         report.push(item(kind::DISTRIBUTION, codename.as_str(), "CHANGED", None));
                     }
@@ -258,6 +275,8 @@ impl Instance {
                         architectures: wanted,
                         components: vec![main],
                         status: Status::default(),
+                        build_backend,
+                        build_network,
                     }
                 }
             };

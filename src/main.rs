@@ -68,7 +68,8 @@ enum Command {
         /// Instance identity (default: the host name).
         #[arg(long)]
         identity: Option<Identity>,
-        /// Distributions as `codename:arch0+arch1`, e.g. `bookworm:amd64+i386`.
+        /// Distributions as `codename:arch0+arch1[:backend]`, e.g. `bookworm:amd64+i386`; the build
+        /// backend is `sbuild` (default), `nspawn`, or `nspawn+network`.
         #[arg(long, num_args = 1.., value_delimiter = ',')]
         distributions: Vec<String>,
         /// Repositories as `id:layout:codename0+codename1`, e.g. `test:Default:bookworm`.

@@ -206,3 +206,18 @@ fn archive_key_is_private_and_setup_is_idempotent() {
     assert_eq!(std::fs::read(&key).unwrap(), before, "setup never regenerates the key");
     assert!(inst.ok(&["pub-key"]).starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
 }
+
+#[test]
+fn a_distribution_chooses_its_build_backend() {
+    let inst = Instance::new("ed25519");
+    let out = inst.ok(&["setup", "--distributions", "bookworm:amd64:nspawn+network"]);
+    assert!(out.contains("CHANGED"), "switching the backend changes the distribution: {out}");
+    let out = inst.ok(&["setup", "--distributions", "bookworm:amd64:nspawn+network"]);
+    assert!(!out.contains("CHANGED"), "{out}");
+    let out = inst.ok(&["setup", "--distributions", "bookworm:amd64"]);
+    assert!(out.contains("CHANGED"), "back to sbuild: {out}");
+    let err = inst.fails(&["setup", "--distributions", "bookworm:amd64:chroot"]);
+    assert!(err.contains("unknown build backend \"chroot\": use sbuild or nspawn"), "{err}");
+    let err = inst.fails(&["setup", "--distributions", "bookworm:amd64:sbuild+network"]);
+    assert!(err.contains("+network applies to the nspawn backend only"), "{err}");
+}

@@ -87,8 +87,10 @@ fn builds_are_transient_systemd_units() {
 
     // A build: a transient unit with the journal fields; INSTALLED.
     let good = buildable_source(dir.path(), "sdhello", "1.0~test12+1", UNSTABLE, "true");
+    let t = Instant::now();
     ftp_upload(&ftp_at, &good);
     let installed = wait_event(&url, "sdhello", "INSTALLED", WAIT);
+    println!("sbuild in a transient unit: upload to INSTALLED {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
     let lines = c.ok("journalctl BUILDBAY_SOURCE=sdhello BUILDBAY_ARCH=amd64 --no-pager -o cat");
     assert!(lines.contains("Status: successful") && lines.contains("dpkg-buildpackage"), "{lines}");
@@ -157,4 +159,38 @@ fn builds_are_transient_systemd_units() {
     ftp_upload(&ftp_at, &endless);
     let failed = wait_event(&url, "sdendless", "FAILED", WAIT);
     assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("RuntimeMaxSec=60s"), "{failed}");
+
+    // The nspawn backend, chosen by the distribution: an ephemeral machine that machinectl lists
+    // while it builds, the build step as a user without network, the same kind of result.
+    let out = api_as(&url, "admin", &["setup", "--distributions", "bookworm:amd64:nspawn"]);
+    assert!(out.status.success(), "setup nspawn: {}", String::from_utf8_lossy(&out.stderr));
+    let probe = "echo buildbay-user: $$(id -un); echo buildbay-netifs: $$(grep -c : /proc/net/dev); sleep 8";
+    let machine_pkg = buildable_source(dir.path(), "sdnspawn", "1.0~test12+1", UNSTABLE, probe);
+    let t = Instant::now();
+    ftp_upload(&ftp_at, &machine_pkg);
+    let building = wait_event(&url, "sdnspawn", "BUILDING", WAIT);
+    assert_eq!(building["extra"]["backend"], "nspawn", "{building}");
+    let machine = building["extra"]["machine"].as_str().expect("machine").to_owned();
+    let start = Instant::now();
+    loop {
+        let listed = c.ok("machinectl list --no-legend --no-pager");
+        if listed.contains(&machine) {
+            break;
+        }
+        let done = events(&url);
+        assert!(
+            of(&done, "sdnspawn", "BUILT").is_empty() && start.elapsed() < WAIT,
+            "machinectl never listed {machine} while it built: {listed}\n{}",
+            c.ok("journalctl BUILDBAY_SOURCE=sdnspawn --no-pager -o cat | tail -40")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let installed = wait_event(&url, "sdnspawn", "INSTALLED", WAIT);
+    println!("nspawn machine: upload to INSTALLED {:.1} s (8 s of it the package's sleep)", t.elapsed().as_secs_f64());
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    let log = c.ok("journalctl BUILDBAY_SOURCE=sdnspawn BUILDBAY_ARCH=amd64 --no-pager -o cat");
+    for needle in ["ephemeral machine", "buildbay-user: builder", "buildbay-netifs: 1", "Status: successful"] {
+        assert!(log.contains(needle), "the nspawn build's log lacks {needle:?}:\n{log}");
+    }
+    assert!(!c.ok("machinectl list --no-legend --no-pager").contains(&machine), "the machine outlived its build");
 }

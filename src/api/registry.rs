@@ -278,7 +278,13 @@ pub static CALLS: &[Call] = &[
             opt("update", None, Kind::Str, Default::Server, "all, or nothing (inspect only)."),
             opt("pca", None, Kind::Str, Default::Server, "Prepare, check and activate (all)."),
             opt("identity", None, Kind::Str, Default::Server, "Instance identity (default: host name)."),
-            opt("distributions", None, Kind::List, Default::Value(""), "codename:arch0+arch1, e.g. bookworm:amd64."),
+            opt(
+                "distributions",
+                None,
+                Kind::List,
+                Default::Value(""),
+                "codename:arch0+arch1[:sbuild|nspawn|nspawn+network] (the build backend; default sbuild), e.g. bookworm:amd64.",
+            ),
             opt(
                 "repositories",
                 None,

@@ -12,6 +12,7 @@
 //! meanwhile, and starts again what never started.
 
 pub mod exec;
+pub mod nspawn;
 pub mod sbuild;
 
 use crate::chroot::Places;
@@ -373,7 +374,7 @@ impl Builder {
     /// Verify and unpack a request, write the build's files, record it, start its unit.
     async fn start(&self, inst: &Instance, req: &BuildRequest) -> Result<Event> {
         let dir = self.dir(&req.bkey);
-        let plan = sbuild::prepare(inst, req, &dir, &self.places)?;
+        let plan = sbuild::prepare(inst, req, &dir, &self.places, self.runner.is_systemd())?;
         let mut job = self.job(req, &plan.source, &plan.version, JobState::Starting);
         let unit = job.unit.clone();
         let tx = inst.store.write()?;
@@ -430,7 +431,12 @@ impl Builder {
         let event = Event::new(EventType::Building, &req.distribution, &plan.source, &plan.version)
             .with("architecture", req.arch.as_str())
             .with("bkey", req.bkey.as_str())
-            .with("unit", unit.as_str());
+            .with("unit", unit.as_str())
+            .with("backend", if plan.machine.is_some() { "nspawn" } else { "sbuild" });
+        let event = match &plan.machine {
+            Some(m) => event.with("machine", m.as_str()),
+            None => event,
+        };
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         event.record(&tx)?;

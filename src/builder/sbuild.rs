@@ -1,7 +1,7 @@
-//! From a signed build request to an sbuild command line, and from sbuild's output to a signed
-//! build result (mini-buildd §5.3).
+//! From a signed build request to a build command line (sbuild, or the nspawn backend the
+//! request names), and from the build's output to a signed build result (mini-buildd §5.3).
 
-use super::{BuilderError, Ended, Job, Limits, Result, built_changes, io_err, sbuild_fields};
+use super::{BuilderError, Ended, Job, Limits, Result, built_changes, io_err, nspawn, sbuild_fields};
 use crate::chroot::{Chroot, Places};
 use crate::deb::{Changes, Dist, Stanza, Version};
 use crate::instance::Instance;
@@ -16,6 +16,8 @@ pub struct Plan {
     pub version: String,
     pub argv: Vec<String>,
     pub env: Vec<String>,
+    /// The nspawn backend's machine name (`machinectl list`).
+    pub machine: Option<String>,
 }
 
 /// The request's copy in the build directory.
@@ -26,7 +28,9 @@ fn bad(req: &BuildRequest, why: impl std::fmt::Display) -> BuilderError {
 }
 
 /// Verify a request against our key, unpack it into a fresh `dir`, and plan its sbuild run.
-pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places) -> Result<Plan> {
+///
+/// `machined`: an nspawn build registers its machine (there is a systemd with machined).
+pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places, machined: bool) -> Result<Plan> {
     let raw = std::fs::read(&req.changes).map_err(io_err(&req.changes))?;
     crate::gpg::verify_clearsigned(&raw, std::slice::from_ref(inst.key()?.cert()))
         .map_err(|e| bad(req, format!("not signed by this instance: {e}")))?;
@@ -54,20 +58,32 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places)
         let id = chroot.id();
         return Err(bad(req, format!("no chroot {id} here; add it with `buildbay api setup --chroots {id}`")));
     }
-    let setup = dir.join(".setup");
-    crate::archive::publish::write_file_synced(&setup, setup_script(&dir.join(".config")).as_bytes())
-        .map_err(io_err(&setup))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&setup, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&setup))?;
     let fields = &changes.stanza;
-    let argv = sbuild_argv(fields, &req.arch, &chroot.name(), dir, &dir.join(&dsc));
     let mut env = vec![format!("HOME={}", dir.display())];
     for (field, var) in [("Deb-Build-Options", "DEB_BUILD_OPTIONS"), ("Deb-Build-Profiles", "DEB_BUILD_PROFILES")] {
         if let Some(v) = fields.get(&format!("X-Mini-Buildd-{field}")) {
             env.push(format!("{var}={v}"));
         }
     }
-    Ok(Plan { source: changes.source.to_string(), version: changes.version.to_string(), argv, env })
+    let write_script = |name: &str, text: String| -> Result<()> {
+        let path = dir.join(name);
+        crate::archive::publish::write_file_synced(&path, text.as_bytes()).map_err(io_err(&path))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&path))
+    };
+    let (argv, machine) = match fields.get("X-Mini-Buildd-Build-Backend").unwrap_or("sbuild") {
+        "sbuild" => {
+            write_script(".setup", setup_script(&dir.join(".config")))?;
+            (sbuild_argv(fields, &req.arch, &chroot.name(), dir, &dir.join(&dsc)), None)
+        }
+        "nspawn" => {
+            write_script(".nspawn-build", nspawn::build_script(fields, &dsc))?;
+            let machine = nspawn::machine_name(&req.bkey);
+            (nspawn::nspawn_argv(fields, &places.image(&chroot), dir, &machine, machined, &env), Some(machine))
+        }
+        other => return Err(bad(req, format!("unknown build backend {other:?} (this builder has sbuild and nspawn)"))),
+    };
+    Ok(Plan { source: changes.source.to_string(), version: changes.version.to_string(), argv, env, machine })
 }
 
 /// The host-side setup, run by sbuild as a pre-build command with the chroot's exec prefix as

@@ -328,6 +328,11 @@ impl Packager<'_> {
         if opt.build_architecture_all {
             f.push(("Arch-All", "Yes".to_owned()));
         }
+        // buildbay's own (mini-buildd ignores them): only when the distribution leaves sbuild.
+        if a.distribution.build_backend != config::BuildBackend::Sbuild {
+            f.push(("Build-Backend", a.distribution.build_backend.as_str().to_owned()));
+            f.push(("Build-Network", if a.distribution.build_network { "Yes" } else { "No" }.to_owned()));
+        }
         for (k, field) in [
             ("deb-build-options", "Deb-Build-Options"),
             ("deb-build-profiles", "Deb-Build-Profiles"),
