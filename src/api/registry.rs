@@ -411,7 +411,6 @@ pub fn markdown() -> String {
          Calls that change things need `confirm=<call>` (`--confirm`).\n",
     );
     let mut groups: Vec<&str> = CALLS.iter().map(|c| c.group).collect();
-    groups.dedup();
     groups.sort();
     groups.dedup();
     for group in groups {

@@ -1,7 +1,9 @@
 //! The second isolation backend: a build in an ephemeral `systemd-nspawn` machine of the chroot
-//! image (debspawn's model): the image read-only under a tmpfs overlay that vanishes with it. apt installs the build dependencies inside, dpkg-buildpackage
-//! builds as an unprivileged user, without network unless the distribution allows it, and the
-//! script prints sbuild's summary lines, so the result is made exactly as for sbuild.
+//! image (debspawn's model): the image read-only under a tmpfs overlay that vanishes with it.
+//! apt installs the build dependencies inside (the request's apt setup is sbuild's own
+//! `apt_setup`), dpkg-buildpackage builds as an unprivileged user, without network unless the
+//! distribution allows it, and the script prints sbuild's summary lines, so the result is made
+//! exactly as for sbuild.
 
 use crate::deb::Stanza;
 use std::path::Path;
@@ -89,6 +91,7 @@ pub fn build_script(fields: &Stanza, dsc: &str) -> String {
             )
         }
     };
+    let apt_setup = super::sbuild::apt_setup("", &format!("{BUILD}/.config"));
     format!(
         "#!/bin/sh\n\
          # buildbay: a build in an ephemeral nspawn machine; everything but {BUILD} vanishes with it.\n\
@@ -97,15 +100,7 @@ pub fn build_script(fields: &Stanza, dsc: &str) -> String {
          given_back() {{ echo \"buildbay: $1 failed\"; echo 'Status: given-back'; exit 1; }}\n\
          echo \"buildbay: ephemeral machine $(hostname), $(. /etc/os-release; echo \"$PRETTY_NAME\") $(dpkg --print-architecture)\"\n\
          cd {BUILD} || exit 1\n\
-         cp .config/apt_keys /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc\n\
-         cp .config/apt_sources.list /etc/apt/sources.list.d/buildbay.list\n\
-         cp .config/apt_preferences /etc/apt/preferences.d/buildbay\n\
-         updated=\n\
-         for t in 10 40 80; do\n\
-         \x20 if timeout $t apt-get -q --error-on=any -o Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay.list \
-         -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0 update; then updated=1; break; fi\n\
-         \x20 sleep 3\n\
-         done\n\
+         {apt_setup}\
          [ -n \"$updated\" ] || given_back 'apt-get update of the build sources'\n\
          apt-get -q -y --no-install-recommends build-dep {BUILD}/{dsc} || given_back 'installing the build dependencies'\n\
          {install_add}\

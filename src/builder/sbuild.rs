@@ -90,20 +90,31 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places,
 /// its arguments: the request's apt key, sources and preferences go into the session, and apt
 /// updates just those sources (the base archive's lists come with the image).
 pub fn setup_script(config: &Path) -> String {
-    let c = config.display();
     format!(
         "#!/bin/sh\n\
          # buildbay: apt setup of a build session. \"$@\" runs a command inside the session as root.\n\
          set -e\n\
-         \"$@\" sh -c 'cat > /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc' < '{c}/apt_keys'\n\
-         \"$@\" sh -c 'cat > /etc/apt/sources.list.d/buildbay.list' < '{c}/apt_sources.list'\n\
-         \"$@\" sh -c 'cat > /etc/apt/preferences.d/buildbay' < '{c}/apt_preferences'\n\
+         {}\
+         [ -n \"$updated\" ]\n",
+        apt_setup("\"$@\" ", &config.display().to_string())
+    )
+}
+
+/// Shell lines that put a build request's apt key, sources and preferences (from `config`) in
+/// place and update just those sources, with retries, each command run through `exec` (empty,
+/// or a prefix ending in a space). `updated` is non-empty afterwards when the update worked.
+/// Both backends use it: sbuild's session setup and the nspawn machine's script.
+pub(super) fn apt_setup(exec: &str, config: &str) -> String {
+    format!(
+        "{exec}sh -c 'cat > /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc' < '{config}/apt_keys'\n\
+         {exec}sh -c 'cat > /etc/apt/sources.list.d/buildbay.list' < '{config}/apt_sources.list'\n\
+         {exec}sh -c 'cat > /etc/apt/preferences.d/buildbay' < '{config}/apt_preferences'\n\
+         updated=\n\
          for t in 10 40 80; do\n\
-         \x20 if \"$@\" timeout $t apt-get -q --error-on=any -o Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay.list \
-         -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0 update; then exit 0; fi\n\
+         \x20 if {exec}timeout $t apt-get -q --error-on=any -o Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay.list \
+         -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0 update; then updated=1; break; fi\n\
          \x20 sleep 3  # e.g. the daemon restarting\n\
-         done\n\
-         exit 1\n"
+         done\n"
     )
 }
 

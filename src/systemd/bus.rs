@@ -2,7 +2,8 @@
 //!
 //! A build's unit is described by [`TransientService`], plain data that turns into
 //! `StartTransientUnit`'s `a(sv)` properties; the proxies below carry it to systemd.
-//! `MachinesProxy` (machined) is for the ephemeral nspawn backend, which is not built yet.
+//! `MachinesProxy` (machined) lists machines and images; the nspawn backend's machines register
+//! themselves (`systemd-nspawn --register=yes`), so the daemon does not call it yet.
 
 use zbus::{OwnedObjectPath, Variant};
 

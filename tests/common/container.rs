@@ -88,19 +88,19 @@ impl Booted {
             .unwrap_or_else(|| panic!("no cgroup directory for {cg} under {}", root.display()))
     }
 
+    /// `script` inside the container, through nsenter.
+    fn cmd(&self, script: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.leader.to_string(), "-a", "sh", "-c", script]);
+        cmd
+    }
+
     pub fn run(&self, script: &str) -> Output {
-        run(Command::new("nsenter").args(["-t", &self.leader.to_string(), "-a", "sh", "-c", script]))
+        run(&mut self.cmd(script))
     }
 
     pub fn ok(&self, script: &str) -> String {
-        let out = self.run(script);
-        assert!(
-            out.status.success(),
-            "in the container: {script}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ok(&mut self.cmd(script))
     }
 }
 
