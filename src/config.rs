@@ -260,6 +260,170 @@ pub struct Uploader {
     pub status: Status,
 }
 
+/// The kinds of configuration objects, in the order they depend on each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Daemon,
+    Layout,
+    Source,
+    Distribution,
+    Repository,
+    Chroot,
+    Uploader,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] =
+        [Kind::Daemon, Kind::Layout, Kind::Source, Kind::Distribution, Kind::Repository, Kind::Chroot, Kind::Uploader];
+
+    /// The store's key prefix (see [`kind`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Daemon => kind::DAEMON,
+            Kind::Layout => kind::LAYOUT,
+            Kind::Source => kind::SOURCE,
+            Kind::Distribution => kind::DISTRIBUTION,
+            Kind::Repository => kind::REPOSITORY,
+            Kind::Chroot => kind::CHROOT,
+            Kind::Uploader => kind::UPLOADER,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Kind, String> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!("unknown configuration object kind {s:?}; use one of {}", Kind::ALL.map(Kind::as_str).join(", "))
+        })
+    }
+}
+
+/// A lifecycle action on one configuration object (mini-buildd's admin actions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Prepare,
+    Check,
+    Activate,
+    Deactivate,
+    /// Unprepare: back to "removed" (the object stays, its data on disk too).
+    Remove,
+    /// Prepare, check and activate.
+    Pca,
+    /// Delete a removed object from the configuration.
+    Delete,
+}
+
+impl Action {
+    pub const NAMES: &'static [&'static str] =
+        &["prepare", "check", "activate", "deactivate", "remove", "pca", "delete"];
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Action, String> {
+        Ok(match s {
+            "prepare" => Action::Prepare,
+            "check" => Action::Check,
+            "activate" => Action::Activate,
+            "deactivate" => Action::Deactivate,
+            "remove" => Action::Remove,
+            "pca" => Action::Pca,
+            "delete" => Action::Delete,
+            other => return Err(format!("unknown action {other:?}; use one of {}", Action::NAMES.join(", "))),
+        })
+    }
+}
+
+/// Any configuration object, typed.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    Daemon(Daemon),
+    Layout(LayoutObject),
+    Source(Source),
+    Distribution(Distribution),
+    Repository(Repository),
+    Chroot(crate::chroot::Chroot),
+    Uploader(Uploader),
+}
+
+/// A reference to another object: `(kind, id)`.
+pub type ObjRef = (Kind, String);
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Daemon(_) => Kind::Daemon,
+            Object::Layout(_) => Kind::Layout,
+            Object::Source(_) => Kind::Source,
+            Object::Distribution(_) => Kind::Distribution,
+            Object::Repository(_) => Kind::Repository,
+            Object::Chroot(_) => Kind::Chroot,
+            Object::Uploader(_) => Kind::Uploader,
+        }
+    }
+
+    pub fn status(&self) -> &Status {
+        match self {
+            Object::Daemon(o) => &o.status,
+            Object::Layout(o) => &o.status,
+            Object::Source(o) => &o.status,
+            Object::Distribution(o) => &o.status,
+            Object::Repository(o) => &o.status,
+            Object::Chroot(o) => &o.status,
+            Object::Uploader(o) => &o.status,
+        }
+    }
+
+    pub fn status_mut(&mut self) -> &mut Status {
+        match self {
+            Object::Daemon(o) => &mut o.status,
+            Object::Layout(o) => &mut o.status,
+            Object::Source(o) => &mut o.status,
+            Object::Distribution(o) => &mut o.status,
+            Object::Repository(o) => &mut o.status,
+            Object::Chroot(o) => &mut o.status,
+            Object::Uploader(o) => &mut o.status,
+        }
+    }
+
+    /// The objects this one needs active before its check can pass.
+    pub fn depends_on(&self) -> Vec<ObjRef> {
+        match self {
+            Object::Daemon(_) | Object::Layout(_) | Object::Source(_) => vec![],
+            Object::Distribution(d) => vec![(Kind::Source, d.base_source.clone())],
+            Object::Repository(r) => std::iter::once((Kind::Layout, r.layout.clone()))
+                .chain(r.distributions.iter().map(|c| (Kind::Distribution, c.to_string())))
+                .collect(),
+            Object::Chroot(c) => vec![(Kind::Distribution, c.codename.to_string())],
+            Object::Uploader(u) => u.may_upload_to.iter().map(|r| (Kind::Repository, r.to_string())).collect(),
+        }
+    }
+}
+
+/// The check every object shares: what it depends on exists and is active. `lookup` gives a
+/// dependency's status, or None when it does not exist.
+pub fn check_dependencies(obj: &Object, lookup: impl Fn(&ObjRef) -> Option<Status>) -> Result<(), String> {
+    let missing: Vec<String> = obj
+        .depends_on()
+        .iter()
+        .filter_map(|r| match lookup(r) {
+            None => Some(format!("{} {} does not exist", r.0, r.1)),
+            Some(s) if !s.is_active() => Some(format!("{} {} is not active", r.0, r.1)),
+            Some(_) => None,
+        })
+        .collect();
+    if missing.is_empty() { Ok(()) } else { Err(format!("{}; activate it first", missing.join(", "))) }
+}
+
 pub mod kind {
     pub const DAEMON: &str = "daemon";
     pub const SOURCE: &str = "source";
@@ -274,6 +438,40 @@ pub mod kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependencies_name_what_is_missing_or_inactive() {
+        let repo = Object::Repository(Repository {
+            identity: "test".parse().unwrap(),
+            layout: "Default".into(),
+            distributions: vec!["bookworm".parse().unwrap(), "trixie".parse().unwrap()],
+            allow_unauthenticated_uploads: false,
+            extra_uploader_keyrings: vec![],
+            status: Status::default(),
+        });
+        assert_eq!(
+            repo.depends_on(),
+            vec![
+                (Kind::Layout, "Default".into()),
+                (Kind::Distribution, "bookworm".into()),
+                (Kind::Distribution, "trixie".into())
+            ]
+        );
+        let active = Status { state: State::Active, checked: Checked::Never, message: None };
+        let lookup = |r: &ObjRef| match r.1.as_str() {
+            "Default" => Some(active.clone()),
+            "bookworm" => Some(Status::default()),
+            _ => None,
+        };
+        assert_eq!(
+            check_dependencies(&repo, lookup).unwrap_err(),
+            "distribution bookworm is not active, distribution trixie does not exist; activate it first"
+        );
+        assert!(check_dependencies(&repo, |_| Some(active.clone())).is_ok());
+        assert_eq!("chroot".parse::<Kind>(), Ok(Kind::Chroot));
+        assert!("nonsense".parse::<Kind>().unwrap_err().contains("daemon, layout"));
+        assert_eq!("pca".parse::<Action>(), Ok(Action::Pca));
+    }
 
     #[test]
     fn lifecycle() {

@@ -24,6 +24,9 @@ pub enum InstanceError {
     NotSetUp,
     #[error("setup: {0}")]
     Setup(String),
+    /// A configuration action that cannot be done, and why.
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Lifecycle(#[from] config::LifecycleError),
 }
@@ -426,6 +429,159 @@ impl Instance {
         self.put(kind::CHROOT, &id, &c)?;
         Ok(c)
     }
+}
+
+impl Instance {
+    /// One configuration object, typed by its kind.
+    pub fn object(&self, k: config::Kind, id: &str) -> Result<Option<config::Object>> {
+        use config::{Kind, Object};
+        let s = k.as_str();
+        Ok(match k {
+            Kind::Daemon => self.get(s, id)?.map(Object::Daemon),
+            Kind::Layout => self.get(s, id)?.map(Object::Layout),
+            Kind::Source => self.get(s, id)?.map(Object::Source),
+            Kind::Distribution => self.get(s, id)?.map(Object::Distribution),
+            Kind::Repository => self.get(s, id)?.map(Object::Repository),
+            Kind::Chroot => self.get(s, id)?.map(Object::Chroot),
+            Kind::Uploader => self.get(s, id)?.map(Object::Uploader),
+        })
+    }
+
+    /// Every configuration object with its id, kind by kind.
+    pub fn objects(&self) -> Result<Vec<(String, config::Object)>> {
+        use config::{Kind, Object};
+        let r = self.store.read()?;
+        let t = r.open_table(CONFIG)?;
+        let mut out = Vec::new();
+        for k in Kind::ALL {
+            let s = k.as_str();
+            out.extend(match k {
+                Kind::Daemon => entries(&t, s, Object::Daemon)?,
+                Kind::Layout => entries(&t, s, Object::Layout)?,
+                Kind::Source => entries(&t, s, Object::Source)?,
+                Kind::Distribution => entries(&t, s, Object::Distribution)?,
+                Kind::Repository => entries(&t, s, Object::Repository)?,
+                Kind::Chroot => entries(&t, s, Object::Chroot)?,
+                Kind::Uploader => entries(&t, s, Object::Uploader)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_object(&self, id: &str, obj: &config::Object) -> Result<()> {
+        self.put(obj.kind().as_str(), id, obj)
+    }
+
+    /// Run one lifecycle action on one object, and store its new status. A failed check is
+    /// recorded in the status (its message says why), not returned.
+    pub fn lifecycle(
+        &self,
+        places: &crate::chroot::Places,
+        k: config::Kind,
+        id: &str,
+        action: config::Action,
+    ) -> Result<config::Object> {
+        use config::{Action, Object};
+        let name = format!("{k} {id}");
+        let mut obj = self.object(k, id)?.ok_or_else(|| {
+            InstanceError::Config(format!("there is no {name}; the configuration page lists the objects"))
+        })?;
+        let now = chrono::Utc::now();
+        let steps: &[Action] = match action {
+            Action::Pca => &[Action::Prepare, Action::Check, Action::Activate],
+            _ => std::slice::from_ref(&action),
+        };
+        for step in steps {
+            match step {
+                Action::Prepare => {
+                    match &obj {
+                        Object::Repository(r) => self.archive()?.prepare_repository(&r.identity)?,
+                        Object::Chroot(c) => crate::chroot::prepare(places, c)
+                            .map_err(|e| InstanceError::Config(format!("{name}: {e}")))?,
+                        _ => {}
+                    }
+                    obj.status_mut().prepared();
+                }
+                Action::Check => {
+                    obj.status().can_check(&name)?;
+                    let result = config::check_dependencies(&obj, |(dk, did)| {
+                        self.object(*dk, did).ok().flatten().map(|o| o.status().clone())
+                    })
+                    .and_then(|()| match &obj {
+                        Object::Repository(r) => {
+                            self.archive().and_then(|a| Ok(a.check_repository(&r.identity)?)).map_err(|e| e.to_string())
+                        }
+                        Object::Chroot(c) => crate::chroot::check(places, c).map_err(|e| e.to_string()),
+                        Object::Daemon(_) => {
+                            self.key().and_then(|k| Ok(k.clearsign(b"check\n")?)).map(|_| ()).map_err(|e| e.to_string())
+                        }
+                        _ => Ok(()),
+                    });
+                    obj.status_mut().checked(result, now);
+                }
+                Action::Activate => obj.status_mut().activate(&name)?,
+                Action::Deactivate => obj.status_mut().deactivate(),
+                Action::Remove => {
+                    if let Object::Chroot(c) = &obj {
+                        crate::chroot::remove(places, c).map_err(|e| InstanceError::Config(format!("{name}: {e}")))?;
+                    }
+                    obj.status_mut().removed();
+                }
+                Action::Delete => {
+                    if obj.status().state != config::State::Removed {
+                        return Err(InstanceError::Config(format!("{name} is not removed; remove it first")));
+                    }
+                    if k == config::Kind::Daemon {
+                        return Err(InstanceError::Config("the daemon object cannot be deleted".into()));
+                    }
+                    self.delete(k.as_str(), id)?;
+                    return Ok(obj);
+                }
+                Action::Pca => unreachable!("expanded above"),
+            }
+        }
+        self.put_object(id, &obj)?;
+        Ok(obj)
+    }
+
+    /// Create or change a repository from the configuration page. A change to a prepared one
+    /// marks it changed (an active one stops being active until prepared, checked and activated
+    /// again); the returned flag says whether that happened.
+    pub fn set_repository(&self, repo: Repository) -> Result<bool> {
+        if self.get::<LayoutObject>(kind::LAYOUT, &repo.layout)?.is_none() {
+            return Err(InstanceError::Config(format!(
+                "repository {}: unknown layout {:?}; built in are: Default, Default (no rollbacks), Debian Developer",
+                repo.identity, repo.layout
+            )));
+        }
+        let id = repo.identity.to_string();
+        let (stored, deactivated) = match self.get::<Repository>(kind::REPOSITORY, &id)? {
+            Some(mut old) => {
+                let same = old.layout == repo.layout
+                    && old.distributions == repo.distributions
+                    && old.allow_unauthenticated_uploads == repo.allow_unauthenticated_uploads;
+                let was_active = old.status.is_active();
+                if !same {
+                    old.layout = repo.layout;
+                    old.distributions = repo.distributions;
+                    old.allow_unauthenticated_uploads = repo.allow_unauthenticated_uploads;
+                    old.status.changed();
+                }
+                (old, was_active && !same)
+            }
+            None => (repo, false),
+        };
+        self.put(kind::REPOSITORY, &id, &stored)?;
+        Ok(deactivated)
+    }
+}
+
+fn entries<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    k: &str,
+    wrap: fn(T) -> config::Object,
+) -> Result<Vec<(String, config::Object)>> {
+    Ok(store::list_config_entries::<T>(t, k)?.into_iter().map(|(id, v)| (id, wrap(v))).collect())
 }
 
 fn status_word(s: &Status) -> &'static str {

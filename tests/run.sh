@@ -26,8 +26,9 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # systemd-container (systemd-nspawn) boots the containers of tests/systemd_builds.rs and
 # tests/appliance/, which also builds buildbay's own .deb (debhelper), checks it with lintian, and
 # debootstraps the tree it installs it into.
+# The browser test (tests/browser.rs): Debian's chromium, driven by playwright-core from npm.
 TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
-      debhelper lintian debootstrap)
+      debhelper lintian debootstrap chromium)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -53,6 +54,13 @@ if ! installed mini-buildd-utils; then
     fi
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mini-buildd-utils/bookworm-backports
+fi
+# Node for the browser test: any nodejs >= 18 with npm (Debian's, unless one is installed).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    install_missing nodejs npm
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 [ "${1:-}" = deps ] && exit 0
 

@@ -45,7 +45,9 @@ impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> ApiError {
         match e {
             InstanceError::Archive(a) => a.into(),
-            InstanceError::Setup(_) | InstanceError::Lifecycle(_) => ApiError::bad_request(e.to_string()),
+            InstanceError::Setup(_) | InstanceError::Config(_) | InstanceError::Lifecycle(_) => {
+                ApiError::bad_request(e.to_string())
+            }
             InstanceError::NotSetUp => ApiError::new(503, e.to_string()),
             _ => ApiError::new(500, e.to_string()),
         }
@@ -240,6 +242,71 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let name: SnapshotName = args.require("name")?;
             archive()?.snapshot_delete(&dist, &name)?;
             Ok(json!({}))
+        }
+        "config_ls" => {
+            let objects = d.inst.objects()?;
+            let refs: Vec<(config::ObjRef, Vec<config::ObjRef>)> =
+                objects.iter().map(|(id, o)| ((o.kind(), id.clone()), o.depends_on())).collect();
+            let name = |r: &config::ObjRef| format!("{} {}", r.0, r.1);
+            Ok(Json::Array(
+                objects
+                    .iter()
+                    .map(|(id, o)| {
+                        let me = (o.kind(), id.clone());
+                        let needed_by: Vec<String> =
+                            refs.iter().filter(|(_, deps)| deps.contains(&me)).map(|(r, _)| name(r)).collect();
+                        let s = o.status();
+                        json!({
+                            "kind": o.kind(),
+                            "id": id,
+                            "state": status_word(s),
+                            "active": s.is_active(),
+                            "checked": checked_word(&s.checked),
+                            "message": s.message,
+                            "depends_on": o.depends_on().iter().map(name).collect::<Vec<_>>(),
+                            "needed_by": needed_by,
+                            "fields": o,
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+        "config_action" => {
+            let _lock = d
+                .maintenance
+                .try_lock()
+                .map_err(|_| ApiError::new(503, "another maintenance call is running; try again when it is done"))?;
+            let k: config::Kind = args.require("kind")?;
+            let id: String = args.require("id")?;
+            let action: config::Action = args.require("action")?;
+            let o = d.inst.lifecycle(&d.places(), k, &id, action)?;
+            let s = o.status();
+            Ok(
+                json!({"kind": k, "id": id, "state": status_word(s), "checked": checked_word(&s.checked), "message": s.message}),
+            )
+        }
+        "repository_set" => {
+            let identity: crate::deb::RepoId = args.require("identity")?;
+            let distributions: Vec<Codename> = args
+                .list("distributions")
+                .iter()
+                .map(|c| c.parse().map_err(|e: crate::deb::names::NameError| ApiError::bad_request(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            let repo = Repository {
+                identity: identity.clone(),
+                layout: args.str("layout").unwrap_or("Default").to_owned(),
+                distributions,
+                allow_unauthenticated_uploads: args.bool("allow_unauthenticated_uploads"),
+                extra_uploader_keyrings: vec![],
+                status: config::Status::default(),
+            };
+            let deactivated = d.inst.set_repository(repo)?;
+            let note = if deactivated {
+                format!("repository {identity} changed and is no longer active: run pca on it to publish again")
+            } else {
+                format!("repository {identity} saved; run pca on it to prepare, check and activate it")
+            };
+            Ok(json!({"identity": identity.to_string(), "deactivated": deactivated, "message": note}))
         }
         "uploaders" => {
             let uploaders = d.inst.list::<Uploader>(kind::UPLOADER)?;
@@ -495,4 +562,25 @@ fn packaging(d: &Daemon) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(out)
+}
+
+/// A status as one word: ACTIVE, FAILED (its last check), PREPARED, REMOVED.
+fn status_word(s: &config::Status) -> &'static str {
+    match (s.state, &s.checked) {
+        (config::State::Active, _) => "ACTIVE",
+        (_, config::Checked::Failed) => "FAILED",
+        (config::State::Prepared, config::Checked::Changed) => "CHANGED",
+        (config::State::Prepared, _) => "PREPARED",
+        (config::State::Removed, _) => "REMOVED",
+    }
+}
+
+fn checked_word(c: &config::Checked) -> String {
+    match c {
+        config::Checked::Never => "never".into(),
+        config::Checked::Changed => "changed since prepared".into(),
+        config::Checked::Failed => "failed".into(),
+        config::Checked::Reactivate => "activates when a check passes".into(),
+        config::Checked::At(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    }
 }

@@ -70,6 +70,7 @@ const fn opt(name: &'static str, short: Option<char>, kind: Kind, default: Defau
     Arg { name, positional: false, short, kind, default, choices: &[], doc }
 }
 
+const KINDS: &[&str] = &["daemon", "layout", "source", "distribution", "repository", "chroot", "uploader"];
 const REPOSITORIES: Arg =
     opt("repositories", Some('R'), Kind::List, Default::Server, "Repository identities (default: all).");
 const CODENAMES: Arg = opt("codenames", Some('C'), Kind::List, Default::Server, "Codenames (default: all).");
@@ -381,6 +382,48 @@ pub static CALLS: &[Call] = &[
         group: "Developer",
         doc: "Revoke one of your API tokens.",
         args: &[pos("id", "Token id, as token_ls shows it.")],
+    },
+    Call {
+        name: "config_ls",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: false,
+        group: "Administrator",
+        doc: "Every configuration object: its status, why it is not active, what it needs and what needs it.",
+        args: &[],
+    },
+    Call {
+        name: "config_action",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Run a lifecycle action on one configuration object: prepare, check, activate, deactivate, remove (unprepare; data on disk stays), pca (all three), or delete a removed object.",
+        args: &[
+            Arg { choices: KINDS, ..pos("kind", "The object's kind.") },
+            pos("id", "The object's id, as config_ls shows it (e.g. test, bookworm, bookworm:amd64)."),
+            Arg { choices: crate::config::Action::NAMES, ..pos("action", "What to do.") },
+        ],
+    },
+    Call {
+        name: "repository_set",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Create a repository, or change one. A changed repository is deactivated until it is prepared, checked and activated again (config_action pca).",
+        args: &[
+            pos("identity", "Repository identity, e.g. test."),
+            opt(
+                "layout",
+                None,
+                Kind::Str,
+                Default::Value("Default"),
+                "Layout: Default, Default (no rollbacks) or Debian Developer.",
+            ),
+            opt("distributions", None, Kind::List, Default::Required, "Codenames, e.g. bookworm."),
+            opt("allow_unauthenticated_uploads", None, Kind::Bool, Default::Server, "Accept unsigned uploads."),
+        ],
     },
     Call {
         name: "user_add",

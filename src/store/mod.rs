@@ -220,6 +220,14 @@ pub fn list_config<T: DeserializeOwned>(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     kind: &str,
 ) -> Result<Vec<T>> {
+    Ok(list_config_entries(table, kind)?.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Every object of a kind with its id.
+pub fn list_config_entries<T: DeserializeOwned>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    kind: &str,
+) -> Result<Vec<(String, T)>> {
     let mut out = Vec::new();
     for item in table.range((kind, "")..)? {
         let (k, v) = item?;
@@ -227,7 +235,7 @@ pub fn list_config<T: DeserializeOwned>(
         if k_kind != kind {
             break;
         }
-        out.push(decode(&format!("{kind}/{id}"), v.value())?);
+        out.push((id.to_owned(), decode(&format!("{kind}/{id}"), v.value())?));
     }
     Ok(out)
 }

@@ -32,7 +32,7 @@ fn valid_csrf(s: &str) -> bool {
 }
 
 /// Where to go after login: a local path, or an absolute URL on this very host (made local).
-fn safe_next(next: &str, headers: &HeaderMap) -> String {
+pub(super) fn safe_next(next: &str, headers: &HeaderMap) -> String {
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
     let local = if let Some(rest) = next.strip_prefix("http://").or_else(|| next.strip_prefix("https://")) {
         match rest.split_once('/') {

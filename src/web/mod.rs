@@ -4,11 +4,11 @@
 mod events;
 mod files;
 mod login;
+pub mod pages;
 
 use crate::api::{self, ApiError, Args, calls::Origin, registry};
 use crate::auth::{self, Principal};
 use crate::daemon::Daemon;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use warp::http::{HeaderMap, Response, StatusCode};
@@ -26,6 +26,7 @@ pub struct Web {
     pub daemon: Arc<Daemon>,
     pub events: Arc<events::Attached>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub pages: Arc<pages::Templates>,
 }
 
 pub type Body = warp::reply::Response;
@@ -73,7 +74,7 @@ pub fn html_escape(s: &str) -> String {
 
 pub fn html_page(status: StatusCode, title: &str, body_html: &str) -> Body {
     let page = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} — buildbay</title></head><body>\n{body_html}\n</body></html>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} — buildbay</title><link rel=\"stylesheet\" href=\"/static/buildbay.css\"></head><body>\n{body_html}\n</body></html>\n",
         html_escape(title)
     );
     Response::builder()
@@ -160,6 +161,7 @@ async fn api_call(
     web: Web,
 ) -> Result<Body, std::convert::Infallible> {
     let output = query.iter().find(|(k, _)| k == "output").map(|(_, v)| v.clone());
+    let next = query.iter().find(|(k, _)| k == "next").map(|(_, v)| v.clone());
     let wants_html = match output.as_deref() {
         Some(o) => o.starts_with("html"),
         None => headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html")),
@@ -187,8 +189,11 @@ async fn api_call(
             .map_err(|e| ApiError::new(500, format!("call failed: {e}")))?
     }
     .await;
-    Ok(match (result, output.as_deref(), wants_html) {
-        (Ok(v), Some("plain"), _) => {
+    if wants_html {
+        return Ok(pages::call_result(&web, &headers, result, next.as_deref()).await);
+    }
+    Ok(match (result, output.as_deref()) {
+        (Ok(v), Some("plain")) => {
             let text = match &v {
                 serde_json::Value::String(s) => s.clone(),
                 other => serde_json::to_string_pretty(other).unwrap_or_default(),
@@ -198,29 +203,14 @@ async fn api_call(
                 .body(text.into())
                 .unwrap_or_else(|_| empty())
         }
-        (Ok(v), _, true) => {
-            let text = match &v {
-                serde_json::Value::String(s) => s.clone(),
-                other => serde_json::to_string_pretty(other).unwrap_or_default(),
-            };
-            html_page(
-                StatusCode::OK,
-                &name,
-                &format!("<h1>{}</h1>\n<pre>{}</pre>", html_escape(&name), html_escape(&text)),
-            )
-        }
-        (Ok(v), _, false) => json_response(StatusCode::OK, "application/json", &v),
-        (Err(e), _, true) => html_page(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            e.title(),
-            &format!("<h1>{}</h1>\n<p>{}</p>", e.title(), html_escape(&e.detail)),
-        ),
-        (Err(e), _, false) => problem(&e),
+        (Ok(v), _) => json_response(StatusCode::OK, "application/json", &v),
+        (Err(e), _) => problem(&e),
     })
 }
 
-/// The API index: every call with its auth level and arguments, from the registry.
-fn api_index(query: HashMap<String, String>) -> Body {
+/// The API index: every call with its auth level and arguments, from the registry (the API
+/// page renders it as forms; `?output=json` gives it as JSON).
+pub fn api_index_json() -> serde_json::Value {
     let calls: Vec<serde_json::Value> = registry::CALLS
         .iter()
         .map(|c| {
@@ -244,26 +234,7 @@ fn api_index(query: HashMap<String, String>) -> Body {
             })
         })
         .collect();
-    if query.get("output").is_some_and(|o| o == "json") {
-        return json_response(StatusCode::OK, "application/json", &serde_json::json!(calls));
-    }
-    let mut html = String::from(
-        "<h1>API</h1>\n<p>Call as <code>GET /mini_buildd/api/&lt;call&gt;/?&lt;arg&gt;=&lt;value&gt;&amp;output=json</code>, or <code>buildbay api &lt;call&gt;</code>.</p>\n<table><tr><th>call</th><th>auth</th><th>confirm</th><th>arguments</th><th>what it does</th></tr>\n",
-    );
-    for c in registry::CALLS {
-        let args: Vec<String> =
-            c.args.iter().map(|a| if a.positional { a.name.to_owned() } else { a.flag() }).collect();
-        html.push_str(&format!(
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
-            c.name,
-            c.auth.as_str(),
-            if c.confirm { "yes" } else { "" },
-            html_escape(&args.join(" ")),
-            html_escape(c.doc)
-        ));
-    }
-    html.push_str("</table>");
-    html_page(StatusCode::OK, "API", &html)
+    serde_json::json!(calls)
 }
 
 /// Refuse oversized query strings (headers are limited by hyper: 431).
@@ -319,18 +290,21 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         .and(warp::header::headers_cloned())
         .and(with(web.clone()))
         .and_then(api_call);
-    let index = warp::get()
-        .and(warp::path!("mini_buildd" / "api"))
-        .and(warp::query::<HashMap<String, String>>())
-        .map(api_index);
     let root = warp::get()
         .and(warp::path::end())
-        .map(|| warp::redirect::see_other(warp::http::Uri::from_static("/mini_buildd/api/")));
+        .map(|| warp::redirect::see_other(warp::http::Uri::from_static("/mini_buildd/")));
     let log = warp::log::custom(|info| {
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
     });
     limits()
-        .and(api_get.or(api_post).or(index).or(login::routes(web.clone())).or(events::routes(web.clone())).or(root))
+        .and(
+            api_get
+                .or(api_post)
+                .or(login::routes(web.clone()))
+                .or(events::routes(web.clone()))
+                .or(pages::routes(web.clone()))
+                .or(root),
+        )
         .recover(recover)
         .with(log)
 }
@@ -359,7 +333,12 @@ pub async fn serve(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let files = Arc::new(files::Files::new(daemon.inst.store.dir().join("repositories")));
-    let web = Web { daemon, events: Arc::new(events::Attached::default()), shutdown: shutdown.clone() };
+    let web = Web {
+        daemon,
+        events: Arc::new(events::Attached::default()),
+        shutdown: shutdown.clone(),
+        pages: Arc::new(pages::Templates::new()),
+    };
     let routes = routes(web);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stopped = std::pin::pin!(stopped(shutdown));

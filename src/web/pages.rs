@@ -1,0 +1,873 @@
+//! The browser pages: handlebars templates (`templates/`, compiled in) over the data the API
+//! calls answer. Reading goes through `api::calls::execute`, so a page shows exactly what the
+//! API says; every action is a form that posts to the API call, behind a confirmation checkbox.
+//! Templates escape everything they print (`{{…}}`), and no template uses the raw `{{{…}}}`.
+
+use super::{Body, Web, base_url, cookie, empty};
+use crate::api::{self, ApiError, Args, calls::Origin, registry};
+use crate::auth::{self, Principal, Role};
+use crate::config::{self, Kind};
+use crate::daemon::Daemon;
+use crate::events::{self, Event, EventType};
+use handlebars::Handlebars;
+use serde_json::{Value as Json, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use warp::http::{HeaderMap, Response, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+/// Packages per page of a distribution listing.
+pub const PAGE_SIZE: usize = 500;
+/// Events shown on the events page (the newest).
+const EVENTS_SHOWN: usize = 200;
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("layout", include_str!("../../templates/layout.hbs")),
+    ("confirm", include_str!("../../templates/confirm.hbs")),
+    ("events_table", include_str!("../../templates/events_table.hbs")),
+    ("home", include_str!("../../templates/home.hbs")),
+    ("repositories", include_str!("../../templates/repositories.hbs")),
+    ("distribution", include_str!("../../templates/distribution.hbs")),
+    ("source", include_str!("../../templates/source.hbs")),
+    ("builds", include_str!("../../templates/builds.hbs")),
+    ("events", include_str!("../../templates/events.hbs")),
+    ("config", include_str!("../../templates/config.hbs")),
+    ("repository_form", include_str!("../../templates/repository_form.hbs")),
+    ("setup", include_str!("../../templates/setup.hbs")),
+    ("api", include_str!("../../templates/api.hbs")),
+    ("account", include_str!("../../templates/account.hbs")),
+    ("message", include_str!("../../templates/message.hbs")),
+];
+
+const STATIC: &[(&str, &str, &str)] = &[
+    ("buildbay.css", "text/css; charset=utf-8", include_str!("../../templates/static/buildbay.css")),
+    ("buildbay.js", "text/javascript; charset=utf-8", include_str!("../../templates/static/buildbay.js")),
+];
+
+/// One distribution's listing rows: (source, version, component, binaries).
+type Listing = Arc<Vec<(String, String, String, String)>>;
+
+/// The compiled templates, and the distribution listings, reused while the distribution's
+/// published InRelease is unchanged (every change to a distribution republishes it).
+pub struct Templates {
+    hb: Handlebars<'static>,
+    listings: Mutex<HashMap<String, (std::time::SystemTime, Listing)>>,
+}
+
+impl Templates {
+    pub fn new() -> Templates {
+        let mut h = Handlebars::new();
+        h.set_strict_mode(false);
+        for (name, text) in TEMPLATES {
+            // The templates are part of the binary: a broken one is a build defect that the unit
+            // test `every_template_compiles` catches.
+            if let Err(e) = h.register_template_string(name, *text) {
+                tracing::error!("template {name}: {e}");
+            }
+        }
+        h.register_helper("json", Box::new(json_helper));
+        h.register_helper("concat", Box::new(concat_helper));
+        h.register_helper("object", Box::new(object_helper));
+        Templates { hb: h, listings: Mutex::default() }
+    }
+
+    pub fn render(&self, name: &str, ctx: &Json) -> Result<String, handlebars::RenderError> {
+        self.hb.render(name, ctx)
+    }
+
+    /// A distribution's packages, from the cache while its InRelease has not changed.
+    fn listing(&self, d: &Daemon, dist: &crate::deb::Dist) -> Result<Listing, ApiError> {
+        let inrelease = d
+            .inst
+            .store
+            .dir()
+            .join("repositories")
+            .join(dist.repo.as_str())
+            .join("dists")
+            .join(dist.to_string())
+            .join("InRelease");
+        let stamp = std::fs::metadata(&inrelease).and_then(|m| m.modified()).ok();
+        let key = dist.to_string();
+        if let Some(stamp) = stamp
+            && let Some((s, l)) = self.listings.lock().ok().and_then(|m| m.get(&key).cloned())
+            && s == stamp
+        {
+            return Ok(l);
+        }
+        let rows: Vec<(String, String, String, String)> = d
+            .inst
+            .archive()?
+            .list_dist(dist)?
+            .iter()
+            .map(|r| {
+                let mut bins: Vec<String> = r.binaries.iter().map(|b| b.package.to_string()).collect();
+                bins.dedup();
+                (r.source.to_string(), r.version.to_string(), r.component.to_string(), bins.join(", "))
+            })
+            .collect();
+        let rows = Arc::new(rows);
+        if let (Some(stamp), Ok(mut m)) = (stamp, self.listings.lock()) {
+            m.insert(key, (stamp, rows.clone()));
+        }
+        Ok(rows)
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Templates {
+        Templates::new()
+    }
+}
+
+fn json_helper(
+    h: &handlebars::Helper,
+    _: &Handlebars,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let v = h.param(0).map(|p| p.value().clone()).unwrap_or(Json::Null);
+    let text = match v {
+        Json::String(s) => s,
+        other => other.to_string(),
+    };
+    out.write(&handlebars::html_escape(&text))?;
+    Ok(())
+}
+
+handlebars::handlebars_helper!(concat_helper: |*args| {
+    args.iter().map(|a| match a { Json::String(s) => s.clone(), Json::Null => String::new(), o => o.to_string() }).collect::<String>()
+});
+
+handlebars::handlebars_helper!(object_helper: |**kwargs| {
+    Json::Object(kwargs.iter().map(|(k, v)| ((*k).to_owned(), (*v).clone())).collect())
+});
+
+/// Who looks at a page, and what the layout needs to know about the request.
+struct Viewer {
+    who: Principal,
+    csrf: String,
+    /// The csrftoken cookie is new and must be set.
+    new_csrf: bool,
+    path: String,
+    base_url: String,
+}
+
+/// A page: which template, and its data.
+type Page = Result<(&'static str, Json), ApiError>;
+
+fn user_json(who: &Principal) -> Json {
+    json!({
+        "name": who.user,
+        "role": who.role.as_str(),
+        "staff": who.role >= Role::Staff,
+        "admin": who.role >= Role::Admin,
+    })
+}
+
+/// Run an API call as `who` (reading only: pages never change anything themselves).
+fn call(d: &Daemon, who: &Principal, base: &str, name: &str, query: &[(&str, &str)]) -> Result<Json, ApiError> {
+    let c = registry::find(name).ok_or_else(|| ApiError::new(500, format!("no call {name}")))?;
+    api::admit(c, who, d.is_running(), None)?;
+    let args = Args::from_query(c, query.iter().copied())?;
+    api::calls::execute(d, &args, who, &Origin { base_url: base.to_owned() })
+}
+
+fn event_json(e: &Event) -> Json {
+    serde_json::to_value(e).unwrap_or(Json::Null)
+}
+
+fn latest_events(d: &Daemon, keep: impl Fn(&Event) -> bool, n: usize) -> Result<Vec<Event>, ApiError> {
+    let all = events::since(&d.inst.store, None).map_err(|e| ApiError::new(500, e.to_string()))?;
+    Ok(all.into_iter().rev().filter(|e| keep(e)).take(n).collect())
+}
+
+fn fingerprint(d: &Daemon) -> Result<String, ApiError> {
+    Ok(d.inst.daemon()?.and_then(|x| x.key_fingerprint).unwrap_or_default())
+}
+
+fn home(d: &Daemon, v: &Viewer) -> Page {
+    let status = call(d, &v.who, &v.base_url, "status", &[])?;
+    let events: Vec<Json> = latest_events(d, |_| true, 10)?.iter().map(event_json).collect();
+    Ok((
+        "home",
+        json!({"title": "Home", "nav": "home", "status": status, "running": d.is_running(), "events": events, "fingerprint": fingerprint(d)?}),
+    ))
+}
+
+fn repositories(d: &Daemon, v: &Viewer, t: &Templates) -> Page {
+    let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
+    let archive = d.inst.archive()?;
+    let mut repos = Vec::new();
+    for r in d.inst.list::<config::Repository>(config::kind::REPOSITORY)? {
+        let Ok(ctx) = archive.ctx(&r.identity) else { continue };
+        let mut dists = Vec::new();
+        let mut suites = Vec::new();
+        for dist in ctx.all_dists() {
+            if dist.is_rollback() {
+                continue;
+            }
+            let suite = ctx.layout.suite(&dist.suite);
+            let packages = t.listing(d, &dist).map(|l| l.len()).unwrap_or(0);
+            suites.push(dist.to_string());
+            dists.push(json!({
+                "name": dist.to_string(),
+                "uploadable": suite.is_some_and(|s| s.uploadable),
+                "migrates_to": suite.and_then(|s| s.migrates_to.as_ref()).map(|to| crate::deb::Dist::new(dist.codename.clone(), dist.repo.clone(), to.clone()).to_string()),
+                "rollbacks": suite.map_or(0, |s| s.rollback),
+                "packages": packages,
+            }));
+        }
+        let keyring = format!("/etc/apt/keyrings/{identity}.asc");
+        let id = r.identity.to_string();
+        let sources_list = call(
+            d,
+            &v.who,
+            &v.base_url,
+            "sources_list",
+            &[("repositories", &id), ("options", &format!("signed-by={keyring}"))],
+        )?;
+        let components: Vec<String> = ctx
+            .dists
+            .values()
+            .flat_map(|(dist, _)| dist.components.iter().map(|c| c.to_string()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let deb822 = format!(
+            "Types: deb\nURIs: {}/repositories/{id}\nSuites: {}\nComponents: {}\nSigned-By: {keyring}\n",
+            v.base_url,
+            suites.join(" "),
+            components.join(" ")
+        );
+        repos.push(json!({
+            "identity": id,
+            "layout": r.layout,
+            "state": status_label(&r.status),
+            "active": r.status.is_active(),
+            "allow_unauthenticated_uploads": r.allow_unauthenticated_uploads,
+            "dists": dists,
+            "sources_list": sources_list,
+            "sources_deb822": deb822,
+        }));
+    }
+    Ok((
+        "repositories",
+        json!({"title": "Repositories", "nav": "repositories", "repositories": repos, "fingerprint": fingerprint(d)?,
+               "pub_key": d.inst.pub_key().unwrap_or_default(), "base_url": v.base_url}),
+    ))
+}
+
+fn status_label(s: &config::Status) -> &'static str {
+    match (s.state, &s.checked) {
+        (config::State::Active, _) => "active",
+        (_, config::Checked::Failed) => "check failed",
+        (config::State::Prepared, _) => "not active",
+        (config::State::Removed, _) => "removed",
+    }
+}
+
+/// One distribution's packages, filtered by `q` and paged.
+fn distribution(d: &Daemon, t: &Templates, repo: &str, dist: &str, q: &HashMap<String, String>) -> Page {
+    let dist: crate::deb::Dist = dist.parse().map_err(|e| ApiError::new(404, format!("{e}")))?;
+    if dist.repo.as_str() != repo {
+        return Err(ApiError::new(404, format!("{dist} is not in repository {repo}")));
+    }
+    d.inst.archive()?.ctx(&dist.repo)?.check_dist(&dist)?;
+    let all = t.listing(d, &dist)?;
+    let filter = q.get("q").map(|s| s.trim()).unwrap_or("");
+    let matched: Vec<_> = all.iter().filter(|r| filter.is_empty() || r.0.contains(filter)).collect();
+    let pages = matched.len().div_ceil(PAGE_SIZE).max(1);
+    let page = q.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).clamp(1, pages);
+    let packages: Vec<Json> = matched
+        .iter()
+        .skip((page - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+        .map(|(source, version, component, binaries)| {
+            json!({"source": source, "version": version, "component": component, "binaries": binaries})
+        })
+        .collect();
+    Ok((
+        "distribution",
+        json!({"title": dist.to_string(), "nav": "repositories", "dist": dist.to_string(), "repo": repo, "packages": packages,
+               "total": all.len(), "matched": matched.len(), "q": filter, "page": page, "pages": pages,
+               "prev": (page > 1).then(|| page - 1), "next": (page < pages).then(|| page + 1)}),
+    ))
+}
+
+/// The package tracker: a source package in every distribution and rollback, its history and
+/// the actions on it.
+fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
+    let source: crate::deb::PackageName =
+        name.parse().map_err(|e| ApiError::new(404, format!("{e}; source package names are like hello-world")))?;
+    let shown = call(d, &v.who, &v.base_url, "show", &[("source", source.as_str())])?;
+    let mut repos = Vec::new();
+    if let Json::Object(by_repo) = &shown {
+        for (repo, dists) in by_repo {
+            let Json::Object(dists) = dists else { continue };
+            let rows: Vec<Json> = dists
+                .iter()
+                .map(|(dname, e)| {
+                    let rollbacks: Vec<Json> = e["rollbacks"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(rd, re)| json!({"dist": rd, "version": re["version"]})).collect())
+                        .unwrap_or_default();
+                    json!({"name": dname, "version": e.get("version"), "migrates_to": e.get("migrates_to"), "rollbacks": rollbacks})
+                })
+                .collect();
+            repos.push(json!({"repo": repo, "dists": rows}));
+        }
+    }
+    let history = latest_events(d, |e| e.source == source.as_str(), 100)?;
+    let failed: Vec<Json> = history
+        .iter()
+        .filter(|e| matches!(e.kind, EventType::Failed | EventType::Rejected))
+        .map(|e| json!({"type": e.kind.as_str(), "version": e.version, "distribution": e.distribution, "timestamp": events::iso::format(&e.timestamp), "bkey": e.extra.get("key")}))
+        .collect();
+    let subscribed = match &v.who.user {
+        Some(user) => d
+            .inst
+            .list::<Json>(config::kind::SUBSCRIPTION)?
+            .iter()
+            .any(|s| s["user"] == json!(user) && s["source"] == json!(source.as_str())),
+        None => false,
+    };
+    Ok((
+        "source",
+        json!({"title": source.as_str(), "nav": "", "source": source.as_str(), "repositories": repos,
+               "events": history.iter().map(event_json).collect::<Vec<_>>(), "failed": failed, "subscribed": subscribed}),
+    ))
+}
+
+fn builds(d: &Daemon, v: &Viewer) -> Page {
+    let status = call(d, &v.who, &v.base_url, "status", &[])?;
+    let all = events::since(&d.inst.store, None).map_err(|e| ApiError::new(500, e.to_string()))?;
+    let bkey = |e: &Event| e.extra.get("bkey").and_then(Json::as_str).map(str::to_owned);
+    let mut started: HashMap<String, &Event> = HashMap::new();
+    let mut finished = Vec::new();
+    for e in &all {
+        match (e.kind, bkey(e)) {
+            (EventType::Building, Some(k)) => {
+                started.insert(k, e);
+            }
+            (EventType::Built, Some(k)) => {
+                let begun = started.remove(&k);
+                let status = e.extra.get("status").and_then(Json::as_str).unwrap_or("?");
+                let log = e
+                    .extra
+                    .get("buildlog")
+                    .and_then(Json::as_str)
+                    .filter(|l| l.starts_with('/') || l.starts_with("http://") || l.starts_with("https://"));
+                finished.push(json!({
+                    "source": e.source, "version": e.version, "distribution": e.distribution, "arch": e.arch(),
+                    "status": status, "ok": status == "successful",
+                    "duration": begun.map(|b| format!("{} s", (e.timestamp - b.timestamp).num_seconds())),
+                    "timestamp": events::iso::format(&e.timestamp), "log": log,
+                }));
+            }
+            _ => {}
+        }
+    }
+    finished.reverse();
+    finished.truncate(EVENTS_SHOWN);
+    let mut ongoing: Vec<&Event> = started.into_values().collect();
+    ongoing.sort_by_key(|e| e.timestamp);
+    let ongoing: Vec<Json> = ongoing
+        .iter()
+        .map(|e| json!({"source": e.source, "version": e.version, "distribution": e.distribution, "arch": e.arch(), "bkey": bkey(e),
+                        "backend": e.extra.get("backend"), "timestamp": events::iso::format(&e.timestamp)}))
+        .collect();
+    Ok((
+        "builds",
+        json!({"title": "Builds", "nav": "builds", "status": status, "ongoing": ongoing, "finished": finished}),
+    ))
+}
+
+fn events_page(d: &Daemon, q: &HashMap<String, String>) -> Page {
+    let get = |k: &str| q.get(k).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let (t, dist, src) = (get("type"), get("distribution"), get("source"));
+    let shown = latest_events(
+        d,
+        |e| {
+            t.as_deref().is_none_or(|t| e.kind.as_str() == t)
+                && dist.as_deref().is_none_or(|x| e.distribution == x)
+                && src.as_deref().is_none_or(|x| e.source == x)
+        },
+        EVENTS_SHOWN,
+    )?;
+    let types = [
+        EventType::Rejected,
+        EventType::Packaging,
+        EventType::Building,
+        EventType::Built,
+        EventType::Installed,
+        EventType::Failed,
+        EventType::Migrated,
+        EventType::Removed,
+    ]
+    .map(EventType::as_str);
+    Ok((
+        "events",
+        json!({"title": "Events", "nav": "events", "events": shown.iter().map(event_json).collect::<Vec<_>>(), "types": types,
+               "filter": {"type": t, "distribution": dist, "source": src, "any": t.is_some() || dist.is_some() || src.is_some()}}),
+    ))
+}
+
+fn config_page(d: &Daemon, v: &Viewer) -> Page {
+    let objects = call(d, &v.who, &v.base_url, "config_ls", &[])?;
+    let list = objects.as_array().cloned().unwrap_or_default();
+    let kinds: Vec<Json> = Kind::ALL
+        .iter()
+        .map(|k| {
+            let title = match k {
+                Kind::Daemon => "Daemon",
+                Kind::Layout => "Layouts",
+                Kind::Source => "Sources",
+                Kind::Distribution => "Distributions",
+                Kind::Repository => "Repositories",
+                Kind::Chroot => "Chroots",
+                Kind::Uploader => "Uploaders",
+            };
+            let objs: Vec<&Json> = list.iter().filter(|o| o["kind"] == json!(k)).collect();
+            json!({"kind": k, "title": title, "objects": objs})
+        })
+        .collect();
+    Ok(("config", json!({"title": "Configuration", "nav": "config", "kinds": kinds})))
+}
+
+fn repository_form(d: &Daemon, id: Option<&str>) -> Page {
+    let existing = match id {
+        Some(id) => Some(
+            d.inst
+                .get::<config::Repository>(config::kind::REPOSITORY, id)?
+                .ok_or_else(|| ApiError::new(404, format!("no repository {id}; the configuration page lists them")))?,
+        ),
+        None => None,
+    };
+    let layouts: Vec<String> =
+        d.inst.list::<config::LayoutObject>(config::kind::LAYOUT)?.into_iter().map(|l| l.layout.name).collect();
+    let distributions: Vec<Json> = d
+        .inst
+        .list::<config::Distribution>(config::kind::DISTRIBUTION)?
+        .iter()
+        .map(|x| {
+            let checked = existing.as_ref().is_some_and(|r| r.distributions.contains(&x.codename));
+            json!({"name": x.codename.to_string(), "checked": checked})
+        })
+        .collect();
+    let repo = existing.as_ref().map_or_else(|| json!({"layout": "Default"}), |r| json!(r));
+    Ok((
+        "repository_form",
+        json!({"title": "Repository", "nav": "config", "existing": existing.is_some(),
+               "active": existing.as_ref().is_some_and(|r| r.status.is_active()),
+               "repo": repo, "layouts": layouts, "distributions": distributions}),
+    ))
+}
+
+/// The setup page: what `setup` would create or change, object by object, before it runs.
+fn setup_page(d: &Daemon, q: &HashMap<String, String>) -> Page {
+    let get = |k: &str| q.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let ask =
+        json!({"distributions": get("distributions"), "repositories": get("repositories"), "chroots": get("chroots")});
+    let specs = |k: &str| -> Vec<String> {
+        get(k).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    };
+    let objects = d.inst.objects()?;
+    let now = |k: Kind, id: &str| {
+        objects.iter().find(|(oid, o)| o.kind() == k && oid == id).map(|(_, o)| {
+            let what = match o {
+                config::Object::Distribution(x) => format!(
+                    "{}:{}",
+                    x.arches().map(|a| a.as_str()).collect::<Vec<_>>().join("+"),
+                    x.build_backend.as_str()
+                ),
+                config::Object::Repository(x) => {
+                    format!("{}:{}", x.layout, x.distributions.iter().map(|c| c.as_str()).collect::<Vec<_>>().join("+"))
+                }
+                _ => String::new(),
+            };
+            format!("{what} ({})", status_label(o.status()))
+        })
+    };
+    let mut plan = Vec::new();
+    for (k, key) in
+        [(Kind::Distribution, "distributions"), (Kind::Repository, "repositories"), (Kind::Chroot, "chroots")]
+    {
+        for spec in specs(key) {
+            let id = if k == Kind::Chroot { spec.clone() } else { spec.split(':').next().unwrap_or("").to_owned() };
+            let rest =
+                if k == Kind::Chroot { String::new() } else { spec.split_once(':').map_or("", |x| x.1).to_owned() };
+            let (change, current) = match now(k, &id) {
+                None => ("new", "does not exist".to_owned()),
+                Some(c)
+                    if k != Kind::Chroot
+                        && !c.starts_with(&format!("{rest}:"))
+                        && !c.starts_with(&format!("{rest} ")) =>
+                {
+                    ("changed", c)
+                }
+                Some(c) => ("same", c),
+            };
+            let after = match k {
+                Kind::Chroot => "prepared, checked and active (a minute the first time)".to_owned(),
+                _ => format!("{rest} (active)"),
+            };
+            plan.push(json!({"kind": k, "id": id, "now": current, "after": after, "change": change}));
+        }
+    }
+    let mut cli = String::from("buildbay api setup --update all --pca all");
+    for key in ["distributions", "repositories", "chroots"] {
+        let s = specs(key);
+        if !s.is_empty() {
+            cli.push_str(&format!(" --{key} {}", s.join(" ")));
+        }
+    }
+    cli.push_str(" --confirm");
+    Ok(("setup", json!({"title": "Setup", "nav": "setup", "ask": ask, "plan": plan, "cli": cli})))
+}
+
+fn api_page(who: &Principal) -> Page {
+    let mut groups: Vec<&str> = registry::CALLS.iter().map(|c| c.group).collect();
+    groups.sort();
+    groups.dedup();
+    let groups: Vec<Json> = groups
+        .iter()
+        .map(|g| {
+            let calls: Vec<Json> = registry::CALLS
+                .iter()
+                .filter(|c| c.group == *g)
+                .map(|c| {
+                    let args: Vec<Json> = c
+                        .args
+                        .iter()
+                        .map(|a| {
+                            json!({
+                                "name": a.name,
+                                "flag": if a.positional { a.name.to_owned() } else { a.flag() },
+                                "kind": format!("{:?}", a.kind).to_lowercase(),
+                                "required": a.default == registry::Default::Required,
+                                "default": match a.default { registry::Default::Value(v) => v, _ => "" },
+                                "choices": a.choices,
+                                "doc": a.doc,
+                            })
+                        })
+                        .collect();
+                    let mut cli = format!("buildbay api {}", c.name);
+                    for a in c.args.iter().filter(|a| a.default == registry::Default::Required) {
+                        cli.push(' ');
+                        cli.push_str(&if a.positional { a.name.to_uppercase() } else { format!("{} …", a.flag()) });
+                    }
+                    if c.confirm {
+                        cli.push_str(" --confirm");
+                    }
+                    json!({"name": c.name, "doc": c.doc, "auth": c.auth.as_str(), "allowed": who.role >= c.auth,
+                           "changes": c.auth > Role::None || c.confirm, "confirm": c.confirm, "args": args, "cli": cli})
+                })
+                .collect();
+            json!({"name": g, "calls": calls})
+        })
+        .collect();
+    Ok(("api", json!({"title": "API", "nav": "api", "groups": groups})))
+}
+
+fn account(d: &Daemon, v: &Viewer) -> Page {
+    let user = v.who.user.clone().unwrap_or_default();
+    let uploader = d.inst.get::<config::Uploader>(config::kind::UPLOADER, &user)?.map(|u| {
+        json!({"fingerprint": u.fingerprint, "state": status_label(&u.status), "active": u.status.is_active(), "may_upload_to": u.may_upload_to})
+    });
+    let subscriptions: Vec<Json> =
+        d.inst.list::<Json>(config::kind::SUBSCRIPTION)?.into_iter().filter(|s| s["user"] == json!(user)).collect();
+    let tokens: Vec<Json> = auth::list_tokens(&d.inst.store, &user)?
+        .iter()
+        .map(|t| json!({"id": t.id, "label": t.label, "role": t.role.as_str(), "created": t.created.format("%Y-%m-%d %H:%M").to_string()}))
+        .collect();
+    let users: Vec<Json> = if v.who.role >= Role::Admin {
+        auth::list_users(&d.inst.store)?
+            .iter()
+            .map(|u| json!({"name": u.name, "role": u.role.as_str(), "created": u.created.format("%Y-%m-%d").to_string()}))
+            .collect()
+    } else {
+        vec![]
+    };
+    let roles: Vec<&str> =
+        [Role::Login, Role::Staff, Role::Admin].iter().filter(|r| **r <= v.who.role).map(|r| r.as_str()).collect();
+    Ok((
+        "account",
+        json!({"title": "Account", "nav": "account", "uploader": uploader, "subscriptions": subscriptions, "tokens": tokens, "users": users, "roles": roles}),
+    ))
+}
+
+/// Render a page into the layout, with the viewer's identity and CSRF token.
+fn respond(web: &Web, v: &Viewer, status: StatusCode, page: Page) -> Body {
+    let (status, name, mut ctx) = match page {
+        Ok((name, ctx)) => (status, name, ctx),
+        Err(e) => {
+            let login = e.status == 401 || (e.status == 403 && v.who.user.is_none());
+            (
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "message",
+                json!({"title": e.title(), "heading": e.title(), "detail": e.detail, "error": true, "login": login, "back": "/mini_buildd/"}),
+            )
+        }
+    };
+    let identity = web.daemon.inst.daemon().ok().flatten().map(|x| x.identity.to_string()).unwrap_or_default();
+    if let Json::Object(m) = &mut ctx {
+        m.insert("identity".into(), json!(identity));
+        m.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        m.insert("user".into(), user_json(&v.who));
+        m.insert("csrf".into(), json!(v.csrf));
+        m.insert("path".into(), json!(v.path));
+    }
+    let html = match web.pages.render(name, &ctx) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("rendering {name}: {e}");
+            return super::problem(&ApiError::new(500, format!("rendering the page failed: {e}")));
+        }
+    };
+    let mut r = Response::builder()
+        .status(status)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .header("content-security-policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
+        .body(html.into())
+        .unwrap_or_else(|_| empty());
+    if v.new_csrf
+        && let Ok(c) = format!("csrftoken={}; Path=/; SameSite=Lax; Max-Age=31449600", v.csrf).parse()
+    {
+        r.headers_mut().append("set-cookie", c);
+    }
+    r
+}
+
+async fn viewer(web: &Web, headers: &HeaderMap, path: String) -> Result<Viewer, ApiError> {
+    let who = super::principal(web, headers).await?;
+    let existing = cookie(headers, "csrftoken").filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+    Ok(Viewer {
+        who,
+        csrf: existing.map_or_else(auth::random_token, str::to_owned),
+        new_csrf: existing.is_none(),
+        path,
+        base_url: base_url(headers),
+    })
+}
+
+/// Every page, parsed from its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PageId {
+    Home,
+    Repositories,
+    Distribution(String, String),
+    /// `/mini_buildd/sources/?source=…` (the search box).
+    FindSource,
+    Source(String),
+    Builds,
+    Events,
+    Config,
+    Repository(Option<String>),
+    Setup,
+    Api,
+    Account,
+}
+
+impl PageId {
+    fn parse(path: &str) -> Option<PageId> {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        Some(match segs[..] {
+            ["mini_buildd"] => PageId::Home,
+            ["mini_buildd", "repositories"] => PageId::Repositories,
+            ["mini_buildd", "repositories", repo, dist] => PageId::Distribution(repo.into(), dist.into()),
+            ["mini_buildd", "sources"] => PageId::FindSource,
+            ["mini_buildd", "sources", name] => PageId::Source(name.into()),
+            ["mini_buildd", "builds"] => PageId::Builds,
+            ["mini_buildd", "events"] => PageId::Events,
+            ["mini_buildd", "config"] => PageId::Config,
+            ["mini_buildd", "config", "repository", "new"] => PageId::Repository(None),
+            ["mini_buildd", "config", "repository", id] => PageId::Repository(Some(id.into())),
+            ["mini_buildd", "setup"] => PageId::Setup,
+            ["mini_buildd", "api"] => PageId::Api,
+            ["accounts", "profile"] => PageId::Account,
+            _ => return None,
+        })
+    }
+
+    /// Who may see it.
+    fn needs(&self) -> Role {
+        match self {
+            PageId::Config | PageId::Repository(_) | PageId::Setup => Role::Admin,
+            PageId::Account => Role::Login,
+            _ => Role::None,
+        }
+    }
+
+    fn build(&self, d: &Daemon, t: &Templates, v: &Viewer, q: &HashMap<String, String>) -> Page {
+        match self {
+            PageId::Home => home(d, v),
+            PageId::Repositories => repositories(d, v, t),
+            PageId::Distribution(repo, dist) => distribution(d, t, repo, dist, q),
+            PageId::Source(name) => source(d, v, name),
+            PageId::FindSource => Err(ApiError::new(404, "give a source package name")),
+            PageId::Builds => builds(d, v),
+            PageId::Events => events_page(d, q),
+            PageId::Config => config_page(d, v),
+            PageId::Repository(id) => repository_form(d, id.as_deref()),
+            PageId::Setup => setup_page(d, q),
+            PageId::Api => api_page(&v.who),
+            PageId::Account => account(d, v),
+        }
+    }
+}
+
+fn redirect(to: &str) -> Body {
+    Response::builder()
+        .status(StatusCode::SEE_OTHER)
+        .header("location", to)
+        .body(Vec::new().into())
+        .unwrap_or_else(|_| empty())
+}
+
+/// Render one page for this request (the benchmark calls this directly).
+pub async fn page(web: &Web, path: &str, q: HashMap<String, String>, headers: &HeaderMap) -> Option<Body> {
+    let id = PageId::parse(path)?;
+    if id == PageId::Api && q.get("output").is_some_and(|o| o == "json") {
+        return Some(super::json_response(StatusCode::OK, "application/json", &super::api_index_json()));
+    }
+    if id == PageId::FindSource
+        && let Some(name) = q.get("source").map(|s| s.trim()).filter(|s| !s.is_empty())
+    {
+        let clean: String =
+            name.chars().filter(|c| c.is_ascii_alphanumeric() || "+-.".contains(*c)).collect::<String>().to_lowercase();
+        return Some(redirect(&format!("/mini_buildd/sources/{clean}/")));
+    }
+    let v = match viewer(web, headers, path.to_owned()).await {
+        Ok(v) => v,
+        Err(e) => return Some(super::problem(&e)),
+    };
+    let refused = match (id.needs(), v.who.role) {
+        (need, have) if have >= need => None,
+        (_, Role::None) => Some(ApiError::new(401, "this page needs you to log in")),
+        (need, _) => {
+            Some(ApiError::new(403, format!("this page is for the role {}; your account has less", need.as_str())))
+        }
+    };
+    if let Some(e) = refused {
+        return Some(respond(web, &v, StatusCode::OK, Err(e)));
+    }
+    let d = web.daemon.clone();
+    let v2 = Viewer {
+        who: v.who.clone(),
+        csrf: String::new(),
+        new_csrf: false,
+        path: String::new(),
+        base_url: v.base_url.clone(),
+    };
+    let t = web.pages.clone();
+    let page = tokio::task::spawn_blocking(move || id.build(&d, &t, &v2, &q))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(500, format!("the page failed: {e}"))));
+    Some(respond(web, &v, StatusCode::OK, page))
+}
+
+/// The result page of a form posted to an API call (see `web::api_call`): a redirect back to
+/// the form's page, or the answer rendered in the layout.
+pub async fn call_result(web: &Web, headers: &HeaderMap, result: Result<Json, ApiError>, next: Option<&str>) -> Body {
+    let v = match viewer(web, headers, "/mini_buildd/api/".into()).await {
+        Ok(v) => v,
+        Err(e) => return super::problem(&e),
+    };
+    match (result, next) {
+        (Ok(_), Some(next)) => Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header("location", super::login::safe_next(next, headers))
+            .body(Vec::new().into())
+            .unwrap_or_else(|_| empty()),
+        (Ok(value), None) => {
+            let text = match &value {
+                Json::String(s) => s.clone(),
+                other => serde_json::to_string_pretty(other).unwrap_or_default(),
+            };
+            respond(
+                web,
+                &v,
+                StatusCode::OK,
+                Ok((
+                    "message",
+                    json!({"title": "Done", "heading": "Done", "result": text, "back": "/mini_buildd/api/"}),
+                )),
+            )
+        }
+        (Err(e), next) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let login = e.status == 401;
+            let back = next.map(|n| super::login::safe_next(n, headers)).unwrap_or_else(|| "/mini_buildd/api/".into());
+            respond(
+                web,
+                &v,
+                status,
+                Ok((
+                    "message",
+                    json!({"title": e.title(), "heading": e.title(), "detail": e.detail, "error": true, "login": login, "back": back}),
+                )),
+            )
+        }
+    }
+}
+
+fn static_file(name: String) -> Body {
+    match STATIC.iter().find(|(n, _, _)| *n == name) {
+        Some((_, ty, text)) => Response::builder()
+            .header("content-type", *ty)
+            .header("cache-control", "max-age=3600")
+            .body((*text).into())
+            .unwrap_or_else(|_| empty()),
+        None => super::problem(&ApiError::new(404, format!("no static file {name}"))),
+    }
+}
+
+pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let pages = warp::get()
+        .and(warp::path::full())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(super::with(web))
+        .and_then(|p: warp::path::FullPath, q, h: HeaderMap, w: Web| async move {
+            page(&w, p.as_str(), q, &h).await.ok_or_else(warp::reject::not_found)
+        });
+    let statics = warp::get().and(warp::path!("static" / String)).map(static_file);
+    pages.or(statics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_compiles_and_escapes() {
+        let mut h = Handlebars::new();
+        for (name, text) in TEMPLATES {
+            h.register_template_string(name, *text).unwrap_or_else(|e| panic!("template {name}: {e}"));
+            assert!(!text.contains("{{{"), "template {name} prints something unescaped");
+        }
+        let t = Templates::new();
+        let evil = "<script>alert(1)</script>";
+        let ctx = json!({"title": evil, "heading": evil, "detail": evil, "identity": evil, "user": {"name": evil}, "path": "/"});
+        let html = t.render("message", &ctx).expect("render");
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    }
+
+    #[test]
+    fn paths_name_pages_and_their_roles() {
+        assert_eq!(PageId::parse("/mini_buildd/"), Some(PageId::Home));
+        assert_eq!(
+            PageId::parse("/mini_buildd/repositories/test/bookworm-test-unstable/"),
+            Some(PageId::Distribution("test".into(), "bookworm-test-unstable".into()))
+        );
+        assert_eq!(PageId::parse("/mini_buildd/config/repository/new/"), Some(PageId::Repository(None)));
+        assert_eq!(PageId::parse("/mini_buildd/api/migrate/"), None, "API calls are not pages");
+        assert_eq!(PageId::parse("/mini_buildd/setup/").map(|p| p.needs()), Some(Role::Admin));
+        assert_eq!(PageId::parse("/accounts/profile/").map(|p| p.needs()), Some(Role::Login));
+        assert_eq!(PageId::parse("/mini_buildd/sources/hello/").map(|p| p.needs()), Some(Role::None));
+    }
+}
