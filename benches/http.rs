@@ -77,15 +77,7 @@ fn main() {
     let state = tmp.path().join("state");
     let incoming = tmp.path().join("incoming");
     std::fs::create_dir_all(&incoming).expect("mkdir");
-    sh(Command::new(bin).arg("--state").arg(&state).args([
-        "setup",
-        "--identity",
-        "bench",
-        "--distributions",
-        "bookworm:amd64",
-        "--repositories",
-        "test:Default:bookworm",
-    ]));
+    common::setup_bench_state(bin, &state);
     // Enough packages for a Packages.xz of about 1 MiB.
     let n = 3000;
     let changes: Vec<_> = (0..n).map(|i| synth::package(&incoming, i, "1.0~test12+1")).collect();

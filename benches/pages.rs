@@ -30,15 +30,7 @@ fn main() {
     std::fs::create_dir_all(&incoming).expect("mkdir");
     let bin = env!("CARGO_BIN_EXE_buildbay");
     let state = tmp.path().join("state");
-    sh(Command::new(bin).arg("--state").arg(&state).args([
-        "setup",
-        "--identity",
-        "bench",
-        "--distributions",
-        "bookworm:amd64",
-        "--repositories",
-        "test:Default:bookworm",
-    ]));
+    common::setup_bench_state(bin, &state);
     eprintln!("generating and including {n} source packages ...");
     let changes: Vec<_> = (0..n).map(|i| synth::package(&incoming, i, "1.0~test12+1")).collect();
     for chunk in changes.chunks(2000) {

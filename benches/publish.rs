@@ -56,15 +56,7 @@ fn main() {
     let changes: Vec<PathBuf> = (0..n).map(|i| package(&incoming, i, "1.0~test12+1")).collect();
     eprintln!("  {:.1} s", t.elapsed().as_secs_f64());
 
-    sh(Command::new(bin).arg("--state").arg(&state).args([
-        "setup",
-        "--identity",
-        "bench",
-        "--distributions",
-        "bookworm:amd64",
-        "--repositories",
-        "test:Default:bookworm",
-    ]));
+    common::setup_bench_state(bin, &state);
     eprintln!("importing into buildbay ...");
     let t = Instant::now();
     for chunk in changes.chunks(2000) {

@@ -50,6 +50,17 @@ pub enum LifecycleError {
 }
 
 impl Status {
+    /// The status as one word: ACTIVE, FAILED (its last check), CHANGED, PREPARED, REMOVED.
+    pub fn word(&self) -> &'static str {
+        match (self.state, &self.checked) {
+            (State::Active, _) => "ACTIVE",
+            (_, Checked::Failed) => "FAILED",
+            (State::Prepared, Checked::Changed) => "CHANGED",
+            (State::Prepared, _) => "PREPARED",
+            (State::Removed, _) => "REMOVED",
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         self.state == State::Active
     }

@@ -251,19 +251,19 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(Json::Array(
                 objects
                     .iter()
-                    .map(|(id, o)| {
-                        let me = (o.kind(), id.clone());
+                    .zip(&refs)
+                    .map(|((id, o), (me, depends_on))| {
                         let needed_by: Vec<String> =
-                            refs.iter().filter(|(_, deps)| deps.contains(&me)).map(|(r, _)| name(r)).collect();
+                            refs.iter().filter(|(_, deps)| deps.contains(me)).map(|(r, _)| name(r)).collect();
                         let s = o.status();
                         json!({
                             "kind": o.kind(),
                             "id": id,
-                            "state": status_word(s),
+                            "state": s.word(),
                             "active": s.is_active(),
                             "checked": checked_word(&s.checked),
                             "message": s.message,
-                            "depends_on": o.depends_on().iter().map(name).collect::<Vec<_>>(),
+                            "depends_on": depends_on.iter().map(name).collect::<Vec<_>>(),
                             "needed_by": needed_by,
                             "fields": o,
                         })
@@ -282,7 +282,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let o = d.inst.lifecycle(&d.places(), k, &id, action)?;
             let s = o.status();
             Ok(
-                json!({"kind": k, "id": id, "state": status_word(s), "checked": checked_word(&s.checked), "message": s.message}),
+                json!({"kind": k, "id": id, "state": s.word(), "checked": checked_word(&s.checked), "message": s.message}),
             )
         }
         "repository_set" => {
@@ -562,17 +562,6 @@ fn packaging(d: &Daemon) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(out)
-}
-
-/// A status as one word: ACTIVE, FAILED (its last check), PREPARED, REMOVED.
-fn status_word(s: &config::Status) -> &'static str {
-    match (s.state, &s.checked) {
-        (config::State::Active, _) => "ACTIVE",
-        (_, config::Checked::Failed) => "FAILED",
-        (config::State::Prepared, config::Checked::Changed) => "CHANGED",
-        (config::State::Prepared, _) => "PREPARED",
-        (config::State::Removed, _) => "REMOVED",
-    }
 }
 
 fn checked_word(c: &config::Checked) -> String {

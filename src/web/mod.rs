@@ -193,19 +193,21 @@ async fn api_call(
         return Ok(pages::call_result(&web, &headers, result, next.as_deref()).await);
     }
     Ok(match (result, output.as_deref()) {
-        (Ok(v), Some("plain")) => {
-            let text = match &v {
-                serde_json::Value::String(s) => s.clone(),
-                other => serde_json::to_string_pretty(other).unwrap_or_default(),
-            };
-            Response::builder()
-                .header("content-type", "text/plain; charset=utf-8")
-                .body(text.into())
-                .unwrap_or_else(|_| empty())
-        }
+        (Ok(v), Some("plain")) => Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(result_text(&v).into())
+            .unwrap_or_else(|_| empty()),
         (Ok(v), _) => json_response(StatusCode::OK, "application/json", &v),
         (Err(e), _) => problem(&e),
     })
+}
+
+/// A call's answer as text: a string as it is, anything else as pretty JSON.
+pub fn result_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    }
 }
 
 /// The API index: every call with its auth level and arguments, from the registry (the API

@@ -57,7 +57,6 @@ pub struct Templates {
 impl Templates {
     pub fn new() -> Templates {
         let mut h = Handlebars::new();
-        h.set_strict_mode(false);
         for (name, text) in TEMPLATES {
             // The templates are part of the binary: a broken one is a build defect that the unit
             // test `every_template_compiles` catches.
@@ -144,6 +143,7 @@ handlebars::handlebars_helper!(object_helper: |**kwargs| {
 });
 
 /// Who looks at a page, and what the layout needs to know about the request.
+#[derive(Clone)]
 struct Viewer {
     who: Principal,
     csrf: String,
@@ -526,46 +526,34 @@ fn setup_page(d: &Daemon, q: &HashMap<String, String>) -> Page {
     Ok(("setup", json!({"title": "Setup", "nav": "setup", "ask": ask, "plan": plan, "cli": cli})))
 }
 
+/// Every call of the registry as a form: the API index plus what the page needs to know.
 fn api_page(who: &Principal) -> Page {
+    let index = super::api_index_json();
+    let calls: Vec<Json> = registry::CALLS
+        .iter()
+        .zip(index.as_array().into_iter().flatten())
+        .map(|(c, entry)| {
+            let mut cli = format!("buildbay api {}", c.name);
+            for a in c.args.iter().filter(|a| a.default == registry::Default::Required) {
+                cli.push(' ');
+                cli.push_str(&if a.positional { a.name.to_uppercase() } else { format!("{} …", a.flag()) });
+            }
+            if c.confirm {
+                cli.push_str(" --confirm");
+            }
+            let mut entry = entry.clone();
+            entry["allowed"] = json!(who.role >= c.auth);
+            entry["changes"] = json!(c.auth > Role::None || c.confirm);
+            entry["cli"] = json!(cli);
+            entry
+        })
+        .collect();
     let mut groups: Vec<&str> = registry::CALLS.iter().map(|c| c.group).collect();
     groups.sort();
     groups.dedup();
     let groups: Vec<Json> = groups
         .iter()
-        .map(|g| {
-            let calls: Vec<Json> = registry::CALLS
-                .iter()
-                .filter(|c| c.group == *g)
-                .map(|c| {
-                    let args: Vec<Json> = c
-                        .args
-                        .iter()
-                        .map(|a| {
-                            json!({
-                                "name": a.name,
-                                "flag": if a.positional { a.name.to_owned() } else { a.flag() },
-                                "kind": format!("{:?}", a.kind).to_lowercase(),
-                                "required": a.default == registry::Default::Required,
-                                "default": match a.default { registry::Default::Value(v) => v, _ => "" },
-                                "choices": a.choices,
-                                "doc": a.doc,
-                            })
-                        })
-                        .collect();
-                    let mut cli = format!("buildbay api {}", c.name);
-                    for a in c.args.iter().filter(|a| a.default == registry::Default::Required) {
-                        cli.push(' ');
-                        cli.push_str(&if a.positional { a.name.to_uppercase() } else { format!("{} …", a.flag()) });
-                    }
-                    if c.confirm {
-                        cli.push_str(" --confirm");
-                    }
-                    json!({"name": c.name, "doc": c.doc, "auth": c.auth.as_str(), "allowed": who.role >= c.auth,
-                           "changes": c.auth > Role::None || c.confirm, "confirm": c.confirm, "args": args, "cli": cli})
-                })
-                .collect();
-            json!({"name": g, "calls": calls})
-        })
+        .map(|g| json!({"name": g, "calls": calls.iter().filter(|c| c["group"] == json!(g)).collect::<Vec<_>>()}))
         .collect();
     Ok(("api", json!({"title": "API", "nav": "api", "groups": groups})))
 }
@@ -755,13 +743,7 @@ pub async fn page(web: &Web, path: &str, q: HashMap<String, String>, headers: &H
         return Some(respond(web, &v, StatusCode::OK, Err(e)));
     }
     let d = web.daemon.clone();
-    let v2 = Viewer {
-        who: v.who.clone(),
-        csrf: String::new(),
-        new_csrf: false,
-        path: String::new(),
-        base_url: v.base_url.clone(),
-    };
+    let v2 = v.clone();
     let t = web.pages.clone();
     let page = tokio::task::spawn_blocking(move || id.build(&d, &t, &v2, &q))
         .await
@@ -777,16 +759,9 @@ pub async fn call_result(web: &Web, headers: &HeaderMap, result: Result<Json, Ap
         Err(e) => return super::problem(&e),
     };
     match (result, next) {
-        (Ok(_), Some(next)) => Response::builder()
-            .status(StatusCode::SEE_OTHER)
-            .header("location", super::login::safe_next(next, headers))
-            .body(Vec::new().into())
-            .unwrap_or_else(|_| empty()),
+        (Ok(_), Some(next)) => redirect(&super::login::safe_next(next, headers)),
         (Ok(value), None) => {
-            let text = match &value {
-                Json::String(s) => s.clone(),
-                other => serde_json::to_string_pretty(other).unwrap_or_default(),
-            };
+            let text = super::result_text(&value);
             respond(
                 web,
                 &v,

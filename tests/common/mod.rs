@@ -30,6 +30,19 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Set up a state directory with bookworm/amd64 and repository `test` (what the benchmarks use).
+pub fn setup_bench_state(bin: &str, state: &Path) {
+    ok(Command::new(bin).arg("--state").arg(state).args([
+        "setup",
+        "--identity",
+        "bench",
+        "--distributions",
+        "bookworm:amd64",
+        "--repositories",
+        "test:Default:bookworm",
+    ]));
+}
+
 pub struct Instance {
     pub dir: tempfile::TempDir,
 }
