@@ -406,6 +406,51 @@ impl Object {
         }
     }
 
+    /// The object's id in the configuration (`1` for the daemon, which is one of a kind).
+    pub fn id(&self) -> String {
+        match self {
+            Object::Daemon(_) => "1".into(),
+            Object::Layout(o) => o.layout.name.clone(),
+            Object::Source(o) => o.id(),
+            Object::Distribution(o) => o.codename.to_string(),
+            Object::Repository(o) => o.identity.to_string(),
+            Object::Chroot(o) => o.id(),
+            Object::Uploader(o) => o.user.clone(),
+        }
+    }
+
+    /// What an editor shows and takes: every field but the status, as JSON.
+    pub fn fields(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.remove("status");
+        }
+        v
+    }
+
+    /// An object of `kind` from its fields (as [`Object::fields`] gives them) and a status.
+    /// The fields are parsed here, once: a bad name, architecture or codename is refused with
+    /// what is wrong.
+    pub fn from_fields(kind: Kind, fields: serde_json::Value, status: Status) -> Result<Object, String> {
+        let serde_json::Value::Object(mut m) = fields else {
+            return Err(format!("a {kind} is a JSON object of its fields, like {{\"field\": value, …}}"));
+        };
+        m.insert("status".into(), serde_json::to_value(status).map_err(|e| e.to_string())?);
+        let v = serde_json::Value::Object(m);
+        fn de<T: serde::de::DeserializeOwned>(kind: Kind, v: serde_json::Value) -> Result<T, String> {
+            serde_json::from_value(v).map_err(|e| format!("{kind}: {e}"))
+        }
+        Ok(match kind {
+            Kind::Daemon => Object::Daemon(de(kind, v)?),
+            Kind::Layout => Object::Layout(de(kind, v)?),
+            Kind::Source => Object::Source(de(kind, v)?),
+            Kind::Distribution => Object::Distribution(de(kind, v)?),
+            Kind::Repository => Object::Repository(de(kind, v)?),
+            Kind::Chroot => Object::Chroot(de(kind, v)?),
+            Kind::Uploader => Object::Uploader(de(kind, v)?),
+        })
+    }
+
     /// The objects this one needs active before its check can pass.
     pub fn depends_on(&self) -> Vec<ObjRef> {
         match self {

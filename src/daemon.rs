@@ -5,7 +5,7 @@ use crate::auth::LoginLimiter;
 use crate::builder::Builder;
 use crate::events::{Bus, Event};
 use crate::incoming::Incoming;
-use crate::instance::Instance;
+use crate::instance::{Instance, InstanceError};
 use crate::packager::Packager;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +77,7 @@ impl Daemon {
     /// Every step is recorded in redb, so a restarted daemon picks up where this one was.
     pub async fn run_builders(self: std::sync::Arc<Self>) {
         let Some(builder) = self.builder.get() else { return };
+        let mut upgraded = tokio::time::Instant::now();
         loop {
             let mut busy = false;
             if self.is_running() {
@@ -87,6 +88,13 @@ impl Daemon {
                             self.wake();
                         }
                         busy = pass.running > 0;
+                        if let Some(every) = builder.chroot_upgrade
+                            && !busy
+                            && upgraded.elapsed() >= every
+                        {
+                            self.upgrade_chroots(builder).await;
+                            upgraded = tokio::time::Instant::now();
+                        }
                     }
                     Err(e) => tracing::error!("builder pass failed (it is retried): {e}"),
                 }
@@ -97,6 +105,44 @@ impl Daemon {
                 _ = self.build_wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
             }
+        }
+    }
+
+    /// The periodic chroot upgrade: each active chroot's check (apt-get update and dist-upgrade
+    /// in its image), while no build runs and none can start (the builder's turn is held). A
+    /// failed upgrade deactivates the chroot with the reason; it comes back when a check passes.
+    async fn upgrade_chroots(self: &std::sync::Arc<Self>, builder: &Builder) {
+        let _turn = builder.turn.lock().await;
+        let d = self.clone();
+        let done = tokio::task::spawn_blocking(move || -> Result<Vec<crate::config::Object>, InstanceError> {
+            let places = d.places();
+            let active: Vec<String> = d
+                .inst
+                .list::<crate::chroot::Chroot>(crate::config::kind::CHROOT)?
+                .iter()
+                .filter(|c| c.status.is_active())
+                .map(crate::chroot::Chroot::id)
+                .collect();
+            active
+                .iter()
+                .map(|id| d.inst.lifecycle(&places, crate::config::Kind::Chroot, id, crate::config::Action::Check))
+                .collect()
+        })
+        .await;
+        match done {
+            Ok(Ok(chroots)) => {
+                for c in chroots {
+                    let s = c.status();
+                    match &s.message {
+                        None => tracing::info!(chroot = %c.id(), "upgraded the chroot image"),
+                        Some(why) => {
+                            tracing::warn!(chroot = %c.id(), "upgrading the chroot image failed, so it is not active until a check passes: {why}")
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::error!("the chroot upgrade failed (it runs again later): {e}"),
+            Err(e) => tracing::error!("the chroot upgrade failed (it runs again later): {e}"),
         }
     }
 

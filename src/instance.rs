@@ -544,35 +544,76 @@ impl Instance {
         Ok(obj)
     }
 
-    /// Create or change a repository from the configuration page. A change to a prepared one
-    /// marks it changed (an active one stops being active until prepared, checked and activated
-    /// again); the returned flag says whether that happened.
-    pub fn set_repository(&self, repo: Repository) -> Result<bool> {
-        if self.get::<LayoutObject>(kind::LAYOUT, &repo.layout)?.is_none() {
-            return Err(InstanceError::Config(format!(
-                "repository {}: unknown layout {:?}; built in are: Default, Default (no rollbacks), Debian Developer",
-                repo.identity, repo.layout
-            )));
-        }
-        let id = repo.identity.to_string();
-        let (stored, deactivated) = match self.get::<Repository>(kind::REPOSITORY, &id)? {
-            Some(mut old) => {
-                let same = old.layout == repo.layout
-                    && old.distributions == repo.distributions
-                    && old.allow_unauthenticated_uploads == repo.allow_unauthenticated_uploads;
-                let was_active = old.status.is_active();
-                if !same {
-                    old.layout = repo.layout;
-                    old.distributions = repo.distributions;
-                    old.allow_unauthenticated_uploads = repo.allow_unauthenticated_uploads;
-                    old.status.changed();
-                }
-                (old, was_active && !same)
+    /// Create or change one configuration object (the configuration editor, `config_set`,
+    /// `repository_set`). Everything it depends on must exist. A change to a prepared object
+    /// marks it changed, so an active one stops being active until prepared, checked and
+    /// activated again; the returned flag says whether that happened. Saving the same fields
+    /// again changes nothing.
+    pub fn save_object(&self, mut obj: config::Object) -> Result<bool> {
+        use config::Object;
+        let (k, id) = (obj.kind(), obj.id());
+        for (dk, did) in obj.depends_on() {
+            if self.object(dk, &did)?.is_none() {
+                return Err(InstanceError::Config(format!(
+                    "{k} {id} needs {dk} {did:?}, which does not exist; create it first (the configuration page lists what exists)"
+                )));
             }
-            None => (repo, false),
+        }
+        let old = self.object(k, &id)?;
+        match (&mut obj, &old) {
+            (Object::Daemon(new), Some(Object::Daemon(old))) => {
+                if new.identity != old.identity || new.key_algo != old.key_algo {
+                    return Err(InstanceError::Config(
+                        "the daemon's identity and key algorithm are fixed once its key exists; set up a new instance to change them".into(),
+                    ));
+                }
+                new.key_fingerprint = old.key_fingerprint.clone();
+            }
+            (Object::Uploader(new), old) => {
+                let same_key = matches!(old, Some(Object::Uploader(o)) if o.key == new.key);
+                if !same_key {
+                    let certs = crate::gpg::read_keyring(new.key.as_bytes()).map_err(|e| {
+                        InstanceError::Config(format!(
+                            "uploader {id}: not an OpenPGP public key ({e}); paste the ASCII-armored key (gpg --armor --export)"
+                        ))
+                    })?;
+                    let [cert] = &certs[..] else {
+                        return Err(InstanceError::Config(format!(
+                            "uploader {id}: give exactly one key, not {}",
+                            certs.len()
+                        )));
+                    };
+                    new.fingerprint = Some(cert.fingerprint().to_hex());
+                } else if let Some(Object::Uploader(o)) = old {
+                    new.fingerprint = o.fingerprint.clone();
+                }
+            }
+            _ => {}
+        }
+        let deactivated = match &old {
+            Some(old) if old.fields() == obj.fields() => return Ok(false),
+            Some(old) => {
+                *obj.status_mut() = old.status().clone();
+                let was_active = old.status().is_active();
+                obj.status_mut().changed();
+                was_active
+            }
+            None => {
+                *obj.status_mut() = Status::default();
+                false
+            }
         };
-        self.put(kind::REPOSITORY, &id, &stored)?;
+        self.put_object(&id, &obj)?;
         Ok(deactivated)
+    }
+
+    /// Create or change a repository from its form: [`Instance::save_object`], keeping what the
+    /// form does not show (the extra uploader keyrings).
+    pub fn set_repository(&self, mut repo: Repository) -> Result<bool> {
+        if let Some(old) = self.get::<Repository>(kind::REPOSITORY, repo.identity.as_str())? {
+            repo.extra_uploader_keyrings = old.extra_uploader_keyrings;
+        }
+        self.save_object(config::Object::Repository(repo))
     }
 }
 

@@ -143,6 +143,10 @@ struct BuildArgs {
     /// The user builds run as (default: the daemon's own).
     #[arg(long)]
     build_user: Option<String>,
+    /// Upgrade the active chroot images (apt-get update and dist-upgrade inside) every this many
+    /// seconds, at a moment when no build runs. 0: never.
+    #[arg(long, default_value_t = 24 * 3600)]
+    chroot_upgrade_interval: u64,
     /// Where chroot machine images go.
     #[arg(long, default_value = "/var/lib/machines")]
     machines_dir: PathBuf,
@@ -535,10 +539,12 @@ fn serve(
                 machines: build.machines_dir.clone(),
                 schroot_d: build.schroot_dir.clone(),
             },
-            root: state.join("var/builds"),
+            root: state.join(buildbay::builder::BUILDS_DIR),
             incoming: daemon.incoming.dir.clone(),
             exe: std::env::current_exe().context("finding the buildbay binary for build units")?,
             turn: Default::default(),
+            chroot_upgrade: (build.chroot_upgrade_interval > 0)
+                .then(|| std::time::Duration::from_secs(build.chroot_upgrade_interval)),
         };
         tracing::info!(slots = builder.limits.slots, "builder ready");
         if daemon.builder.set(builder).is_err() {

@@ -76,8 +76,10 @@ fn login(url: &str, user: &str, password: &str) -> Result<String, String> {
 #[test]
 fn real_mini_buildd_client_and_apt_over_http() {
     let inst = Instance::new("ed25519");
-    let pkg = make_pkg(inst.dir.path(), "bbapi", "1.0~test12+1");
-    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    for v in ["0.9~test12+1", "1.0~test12+1"] {
+        let pkg = make_pkg(inst.dir.path(), "bbapi", v);
+        inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().unwrap()]);
+    }
     let offline_key = inst.ok(&["pub-key"]);
     let s = serve(&inst);
 
@@ -102,6 +104,17 @@ fn real_mini_buildd_client_and_apt_over_http() {
     let ls: serde_json::Value = serde_json::from_str(&mbd(&["ls", &s.url, "bbapi"])).unwrap();
     assert_eq!(ls["test"]["bookworm-test-unstable"]["version"], "1.0~test12+1");
     assert_eq!(ls["test"]["bookworm-test-unstable"]["architecture"], "source");
+
+    // debdiff of two pool versions, through mini-buildd's client: by default the newest against
+    // the one below it.
+    let diff = mbd(&["debdiff", &s.url, "bbapi", "test"]);
+    assert!(diff.contains("-bbapi (0.9~test12+1)") && diff.contains("+bbapi (1.0~test12+1)"), "{diff}");
+    let same = mbd(&["debdiff", &s.url, "bbapi", "test", "-a", "1.0~test12+1", "-b", "1.0~test12+1"]);
+    assert!(!same.contains("+bbapi ("), "a version against itself has no changelog difference: {same}");
+    let (code, _, body) =
+        curl(&[&format!("{}/mini_buildd/api/debdiff/?source=bbapi&repository=test&versiona=0.1&output=json", s.url)]);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("bbapi 0.1 is not in repository test"), "{body}");
 
     // apt: the key from pub_key, the line from sources_list (with Signed-By as its option).
     let keyfile = inst.dir.path().join("pub_key.asc");
@@ -363,4 +376,67 @@ fn events_long_poll_and_sse() {
         run(Command::new("timeout").args(["10", "mini-buildd-events", "-A", before, "-E", "MIGRATED", "--", &s.url]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("MIGRATED") && text.contains("bbevent"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `config_set`: any object from its JSON fields, parsed once; a change to an active object
+/// deactivates it and says so; saving it unchanged changes nothing; bad fields are refused with
+/// what is wrong, and nothing is stored then.
+#[test]
+fn config_set_saves_objects_from_their_fields() {
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let s = serve(&inst);
+    let set = |kind: &str, json: &str| upload::api_as(&s.url, "admin", &["config_set", kind, json]);
+    let answer = |out: &std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON answer")
+    };
+    let ls = || -> serde_json::Value {
+        serde_json::from_slice(&upload::api_as(&s.url, "admin", &["config_ls"]).stdout).expect("config_ls")
+    };
+    let find = |all: &serde_json::Value, kind: &str, id: &str| {
+        all.as_array().into_iter().flatten().find(|o| o["kind"] == kind && o["id"] == id).cloned()
+    };
+
+    // The distribution from setup is active; its fields as config_ls shows them.
+    let before = find(&ls(), "distribution", "bookworm").expect("bookworm");
+    assert_eq!(before["state"], "ACTIVE", "{before}");
+    let mut fields = before["fields"].clone();
+    assert!(fields.get("status").is_none(), "the status is not a field: {fields}");
+    let same = answer(&set("distribution", &fields.to_string()));
+    assert_eq!(same["deactivated"], false, "{same}");
+    assert_eq!(find(&ls(), "distribution", "bookworm").unwrap()["state"], "ACTIVE", "unchanged stays active");
+    fields["build_network"] = serde_json::json!(true);
+    let changed = answer(&set("distribution", &fields.to_string()));
+    assert_eq!(changed["deactivated"], true, "{changed}");
+    assert!(changed["message"].as_str().unwrap().contains("run pca"), "{changed}");
+    let after = find(&ls(), "distribution", "bookworm").unwrap();
+    assert_eq!(after["state"], "CHANGED", "{after}");
+    assert_eq!(after["fields"]["build_network"], true);
+
+    // Bad fields: refused with the reason; nothing stored.
+    for (kind, json, why) in [
+        ("distribution", "{not json", "not JSON"),
+        ("chroot", r#"{"codename": "bookworm", "arch": "amd 64", "mirror": "http://x"}"#, "amd 64"),
+        ("chroot", r#"{"codename": "bookworm", "arch": "amd64"}"#, "missing field `mirror`"),
+        (
+            "repository",
+            r#"{"identity": "x2", "layout": "Nope", "distributions": ["bookworm"], "allow_unauthenticated_uploads": false, "extra_uploader_keyrings": []}"#,
+            "needs layout \"Nope\", which does not exist",
+        ),
+        ("uploader", r#"{"user": "u", "key": "not a key", "may_upload_to": []}"#, "not an OpenPGP public key"),
+    ] {
+        let out = set(kind, json);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{kind} {json}: {err}");
+    }
+    let all = ls();
+    assert!(find(&all, "repository", "x2").is_none() && find(&all, "uploader", "u").is_none(), "{all}");
+
+    // A new source; renaming by mistake is refused.
+    let src = r#"{"origin": "Debian", "codename": "trixie", "codeversion": "13", "components": ["main"], "architectures": ["amd64"]}"#;
+    assert_eq!(answer(&set("source", src))["id"], "Debian:trixie");
+    let out = upload::api_as(&s.url, "admin", &["config_set", "source", src, "--id", "Debian:sid"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to rename, create Debian:trixie and delete Debian:sid"));
+    assert_eq!(find(&ls(), "source", "Debian:trixie").unwrap()["state"], "REMOVED");
 }

@@ -1,8 +1,9 @@
 //! The browser pages in Debian's chromium (headless), driven by playwright-core
 //! (`tests/browser/pages.mjs`, installed by `tests/run.sh` with npm): an admin logs in, creates a
-//! repository on the configuration pages and runs PCA on it; a package is included with the CLI;
-//! the admin finds it on the tracker page and migrates it with the confirmation while a second
-//! tab sees MIGRATED arrive live. An anonymous visitor is refused every admin page and action,
+//! repository on the configuration pages and runs PCA on it, creates a source from its JSON
+//! fields and is told plainly what is wrong with bad ones; a package is included with the CLI;
+//! the admin finds it on the tracker page, reads the debdiff to its previous version and migrates
+//! it with the confirmation while a second tab sees MIGRATED arrive live. An anonymous visitor is refused every admin page and action,
 //! and hostile text in an upload is shown as text. Screenshots go to `docs/screenshots/`.
 
 mod common;
@@ -14,6 +15,8 @@ use std::process::Command;
 const PASSWORD: &str = "browser-test-pw";
 /// The package the CLI includes (with the appendix repository `web`'s unstable suite wants).
 const VERSION: &str = "1.0~web12+1";
+/// The version before it (in unstable's rollback after VERSION comes; the tracker's debdiff).
+const OLD: &str = "0.9~web12+1";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -75,13 +78,15 @@ fn an_admin_and_a_visitor_in_chromium() {
     assert!(server.stop(), "the daemon stops cleanly");
     assert!(inst.state().join("repositories/web/dists/bookworm-web-unstable/InRelease").exists());
 
-    // 3: include a package with the CLI.
-    let pkg = common::make_pkg(inst.dir.path(), "webpkg", VERSION);
-    inst.ok(&["repo", "include", "bookworm-web-unstable", pkg.to_str().expect("utf-8")]);
+    // 3: include a package with the CLI (two versions: the older goes to the rollback).
+    for v in [OLD, VERSION] {
+        let pkg = common::make_pkg(inst.dir.path(), "webpkg", v);
+        inst.ok(&["repo", "include", "bookworm-web-unstable", pkg.to_str().expect("utf-8")]);
+    }
 
     // 4–5: tracker, migrate with confirmation, MIGRATED live on the events page.
     let server = serve(&inst, port);
-    let source = [("BB_SOURCE", "webpkg".to_owned()), ("BB_VERSION", VERSION.to_owned())];
+    let source = [("BB_SOURCE", "webpkg".to_owned()), ("BB_VERSION", VERSION.to_owned()), ("BB_OLD", OLD.to_owned())];
     phase("tracker", &server, &source);
     // The daemon holds the state directory; its API answers.
     let ls = ok(Command::new("curl")

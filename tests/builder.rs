@@ -26,6 +26,12 @@ fn serve(inst: &Instance, ports: (u16, u16), extra: &[&str]) -> Server {
     Server::start(inst.cmd(&args))
 }
 
+/// GET a URL with curl, for at most `secs` seconds (a stream is cut off then), as text.
+fn curl(url: &str, secs: u32) -> String {
+    let out = Command::new("curl").args(["-sN", "--max-time", &secs.to_string(), url]).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn walk_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -116,6 +122,14 @@ fn sbuild_on_a_machine_image_chroot() {
     let logs = walk_named(&inst.state().join("spool"), "bbhello_1.0~test12+1_amd64.buildlog");
     let log = std::fs::read_to_string(&logs[0]).expect("buildlog");
     assert!(log.contains("Status: successful") && log.contains("dpkg-buildpackage"), "{log}");
+    // The build log is served where the BUILT event and the builds page point.
+    let served = curl(
+        &format!("{}/mini_buildd/events-dir/{}", srv.url, built[0]["extra"]["buildlog"].as_str().expect("log")),
+        10,
+    );
+    assert!(served.contains("Status: successful") && served.contains("dpkg-buildpackage"), "{served}");
+    let page = curl(&format!("{}/mini_buildd/builds/", srv.url), 10);
+    assert!(page.contains("bbhello") && page.contains("/mini_buildd/events-dir/bbhello/"), "{page}");
     let pool = walk_named(&inst.state().join("repositories/test/pool"), "bbhello_1.0~test12+1_all.deb");
     assert_eq!(pool.len(), 1);
     let key = dir.path().join("archive.asc");
@@ -144,10 +158,20 @@ fn sbuild_on_a_machine_image_chroot() {
         assert!(start.elapsed() < BUILD_WAIT, "the long build never reached its build step");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // While it runs: the builds page lists it with its live log, and the log follows over SSE.
+    let page = curl(&format!("{}/mini_buildd/builds/", srv.url), 10);
+    assert!(page.contains(&format!("data-log-follow=\"/mini_buildd/events-dir/{bkey}/buildlog?follow=1\"")), "{page}");
+    let live = format!("{}/mini_buildd/events-dir/{bkey}/buildlog?follow=1", srv.url);
+    let tail = curl(&live, 3);
+    assert!(tail.contains("event:log") || tail.contains("event: log"), "no log events: {tail}");
+    assert!(tail.contains("sleep 6071"), "the live tail shows the build step: {tail}");
+    assert!(!tail.contains("event:end") && !tail.contains("event: end"), "the build is still running: {tail}");
     let out = api_as(&srv.url, "admin", &["cancel", &bkey]);
     assert!(out.status.success(), "cancel: {}", String::from_utf8_lossy(&out.stderr));
     let failed = wait_event(&srv.url, "bbsleep", "FAILED", BUILD_WAIT);
     assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("canceled by admin"), "{failed}");
+    let ended = curl(&live, 30);
+    assert!(ended.contains("event:end") || ended.contains("event: end"), "the tail ends with the build: {ended}");
     let build_dir = inst.state().join("var/builds").join(&bkey);
     let left = wait_gone(&build_dir.display().to_string(), Duration::from_secs(10));
     assert!(left.is_empty(), "processes of the canceled build survived: {left:?}");
@@ -171,5 +195,32 @@ fn sbuild_on_a_machine_image_chroot() {
     let failed = wait_event(&srv.url, "bbendless", "FAILED", BUILD_WAIT);
     assert!(failed["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("RuntimeMaxSec=20s"), "{failed}");
     assert!(wait_gone("sleep 6072", Duration::from_secs(10)).is_empty(), "the stopped build's sleep survived");
+    assert!(srv.stop());
+
+    // 6. The periodic image upgrade: with nothing building, the active chroot is checked again
+    //    (apt-get update and dist-upgrade in its image), and stays active.
+    let chroot = |url: &str| -> serde_json::Value {
+        let out = api_as(url, "admin", &["config_ls"]);
+        assert!(out.status.success(), "config_ls: {}", String::from_utf8_lossy(&out.stderr));
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config_ls is JSON");
+        all.as_array().into_iter().flatten().find(|o| o["kind"] == "chroot").cloned().expect("the chroot")
+    };
+    let srv = serve(&inst, ports, &["--chroot-upgrade-interval", "2"]);
+    let before = chroot(&srv.url)["checked"].clone();
+    let start = Instant::now();
+    let after = loop {
+        let now = chroot(&srv.url);
+        if now["checked"] != before {
+            break now;
+        }
+        assert!(start.elapsed() < BUILD_WAIT, "the chroot was never upgraded: still checked at {before}");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    println!(
+        "periodic upgrade: checked {before} -> {}, after {:.1} s",
+        after["checked"],
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(after["state"], "ACTIVE", "{after}");
     assert!(srv.stop());
 }

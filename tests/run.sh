@@ -26,9 +26,10 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # systemd-container (systemd-nspawn) boots the containers of tests/systemd_builds.rs and
 # tests/appliance/, which also builds buildbay's own .deb (debhelper), checks it with lintian, and
 # debootstraps the tree it installs it into.
-# The browser test (tests/browser.rs): Debian's chromium, driven by playwright-core from npm.
+# The browser test (tests/browser.rs): Debian's chromium, driven by playwright-core from npm;
+# devscripts for the debdiff call.
 TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
-      debhelper lintian debootstrap chromium)
+      debhelper lintian debootstrap chromium devscripts)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 

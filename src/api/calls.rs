@@ -6,7 +6,7 @@ use crate::auth::{self, Principal, Role};
 use crate::chroot::Chroot;
 use crate::config::{self, LayoutObject, Repository, Uploader, kind};
 use crate::daemon::Daemon;
-use crate::deb::{Codename, Dist, PackageName, SnapshotName, Version};
+use crate::deb::{Codename, Dist, PackageName, RepoId, SnapshotName, Version};
 use crate::events::Event;
 use crate::instance::{InstanceError, SetupOptions};
 use serde_json::{Value as Json, json};
@@ -33,6 +33,7 @@ impl From<ArchiveError> for ApiError {
             ArchiveError::UnknownRepository(_)
             | ArchiveError::UnknownDistribution { .. }
             | ArchiveError::NotFound(..)
+            | ArchiveError::NoSuchVersion { .. }
             | ArchiveError::NoSnapshot(..) => 404,
             ArchiveError::Store(_) | ArchiveError::Publish(_) | ArchiveError::Io { .. } => 500,
             _ => 400,
@@ -210,6 +211,14 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(Json::Object(out))
         }
         "ls" | "show" => ls(d, args, args.call.name == "show"),
+        "debdiff" => {
+            let source: PackageName = args.require("source")?;
+            let repo: RepoId = args.require("repository")?;
+            let (a, b): (Option<Version>, Option<Version>) = (args.parse("versiona")?, args.parse("versionb")?);
+            // mini-buildd answers the diff's text.
+            let (_, _, diff) = archive()?.debdiff(&repo, &source, a.as_ref(), b.as_ref())?;
+            Ok(Json::String(diff))
+        }
         "migrate" => {
             let source: PackageName = args.require("source")?;
             let dist: Dist = args.require("distribution")?;
@@ -265,7 +274,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                             "message": s.message,
                             "depends_on": depends_on.iter().map(name).collect::<Vec<_>>(),
                             "needed_by": needed_by,
-                            "fields": o,
+                            "fields": o.fields(),
                         })
                     })
                     .collect(),
@@ -285,6 +294,22 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 json!({"kind": k, "id": id, "state": s.word(), "checked": checked_word(&s.checked), "message": s.message}),
             )
         }
+        "config_set" => {
+            let k: config::Kind = args.require("kind")?;
+            let text: String = args.require("object")?;
+            let fields: Json = serde_json::from_str(&text)
+                .map_err(|e| ApiError::bad_request(format!("object: not JSON ({e}); config_ls shows the fields")))?;
+            let obj =
+                config::Object::from_fields(k, fields, config::Status::default()).map_err(ApiError::bad_request)?;
+            let id = obj.id();
+            if let Some(asked) = args.str("id").filter(|a| *a != id) {
+                return Err(ApiError::bad_request(format!(
+                    "the fields name {k} {id}, not {asked}; to rename, create {id} and delete {asked}"
+                )));
+            }
+            let deactivated = d.inst.save_object(obj)?;
+            Ok(json!({"kind": k, "id": id, "deactivated": deactivated, "message": saved_note(k, &id, deactivated)}))
+        }
         "repository_set" => {
             let identity: crate::deb::RepoId = args.require("identity")?;
             let distributions: Vec<Codename> = args
@@ -301,11 +326,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 status: config::Status::default(),
             };
             let deactivated = d.inst.set_repository(repo)?;
-            let note = if deactivated {
-                format!("repository {identity} changed and is no longer active: run pca on it to publish again")
-            } else {
-                format!("repository {identity} saved; run pca on it to prepare, check and activate it")
-            };
+            let note = saved_note(config::Kind::Repository, identity.as_str(), deactivated);
             Ok(json!({"identity": identity.to_string(), "deactivated": deactivated, "message": note}))
         }
         "uploaders" => {
@@ -562,6 +583,15 @@ fn packaging(d: &Daemon) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(out)
+}
+
+/// What saving an object did, and what to do next.
+fn saved_note(k: config::Kind, id: &str, deactivated: bool) -> String {
+    if deactivated {
+        format!("{k} {id} changed and is no longer active: run pca on it to activate it again")
+    } else {
+        format!("{k} {id} saved; run pca on it to prepare, check and activate it")
+    }
 }
 
 fn checked_word(c: &config::Checked) -> String {

@@ -187,6 +187,26 @@ pub static CALLS: &[Call] = &[
         args: LS_ARGS,
     },
     Call {
+        name: "debdiff",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "debdiff of two versions of a source package in a repository's pool (default: the newest against the one below it).",
+        args: &[
+            SOURCE,
+            pos("repository", "Repository identity."),
+            opt(
+                "versiona",
+                Some('a'),
+                Kind::Str,
+                Default::Server,
+                "The older version (default: the newest below versionb).",
+            ),
+            opt("versionb", Some('b'), Kind::Str, Default::Server, "The newer version (default: the newest)."),
+        ],
+    },
+    Call {
         name: "migrate",
         auth: Role::Staff,
         needs_running: false,
@@ -403,6 +423,28 @@ pub static CALLS: &[Call] = &[
             Arg { choices: KINDS, ..pos("kind", "The object's kind.") },
             pos("id", "The object's id, as config_ls shows it (e.g. test, bookworm, bookworm:amd64)."),
             Arg { choices: crate::config::Action::NAMES, ..pos("action", "What to do.") },
+        ],
+    },
+    Call {
+        name: "config_set",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Create or change any configuration object from its fields as JSON (config_ls shows them). Its id comes from the fields. A changed object that was active is deactivated until it is prepared, checked and activated again; the answer says so.",
+        args: &[
+            Arg { choices: KINDS, ..pos("kind", "The object's kind.") },
+            Arg {
+                kind: Kind::Multiline,
+                ..pos("object", "The object's fields as JSON, e.g. {\"codename\": \"bookworm\", …}.")
+            },
+            opt(
+                "id",
+                None,
+                Kind::Str,
+                Default::Server,
+                "When changing: the object's id, which the fields must keep (a guard against creating a second object by mistake).",
+            ),
         ],
     },
     Call {

@@ -78,6 +78,12 @@ pub enum ArchiveError {
     SnapshotExists(SnapshotName, Dist),
     #[error("snapshot {0} of {1} does not exist")]
     NoSnapshot(SnapshotName, Dist),
+    #[error("{package} {version} is not in repository {repo}; `ls {package}` lists its versions")]
+    NoSuchVersion { package: PackageName, version: Version, repo: RepoId },
+    #[error("repository {1} holds fewer than two versions of {0}: nothing to compare")]
+    NothingToCompare(PackageName, RepoId),
+    #[error("debdiff failed: {0}; install Debian's devscripts package, which provides it")]
+    Debdiff(String),
 }
 
 pub type Result<T> = std::result::Result<T, ArchiveError>;
@@ -780,6 +786,55 @@ impl<'a> Archive<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// `debdiff` of two versions of a source package in a repository's pool. Without versions:
+    /// `b` is the newest, `a` the newest one below `b`. Returns (a, b, the diff).
+    pub fn debdiff(
+        &self,
+        repo: &RepoId,
+        source: &PackageName,
+        a: Option<&Version>,
+        b: Option<&Version>,
+    ) -> Result<(Version, Version, String)> {
+        let mut held: Vec<(Version, Component)> =
+            self.ls(repo, source)?.into_iter().map(|e| (e.version, e.component)).collect();
+        held.sort_by(|x, y| y.0.cmp(&x.0));
+        held.dedup_by(|x, y| x.0 == y.0);
+        let find = |v: &Version| {
+            held.iter().find(|(h, _)| h == v).cloned().ok_or_else(|| ArchiveError::NoSuchVersion {
+                package: source.clone(),
+                version: v.clone(),
+                repo: repo.clone(),
+            })
+        };
+        let nothing = || ArchiveError::NothingToCompare(source.clone(), repo.clone());
+        let b = match b {
+            Some(v) => find(v)?,
+            None => held.first().cloned().ok_or_else(nothing)?,
+        };
+        let a = match a {
+            Some(v) => find(v)?,
+            None => held.iter().find(|(h, _)| *h < b.0).cloned().ok_or_else(nothing)?,
+        };
+        let dsc = |(v, c): &(Version, Component)| {
+            self.repo_root(repo).join(format!(
+                "pool/{c}/{}/{source}/{source}_{}.dsc",
+                source.pool_prefix(),
+                v.without_epoch()
+            ))
+        };
+        let out = std::process::Command::new("debdiff")
+            .arg(dsc(&a))
+            .arg(dsc(&b))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| ArchiveError::Debdiff(e.to_string()))?;
+        // debdiff exits 0 for no differences and 1 for differences.
+        match out.status.code() {
+            Some(0 | 1) => Ok((a.0, b.0, String::from_utf8_lossy(&out.stdout).into_owned())),
+            _ => Err(ArchiveError::Debdiff(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))),
+        }
     }
 
     /// All source packages of a distribution.

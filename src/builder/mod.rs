@@ -104,6 +104,18 @@ pub struct Job {
     pub started: chrono::DateTime<chrono::Utc>,
 }
 
+/// Every build the table knows: running, and finished but not yet collected.
+pub fn jobs(store: &store::Store) -> std::result::Result<Vec<Job>, StoreError> {
+    let tx = store.read()?;
+    let t = tx.open_table(BUILDS)?;
+    let mut out = Vec::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        out.push(store::decode::<Job>(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
 /// Who runs build commands.
 pub enum Runner {
     Systemd(Systemd),
@@ -144,6 +156,12 @@ pub fn unit_name(bkey: &str) -> String {
     s
 }
 
+/// Where the build directories are, under the state directory.
+pub const BUILDS_DIR: &str = "var/builds";
+
+/// The live output of a build, in its directory.
+pub const LIVE_LOG: &str = "buildlog";
+
 pub struct Builder {
     pub runner: Runner,
     pub limits: Limits,
@@ -154,8 +172,12 @@ pub struct Builder {
     pub incoming: PathBuf,
     /// The running binary, for `builder-exec`.
     pub exe: PathBuf,
-    /// Held by `pass` and `cancel`: only one of them collects a build's result.
+    /// Held by `pass` and `cancel`: only one of them collects a build's result. The periodic
+    /// chroot upgrade holds it too, so no build starts on an image while it changes.
     pub turn: tokio::sync::Mutex<()>,
+    /// How often active chroot images are upgraded (their check: apt-get update and
+    /// dist-upgrade inside), when no build runs. `None`: never.
+    pub chroot_upgrade: Option<std::time::Duration>,
 }
 
 /// What one builder pass did.
@@ -232,14 +254,7 @@ impl Builder {
 
     /// Every build row.
     pub fn jobs(&self, inst: &Instance) -> Result<Vec<Job>> {
-        let tx = inst.store.read()?;
-        let t = tx.open_table(BUILDS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push(store::decode::<Job>(k.value(), v.value())?);
-        }
-        Ok(out)
+        Ok(jobs(&inst.store)?)
     }
 
     fn put_job(tx: &redb::WriteTransaction, job: &Job) -> Result<()> {
@@ -383,7 +398,7 @@ impl Builder {
         // The relay: `buildbay builder-exec --build-log … [--result …] -- sbuild …`.
         let relay = |result: bool| -> Vec<String> {
             let mut argv = vec![self.exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
-            argv.push(dir.join("buildlog").display().to_string());
+            argv.push(dir.join(LIVE_LOG).display().to_string());
             if result {
                 argv.extend(["--result".to_owned(), dir.join("result").display().to_string()]);
             }
@@ -466,7 +481,8 @@ impl Builder {
             .with("architecture", job.arch.as_str())
             .with("bkey", job.bkey.as_str())
             .with("status", result.status.as_str())
-            .with("buildlog", result.buildlog.as_str());
+            .with("buildlog", result.buildlog.as_str())
+            .with("duration", (chrono::Utc::now() - job.started).num_seconds());
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         event.record(&tx)?;

@@ -173,7 +173,7 @@ pub fn result(inst: &Instance, job: &Job, ended: &Ended, limits: &Limits, incomi
     let base = format!("{}_{}_mini-buildd-buildresult_{}", job.source, version, job.arch);
     let log_name = format!("{}_{}_{}.buildlog", job.source, version, job.arch);
     let tar_name = format!("{base}.changes.tar");
-    let log_text = std::fs::read_to_string(dir.join("buildlog")).unwrap_or_default();
+    let log_text = std::fs::read_to_string(dir.join(super::LIVE_LOG)).unwrap_or_default();
     let mut log_out = log_text.clone();
     let fields = sbuild_fields(&log_text);
     let mut status = fields.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone()).unwrap_or("error".into());

@@ -1,6 +1,6 @@
 //! Events (mini-buildd §5.6): what happened to a package, persisted in redb and logged to the journal.
 
-use crate::store::{self, EVENTS, Result};
+use crate::store::{self, EVENTS, EVENTS_BY_SOURCE, Result};
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, WriteTransaction};
 
@@ -72,6 +72,7 @@ impl Event {
             seq += 1;
         }
         t.insert((micros, seq), store::encode(self).as_slice())?;
+        tx.open_table(EVENTS_BY_SOURCE)?.insert((self.source.as_str(), micros, seq), ())?;
         Ok(())
     }
 
@@ -174,18 +175,59 @@ pub fn since(store: &store::Store, after: Option<DateTime<Utc>>) -> Result<Vec<E
     Ok(out)
 }
 
+/// The newest `n` events that `keep` accepts, newest first. Reads backwards and stops there.
+pub fn newest(store: &store::Store, n: usize, keep: impl Fn(&Event) -> bool) -> Result<Vec<Event>> {
+    let tx = store.read()?;
+    let t = tx.open_table(EVENTS)?;
+    let mut out = Vec::new();
+    for item in t.range::<(u64, u32)>(..)?.rev() {
+        if out.len() >= n {
+            break;
+        }
+        let (k, v) = item?;
+        let e: Event = store::decode(&format!("event {:?}", k.value()), v.value())?;
+        if keep(&e) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// The newest `n` events of one source package, newest first (through the source index).
+pub fn of_source(store: &store::Store, source: &str, n: usize) -> Result<Vec<Event>> {
+    let tx = store.read()?;
+    let index = tx.open_table(EVENTS_BY_SOURCE)?;
+    let events = tx.open_table(EVENTS)?;
+    let mut out = Vec::new();
+    for item in index.range((source, 0, 0)..=(source, u64::MAX, u32::MAX))?.rev().take(n) {
+        let (k, _) = item?;
+        let (_, micros, seq) = k.value();
+        if let Some(v) = events.get((micros, seq))? {
+            out.push(store::decode(&format!("event {micros}/{seq}"), v.value())?);
+        }
+    }
+    Ok(out)
+}
+
 /// Delete events older than `before`; returns how many.
 pub fn expire(store: &store::Store, before: DateTime<Utc>) -> Result<usize> {
     let until = before.timestamp_micros().max(0) as u64;
     let tx = store.write()?;
     let n = {
         let mut t = tx.open_table(EVENTS)?;
-        let keys: Vec<(u64, u32)> =
-            t.range(..(until, 0))?.map(|i| i.map(|(k, _)| k.value())).collect::<std::result::Result<_, _>>()?;
-        for k in &keys {
-            t.remove(k)?;
+        let mut index = tx.open_table(EVENTS_BY_SOURCE)?;
+        // An undecodable event still expires; it just has no index entry to remove.
+        let old: Vec<((u64, u32), Option<Event>)> = t
+            .range(..(until, 0))?
+            .map(|i| i.map(|(k, v)| (k.value(), serde_json::from_slice(v.value()).ok())))
+            .collect::<std::result::Result<_, _>>()?;
+        for ((micros, seq), e) in &old {
+            t.remove((*micros, *seq))?;
+            if let Some(e) = e {
+                index.remove((e.source.as_str(), *micros, *seq))?;
+            }
         }
-        keys.len()
+        old.len()
     };
     tx.commit()?;
     Ok(n)
@@ -274,5 +316,68 @@ impl Bus {
 impl Default for Bus {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> (std::path::PathBuf, store::Store) {
+        let dir = std::env::temp_dir().join(format!("bb-events-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = store::Store::open(&dir).expect("store");
+        (dir, s)
+    }
+
+    fn put(s: &store::Store, source: &str, version: &str, secs: i64) {
+        let mut e = Event::new(EventType::Installed, "bookworm-test-unstable", source, version);
+        e.timestamp = DateTime::from_timestamp(secs, 0).expect("time");
+        let tx = s.write().unwrap();
+        e.record(&tx).unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn newest_and_per_source_read_backwards_and_expire_cleans_the_index() {
+        let (dir, s) = store("newest");
+        for i in 0..10 {
+            put(&s, if i % 3 == 0 { "rare" } else { "common" }, &format!("1.{i}"), 1_000 + i);
+        }
+        let newest: Vec<String> = newest(&s, 3, |_| true).unwrap().into_iter().map(|e| e.version).collect();
+        assert_eq!(newest, ["1.9", "1.8", "1.7"]);
+        let rare: Vec<String> = of_source(&s, "rare", 10).unwrap().into_iter().map(|e| e.version).collect();
+        assert_eq!(rare, ["1.9", "1.6", "1.3", "1.0"]);
+        assert_eq!(of_source(&s, "rar", 10).unwrap().len(), 0, "a prefix of a name is another source");
+        assert_eq!(expire(&s, DateTime::from_timestamp(1_004, 0).unwrap()).unwrap(), 4);
+        let rare: Vec<String> = of_source(&s, "rare", 10).unwrap().into_iter().map(|e| e.version).collect();
+        assert_eq!(rare, ["1.9", "1.6"]);
+        let tx = s.read().unwrap();
+        assert_eq!(
+            redb::ReadableTableMetadata::len(&tx.open_table(EVENTS_BY_SOURCE).unwrap()).unwrap(),
+            6,
+            "expired events leave the index"
+        );
+        drop(tx);
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn schema_1_state_gets_its_events_indexed() {
+        let (dir, s) = store("migrate");
+        put(&s, "old", "1.0", 1_000);
+        put(&s, "old", "1.1", 1_001);
+        // Make it look like schema 1: no index yet.
+        let tx = s.write().unwrap();
+        tx.delete_table(EVENTS_BY_SOURCE).unwrap();
+        tx.open_table(store::META).unwrap().insert("schema_version", 1).unwrap();
+        tx.commit().unwrap();
+        drop(s);
+        let s = store::Store::open(&dir).unwrap();
+        assert_eq!(s.schema_version().unwrap(), store::SCHEMA_VERSION);
+        assert_eq!(of_source(&s, "old", 10).unwrap().len(), 2);
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

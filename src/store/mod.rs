@@ -9,7 +9,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::path::{Path, PathBuf};
 
 /// Bump on every incompatible change, and add a step to [`Store::migrate`].
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `(kind, id)` → JSON of a configuration object.
@@ -36,6 +36,8 @@ pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("session
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// `(timestamp µs, seq)` → JSON event.
 pub const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
+/// `(source, timestamp µs, seq)` → (): the events of one source package (schema 2).
+pub const EVENTS_BY_SOURCE: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("events_by_source");
 /// Spool id → JSON `incoming::Upload` (the queue of uploads and build results).
 pub const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
 /// `.changes` file name → spool id of its latest claim (to recognise leftovers after a crash).
@@ -129,7 +131,11 @@ impl Store {
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(StoreError::TooNew { path: self.dir.clone(), found: v });
                 }
-                // Future: `Some(1) => migrate_1_to_2(&tx)?`, one step per version.
+                Some(1) => {
+                    index_events_by_source(&tx)?;
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                // Future: `Some(2) => migrate_2_to_3(&tx)?`, one step per version.
                 _ => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
@@ -141,6 +147,7 @@ impl Store {
             tx.open_table(POOL_REFS)?;
             tx.open_table(DIRTY)?;
             tx.open_table(EVENTS)?;
+            tx.open_table(EVENTS_BY_SOURCE)?;
             tx.open_table(UPLOADS)?;
             tx.open_table(CLAIMED)?;
             tx.open_table(PENDING)?;
@@ -165,6 +172,23 @@ impl Store {
     pub fn write(&self) -> Result<redb::WriteTransaction> {
         Ok(self.db.begin_write()?)
     }
+}
+
+/// Schema 1 → 2: index the stored events by source package.
+fn index_events_by_source(tx: &redb::WriteTransaction) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Source {
+        source: String,
+    }
+    let events = tx.open_table(EVENTS)?;
+    let mut index = tx.open_table(EVENTS_BY_SOURCE)?;
+    for item in events.iter()? {
+        let (k, v) = item?;
+        let (micros, seq) = k.value();
+        let e: Source = decode(&format!("event {micros}/{seq}"), v.value())?;
+        index.insert((e.source.as_str(), micros, seq), ())?;
+    }
+    Ok(())
 }
 
 /// Decode a JSON record.

@@ -117,26 +117,13 @@ impl Root {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            let v = u8::from_str_radix(h, 16).ok()?;
-            // An encoded slash or NUL is never a file name.
-            if v == b'/' || v == 0 {
-                return None;
-            }
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+pub(super) fn percent_decode(s: &str) -> Option<String> {
+    // An encoded slash or NUL is never a file name.
+    let lower = s.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%00") {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 fn etag(meta: &std::fs::Metadata) -> String {

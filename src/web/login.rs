@@ -1,30 +1,15 @@
 //! Django-compatible login (what mini-buildd's client scripts): a `csrftoken` cookie from
 //! `GET /accounts/login/`, a form POST, a redirect to `next` with the `sessionid` cookie.
 
-use super::{Web, cookie, html_escape, html_page};
+use super::{Web, cookie, html_page};
 use crate::auth;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use warp::http::{HeaderMap, Response, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-fn login_form(status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -> super::Body {
-    let err = error.map(|e| format!("<p role=\"alert\"><strong>{}</strong></p>\n", html_escape(e))).unwrap_or_default();
-    let body = format!(
-        "<h1>Log in</h1>\n{err}<form method=\"post\" action=\"/accounts/login/\">\n\
-         <input type=\"hidden\" name=\"csrfmiddlewaretoken\" value=\"{}\">\n\
-         <input type=\"hidden\" name=\"next\" value=\"{}\">\n\
-         <p><label for=\"id_username\">User name</label> <input id=\"id_username\" name=\"username\" autocomplete=\"username\" required></p>\n\
-         <p><label for=\"id_password\">Password</label> <input id=\"id_password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></p>\n\
-         <p><button type=\"submit\">Log in</button></p>\n</form>",
-        html_escape(csrf),
-        html_escape(next)
-    );
-    let mut r = html_page(status, "Log in", &body);
-    if let Ok(v) = format!("csrftoken={csrf}; Path=/; SameSite=Lax; Max-Age=31449600").parse() {
-        r.headers_mut().append("set-cookie", v);
-    }
-    r
+fn login_form(web: &Web, status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -> super::Body {
+    super::pages::login_page(web, status, csrf, next, error)
 }
 
 fn valid_csrf(s: &str) -> bool {
@@ -65,6 +50,7 @@ async fn post_login(
     let fresh = || auth::random_token();
     if let Some(wait) = web.daemon.limiter.locked(ip) {
         let mut r = login_form(
+            &web,
             StatusCode::TOO_MANY_REQUESTS,
             &csrf_cookie.clone().unwrap_or_else(fresh),
             &next,
@@ -77,6 +63,7 @@ async fn post_login(
     }
     let Some(csrf) = csrf_cookie.filter(|c| form.get("csrfmiddlewaretoken") == Some(c)) else {
         return Ok(login_form(
+            &web,
             StatusCode::FORBIDDEN,
             &fresh(),
             &next,
@@ -110,7 +97,7 @@ async fn post_login(
         Ok(Ok(None)) => {
             web.daemon.limiter.failed(ip);
             tracing::info!(%ip, "failed login");
-            Ok(login_form(StatusCode::OK, &csrf, &next, Some("Wrong user name or password.")))
+            Ok(login_form(&web, StatusCode::OK, &csrf, &next, Some("Wrong user name or password.")))
         }
         Ok(Err(e)) => Ok(super::problem(&crate::api::ApiError::new(500, e.to_string()))),
         Err(e) => Ok(super::problem(&crate::api::ApiError::new(500, e.to_string()))),
@@ -122,12 +109,14 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         .and(warp::path!("accounts" / "login"))
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
-        .map(|q: HashMap<String, String>, headers: HeaderMap| {
+        .and(super::with(web.clone()))
+        .map(|q: HashMap<String, String>, headers: HeaderMap, web: Web| {
             let csrf = cookie(&headers, "csrftoken")
                 .filter(|c| valid_csrf(c))
                 .map(str::to_owned)
                 .unwrap_or_else(auth::random_token);
-            login_form(StatusCode::OK, &csrf, &safe_next(q.get("next").map_or("/", String::as_str), &headers), None)
+            let next = safe_next(q.get("next").map_or("/", String::as_str), &headers);
+            login_form(&web, StatusCode::OK, &csrf, &next, None)
         });
     let post = warp::post()
         .and(warp::path!("accounts" / "login"))

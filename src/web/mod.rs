@@ -1,6 +1,7 @@
 //! The HTTP face: repository delivery for apt, mini-buildd's API wire contract, its login flow,
 //! and the event streams. Everything blocking runs on tokio's blocking pool.
 
+mod buildlog;
 mod events;
 mod files;
 mod login;
@@ -190,7 +191,9 @@ async fn api_call(
     }
     .await;
     if wants_html {
-        return Ok(pages::call_result(&web, &headers, result, next.as_deref()).await);
+        let back = query.iter().find(|(k, _)| k == "back").map(|(_, v)| v.as_str());
+        let answer = pages::Answer { call: name.trim_end_matches('/'), next: next.as_deref(), back };
+        return Ok(pages::call_result(&web, &headers, result, answer).await);
     }
     Ok(match (result, output.as_deref()) {
         (Ok(v), Some("plain")) => Response::builder()
@@ -304,6 +307,7 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
                 .or(api_post)
                 .or(login::routes(web.clone()))
                 .or(events::routes(web.clone()))
+                .or(buildlog::routes(web.clone()))
                 .or(pages::routes(web.clone()))
                 .or(root),
         )

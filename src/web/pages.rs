@@ -37,6 +37,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("api", include_str!("../../templates/api.hbs")),
     ("account", include_str!("../../templates/account.hbs")),
     ("message", include_str!("../../templates/message.hbs")),
+    ("login", include_str!("../../templates/login.hbs")),
+    ("object_form", include_str!("../../templates/object_form.hbs")),
 ];
 
 const STATIC: &[(&str, &str, &str)] = &[
@@ -178,8 +180,7 @@ fn event_json(e: &Event) -> Json {
 }
 
 fn latest_events(d: &Daemon, keep: impl Fn(&Event) -> bool, n: usize) -> Result<Vec<Event>, ApiError> {
-    let all = events::since(&d.inst.store, None).map_err(|e| ApiError::new(500, e.to_string()))?;
-    Ok(all.into_iter().rev().filter(|e| keep(e)).take(n).collect())
+    events::newest(&d.inst.store, n, keep).map_err(|e| ApiError::new(500, e.to_string()))
 }
 
 fn fingerprint(d: &Daemon) -> Result<String, ApiError> {
@@ -315,14 +316,51 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
                     json!({"name": dname, "version": e.get("version"), "migrates_to": e.get("migrates_to"), "rollbacks": rollbacks})
                 })
                 .collect();
-            repos.push(json!({"repo": repo, "dists": rows}));
+            let mut versions: Vec<crate::deb::Version> = rows
+                .iter()
+                .flat_map(|r| {
+                    let rb = r["rollbacks"].as_array().into_iter().flatten().map(|x| &x["version"]);
+                    std::iter::once(&r["version"]).chain(rb)
+                })
+                .filter_map(|v| v.as_str()?.parse().ok())
+                .collect();
+            versions.sort_by(|a, b| b.cmp(a));
+            versions.dedup();
+            let back = format!("/mini_buildd/sources/{source}/");
+            let debdiffs: Vec<Json> = versions
+                .windows(2)
+                .take(5)
+                .map(|w| {
+                    let q = serde_urlencoded::to_string([
+                        ("source", source.as_str()),
+                        ("repository", repo.as_str()),
+                        ("versiona", &w[1].to_string()),
+                        ("versionb", &w[0].to_string()),
+                        ("output", "html"),
+                        ("back", &back),
+                    ])
+                    .unwrap_or_default();
+                    json!({"a": w[1], "b": w[0], "href": format!("/mini_buildd/api/debdiff/?{q}")})
+                })
+                .collect();
+            repos.push(json!({"repo": repo, "dists": rows, "debdiffs": debdiffs}));
         }
     }
-    let history = latest_events(d, |e| e.source == source.as_str(), 100)?;
+    let history =
+        events::of_source(&d.inst.store, source.as_str(), 100).map_err(|e| ApiError::new(500, e.to_string()))?;
     let failed: Vec<Json> = history
         .iter()
         .filter(|e| matches!(e.kind, EventType::Failed | EventType::Rejected))
         .map(|e| json!({"type": e.kind.as_str(), "version": e.version, "distribution": e.distribution, "timestamp": events::iso::format(&e.timestamp), "bkey": e.extra.get("key")}))
+        .collect();
+    let built: Vec<Json> = history
+        .iter()
+        .filter(|e| e.kind == EventType::Built)
+        .map(|e| {
+            let status = e.extra.get("status").and_then(Json::as_str).unwrap_or("?");
+            json!({"version": e.version, "distribution": e.distribution, "arch": e.arch(), "status": status, "ok": status == "successful",
+                   "timestamp": events::iso::format(&e.timestamp), "log_href": e.extra.get("buildlog").and_then(Json::as_str).map(log_url)})
+        })
         .collect();
     let subscribed = match &v.who.user {
         Some(user) => d
@@ -335,47 +373,47 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
     Ok((
         "source",
         json!({"title": source.as_str(), "nav": "", "source": source.as_str(), "repositories": repos,
-               "events": history.iter().map(event_json).collect::<Vec<_>>(), "failed": failed, "subscribed": subscribed}),
+               "events": history.iter().map(event_json).collect::<Vec<_>>(), "failed": failed, "builds": built, "subscribed": subscribed}),
     ))
+}
+
+/// Where a build log is served, from its `<bkey>/<name>` (the BUILT event's `buildlog`).
+fn log_url(rel: &str) -> String {
+    format!("/mini_buildd/events-dir/{rel}")
 }
 
 fn builds(d: &Daemon, v: &Viewer) -> Page {
     let status = call(d, &v.who, &v.base_url, "status", &[])?;
-    let all = events::since(&d.inst.store, None).map_err(|e| ApiError::new(500, e.to_string()))?;
-    let bkey = |e: &Event| e.extra.get("bkey").and_then(Json::as_str).map(str::to_owned);
-    let mut started: HashMap<String, &Event> = HashMap::new();
-    let mut finished = Vec::new();
-    for e in &all {
-        match (e.kind, bkey(e)) {
-            (EventType::Building, Some(k)) => {
-                started.insert(k, e);
-            }
-            (EventType::Built, Some(k)) => {
-                let begun = started.remove(&k);
-                let status = e.extra.get("status").and_then(Json::as_str).unwrap_or("?");
-                let log = e
-                    .extra
-                    .get("buildlog")
-                    .and_then(Json::as_str)
-                    .filter(|l| l.starts_with('/') || l.starts_with("http://") || l.starts_with("https://"));
-                finished.push(json!({
-                    "source": e.source, "version": e.version, "distribution": e.distribution, "arch": e.arch(),
-                    "status": status, "ok": status == "successful",
-                    "duration": begun.map(|b| format!("{} s", (e.timestamp - b.timestamp).num_seconds())),
-                    "timestamp": events::iso::format(&e.timestamp), "log": log,
-                }));
-            }
-            _ => {}
-        }
-    }
-    finished.reverse();
-    finished.truncate(EVENTS_SHOWN);
-    let mut ongoing: Vec<&Event> = started.into_values().collect();
-    ongoing.sort_by_key(|e| e.timestamp);
-    let ongoing: Vec<Json> = ongoing
+    let finished: Vec<Json> = latest_events(d, |e| e.kind == EventType::Built, EVENTS_SHOWN)?
         .iter()
-        .map(|e| json!({"source": e.source, "version": e.version, "distribution": e.distribution, "arch": e.arch(), "bkey": bkey(e),
-                        "backend": e.extra.get("backend"), "timestamp": events::iso::format(&e.timestamp)}))
+        .map(|e| {
+            let status = e.extra.get("status").and_then(Json::as_str).unwrap_or("?");
+            json!({
+                "source": e.source, "version": e.version, "distribution": e.distribution, "arch": e.arch(),
+                "status": status, "ok": status == "successful",
+                "duration": e.extra.get("duration").and_then(Json::as_i64).map(|s| format!("{s} s")),
+                "timestamp": events::iso::format(&e.timestamp),
+                "log_href": e.extra.get("buildlog").and_then(Json::as_str).map(log_url),
+            })
+        })
+        .collect();
+    let mut running: Vec<crate::builder::Job> = crate::builder::jobs(&d.inst.store)?
+        .into_iter()
+        .filter(|j| j.state != crate::builder::JobState::Finished)
+        .collect();
+    running.sort_by_key(|j| j.started);
+    let backend = |dist: &str| -> Option<&'static str> {
+        let codename = dist.parse::<crate::deb::Dist>().ok()?.codename;
+        let x = d.inst.get::<config::Distribution>(config::kind::DISTRIBUTION, codename.as_str()).ok()??;
+        Some(x.build_backend.as_str())
+    };
+    let ongoing: Vec<Json> = running
+        .iter()
+        .map(|j| {
+            json!({"source": j.source, "version": j.version, "distribution": j.distribution, "arch": j.arch, "bkey": j.bkey,
+                   "backend": backend(&j.distribution), "timestamp": events::iso::format(&j.started),
+                   "log_href": log_url(&format!("{}/{}", j.bkey, crate::builder::LIVE_LOG))})
+        })
         .collect();
     Ok((
         "builds",
@@ -428,8 +466,16 @@ fn config_page(d: &Daemon, v: &Viewer) -> Page {
                 Kind::Chroot => "Chroots",
                 Kind::Uploader => "Uploaders",
             };
-            let objs: Vec<&Json> = list.iter().filter(|o| o["kind"] == json!(k)).collect();
-            json!({"kind": k, "title": title, "objects": objs})
+            let objs: Vec<Json> = list
+                .iter()
+                .filter(|o| o["kind"] == json!(k))
+                .map(|o| {
+                    let mut o = o.clone();
+                    o["edit"] = json!(edit_url(*k, o["id"].as_str().unwrap_or_default()));
+                    o
+                })
+                .collect();
+            json!({"kind": k, "title": title, "objects": objs, "creatable": *k != Kind::Daemon})
         })
         .collect();
     Ok(("config", json!({"title": "Configuration", "nav": "config", "kinds": kinds})))
@@ -461,6 +507,70 @@ fn repository_form(d: &Daemon, id: Option<&str>) -> Page {
         json!({"title": "Repository", "nav": "config", "existing": existing.is_some(),
                "active": existing.as_ref().is_some_and(|r| r.status.is_active()),
                "repo": repo, "layouts": layouts, "distributions": distributions}),
+    ))
+}
+
+/// Where a configuration object's form is.
+fn edit_url(k: Kind, id: &str) -> String {
+    format!(
+        "/mini_buildd/config/{k}/{}/",
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// The fields of a new object of a kind, to start from.
+fn example(k: Kind) -> Json {
+    match k {
+        Kind::Daemon => json!({}),
+        Kind::Layout => json!({"layout": {"name": "Custom", "suites": []}}),
+        Kind::Source => {
+            json!({"origin": "Debian", "codename": "trixie", "codeversion": "13", "codeversion_override": null,
+                               "components": ["main"], "architectures": ["amd64"]})
+        }
+        Kind::Distribution => json!({"codename": "trixie", "base_source": "Debian:trixie",
+                                     "architectures": [{"arch": "amd64", "optional": false, "build_architecture_all": true}],
+                                     "components": ["main"], "build_backend": "sbuild", "build_network": false}),
+        Kind::Repository => json!({}),
+        Kind::Chroot => json!({"codename": "trixie", "arch": "amd64", "mirror": crate::chroot::DEFAULT_MIRROR}),
+        Kind::Uploader => {
+            json!({"user": "NAME", "key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\n…", "may_upload_to": ["test"]})
+        }
+    }
+}
+
+/// Any configuration object's form: its fields as JSON, saved by `config_set`.
+fn object_form(d: &Daemon, k: Kind, id: Option<&str>) -> Page {
+    let existing = match id {
+        Some(id) => Some(d.inst.object(k, id)?.ok_or_else(|| {
+            ApiError::new(404, format!("there is no {k} {id}; the configuration page lists the objects"))
+        })?),
+        None if k == Kind::Daemon => {
+            return Err(ApiError::new(400, "there is one daemon object; set it up with `buildbay setup`"));
+        }
+        None => None,
+    };
+    let fields = match (&existing, k) {
+        (Some(o), _) => o.fields(),
+        // A new layout starts as a copy of the default one.
+        (None, Kind::Layout) => d.inst.object(k, "Default")?.map_or_else(
+            || example(k),
+            |o| {
+                let mut f = o.fields();
+                f["layout"]["name"] = json!("Custom");
+                f
+            },
+        ),
+        (None, _) => example(k),
+    };
+    let text = serde_json::to_string_pretty(&fields).unwrap_or_default();
+    let needs: Vec<String> =
+        existing.as_ref().map(|o| o.depends_on().iter().map(|(k, i)| format!("{k} {i}")).collect()).unwrap_or_default();
+    Ok((
+        "object_form",
+        json!({"title": format!("{k} {}", id.unwrap_or("(new)")), "nav": "config", "kind": k, "id": id,
+               "existing": existing.is_some(), "active": existing.as_ref().is_some_and(|o| o.status().is_active()),
+               "state": existing.as_ref().map(|o| o.status().word()), "fields": text,
+               "rows": text.lines().count().clamp(6, 40), "needs": needs}),
     ))
 }
 
@@ -629,6 +739,18 @@ fn respond(web: &Web, v: &Viewer, status: StatusCode, page: Page) -> Body {
     r
 }
 
+/// The login form in the layout, with the CSRF token it was given (the caller sets its cookie).
+pub fn login_page(web: &Web, status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -> Body {
+    let v = Viewer {
+        who: Principal::anonymous(),
+        csrf: csrf.to_owned(),
+        new_csrf: true,
+        path: "/accounts/login/".into(),
+        base_url: String::new(),
+    };
+    respond(web, &v, status, Ok(("login", json!({"title": "Log in", "nav": "login", "next": next, "error": error}))))
+}
+
 async fn viewer(web: &Web, headers: &HeaderMap, path: String) -> Result<Viewer, ApiError> {
     let who = super::principal(web, headers).await?;
     let existing = cookie(headers, "csrftoken").filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -653,7 +775,8 @@ enum PageId {
     Builds,
     Events,
     Config,
-    Repository(Option<String>),
+    /// A configuration object's form: `None` makes a new one.
+    Object(Kind, Option<String>),
     Setup,
     Api,
     Account,
@@ -671,8 +794,10 @@ impl PageId {
             ["mini_buildd", "builds"] => PageId::Builds,
             ["mini_buildd", "events"] => PageId::Events,
             ["mini_buildd", "config"] => PageId::Config,
-            ["mini_buildd", "config", "repository", "new"] => PageId::Repository(None),
-            ["mini_buildd", "config", "repository", id] => PageId::Repository(Some(id.into())),
+            ["mini_buildd", "config", kind, "new"] => PageId::Object(kind.parse().ok()?, None),
+            ["mini_buildd", "config", kind, id] => {
+                PageId::Object(kind.parse().ok()?, Some(super::files::percent_decode(id)?))
+            }
             ["mini_buildd", "setup"] => PageId::Setup,
             ["mini_buildd", "api"] => PageId::Api,
             ["accounts", "profile"] => PageId::Account,
@@ -683,7 +808,7 @@ impl PageId {
     /// Who may see it.
     fn needs(&self) -> Role {
         match self {
-            PageId::Config | PageId::Repository(_) | PageId::Setup => Role::Admin,
+            PageId::Config | PageId::Object(..) | PageId::Setup => Role::Admin,
             PageId::Account => Role::Login,
             _ => Role::None,
         }
@@ -699,7 +824,8 @@ impl PageId {
             PageId::Builds => builds(d, v),
             PageId::Events => events_page(d, q),
             PageId::Config => config_page(d, v),
-            PageId::Repository(id) => repository_form(d, id.as_deref()),
+            PageId::Object(Kind::Repository, id) => repository_form(d, id.as_deref()),
+            PageId::Object(k, id) => object_form(d, *k, id.as_deref()),
             PageId::Setup => setup_page(d, q),
             PageId::Api => api_page(&v.who),
             PageId::Account => account(d, v),
@@ -751,14 +877,24 @@ pub async fn page(web: &Web, path: &str, q: HashMap<String, String>, headers: &H
     Some(respond(web, &v, StatusCode::OK, page))
 }
 
-/// The result page of a form posted to an API call (see `web::api_call`): a redirect back to
+/// Where a form's answer goes: the call, the page to go back to after a change (`next`), and
+/// the page a shown answer links back to (`back`).
+pub struct Answer<'a> {
+    pub call: &'a str,
+    pub next: Option<&'a str>,
+    pub back: Option<&'a str>,
+}
+
+/// The result page of a form sent to an API call (see `web::api_call`): a redirect back to
 /// the form's page, or the answer rendered in the layout.
-pub async fn call_result(web: &Web, headers: &HeaderMap, result: Result<Json, ApiError>, next: Option<&str>) -> Body {
+pub async fn call_result(web: &Web, headers: &HeaderMap, result: Result<Json, ApiError>, a: Answer<'_>) -> Body {
     let v = match viewer(web, headers, "/mini_buildd/api/".into()).await {
         Ok(v) => v,
         Err(e) => return super::problem(&e),
     };
-    match (result, next) {
+    let back =
+        a.next.or(a.back).map(|n| super::login::safe_next(n, headers)).unwrap_or_else(|| "/mini_buildd/api/".into());
+    match (result, a.next) {
         (Ok(_), Some(next)) => redirect(&super::login::safe_next(next, headers)),
         (Ok(value), None) => {
             let text = super::result_text(&value);
@@ -766,16 +902,12 @@ pub async fn call_result(web: &Web, headers: &HeaderMap, result: Result<Json, Ap
                 web,
                 &v,
                 StatusCode::OK,
-                Ok((
-                    "message",
-                    json!({"title": "Done", "heading": "Done", "result": text, "back": "/mini_buildd/api/"}),
-                )),
+                Ok(("message", json!({"title": a.call, "heading": a.call, "result": text, "back": back}))),
             )
         }
-        (Err(e), next) => {
+        (Err(e), _) => {
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let login = e.status == 401;
-            let back = next.map(|n| super::login::safe_next(n, headers)).unwrap_or_else(|| "/mini_buildd/api/".into());
             respond(
                 web,
                 &v,
@@ -833,13 +965,35 @@ mod tests {
     }
 
     #[test]
+    fn build_pages_link_the_logs() {
+        // `log` is a handlebars helper: a field of that name would print nothing.
+        let t = Templates::new();
+        let ctx = json!({"title": "Builds", "user": {}, "path": "/", "status": {"chroots": []},
+            "ongoing": [{"source": "a", "bkey": "a/1/t/amd64", "log_href": "/mini_buildd/events-dir/a/1/t/amd64/buildlog"}],
+            "finished": [{"source": "b", "ok": true, "log_href": "/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog"}]});
+        let html = t.render("builds", &ctx).expect("render");
+        assert!(html.contains(r#"href="/mini_buildd/events-dir/a/1/t/amd64/buildlog""#), "{html}");
+        assert!(html.contains(r#"data-log-follow="/mini_buildd/events-dir/a/1/t/amd64/buildlog?follow=1""#), "{html}");
+        assert!(html.contains(r#"href="/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog""#), "{html}");
+        let ctx = json!({"title": "t", "user": {}, "path": "/", "source": "b", "repositories": [], "events": [],
+            "builds": [{"version": "1", "ok": true, "log_href": "/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog"}]});
+        let html = t.render("source", &ctx).expect("render");
+        assert!(html.contains(r#"href="/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog""#), "{html}");
+    }
+
+    #[test]
     fn paths_name_pages_and_their_roles() {
         assert_eq!(PageId::parse("/mini_buildd/"), Some(PageId::Home));
         assert_eq!(
             PageId::parse("/mini_buildd/repositories/test/bookworm-test-unstable/"),
             Some(PageId::Distribution("test".into(), "bookworm-test-unstable".into()))
         );
-        assert_eq!(PageId::parse("/mini_buildd/config/repository/new/"), Some(PageId::Repository(None)));
+        assert_eq!(PageId::parse("/mini_buildd/config/repository/new/"), Some(PageId::Object(Kind::Repository, None)));
+        assert_eq!(
+            PageId::parse("/mini_buildd/config/layout/Default%20(no%20rollbacks)/"),
+            Some(PageId::Object(Kind::Layout, Some("Default (no rollbacks)".into())))
+        );
+        assert_eq!(PageId::parse("/mini_buildd/config/nosuchkind/new/"), None);
         assert_eq!(PageId::parse("/mini_buildd/api/migrate/"), None, "API calls are not pages");
         assert_eq!(PageId::parse("/mini_buildd/setup/").map(|p| p.needs()), Some(Role::Admin));
         assert_eq!(PageId::parse("/accounts/profile/").map(|p| p.needs()), Some(Role::Login));

@@ -75,4 +75,28 @@ function apiForms() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => { liveEvents(); apiForms(); });
+// Live build logs: <pre data-log-follow="URL"> gets the build's output as it is written, over
+// Server-Sent Events, as text. The tail is kept to the last LOG_KEEP characters.
+const LOG_KEEP = 200000;
+function liveLogs() {
+  if (!window.EventSource) return;
+  for (const pre of document.querySelectorAll("pre[data-log-follow]")) {
+    const state = pre.parentElement.querySelector("[data-log-state]");
+    const es = new EventSource(pre.dataset.logFollow);
+    es.onopen = () => { pre.dataset.connected = "yes"; if (state) state.textContent = "following"; };
+    es.addEventListener("log", (msg) => {
+      let text;
+      try { text = JSON.parse(msg.data); } catch (_) { return; }
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent = (pre.textContent + text).slice(-LOG_KEEP);
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    });
+    es.addEventListener("end", () => {
+      es.close();
+      pre.dataset.ended = "yes";
+      if (state) state.textContent = "finished; reload the page for its result";
+    });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => { liveEvents(); apiForms(); liveLogs(); });

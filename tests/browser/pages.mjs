@@ -36,8 +36,37 @@ async function login() {
   await page.goto(base + "/accounts/login/?next=/mini_buildd/");
   await page.fill("#id_username", process.env.BB_USER);
   await page.fill("#id_password", process.env.BB_PASSWORD);
-  await Promise.all([page.waitForURL(base + "/mini_buildd/"), page.click("button[type=submit]")]);
+  await Promise.all([page.waitForURL(base + "/mini_buildd/"), page.click("form.login button[type=submit]")]);
   check((await page.textContent("header .account")).includes(process.env.BB_USER), "logged in as the user");
+}
+
+async function loginPageIsInTheLayout() {
+  await page.goto(base + "/accounts/login/?next=/mini_buildd/");
+  check(await page.isVisible("header nav"), "the login page has the site's navigation");
+  await page.fill("#id_username", process.env.BB_USER);
+  await page.fill("#id_password", "wrong password");
+  await page.click("form.login button[type=submit]");
+  check((await page.textContent("main [role=alert]")).includes("Wrong user name or password"), "a wrong password is said plainly");
+}
+
+async function createSourceFromFields() {
+  await page.goto(base + "/mini_buildd/config/");
+  await page.click("text=New source");
+  // The form starts from an example; bad JSON is refused with what is wrong, and nothing is saved.
+  await page.fill("#o-fields", "{\"origin\": \"Debian\", ");
+  await page.check("input[name=confirm]");
+  const bad = await Promise.all([page.waitForEvent("response", (r) => r.url().includes("/api/config_set/")), page.click("form.edit button[type=submit]")]);
+  check(bad[0].status() === 400, `bad JSON is a 400 (got ${bad[0].status()})`);
+  check((await page.textContent("main")).includes("not JSON"), "the error says the fields are not JSON");
+  await page.goto(base + "/mini_buildd/config/source/new/");
+  await page.check("input[name=confirm]");
+  await Promise.all([page.waitForURL(/\/mini_buildd\/config\//), page.click("form.edit button[type=submit]")]);
+  check((await row("source", "Debian:trixie").locator(".badge").textContent()) === "REMOVED", "the new source is listed, not prepared yet");
+  // An active object's form says what saving does before it does it.
+  await row("distribution", "bookworm").locator("th a").click();
+  check((await page.textContent("main .warn")).includes("Saving a change deactivates it"), "an active object's form warns");
+  check((await page.inputValue("#o-fields")).includes("\"base_source\""), "the form shows the distribution's fields");
+  await shot("config-object");
 }
 
 /// The one row of the configuration table for an object.
@@ -86,6 +115,14 @@ async function trackerMigrateAndLiveEvent() {
   const testing = page.locator("tr", { has: page.locator("th", { hasText: "bookworm-web-testing" }) });
   check((await testing.locator("strong").textContent()) === process.env.BB_VERSION, "the version is in testing after the migration");
 
+  // The debdiff to the version before, in the rollback.
+  await Promise.all([page.waitForURL(/\/api\/debdiff\//), page.click(`text=debdiff ${process.env.BB_OLD} → ${process.env.BB_VERSION}`)]);
+  const diff = await page.textContent("main pre");
+  check(diff.includes(`webpkg (${process.env.BB_VERSION})`), "the debdiff shows the new changelog entry");
+  await shot("debdiff");
+  await page.click("main >> text=Back");
+  check(page.url().includes(`/mini_buildd/sources/${source}/`), "Back returns to the tracker");
+
   const live = events.locator(`tbody tr[data-type=MIGRATED][data-source="${source}"]`);
   await live.first().waitFor({ timeout: 15000 });
   check(await events.evaluate(() => window.__notReloaded === true), "the events page was not reloaded");
@@ -104,7 +141,8 @@ async function screenshots() {
 }
 
 async function anonymousIsRefused() {
-  for (const path of ["/mini_buildd/config/", "/mini_buildd/setup/", "/mini_buildd/config/repository/new/", "/mini_buildd/config/repository/web/", "/accounts/profile/"]) {
+  for (const path of ["/mini_buildd/config/", "/mini_buildd/setup/", "/mini_buildd/config/repository/new/", "/mini_buildd/config/repository/web/",
+    "/mini_buildd/config/distribution/bookworm/", "/mini_buildd/config/source/new/", "/accounts/profile/"]) {
     const r = await page.goto(base + path);
     check(r.status() === 401, `${path} refuses an anonymous visitor (got ${r.status()})`);
     check((await page.locator("main form").count()) === 0, `${path} shows no form to an anonymous visitor`);
@@ -115,6 +153,7 @@ async function anonymousIsRefused() {
   for (const [call, form] of [
     ["config_action", { kind: "repository", id: "web", action: "remove", confirm: "config_action" }],
     ["repository_set", { identity: "evil", distributions: "bookworm", confirm: "repository_set" }],
+    ["config_set", { kind: "source", object: "{\"origin\": \"Evil\", \"codename\": \"evil\", \"codeversion\": \"1\", \"components\": [], \"architectures\": []}", confirm: "config_set" }],
     ["migrate", { source, distribution: "bookworm-web-testing", confirm: "migrate" }],
     ["remove", { source, distribution: "bookworm-web-unstable", confirm: "remove" }],
     ["setup", { update: "all", repositories: "evil:Default:bookworm", confirm: "setup" }],
@@ -148,9 +187,11 @@ async function hostileInputIsEscaped() {
 
 try {
   if (phase === "admin") {
+    await loginPageIsInTheLayout();
     await login();
     await shot("home");
     await createRepositoryAndPca();
+    await createSourceFromFields();
   } else if (phase === "tracker") {
     await login();
     await trackerMigrateAndLiveEvent();

@@ -1,0 +1,166 @@
+//! Build logs over HTTP: `/mini_buildd/events-dir/<bkey>/<name>` (the address mini-buildd's
+//! `Buildlog-Installed` field gives), plain text, and the same address with `?follow=1` as a
+//! Server-Sent Events tail of a running build's live log that ends when the build does.
+//!
+//! Only log files are served: the live `buildlog` and the final `*.buildlog` of a build
+//! directory, nothing else in it (the request, the debs).
+
+use super::Web;
+use crate::api::ApiError;
+use crate::builder::{BUILDS_DIR, LIVE_LOG};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use warp::http::{HeaderMap, Response};
+use warp::{Filter, Rejection, Reply};
+
+/// At most this much of a log is sent at once; a follower starts this far from the end.
+const CHUNK: u64 = 64 << 10;
+/// How often a follower looks for new output.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A bkey (`<source>/<version>/<timecode>/<arch>`) and a log name from a URL tail, or why not.
+pub fn log_path(builds: &Path, tail: &str) -> Result<PathBuf, ApiError> {
+    let segs: Vec<&str> = tail.trim_matches('/').split('/').collect();
+    let not_found =
+        || ApiError::new(404, format!("{tail:?} is not a build log; the builds page links each build's log"));
+    let [source, version, timecode, arch, name] = segs[..] else { return Err(not_found()) };
+    let safe = |s: &str| {
+        !s.is_empty() && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:_".contains(&b))
+    };
+    if ![source, version, timecode, arch, name].iter().all(|s| safe(s))
+        || !(name == LIVE_LOG || name.ends_with(".buildlog"))
+    {
+        return Err(not_found());
+    }
+    Ok(builds.join(source).join(version).join(timecode).join(arch).join(name))
+}
+
+/// Read what was added to `path` after `from` (at most `CHUNK`), ending at a line end when
+/// there is one, so that no line or UTF-8 sequence is split. Returns the text and the new offset.
+fn read_from(path: &Path, from: u64) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len <= from {
+        return Ok((String::new(), from));
+    }
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(CHUNK).read_to_end(&mut buf)?;
+    if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
+        buf.truncate(end + 1);
+    }
+    let n = buf.len() as u64;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), from + n))
+}
+
+fn plain(path: &Path) -> super::Body {
+    match std::fs::read(path) {
+        Ok(bytes) => Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("x-content-type-options", "nosniff")
+            .header("cache-control", "no-store")
+            .body(bytes.into())
+            .unwrap_or_else(|_| super::empty()),
+        Err(_) => super::problem(&ApiError::new(
+            404,
+            "no such build log (yet): a build's log appears when it starts; the builds page lists them",
+        )),
+    }
+}
+
+/// The live log as SSE: `log` events (JSON text, id = the byte offset after it), then one `end`
+/// event once the build has finished and everything was sent.
+fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
+    let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+    let live = dir.join(LIVE_LOG);
+    let start = from.unwrap_or_else(|| std::fs::metadata(&live).map_or(0, |m| m.len().saturating_sub(CHUNK)));
+    let state = (live, dir.join("result"), start, false, web.shutdown.clone());
+    let stream = futures_util::stream::unfold(state, |(live, result, offset, ended, mut stop)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let finished = result.exists();
+            let l = live.clone();
+            let read = tokio::task::spawn_blocking(move || read_from(&l, offset)).await;
+            let (text, next) = match read {
+                Ok(Ok(r)) => r,
+                _ => (String::new(), offset),
+            };
+            if !text.is_empty() {
+                let ev = warp::sse::Event::default()
+                    .event("log")
+                    .id(next.to_string())
+                    .data(serde_json::Value::String(text).to_string());
+                return Some((Ok::<_, std::convert::Infallible>(ev), (live, result, next, false, stop)));
+            }
+            if finished {
+                let ev = warp::sse::Event::default().event("end").data("\"the build has finished\"");
+                return Some((Ok(ev), (live, result, next, true, stop)));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+        }
+    });
+    warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+}
+
+pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::get()
+        .and(warp::path!("mini_buildd" / "events-dir" / ..))
+        .and(warp::path::tail())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(super::with(web))
+        .map(|tail: warp::path::Tail, q: HashMap<String, String>, h: HeaderMap, web: Web| {
+            let builds = web.daemon.inst.store.dir().join(BUILDS_DIR);
+            match log_path(&builds, tail.as_str()) {
+                Err(e) => super::problem(&e),
+                Ok(path) if q.contains_key("follow") => {
+                    let resume = h.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                    follow(path, resume, &web)
+                }
+                Ok(path) => plain(&path),
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_log_files_of_a_build_are_served() {
+        let b = Path::new("/s/var/builds");
+        let ok = log_path(b, "hello/1.0-1/20261121-101010-000001/amd64/hello_1.0-1_amd64.buildlog").unwrap();
+        assert_eq!(ok, b.join("hello/1.0-1/20261121-101010-000001/amd64/hello_1.0-1_amd64.buildlog"));
+        assert!(log_path(b, "hello/1:1.0-1/t/amd64/buildlog").is_ok(), "epochs are fine");
+        for bad in [
+            "hello/1.0-1/t/amd64/request.changes",
+            "hello/1.0-1/t/amd64/out",
+            "hello/../../../etc/amd64/x.buildlog",
+            "hello/1.0-1/t/amd64/..buildlog",
+            "hello/1.0-1/t/buildlog",
+            "hello/1.0-1/t/amd64/x/buildlog",
+            "hello/1.0-1/t/am d64/buildlog",
+        ] {
+            assert_eq!(log_path(b, bad).map_err(|e| e.status), Err(404), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_whole_lines_from_an_offset() {
+        let dir = std::env::temp_dir().join(format!("bb-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("buildlog");
+        std::fs::write(&p, "one\ntwo\npart").unwrap();
+        assert_eq!(read_from(&p, 0).unwrap(), ("one\ntwo\n".to_owned(), 8));
+        assert_eq!(read_from(&p, 8).unwrap(), ("part".to_owned(), 12), "a last line without its end still comes");
+        assert_eq!(read_from(&p, 12).unwrap(), (String::new(), 12));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
