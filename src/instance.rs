@@ -434,17 +434,10 @@ impl Instance {
 impl Instance {
     /// One configuration object, typed by its kind.
     pub fn object(&self, k: config::Kind, id: &str) -> Result<Option<config::Object>> {
-        use config::{Kind, Object};
-        let s = k.as_str();
-        Ok(match k {
-            Kind::Daemon => self.get(s, id)?.map(Object::Daemon),
-            Kind::Layout => self.get(s, id)?.map(Object::Layout),
-            Kind::Source => self.get(s, id)?.map(Object::Source),
-            Kind::Distribution => self.get(s, id)?.map(Object::Distribution),
-            Kind::Repository => self.get(s, id)?.map(Object::Repository),
-            Kind::Chroot => self.get(s, id)?.map(Object::Chroot),
-            Kind::Uploader => self.get(s, id)?.map(Object::Uploader),
-        })
+        let r = self.store.read()?;
+        let t = r.open_table(CONFIG)?;
+        let v = t.get((k.as_str(), id))?;
+        v.map(|v| decode_object(k, id, v.value())).transpose()
     }
 
     /// Every configuration object with its id, kind by kind.
@@ -486,6 +479,9 @@ impl Instance {
         let mut obj = self.object(k, id)?.ok_or_else(|| {
             InstanceError::Config(format!("there is no {name}; the configuration page lists the objects"))
         })?;
+        // What the action started from: its result is stored only over that (a check can take
+        // minutes, and someone may save or act on the object meanwhile).
+        let before = store::encode(&obj);
         let now = chrono::Utc::now();
         let steps: &[Action] = match action {
             Action::Pca => &[Action::Prepare, Action::Check, Action::Activate],
@@ -540,7 +536,21 @@ impl Instance {
                 Action::Pca => unreachable!("expanded above"),
             }
         }
-        self.put_object(id, &obj)?;
+        let tx = self.store.write()?;
+        {
+            let mut t = tx.open_table(CONFIG)?;
+            let current = match t.get((k.as_str(), id))? {
+                Some(v) => Some(store::encode(&decode_object(k, id, v.value())?)),
+                None => None,
+            };
+            if current.as_deref() != Some(before.as_slice()) {
+                return Err(InstanceError::Config(format!(
+                    "{name} was changed while this action ran (saved, or another action on it); nothing of this action was stored: run it again"
+                )));
+            }
+            t.insert((k.as_str(), id), store::encode(&obj).as_slice())?;
+        }
+        tx.commit()?;
         Ok(obj)
     }
 
@@ -560,6 +570,11 @@ impl Instance {
             }
         }
         let old = self.object(k, &id)?;
+        if k == config::Kind::Daemon && old.is_none() {
+            return Err(InstanceError::Config(
+                "the daemon object is made by `buildbay setup` (with its key), not saved from fields".into(),
+            ));
+        }
         match (&mut obj, &old) {
             (Object::Daemon(new), Some(Object::Daemon(old))) => {
                 if new.identity != old.identity || new.key_algo != old.key_algo {
@@ -615,6 +630,21 @@ impl Instance {
         }
         self.save_object(config::Object::Repository(repo))
     }
+}
+
+/// A stored configuration object, typed by its kind.
+fn decode_object(k: config::Kind, id: &str, bytes: &[u8]) -> Result<config::Object> {
+    use config::{Kind, Object};
+    let key = format!("{k} {id}");
+    Ok(match k {
+        Kind::Daemon => Object::Daemon(store::decode(&key, bytes)?),
+        Kind::Layout => Object::Layout(store::decode(&key, bytes)?),
+        Kind::Source => Object::Source(store::decode(&key, bytes)?),
+        Kind::Distribution => Object::Distribution(store::decode(&key, bytes)?),
+        Kind::Repository => Object::Repository(store::decode(&key, bytes)?),
+        Kind::Chroot => Object::Chroot(store::decode(&key, bytes)?),
+        Kind::Uploader => Object::Uploader(store::decode(&key, bytes)?),
+    })
 }
 
 fn entries<T: serde::de::DeserializeOwned>(

@@ -425,6 +425,11 @@ fn config_set_saves_objects_from_their_fields() {
             "needs layout \"Nope\", which does not exist",
         ),
         ("uploader", r#"{"user": "u", "key": "not a key", "may_upload_to": []}"#, "not an OpenPGP public key"),
+        (
+            "daemon",
+            r#"{"identity": "other", "custom_archive_origin": null, "key_algo": "Ed25519"}"#,
+            "fixed once its key exists",
+        ),
     ] {
         let out = set(kind, json);
         let err = String::from_utf8_lossy(&out.stderr);

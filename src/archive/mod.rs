@@ -31,6 +31,9 @@ use std::sync::Mutex;
 
 /// Largest `.changes` or `.dsc` read into memory.
 const CONTROL_FILE_LIMIT: u64 = 4 << 20;
+/// How long a `debdiff` may take, and how much of its output is answered.
+const DEBDIFF_SECS: u32 = 120;
+const DEBDIFF_MAX: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -82,7 +85,7 @@ pub enum ArchiveError {
     NoSuchVersion { package: PackageName, version: Version, repo: RepoId },
     #[error("repository {1} holds fewer than two versions of {0}: nothing to compare")]
     NothingToCompare(PackageName, RepoId),
-    #[error("debdiff failed: {0}; install Debian's devscripts package, which provides it")]
+    #[error("debdiff failed: {0}")]
     Debdiff(String),
 }
 
@@ -824,7 +827,10 @@ impl<'a> Archive<'a> {
                 v.without_epoch()
             ))
         };
-        let out = std::process::Command::new("debdiff")
+        // Bounded: at most DEBDIFF_SECS (coreutils' timeout), and DEBDIFF_MAX bytes of answer.
+        let out = std::process::Command::new("timeout")
+            .arg(DEBDIFF_SECS.to_string())
+            .arg("debdiff")
             .arg(dsc(&a))
             .arg(dsc(&b))
             .stdin(std::process::Stdio::null())
@@ -832,7 +838,22 @@ impl<'a> Archive<'a> {
             .map_err(|e| ArchiveError::Debdiff(e.to_string()))?;
         // debdiff exits 0 for no differences and 1 for differences.
         match out.status.code() {
-            Some(0 | 1) => Ok((a.0, b.0, String::from_utf8_lossy(&out.stdout).into_owned())),
+            Some(0 | 1) => {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.len() > DEBDIFF_MAX {
+                    let mut cut = DEBDIFF_MAX;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push_str(&format!("\n[buildbay: the debdiff is longer than {DEBDIFF_MAX} bytes; cut here]\n"));
+                }
+                Ok((a.0, b.0, text))
+            }
+            Some(124) => Err(ArchiveError::Debdiff(format!("it took longer than {DEBDIFF_SECS} s"))),
+            Some(127) => Err(ArchiveError::Debdiff(
+                "the debdiff program is not installed; install Debian's devscripts package, which provides it".into(),
+            )),
             _ => Err(ArchiveError::Debdiff(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))),
         }
     }

@@ -217,7 +217,7 @@ pub fn expire(store: &store::Store, before: DateTime<Utc>) -> Result<usize> {
         let mut t = tx.open_table(EVENTS)?;
         let mut index = tx.open_table(EVENTS_BY_SOURCE)?;
         // An undecodable event still expires; it just has no index entry to remove.
-        let old: Vec<((u64, u32), Option<Event>)> = t
+        let old: Vec<((u64, u32), Option<store::EventSource>)> = t
             .range(..(until, 0))?
             .map(|i| i.map(|(k, v)| (k.value(), serde_json::from_slice(v.value()).ok())))
             .collect::<std::result::Result<_, _>>()?;

@@ -174,19 +174,26 @@ impl Store {
     }
 }
 
-/// Schema 1 → 2: index the stored events by source package.
+/// The one field of a stored event its index needs.
+#[derive(serde::Deserialize)]
+pub struct EventSource {
+    pub source: String,
+}
+
+/// Schema 1 → 2: index the stored events by source package. An event that does not decode is
+/// left out of the index (and still expires), rather than keeping the daemon from starting.
 fn index_events_by_source(tx: &redb::WriteTransaction) -> Result<()> {
-    #[derive(serde::Deserialize)]
-    struct Source {
-        source: String,
-    }
     let events = tx.open_table(EVENTS)?;
     let mut index = tx.open_table(EVENTS_BY_SOURCE)?;
     for item in events.iter()? {
         let (k, v) = item?;
         let (micros, seq) = k.value();
-        let e: Source = decode(&format!("event {micros}/{seq}"), v.value())?;
-        index.insert((e.source.as_str(), micros, seq), ())?;
+        match serde_json::from_slice::<EventSource>(v.value()) {
+            Ok(e) => {
+                index.insert((e.source.as_str(), micros, seq), ())?;
+            }
+            Err(e) => tracing::warn!("event {micros}/{seq} does not decode ({e}); it is not indexed"),
+        }
     }
     Ok(())
 }

@@ -37,10 +37,29 @@ pub fn log_path(builds: &Path, tail: &str) -> Result<PathBuf, ApiError> {
     Ok(builds.join(source).join(version).join(timecode).join(arch).join(name))
 }
 
+/// At most this many followers at once.
+const MAX_FOLLOWERS: usize = 64;
+static FOLLOWERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_FOLLOWERS);
+
+/// Open a log for reading: a regular file, never through a symlink, never blocking on a FIFO.
+/// A build can write into its directory (an nspawn build has it bind-mounted), so what is there
+/// is not trusted to be a log.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
 /// Read what was added to `path` after `from` (at most `CHUNK`), ending at a line end when
 /// there is one, so that no line or UTF-8 sequence is split. Returns the text and the new offset.
 fn read_from(path: &Path, from: u64) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = open_log(path)?;
     let len = f.metadata()?.len();
     if len <= from {
         return Ok((String::new(), from));
@@ -55,15 +74,21 @@ fn read_from(path: &Path, from: u64) -> std::io::Result<(String, u64)> {
     Ok((String::from_utf8_lossy(&buf).into_owned(), from + n))
 }
 
-fn plain(path: &Path) -> super::Body {
-    match std::fs::read(path) {
-        Ok(bytes) => Response::builder()
+async fn plain(path: PathBuf) -> super::Body {
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        open_log(&path)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => Response::builder()
             .header("content-type", "text/plain; charset=utf-8")
             .header("x-content-type-options", "nosniff")
             .header("cache-control", "no-store")
             .body(bytes.into())
             .unwrap_or_else(|_| super::empty()),
-        Err(_) => super::problem(&ApiError::new(
+        _ => super::problem(&ApiError::new(
             404,
             "no such build log (yet): a build's log appears when it starts; the builds page lists them",
         )),
@@ -71,18 +96,25 @@ fn plain(path: &Path) -> super::Body {
 }
 
 /// The live log as SSE: `log` events (JSON text, id = the byte offset after it), then one `end`
-/// event once the build has finished and everything was sent.
+/// event once the build has finished (or its directory is gone) and everything was sent.
 fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
     let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+    if !dir.is_dir() {
+        return super::problem(&ApiError::new(404, "no such build; the builds page lists the ongoing ones"));
+    }
+    let Ok(permit) = FOLLOWERS.try_acquire() else {
+        return super::problem(&ApiError::new(503, "too many build log followers; try again later"));
+    };
     let live = dir.join(LIVE_LOG);
     let start = from.unwrap_or_else(|| std::fs::metadata(&live).map_or(0, |m| m.len().saturating_sub(CHUNK)));
-    let state = (live, dir.join("result"), start, false, web.shutdown.clone());
-    let stream = futures_util::stream::unfold(state, |(live, result, offset, ended, mut stop)| async move {
+    let state = (dir, start, false, web.shutdown.clone(), permit);
+    let stream = futures_util::stream::unfold(state, |(dir, offset, ended, mut stop, permit)| async move {
         if ended {
             return None;
         }
+        let (live, result) = (dir.join(LIVE_LOG), dir.join("result"));
         loop {
-            let finished = result.exists();
+            let finished = result.exists() || !dir.is_dir();
             let l = live.clone();
             let read = tokio::task::spawn_blocking(move || read_from(&l, offset)).await;
             let (text, next) = match read {
@@ -94,11 +126,11 @@ fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
                     .event("log")
                     .id(next.to_string())
                     .data(serde_json::Value::String(text).to_string());
-                return Some((Ok::<_, std::convert::Infallible>(ev), (live, result, next, false, stop)));
+                return Some((Ok::<_, std::convert::Infallible>(ev), (dir, next, false, stop, permit)));
             }
             if finished {
                 let ev = warp::sse::Event::default().event("end").data("\"the build has finished\"");
-                return Some((Ok(ev), (live, result, next, true, stop)));
+                return Some((Ok(ev), (dir, next, true, stop, permit)));
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -116,16 +148,16 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
         .and(super::with(web))
-        .map(|tail: warp::path::Tail, q: HashMap<String, String>, h: HeaderMap, web: Web| {
+        .and_then(|tail: warp::path::Tail, q: HashMap<String, String>, h: HeaderMap, web: Web| async move {
             let builds = web.daemon.inst.store.dir().join(BUILDS_DIR);
-            match log_path(&builds, tail.as_str()) {
+            Ok::<_, Rejection>(match log_path(&builds, tail.as_str()) {
                 Err(e) => super::problem(&e),
                 Ok(path) if q.contains_key("follow") => {
                     let resume = h.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
                     follow(path, resume, &web)
                 }
-                Ok(path) => plain(&path),
-            }
+                Ok(path) => plain(path).await,
+            })
         })
 }
 
@@ -150,6 +182,19 @@ mod tests {
         ] {
             assert_eq!(log_path(b, bad).map_err(|e| e.status), Err(404), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_planted_symlink_or_fifo_is_not_a_log() {
+        let dir = std::env::temp_dir().join(format!("bb-log-plant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("x.buildlog");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert!(open_log(&link).is_err(), "a symlink is not followed");
+        let fifo = dir.join("buildlog");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_log(&fifo).is_err(), "a FIFO is refused without blocking");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

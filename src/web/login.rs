@@ -27,7 +27,12 @@ pub(super) fn safe_next(next: &str, headers: &HeaderMap) -> String {
     } else {
         next.to_owned()
     };
-    if local.starts_with('/') && !local.starts_with("//") && !local.contains('\\') && !local.contains(['\r', '\n']) {
+    // Browsers drop tabs and newlines from URLs, so `/\t/evil` would become `//evil`.
+    if local.starts_with('/')
+        && !local.starts_with("//")
+        && !local.contains('\\')
+        && !local.chars().any(char::is_control)
+    {
         local
     } else {
         "/".into()
@@ -161,5 +166,6 @@ mod tests {
         assert_eq!(safe_next("http://evil.example/x", &h), "/");
         assert_eq!(safe_next("//evil.example/x", &h), "/");
         assert_eq!(safe_next("javascript:alert(1)", &h), "/");
+        assert_eq!(safe_next("/\t/evil.example/x", &h), "/");
     }
 }
