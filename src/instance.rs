@@ -587,17 +587,8 @@ impl Instance {
             (Object::Uploader(new), old) => {
                 let same_key = matches!(old, Some(Object::Uploader(o)) if o.key == new.key);
                 if !same_key {
-                    let certs = crate::gpg::read_keyring(new.key.as_bytes()).map_err(|e| {
-                        InstanceError::Config(format!(
-                            "uploader {id}: not an OpenPGP public key ({e}); paste the ASCII-armored key (gpg --armor --export)"
-                        ))
-                    })?;
-                    let [cert] = &certs[..] else {
-                        return Err(InstanceError::Config(format!(
-                            "uploader {id}: give exactly one key, not {}",
-                            certs.len()
-                        )));
-                    };
+                    let cert = crate::gpg::one_key(new.key.as_bytes())
+                        .map_err(|e| InstanceError::Config(format!("uploader {id}: {e}")))?;
                     new.fingerprint = Some(cert.fingerprint().to_hex());
                 } else if let Some(Object::Uploader(o)) = old {
                     new.fingerprint = o.fingerprint.clone();

@@ -401,10 +401,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         Command::Repo(cmd) => repo(&inst, json, cmd)?,
         Command::Uploader(UploaderCommand::Add { user, key, repositories }) => {
             let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
-            let certs = buildbay::gpg::read_keyring(text.as_bytes()).with_context(|| {
-                format!("{} is not an OpenPGP public key; export it with gpg --armor --export", key.display())
-            })?;
-            let [cert] = &certs[..] else { bail!("{} holds {} keys; give exactly one", key.display(), certs.len()) };
+            let cert = buildbay::gpg::one_key(text.as_bytes()).with_context(|| key.display().to_string())?;
             let mut status = buildbay::config::Status::default();
             status.prepared();
             status.checked(Ok(()), chrono::Utc::now());

@@ -385,14 +385,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         "set_user_key" => {
             let user = who_name(who)?;
             let key = args.require::<String>("key")?;
-            let certs = crate::gpg::read_keyring(key.as_bytes()).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "not an OpenPGP public key ({e}); paste the ASCII-armored key (gpg --armor --export)"
-                ))
-            })?;
-            let [cert] = &certs[..] else {
-                return Err(ApiError::bad_request(format!("give exactly one key, not {}", certs.len())));
-            };
+            let cert = crate::gpg::one_key(key.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
             let mut status = config::Status::default();
             status.prepared();
             status.checked(Ok(()), chrono::Utc::now());

@@ -253,10 +253,6 @@ impl Builder {
     }
 
     /// Every build row.
-    pub fn jobs(&self, inst: &Instance) -> Result<Vec<Job>> {
-        Ok(jobs(&inst.store)?)
-    }
-
     fn put_job(tx: &redb::WriteTransaction, job: &Job) -> Result<()> {
         tx.open_table(BUILDS)?.insert(job.bkey.as_str(), store::encode(job).as_slice())?;
         Ok(())
@@ -272,7 +268,7 @@ impl Builder {
         let queued: std::collections::HashSet<&str> = queue.iter().map(|r| r.bkey.as_str()).collect();
         let mut running = 0;
         let mut known = std::collections::HashSet::new();
-        for job in self.jobs(inst)? {
+        for job in jobs(&inst.store)? {
             known.insert(job.bkey.clone());
             match job.state {
                 JobState::Finished if !queued.contains(job.bkey.as_str()) => {
@@ -495,7 +491,7 @@ impl Builder {
     pub async fn cancel(&self, inst: &Instance, bkey: &str, by: &str) -> Result<Vec<Event>> {
         // Without the turn, a pass could see the result first and collect it twice.
         let _turn = self.turn.lock().await;
-        let job = self.jobs(inst)?.into_iter().find(|j| j.bkey == bkey);
+        let job = jobs(&inst.store)?.into_iter().find(|j| j.bkey == bkey);
         match job {
             Some(job) if job.state == JobState::Running => {
                 std::fs::write(job.dir.join("canceled"), by).map_err(io_err(&job.dir))?;

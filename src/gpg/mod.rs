@@ -21,6 +21,10 @@ pub enum GpgError {
     NoSigningKey,
     #[error("signature does not verify: {0}")]
     Bad(String),
+    #[error("not an OpenPGP public key ({0}); paste the ASCII-armored key (gpg --armor --export)")]
+    NotAKey(String),
+    #[error("give exactly one OpenPGP key, not {0}")]
+    NotOneKey(usize),
 }
 
 /// Which public-key algorithm the archive key uses.
@@ -141,6 +145,15 @@ impl ArchiveKey {
 /// Read a keyring (binary or armored, one or more certificates).
 pub fn read_keyring(data: &[u8]) -> Result<Vec<Cert>, GpgError> {
     Ok(CertParser::from_bytes(data)?.collect::<openpgp::Result<Vec<_>>>()?)
+}
+
+/// Exactly one public key (an uploader's), armored or binary.
+pub fn one_key(data: &[u8]) -> Result<Cert, GpgError> {
+    let mut certs = read_keyring(data).map_err(|e| GpgError::NotAKey(e.to_string()))?;
+    match certs.len() {
+        1 => Ok(certs.remove(0)),
+        n => Err(GpgError::NotOneKey(n)),
+    }
 }
 
 struct Helper<'a> {

@@ -20,6 +20,11 @@ const CHUNK: u64 = 64 << 10;
 /// How often a follower looks for new output.
 const POLL: Duration = Duration::from_millis(500);
 
+/// Where a build log is served, from its `<bkey>/<name>` (the BUILT event's `buildlog`).
+pub fn url(rel: &str) -> String {
+    format!("/mini_buildd/events-dir/{rel}")
+}
+
 /// A bkey (`<source>/<version>/<timecode>/<arch>`) and a log name from a URL tail, or why not.
 pub fn log_path(builds: &Path, tail: &str) -> Result<PathBuf, ApiError> {
     let segs: Vec<&str> = tail.trim_matches('/').split('/').collect();

@@ -359,7 +359,7 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
         .map(|e| {
             let status = e.extra.get("status").and_then(Json::as_str).unwrap_or("?");
             json!({"version": e.version, "distribution": e.distribution, "arch": e.arch(), "status": status, "ok": status == "successful",
-                   "timestamp": events::iso::format(&e.timestamp), "log_href": e.extra.get("buildlog").and_then(Json::as_str).map(log_url)})
+                   "timestamp": events::iso::format(&e.timestamp), "log_href": e.extra.get("buildlog").and_then(Json::as_str).map(super::buildlog::url)})
         })
         .collect();
     let subscribed = match &v.who.user {
@@ -377,11 +377,6 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
     ))
 }
 
-/// Where a build log is served, from its `<bkey>/<name>` (the BUILT event's `buildlog`).
-fn log_url(rel: &str) -> String {
-    format!("/mini_buildd/events-dir/{rel}")
-}
-
 fn builds(d: &Daemon, v: &Viewer) -> Page {
     let status = call(d, &v.who, &v.base_url, "status", &[])?;
     let finished: Vec<Json> = latest_events(d, |e| e.kind == EventType::Built, EVENTS_SHOWN)?
@@ -393,7 +388,7 @@ fn builds(d: &Daemon, v: &Viewer) -> Page {
                 "status": status, "ok": status == "successful",
                 "duration": e.extra.get("duration").and_then(Json::as_i64).map(|s| format!("{s} s")),
                 "timestamp": events::iso::format(&e.timestamp),
-                "log_href": e.extra.get("buildlog").and_then(Json::as_str).map(log_url),
+                "log_href": e.extra.get("buildlog").and_then(Json::as_str).map(super::buildlog::url),
             })
         })
         .collect();
@@ -412,7 +407,7 @@ fn builds(d: &Daemon, v: &Viewer) -> Page {
         .map(|j| {
             json!({"source": j.source, "version": j.version, "distribution": j.distribution, "arch": j.arch, "bkey": j.bkey,
                    "backend": backend(&j.distribution), "timestamp": events::iso::format(&j.started),
-                   "log_href": log_url(&format!("{}/{}", j.bkey, crate::builder::LIVE_LOG))})
+                   "log_href": super::buildlog::url(&format!("{}/{}", j.bkey, crate::builder::LIVE_LOG))})
         })
         .collect();
     Ok((
