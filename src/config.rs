@@ -2,8 +2,9 @@
 //! deactivate, remove. Pure: the actions' side effects live in `instance`.
 
 use crate::archive::layout::Layout;
-use crate::deb::{Arch, Codename, Component, Identity, RepoId};
+use crate::deb::{Arch, ArchiveSuite, Codename, Component, Identity, RepoId};
 use crate::gpg::KeyAlgo;
+use crate::sources::ArchiveUrl;
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -155,16 +156,35 @@ impl Daemon {
     }
 }
 
-/// An archive release a distribution is based on.
+/// An archive release a distribution is based on (mini-buildd's Source): `Origin:codename`.
+/// Its check finds the archives that serve it with a release that verifies against its keys,
+/// and reads components, architectures and the codeversion from that release.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub origin: String,
-    pub codename: Codename,
+    /// The directory under `dists/` (`bookworm`, `bookworm-backports`).
+    pub codename: ArchiveSuite,
     pub codeversion: String,
     pub codeversion_override: Option<String>,
     pub components: Vec<Component>,
     pub architectures: Vec<Arch>,
+    /// Fingerprints of the AptKeys its release must be signed with (one good signature suffices).
+    #[serde(default)]
+    pub apt_keys: Vec<String>,
+    /// Refuse a release past its `Valid-Until` (a stale mirror).
+    #[serde(default = "yes")]
+    pub check_valid_until: bool,
+    /// Found by the check: the archives that serve it, fastest first.
+    #[serde(default)]
+    pub archives: Vec<ArchiveUrl>,
+    /// Found by the check: the release's Description.
+    #[serde(default)]
+    pub description: String,
     pub status: Status,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Source {
@@ -174,6 +194,80 @@ impl Source {
 
     pub fn codeversion(&self) -> &str {
         self.codeversion_override.as_deref().unwrap_or(&self.codeversion)
+    }
+
+    /// What a passing check learnt: the archives, and the release's components, architectures,
+    /// codeversion and description. Names apt would not take are left out.
+    pub fn learn(&mut self, found: &crate::sources::Found) {
+        let r = &found.release;
+        self.archives = found.archives.clone();
+        self.components = r.components.iter().filter_map(|c| c.parse().ok()).collect();
+        self.architectures = r.architectures.iter().filter_map(|a| a.parse().ok()).collect();
+        self.codeversion =
+            crate::archive::layout::guess_codeversion(&self.origin, r.version.as_deref(), self.codename.as_str());
+        self.description = r.description.clone().unwrap_or_default();
+    }
+}
+
+/// An upstream archive (mini-buildd's Archive): a mirror that may serve Sources.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Archive {
+    pub url: ArchiveUrl,
+    /// Milliseconds its last ping took (the check).
+    #[serde(default)]
+    pub ping_ms: Option<u64>,
+    pub status: Status,
+}
+
+/// An archive signing key a Source trusts (mini-buildd's AptKey), by fingerprint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AptKey {
+    /// The armored public key.
+    pub key: String,
+    /// Read from the key when it is saved.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// Its first user id, read from the key.
+    #[serde(default)]
+    pub name: String,
+    pub status: Status,
+}
+
+impl AptKey {
+    pub fn from_cert(cert: &sequoia_openpgp::Cert) -> Result<AptKey, crate::gpg::GpgError> {
+        use sequoia_openpgp::serialize::SerializeInto;
+        let key = String::from_utf8(cert.armored().to_vec()?).unwrap_or_default();
+        Ok(AptKey {
+            key,
+            fingerprint: cert.fingerprint().to_hex(),
+            name: cert
+                .userids()
+                .next()
+                .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned())
+                .unwrap_or_default(),
+            status: Status::default(),
+        })
+    }
+
+    /// Re-read fingerprint and name from the key itself (what the editor saves).
+    pub fn from_key(key: &str, status: Status) -> Result<AptKey, crate::gpg::GpgError> {
+        let cert = crate::gpg::one_key(key.as_bytes())?;
+        Ok(AptKey { status, ..AptKey::from_cert(&cert)? })
+    }
+}
+
+/// A Source added to a distribution's builds with an apt pin priority (mini-buildd's
+/// PrioritySource), e.g. backports at 1: there, but only taken when asked for.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PrioritySource {
+    pub source: String,
+    pub priority: i32,
+    pub status: Status,
+}
+
+impl PrioritySource {
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.source, self.priority)
     }
 }
 
@@ -231,6 +325,9 @@ pub struct Distribution {
     /// the build dependencies always has it).
     #[serde(default)]
     pub build_network: bool,
+    /// PrioritySource ids whose archives the builds also see, pinned.
+    #[serde(default)]
+    pub extra_sources: Vec<String>,
 }
 
 impl Distribution {
@@ -277,7 +374,10 @@ pub struct Uploader {
 pub enum Kind {
     Daemon,
     Layout,
+    AptKey,
+    Archive,
     Source,
+    PrioritySource,
     Distribution,
     Repository,
     Chroot,
@@ -285,15 +385,42 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] =
-        [Kind::Daemon, Kind::Layout, Kind::Source, Kind::Distribution, Kind::Repository, Kind::Chroot, Kind::Uploader];
+    pub const ALL: [Kind; 10] = [
+        Kind::Daemon,
+        Kind::Layout,
+        Kind::AptKey,
+        Kind::Archive,
+        Kind::Source,
+        Kind::PrioritySource,
+        Kind::Distribution,
+        Kind::Repository,
+        Kind::Chroot,
+        Kind::Uploader,
+    ];
+
+    /// [`Kind::ALL`]'s names, for argument choices.
+    pub const NAMES: [&'static str; 10] = [
+        kind::DAEMON,
+        kind::LAYOUT,
+        kind::APTKEY,
+        kind::ARCHIVE,
+        kind::SOURCE,
+        kind::PRIORITYSOURCE,
+        kind::DISTRIBUTION,
+        kind::REPOSITORY,
+        kind::CHROOT,
+        kind::UPLOADER,
+    ];
 
     /// The store's key prefix (see [`kind`]).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Daemon => kind::DAEMON,
             Kind::Layout => kind::LAYOUT,
+            Kind::AptKey => kind::APTKEY,
+            Kind::Archive => kind::ARCHIVE,
             Kind::Source => kind::SOURCE,
+            Kind::PrioritySource => kind::PRIORITYSOURCE,
             Kind::Distribution => kind::DISTRIBUTION,
             Kind::Repository => kind::REPOSITORY,
             Kind::Chroot => kind::CHROOT,
@@ -359,7 +486,10 @@ impl std::str::FromStr for Action {
 pub enum Object {
     Daemon(Daemon),
     Layout(LayoutObject),
+    AptKey(AptKey),
+    Archive(Archive),
     Source(Source),
+    PrioritySource(PrioritySource),
     Distribution(Distribution),
     Repository(Repository),
     Chroot(crate::chroot::Chroot),
@@ -374,7 +504,10 @@ impl Object {
         match self {
             Object::Daemon(_) => Kind::Daemon,
             Object::Layout(_) => Kind::Layout,
+            Object::AptKey(_) => Kind::AptKey,
+            Object::Archive(_) => Kind::Archive,
             Object::Source(_) => Kind::Source,
+            Object::PrioritySource(_) => Kind::PrioritySource,
             Object::Distribution(_) => Kind::Distribution,
             Object::Repository(_) => Kind::Repository,
             Object::Chroot(_) => Kind::Chroot,
@@ -386,7 +519,10 @@ impl Object {
         match self {
             Object::Daemon(o) => &o.status,
             Object::Layout(o) => &o.status,
+            Object::AptKey(o) => &o.status,
+            Object::Archive(o) => &o.status,
             Object::Source(o) => &o.status,
+            Object::PrioritySource(o) => &o.status,
             Object::Distribution(o) => &o.status,
             Object::Repository(o) => &o.status,
             Object::Chroot(o) => &o.status,
@@ -398,7 +534,10 @@ impl Object {
         match self {
             Object::Daemon(o) => &mut o.status,
             Object::Layout(o) => &mut o.status,
+            Object::AptKey(o) => &mut o.status,
+            Object::Archive(o) => &mut o.status,
             Object::Source(o) => &mut o.status,
+            Object::PrioritySource(o) => &mut o.status,
             Object::Distribution(o) => &mut o.status,
             Object::Repository(o) => &mut o.status,
             Object::Chroot(o) => &mut o.status,
@@ -411,7 +550,10 @@ impl Object {
         match self {
             Object::Daemon(_) => "1".into(),
             Object::Layout(o) => o.layout.name.clone(),
+            Object::AptKey(o) => o.fingerprint.clone(),
+            Object::Archive(o) => o.url.to_string(),
             Object::Source(o) => o.id(),
+            Object::PrioritySource(o) => o.id(),
             Object::Distribution(o) => o.codename.to_string(),
             Object::Repository(o) => o.identity.to_string(),
             Object::Chroot(o) => o.id(),
@@ -443,7 +585,13 @@ impl Object {
         Ok(match kind {
             Kind::Daemon => Object::Daemon(de(kind, v)?),
             Kind::Layout => Object::Layout(de(kind, v)?),
+            Kind::AptKey => {
+                let k: AptKey = de(kind, v)?;
+                Object::AptKey(AptKey::from_key(&k.key, k.status).map_err(|e| format!("{kind}: {e}"))?)
+            }
+            Kind::Archive => Object::Archive(de(kind, v)?),
             Kind::Source => Object::Source(de(kind, v)?),
+            Kind::PrioritySource => Object::PrioritySource(de(kind, v)?),
             Kind::Distribution => Object::Distribution(de(kind, v)?),
             Kind::Repository => Object::Repository(de(kind, v)?),
             Kind::Chroot => Object::Chroot(de(kind, v)?),
@@ -454,8 +602,12 @@ impl Object {
     /// The objects this one needs active before its check can pass.
     pub fn depends_on(&self) -> Vec<ObjRef> {
         match self {
-            Object::Daemon(_) | Object::Layout(_) | Object::Source(_) => vec![],
-            Object::Distribution(d) => vec![(Kind::Source, d.base_source.clone())],
+            Object::Daemon(_) | Object::Layout(_) | Object::AptKey(_) | Object::Archive(_) => vec![],
+            Object::Source(s) => s.apt_keys.iter().map(|k| (Kind::AptKey, k.clone())).collect(),
+            Object::PrioritySource(p) => vec![(Kind::Source, p.source.clone())],
+            Object::Distribution(d) => std::iter::once((Kind::Source, d.base_source.clone()))
+                .chain(d.extra_sources.iter().map(|p| (Kind::PrioritySource, p.clone())))
+                .collect(),
             Object::Repository(r) => std::iter::once((Kind::Layout, r.layout.clone()))
                 .chain(r.distributions.iter().map(|c| (Kind::Distribution, c.to_string())))
                 .collect(),
@@ -482,7 +634,10 @@ pub fn check_dependencies(obj: &Object, lookup: impl Fn(&ObjRef) -> Option<Statu
 
 pub mod kind {
     pub const DAEMON: &str = "daemon";
+    pub const APTKEY: &str = "aptkey";
+    pub const ARCHIVE: &str = "archive";
     pub const SOURCE: &str = "source";
+    pub const PRIORITYSOURCE: &str = "prioritysource";
     pub const DISTRIBUTION: &str = "distribution";
     pub const LAYOUT: &str = "layout";
     pub const REPOSITORY: &str = "repository";
@@ -525,6 +680,7 @@ mod tests {
         );
         assert!(check_dependencies(&repo, |_| Some(active.clone())).is_ok());
         assert_eq!("chroot".parse::<Kind>(), Ok(Kind::Chroot));
+        assert_eq!(Kind::ALL.map(Kind::as_str), Kind::NAMES);
         assert!("nonsense".parse::<Kind>().unwrap_err().contains("daemon, layout"));
         assert_eq!("pca".parse::<Action>(), Ok(Action::Pca));
     }

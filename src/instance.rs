@@ -7,6 +7,7 @@ use crate::chroot::Chroot;
 use crate::config::{self, ArchOption, Daemon, Distribution, LayoutObject, Repository, Source, Status, kind};
 use crate::deb::{Arch, Codename, Component, Identity, RepoId};
 use crate::gpg::{ArchiveKey, GpgError, KeyAlgo};
+use crate::sources::{self, ArchiveUrl};
 use crate::store::{self, CONFIG, Store, StoreError};
 use redb::ReadableTable;
 use serde::Serialize;
@@ -51,6 +52,15 @@ pub struct SetupOptions {
     pub repositories: Vec<String>,
     /// `codename:arch`: chroots to prepare (minutes each, the first time).
     pub chroots: Vec<String>,
+    /// Archive URLs to add.
+    pub archives: Vec<String>,
+    /// Add the archives of this host's apt sources.
+    pub archives_from_apt_sources: bool,
+    /// Sources as `Origin:codename`, e.g. `Debian:bookworm-backports`.
+    pub sources: Vec<String>,
+    /// Origins (`Debian`, `Ubuntu`) whose keys (from the host's keyring package), main archive
+    /// and current releases to add.
+    pub from_origins: Vec<String>,
     pub key_algo: KeyAlgo,
     /// Where chroot images and schroot configs go.
     pub places: crate::chroot::Places,
@@ -198,7 +208,61 @@ impl Instance {
         daemon.status.activate("daemon")?;
         self.put(kind::DAEMON, "1", &daemon)?;
 
-        // Sources and distributions.
+        // Origins: their keys, main archive and releases.
+        let mut archives: Vec<ArchiveUrl> = Vec::new();
+        let mut source_specs: Vec<(String, crate::deb::ArchiveSuite)> = Vec::new();
+        for name in &opts.from_origins {
+            let o = sources::origin(name).map_err(|e| InstanceError::Setup(e.to_string()))?;
+            archives.push(o.archive.parse().map_err(InstanceError::Setup)?);
+            for r in o.releases {
+                source_specs.push((
+                    o.name.to_owned(),
+                    r.parse().map_err(|e: crate::deb::names::NameError| InstanceError::Setup(e.to_string()))?,
+                ));
+            }
+        }
+        // Archives.
+        for a in &opts.archives {
+            archives.push(a.parse().map_err(InstanceError::Setup)?);
+        }
+        if opts.archives_from_apt_sources {
+            let found = sources::host_archives(Path::new("/etc/apt"));
+            if found.is_empty() {
+                return Err(InstanceError::Setup(
+                    "--archives-from-apt-sources: this host's apt sources name no http(s) archive; give --archives URL"
+                        .into(),
+                ));
+            }
+            archives.extend(found);
+        }
+        for url in archives {
+            self.setup_object(
+                &opts.places,
+                config::Object::Archive(config::Archive { url, ping_ms: None, status: Status::default() }),
+                &mut report,
+            )?;
+        }
+        // Sources.
+        for spec in &opts.sources {
+            let bad = |why: String| {
+                InstanceError::Setup(format!(
+                    "source {spec:?}: {why}; use Origin:codename, e.g. Debian:bookworm-backports"
+                ))
+            };
+            let (origin, codename) = spec.split_once(':').ok_or_else(|| bad("no codename".into()))?;
+            if origin.is_empty() || origin.chars().any(|c| c.is_control() || c == ':') {
+                return Err(bad("no origin".into()));
+            }
+            source_specs.push((
+                origin.to_owned(),
+                codename.parse().map_err(|e: crate::deb::names::NameError| bad(e.to_string()))?,
+            ));
+        }
+        for (origin, codename) in &source_specs {
+            self.setup_source(&opts.places, origin, codename, &mut report)?;
+        }
+
+        // Distributions (each with its base source).
         for spec in &opts.distributions {
             let (codename, arches) = spec.split_once(':').ok_or_else(|| {
                 InstanceError::Setup(format!(
@@ -229,29 +293,13 @@ impl Instance {
                     "distribution {spec:?}: list real architectures, e.g. amd64+i386"
                 )));
             }
-            let (origin, codeversion) = layout::known_release(&codename).unwrap_or_else(|| {
-                tracing::warn!(%codename, "unknown release; assuming Debian without a version (codeversion ~{})", codename.as_str().to_uppercase());
-                ("Debian", format!("~{}", codename.as_str().to_uppercase()))
-            });
+            let origin = layout::known_release(&codename).map_or("Debian", |(o, _)| o);
+            let suite: crate::deb::ArchiveSuite =
+                codename.as_str().parse().map_err(|e: crate::deb::names::NameError| {
+                    InstanceError::Setup(format!("distribution {spec:?}: {e}"))
+                })?;
+            let sid = self.setup_source(&opts.places, origin, &suite, &mut report)?;
             let main: Component = "main".parse().expect("valid");
-            let mut source = Source {
-                origin: origin.to_owned(),
-                codename: codename.clone(),
-                codeversion,
-                codeversion_override: None,
-                components: vec![main.clone()],
-                architectures: arches.clone(),
-                status: Status::default(),
-            };
-            let sid = source.id();
-            match self.get::<Source>(kind::SOURCE, &sid)? {
-                Some(s) => source = s,
-                None => report.push(item(kind::SOURCE, &sid, "MISSING", None)),
-            }
-            source.status.prepared();
-            source.status.checked(Ok(()), now);
-            source.status.activate(&sid)?;
-            self.put(kind::SOURCE, &sid, &source)?;
 
             let wanted: Vec<ArchOption> = arches
                 .iter()
@@ -280,14 +328,12 @@ impl Instance {
                         status: Status::default(),
                         build_backend,
                         build_network,
+                        extra_sources: vec![],
                     }
                 }
             };
-            let mut dist = dist;
-            dist.status.prepared();
-            dist.status.checked(Ok(()), now);
-            dist.status.activate(codename.as_str())?;
             self.put(kind::DISTRIBUTION, codename.as_str(), &dist)?;
+            self.setup_pca(&opts.places, config::Kind::Distribution, codename.as_str(), &mut report)?;
         }
 
         // Repositories.
@@ -385,6 +431,130 @@ impl Instance {
 }
 
 impl Instance {
+    /// Store `obj` if it does not exist yet, then prepare, check and activate it; reports how
+    /// it went. A failed check is reported, not returned.
+    fn setup_object(
+        &self,
+        places: &crate::chroot::Places,
+        obj: config::Object,
+        report: &mut Vec<SetupItem>,
+    ) -> Result<config::Object> {
+        let (k, id) = (obj.kind(), obj.id());
+        if self.object(k, &id)?.is_none() {
+            self.put_object(&id, &obj)?;
+            report.push(SetupItem { kind: k.as_str(), id: id.clone(), status: "MISSING".into(), message: None });
+        }
+        self.setup_pca(places, k, &id, report)
+    }
+
+    fn setup_pca(
+        &self,
+        places: &crate::chroot::Places,
+        k: config::Kind,
+        id: &str,
+        report: &mut Vec<SetupItem>,
+    ) -> Result<config::Object> {
+        let done = self.lifecycle(places, k, id, config::Action::Pca)?;
+        let s = done.status();
+        report.push(SetupItem {
+            kind: k.as_str(),
+            id: id.to_owned(),
+            status: status_word(s).into(),
+            message: s.message.clone(),
+        });
+        Ok(done)
+    }
+
+    /// A Source for setup: created if missing, with its origin's keys (from the host's keyring
+    /// package) when it has none, and its origin's main archive when there is no archive at
+    /// all; then prepared, checked against its archives, and activated. Returns its id.
+    fn setup_source(
+        &self,
+        places: &crate::chroot::Places,
+        origin: &str,
+        codename: &crate::deb::ArchiveSuite,
+        report: &mut Vec<SetupItem>,
+    ) -> Result<String> {
+        let known = sources::origin(origin).ok();
+        let id = format!("{origin}:{codename}");
+        let mut s = match self.get::<Source>(kind::SOURCE, &id)? {
+            Some(s) => s,
+            None => {
+                report.push(SetupItem { kind: kind::SOURCE, id: id.clone(), status: "MISSING".into(), message: None });
+                Source {
+                    origin: origin.to_owned(),
+                    codename: codename.clone(),
+                    codeversion: layout::guess_codeversion(origin, None, codename.as_str()),
+                    codeversion_override: None,
+                    components: vec!["main".parse().expect("valid")],
+                    architectures: vec![],
+                    apt_keys: vec![],
+                    check_valid_until: true,
+                    archives: vec![],
+                    description: String::new(),
+                    status: Status::default(),
+                }
+            }
+        };
+        if s.apt_keys.is_empty() {
+            s.apt_keys = match known {
+                Some(o) => {
+                    let mut fps = Vec::new();
+                    for k in o.keys().map_err(|e| InstanceError::Setup(e.to_string()))? {
+                        fps.push(self.setup_object(places, config::Object::AptKey(k), report)?.id());
+                    }
+                    fps
+                }
+                None => self.list::<config::AptKey>(kind::APTKEY)?.into_iter().map(|k| k.fingerprint).collect(),
+            };
+        }
+        if let Some(o) = known
+            && self.list::<config::Archive>(kind::ARCHIVE)?.is_empty()
+        {
+            let url = o.archive.parse().map_err(InstanceError::Setup)?;
+            self.setup_object(
+                places,
+                config::Object::Archive(config::Archive { url, ping_ms: None, status: Status::default() }),
+                report,
+            )?;
+        }
+        self.put(kind::SOURCE, &id, &s)?;
+        self.setup_pca(places, config::Kind::Source, &id, report)?;
+        Ok(id)
+    }
+
+    /// A distribution's extra sources with their pin priorities (those that exist).
+    pub fn extra_sources(&self, d: &Distribution) -> Vec<(Source, i32)> {
+        d.extra_sources
+            .iter()
+            .filter_map(|id| {
+                let p: config::PrioritySource = self.get(kind::PRIORITYSOURCE, id).ok().flatten()?;
+                let s: Source = self.get(kind::SOURCE, &p.source).ok().flatten()?;
+                Some((s, p.priority))
+            })
+            .collect()
+    }
+
+    /// Ask the active archives for a Source's release, verified with its keys.
+    fn check_source(&self, s: &Source) -> std::result::Result<sources::Found, String> {
+        let archives: Vec<ArchiveUrl> = self
+            .list::<config::Archive>(kind::ARCHIVE)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| a.status.is_active())
+            .map(|a| a.url)
+            .collect();
+        let mut certs = Vec::new();
+        for fp in &s.apt_keys {
+            let k: config::AptKey = self
+                .get(kind::APTKEY, fp)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("apt key {fp} does not exist"))?;
+            certs.push(crate::gpg::one_key(k.key.as_bytes()).map_err(|e| format!("apt key {fp}: {e}"))?);
+        }
+        sources::check_source(&archives, &certs, &s.origin, s.codename.as_str(), s.check_valid_until)
+    }
+
     /// Parse `codename:arch` into a chroot object (the stored one if it exists).
     pub fn chroot_spec(&self, spec: &str) -> Result<Chroot> {
         let bad = |why: String| {
@@ -397,7 +567,21 @@ impl Instance {
             return Err(bad("\"all\" is not a machine architecture".into()));
         }
         let id = format!("{codename}:{arch}");
-        Ok(self.get::<Chroot>(kind::CHROOT, &id)?.unwrap_or_else(|| Chroot::new(codename, arch)))
+        if let Some(c) = self.get::<Chroot>(kind::CHROOT, &id)? {
+            return Ok(c);
+        }
+        // A new image comes from the fastest archive its distribution's source was found in.
+        let archive = self
+            .get::<Distribution>(kind::DISTRIBUTION, codename.as_str())?
+            .map(|d| self.get::<Source>(kind::SOURCE, &d.base_source))
+            .transpose()?
+            .flatten()
+            .and_then(|s| s.archives.first().map(|a| a.mirror().to_owned()));
+        let mut c = Chroot::new(codename, arch);
+        if let Some(mirror) = archive {
+            c.mirror = mirror;
+        }
+        Ok(c)
     }
 
     /// Prepare (from scratch when `remake`), check and activate one chroot, and store how it went.
@@ -451,7 +635,10 @@ impl Instance {
             out.extend(match k {
                 Kind::Daemon => entries(&t, s, Object::Daemon)?,
                 Kind::Layout => entries(&t, s, Object::Layout)?,
+                Kind::AptKey => entries(&t, s, Object::AptKey)?,
+                Kind::Archive => entries(&t, s, Object::Archive)?,
                 Kind::Source => entries(&t, s, Object::Source)?,
+                Kind::PrioritySource => entries(&t, s, Object::PrioritySource)?,
                 Kind::Distribution => entries(&t, s, Object::Distribution)?,
                 Kind::Repository => entries(&t, s, Object::Repository)?,
                 Kind::Chroot => entries(&t, s, Object::Chroot)?,
@@ -503,7 +690,12 @@ impl Instance {
                     let result = config::check_dependencies(&obj, |(dk, did)| {
                         self.object(*dk, did).ok().flatten().map(|o| o.status().clone())
                     })
-                    .and_then(|()| match &obj {
+                    .and_then(|()| match &mut obj {
+                        Object::AptKey(k) => crate::gpg::one_key(k.key.as_bytes())
+                            .and_then(|c| crate::gpg::usable(&c))
+                            .map_err(|e| format!("apt key {}: {e}", k.fingerprint)),
+                        Object::Archive(a) => sources::ping(&a.url).map(|ms| a.ping_ms = Some(ms)),
+                        Object::Source(s) => self.check_source(s).map(|found| s.learn(&found)),
                         Object::Repository(r) => {
                             self.archive().and_then(|a| Ok(a.check_repository(&r.identity)?)).map_err(|e| e.to_string())
                         }
@@ -630,7 +822,10 @@ fn decode_object(k: config::Kind, id: &str, bytes: &[u8]) -> Result<config::Obje
     Ok(match k {
         Kind::Daemon => Object::Daemon(store::decode(&key, bytes)?),
         Kind::Layout => Object::Layout(store::decode(&key, bytes)?),
+        Kind::AptKey => Object::AptKey(store::decode(&key, bytes)?),
+        Kind::Archive => Object::Archive(store::decode(&key, bytes)?),
         Kind::Source => Object::Source(store::decode(&key, bytes)?),
+        Kind::PrioritySource => Object::PrioritySource(store::decode(&key, bytes)?),
         Kind::Distribution => Object::Distribution(store::decode(&key, bytes)?),
         Kind::Repository => Object::Repository(store::decode(&key, bytes)?),
         Kind::Chroot => Object::Chroot(store::decode(&key, bytes)?),
@@ -650,6 +845,8 @@ fn status_word(s: &Status) -> &'static str {
     match (s.state, &s.checked) {
         (config::State::Active, _) => "ACTIVE",
         (_, config::Checked::Failed) => "FAILED",
+        // Failed, and armed to activate once a check passes.
+        (_, config::Checked::Reactivate) if s.message.is_some() => "FAILED",
         (config::State::Prepared, _) => "DEACTIVATED",
         (config::State::Removed, _) => "MISSING",
     }
@@ -669,9 +866,8 @@ impl Instance {
             identity: None,
             distributions: vec![format!("{codename}:{arch}")],
             repositories: vec![format!("test:Default:{codename}")],
-            chroots: vec![],
             key_algo: KeyAlgo::default(),
-            places: Default::default(),
+            ..Default::default()
         };
         self.setup(&opts).map(Some)
     }

@@ -68,6 +68,20 @@ enum Command {
         /// Instance identity (default: the host name).
         #[arg(long)]
         identity: Option<Identity>,
+        /// Origins (`Debian`, `Ubuntu`): their archive keys (from the keyring package on this
+        /// host), main archive and current releases.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        from_origins: Vec<String>,
+        /// Archive URLs, e.g. `http://deb.debian.org/debian/`.
+        #[arg(long, short = 'A', num_args = 1.., value_delimiter = ',')]
+        archives: Vec<String>,
+        /// Add the archives of this host's apt sources.
+        #[arg(long)]
+        archives_from_apt_sources: bool,
+        /// Sources as `Origin:codename`, e.g. `Debian:bookworm-backports`; each is checked against
+        /// the archives (its InRelease, verified with its keys).
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        sources: Vec<String>,
         /// Distributions as `codename:arch0+arch1[:backend]`, e.g. `bookworm:amd64+i386`; the build
         /// backend is `sbuild` (default), `nspawn`, or `nspawn+network`.
         #[arg(long, num_args = 1.., value_delimiter = ',')]
@@ -361,10 +375,29 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             }
             serve(inst, http, ftp, build, inherited)?;
         }
-        Command::Setup { identity, distributions, repositories, chroots, key_algo } => {
-            let places = Default::default();
-            let report =
-                inst.setup(&SetupOptions { identity, distributions, repositories, chroots, key_algo, places })?;
+        Command::Setup {
+            identity,
+            from_origins,
+            archives,
+            archives_from_apt_sources,
+            sources,
+            distributions,
+            repositories,
+            chroots,
+            key_algo,
+        } => {
+            let report = inst.setup(&SetupOptions {
+                identity,
+                distributions,
+                repositories,
+                chroots,
+                archives,
+                archives_from_apt_sources,
+                sources,
+                from_origins,
+                key_algo,
+                places: Default::default(),
+            })?;
             print(json, &report, |r| {
                 r.iter()
                     .map(|i| {

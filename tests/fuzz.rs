@@ -1,5 +1,5 @@
 //! Fuzzing (proptest; cargo-fuzz needs a nightly toolchain this machine does not have): the
-//! `.changes`/`.dsc` parsers, the upload options, and the whole check pipeline on mutated
+//! `.changes`/`.dsc` and `Release` parsers, apt sources, the upload options, and the whole check pipeline on mutated
 //! uploads. Bounded case counts keep it within seconds in CI; `PROPTEST_CASES` raises them.
 
 mod common;
@@ -38,6 +38,9 @@ proptest! {
         let _ = buildbay::deb::Changes::parse(&text);
         let _ = buildbay::deb::Dsc::parse(&text);
         let _ = buildbay::packager::options::UploadOptions::parse(&text);
+        let _ = buildbay::deb::Release::parse(&text);
+        let _ = buildbay::sources::apt_source_archives(&text, false);
+        let _ = buildbay::sources::apt_source_archives(&text, true);
     }
 
     #[test]

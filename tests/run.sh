@@ -20,7 +20,8 @@ as_root() {
 
 # Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
 BUILD=(build-essential pkg-config nettle-dev libclang-dev)
-# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, xz/gzip, curl,
+# Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, debian-archive-keyring (the
+# keys setup's source checks verify Debian's InRelease with), xz/gzip, curl,
 # systemd (systemd-socket-activate), dput and python3 (uploads over FTP).
 # Builds (tests/builder.rs, as root): sbuild, schroot, and mmdebstrap for the chroot image;
 # systemd-container (systemd-nspawn) boots the containers of tests/systemd_builds.rs and
@@ -28,7 +29,7 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # debootstraps the tree it installs it into.
 # The browser test (tests/browser.rs): Debian's chromium, driven by playwright-core from npm;
 # devscripts for the debdiff call.
-TEST=(dpkg-dev gnupg gpgv apt xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
+TEST=(dpkg-dev gnupg gpgv apt debian-archive-keyring xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
       debhelper lintian debootstrap chromium devscripts)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }

@@ -355,16 +355,26 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 distributions: args.list("distributions"),
                 repositories: args.list("repositories"),
                 chroots: args.list("chroots"),
+                archives: args.list("archives"),
+                archives_from_apt_sources: args.bool("archives_from_apt_sources"),
+                sources: args.list("sources"),
+                from_origins: args.list("from_origins"),
                 key_algo: Default::default(),
                 places: d.places(),
             };
             let update = args.str("update") == Some("all")
                 || !opts.distributions.is_empty()
                 || !opts.repositories.is_empty()
-                || !opts.chroots.is_empty();
+                || !opts.chroots.is_empty()
+                || !opts.archives.is_empty()
+                || opts.archives_from_apt_sources
+                || !opts.sources.is_empty()
+                || !opts.from_origins.is_empty();
             let report = if update { d.inst.setup(&opts)? } else { vec![] };
             Ok(json!({
-                "setup": {"identity": args.str("identity"), "distributions": opts.distributions, "repositories": opts.repositories, "chroots": opts.chroots},
+                "setup": {"identity": args.str("identity"), "from_origins": opts.from_origins, "archives": opts.archives,
+                          "archives_from_apt_sources": opts.archives_from_apt_sources, "sources": opts.sources,
+                          "distributions": opts.distributions, "repositories": opts.repositories, "chroots": opts.chroots},
                 "instances": report,
                 "report": {"daemon": d.inst.daemon()?.map(|x| x.identity.to_string()), "repositories": repositories(d)?.iter().map(|r| r.identity.to_string()).collect::<Vec<_>>()},
             }))

@@ -70,7 +70,7 @@ const fn opt(name: &'static str, short: Option<char>, kind: Kind, default: Defau
     Arg { name, positional: false, short, kind, default, choices: &[], doc }
 }
 
-const KINDS: &[&str] = &["daemon", "layout", "source", "distribution", "repository", "chroot", "uploader"];
+const KINDS: &[&str] = &crate::config::Kind::NAMES;
 const REPOSITORIES: Arg =
     opt("repositories", Some('R'), Kind::List, Default::Server, "Repository identities (default: all).");
 const CODENAMES: Arg = opt("codenames", Some('C'), Kind::List, Default::Server, "Codenames (default: all).");
@@ -299,6 +299,34 @@ pub static CALLS: &[Call] = &[
             opt("update", None, Kind::Str, Default::Server, "all, or nothing (inspect only)."),
             opt("pca", None, Kind::Str, Default::Server, "Prepare, check and activate (all)."),
             opt("identity", None, Kind::Str, Default::Server, "Instance identity (default: host name)."),
+            opt(
+                "from_origins",
+                None,
+                Kind::List,
+                Default::Value(""),
+                "Debian or Ubuntu: the origin's archive keys (from its keyring package on this host), main archive and current releases.",
+            ),
+            opt(
+                "archives",
+                Some('A'),
+                Kind::List,
+                Default::Value(""),
+                "Archive URLs, e.g. http://deb.debian.org/debian/.",
+            ),
+            opt(
+                "archives_from_apt_sources",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Add the archives of this host's apt sources.",
+            ),
+            opt(
+                "sources",
+                None,
+                Kind::List,
+                Default::Value(""),
+                "Origin:codename, e.g. Debian:bookworm-backports: sources to check against the archives (InRelease, verified).",
+            ),
             opt(
                 "distributions",
                 None,

@@ -205,9 +205,9 @@ fn substituted_regex(
 }
 
 /// mini-buildd's `guess_codeversion`: from a Release file's `Origin` and `Version`.
-pub fn guess_codeversion(origin: &str, version: Option<&str>, codename: &Codename) -> String {
+pub fn guess_codeversion(origin: &str, version: Option<&str>, codename: &str) -> String {
     let Some(version) = version.map(str::trim).filter(|v| !v.is_empty()) else {
-        return format!("~{}", codename.as_str().to_uppercase());
+        return format!("~{}", codename.to_uppercase());
     };
     let mut parts = version.split('.');
     let leading_digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>();
@@ -219,7 +219,7 @@ pub fn guess_codeversion(origin: &str, version: Option<&str>, codename: &Codenam
     match major.parse::<u32>() {
         Ok(m) if m >= 7 => major,
         Ok(_) => format!("{major}{minor}"),
-        Err(_) => format!("~{}", codename.as_str().to_uppercase()),
+        Err(_) => format!("~{}", codename.to_uppercase()),
     }
 }
 
@@ -241,7 +241,7 @@ pub fn known_release(codename: &Codename) -> Option<(&'static str, String)> {
     KNOWN_RELEASES
         .iter()
         .find(|(_, c, _)| *c == codename.as_str())
-        .map(|(o, _, v)| (*o, guess_codeversion(o, *v, codename)))
+        .map(|(o, _, v)| (*o, guess_codeversion(o, *v, codename.as_str())))
 }
 
 /// A place a package version can sit in: the distribution itself, or one of its rollbacks.
@@ -332,12 +332,12 @@ mod tests {
     #[test]
     fn codeversion_guess() {
         let c = |s: &str| s.parse::<Codename>().unwrap();
-        assert_eq!(guess_codeversion("Debian", Some("7.1"), &c("wheezy")), "7");
-        assert_eq!(guess_codeversion("Debian", Some("12.5"), &c("bookworm")), "12");
-        assert_eq!(guess_codeversion("Debian", Some("6.0.6"), &c("squeeze")), "60");
-        assert_eq!(guess_codeversion("Debian", Some("3.1r8"), &c("sarge")), "31");
-        assert_eq!(guess_codeversion("Ubuntu", Some("12.10"), &c("quantal")), "1210");
-        assert_eq!(guess_codeversion("Debian", None, &c("sid")), "~SID");
+        assert_eq!(guess_codeversion("Debian", Some("7.1"), "wheezy"), "7");
+        assert_eq!(guess_codeversion("Debian", Some("12.5"), "bookworm"), "12");
+        assert_eq!(guess_codeversion("Debian", Some("6.0.6"), "squeeze"), "60");
+        assert_eq!(guess_codeversion("Debian", Some("3.1r8"), "sarge"), "31");
+        assert_eq!(guess_codeversion("Ubuntu", Some("12.10"), "quantal"), "1210");
+        assert_eq!(guess_codeversion("Debian", None, "sid"), "~SID");
         assert_eq!(known_release(&c("bookworm")), Some(("Debian", "12".into())));
         assert_eq!(known_release(&c("jammy")), Some(("Ubuntu", "2204".into())));
     }

@@ -8,10 +8,14 @@ pub mod checksum;
 pub mod control;
 pub mod debfile;
 pub mod names;
+pub mod release;
 pub mod version;
 
 pub use changes::{Changes, Dsc, FileEntry};
 pub use checksum::Checksums;
 pub use control::Stanza;
-pub use names::{Arch, Codename, Component, Dist, FileName, Identity, PackageName, RepoId, SnapshotName, Suite};
+pub use names::{
+    Arch, ArchiveSuite, Codename, Component, Dist, FileName, Identity, PackageName, RepoId, SnapshotName, Suite,
+};
+pub use release::Release;
 pub use version::Version;

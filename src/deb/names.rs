@@ -79,6 +79,12 @@ name_type!(
     |s| chars_ok(s, |c| c.is_ascii_lowercase(), lower_alnum)
 );
 name_type!(
+    /// A directory under an archive's `dists/`, as an apt sources line names it: `bookworm`,
+    /// `sid`, `bookworm-backports`, `bookworm-security`.
+    ArchiveSuite, "archive suite", "use lower-case letters, digits and '-', starting with a letter, e.g. bookworm-backports",
+    |s| chars_ok(s, |c| c.is_ascii_lowercase(), |c| lower_alnum(c) || c == b'-')
+);
+name_type!(
     /// A repository identity such as `test` (mini-buildd: `[a-z0-9]+`).
     RepoId, "repository identity", "use lower-case letters and digits only",
     |s| chars_ok(s, lower_alnum, lower_alnum)

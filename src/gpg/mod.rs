@@ -192,6 +192,19 @@ pub fn verify_clearsigned(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, Strin
     verify_inner(data, certs).map(|(payload, (cert, _))| (payload, cert))
 }
 
+/// A key that may sign now: valid under the policy, neither revoked nor expired.
+pub fn usable(cert: &Cert) -> Result<(), GpgError> {
+    use openpgp::types::RevocationStatus;
+    let fp = cert.fingerprint().to_hex();
+    let p = policy();
+    let vc = cert.with_policy(&p, None).map_err(|e| GpgError::Bad(format!("key {fp} is not valid now: {e}")))?;
+    if let RevocationStatus::Revoked(_) = vc.revocation_status() {
+        return Err(GpgError::Bad(format!("key {fp} is revoked")));
+    }
+    vc.alive().map_err(|e| GpgError::Bad(format!("key {fp} has expired ({e})")))?;
+    Ok(())
+}
+
 /// Verify a signed upload: a good signature, by a key that is valid now, neither expired nor
 /// revoked. Returns the signer's certificate fingerprint.
 pub fn verify_upload(data: &[u8], certs: &[Cert]) -> Result<String, GpgError> {
@@ -201,12 +214,9 @@ pub fn verify_upload(data: &[u8], certs: &[Cert]) -> Result<String, GpgError> {
         .iter()
         .find(|c| c.fingerprint().to_hex() == cert_fp)
         .ok_or_else(|| GpgError::Bad(format!("key {cert_fp} is not in the keyring")))?;
+    usable(cert)?;
     let p = policy();
     let vc = cert.with_policy(&p, None).map_err(|e| GpgError::Bad(format!("key {cert_fp} is not valid now: {e}")))?;
-    if let RevocationStatus::Revoked(_) = vc.revocation_status() {
-        return Err(GpgError::Bad(format!("key {cert_fp} is revoked")));
-    }
-    vc.alive().map_err(|e| GpgError::Bad(format!("key {cert_fp} has expired ({e})")))?;
     let key = vc
         .keys()
         .find(|k| k.key().fingerprint().to_hex() == key_fp)

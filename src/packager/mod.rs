@@ -371,7 +371,16 @@ impl Packager<'_> {
         }
         let priority = a.options.get("internal-apt-priority", arch).unwrap_or("1");
         let origin = self.inst.daemon().ok().flatten().map(|d| d.archive_origin()).unwrap_or_default();
-        let prefs = format!("Package: *\nPin: release o={origin}\nPin-Priority: {priority}\n");
+        let mut prefs = format!("Package: *\nPin: release o={origin}\nPin-Priority: {priority}\n");
+        // The distribution's extra sources (backports, …), each pinned at its priority.
+        for (source, priority) in self.inst.extra_sources(&a.distribution) {
+            let Some(archive) = source.archives.first() else { continue };
+            sources.push_str(&format!("deb {} {} {}\n", archive.mirror(), source.codename, components.join(" ")));
+            prefs.push_str(&format!(
+                "\nPackage: *\nPin: release o={},n={}\nPin-Priority: {priority}\n",
+                source.origin, source.codename
+            ));
+        }
         vec![
             ("apt_sources.list", sources),
             ("apt_preferences", prefs),

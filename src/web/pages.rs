@@ -455,7 +455,10 @@ fn config_page(d: &Daemon, v: &Viewer) -> Page {
             let title = match k {
                 Kind::Daemon => "Daemon",
                 Kind::Layout => "Layouts",
+                Kind::AptKey => "Apt keys",
+                Kind::Archive => "Archives",
                 Kind::Source => "Sources",
+                Kind::PrioritySource => "Priority sources",
                 Kind::Distribution => "Distributions",
                 Kind::Repository => "Repositories",
                 Kind::Chroot => "Chroots",
@@ -518,13 +521,17 @@ fn example(k: Kind) -> Json {
     match k {
         Kind::Daemon => json!({}),
         Kind::Layout => json!({"layout": {"name": "Custom", "suites": []}}),
+        Kind::AptKey => json!({"key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\n…"}),
+        Kind::Archive => json!({"url": "http://deb.debian.org/debian/"}),
         Kind::Source => {
             json!({"origin": "Debian", "codename": "trixie", "codeversion": "13", "codeversion_override": null,
-                               "components": ["main"], "architectures": ["amd64"]})
+                               "components": ["main"], "architectures": ["amd64"], "apt_keys": [], "check_valid_until": true})
         }
+        Kind::PrioritySource => json!({"source": "Debian:bookworm-backports", "priority": 1}),
         Kind::Distribution => json!({"codename": "trixie", "base_source": "Debian:trixie",
                                      "architectures": [{"arch": "amd64", "optional": false, "build_architecture_all": true}],
-                                     "components": ["main"], "build_backend": "sbuild", "build_network": false}),
+                                     "components": ["main"], "build_backend": "sbuild", "build_network": false,
+                                     "extra_sources": []}),
         Kind::Repository => json!({}),
         Kind::Chroot => json!({"codename": "trixie", "arch": "amd64", "mirror": crate::chroot::DEFAULT_MIRROR}),
         Kind::Uploader => {
