@@ -590,7 +590,11 @@ impl Object {
                 Object::AptKey(AptKey::from_key(&k.key, k.status).map_err(|e| format!("{kind}: {e}"))?)
             }
             Kind::Archive => Object::Archive(de(kind, v)?),
-            Kind::Source => Object::Source(de(kind, v)?),
+            Kind::Source => {
+                let s: Source = de(kind, v)?;
+                crate::sources::valid_origin(&s.origin).map_err(|e| format!("{kind}: {e}"))?;
+                Object::Source(s)
+            }
             Kind::PrioritySource => Object::PrioritySource(de(kind, v)?),
             Kind::Distribution => Object::Distribution(de(kind, v)?),
             Kind::Repository => Object::Repository(de(kind, v)?),
@@ -603,7 +607,9 @@ impl Object {
     pub fn depends_on(&self) -> Vec<ObjRef> {
         match self {
             Object::Daemon(_) | Object::Layout(_) | Object::AptKey(_) | Object::Archive(_) => vec![],
-            Object::Source(s) => s.apt_keys.iter().map(|k| (Kind::AptKey, k.clone())).collect(),
+            // Its keys are not dependencies: one good signature suffices, and an expired key of
+            // a keyring must not fail the Source (its check uses the keys that are usable).
+            Object::Source(_) => vec![],
             Object::PrioritySource(p) => vec![(Kind::Source, p.source.clone())],
             Object::Distribution(d) => std::iter::once((Kind::Source, d.base_source.clone()))
                 .chain(d.extra_sources.iter().map(|p| (Kind::PrioritySource, p.clone())))

@@ -250,9 +250,7 @@ impl Instance {
                 ))
             };
             let (origin, codename) = spec.split_once(':').ok_or_else(|| bad("no codename".into()))?;
-            if origin.is_empty() || origin.chars().any(|c| c.is_control() || c == ':') {
-                return Err(bad("no origin".into()));
-            }
+            sources::valid_origin(origin).map_err(bad)?;
             source_specs.push((
                 origin.to_owned(),
                 codename.parse().map_err(|e: crate::deb::names::NameError| bad(e.to_string()))?,
@@ -440,9 +438,17 @@ impl Instance {
         report: &mut Vec<SetupItem>,
     ) -> Result<config::Object> {
         let (k, id) = (obj.kind(), obj.id());
-        if self.object(k, &id)?.is_none() {
-            self.put_object(&id, &obj)?;
-            report.push(SetupItem { kind: k.as_str(), id: id.clone(), status: "MISSING".into(), message: None });
+        match self.object(k, &id)? {
+            // Active stays as it is: a setup run offline must not deactivate what works.
+            Some(o) if o.status().is_active() => {
+                report.push(SetupItem { kind: k.as_str(), id, status: "ACTIVE".into(), message: None });
+                return Ok(o);
+            }
+            Some(_) => {}
+            None => {
+                self.put_object(&id, &obj)?;
+                report.push(SetupItem { kind: k.as_str(), id: id.clone(), status: "MISSING".into(), message: None });
+            }
         }
         self.setup_pca(places, k, &id, report)
     }
@@ -496,6 +502,10 @@ impl Instance {
                 }
             }
         };
+        if s.status.is_active() && !s.apt_keys.is_empty() {
+            report.push(SetupItem { kind: kind::SOURCE, id: id.clone(), status: "ACTIVE".into(), message: None });
+            return Ok(id);
+        }
         if s.apt_keys.is_empty() {
             s.apt_keys = match known {
                 Some(o) => {
@@ -523,14 +533,15 @@ impl Instance {
         Ok(id)
     }
 
-    /// A distribution's extra sources with their pin priorities (those that exist).
+    /// A distribution's extra sources with their pin priorities: only those active (with their
+    /// Source), so only a verified archive reaches a build.
     pub fn extra_sources(&self, d: &Distribution) -> Vec<(Source, i32)> {
         d.extra_sources
             .iter()
             .filter_map(|id| {
                 let p: config::PrioritySource = self.get(kind::PRIORITYSOURCE, id).ok().flatten()?;
                 let s: Source = self.get(kind::SOURCE, &p.source).ok().flatten()?;
-                Some((s, p.priority))
+                (p.status.is_active() && s.status.is_active()).then_some((s, p.priority))
             })
             .collect()
     }
@@ -544,13 +555,22 @@ impl Instance {
             .filter(|a| a.status.is_active())
             .map(|a| a.url)
             .collect();
+        // Its keys that exist, are active and may sign now: one expired key of a keyring does
+        // not fail the Source while another one signs its release.
         let mut certs = Vec::new();
         for fp in &s.apt_keys {
-            let k: config::AptKey = self
-                .get(kind::APTKEY, fp)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("apt key {fp} does not exist"))?;
-            certs.push(crate::gpg::one_key(k.key.as_bytes()).map_err(|e| format!("apt key {fp}: {e}"))?);
+            let key: Option<config::AptKey> = self.get(kind::APTKEY, fp).map_err(|e| e.to_string())?;
+            let cert = key
+                .filter(|k| k.status.is_active())
+                .and_then(|k| crate::gpg::one_key(k.key.as_bytes()).ok())
+                .filter(|c| crate::gpg::usable(c).is_ok());
+            certs.extend(cert);
+        }
+        if certs.is_empty() && !s.apt_keys.is_empty() {
+            return Err(format!(
+                "none of its {} apt keys is active and usable now; activate one (the configuration page lists them)",
+                s.apt_keys.len()
+            ));
         }
         sources::check_source(&archives, &certs, &s.origin, s.codename.as_str(), s.check_valid_until)
     }
@@ -785,6 +805,15 @@ impl Instance {
                 } else if let Some(Object::Uploader(o)) = old {
                     new.fingerprint = o.fingerprint.clone();
                 }
+            }
+            (Object::Source(new), old) => {
+                // What the check learnt is not the editor's to set: an archive reaches builds.
+                let (archives, description) = match old {
+                    Some(Object::Source(o)) => (o.archives.clone(), o.description.clone()),
+                    _ => (vec![], String::new()),
+                };
+                new.archives = archives;
+                new.description = description;
             }
             _ => {}
         }

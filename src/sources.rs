@@ -106,6 +106,20 @@ pub const ORIGINS: &[Origin] = &[
     },
 ];
 
+/// A Release `Origin` as a Source names it: it goes into apt preferences (`o=…`) and the
+/// Source's id (`Origin:codename`), so no control characters, `,`, `:` or `=`.
+pub fn valid_origin(origin: &str) -> Result<(), String> {
+    if origin.trim().is_empty() || origin.trim() != origin {
+        return Err(format!("origin {origin:?}: give the release's Origin, e.g. Debian"));
+    }
+    if origin.chars().any(|c| c.is_control() || matches!(c, ',' | ':' | '=')) {
+        return Err(format!(
+            "origin {origin:?}: no control characters, ',', ':' or '=' (it is the release's Origin, e.g. Debian)"
+        ));
+    }
+    Ok(())
+}
+
 /// An origin by its name, or by a release origin signed with its keys (`Debian Backports`).
 pub fn origin(name: &str) -> Result<&'static Origin, SourcesError> {
     ORIGINS
@@ -124,7 +138,16 @@ impl Origin {
         if certs.is_empty() {
             return Err(bad("holds no key".into()));
         }
-        certs.iter().map(|c| AptKey::from_cert(c).map_err(|e| bad(e.to_string()))).collect()
+        // Keys that may no longer sign (expired, revoked) are left out.
+        let keys: Vec<AptKey> = certs
+            .iter()
+            .filter(|c| gpg::usable(c).is_ok())
+            .map(|c| AptKey::from_cert(c).map_err(|e| bad(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
+            return Err(bad("holds no key that may sign now (all expired or revoked)".into()));
+        }
+        Ok(keys)
     }
 }
 
@@ -363,6 +386,10 @@ mod tests {
         assert!(e.contains("no active archive"));
         assert!(origin("debian").is_ok());
         assert_eq!(origin("Debian Backports").unwrap().name, "Debian");
+        assert!(valid_origin("Debian Backports").is_ok());
+        for bad in ["", " Debian", "Debian\nPin-Priority: 1001", "a,n=sid", "a:b", "a=b"] {
+            assert!(valid_origin(bad).is_err(), "{bad:?}");
+        }
         assert!(origin("Gentoo").unwrap_err().to_string().contains("Debian and Ubuntu"));
     }
 }

@@ -506,9 +506,15 @@ fn sources_are_checked_against_archives_and_keys() {
     let key = call(&["config_set", "aptkey", &serde_json::json!({ "key": own }).to_string()]);
     let fpr = key["id"].as_str().expect("aptkey id").to_owned();
     call(&["config_action", "aptkey", &fpr, "pca"]);
-    let src = serde_json::json!({"origin": "Debian", "codename": "trixie", "codeversion": "", "codeversion_override": null,
-        "components": [], "architectures": [], "apt_keys": [fpr]});
+    let mut src = serde_json::json!({"origin": "Debian", "codename": "trixie", "codeversion": "", "codeversion_override": null,
+        "components": [], "architectures": [], "apt_keys": [fpr], "archives": ["http://evil.example/"]});
     call(&["config_set", "source", &src.to_string()]);
+    let saved = find("source", "Debian:trixie").unwrap();
+    assert_eq!(saved["fields"]["archives"], serde_json::json!([]), "only a check sets the archives: {saved}");
+    src["origin"] = serde_json::json!("Debian\nPin-Priority: 1001");
+    let out = upload::api_as(&s.url, "admin", &["config_set", "source", &src.to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no control characters"), "{err}");
     call(&["config_action", "source", "Debian:trixie", "pca"]);
     let trixie = find("source", "Debian:trixie").unwrap();
     assert_eq!(trixie["active"], false, "{trixie}");

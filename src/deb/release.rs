@@ -48,8 +48,8 @@ impl Release {
     }
 
     /// Whether this release is the one a Source names: its `Origin` and its `Codename` (the
-    /// directory under `dists/`, which `Suite` may also name, as `unstable` for sid), and not
-    /// past its `Valid-Until` when that is checked.
+    /// directory under `dists/` by its codename, as apt's `n=` pins name it; `unstable` is
+    /// `sid`), and not past its `Valid-Until` when that is checked.
     pub fn matches(
         &self,
         origin: &str,
@@ -60,8 +60,11 @@ impl Release {
         if self.origin != origin {
             return Err(format!("its Origin is {:?}, not {origin:?}", self.origin));
         }
-        if self.codename != codename && self.suite.as_deref() != Some(codename) {
-            return Err(format!("its Codename is {:?}, not {codename:?}", self.codename));
+        if self.codename != codename {
+            return Err(format!(
+                "its Codename is {:?}, not {codename:?}; name the source by its codename ({}:{})",
+                self.codename, self.origin, self.codename
+            ));
         }
         if check_valid_until && let Some(until) = self.valid_until.filter(|u| *u < now) {
             return Err(format!("it expired at {until} (Valid-Until): the mirror is stale; use a current one"));
@@ -88,7 +91,7 @@ mod tests {
         let before = "2026-11-21T12:00:00Z".parse().unwrap();
         let after = "2026-12-01T00:00:00Z".parse().unwrap();
         assert!(r.matches("Debian", "bookworm-security", true, before).is_ok());
-        assert!(r.matches("Debian", "stable-security", true, before).is_ok());
+        assert!(r.matches("Debian", "stable-security", true, before).unwrap_err().contains("Debian:bookworm-security"));
         assert!(r.matches("Debian", "bookworm-security", true, after).unwrap_err().contains("Valid-Until"));
         assert!(r.matches("Debian", "bookworm-security", false, after).is_ok());
         assert!(r.matches("Ubuntu", "bookworm-security", true, before).unwrap_err().contains("Origin"));

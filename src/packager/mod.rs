@@ -375,7 +375,19 @@ impl Packager<'_> {
         // The distribution's extra sources (backports, …), each pinned at its priority.
         for (source, priority) in self.inst.extra_sources(&a.distribution) {
             let Some(archive) = source.archives.first() else { continue };
-            sources.push_str(&format!("deb {} {} {}\n", archive.mirror(), source.codename, components.join(" ")));
+            // The distribution's components that the source has.
+            let shared: Vec<&str> = a
+                .distribution
+                .components
+                .iter()
+                .filter(|c| source.components.contains(c))
+                .map(|c| c.as_str())
+                .collect();
+            if shared.is_empty() {
+                tracing::warn!(source = %source.id(), "extra source has none of the distribution's components; left out");
+                continue;
+            }
+            sources.push_str(&format!("deb {} {} {}\n", archive.mirror(), source.codename, shared.join(" ")));
             prefs.push_str(&format!(
                 "\nPackage: *\nPin: release o={},n={}\nPin-Priority: {priority}\n",
                 source.origin, source.codename
