@@ -219,6 +219,12 @@ pub struct Archive {
     pub status: Status,
 }
 
+impl Archive {
+    pub fn new(url: ArchiveUrl) -> Archive {
+        Archive { url, ping_ms: None, status: Status::default() }
+    }
+}
+
 /// An archive signing key a Source trusts (mini-buildd's AptKey), by fingerprint.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AptKey {

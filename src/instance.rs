@@ -75,6 +75,12 @@ pub struct SetupItem {
     pub message: Option<String>,
 }
 
+impl SetupItem {
+    fn new(kind: &'static str, id: &str, status: &str, message: Option<String>) -> SetupItem {
+        SetupItem { kind, id: id.to_owned(), status: status.to_owned(), message }
+    }
+}
+
 impl Instance {
     pub fn key_path(state: &Path) -> PathBuf {
         state.join("gnupg").join("archive-key.asc")
@@ -170,12 +176,7 @@ impl Instance {
     pub fn setup(&self, opts: &SetupOptions) -> Result<Vec<SetupItem>> {
         let mut report = Vec::new();
         let now = chrono::Utc::now();
-        let item = |kind: &'static str, id: &str, status: &str, message: Option<String>| SetupItem {
-            kind,
-            id: id.to_owned(),
-            status: status.to_owned(),
-            message,
-        };
+        let item = SetupItem::new;
 
         // Daemon.
         let mut daemon = match self.daemon()? {
@@ -236,11 +237,7 @@ impl Instance {
             archives.extend(found);
         }
         for url in archives {
-            self.setup_object(
-                &opts.places,
-                config::Object::Archive(config::Archive { url, ping_ms: None, status: Status::default() }),
-                &mut report,
-            )?;
+            self.setup_object(&opts.places, config::Object::Archive(config::Archive::new(url)), &mut report)?;
         }
         // Sources.
         for spec in &opts.sources {
@@ -441,13 +438,13 @@ impl Instance {
         match self.object(k, &id)? {
             // Active stays as it is: a setup run offline must not deactivate what works.
             Some(o) if o.status().is_active() => {
-                report.push(SetupItem { kind: k.as_str(), id, status: "ACTIVE".into(), message: None });
+                report.push(SetupItem::new(k.as_str(), &id, "ACTIVE", None));
                 return Ok(o);
             }
             Some(_) => {}
             None => {
                 self.put_object(&id, &obj)?;
-                report.push(SetupItem { kind: k.as_str(), id: id.clone(), status: "MISSING".into(), message: None });
+                report.push(SetupItem::new(k.as_str(), &id, "MISSING", None));
             }
         }
         self.setup_pca(places, k, &id, report)
@@ -462,12 +459,7 @@ impl Instance {
     ) -> Result<config::Object> {
         let done = self.lifecycle(places, k, id, config::Action::Pca)?;
         let s = done.status();
-        report.push(SetupItem {
-            kind: k.as_str(),
-            id: id.to_owned(),
-            status: status_word(s).into(),
-            message: s.message.clone(),
-        });
+        report.push(SetupItem::new(k.as_str(), id, status_word(s), s.message.clone()));
         Ok(done)
     }
 
@@ -486,7 +478,7 @@ impl Instance {
         let mut s = match self.get::<Source>(kind::SOURCE, &id)? {
             Some(s) => s,
             None => {
-                report.push(SetupItem { kind: kind::SOURCE, id: id.clone(), status: "MISSING".into(), message: None });
+                report.push(SetupItem::new(kind::SOURCE, &id, "MISSING", None));
                 Source {
                     origin: origin.to_owned(),
                     codename: codename.clone(),
@@ -503,7 +495,7 @@ impl Instance {
             }
         };
         if s.status.is_active() && !s.apt_keys.is_empty() {
-            report.push(SetupItem { kind: kind::SOURCE, id: id.clone(), status: "ACTIVE".into(), message: None });
+            report.push(SetupItem::new(kind::SOURCE, &id, "ACTIVE", None));
             return Ok(id);
         }
         if s.apt_keys.is_empty() {
@@ -522,11 +514,7 @@ impl Instance {
             && self.list::<config::Archive>(kind::ARCHIVE)?.is_empty()
         {
             let url = o.archive.parse().map_err(InstanceError::Setup)?;
-            self.setup_object(
-                places,
-                config::Object::Archive(config::Archive { url, ping_ms: None, status: Status::default() }),
-                report,
-            )?;
+            self.setup_object(places, config::Object::Archive(config::Archive::new(url)), report)?;
         }
         self.put(kind::SOURCE, &id, &s)?;
         self.setup_pca(places, config::Kind::Source, &id, report)?;
