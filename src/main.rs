@@ -51,6 +51,13 @@ enum Command {
         /// With --build-log: record how the command ended in this file (child-process builds).
         #[arg(long, requires = "build_log")]
         result: Option<PathBuf>,
+        /// With --build-log: a line for the top of the log (repeatable).
+        #[arg(long, requires = "build_log")]
+        note: Vec<String>,
+        /// With --build-log: after a successful build, mark it built and run this script (lintian
+        /// in ignore mode) into its own log.
+        #[arg(long, requires = "build_log")]
+        after: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -340,16 +347,14 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         return clap_mangen::generate_to(Cli::command(), dir)
             .with_context(|| format!("writing man pages into {}", dir.display()));
     }
-    if let Command::BuilderExec { build_log: log, stop_post, result, command } = &cli.command {
+    if let Command::BuilderExec { build_log: log, stop_post, result, note, after, command } = &cli.command {
         use buildbay::builder::exec;
         if let Some(result) = stop_post {
             return exec::stop_post(result).with_context(|| format!("writing {}", result.display()));
         }
         let log = log.as_ref().context("--build-log is required")?;
-        let code = exec::run_logged(log, command).with_context(|| format!("running {command:?}"))?;
-        if let Some(result) = result {
-            exec::record_exit(result, code).with_context(|| format!("writing {}", result.display()))?;
-        }
+        let code = exec::relay(log, result.as_deref(), note, after.as_deref(), command)
+            .with_context(|| format!("running {command:?}"))?;
         std::process::exit(code);
     }
     let inst =

@@ -122,6 +122,15 @@ fn sbuild_on_a_machine_image_chroot() {
     let logs = walk_named(&inst.state().join("spool"), "bbhello_1.0~test12+1_amd64.buildlog");
     let log = std::fs::read_to_string(&logs[0]).expect("buildlog");
     assert!(log.contains("Status: successful") && log.contains("dpkg-buildpackage"), "{log}");
+    // debhelper is in the image: nothing to install, sbuild's null resolver, no apt setup.
+    assert!(log.contains("buildbay: the build dependencies are all in the chroot image: nothing to install"), "{log}");
+    assert!(!log.contains("Setup apt archive"), "{log}");
+    // Where the time went, by phase.
+    let phases = built[0]["extra"]["phases"].as_object().expect("phases").clone();
+    for phase in ["setup", "dependencies", "build", "cleanup"] {
+        assert!(phases.get(phase).and_then(|s| s.as_f64()).is_some_and(|s| s >= 0.0), "{phase}: {phases:?}");
+    }
+    println!("bbhello phases: {phases:?}");
     // The build log is served where the BUILT event and the builds page point.
     let served = curl(
         &format!("{}/mini_buildd/events-dir/{}", srv.url, built[0]["extra"]["buildlog"].as_str().expect("log")),
@@ -137,6 +146,42 @@ fn sbuild_on_a_machine_image_chroot() {
     let apt = AptRoot::new(dir.path(), &format!("{}/repositories/test", srv.url), &[UNSTABLE], &key);
     apt.update();
     assert!(apt.madison("bbhello").contains("1.0~test12+1"), "{}", apt.madison("bbhello"));
+
+    // 1b. A package whose build dependencies are not all in the image (hello, added by the
+    //     upload) goes through apt; lintian in ignore mode runs after its result, and its report
+    //     is served beside the build log.
+    let deps = buildable_source_with(
+        dir.path(),
+        "bbdeps",
+        "1.0~test12+1",
+        UNSTABLE,
+        "test -x /usr/bin/hello",
+        &["add-depends=hello", "lintian-mode=ignore"],
+    );
+    ftp_upload(&srv.ftp, &deps);
+    let installed = wait_event(&srv.url, "bbdeps", "INSTALLED", BUILD_WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    let built = of(&events(&srv.url), "bbdeps", "BUILT").pop().expect("BUILT");
+    let logs = walk_named(&inst.state().join("spool"), "bbdeps_1.0~test12+1_amd64.buildlog");
+    let log = std::fs::read_to_string(&logs[0]).expect("buildlog");
+    assert!(log.contains("buildbay: build dependencies to install: the request adds dependencies"), "{log}");
+    assert!(log.contains("Setting up hello"), "apt installed hello: {log}");
+    assert!(!log.contains("Lintian"), "ignore mode: lintian is not in the build: {log}");
+    let report = built["extra"]["lintian"].as_str().expect("the BUILT event names the lintian report").to_owned();
+    let url = format!("{}/mini_buildd/events-dir/{report}", srv.url);
+    let start = Instant::now();
+    let report = loop {
+        let text = curl(&url, 10);
+        if text.contains("buildbay: exit code") {
+            break text;
+        }
+        assert!(start.elapsed() < BUILD_WAIT, "no lintian report at {url}: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(report.contains("Lintian: ") && report.contains(" errors, "), "{report}");
+    // The test package has no manual page: lintian, run for real, says so.
+    assert!(report.contains("no-manual-page"), "{report}");
+    println!("lintian after the result: {:.1} s after BUILT", start.elapsed().as_secs_f64());
 
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");

@@ -7,15 +7,50 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-/// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`. Returns the
-/// exit code to exit with (128 + signal when it was killed).
+/// The relay of a build (`buildbay builder-exec --build-log …`): run the build command logged,
+/// with its phases timed; record its end in `result` when given (child-process runner; under
+/// systemd, ExecStopPost does that). When the build succeeded and there is an `after` script
+/// (lintian in ignore mode), mark the build finished (`built`) first, so that its result goes
+/// out at once, then run the script into its own log; its outcome does not change the build's.
+pub fn relay(
+    log: &Path,
+    result: Option<&Path>,
+    notes: &[String],
+    after: Option<&Path>,
+    argv: &[String],
+) -> std::io::Result<i32> {
+    let code = run_logged(log, Some(&log.with_file_name(super::phases::FILE)), notes, argv)?;
+    if let (0, Some(script)) = (code, after) {
+        Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
+        let after_log = log.with_file_name(super::AFTER_LOG);
+        let script = vec![script.display().to_string()];
+        let after_code = run_logged(&after_log, None, &[], &script)?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&after_log)?;
+        writeln!(f, "buildbay: exit code {after_code}; the build's result did not wait for this")?;
+    }
+    if let Some(result) = result {
+        record_exit(result, code)?;
+    }
+    Ok(code)
+}
+
+/// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`, after the
+/// `notes` (one `buildbay: …` line each). The section headers that pass are timed in `phases`,
+/// when given. Returns the exit code to exit with (128 + signal when it was killed).
 ///
 /// A stop signal (SIGTERM, SIGINT) is for the build, not for this relay: it keeps copying until
 /// the build's output ends, so that sbuild can clean up its session and say so in the log.
-pub fn run_logged(log: &Path, argv: &[String]) -> std::io::Result<i32> {
+pub fn run_logged(log: &Path, phases: Option<&Path>, notes: &[String], argv: &[String]) -> std::io::Result<i32> {
     let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
     ignore_stop_signals();
     let mut file = std::fs::File::create(log)?;
+    let mut phases = phases.map(super::phases::Recorder::create).transpose()?;
+    let mut stdout = std::io::stdout().lock();
+    for note in notes {
+        let line = format!("buildbay: {note}\n");
+        file.write_all(line.as_bytes())?;
+        let _ = stdout.write_all(line.as_bytes());
+    }
     let (read, write) = nix::unistd::pipe().map_err(std::io::Error::from)?;
     let mut child = {
         let mut cmd = Command::new(program);
@@ -24,7 +59,6 @@ pub fn run_logged(log: &Path, argv: &[String]) -> std::io::Result<i32> {
         // `cmd` drops here, closing our copies of the write end.
     };
     let mut read = std::fs::File::from(read);
-    let mut stdout = std::io::stdout().lock();
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match read.read(&mut buf) {
@@ -34,11 +68,18 @@ pub fn run_logged(log: &Path, argv: &[String]) -> std::io::Result<i32> {
             Err(e) => return Err(e),
         };
         file.write_all(&buf[..n])?;
+        if let Some(p) = phases.as_mut() {
+            p.feed(&buf[..n])?;
+        }
         // The journal may be gone (daemon side); the log file is what counts.
         let _ = stdout.write_all(&buf[..n]);
     }
     file.sync_all()?;
-    Ok(exit_code(child.wait()?))
+    let code = exit_code(child.wait()?);
+    if let Some(p) = phases {
+        p.finish()?;
+    }
+    Ok(code)
 }
 
 fn ignore_stop_signals() {
@@ -152,10 +193,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         let argv: Vec<String> = ["sh", "-c", "echo one; echo two >&2; echo three; exit 4"].map(String::from).to_vec();
-        assert_eq!(run_logged(&log, &argv).unwrap(), 4);
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\nthree\n");
+        let phases = dir.path().join(super::super::phases::FILE);
+        assert_eq!(run_logged(&log, Some(&phases), &["a note".into()], &argv).unwrap(), 4);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "buildbay: a note\none\ntwo\nthree\n");
         let killed: Vec<String> = ["sh", "-c", "kill -9 $$"].map(String::from).to_vec();
-        assert_eq!(run_logged(&log, &killed).unwrap(), 137);
+        assert_eq!(run_logged(&log, None, &[], &killed).unwrap(), 137);
+        let phases = std::fs::read_to_string(&phases).unwrap();
+        assert!(phases.starts_with("0.000\t(start)\n") && phases.ends_with("\t(end)\n"), "{phases}");
+    }
+
+    #[test]
+    fn the_after_script_runs_once_the_build_is_marked_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, result) = (dir.path().join(super::super::LIVE_LOG), dir.path().join("result"));
+        let script = dir.path().join("after");
+        // The script sees the build marked built, and its failure does not fail the build.
+        let built = dir.path().join(super::super::BUILT);
+        std::fs::write(&script, format!("#!/bin/sh\ntest -e {} && echo saw built; exit 3\n", built.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let ok: Vec<String> = ["sh", "-c", "echo building"].map(String::from).to_vec();
+        let code = relay(&log, Some(&result), &[], Some(&script), &ok);
+        assert_eq!(code.unwrap(), 0);
+        assert_eq!(Ended::parse(&std::fs::read_to_string(&result).unwrap()).service_result, "success");
+        let after = std::fs::read_to_string(dir.path().join(super::super::AFTER_LOG)).unwrap();
+        assert!(after.starts_with("saw built\n") && after.contains("exit code 3"), "{after}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "building\n");
+        // A failed build: no after script, no built mark.
+        std::fs::remove_file(dir.path().join(super::super::BUILT)).unwrap();
+        std::fs::remove_file(dir.path().join(super::super::AFTER_LOG)).unwrap();
+        let bad: Vec<String> = ["sh", "-c", "exit 2"].map(String::from).to_vec();
+        assert_eq!(relay(&log, Some(&result), &[], Some(&script), &bad).unwrap(), 2);
+        assert!(!dir.path().join(super::super::BUILT).exists() && !dir.path().join(super::super::AFTER_LOG).exists());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod exec;
 pub mod nspawn;
+pub mod phases;
 pub mod sbuild;
 
 use crate::chroot::Places;
@@ -161,6 +162,11 @@ pub const BUILDS_DIR: &str = "var/builds";
 
 /// The live output of a build, in its directory.
 pub const LIVE_LOG: &str = "buildlog";
+/// Written by the relay when a build succeeded and an after script (lintian in ignore mode)
+/// still runs in its unit: the build is finished, its result can go.
+pub const BUILT: &str = "built";
+/// The after script's output, in the build directory (served beside the build log).
+pub const AFTER_LOG: &str = "lintian.log";
 
 pub struct Builder {
     pub runner: Runner,
@@ -297,6 +303,15 @@ impl Builder {
                 }
             }
         }
+        if let Runner::Child(children) = &self.runner {
+            // Relays still running an after script for a finished build: reap them when done.
+            let building: std::collections::HashSet<String> =
+                jobs(&inst.store)?.into_iter().filter(|j| j.state == JobState::Running).map(|j| j.bkey).collect();
+            children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|bkey, child| building.contains(bkey) || matches!(child.try_wait(), Ok(None)));
+        }
         for req in queue {
             if running >= self.limits.slots {
                 break;
@@ -319,9 +334,14 @@ impl Builder {
         Ok(Pass { events, delivered, running })
     }
 
-    /// Whether a running build has ended (its `result` exists, or it vanished without one).
+    /// Whether a running build has ended (its `result` or `built` exists, or it vanished without
+    /// either).
     async fn poll(&self, job: &Job) -> Result<bool> {
         let result = job.dir.join("result");
+        if !result.exists() && job.dir.join(BUILT).exists() {
+            // Its unit (or child) goes on with the after script; it is reaped later.
+            return Ok(true);
+        }
         if result.exists() {
             if let Runner::Child(children) = &self.runner
                 && let Some(mut child) = children.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.bkey)
@@ -398,6 +418,12 @@ impl Builder {
             if result {
                 argv.extend(["--result".to_owned(), dir.join("result").display().to_string()]);
             }
+            if let Some(after) = &plan.after {
+                argv.extend(["--after".to_owned(), after.display().to_string()]);
+            }
+            for note in &plan.notes {
+                argv.extend(["--note".to_owned(), note.clone()]);
+            }
             argv.push("--".into());
             argv.extend(plan.argv.iter().cloned());
             argv
@@ -469,16 +495,30 @@ impl Builder {
 
     /// Turn a finished build into a signed result in incoming, and record BUILT.
     fn finish(&self, inst: &Instance, mut job: Job) -> Result<Event> {
-        let ended = Ended::parse(&std::fs::read_to_string(job.dir.join("result")).unwrap_or_default());
+        let ended = std::fs::read_to_string(job.dir.join("result"))
+            .or_else(|_| std::fs::read_to_string(job.dir.join(BUILT)))
+            .unwrap_or_default();
+        let ended = Ended::parse(&ended);
         let result = sbuild::result(inst, &job, &ended, &self.limits, &self.incoming)?;
         job.state = JobState::Finished;
-        tracing::info!(bkey = %job.bkey, status = %result.status, "build finished: {}", ended.line().trim());
+        let phases = phases::summary(&std::fs::read_to_string(job.dir.join(phases::FILE)).unwrap_or_default());
+        let phases_line = phases.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect::<Vec<_>>().join(", ");
+        tracing::info!(bkey = %job.bkey, status = %result.status, "build finished: {} ({phases_line})", ended.line().trim());
+        let phases: serde_json::Map<String, serde_json::Value> =
+            phases.into_iter().map(|(n, s)| (n.to_owned(), s.into())).collect();
         let event = Event::new(EventType::Built, &job.distribution, &job.source, &job.version)
             .with("architecture", job.arch.as_str())
             .with("bkey", job.bkey.as_str())
             .with("status", result.status.as_str())
             .with("buildlog", result.buildlog.as_str())
-            .with("duration", (chrono::Utc::now() - job.started).num_seconds());
+            .with("duration", (chrono::Utc::now() - job.started).num_seconds())
+            .with("phases", phases);
+        // Lintian in ignore mode runs after this result, in the build's unit.
+        let event = if result.status == "successful" && job.dir.join(".lintian").exists() {
+            event.with("lintian", format!("{}/{AFTER_LOG}", job.bkey))
+        } else {
+            event
+        };
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         event.record(&tx)?;

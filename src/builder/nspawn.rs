@@ -64,8 +64,11 @@ pub fn nspawn_argv(
     a
 }
 
-/// The script the machine runs, from the request's fields and its `.dsc`.
-pub fn build_script(fields: &Stanza, dsc: &str) -> String {
+/// The script the machine runs, from the request's fields and its `.dsc`. It prints sbuild's
+/// section headers, so its phases are timed the same way (see `phases`).
+///
+/// `installed`: the image already has every build dependency; apt is not touched at all.
+pub fn build_script(fields: &Stanza, dsc: &str, installed: bool) -> String {
     let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}"));
     let binary = if f("Arch-All") == Some("Yes") { "-b" } else { "-B" };
     let offline = if f("Build-Network") == Some("Yes") { "" } else { "unshare --net " };
@@ -85,25 +88,38 @@ pub fn build_script(fields: &Stanza, dsc: &str) -> String {
             let fail_on = if mode == "warnfail" { "error,warning" } else { "error" };
             format!(
                 "if [ \"$status\" = successful ]; then\n\
+                 \x20 section 'Post Build'\n\
                  \x20 if lintian --fail-on {fail_on} --suppress-tags bad-distribution-in-changes-file {BUILD}/out/*.changes; \
                  then echo 'Lintian: pass'; else echo 'Lintian: fail'; fi\n\
                  fi\n"
             )
         }
     };
-    let apt_setup = super::sbuild::apt_setup("", &format!("{BUILD}/.config"));
+    let dependencies = if installed {
+        String::new()
+    } else {
+        format!(
+            "section 'Update chroot'\n\
+             {apt_setup}\
+             [ -n \"$updated\" ] || given_back 'apt-get update of the build sources'\n\
+             section 'Install package build dependencies'\n\
+             apt-get -q -y --no-install-recommends build-dep {BUILD}/{dsc} || given_back 'installing the build dependencies'\n\
+             {install_add}",
+            apt_setup = super::sbuild::apt_setup("", &format!("{BUILD}/.config"))
+        )
+    };
     format!(
         "#!/bin/sh\n\
          # buildbay: a build in an ephemeral nspawn machine; everything but {BUILD} vanishes with it.\n\
          set -u\n\
          export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8\n\
+         rule=+------------------------------------------------------------------------------+\n\
+         section() {{ printf '%s\\n| %-76s |\\n%s\\n' \"$rule\" \"$1\" \"$rule\"; }}\n\
          given_back() {{ echo \"buildbay: $1 failed\"; echo 'Status: given-back'; exit 1; }}\n\
          echo \"buildbay: ephemeral machine $(hostname), $(. /etc/os-release; echo \"$PRETTY_NAME\") $(dpkg --print-architecture)\"\n\
          cd {BUILD} || exit 1\n\
-         {apt_setup}\
-         [ -n \"$updated\" ] || given_back 'apt-get update of the build sources'\n\
-         apt-get -q -y --no-install-recommends build-dep {BUILD}/{dsc} || given_back 'installing the build dependencies'\n\
-         {install_add}\
+         {dependencies}\
+         section 'Build'\n\
          id builder >/dev/null 2>&1 || useradd --create-home --shell /bin/sh builder\n\
          mkdir -p {BUILD}/src && chown builder {BUILD}/src {BUILD}/out\n\
          runuser -u builder -- dpkg-source -x {BUILD}/{dsc} {BUILD}/src/tree || given_back 'unpacking the source'\n\
@@ -113,6 +129,7 @@ pub fn build_script(fields: &Stanza, dsc: &str) -> String {
          echo \"Build-Time: $(( $(date +%s) - start ))\"\n\
          for f in {BUILD}/src/*; do [ -f \"$f\" ] && mv \"$f\" {BUILD}/out/; done\n\
          {lintian}\
+         section 'Summary'\n\
          echo \"Status: $status\"\n\
          [ \"$status\" = successful ]\n"
     )
@@ -168,14 +185,39 @@ mod tests {
 
     #[test]
     fn the_script_builds_offline_as_a_user_and_reports_like_sbuild() {
-        let s = build_script(&request(&[("Arch-All", "Yes"), ("Add-Depends", "libfoo-dev, bar")]), "hello_1.0.dsc");
+        let s =
+            build_script(&request(&[("Arch-All", "Yes"), ("Add-Depends", "libfoo-dev, bar")]), "hello_1.0.dsc", false);
         assert!(s.contains("build-dep /build/hello_1.0.dsc"));
         assert!(s.contains("install libfoo-dev bar"));
         assert!(s.contains("unshare --net runuser -u builder -- dpkg-buildpackage -us -uc -b"));
         assert!(s.contains("lintian --fail-on error "));
         assert!(s.contains("echo \"Status: $status\""));
-        let online = build_script(&request(&[("Build-Network", "Yes"), ("Lintian-Mode", "disabled")]), "h.dsc");
+        let online = build_script(&request(&[("Build-Network", "Yes"), ("Lintian-Mode", "disabled")]), "h.dsc", false);
         assert!(online.contains("then status=successful") && !online.contains("unshare"));
         assert!(online.contains("dpkg-buildpackage -us -uc -B") && !online.contains("lintian --fail-on"));
+        // Everything already in the image: apt is not touched.
+        let fast = build_script(&request(&[]), "h.dsc", true);
+        assert!(!fast.contains("apt-get") && fast.contains("section 'Build'"), "{fast}");
+    }
+
+    #[test]
+    fn the_script_prints_sections_the_phases_recognise() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = build_script(&request(&[]), "h.dsc", false);
+        let section_fn = script
+            .lines()
+            .filter(|l| l.starts_with("rule=") || l.starts_with("section()"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{section_fn}\nsection 'Install package build dependencies'"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(super::super::phases::header(lines[0], lines[1]), Some("Install package build dependencies"));
     }
 }

@@ -18,6 +18,11 @@ pub struct Plan {
     pub env: Vec<String>,
     /// The nspawn backend's machine name (`machinectl list`).
     pub machine: Option<String>,
+    /// Lines for the top of the build log: decisions made before the build started.
+    pub notes: Vec<String>,
+    /// The script the build's unit runs after a successful build, once its result can go
+    /// (lintian in ignore mode).
+    pub after: Option<PathBuf>,
 }
 
 /// The request's copy in the build directory.
@@ -59,6 +64,7 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places,
         return Err(bad(req, format!("no chroot {id} here; add it with `buildbay api setup --chroots {id}`")));
     }
     let fields = &changes.stanza;
+    let mut notes = Vec::new();
     let mut env = vec![format!("HOME={}", dir.display())];
     for (field, var) in [("Deb-Build-Options", "DEB_BUILD_OPTIONS"), ("Deb-Build-Profiles", "DEB_BUILD_PROFILES")] {
         if let Some(v) = fields.get(&format!("X-Mini-Buildd-{field}")) {
@@ -71,19 +77,91 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places,
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&path))
     };
+    // Nothing to install (the image has it all): no apt session setup, no resolver run.
+    let installed = match image_has_build_deps(fields, &dir.join(&dsc), &places.image(&chroot), &req.arch) {
+        Ok(()) => true,
+        Err(why) => {
+            notes.push(format!("build dependencies to install: {why}"));
+            false
+        }
+    };
+    if installed {
+        notes.push("the build dependencies are all in the chroot image: nothing to install".into());
+    }
+    let after = if fields.get("X-Mini-Buildd-Lintian-Mode") == Some("ignore") {
+        notes.push(format!("lintian mode ignore: lintian runs after the result, into {}", super::AFTER_LOG));
+        write_script(".lintian", lintian_after_script(&chroot.name(), &dir.join("out")))?;
+        Some(dir.join(".lintian"))
+    } else {
+        None
+    };
     let (argv, machine) = match fields.get("X-Mini-Buildd-Build-Backend").unwrap_or("sbuild") {
         "sbuild" => {
             write_script(".setup", setup_script(&dir.join(".config")))?;
-            (sbuild_argv(fields, &req.arch, &chroot.name(), dir, &dir.join(&dsc)), None)
+            (sbuild_argv(fields, &req.arch, &chroot.name(), dir, &dir.join(&dsc), installed), None)
         }
         "nspawn" => {
-            write_script(".nspawn-build", nspawn::build_script(fields, &dsc))?;
+            write_script(".nspawn-build", nspawn::build_script(fields, &dsc, installed))?;
             let machine = nspawn::machine_name(&req.bkey);
             (nspawn::nspawn_argv(fields, &places.image(&chroot), dir, &machine, machined, &env), Some(machine))
         }
         other => return Err(bad(req, format!("unknown build backend {other:?} (this builder has sbuild and nspawn)"))),
     };
-    Ok(Plan { source: changes.source.to_string(), version: changes.version.to_string(), argv, env, machine })
+    Ok(Plan {
+        source: changes.source.to_string(),
+        version: changes.version.to_string(),
+        argv,
+        env,
+        machine,
+        notes,
+        after,
+    })
+}
+
+/// Lintian on a finished build's files (`out`), in a fresh session of its chroot, reported and
+/// not gating: the files are copied under sbuild's `/build`, the one host directory a session
+/// sees.
+pub fn lintian_after_script(chroot: &str, out: &Path) -> String {
+    format!(
+        "#!/bin/sh\n\
+         # buildbay: lintian after the build's result (lintian mode \"ignore\"): reported, not gating.\n\
+         set -u\n\
+         dir=$(mktemp -d /var/lib/sbuild/build/buildbay-lintian-XXXXXX) || exit 1\n\
+         trap 'rm -rf \"$dir\"' EXIT\n\
+         cp -l '{out}'/* \"$dir\"/ 2>/dev/null || cp '{out}'/* \"$dir\"/ || exit 1\n\
+         chmod 755 \"$dir\"\n\
+         set --\n\
+         for c in \"$dir\"/*.changes; do set -- \"$@\" \"/build/${{dir##*/}}/${{c##*/}}\"; done\n\
+         schroot -c '{chroot}' -d / -- lintian --suppress-tags bad-distribution-in-changes-file \"$@\" > \"$dir/out\" 2>&1\n\
+         rc=$?\n\
+         cat \"$dir/out\"\n\
+         echo \"Lintian: $(grep -c '^E: ' \"$dir/out\") errors, $(grep -c '^W: ' \"$dir/out\") warnings (lintian exit code $rc)\"\n\
+         exit $rc\n",
+        out = out.display()
+    )
+}
+
+/// Whether the chroot image already holds every build dependency of the `.dsc`, as the
+/// request's resolver would see it (see `deb::builddeps`); otherwise why not.
+fn image_has_build_deps(fields: &Stanza, dsc: &Path, image: &Path, arch: &str) -> std::result::Result<(), String> {
+    let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}")).unwrap_or_default();
+    if !f("Add-Depends").trim().is_empty() {
+        return Err("the request adds dependencies (Add-Depends)".into());
+    }
+    let first_alternative_only = match f("Build-Dep-Resolver") {
+        "apt" | "" => true,
+        "aptitude" => false,
+        other => return Err(format!("the {other} resolver decides")),
+    };
+    let text = std::fs::read_to_string(dsc).map_err(|e| format!("{}: {e}", dsc.display()))?;
+    let dsc = crate::deb::control::strip_signature(&text)
+        .and_then(|t| Stanza::parse_one(&t))
+        .map_err(|e| format!("cannot read the .dsc: {e}"))?;
+    let status_path = image.join("var/lib/dpkg/status");
+    let status = std::fs::read_to_string(&status_path).map_err(|e| format!("{}: {e}", status_path.display()))?;
+    let profiles: Vec<&str> = f("Deb-Build-Profiles").split_whitespace().collect();
+    let target = crate::deb::builddeps::Target { arch, profiles: &profiles, first_alternative_only };
+    crate::deb::builddeps::satisfied(&dsc, &crate::deb::builddeps::Installed::from_status(&status), &target)
 }
 
 /// The host-side setup, run by sbuild as a pre-build command with the chroot's exec prefix as
@@ -119,7 +197,11 @@ pub(super) fn apt_setup(exec: &str, config: &str) -> String {
 }
 
 /// mini-buildd's sbuild command line, from the request's `X-Mini-Buildd-*` fields.
-pub fn sbuild_argv(fields: &Stanza, arch: &str, chroot: &str, dir: &Path, dsc: &Path) -> Vec<String> {
+///
+/// `installed`: the chroot already has every build dependency, so sbuild's null resolver
+/// installs nothing and the request's apt setup is skipped. Build dependencies are never purged:
+/// the session's overlay goes with it.
+pub fn sbuild_argv(fields: &Stanza, arch: &str, chroot: &str, dir: &Path, dsc: &Path, installed: bool) -> Vec<String> {
     let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}"));
     let mut a: Vec<String> = vec![
         "sbuild".into(),
@@ -127,15 +209,18 @@ pub fn sbuild_argv(fields: &Stanza, arch: &str, chroot: &str, dir: &Path, dsc: &
         format!("--dist={}", fields.get("Distribution").unwrap_or_default()),
         format!("--arch={arch}"),
         format!("--chroot={chroot}"),
-        format!("--build-dep-resolver={}", f("Build-Dep-Resolver").unwrap_or("apt")),
+        format!("--build-dep-resolver={}", if installed { "null" } else { f("Build-Dep-Resolver").unwrap_or("apt") }),
+        "--purge-deps=never".into(),
         "--nolog".into(),
         "--log-external-command-output".into(),
         "--log-external-command-error".into(),
         "--no-apt-update".into(),
         "--no-apt-upgrade".into(),
         "--no-apt-distupgrade".into(),
-        format!("--pre-build-commands={} %SBUILD_CHROOT_EXEC", dir.join(".setup").display()),
     ];
+    if !installed {
+        a.push(format!("--pre-build-commands={} %SBUILD_CHROOT_EXEC", dir.join(".setup").display()));
+    }
     a.push(if f("Arch-All") == Some("Yes") { "--arch-all".into() } else { "--no-arch-all".into() });
     for dep in f("Add-Depends").unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty()) {
         a.push(format!("--add-depends={dep}"));
@@ -283,6 +368,7 @@ mod tests {
             "buildbay-bookworm-amd64",
             dir,
             Path::new("/b/hello_1.0.dsc"),
+            false,
         );
         for want in [
             "--chroot-mode=schroot",
@@ -307,10 +393,16 @@ mod tests {
             "buildbay-bookworm-i386",
             dir,
             Path::new("/b/x.dsc"),
+            false,
         );
         assert!(b.contains(&"--no-arch-all".to_owned()) && b.contains(&"--no-run-lintian".to_owned()));
-        let w = sbuild_argv(&request(&[("Lintian-Mode", "warnfail")]), "amd64", "c", dir, Path::new("/b/x.dsc"));
+        let w = sbuild_argv(&request(&[("Lintian-Mode", "warnfail")]), "amd64", "c", dir, Path::new("/b/x.dsc"), false);
         assert!(w.contains(&"--lintian-opts=--fail-on=error,warning".to_owned()));
+        // Everything already in the image: the null resolver, and no apt setup in the session.
+        let fast = sbuild_argv(&request(&[]), "amd64", "c", dir, Path::new("/b/x.dsc"), true);
+        assert!(fast.contains(&"--build-dep-resolver=null".to_owned()), "{fast:?}");
+        assert!(!fast.iter().any(|x| x.starts_with("--pre-build-commands")), "{fast:?}");
+        assert!(a.contains(&"--purge-deps=never".to_owned()) && fast.contains(&"--purge-deps=never".to_owned()));
     }
 
     #[test]

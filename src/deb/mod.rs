@@ -2,6 +2,7 @@
 //!
 //! Pure code: nothing here writes files or knows about repositories.
 
+pub mod builddeps;
 pub mod changelog;
 pub mod changes;
 pub mod checksum;

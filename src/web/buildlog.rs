@@ -2,12 +2,13 @@
 //! `Buildlog-Installed` field gives), plain text, and the same address with `?follow=1` as a
 //! Server-Sent Events tail of a running build's live log that ends when the build does.
 //!
-//! Only log files are served: the live `buildlog` and the final `*.buildlog` of a build
-//! directory, nothing else in it (the request, the debs).
+//! Only log files are served: the live `buildlog`, the final `*.buildlog` and the `lintian.log`
+//! of lintian's run after the result (ignore mode) of a build directory, nothing else in it
+//! (the request, the debs).
 
 use super::Web;
 use crate::api::ApiError;
-use crate::builder::{BUILDS_DIR, LIVE_LOG};
+use crate::builder::{AFTER_LOG, BUILDS_DIR, LIVE_LOG};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ pub fn log_path(builds: &Path, tail: &str) -> Result<PathBuf, ApiError> {
         !s.is_empty() && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:_".contains(&b))
     };
     if ![source, version, timecode, arch, name].iter().all(|s| safe(s))
-        || !(name == LIVE_LOG || name.ends_with(".buildlog"))
+        || !(name == LIVE_LOG || name == AFTER_LOG || name.ends_with(".buildlog"))
     {
         return Err(not_found());
     }

@@ -232,6 +232,19 @@ pub fn instance_signer(dir: &Path, state: &Path) -> (Gpg, String) {
 /// `/usr/bin/<name>` prints hello. `build` is the recipe of its build step, e.g. `exit 1` for a
 /// failure to build or `sleep 6071` for a long build. Returns its unsigned `_source.changes`.
 pub fn buildable_source(dir: &Path, name: &str, version: &str, dist: &str, build: &str) -> PathBuf {
+    buildable_source_with(dir, name, version, dist, build, &[])
+}
+
+/// `buildable_source` with upload options (`MINI_BUILDD_OPTION: …` lines) in its changelog.
+pub fn buildable_source_with(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    dist: &str,
+    build: &str,
+    options: &[&str],
+) -> PathBuf {
+    let options: String = options.iter().map(|o| format!("  * MINI_BUILDD_OPTION: {o}\n")).collect();
     let work = dir.join(format!("{name}-{version}"));
     let tree = work.join(name);
     std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
@@ -239,7 +252,7 @@ pub fn buildable_source(dir: &Path, name: &str, version: &str, dist: &str, build
         ("debian/source/format", "3.0 (native)\n".to_owned()),
         (
             "debian/changelog",
-            format!("{name} ({version}) {dist}; urgency=medium\n\n  * Test package.\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
+            format!("{name} ({version}) {dist}; urgency=medium\n\n  * Test package.\n{options}\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n"),
         ),
         (
             "debian/control",
