@@ -534,6 +534,21 @@ impl Instance {
             .collect()
     }
 
+    /// A Source's keys that exist, are active and may sign now: one expired key of a keyring
+    /// does not fail the Source while another one signs its release.
+    pub fn source_certs(&self, s: &Source) -> Result<Vec<sequoia_openpgp::Cert>> {
+        let mut certs = Vec::new();
+        for fp in &s.apt_keys {
+            let key: Option<config::AptKey> = self.get(kind::APTKEY, fp)?;
+            let cert = key
+                .filter(|k| k.status.is_active())
+                .and_then(|k| crate::gpg::one_key(k.key.as_bytes()).ok())
+                .filter(|c| crate::gpg::usable(c).is_ok());
+            certs.extend(cert);
+        }
+        Ok(certs)
+    }
+
     /// Ask the active archives for a Source's release, verified with its keys.
     fn check_source(&self, s: &Source) -> std::result::Result<sources::Found, String> {
         let archives: Vec<ArchiveUrl> = self
@@ -543,17 +558,7 @@ impl Instance {
             .filter(|a| a.status.is_active())
             .map(|a| a.url)
             .collect();
-        // Its keys that exist, are active and may sign now: one expired key of a keyring does
-        // not fail the Source while another one signs its release.
-        let mut certs = Vec::new();
-        for fp in &s.apt_keys {
-            let key: Option<config::AptKey> = self.get(kind::APTKEY, fp).map_err(|e| e.to_string())?;
-            let cert = key
-                .filter(|k| k.status.is_active())
-                .and_then(|k| crate::gpg::one_key(k.key.as_bytes()).ok())
-                .filter(|c| crate::gpg::usable(c).is_ok());
-            certs.extend(cert);
-        }
+        let certs = self.source_certs(s).map_err(|e| e.to_string())?;
         if certs.is_empty() && !s.apt_keys.is_empty() {
             return Err(format!(
                 "none of its {} apt keys is active and usable now; activate one (the configuration page lists them)",

@@ -540,4 +540,22 @@ fn sources_are_checked_against_archives_and_keys() {
     assert!(sources.contains("deb http://deb.debian.org/debian bookworm-backports main"), "{sources}");
     let prefs = ok(Command::new("tar").arg("-xOf").arg(&tar).arg(".config/apt_preferences"));
     assert!(prefs.contains("Pin: release o=Debian Backports,n=bookworm-backports\nPin-Priority: 100"), "{prefs}");
+    // The build trusts the extra source's keys too: one armored keyring, this instance's key
+    // first, then every active key of the backports source.
+    let keys = ok(Command::new("tar").arg("-xOf").arg(&tar).arg(".config/apt_keys"));
+    assert_eq!(keys.matches("BEGIN PGP PUBLIC KEY BLOCK").count(), 1, "{keys}");
+    let key_file = dir.path().join("apt_keys.asc");
+    std::fs::write(&key_file, &keys).unwrap();
+    let listed = ok(Command::new("gpg").args(["--no-default-keyring", "--with-colons", "--show-keys"]).arg(&key_file));
+    let in_request: Vec<&str> =
+        listed.lines().filter(|l| l.starts_with("fpr:")).filter_map(|l| l.split(':').nth(9)).collect();
+    let bpo = find("source", "Debian Backports:bookworm-backports").unwrap();
+    for k in bpo["fields"]["apt_keys"].as_array().unwrap() {
+        assert!(in_request.contains(&k.as_str().unwrap()), "{k} missing from the request's apt_keys: {in_request:?}");
+    }
+    let own_file = dir.path().join("own.asc");
+    std::fs::write(&own_file, upload::api(&s.url, "pub_key", "").as_str().expect("the key")).unwrap();
+    let own = ok(Command::new("gpg").args(["--no-default-keyring", "--with-colons", "--show-keys"]).arg(&own_file));
+    let own = own.lines().find(|l| l.starts_with("fpr:")).and_then(|l| l.split(':').nth(9)).expect("fpr").to_owned();
+    assert_eq!(in_request.first(), Some(&own.as_str()), "this instance's key comes first: {in_request:?}");
 }

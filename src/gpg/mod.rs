@@ -147,6 +147,18 @@ pub fn read_keyring(data: &[u8]) -> Result<Vec<Cert>, GpgError> {
     Ok(CertParser::from_bytes(data)?.collect::<openpgp::Result<Vec<_>>>()?)
 }
 
+/// Public keys as one ASCII-armored keyring (one block; what apt reads from a
+/// `trusted.gpg.d/*.asc`).
+pub fn armored_keyring(certs: &[Cert]) -> Result<String, GpgError> {
+    let mut out = Vec::new();
+    let mut w = openpgp::armor::Writer::new(&mut out, openpgp::armor::Kind::PublicKey).map_err(anyhow::Error::from)?;
+    for c in certs {
+        c.serialize(&mut w)?;
+    }
+    w.finalize().map_err(anyhow::Error::from)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Exactly one public key (an uploader's), armored or binary.
 pub fn one_key(data: &[u8]) -> Result<Cert, GpgError> {
     let mut certs = read_keyring(data).map_err(|e| GpgError::NotAKey(e.to_string()))?;
@@ -244,6 +256,18 @@ fn verify_inner(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, (String, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyrings_are_one_armored_block_of_every_key() {
+        let a = ArchiveKey::generate("A <a@example.org>", KeyAlgo::Ed25519).unwrap();
+        let b = ArchiveKey::generate("B <b@example.org>", KeyAlgo::Ed25519).unwrap();
+        let text = armored_keyring(&[a.cert().clone(), b.cert().clone()]).unwrap();
+        assert_eq!(text.matches("-----BEGIN PGP PUBLIC KEY BLOCK-----").count(), 1, "{text}");
+        assert!(!text.contains("PRIVATE"), "{text}");
+        let fps: Vec<String> =
+            read_keyring(text.as_bytes()).unwrap().iter().map(|c| c.fingerprint().to_hex()).collect();
+        assert_eq!(fps, [a.fingerprint(), b.fingerprint()]);
+    }
 
     #[test]
     fn sign_and_verify_roundtrip() {

@@ -214,7 +214,8 @@ impl Packager<'_> {
     /// The uploader keyring of a repository: its active uploaders, its extra keyrings, our own key.
     fn uploader_keyring(&self, read: &redb::ReadTransaction, repo: &Repository) -> Result<Vec<crate::gpg::Cert>> {
         let t = read.open_table(CONFIG)?;
-        let mut certs = vec![self.inst.key()?.cert().clone()];
+        let key_ = self.inst.key()?;
+        let mut certs = vec![key_.cert().clone()];
         for up in store::list_config::<Uploader>(&t, kind::UPLOADER)? {
             if up.status.is_active() && up.may_upload_to.contains(&repo.identity) {
                 match crate::gpg::read_keyring(up.key.as_bytes()) {
@@ -239,8 +240,14 @@ impl Packager<'_> {
         }
         u.distribution = a.dist.to_string();
         let key = u.key();
+        // The build trusts this instance's key and the keys of the distribution's extra sources
+        // (the base source's keys come with the chroot image).
         let key_ = self.inst.key()?;
-        let pub_key = key_.public_armored()?;
+        let mut certs = vec![key_.cert().clone()];
+        for (source, _) in self.inst.extra_sources(&a.distribution) {
+            certs.extend(self.inst.source_certs(&source)?);
+        }
+        let pub_key = crate::gpg::armored_keyring(&certs)?;
         let mut arches = BTreeMap::new();
         let mut requests = Vec::new();
         for opt in &a.distribution.architectures {
