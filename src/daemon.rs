@@ -144,6 +144,14 @@ impl Daemon {
             Ok(Err(e)) => tracing::error!("the chroot upgrade failed (it runs again later): {e}"),
             Err(e) => tracing::error!("the chroot upgrade failed (it runs again later): {e}"),
         }
+        // The apt archive caches start afresh with the upgraded images (what they held is
+        // older than the images now, or in them).
+        let caches = builder.apt_caches();
+        match std::fs::remove_dir_all(&caches) {
+            Ok(()) => tracing::info!(dir = %caches.display(), "emptied the apt archive caches"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %caches.display(), "cannot empty the apt archive caches: {e}"),
+        }
     }
 
     /// Where chroots live (the builder's places, or the defaults before it started).

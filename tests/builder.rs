@@ -179,9 +179,35 @@ fn sbuild_on_a_machine_image_chroot() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(report.contains("Lintian: ") && report.contains(" errors, "), "{report}");
+    let followed = curl(&format!("{url}?follow=1"), 30);
+    assert!(followed.contains("no-manual-page"), "following the report streams it: {followed}");
+    assert!(followed.contains("event:end") || followed.contains("event: end"), "and ends with the unit: {followed}");
     // The test package has no manual page: lintian, run for real, says so.
     assert!(report.contains("no-manual-page"), "{report}");
     println!("lintian after the result: {:.1} s after BUILT", start.elapsed().as_secs_f64());
+    // What apt downloaded stays in the slot's apt archive cache, and the next build takes it
+    // from there instead of the network.
+    let cached = walk_named(&inst.state().join("var/cache/apt-archives"), ".deb");
+    assert!(cached.iter().any(|p| p.to_string_lossy().contains("/hello_")), "{cached:?}\n{log}");
+    assert!(
+        log.contains("http://deb.debian.org/debian bookworm/main amd64 hello "),
+        "the first build downloads hello: {log}"
+    );
+    let again = buildable_source_with(
+        dir.path(),
+        "bbdeps2",
+        "1.0~test12+1",
+        UNSTABLE,
+        "test -x /usr/bin/hello",
+        &["add-depends=hello", "lintian-mode=disabled"],
+    );
+    ftp_upload(&srv.ftp, &again);
+    let installed = wait_event(&srv.url, "bbdeps2", "INSTALLED", BUILD_WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    let logs = walk_named(&inst.state().join("spool"), "bbdeps2_1.0~test12+1_amd64.buildlog");
+    let log2 = std::fs::read_to_string(&logs[0]).expect("buildlog");
+    assert!(log2.contains("buildbay: apt archive cache ") && log2.contains("Setting up hello"), "{log2}");
+    assert!(!log2.contains("amd64 hello "), "hello came from the cache, not the network: {log2}");
 
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");

@@ -21,17 +21,24 @@ pub fn relay(
 ) -> std::io::Result<i32> {
     let code = run_logged(log, Some(&log.with_file_name(super::phases::FILE)), notes, argv)?;
     if let (0, Some(script)) = (code, after) {
-        Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
-        let after_log = log.with_file_name(super::AFTER_LOG);
-        let script = vec![script.display().to_string()];
-        let after_code = run_logged(&after_log, None, &[], &script)?;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&after_log)?;
-        writeln!(f, "buildbay: exit code {after_code}; the build's result did not wait for this")?;
+        // Whatever happens to the after script, the unit's end is still recorded below.
+        if let Err(e) = run_after(log, script) {
+            eprintln!("buildbay: the after script {} failed to run: {e}", script.display());
+        }
     }
     if let Some(result) = result {
         record_exit(result, code)?;
     }
     Ok(code)
+}
+
+/// Mark the build built, then run the after script into its own log.
+fn run_after(log: &Path, script: &Path) -> std::io::Result<()> {
+    Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
+    let after_log = log.with_file_name(super::AFTER_LOG);
+    let after_code = run_logged(&after_log, None, &[], &[script.display().to_string()])?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&after_log)?;
+    writeln!(f, "buildbay: exit code {after_code}; the build's result did not wait for this")
 }
 
 /// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`, after the
@@ -55,6 +62,10 @@ pub fn run_logged(log: &Path, phases: Option<&Path>, notes: &[String], argv: &[S
     let mut child = {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(write.try_clone()?)).stderr(Stdio::from(write));
+        // The relay ignores stop signals; the command must not inherit that, or a stop would
+        // wait for SIGKILL and leave its sessions behind.
+        // SAFETY: only async-signal-safe calls (signal(2)) between fork and exec.
+        unsafe { cmd.pre_exec(default_stop_signals) };
         cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("{program}: {e}")))?
         // `cmd` drops here, closing our copies of the write end.
     };
@@ -80,6 +91,15 @@ pub fn run_logged(log: &Path, phases: Option<&Path>, notes: &[String], argv: &[S
         p.finish()?;
     }
     Ok(code)
+}
+
+fn default_stop_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: SIG_DFL installs no handler code.
+        unsafe { signal(sig, SigHandler::SigDfl) }.map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 fn ignore_stop_signals() {
@@ -198,6 +218,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "buildbay: a note\none\ntwo\nthree\n");
         let killed: Vec<String> = ["sh", "-c", "kill -9 $$"].map(String::from).to_vec();
         assert_eq!(run_logged(&log, None, &[], &killed).unwrap(), 137);
+        // The relay ignores SIGTERM, the command does not (it can be stopped).
+        let term: Vec<String> = ["sh", "-c", "kill -TERM $$; echo survived"].map(String::from).to_vec();
+        assert_eq!(run_logged(&log, None, &[], &term).unwrap(), 128 + 15);
+        assert!(!std::fs::read_to_string(&log).unwrap().contains("survived"));
         let phases = std::fs::read_to_string(&phases).unwrap();
         assert!(phases.starts_with("0.000\t(start)\n") && phases.ends_with("\t(end)\n"), "{phases}");
     }

@@ -6,7 +6,10 @@
 //! A build's whole state is its directory `var/builds/<bkey>/` plus one row in `builds`:
 //! - `buildlog`: the output, written by `buildbay builder-exec`, which also copies it to the journal;
 //! - `result`: `SERVICE_RESULT EXIT_CODE EXIT_STATUS`, written by the unit's ExecStopPost (or by
-//!   the daemon for a child process) however the build ended. Its presence means "finished".
+//!   the daemon for a child process) however the unit ended. Its presence means "finished";
+//! - `built`: written by the relay when a build succeeded and an after script (lintian in
+//!   ignore mode) still runs in its unit. The build is finished (its result goes out), the unit
+//!   not yet: it keeps its slot until `result` appears.
 //!
 //! So a restarted daemon re-attaches to running units by name, collects the ones that finished
 //! meanwhile, and starts again what never started.
@@ -103,6 +106,10 @@ pub struct Job {
     pub pid: Option<i32>,
     #[serde(with = "crate::events::iso")]
     pub started: chrono::DateTime<chrono::Utc>,
+    /// Its build slot, which names its apt archive cache: no two running builds share one, so
+    /// apt's lock on it is never contended.
+    #[serde(default)]
+    pub slot: usize,
 }
 
 /// Every build the table knows: running, and finished but not yet collected.
@@ -162,6 +169,8 @@ pub const BUILDS_DIR: &str = "var/builds";
 
 /// The live output of a build, in its directory.
 pub const LIVE_LOG: &str = "buildlog";
+/// Where the per-slot apt archive caches are, under the state directory.
+pub const APT_CACHE_DIR: &str = "var/cache/apt-archives";
 /// Written by the relay when a build succeeded and an after script (lintian in ignore mode)
 /// still runs in its unit: the build is finished, its result can go.
 pub const BUILT: &str = "built";
@@ -258,6 +267,12 @@ impl Builder {
         self.root.join(bkey)
     }
 
+    /// The apt archive caches, one per slot (`var/cache/apt-archives/<slot>`).
+    pub fn apt_caches(&self) -> PathBuf {
+        // `root` is `<state>/var/builds`.
+        self.root.parent().unwrap_or(&self.root).join("cache/apt-archives")
+    }
+
     /// Every build row.
     fn put_job(tx: &redb::WriteTransaction, job: &Job) -> Result<()> {
         tx.open_table(BUILDS)?.insert(job.bkey.as_str(), store::encode(job).as_slice())?;
@@ -276,7 +291,14 @@ impl Builder {
         let mut known = std::collections::HashSet::new();
         for job in jobs(&inst.store)? {
             known.insert(job.bkey.clone());
+            let after_script_running =
+                job.state == JobState::Finished && !job.dir.join("result").exists() && !self.unit_ended(&job).await?;
             match job.state {
+                // Built, and its unit still runs the after script (lintian in ignore mode): it
+                // holds its slot (and keeps the image from being upgraded) until the unit ends.
+                JobState::Finished if after_script_running => {
+                    running += 1;
+                }
                 JobState::Finished if !queued.contains(job.bkey.as_str()) => {
                     let tx = inst.store.write()?;
                     tx.open_table(BUILDS)?.remove(job.bkey.as_str())?;
@@ -303,15 +325,6 @@ impl Builder {
                 }
             }
         }
-        if let Runner::Child(children) = &self.runner {
-            // Relays still running an after script for a finished build: reap them when done.
-            let building: std::collections::HashSet<String> =
-                jobs(&inst.store)?.into_iter().filter(|j| j.state == JobState::Running).map(|j| j.bkey).collect();
-            children
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|bkey, child| building.contains(bkey) || matches!(child.try_wait(), Ok(None)));
-        }
         for req in queue {
             if running >= self.limits.slots {
                 break;
@@ -334,14 +347,19 @@ impl Builder {
         Ok(Pass { events, delivered, running })
     }
 
-    /// Whether a running build has ended (its `result` or `built` exists, or it vanished without
-    /// either).
+    /// Whether a running build has ended: it is `built` (its unit may go on with the after
+    /// script), or its unit ended (see `unit_ended`).
     async fn poll(&self, job: &Job) -> Result<bool> {
-        let result = job.dir.join("result");
-        if !result.exists() && job.dir.join(BUILT).exists() {
-            // Its unit (or child) goes on with the after script; it is reaped later.
+        if job.dir.join(BUILT).exists() {
             return Ok(true);
         }
+        self.unit_ended(job).await
+    }
+
+    /// Whether a build's unit (or child) has ended: its `result` exists, or it vanished without
+    /// one (then `result` says "lost"). Reaps the child, and stops one past RuntimeMaxSec.
+    async fn unit_ended(&self, job: &Job) -> Result<bool> {
+        let result = job.dir.join("result");
         if result.exists() {
             if let Runner::Child(children) = &self.runner
                 && let Some(mut child) = children.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.bkey)
@@ -399,14 +417,22 @@ impl Builder {
             state,
             pid: None,
             started: chrono::Utc::now(),
+            slot: 0,
         }
     }
 
     /// Verify and unpack a request, write the build's files, record it, start its unit.
     async fn start(&self, inst: &Instance, req: &BuildRequest) -> Result<Event> {
         let dir = self.dir(&req.bkey);
-        let plan = sbuild::prepare(inst, req, &dir, &self.places, self.runner.is_systemd())?;
+        // The lowest slot no other running build holds.
+        let taken: Vec<usize> =
+            jobs(&inst.store)?.into_iter().filter(|j| j.state != JobState::Finished).map(|j| j.slot).collect();
+        let slot = (0..).find(|s| !taken.contains(s)).unwrap_or_default();
+        let cache = self.apt_caches().join(slot.to_string());
+        std::fs::create_dir_all(cache.join("partial")).map_err(io_err(&cache))?;
+        let plan = sbuild::prepare(inst, req, &dir, &self.places, self.runner.is_systemd(), &cache)?;
         let mut job = self.job(req, &plan.source, &plan.version, JobState::Starting);
+        job.slot = slot;
         let unit = job.unit.clone();
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
@@ -495,8 +521,9 @@ impl Builder {
 
     /// Turn a finished build into a signed result in incoming, and record BUILT.
     fn finish(&self, inst: &Instance, mut job: Job) -> Result<Event> {
-        let ended = std::fs::read_to_string(job.dir.join("result"))
-            .or_else(|_| std::fs::read_to_string(job.dir.join(BUILT)))
+        // `built` is how the build itself ended; a later `result` is about its after script.
+        let ended = std::fs::read_to_string(job.dir.join(BUILT))
+            .or_else(|_| std::fs::read_to_string(job.dir.join("result")))
             .unwrap_or_default();
         let ended = Ended::parse(&ended);
         let result = sbuild::result(inst, &job, &ended, &self.limits, &self.incoming)?;

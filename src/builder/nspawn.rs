@@ -37,6 +37,7 @@ pub fn nspawn_argv(
     machine: &str,
     register: bool,
     env: &[String],
+    apt_cache: Option<&Path>,
 ) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "systemd-nspawn".into(),
@@ -51,9 +52,16 @@ pub fn nspawn_argv(
         format!("--register={}", if register { "yes" } else { "no" }),
         format!("--machine={machine}"),
         format!("--directory={}", image.display()),
-        format!("--bind={}:{BUILD}", dir.display()),
+        // The build directory read-only (the host writes its logs and scripts there after the
+        // machine ran), only `out` writable.
+        format!("--bind-ro={}:{BUILD}", bind_path(dir)),
+        format!("--bind={}:{BUILD}/out", bind_path(&dir.join("out"))),
         "--as-pid2".into(),
     ];
+    if let Some(cache) = apt_cache {
+        // The build slot's apt archive cache: what apt downloads stays for the next build.
+        a.insert(a.len() - 1, format!("--bind={}:/var/cache/apt/archives", bind_path(cache)));
+    }
     if fields.get("Architecture").is_some_and(|arch| ["i386", "armel", "armhf"].contains(&arch)) {
         a.push("--personality=x86".into());
     }
@@ -63,6 +71,14 @@ pub fn nspawn_argv(
     a.extend(["/bin/sh".into(), format!("{BUILD}/.nspawn-build")]);
     a
 }
+
+/// A host path for `--bind`, which splits on `:` (a version's epoch is in the build directory).
+fn bind_path(p: &Path) -> String {
+    p.display().to_string().replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// Where the machine unpacks and builds (inside its throwaway overlay).
+const SRC: &str = "/srv/buildbay";
 
 /// The script the machine runs, from the request's fields and its `.dsc`. It prints sbuild's
 /// section headers, so its phases are timed the same way (see `phases`).
@@ -121,13 +137,13 @@ pub fn build_script(fields: &Stanza, dsc: &str, installed: bool) -> String {
          {dependencies}\
          section 'Build'\n\
          id builder >/dev/null 2>&1 || useradd --create-home --shell /bin/sh builder\n\
-         mkdir -p {BUILD}/src && chown builder {BUILD}/src {BUILD}/out\n\
-         runuser -u builder -- dpkg-source -x {BUILD}/{dsc} {BUILD}/src/tree || given_back 'unpacking the source'\n\
-         cd {BUILD}/src/tree\n\
+         mkdir -p {SRC} && chown builder {SRC} {BUILD}/out\n\
+         runuser -u builder -- dpkg-source -x {BUILD}/{dsc} {SRC}/tree || given_back 'unpacking the source'\n\
+         cd {SRC}/tree\n\
          start=$(date +%s)\n\
          if {offline}runuser -u builder -- dpkg-buildpackage -us -uc {binary}; then status=successful; else status=attempted; fi\n\
          echo \"Build-Time: $(( $(date +%s) - start ))\"\n\
-         for f in {BUILD}/src/*; do [ -f \"$f\" ] && mv \"$f\" {BUILD}/out/; done\n\
+         for f in {SRC}/*; do [ -f \"$f\" ] && mv \"$f\" {BUILD}/out/; done\n\
          {lintian}\
          section 'Summary'\n\
          echo \"Status: $status\"\n\
@@ -167,6 +183,7 @@ mod tests {
             "bb-hello",
             true,
             &["HOME=/s".into(), "DEB_BUILD_OPTIONS=nocheck".into()],
+            Some(Path::new("/s/var/cache/apt-archives/0")),
         );
         for want in [
             "--volatile=overlay",
@@ -174,13 +191,17 @@ mod tests {
             "--register=yes",
             "--machine=bb-hello",
             "--directory=/var/lib/machines/buildbay-bookworm-amd64",
-            "--bind=/s/var/builds/k:/build",
+            "--bind-ro=/s/var/builds/k:/build",
+            "--bind=/s/var/builds/k/out:/build/out",
             "--setenv=DEB_BUILD_OPTIONS=nocheck",
+            "--bind=/s/var/cache/apt-archives/0:/var/cache/apt/archives",
         ] {
             assert!(a.contains(&want.to_owned()), "{want} missing from {a:?}");
         }
         assert!(!a.iter().any(|x| x.contains("HOME=")));
         assert_eq!(a.last().map(String::as_str), Some("/build/.nspawn-build"));
+        // nspawn splits --bind on ':'; an epoch in the path is escaped.
+        assert_eq!(bind_path(Path::new("/s/b/hello/1:1.0-1/t/amd64")), "/s/b/hello/1\\:1.0-1/t/amd64");
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn phase_of(title: &str) -> Option<usize> {
         START | "Chroot Setup Commands" | "Update chroot" | "Fetch source files" | "Pre Build Commands" => 0,
         t if t.starts_with("Install ") && t.contains("dependencies") => 1,
         "Check architectures" | "Build environment" => 1,
-        "Build" | "Starting Timed Build Commands" => 2,
+        "Build" | "Starting Timed Build Commands" | "Post Build Chroot" => 2,
         "Post Build" | "Post Build Commands" | "lintian" | "Lintian" => 3,
         "Cleanup" | "Chroot Cleanup Commands" | "Summary" | END => 4,
         _ => return None,
@@ -29,12 +29,11 @@ fn phase_of(title: &str) -> Option<usize> {
 }
 
 /// The title of a section header, given a line and the line before it: sbuild's boxed sections
-/// (`+---+` over `| Title |`) and its subsections (`Title` over a `-----` underline of the same
-/// length, as its `lintian` step).
+/// (`+---+` over `| Title |`), and its `lintian` subsection (underlined with dashes).
 pub fn header<'a>(previous: &'a str, line: &'a str) -> Option<&'a str> {
-    let underline = !previous.is_empty() && line.len() == previous.len() && line.bytes().all(|b| b == b'-');
-    if underline && !previous.starts_with(['+', '|', '-', ' ']) {
-        return Some(previous.trim());
+    // Of sbuild's subsections only lintian's moves the phase; the others are build output.
+    if previous.eq_ignore_ascii_case("lintian") && line.len() == previous.len() && line.bytes().all(|b| b == b'-') {
+        return Some(previous);
     }
     let rule = previous.starts_with("+--") || previous.starts_with("+==");
     let title = line.strip_prefix("| ")?.strip_suffix('|')?.trim();
@@ -102,7 +101,8 @@ pub fn summary(text: &str) -> Vec<(&'static str, f64)> {
     let mut current = 0;
     for pair in marks.windows(2) {
         let ((t0, title), (t1, _)) = (pair[0], pair[1]);
-        current = phase_of(title).unwrap_or(current);
+        // Phases only move forward (a late header of an early kind is still the late phase).
+        current = phase_of(title).map_or(current, |p| p.max(current));
         let s = sums[current].get_or_insert(0.0);
         *s += (t1 - t0).max(0.0);
     }
@@ -127,9 +127,10 @@ mod tests {
         assert_eq!(header("some text", "| Build |"), None);
         assert_eq!(header(rule, "|  |"), None);
         assert_eq!(header(rule, "Build"), None);
-        // Subsections: underlined with dashes, as long as the title.
+        // lintian's subsection, underlined with dashes; no other underlined line.
         assert_eq!(header("lintian", "-------"), Some("lintian"));
         assert_eq!(header("lintian", "----"), None);
+        assert_eq!(header("Summary", "-------"), None);
         assert_eq!(header("", ""), None);
         assert_eq!(header(rule, &"-".repeat(rule.len())), None);
     }

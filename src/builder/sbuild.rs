@@ -35,7 +35,15 @@ fn bad(req: &BuildRequest, why: impl std::fmt::Display) -> BuilderError {
 /// Verify a request against our key, unpack it into a fresh `dir`, and plan its sbuild run.
 ///
 /// `machined`: an nspawn build registers its machine (there is a systemd with machined).
-pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places, machined: bool) -> Result<Plan> {
+/// `cache`: the build slot's apt archive cache, which the build's apt downloads into.
+pub fn prepare(
+    inst: &Instance,
+    req: &BuildRequest,
+    dir: &Path,
+    places: &Places,
+    machined: bool,
+    cache: &Path,
+) -> Result<Plan> {
     let raw = std::fs::read(&req.changes).map_err(io_err(&req.changes))?;
     crate::gpg::verify_clearsigned(&raw, std::slice::from_ref(inst.key()?.cert()))
         .map_err(|e| bad(req, format!("not signed by this instance: {e}")))?;
@@ -97,13 +105,19 @@ pub fn prepare(inst: &Instance, req: &BuildRequest, dir: &Path, places: &Places,
     };
     let (argv, machine) = match fields.get("X-Mini-Buildd-Build-Backend").unwrap_or("sbuild") {
         "sbuild" => {
-            write_script(".setup", setup_script(&dir.join(".config")))?;
+            write_script(".setup", setup_script(&dir.join(".config"), cache))?;
+            // sbuild reads $HOME/.sbuildrc (HOME is the build directory): keep what apt
+            // downloads, in the slot's cache the setup binds over the session's.
+            let rc = dir.join(".sbuildrc");
+            crate::archive::publish::write_file_synced(&rc, b"$apt_keep_downloaded_packages = 1;\n1;\n")
+                .map_err(io_err(&rc))?;
             (sbuild_argv(fields, &req.arch, &chroot.name(), dir, &dir.join(&dsc), installed), None)
         }
         "nspawn" => {
             write_script(".nspawn-build", nspawn::build_script(fields, &dsc, installed))?;
             let machine = nspawn::machine_name(&req.bkey);
-            (nspawn::nspawn_argv(fields, &places.image(&chroot), dir, &machine, machined, &env), Some(machine))
+            let cache = (!installed).then_some(cache);
+            (nspawn::nspawn_argv(fields, &places.image(&chroot), dir, &machine, machined, &env, cache), Some(machine))
         }
         other => return Err(bad(req, format!("unknown build backend {other:?} (this builder has sbuild and nspawn)"))),
     };
@@ -128,7 +142,8 @@ pub fn lintian_after_script(chroot: &str, out: &Path) -> String {
          set -u\n\
          dir=$(mktemp -d /var/lib/sbuild/build/buildbay-lintian-XXXXXX) || exit 1\n\
          trap 'rm -rf \"$dir\"' EXIT\n\
-         cp -l '{out}'/* \"$dir\"/ 2>/dev/null || cp '{out}'/* \"$dir\"/ || exit 1\n\
+         trap 'exit 143' INT TERM HUP\n\
+         cp -lP '{out}'/* \"$dir\"/ 2>/dev/null || cp -P '{out}'/* \"$dir\"/ || exit 1\n\
          chmod 755 \"$dir\"\n\
          set --\n\
          for c in \"$dir\"/*.changes; do set -- \"$@\" \"/build/${{dir##*/}}/${{c##*/}}\"; done\n\
@@ -160,21 +175,32 @@ fn image_has_build_deps(fields: &Stanza, dsc: &Path, image: &Path, arch: &str) -
     let status_path = image.join("var/lib/dpkg/status");
     let status = std::fs::read_to_string(&status_path).map_err(|e| format!("{}: {e}", status_path.display()))?;
     let profiles: Vec<&str> = f("Deb-Build-Profiles").split_whitespace().collect();
-    let target = crate::deb::builddeps::Target { arch, profiles: &profiles, first_alternative_only };
+    let indep = f("Arch-All") == "Yes";
+    let target = crate::deb::builddeps::Target { arch, profiles: &profiles, first_alternative_only, indep };
     crate::deb::builddeps::satisfied(&dsc, &crate::deb::builddeps::Installed::from_status(&status), &target)
 }
 
 /// The host-side setup, run by sbuild as a pre-build command with the chroot's exec prefix as
-/// its arguments: the request's apt key, sources and preferences go into the session, and apt
+/// its arguments: the slot's apt archive `cache` is bound over the session's
+/// `/var/cache/apt/archives` (schroot unmounts it with the session; without it, apt just
+/// downloads), the request's apt key, sources and preferences go into the session, and apt
 /// updates just those sources (the base archive's lists come with the image).
-pub fn setup_script(config: &Path) -> String {
+pub fn setup_script(config: &Path, cache: &Path) -> String {
     format!(
         "#!/bin/sh\n\
          # buildbay: apt setup of a build session. \"$@\" runs a command inside the session as root.\n\
          set -e\n\
+         session=$(\"$@\" printenv SCHROOT_SESSION_ID || true)\n\
+         location=$(schroot --location -c \"session:$session\" 2>/dev/null || true)\n\
+         if [ -n \"$location\" ] && mount --bind '{cache}' \"$location/var/cache/apt/archives\"; then\n\
+         \x20 echo 'buildbay: apt archive cache {cache}'\n\
+         else\n\
+         \x20 echo 'buildbay: no apt archive cache for this session; apt downloads what it needs'\n\
+         fi\n\
          {}\
          [ -n \"$updated\" ]\n",
-        apt_setup("\"$@\" ", &config.display().to_string())
+        apt_setup("\"$@\" ", &config.display().to_string()),
+        cache = cache.display()
     )
 }
 
@@ -407,7 +433,8 @@ mod tests {
 
     #[test]
     fn setup_script_runs_everything_through_the_session_prefix() {
-        let s = setup_script(Path::new("/b/.config"));
+        let s = setup_script(Path::new("/b/.config"), Path::new("/s/var/cache/apt-archives/1"));
+        assert!(s.contains("mount --bind '/s/var/cache/apt-archives/1' \"$location/var/cache/apt/archives\""), "{s}");
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(
             s.contains("\"$@\" sh -c 'cat > /etc/apt/sources.list.d/buildbay.list' < '/b/.config/apt_sources.list'")

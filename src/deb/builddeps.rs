@@ -1,7 +1,8 @@
 //! Are a source package's build dependencies already installed? Checked against a dpkg status
-//! file, the way sbuild's resolvers would see it, and conservatively: whatever this cannot
-//! decide for sure (an architecture wildcard, a virtual package, an unusual qualifier) counts as
-//! "needs installing", so the caller falls back to a real resolver and loses only time.
+//! file, the way sbuild's resolvers and dpkg-checkbuilddeps would see it, and conservatively:
+//! whatever this cannot decide for sure (an architecture wildcard, a `:native` qualifier, an
+//! unreadable status paragraph when conflicts are asked) counts as "needs installing", so the
+//! caller falls back to a real resolver and loses only time.
 //!
 //! Relations are parsed by the `debian-control` crate; versions compare with [`Version`] (dpkg's
 //! own ordering).
@@ -11,30 +12,50 @@ use debian_control::lossy::{Relation, Relations};
 use debian_control::relations::{BuildProfile, VersionConstraint};
 use std::collections::HashMap;
 
-/// The packages a dpkg status file says are installed: name → (version, architecture), and what
-/// they provide: name → the provided versions (`None`: unversioned).
+/// One installed package.
+#[derive(Debug)]
+struct Package {
+    version: Version,
+    arch: String,
+    multi_arch: String,
+}
+
+/// The packages a dpkg status file says are installed, and what they provide: name → the
+/// provided versions (`None`: unversioned).
 #[derive(Debug, Default)]
 pub struct Installed {
-    packages: HashMap<String, (Version, String)>,
+    packages: HashMap<String, Package>,
     provides: HashMap<String, Vec<Option<Version>>>,
+    /// Paragraphs that could not be read: nothing is known of them.
+    unreadable: usize,
 }
 
 impl Installed {
-    /// From the text of `/var/lib/dpkg/status`; paragraphs that are not `install ok installed`
-    /// or do not parse are left out (they only make the check more conservative).
+    /// From the text of `/var/lib/dpkg/status`: packages whose status is `… ok installed`
+    /// (dpkg's own test; held packages too).
     pub fn from_status(text: &str) -> Installed {
         let mut installed = Installed::default();
-        for para in text.split("\n\n") {
-            let Ok(s) = Stanza::parse_one(para) else { continue };
-            if s.get("Status") != Some("install ok installed") {
+        for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
+            let Ok(s) = Stanza::parse_one(para) else {
+                installed.unreadable += 1;
+                continue;
+            };
+            if !s.get("Status").is_some_and(|st| st.ends_with(" ok installed")) {
                 continue;
             }
             let (Some(name), Some(version)) = (s.get("Package"), s.get("Version").and_then(|v| v.parse().ok())) else {
+                installed.unreadable += 1;
                 continue;
             };
-            installed.packages.insert(name.to_owned(), (version, s.get("Architecture").unwrap_or_default().to_owned()));
-            let provides: Relations =
-                s.get("Provides").unwrap_or_default().replace('\n', " ").parse().unwrap_or_default();
+            let field = |k: &str| s.get(k).unwrap_or_default().to_owned();
+            installed.packages.insert(
+                name.to_owned(),
+                Package { version, arch: field("Architecture"), multi_arch: field("Multi-Arch") },
+            );
+            let Ok(provides) = field("Provides").replace('\n', " ").parse::<Relations>() else {
+                installed.unreadable += 1;
+                continue;
+            };
             for r in provides.iter().flatten() {
                 let version = r.version.as_ref().and_then(|(_, v)| v.to_string().parse().ok());
                 installed.provides.entry(r.name.clone()).or_default().push(version);
@@ -46,22 +67,38 @@ impl Installed {
 
 /// What a check is for.
 pub struct Target<'a> {
-    /// The build's host architecture.
+    /// The build's host architecture (the image's own: it has no foreign packages).
     pub arch: &'a str,
     /// The active build profiles (`DEB_BUILD_PROFILES`).
     pub profiles: &'a [&'a str],
     /// sbuild's apt resolver considers only the first alternative of each dependency; aptitude
     /// any of them.
     pub first_alternative_only: bool,
+    /// Architecture-independent packages are built too (`Build-Depends-Indep` counts).
+    pub indep: bool,
 }
 
-/// Nothing to install: every build dependency of `dsc` (`Build-Depends`, `-Arch` and `-Indep`,
-/// plus sbuild's implicit `build-essential` and `fakeroot`) is installed, and no build conflict
-/// is. Otherwise the first reason found, for the build log.
+/// Whether an installed package satisfies a relation.
+enum Match {
+    Yes,
+    No(String),
+    /// Not decidable here.
+    Unknown(String),
+}
+
+/// Nothing to install: every build dependency of `dsc` (`Build-Depends`, `-Arch`, `-Indep` when
+/// `target.indep`, plus sbuild's implicit `build-essential` and `fakeroot`) is installed, and no
+/// build conflict is. Otherwise the first reason found, for the build log.
 pub fn satisfied(dsc: &Stanza, installed: &Installed, target: &Target) -> Result<(), String> {
     let field = |name: &str| dsc.get(name).unwrap_or_default().replace('\n', " ");
-    let depends = ["Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep"].map(field).join(", ");
-    let depends = format!("build-essential, fakeroot, {depends}");
+    let fields = |names: [&str; 3]| -> String {
+        let n = if target.indep { 3 } else { 2 };
+        names[..n].iter().map(|f| field(f)).collect::<Vec<_>>().join(", ")
+    };
+    let depends = format!(
+        "build-essential, fakeroot, {}",
+        fields(["Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep"])
+    );
     let depends: Relations = depends.parse().map_err(|e| format!("cannot read the build dependencies: {e}"))?;
     for alternatives in depends.iter() {
         let applying: Vec<&Relation> = alternatives
@@ -76,22 +113,33 @@ pub fn satisfied(dsc: &Stanza, installed: &Installed, target: &Target) -> Result
         let mut why = None;
         for r in candidates {
             match installed_match(r, installed) {
-                Ok(()) => {
+                Match::Yes => {
                     why = None;
                     break;
                 }
-                Err(e) => why = why.or(Some(e)),
+                Match::No(e) | Match::Unknown(e) => why = why.or(Some(e)),
             }
         }
         if let Some(why) = why {
             return Err(format!("{first} is not satisfied: {why}"));
         }
     }
-    let conflicts = ["Build-Conflicts", "Build-Conflicts-Arch", "Build-Conflicts-Indep"].map(field).join(", ");
+    let conflicts = fields(["Build-Conflicts", "Build-Conflicts-Arch", "Build-Conflicts-Indep"]);
     let conflicts: Relations = conflicts.parse().map_err(|e| format!("cannot read the build conflicts: {e}"))?;
+    if !conflicts.is_empty() && installed.unreadable > 0 {
+        return Err(format!(
+            "{} paragraphs of the image's dpkg status are unreadable; its build conflicts are left to the resolver",
+            installed.unreadable
+        ));
+    }
     for r in conflicts.iter().flatten() {
-        if applies(r, target)? && installed_match(r, installed).is_ok() {
-            return Err(format!("the build conflict {r} is installed"));
+        if !applies(r, target)? {
+            continue;
+        }
+        match installed_match(r, installed) {
+            Match::Yes => return Err(format!("the build conflict {r} is installed")),
+            Match::Unknown(why) => return Err(format!("the build conflict {r}: {why}")),
+            Match::No(_) => {}
         }
     }
     Ok(())
@@ -127,31 +175,49 @@ fn applies(r: &Relation, target: &Target) -> Result<bool, String> {
     }))
 }
 
-/// Whether an installed package satisfies one relation, itself or by what it provides (a
-/// versioned relation only by a versioned `Provides`).
-fn installed_match(r: &Relation, installed: &Installed) -> Result<(), String> {
-    let provided = || -> bool {
-        let versions = installed.provides.get(&r.name).map(Vec::as_slice).unwrap_or_default();
-        r.archqual.as_deref().is_none_or(|q| q == "any" || q == "native")
-            && versions.iter().any(|v| match (&r.version, v) {
+/// Whether an installed package satisfies one relation, itself or (unqualified only) by what it
+/// provides; a versioned relation only by a versioned `Provides`. Qualifiers as dpkg has them:
+/// `:any` needs `Multi-Arch: allowed`; `:native` is left to the resolver.
+fn installed_match(r: &Relation, installed: &Installed) -> Match {
+    let provided = || -> Result<bool, String> {
+        if r.archqual.is_some() {
+            return Ok(false);
+        }
+        for v in installed.provides.get(&r.name).map(Vec::as_slice).unwrap_or_default() {
+            let hit = match (&r.version, v) {
                 (None, _) => true,
-                (Some((constraint, want)), Some(v)) => meets(v, constraint, want).unwrap_or(false),
+                (Some((constraint, want)), Some(v)) => meets(v, constraint, want)?,
                 (Some(_), None) => false,
-            })
+            };
+            if hit {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     };
-    let Some((version, arch)) = installed.packages.get(&r.name) else {
-        return if provided() { Ok(()) } else { Err(format!("{} is not installed", r.name)) };
+    let by_provides = |why: String| match provided() {
+        Ok(true) => Match::Yes,
+        Ok(false) => Match::No(why),
+        Err(e) => Match::Unknown(e),
+    };
+    let Some(p) = installed.packages.get(&r.name) else {
+        return by_provides(format!("{} is not installed", r.name));
     };
     match r.archqual.as_deref() {
-        None | Some("any") | Some("native") => {}
-        Some(q) if q == arch => {}
-        Some(q) => return Err(format!("{} is installed for {arch}, not {q}", r.name)),
+        None => {}
+        Some("any") if p.multi_arch == "allowed" => {}
+        Some("any") => {
+            return Match::No(format!("{} is not Multi-Arch: allowed, so {}:any is not met", r.name, r.name));
+        }
+        Some("native") => return Match::Unknown(format!("{}:native is left to the resolver", r.name)),
+        Some(q) if q == p.arch => {}
+        Some(q) => return Match::No(format!("{} is installed for {}, not {q}", r.name, p.arch)),
     }
-    let Some((constraint, want)) = &r.version else { return Ok(()) };
-    if meets(version, constraint, want)? || provided() {
-        Ok(())
-    } else {
-        Err(format!("{} {version} is installed", r.name))
+    let Some((constraint, want)) = &r.version else { return Match::Yes };
+    match meets(&p.version, constraint, want) {
+        Ok(true) => Match::Yes,
+        Ok(false) => by_provides(format!("{} {} is installed", r.name, p.version)),
+        Err(e) => Match::Unknown(e),
     }
 }
 
@@ -175,14 +241,15 @@ mod tests {
 
     const STATUS: &str = "Package: debhelper\nStatus: install ok installed\nVersion: 13.11.4\nArchitecture: all\n\
         Provides: debhelper-compat (= 9), debhelper-compat (= 13), dh-sequence-foo\n\n\
-        Package: build-essential\nStatus: install ok installed\nVersion: 12.9\nArchitecture: amd64\n\n\
+        Package: build-essential\nStatus: hold ok installed\nVersion: 12.9\nArchitecture: amd64\n\n\
+        Package: perl\nStatus: install ok installed\nVersion: 5.36.0-7\nArchitecture: amd64\nMulti-Arch: allowed\n\n\
         Package: fakeroot\nStatus: install ok installed\nVersion: 1.31-1.2\nArchitecture: amd64\n\n\
         Package: dh-python\nStatus: deinstall ok config-files\nVersion: 5.20230130\nArchitecture: all\n\n\
         Package: libc6-dev\nStatus: install ok installed\nVersion: 2.36-9+deb12u14\nArchitecture: amd64\n";
 
     fn check(fields: &str, profiles: &[&str], first_only: bool) -> Result<(), String> {
         let dsc = Stanza::parse_one(&format!("Source: x\n{fields}")).expect("dsc");
-        let target = Target { arch: "amd64", profiles, first_alternative_only: first_only };
+        let target = Target { arch: "amd64", profiles, first_alternative_only: first_only, indep: true };
         satisfied(&dsc, &Installed::from_status(STATUS), &target)
     }
 
@@ -222,8 +289,15 @@ mod tests {
         assert_eq!(check("Build-Depends: libfoo-dev <!nocheck>\n", &["nocheck"], true), Ok(()));
         assert!(check("Build-Depends: libfoo-dev <!nocheck>\n", &[], true).is_err());
         assert!(check("Build-Depends: libfoo-dev <stage1>\n", &["stage1"], true).is_err());
-        assert!(check("Build-Depends: libc6-dev:amd64, debhelper:native\n", &[], true).is_ok());
+        assert!(check("Build-Depends: libc6-dev:amd64, perl:any\n", &[], true).is_ok());
         assert!(check("Build-Depends: libc6-dev:i386\n", &[], true).is_err());
+        // dpkg's rules: :any needs Multi-Arch: allowed; :native is not decided here.
+        assert!(check("Build-Depends: debhelper:any\n", &[], true).unwrap_err().contains("Multi-Arch: allowed"));
+        assert!(check("Build-Depends: perl:native\n", &[], true).unwrap_err().contains("left to the resolver"));
+        assert!(
+            check("Build-Depends: debhelper-compat:any (= 13)\n", &[], true).is_err(),
+            "qualified: not by Provides"
+        );
         let conflict = check("Build-Conflicts: fakeroot\n", &[], true).unwrap_err();
         assert!(conflict.contains("build conflict fakeroot"), "{conflict}");
         assert_eq!(check("Build-Conflicts: fakeroot (<< 1)\n", &[], true), Ok(()));
@@ -231,9 +305,31 @@ mod tests {
     }
 
     #[test]
+    fn indep_dependencies_count_only_for_arch_all_builds() {
+        let dsc = Stanza::parse_one("Source: x\nBuild-Depends-Indep: dh-python\nBuild-Conflicts-Indep: fakeroot\n")
+            .expect("dsc");
+        let installed = Installed::from_status(STATUS);
+        let arch_only = Target { arch: "amd64", profiles: &[], first_alternative_only: true, indep: false };
+        assert_eq!(satisfied(&dsc, &installed, &arch_only), Ok(()));
+        let with_indep = Target { indep: true, ..arch_only };
+        assert!(satisfied(&dsc, &installed, &with_indep).is_err());
+    }
+
+    #[test]
+    fn unreadable_status_leaves_conflicts_to_the_resolver() {
+        let status = format!("{STATUS}\nthis is not a paragraph\n");
+        let installed = Installed::from_status(&status);
+        let target = Target { arch: "amd64", profiles: &[], first_alternative_only: true, indep: true };
+        let plain = Stanza::parse_one("Source: x\nBuild-Depends: debhelper\n").expect("dsc");
+        assert_eq!(satisfied(&plain, &installed, &target), Ok(()));
+        let conflicting = Stanza::parse_one("Source: x\nBuild-Conflicts: foo\n").expect("dsc");
+        assert!(satisfied(&conflicting, &installed, &target).unwrap_err().contains("unreadable"));
+    }
+
+    #[test]
     fn implicit_dependencies_are_checked() {
         let dsc = Stanza::parse_one("Source: x\nBuild-Depends: debhelper\n").expect("dsc");
-        let target = Target { arch: "amd64", profiles: &[], first_alternative_only: true };
+        let target = Target { arch: "amd64", profiles: &[], first_alternative_only: true, indep: true };
         let bare = Installed::from_status(
             "Package: debhelper\nStatus: install ok installed\nVersion: 13\nArchitecture: all\n",
         );

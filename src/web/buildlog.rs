@@ -8,7 +8,7 @@
 
 use super::Web;
 use crate::api::ApiError;
-use crate::builder::{AFTER_LOG, BUILDS_DIR, LIVE_LOG};
+use crate::builder::{AFTER_LOG, BUILDS_DIR, BUILT, LIVE_LOG};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -111,16 +111,18 @@ fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
     let Ok(permit) = FOLLOWERS.try_acquire() else {
         return super::problem(&ApiError::new(503, "too many build log followers; try again later"));
     };
-    let live = dir.join(LIVE_LOG);
-    let start = from.unwrap_or_else(|| std::fs::metadata(&live).map_or(0, |m| m.len().saturating_sub(CHUNK)));
-    let state = (dir, start, false, web.shutdown.clone(), permit);
-    let stream = futures_util::stream::unfold(state, |(dir, offset, ended, mut stop, permit)| async move {
+    let start = from.unwrap_or_else(|| std::fs::metadata(&path).map_or(0, |m| m.len().saturating_sub(CHUNK)));
+    // The build log ends with the build (`built`: lintian may still run after it); lintian's
+    // log with the unit (`result`).
+    let ends_with: &'static [&'static str] = if path.ends_with(LIVE_LOG) { &[BUILT, "result"] } else { &["result"] };
+    let state = (path, start, false, web.shutdown.clone(), permit);
+    let stream = futures_util::stream::unfold(state, move |(live, offset, ended, mut stop, permit)| async move {
         if ended {
             return None;
         }
-        let (live, result) = (dir.join(LIVE_LOG), dir.join("result"));
+        let dir = live.parent().map(Path::to_owned).unwrap_or_default();
         loop {
-            let finished = result.exists() || !dir.is_dir();
+            let finished = ends_with.iter().any(|f| dir.join(f).exists()) || !dir.is_dir();
             let l = live.clone();
             let read = tokio::task::spawn_blocking(move || read_from(&l, offset)).await;
             let (text, next) = match read {
@@ -132,11 +134,11 @@ fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
                     .event("log")
                     .id(next.to_string())
                     .data(serde_json::Value::String(text).to_string());
-                return Some((Ok::<_, std::convert::Infallible>(ev), (dir, next, false, stop, permit)));
+                return Some((Ok::<_, std::convert::Infallible>(ev), (live, next, false, stop, permit)));
             }
             if finished {
                 let ev = warp::sse::Event::default().event("end").data("\"the build has finished\"");
-                return Some((Ok(ev), (dir, next, true, stop, permit)));
+                return Some((Ok(ev), (live, next, true, stop, permit)));
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -177,6 +179,7 @@ mod tests {
         let ok = log_path(b, "hello/1.0-1/20261121-101010-000001/amd64/hello_1.0-1_amd64.buildlog").unwrap();
         assert_eq!(ok, b.join("hello/1.0-1/20261121-101010-000001/amd64/hello_1.0-1_amd64.buildlog"));
         assert!(log_path(b, "hello/1:1.0-1/t/amd64/buildlog").is_ok(), "epochs are fine");
+        assert!(log_path(b, "hello/1.0-1/t/amd64/lintian.log").is_ok(), "lintian's report after the result");
         for bad in [
             "hello/1.0-1/t/amd64/request.changes",
             "hello/1.0-1/t/amd64/out",
