@@ -18,44 +18,23 @@ use common::container::{self, Booted};
 use common::upload::*;
 use common::{Instance, Server, median};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const DIST: &str = "bookworm-test-unstable";
 const WARM: usize = 3;
-
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
 
 type Seen = Arc<Mutex<HashMap<(String, String), (f64, serde_json::Value)>>>;
 
 /// Every event's arrival (type, version) → (wall-clock seconds, event), from a live SSE stream.
 fn watch(url: &str) -> (std::process::Child, Seen) {
-    let mut child = Command::new("curl")
-        .args(["-s", "-N"])
-        .arg(format!("{url}/api/events"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
     let seen: Seen = Arc::default();
-    let out = child.stdout.take().expect("stdout");
     let s = seen.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let t = now();
-            if let Some(v) =
-                line.strip_prefix("data:").and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-            {
-                let key = (
-                    v["type"].as_str().unwrap_or_default().to_owned(),
-                    v["version"].as_str().unwrap_or_default().to_owned(),
-                );
-                s.lock().expect("lock").insert(key, (t, v));
-            }
-        }
+    let child = watch_events(url, move |t, v| {
+        let key =
+            (v["type"].as_str().unwrap_or_default().to_owned(), v["version"].as_str().unwrap_or_default().to_owned());
+        s.lock().expect("lock").insert(key, (t, v));
     });
     (child, seen)
 }

@@ -11,17 +11,12 @@ mod common;
 use common::upload::*;
 use common::{Instance, Server, median, ok as sh};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const DIST: &str = "bookworm-sec-unstable";
-
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
 
 /// Upload sets (one directory each, holding the upload's files).
 fn sets(dir: &Path, prefix: &str, n: usize, g: &Gpg) -> Vec<PathBuf> {
@@ -40,24 +35,11 @@ fn sets(dir: &Path, prefix: &str, n: usize, g: &Gpg) -> Vec<PathBuf> {
 
 /// PACKAGING arrivals (source → wall-clock seconds), from a live SSE stream.
 fn watch(url: &str) -> (std::process::Child, Arc<Mutex<HashMap<String, f64>>>) {
-    let mut child = Command::new("curl")
-        .args(["-s", "-N"])
-        .arg(format!("{url}/api/events"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
     let seen: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
-    let out = child.stdout.take().expect("stdout");
     let s = seen.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let t = now();
-            if let Some(v) =
-                line.strip_prefix("data:").and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-                && v["type"] == "PACKAGING"
-            {
-                s.lock().expect("lock").insert(v["source"].as_str().unwrap_or_default().to_owned(), t);
-            }
+    let child = watch_events(url, move |t, v| {
+        if v["type"] == "PACKAGING" {
+            s.lock().expect("lock").insert(v["source"].as_str().unwrap_or_default().to_owned(), t);
         }
     });
     (child, seen)

@@ -174,6 +174,8 @@ pub const APT_CACHE_DIR: &str = "var/cache/apt-archives";
 /// Written by the relay when a build succeeded and an after script (lintian in ignore mode)
 /// still runs in its unit: the build is finished, its result can go.
 pub const BUILT: &str = "built";
+/// The after script (lintian in ignore mode), in the build directory.
+pub const AFTER_SCRIPT: &str = ".lintian";
 /// The after script's output, in the build directory (served beside the build log).
 pub const AFTER_LOG: &str = "lintian.log";
 
@@ -270,7 +272,7 @@ impl Builder {
     /// The apt archive caches, one per slot (`var/cache/apt-archives/<slot>`).
     pub fn apt_caches(&self) -> PathBuf {
         // `root` is `<state>/var/builds`.
-        self.root.parent().unwrap_or(&self.root).join("cache/apt-archives")
+        self.root.parent().and_then(Path::parent).unwrap_or(&self.root).join(APT_CACHE_DIR)
     }
 
     /// Every build row.
@@ -541,7 +543,7 @@ impl Builder {
             .with("duration", (chrono::Utc::now() - job.started).num_seconds())
             .with("phases", phases);
         // Lintian in ignore mode runs after this result, in the build's unit.
-        let event = if result.status == "successful" && job.dir.join(".lintian").exists() {
+        let event = if result.status == "successful" && job.dir.join(AFTER_SCRIPT).exists() {
             event.with("lintian", format!("{}/{AFTER_LOG}", job.bkey))
         } else {
             event

@@ -85,7 +85,7 @@ const SRC: &str = "/srv/buildbay";
 ///
 /// `installed`: the image already has every build dependency; apt is not touched at all.
 pub fn build_script(fields: &Stanza, dsc: &str, installed: bool) -> String {
-    let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}"));
+    let f = |k: &str| super::sbuild::request_field(fields, k);
     let binary = if f("Arch-All") == Some("Yes") { "-b" } else { "-B" };
     let offline = if f("Build-Network") == Some("Yes") { "" } else { "unshare --net " };
     let add_depends: Vec<&str> =

@@ -28,6 +28,11 @@ pub struct Plan {
 /// The request's copy in the build directory.
 const REQUEST: &str = "request.changes";
 
+/// A build request's `X-Mini-Buildd-<name>` field.
+pub(super) fn request_field<'a>(fields: &'a Stanza, name: &str) -> Option<&'a str> {
+    fields.get(&format!("X-Mini-Buildd-{name}"))
+}
+
 fn bad(req: &BuildRequest, why: impl std::fmt::Display) -> BuilderError {
     BuilderError::Request { bkey: req.bkey.clone(), why: why.to_string() }
 }
@@ -75,7 +80,7 @@ pub fn prepare(
     let mut notes = Vec::new();
     let mut env = vec![format!("HOME={}", dir.display())];
     for (field, var) in [("Deb-Build-Options", "DEB_BUILD_OPTIONS"), ("Deb-Build-Profiles", "DEB_BUILD_PROFILES")] {
-        if let Some(v) = fields.get(&format!("X-Mini-Buildd-{field}")) {
+        if let Some(v) = request_field(fields, field) {
             env.push(format!("{var}={v}"));
         }
     }
@@ -96,14 +101,14 @@ pub fn prepare(
     if installed {
         notes.push("the build dependencies are all in the chroot image: nothing to install".into());
     }
-    let after = if fields.get("X-Mini-Buildd-Lintian-Mode") == Some("ignore") {
+    let after = if request_field(fields, "Lintian-Mode") == Some("ignore") {
         notes.push(format!("lintian mode ignore: lintian runs after the result, into {}", super::AFTER_LOG));
-        write_script(".lintian", lintian_after_script(&chroot.name(), &dir.join("out")))?;
-        Some(dir.join(".lintian"))
+        write_script(super::AFTER_SCRIPT, lintian_after_script(&chroot.name(), &dir.join("out")))?;
+        Some(dir.join(super::AFTER_SCRIPT))
     } else {
         None
     };
-    let (argv, machine) = match fields.get("X-Mini-Buildd-Build-Backend").unwrap_or("sbuild") {
+    let (argv, machine) = match request_field(fields, "Build-Backend").unwrap_or("sbuild") {
         "sbuild" => {
             write_script(".setup", setup_script(&dir.join(".config"), cache))?;
             // sbuild reads $HOME/.sbuildrc (HOME is the build directory): keep what apt
@@ -159,7 +164,7 @@ pub fn lintian_after_script(chroot: &str, out: &Path) -> String {
 /// Whether the chroot image already holds every build dependency of the `.dsc`, as the
 /// request's resolver would see it (see `deb::builddeps`); otherwise why not.
 fn image_has_build_deps(fields: &Stanza, dsc: &Path, image: &Path, arch: &str) -> std::result::Result<(), String> {
-    let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}")).unwrap_or_default();
+    let f = |k: &str| request_field(fields, k).unwrap_or_default();
     if !f("Add-Depends").trim().is_empty() {
         return Err("the request adds dependencies (Add-Depends)".into());
     }
@@ -228,7 +233,7 @@ pub(super) fn apt_setup(exec: &str, config: &str) -> String {
 /// installs nothing and the request's apt setup is skipped. Build dependencies are never purged:
 /// the session's overlay goes with it.
 pub fn sbuild_argv(fields: &Stanza, arch: &str, chroot: &str, dir: &Path, dsc: &Path, installed: bool) -> Vec<String> {
-    let f = |k: &str| fields.get(&format!("X-Mini-Buildd-{k}"));
+    let f = |k: &str| request_field(fields, k);
     let mut a: Vec<String> = vec![
         "sbuild".into(),
         "--chroot-mode=schroot".into(),

@@ -286,3 +286,35 @@ pub fn api_as(url: &str, user: &str, call: &[&str]) -> std::process::Output {
             .env("BUILDBAY_PASSWORD", format!("{user}-password")),
     )
 }
+
+/// Wall-clock seconds since the epoch.
+pub fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Follow a daemon's live event stream (`/api/events`, with curl): `on_event` gets each event's
+/// arrival time (`now()`) and the event, on a thread of its own. Kill the child to stop.
+pub fn watch_events(
+    url: &str,
+    mut on_event: impl FnMut(f64, serde_json::Value) + Send + 'static,
+) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new("curl")
+        .args(["-s", "-N"])
+        .arg(format!("{url}/api/events"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let out = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let t = now();
+            if let Some(v) =
+                line.strip_prefix("data:").and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+            {
+                on_event(t, v);
+            }
+        }
+    });
+    child
+}
