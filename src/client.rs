@@ -124,19 +124,34 @@ impl Client {
             query.push(("confirm".into(), args.call.name.into()));
         }
         query.push(("output".into(), "json".into()));
-        let mut req = self.agent.get(format!("{}/mini_buildd/api/{}/", self.base, args.call.name));
-        for (k, v) in &query {
-            req = req.query(k, v);
-        }
+        let url = format!("{}/mini_buildd/api/{}/", self.base, args.call.name);
+        let mut headers: Vec<(&str, String)> = Vec::new();
         if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
+            headers.push(("authorization", format!("Bearer {t}")));
         }
         if let Some((csrf, session)) = &self.cookies {
-            req = req
-                .header("cookie", format!("csrftoken={csrf}; sessionid={session}"))
-                .header("x-csrftoken", csrf.as_str());
+            headers.push(("cookie", format!("csrftoken={csrf}; sessionid={session}")));
+            headers.push(("x-csrftoken", csrf.clone()));
         }
-        let mut r = req.call().map_err(|e| self.connect_err(e))?;
+        // Secrets never go into a URL: such calls are a POSTed form.
+        let secret = args.call.args.iter().any(|a| a.kind == Kind::Secret);
+        let result = if secret {
+            let mut req = self.agent.post(&url);
+            for (k, v) in &headers {
+                req = req.header(*k, v.as_str());
+            }
+            req.send_form(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        } else {
+            let mut req = self.agent.get(&url);
+            for (k, v) in &query {
+                req = req.query(k, v);
+            }
+            for (k, v) in &headers {
+                req = req.header(*k, v.as_str());
+            }
+            req.call()
+        };
+        let mut r = result.map_err(|e| self.connect_err(e))?;
         let status = r.status().as_u16();
         let mut body = String::new();
         r.body_mut()

@@ -285,37 +285,7 @@ pub struct ArchOption {
 }
 
 /// How the builds of a distribution are isolated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BuildBackend {
-    /// sbuild on the chroot's schroot overlay (mini-buildd's way).
-    #[default]
-    Sbuild,
-    /// An ephemeral systemd-nspawn machine of the chroot image, registered with machined:
-    /// apt installs the build dependencies, dpkg-buildpackage builds as a non-root user
-    /// (debspawn's way).
-    Nspawn,
-}
-
-impl BuildBackend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildBackend::Sbuild => "sbuild",
-            BuildBackend::Nspawn => "nspawn",
-        }
-    }
-}
-
-impl std::str::FromStr for BuildBackend {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "sbuild" => Ok(BuildBackend::Sbuild),
-            "nspawn" => Ok(BuildBackend::Nspawn),
-            other => Err(format!("unknown build backend {other:?}: use sbuild or nspawn")),
-        }
-    }
-}
+pub use crate::protocol::Backend as BuildBackend;
 
 /// A build profile for one base source (one codename).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -360,6 +330,10 @@ pub struct Repository {
     pub layout: String,
     pub distributions: Vec<Codename>,
     pub allow_unauthenticated_uploads: bool,
+    /// With `allow_unauthenticated_uploads`: take unsigned uploads from any FTP peer, not only
+    /// from this host (buildbay's own; off by default).
+    #[serde(default)]
+    pub unauthenticated_from_network: bool,
     pub extra_uploader_keyrings: Vec<String>,
     pub status: Status,
 }
@@ -669,6 +643,7 @@ mod tests {
             layout: "Default".into(),
             distributions: vec!["bookworm".parse().unwrap(), "trixie".parse().unwrap()],
             allow_unauthenticated_uploads: false,
+            unauthenticated_from_network: false,
             extra_uploader_keyrings: vec![],
             status: Status::default(),
         });

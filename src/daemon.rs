@@ -32,6 +32,45 @@ pub struct Daemon {
     pub builder: std::sync::OnceLock<Builder>,
     /// Wakes the builders: a build request was queued.
     pub build_wake: tokio::sync::Notify,
+    /// How long an upload may wait in PACKAGING for its build results.
+    pub packaging_deadline: chrono::Duration,
+    /// When the pipeline and the builders last finished a pass (the watchdog's heartbeats).
+    pub heartbeats: Heartbeats,
+}
+
+/// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
+/// watchdog counts it as hung.
+pub const HEARTBEAT_GRACE: i64 = 20 * 60;
+
+/// When each loop last got round: the watchdog is fed only while both do.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    pipeline: std::sync::atomic::AtomicI64,
+    builders: std::sync::atomic::AtomicI64,
+}
+
+impl Heartbeats {
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    pub fn pipeline(&self) {
+        self.pipeline.store(Self::now(), Ordering::SeqCst);
+    }
+
+    pub fn builders(&self) {
+        self.builders.store(Self::now(), Ordering::SeqCst);
+    }
+
+    /// Whether both loops got round within `within` seconds (a loop not started yet counts as
+    /// alive for its first `within` seconds after `started`).
+    pub fn alive(&self, started: i64, within: i64) -> bool {
+        let now = Self::now();
+        [&self.pipeline, &self.builders].iter().all(|h| {
+            let t = h.load(Ordering::SeqCst);
+            now - if t == 0 { started } else { t } <= within
+        })
+    }
 }
 
 impl Daemon {
@@ -52,7 +91,15 @@ impl Daemon {
             wake_rx: Mutex::new(Some(rx)),
             builder: std::sync::OnceLock::new(),
             build_wake: tokio::sync::Notify::new(),
+            packaging_deadline: chrono::Duration::hours(8),
+            heartbeats: Heartbeats::default(),
         }
+    }
+
+    /// Set how long an upload may wait in PACKAGING.
+    pub fn with_packaging_deadline(mut self, d: std::time::Duration) -> Daemon {
+        self.packaging_deadline = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(8));
+        self
     }
 
     pub fn is_running(&self) -> bool {
@@ -79,6 +126,7 @@ impl Daemon {
         let Some(builder) = self.builder.get() else { return };
         let mut upgraded = tokio::time::Instant::now();
         loop {
+            self.heartbeats.builders();
             let mut busy = false;
             if self.is_running() {
                 match builder.pass(&self.inst).await {
@@ -179,6 +227,7 @@ impl Daemon {
             incoming: &self.incoming,
             http_url: format!("http://{}:{}", self.host, self.http_port),
             ftp_url: format!("ftp://{}:{}", self.host, self.ftp_port),
+            deadline: self.packaging_deadline,
         }
     }
 
@@ -188,6 +237,7 @@ impl Daemon {
     pub fn run_pipeline(&self) {
         let Some(rx) = self.wake_rx.lock().ok().and_then(|mut r| r.take()) else { return };
         loop {
+            self.heartbeats.pipeline();
             match rx.recv_timeout(Duration::from_secs(5)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -215,15 +265,32 @@ impl Daemon {
         };
         let packager = self.packager();
         for id in ids {
-            match packager.step(id) {
-                Ok(events) => {
+            // A bug in one step (a panic) fails that upload, not the pipeline.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| packager.step(id)));
+            let failure = match step {
+                Ok(Ok(events)) => {
                     if events.iter().any(|e| e.kind == crate::events::EventType::Packaging) {
                         self.build_wake.notify_one();
                     }
                     self.publish(&events);
+                    continue;
                 }
-                Err(e) => tracing::error!(upload = id, "packaging step failed (it is retried): {e}"),
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    format!("an internal error ({msg})")
+                }
+            };
+            tracing::error!(upload = id, "packaging step failed (it is retried): {failure}");
+            match packager.failed_attempt(id, &failure) {
+                Ok(events) => self.publish(&events),
+                Err(e) => tracing::error!(upload = id, "cannot record the failed step: {e}"),
             }
         }
+        self.heartbeats.pipeline();
     }
 }

@@ -378,6 +378,7 @@ impl Instance {
                         layout: layout_name.to_owned(),
                         distributions: codenames,
                         allow_unauthenticated_uploads: id.as_str() == "test",
+                        unauthenticated_from_network: false,
                         extra_uploader_keyrings: if id.as_str() == "debdev" {
                             vec!["/usr/share/keyrings/debian-keyring.gpg".into()]
                         } else {

@@ -18,6 +18,7 @@ pub mod gpg;
 pub mod incoming;
 pub mod instance;
 pub mod packager;
+pub mod protocol;
 pub mod sources;
 pub mod store;
 pub mod systemd;

@@ -39,11 +39,12 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
-    /// Run one build step (the main process and ExecStopPost of a build unit); not for humans.
+    /// Run one build step (the main process and ExecStopPost of a build unit, sbuild's session
+    /// setup, an nspawn machine's root); not for humans.
     #[command(hide = true)]
     BuilderExec {
         /// Copy the command's output to this file and to stdout.
-        #[arg(long, required_unless_present = "stop_post")]
+        #[arg(long, required_unless_present_any = ["stop_post", "sbuild_setup", "nspawn_root"])]
         build_log: Option<PathBuf>,
         /// Record how the unit ended ($SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) in this file.
         #[arg(long, conflicts_with = "build_log")]
@@ -54,10 +55,26 @@ enum Command {
         /// With --build-log: a line for the top of the log (repeatable).
         #[arg(long, requires = "build_log")]
         note: Vec<String>,
-        /// With --build-log: after a successful build, mark it built and run this script (lintian
-        /// in ignore mode) into its own log.
+        /// With --build-log: after a successful build, mark it built and run lintian on its
+        /// files in a fresh session of this chroot, into its own log.
         #[arg(long, requires = "build_log")]
-        after: Option<PathBuf>,
+        after_lintian: Option<String>,
+        /// With --after-lintian: the build user lintian runs as.
+        #[arg(long, requires = "after_lintian")]
+        after_user: Option<String>,
+        /// sbuild's pre-build command: the apt setup of the session of this build directory;
+        /// the command is the session's exec prefix.
+        #[arg(long, conflicts_with = "build_log", requires = "apt_cache")]
+        sbuild_setup: Option<PathBuf>,
+        /// With --sbuild-setup: the slot's apt archive cache.
+        #[arg(long)]
+        apt_cache: Option<PathBuf>,
+        /// Run the command (systemd-nspawn) on an id-mapped overlay of this image.
+        #[arg(long, conflicts_with = "build_log", requires = "uid_base")]
+        nspawn_root: Option<PathBuf>,
+        /// With --nspawn-root: the first uid of the machine's user namespace.
+        #[arg(long)]
+        uid_base: Option<u32>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -161,9 +178,13 @@ struct BuildArgs {
     /// RuntimeMaxSec of each build unit.
     #[arg(long, default_value_t = 6 * 3600)]
     build_runtime_max: u64,
-    /// The user builds run as (default: the daemon's own).
-    #[arg(long)]
-    build_user: Option<String>,
+    /// Build users: each build slot N builds as the system user PREFIXN (made when first
+    /// needed, in group sbuild). Only when the daemon runs as root; otherwise it builds as itself.
+    #[arg(long, default_value = "buildbay-build")]
+    build_users: String,
+    /// Seconds an upload may wait in PACKAGING for its build results before it ends FAILED.
+    #[arg(long, default_value_t = 8 * 3600)]
+    packaging_timeout: u64,
     /// Upgrade the active chroot images (apt-get update and dist-upgrade inside) every this many
     /// seconds, at a moment when no build runs. 0: never.
     #[arg(long, default_value_t = 24 * 3600)]
@@ -210,6 +231,15 @@ struct FtpArgs {
     /// Seconds after which files that never became a complete upload are swept.
     #[arg(long, default_value_t = 3600)]
     incoming_timeout: u64,
+    /// Bytes one FTP peer may have waiting in incoming (default: --max-upload-size).
+    #[arg(long)]
+    ftp_quota_per_peer: Option<u64>,
+    /// Bytes all FTP peers together may have waiting in incoming (default: 4 × --max-upload-size).
+    #[arg(long)]
+    ftp_quota_total: Option<u64>,
+    /// Free disk bytes FTP transfers leave on the state directory's file system.
+    #[arg(long, default_value_t = 1 << 30)]
+    disk_reserve: u64,
     /// The host name in the URLs of build requests (default: this host's name).
     #[arg(long)]
     public_host: Option<String>,
@@ -347,13 +377,36 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         return clap_mangen::generate_to(Cli::command(), dir)
             .with_context(|| format!("writing man pages into {}", dir.display()));
     }
-    if let Command::BuilderExec { build_log: log, stop_post, result, note, after, command } = &cli.command {
+    if let Command::BuilderExec {
+        build_log: log,
+        stop_post,
+        result,
+        note,
+        after_lintian,
+        after_user,
+        sbuild_setup,
+        apt_cache,
+        nspawn_root,
+        uid_base,
+        command,
+    } = &cli.command
+    {
         use buildbay::builder::exec;
         if let Some(result) = stop_post {
             return exec::stop_post(result).with_context(|| format!("writing {}", result.display()));
         }
+        if let (Some(dir), Some(cache)) = (sbuild_setup, apt_cache) {
+            let code = exec::sbuild_setup(dir, cache, command).context("the session's apt setup")?;
+            std::process::exit(code);
+        }
+        if let (Some(image), Some(base)) = (nspawn_root, uid_base) {
+            let code = buildbay::builder::machine_root::run(image, *base, command)
+                .with_context(|| format!("the machine root on {}", image.display()))?;
+            std::process::exit(code);
+        }
         let log = log.as_ref().context("--build-log is required")?;
-        let code = exec::relay(log, result.as_deref(), note, after.as_deref(), command)
+        let after = exec::AfterStep { lintian_chroot: after_lintian.clone(), user: after_user.clone() };
+        let code = exec::relay(log, result.as_deref(), note, &after, command)
             .with_context(|| format!("running {command:?}"))?;
         std::process::exit(code);
     }
@@ -538,34 +591,37 @@ fn serve(
         if !systemd::notify_socket() {
             tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
         }
-        let daemon = std::sync::Arc::new(buildbay::daemon::Daemon::new(
-            inst,
-            addr.port(),
-            ftp_addr.map_or(addr.port().wrapping_add(1), |a| a.port()),
-            host,
-            incoming.clone(),
-        ));
-        let runner = match build.build_runner {
-            RunnerChoice::Auto => buildbay::builder::Runner::detect().await,
-            RunnerChoice::Systemd => buildbay::builder::Runner::Systemd(
-                systemd::bus::Systemd::connect()
-                    .await
-                    .context("--build-runner systemd: connecting to systemd over D-Bus")?,
-            ),
-            RunnerChoice::Child => {
-                tracing::info!("--build-runner child: builds run as child processes in their own process group");
-                buildbay::builder::Runner::Child(Default::default())
-            }
-        };
+        let daemon = std::sync::Arc::new(
+            buildbay::daemon::Daemon::new(
+                inst,
+                addr.port(),
+                ftp_addr.map_or(addr.port().wrapping_add(1), |a| a.port()),
+                host,
+                incoming.clone(),
+            )
+            .with_packaging_deadline(std::time::Duration::from_secs(build.packaging_timeout)),
+        );
         let mut limits = buildbay::builder::Limits {
             memory_max: build.build_memory_max,
             runtime_max_sec: build.build_runtime_max,
-            user: build.build_user.clone(),
             ..Default::default()
         };
         if let Some(n) = build.build_slots {
             limits.slots = n;
         }
+        use buildbay::builder::runner;
+        let runner: Box<dyn runner::Runner> = match build.build_runner {
+            RunnerChoice::Auto => runner::detect(&limits).await,
+            RunnerChoice::Systemd => Box::new(runner::systemd::SystemdRunner::new(
+                systemd::bus::Systemd::connect()
+                    .await
+                    .context("--build-runner systemd: connecting to systemd over D-Bus")?,
+            )),
+            RunnerChoice::Child => {
+                tracing::info!("--build-runner child: builds run as child processes in their own process group");
+                Box::new(runner::child::ChildRunner::new(limits.runtime_max_sec))
+            }
+        };
         let state = daemon.inst.store.dir().to_owned();
         let builder = buildbay::builder::Builder {
             runner,
@@ -575,8 +631,9 @@ fn serve(
                 schroot_d: build.schroot_dir.clone(),
             },
             root: state.join(buildbay::builder::BUILDS_DIR),
-            incoming: daemon.incoming.dir.clone(),
+            results: daemon.incoming.results.clone(),
             exe: std::env::current_exe().context("finding the buildbay binary for build units")?,
+            users: buildbay::builder::slots::Users::detect(&build.build_users),
             turn: Default::default(),
             chroot_upgrade: (build.chroot_upgrade_interval > 0)
                 .then(|| std::time::Duration::from_secs(build.chroot_upgrade_interval)),
@@ -586,16 +643,23 @@ fn serve(
             anyhow::bail!("the builder was set up twice");
         }
         tokio::spawn(daemon.clone().run_builders());
-        systemd::spawn_watchdog();
+        let watched = daemon.clone();
+        let started = chrono::Utc::now().timestamp();
+        systemd::spawn_watchdog(move || watched.heartbeats.alive(started, buildbay::daemon::HEARTBEAT_GRACE));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(buildbay::web::serve(listener, daemon.clone(), stop_rx.clone()));
         let waker = daemon.clone();
-        let dropbox = std::sync::Arc::new(incoming::ftp::DropBox {
-            incoming: incoming.dir.clone(),
-            part: incoming.part_dir(),
-            max_file: ftp.max_file_size,
-            landed: Box::new(move || waker.wake()),
-        });
+        let dropbox = std::sync::Arc::new(incoming::ftp::DropBox::new(
+            incoming.dir.clone(),
+            incoming.part_dir(),
+            ftp.max_file_size,
+            incoming::ftp::Quota {
+                per_peer: ftp.ftp_quota_per_peer.unwrap_or(ftp.max_upload_size),
+                total: ftp.ftp_quota_total.unwrap_or(ftp.max_upload_size.saturating_mul(4)),
+                reserve: ftp.disk_reserve,
+            },
+            Box::new(move || waker.wake()),
+        ));
         let ftp_opts = incoming::ftp::FtpOptions {
             passive_ports: ftp.ftp_passive_ports.clone(),
             tls: ftp.ftp_cert.clone().zip(ftp.ftp_key.clone()),

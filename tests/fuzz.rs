@@ -37,7 +37,7 @@ proptest! {
     fn parsers_never_panic_on_any_text(text in ".{0,600}") {
         let _ = buildbay::deb::Changes::parse(&text);
         let _ = buildbay::deb::Dsc::parse(&text);
-        let _ = buildbay::packager::options::UploadOptions::parse(&text);
+        let _ = buildbay::protocol::options::UploadOptions::parse(&text);
         let _ = buildbay::deb::Release::parse(&text);
         let _ = buildbay::sources::apt_source_archives(&text, false);
         let _ = buildbay::sources::apt_source_archives(&text, true);
@@ -53,7 +53,7 @@ proptest! {
             let _ = buildbay::incoming::readiness(&c, &buildbay::incoming::Limits::default(), |_| Some(6));
         }
         let _ = buildbay::deb::Dsc::parse(&text);
-        let _ = buildbay::packager::options::UploadOptions::parse(&text);
+        let _ = buildbay::protocol::options::UploadOptions::parse(&text);
     }
 }
 

@@ -111,7 +111,8 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
     match args.call.name {
         "status" => {
             let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
-            let queue: Vec<String> = crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey).collect();
+            let queue: Vec<String> =
+                crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey.to_string()).collect();
             let mut s = json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "identity": identity,
@@ -175,7 +176,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(json!({"retried": bkey, "upload": u}))
         }
         "cancel" => {
-            let bkey = args.require::<String>("bkey")?;
+            let bkey = args.require::<crate::protocol::BuildKey>("bkey")?;
             let builder =
                 d.builder.get().ok_or_else(|| ApiError::new(503, "the builders are not running yet; try again"))?;
             let by = who.user.clone().unwrap_or_else(|| "anonymous".into());
@@ -187,7 +188,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             )?;
             publish(d, &events);
             d.wake();
-            Ok(json!({"canceled": bkey}))
+            Ok(json!({"canceled": bkey.to_string()}))
         }
         "remake_chroots" => {
             let _lock = d.maintenance.try_lock().map_err(|_| {
@@ -322,6 +323,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 layout: args.str("layout").unwrap_or("Default").to_owned(),
                 distributions,
                 allow_unauthenticated_uploads: args.bool("allow_unauthenticated_uploads"),
+                unauthenticated_from_network: false,
                 extra_uploader_keyrings: vec![],
                 status: config::Status::default(),
             };
@@ -446,8 +448,11 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         "token_create" => {
             let user = who_name(who)?;
             let role = args.require::<Role>("role")?.min(who.role);
-            let (secret, token) = auth::create_token(&d.inst.store, user, role, args.str("label").unwrap_or(""))?;
-            Ok(json!({"token": secret, "id": token.id, "role": token.role, "label": token.label}))
+            let days = args.int("expires_days").filter(|d| *d > 0).map(|d| d.clamp(1, 36500) as u32);
+            let (secret, token) = auth::create_token(&d.inst.store, user, role, args.str("label").unwrap_or(""), days)?;
+            Ok(
+                json!({"token": secret, "id": token.id, "role": token.role, "label": token.label, "expires": token.expires}),
+            )
         }
         "token_ls" => Ok(json!(auth::list_tokens(&d.inst.store, who_name(who)?)?)),
         "token_revoke" => {
@@ -457,8 +462,46 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         "user_add" => {
             let name: String = args.require("name")?;
             let role: Role = args.require("role")?;
-            let u = auth::add_user(&d.inst.store, &name, &args.require::<String>("password")?, role)?;
+            let password = args.require::<String>("password")?;
+            let u = auth::add_user_with(&d.inst.store, &name, &password, role, args.bool("one_time"))?;
+            Ok(json!({"name": u.name, "role": u.role, "one_time": u.must_change_password}))
+        }
+        "password_change" => {
+            let user = who_name(who)?;
+            let (old, new) = (args.require::<String>("old_password")?, args.require::<String>("new_password")?);
+            auth::change_password(&d.inst.store, user, &old, &new)?;
+            Ok(json!({"user": user, "message": "password changed"}))
+        }
+        "user_ls" => {
+            let users: Vec<Json> = auth::list_users(&d.inst.store)?
+                .into_iter()
+                .map(|u| json!({"name": u.name, "role": u.role, "created": u.created, "one_time": u.must_change_password}))
+                .collect();
+            Ok(json!(users))
+        }
+        "user_role" => {
+            let name: String = args.require("name")?;
+            let u = auth::set_role(&d.inst.store, &name, args.require("role")?)?;
             Ok(json!({"name": u.name, "role": u.role}))
+        }
+        "user_password" => {
+            let name: String = args.require("name")?;
+            auth::reset_password(&d.inst.store, &name, &args.require::<String>("password")?)?;
+            Ok(json!({"name": name, "one_time": true}))
+        }
+        "user_revoke" => {
+            let me = who_name(who)?;
+            let name = args.str("name").unwrap_or(me).to_owned();
+            if name != me && who.role < Role::Admin {
+                return Err(ApiError::new(403, "only an admin revokes another user's sessions and tokens"));
+            }
+            let (sessions, tokens) = auth::revoke_all(&d.inst.store, &name)?;
+            Ok(json!({"name": name, "sessions": sessions, "tokens": tokens}))
+        }
+        "user_remove" => {
+            let name: String = args.require("name")?;
+            auth::remove_user(&d.inst.store, &name)?;
+            Ok(json!({"removed": name}))
         }
         other => Err(ApiError::new(500, format!("call {other} is registered but not implemented"))),
     }

@@ -84,7 +84,7 @@ impl Args {
             };
             let v =
                 match a.kind {
-                    Kind::Str | Kind::Multiline => Value::Str(raw.to_owned()),
+                    Kind::Str | Kind::Multiline | Kind::Secret => Value::Str(raw.to_owned()),
                     Kind::Bool => match raw {
                         "True" | "true" | "1" => Value::Bool(true),
                         "False" | "false" | "0" => Value::Bool(false),
@@ -181,8 +181,18 @@ impl Args {
     }
 }
 
-/// The checks mini-buildd makes before running a call, in its order: auth, running, confirm.
+/// The checks mini-buildd makes before running a call, in its order: auth, running, confirm;
+/// before them, a one-time password must have been changed.
 pub fn admit(call: &Call, who: &Principal, running: bool, confirm: Option<&str>) -> Result<(), ApiError> {
+    if who.must_change_password && !matches!(call.name, "password_change" | "status" | "role") {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "user {} has a one-time password: change it first (password_change, or the account page)",
+                who.user.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
     if who.role < call.auth {
         let level = match call.auth {
             Role::None => "NONE",
@@ -247,13 +257,21 @@ mod tests {
     fn admission() {
         let migrate = registry::find("migrate").unwrap();
         let anon = Principal::anonymous();
-        let staff = Principal { user: Some("s".into()), role: Role::Staff, via_session: false };
-        let login = Principal { user: Some("l".into()), role: Role::Login, via_session: false };
+        let p = |role| Principal {
+            user: Some("s".into()),
+            role,
+            via: crate::auth::Via::Token,
+            must_change_password: false,
+        };
+        let (staff, login) = (p(Role::Staff), p(Role::Login));
         assert_eq!(admit(migrate, &anon, true, Some("migrate")).unwrap_err().status, 401);
         assert_eq!(admit(migrate, &login, true, Some("migrate")).unwrap_err().status, 403);
         assert_eq!(admit(migrate, &staff, true, None).unwrap_err().status, 400);
         admit(migrate, &staff, true, Some("migrate")).unwrap();
         let snap = registry::find("snapshot_ls").unwrap();
         assert_eq!(admit(snap, &anon, false, None).unwrap_err().status, 503);
+        let one_time = Principal { must_change_password: true, ..p(Role::Admin) };
+        assert_eq!(admit(migrate, &one_time, true, Some("migrate")).unwrap_err().status, 403);
+        admit(registry::find("password_change").unwrap(), &one_time, true, Some("password_change")).unwrap();
     }
 }

@@ -16,6 +16,8 @@ pub enum Kind {
     Int,
     /// Comma-separated over HTTP, `--key v0 v1` on the command line.
     List,
+    /// A password: only in a POST body, never in a URL; a password field in a form.
+    Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,7 +413,11 @@ pub static CALLS: &[Call] = &[
         confirm: true,
         group: "Developer",
         doc: "Create an API token for yourself (shown once), scoped to a role no higher than yours.",
-        args: &[role("The token's role."), opt("label", None, Kind::Str, Default::Value(""), "What the token is for.")],
+        args: &[
+            role("The token's role."),
+            opt("label", None, Kind::Str, Default::Value(""), "What the token is for."),
+            opt("expires_days", None, Kind::Int, Default::Value("90"), "Days until it expires (0: never)."),
+        ],
     },
     Call {
         name: "token_ls",
@@ -505,8 +511,69 @@ pub static CALLS: &[Call] = &[
         args: &[
             pos("name", "User name."),
             role("The user's role."),
-            opt("password", None, Kind::Str, Default::Required, "Initial password (at least 8 characters)."),
+            opt("password", None, Kind::Secret, Default::Required, "Initial password (at least 8 characters)."),
+            opt("one_time", None, Kind::Bool, Default::Server, "The user must change the password at the first login."),
         ],
+    },
+    Call {
+        name: "password_change",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: true,
+        group: "Developer",
+        doc: "Change your password (a one-time password must be changed before anything else).",
+        args: &[
+            opt("old_password", None, Kind::Secret, Default::Required, "Your current password."),
+            opt("new_password", None, Kind::Secret, Default::Required, "The new one (at least 8 characters)."),
+        ],
+    },
+    Call {
+        name: "user_ls",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: false,
+        group: "Administrator",
+        doc: "Every user with their role.",
+        args: &[],
+    },
+    Call {
+        name: "user_role",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Change a user's role; a demotion ends their sessions (their tokens never act above it).",
+        args: &[pos("name", "User name."), role("The new role.")],
+    },
+    Call {
+        name: "user_password",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Give a user a one-time password (they change it at the next login); ends their sessions and tokens.",
+        args: &[
+            pos("name", "User name."),
+            opt("password", None, Kind::Secret, Default::Required, "The one-time password (at least 8 characters)."),
+        ],
+    },
+    Call {
+        name: "user_revoke",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: true,
+        group: "Developer",
+        doc: "End every session and revoke every token of a user (yourself, or anyone for an admin).",
+        args: &[opt("name", None, Kind::Str, Default::Server, "User name (default: yourself).")],
+    },
+    Call {
+        name: "user_remove",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Remove a user with their sessions and tokens (their uploader key stays until removed).",
+        args: &[pos("name", "User name.")],
     },
 ];
 
@@ -520,8 +587,9 @@ pub fn markdown() -> String {
     let mut out = String::from(
         "# API reference\n\nGenerated from the call registry (`src/api/registry.rs`) by `buildbay api-reference`; \
          a unit test keeps this file equal to it. Every call is `GET /mini_buildd/api/<call>/?<arg>=<value>…` \
-         (add `output=json` for JSON), as in mini-buildd 2.x, and `buildbay api <call> …` on the command line. \
-         Calls that change things need `confirm=<call>` (`--confirm`).\n",
+         (add `output=json` for JSON), as in mini-buildd 2.x, or a POST of the same arguments as a form, and \
+         `buildbay api <call> …` on the command line. Calls that change things need `confirm=<call>` (`--confirm`), \
+         and from a signed-in browser the CSRF token. A secret (a password) goes only in a POST body.\n",
     );
     let mut groups: Vec<&str> = CALLS.iter().map(|c| c.group).collect();
     groups.sort();
@@ -560,6 +628,7 @@ pub fn markdown() -> String {
                     Kind::Bool => "flag",
                     Kind::Int => "integer",
                     Kind::List => "list (comma-separated over HTTP)",
+                    Kind::Secret => "secret: POST only",
                 };
                 let default = match a.default {
                     Default::Required => "required".to_owned(),

@@ -29,8 +29,69 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Largest `.changes` or `.dsc` read into memory.
-const CONTROL_FILE_LIMIT: u64 = 4 << 20;
+/// One debdiff at a time.
+static DEBDIFF_TURN: Mutex<()> = Mutex::new(());
+/// Most bytes of sources a debdiff compares.
+const DEBDIFF_INPUT: u64 = 1 << 30;
+
+/// A scratch directory for debdiff, owned by `nobody` when running as root, removed on drop.
+struct Scratch {
+    dir: PathBuf,
+    owner: Option<(u32, u32)>,
+    copied: std::cell::Cell<u64>,
+}
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("buildbay-debdiff-{}", crate::protocol::fresh_micros()));
+        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
+        let owner = if nix::unistd::geteuid().is_root() {
+            nix::unistd::User::from_name("nobody").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+        } else {
+            None
+        };
+        let s = Scratch { dir, owner, copied: std::cell::Cell::new(0) };
+        s.own(&s.dir)?;
+        Ok(s)
+    }
+
+    fn own(&self, p: &Path) -> Result<()> {
+        if let Some((u, g)) = self.owner {
+            nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)))
+                .map_err(|e| io_err(p)(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Copy a pool `.dsc` and the files it lists into a directory of its own; returns the copy.
+    fn copy_source(&self, dsc: &Path, sub: &str) -> Result<PathBuf> {
+        let text = read_limited(dsc)?;
+        let parsed =
+            Dsc::parse(&text).map_err(|source| ArchiveError::Control { file: dsc.display().to_string(), source })?;
+        let to = self.dir.join(sub);
+        std::fs::create_dir(&to).map_err(io_err(&to))?;
+        self.own(&to)?;
+        let from = dsc.parent().unwrap_or(Path::new("."));
+        let name = dsc.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for n in std::iter::once(name.clone()).chain(parsed.files.iter().map(|f| f.name.to_string())) {
+            let size = std::fs::symlink_metadata(from.join(&n)).map_err(io_err(from.join(&n)))?.len();
+            self.copied.set(self.copied.get() + size);
+            if self.copied.get() > DEBDIFF_INPUT {
+                return Err(ArchiveError::Debdiff(format!("the sources are larger than {DEBDIFF_INPUT} bytes")));
+            }
+            std::fs::copy(from.join(&n), to.join(&n)).map_err(io_err(to.join(&n)))?;
+            self.own(&to.join(&n))?;
+        }
+        Ok(to.join(name))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// How long a `debdiff` may take, and how much of its output is answered.
 const DEBDIFF_SECS: u32 = 120;
 const DEBDIFF_MAX: usize = 8 << 20;
@@ -90,6 +151,14 @@ pub enum ArchiveError {
 }
 
 pub type Result<T> = std::result::Result<T, ArchiveError>;
+
+impl ArchiveError {
+    /// Whether the error is about the input (a rule, a name, a file: final), not about the
+    /// daemon (the store, the disk: try again later).
+    pub fn is_input(&self) -> bool {
+        !matches!(self, ArchiveError::Store(_) | ArchiveError::Publish(_) | ArchiveError::Io { .. })
+    }
+}
 
 crate::from_redb_errors!(ArchiveError);
 
@@ -277,14 +346,10 @@ fn key3(a: &str, b: &str, c: &str) -> String {
 }
 
 fn read_limited(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    if meta.len() > CONTROL_FILE_LIMIT {
-        return Err(ArchiveError::Inconsistent(format!(
-            "{} is larger than {CONTROL_FILE_LIMIT} bytes",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = crate::deb::changes::read_bounded(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => ArchiveError::Inconsistent(e.to_string()),
+        _ => ArchiveError::Io { path: path.to_owned(), source: e },
+    })?;
     String::from_utf8(bytes).map_err(|_| ArchiveError::Inconsistent(format!("{} is not UTF-8 text", path.display())))
 }
 
@@ -381,6 +446,15 @@ impl<'a> Archive<'a> {
                     return Err(ArchiveError::Inconsistent(format!(
                         ".dsc is {} {}, but the .changes says {} {}",
                         dsc.source, dsc.version, changes.source, changes.version
+                    )));
+                }
+                if dsc_file.name.as_str() != dsc.file_name() {
+                    return Err(ArchiveError::Inconsistent(format!(
+                        "the .dsc of {} {} must be named {}, not {}",
+                        dsc.source,
+                        dsc.version,
+                        dsc.file_name(),
+                        dsc_file.name
                     )));
                 }
                 let component = component_of(dsc_file.section.as_deref()).unwrap_or("main").to_owned();
@@ -495,6 +569,37 @@ impl<'a> Archive<'a> {
         }
         if binary_only && new_bins.is_empty() {
             return Err(ArchiveError::Inconsistent("the .changes lists neither a .dsc nor any .deb".into()));
+        }
+        // A source builds only the binary packages its .dsc declares, and none that another
+        // source of the distribution owns.
+        if !new_bins.is_empty() {
+            let declared = match &entry.dsc {
+                Some(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    let st = crate::deb::Stanza::parse_one(&text)
+                        .map_err(|source| ArchiveError::Control { file: format!("{} .dsc", changes.source), source })?;
+                    crate::deb::changes::binary_list(st.get("Binary").unwrap_or_default())
+                        .map_err(|source| ArchiveError::Control { file: format!("{} .dsc", changes.source), source })?
+                }
+                None => vec![],
+            };
+            for (k, _) in &new_bins {
+                if !declared.contains(&k.package) {
+                    return Err(ArchiveError::Inconsistent(format!(
+                        "binary package {} is not in the Binary field of {}'s .dsc; a source builds only the packages it declares",
+                        k.package, changes.source
+                    )));
+                }
+            }
+            let owners = binary_owners(&read, dist)?;
+            for (k, _) in &new_bins {
+                if let Some(owner) = owners.get(&k.package).filter(|o| **o != changes.source) {
+                    return Err(ArchiveError::Inconsistent(format!(
+                        "binary package {} belongs to source {owner} in {dist}; one source cannot take over another's package (remove {owner} first)",
+                        k.package
+                    )));
+                }
+            }
         }
 
         // Merge: binaries replace those of the same package and architecture.
@@ -827,15 +932,31 @@ impl<'a> Archive<'a> {
                 v.without_epoch()
             ))
         };
-        // Bounded: at most DEBDIFF_SECS (coreutils' timeout), and DEBDIFF_MAX bytes of answer.
-        let out = std::process::Command::new("timeout")
-            .arg(DEBDIFF_SECS.to_string())
+        // Bounded: one at a time, inputs of at most DEBDIFF_INPUT bytes copied into a scratch
+        // directory, run as nobody (dpkg-source -x unpacks what an uploader wrote), at most
+        // DEBDIFF_SECS (coreutils' timeout), and DEBDIFF_MAX bytes of answer.
+        let _one = DEBDIFF_TURN
+            .try_lock()
+            .map_err(|_| ArchiveError::Debdiff("another debdiff is running; try again in a minute".into()))?;
+        let scratch = Scratch::new()?;
+        let a_dsc = scratch.copy_source(&dsc(&a), "a")?;
+        let b_dsc = scratch.copy_source(&dsc(&b), "b")?;
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.arg(DEBDIFF_SECS.to_string())
             .arg("debdiff")
-            .arg(dsc(&a))
-            .arg(dsc(&b))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| ArchiveError::Debdiff(e.to_string()))?;
+            .arg(&a_dsc)
+            .arg(&b_dsc)
+            .current_dir(&scratch.dir)
+            .env("TMPDIR", &scratch.dir)
+            .env("HOME", &scratch.dir)
+            .stdin(std::process::Stdio::null());
+        if let Some((uid, gid)) = scratch.owner {
+            use std::os::unix::process::CommandExt;
+            // std drops the supplementary groups when it sets the uid.
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().map_err(|e| ArchiveError::Debdiff(e.to_string()))?;
+        drop(scratch);
         // debdiff exits 0 for no differences and 1 for differences.
         match out.status.code() {
             Some(0 | 1) => {
@@ -1077,6 +1198,19 @@ fn get_record(
     source: &PackageName,
 ) -> Result<Option<SourceRecord>> {
     Ok(store::get_json(records, &format!("{dist}/{source}"))?)
+}
+
+/// Which source owns each binary package name in a distribution.
+fn binary_owners(read: &redb::ReadTransaction, dist: &Dist) -> Result<BTreeMap<PackageName, PackageName>> {
+    let mut out = BTreeMap::new();
+    store::scan_prefix(&read.open_table(DIST_SOURCES)?, &format!("{dist}/"), |k, v| {
+        let r: SourceRecord = store::decode(k, v)?;
+        for b in r.binaries {
+            out.insert(b.package, r.source.clone());
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn get_entry(read: &redb::ReadTransaction, dist: &Dist, source: &PackageName) -> Result<Option<Entry>> {

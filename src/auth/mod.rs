@@ -1,7 +1,9 @@
 //! Users, roles, sessions, API tokens and login rate limiting.
 //!
 //! Passwords are argon2 hashes; session ids and API tokens are random and stored only as their
-//! SHA-256, so a copy of the state database opens no account.
+//! SHA-256, so a copy of the state database opens no account. A one-time password (the first
+//! admin's) must be changed at the first login before anything else. Removing or demoting a user
+//! ends their sessions; tokens can expire, and never act above their user's current role.
 
 use crate::store::{self, SESSIONS, Store, StoreError, TOKENS, USERS};
 use chrono::{DateTime, Duration, Utc};
@@ -60,22 +62,46 @@ pub struct User {
     pub password_hash: String,
     pub role: Role,
     pub created: DateTime<Utc>,
+    /// A one-time password: it must be changed before the user can do anything else.
+    #[serde(default)]
+    pub must_change_password: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub user: String,
     pub expires: DateTime<Utc>,
+    /// Made by an API client's login (mini-buildd's client protocol), not by the browser form:
+    /// such a session is a credential of a program that no browser holds.
+    #[serde(default)]
+    pub api: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Token {
+    /// A random identifier (not part of the secret), to list and revoke it by.
     pub id: String,
     pub user: String,
     /// The token acts with at most this role (and never more than its user has now).
     pub role: Role,
     pub label: String,
     pub created: DateTime<Utc>,
+    /// After this, the token is refused.
+    #[serde(default)]
+    pub expires: Option<DateTime<Utc>>,
+}
+
+/// How a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Anonymous,
+    /// A bearer token: proof of intent by itself.
+    Token,
+    /// A browser session cookie: a state change needs the CSRF token too.
+    Browser,
+    /// An API client's session (mini-buildd's client logs in like a browser, then calls with the
+    /// cookie only).
+    ApiSession,
 }
 
 /// Who is asking, and with which role.
@@ -83,13 +109,19 @@ pub struct Token {
 pub struct Principal {
     pub user: Option<String>,
     pub role: Role,
-    /// Authenticated by a browser session cookie (so state changes need CSRF protection).
-    pub via_session: bool,
+    pub via: Via,
+    /// The user still has a one-time password: only changing it is allowed.
+    pub must_change_password: bool,
 }
 
 impl Principal {
     pub fn anonymous() -> Principal {
-        Principal { user: None, role: Role::None, via_session: false }
+        Principal { user: None, role: Role::None, via: Via::Anonymous, must_change_password: false }
+    }
+
+    /// Authenticated by a browser session (so state changes need CSRF protection).
+    pub fn via_browser(&self) -> bool {
+        self.via == Via::Browser
     }
 }
 
@@ -109,6 +141,12 @@ pub enum AuthError {
     RoleTooHigh(Role),
     #[error("no token {0} of user {1}")]
     NoToken(String, String),
+    #[error("the current password is wrong")]
+    WrongPassword,
+    #[error("the new password must differ from the one-time password")]
+    SamePassword,
+    #[error("cannot remove or demote the last admin; make another user an admin first")]
+    LastAdmin,
     #[error("password hashing: {0}")]
     Hash(String),
 }
@@ -151,14 +189,27 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with(['.', '-'])
 }
 
+fn check_strength(password: &str) -> Result<()> {
+    if password.chars().count() < 8 { Err(AuthError::WeakPassword) } else { Ok(()) }
+}
+
 pub fn add_user(store: &Store, name: &str, password: &str, role: Role) -> Result<User> {
+    add_user_with(store, name, password, role, false)
+}
+
+/// Create a user; `one_time`: the password must be changed at the first login.
+pub fn add_user_with(store: &Store, name: &str, password: &str, role: Role, one_time: bool) -> Result<User> {
     if !valid_name(name) {
         return Err(AuthError::BadName(name.to_owned()));
     }
-    if password.chars().count() < 8 {
-        return Err(AuthError::WeakPassword);
-    }
-    let user = User { name: name.to_owned(), password_hash: hash_password(password)?, role, created: Utc::now() };
+    check_strength(password)?;
+    let user = User {
+        name: name.to_owned(),
+        password_hash: hash_password(password)?,
+        role,
+        created: Utc::now(),
+        must_change_password: one_time,
+    };
     let tx = store.write()?;
     {
         let mut t = tx.open_table(USERS)?;
@@ -200,10 +251,160 @@ pub fn check_password(store: &Store, name: &str, password: &str) -> Result<Optio
     }
 }
 
-/// Start a session; returns the session id for the cookie.
-pub fn create_session(store: &Store, user: &str) -> Result<String> {
+/// Change a user's password after checking the current one; ends every other session of the
+/// user and clears a one-time password.
+pub fn change_password(store: &Store, name: &str, old: &str, new: &str) -> Result<()> {
+    check_strength(new)?;
+    let mut u = get_user(store, name)?.ok_or_else(|| AuthError::NoUser(name.to_owned()))?;
+    if !verify_password(&u.password_hash, old) {
+        return Err(AuthError::WrongPassword);
+    }
+    if u.must_change_password && old == new {
+        return Err(AuthError::SamePassword);
+    }
+    u.password_hash = hash_password(new)?;
+    u.must_change_password = false;
+    let tx = store.write()?;
+    tx.open_table(USERS)?.insert(name, store::encode(&u).as_slice())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Set a new password for a user as an administrator (a one-time one: the user changes it).
+pub fn reset_password(store: &Store, name: &str, password: &str) -> Result<()> {
+    check_strength(password)?;
+    let mut u = get_user(store, name)?.ok_or_else(|| AuthError::NoUser(name.to_owned()))?;
+    u.password_hash = hash_password(password)?;
+    u.must_change_password = true;
+    let tx = store.write()?;
+    tx.open_table(USERS)?.insert(name, store::encode(&u).as_slice())?;
+    tx.commit()?;
+    revoke_all(store, name)?;
+    Ok(())
+}
+
+/// The admins other than `name`.
+fn other_admins(store: &Store, name: &str) -> Result<usize> {
+    Ok(list_users(store)?.iter().filter(|u| u.role == Role::Admin && u.name != name).count())
+}
+
+/// Change a user's role; a demotion ends their sessions and caps their tokens (tokens never act
+/// above their user's role).
+pub fn set_role(store: &Store, name: &str, role: Role) -> Result<User> {
+    let mut u = get_user(store, name)?.ok_or_else(|| AuthError::NoUser(name.to_owned()))?;
+    if u.role == Role::Admin && role != Role::Admin && other_admins(store, name)? == 0 {
+        return Err(AuthError::LastAdmin);
+    }
+    let demoted = role < u.role;
+    u.role = role;
+    let tx = store.write()?;
+    tx.open_table(USERS)?.insert(name, store::encode(&u).as_slice())?;
+    tx.commit()?;
+    if demoted {
+        end_sessions(store, name)?;
+    }
+    Ok(u)
+}
+
+/// Remove a user with their sessions and tokens.
+pub fn remove_user(store: &Store, name: &str) -> Result<()> {
+    let u = get_user(store, name)?.ok_or_else(|| AuthError::NoUser(name.to_owned()))?;
+    if u.role == Role::Admin && other_admins(store, name)? == 0 {
+        return Err(AuthError::LastAdmin);
+    }
+    revoke_all(store, name)?;
+    let tx = store.write()?;
+    tx.open_table(USERS)?.remove(name)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// End every session of a user.
+pub fn end_sessions(store: &Store, name: &str) -> Result<usize> {
+    let tx = store.write()?;
+    let n = {
+        let mut t = tx.open_table(SESSIONS)?;
+        let mut gone = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let s: Session = store::decode(k.value(), v.value())?;
+            if s.user == name {
+                gone.push(k.value().to_owned());
+            }
+        }
+        for k in &gone {
+            t.remove(k.as_str())?;
+        }
+        gone.len()
+    };
+    tx.commit()?;
+    Ok(n)
+}
+
+/// End every session and revoke every token of a user; returns how many of each.
+pub fn revoke_all(store: &Store, name: &str) -> Result<(usize, usize)> {
+    let sessions = end_sessions(store, name)?;
+    let tx = store.write()?;
+    let tokens = {
+        let mut t = tx.open_table(TOKENS)?;
+        let mut gone = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let tok: Token = store::decode(k.value(), v.value())?;
+            if tok.user == name {
+                gone.push(k.value().to_owned());
+            }
+        }
+        for k in &gone {
+            t.remove(k.as_str())?;
+        }
+        gone.len()
+    };
+    tx.commit()?;
+    Ok((sessions, tokens))
+}
+
+/// Drop expired sessions and tokens; returns how many.
+pub fn expire(store: &Store) -> Result<usize> {
+    let now = Utc::now();
+    let tx = store.write()?;
+    let mut n = 0;
+    {
+        let mut t = tx.open_table(SESSIONS)?;
+        let mut gone = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if store::decode::<Session>(k.value(), v.value()).is_ok_and(|s| s.expires < now) {
+                gone.push(k.value().to_owned());
+            }
+        }
+        for k in &gone {
+            t.remove(k.as_str())?;
+        }
+        n += gone.len();
+    }
+    {
+        let mut t = tx.open_table(TOKENS)?;
+        let mut gone = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if store::decode::<Token>(k.value(), v.value()).is_ok_and(|s| s.expires.is_some_and(|e| e < now)) {
+                gone.push(k.value().to_owned());
+            }
+        }
+        for k in &gone {
+            t.remove(k.as_str())?;
+        }
+        n += gone.len();
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Start a session; returns the session id for the cookie. `api`: an API client's login.
+pub fn create_session(store: &Store, user: &str, api: bool) -> Result<String> {
     let id = random_token();
-    let s = Session { user: user.to_owned(), expires: Utc::now() + SESSION_LIFETIME };
+    let s = Session { user: user.to_owned(), expires: Utc::now() + SESSION_LIFETIME, api };
     let tx = store.write()?;
     tx.open_table(SESSIONS)?.insert(digest(&id).as_str(), store::encode(&s).as_slice())?;
     tx.commit()?;
@@ -225,22 +426,25 @@ pub fn session_principal(store: &Store, id: &str) -> Result<Option<Principal>> {
         return Ok(None);
     }
     let Some(u): Option<User> = store::get_json(&r.open_table(USERS)?, &s.user)? else { return Ok(None) };
-    Ok(Some(Principal { user: Some(u.name), role: u.role, via_session: true }))
+    let via = if s.api { Via::ApiSession } else { Via::Browser };
+    Ok(Some(Principal { user: Some(u.name), role: u.role, via, must_change_password: u.must_change_password }))
 }
 
-/// Create an API token; returns the secret (shown once) and its record.
-pub fn create_token(store: &Store, user: &str, role: Role, label: &str) -> Result<(String, Token)> {
+/// Create an API token (valid for `days`, or until revoked); returns the secret (shown once)
+/// and its record.
+pub fn create_token(store: &Store, user: &str, role: Role, label: &str, days: Option<u32>) -> Result<(String, Token)> {
     let u = get_user(store, user)?.ok_or_else(|| AuthError::NoUser(user.to_owned()))?;
     if role > u.role {
         return Err(AuthError::RoleTooHigh(u.role));
     }
     let secret = format!("bb_{}", random_token());
     let token = Token {
-        id: secret[3..15].to_owned(),
+        id: random_token()[..12].to_owned(),
         user: user.to_owned(),
         role,
         label: label.to_owned(),
         created: Utc::now(),
+        expires: days.map(|d| Utc::now() + Duration::days(i64::from(d))),
     };
     let tx = store.write()?;
     tx.open_table(TOKENS)?.insert(digest(&secret).as_str(), store::encode(&token).as_slice())?;
@@ -284,43 +488,118 @@ pub fn revoke_token(store: &Store, user: &str, id: &str) -> Result<()> {
 pub fn token_principal(store: &Store, secret: &str) -> Result<Option<Principal>> {
     let r = store.read()?;
     let Some(t): Option<Token> = store::get_json(&r.open_table(TOKENS)?, &digest(secret))? else { return Ok(None) };
+    if t.expires.is_some_and(|e| e < Utc::now()) {
+        return Ok(None);
+    }
     let Some(u): Option<User> = store::get_json(&r.open_table(USERS)?, &t.user)? else { return Ok(None) };
-    Ok(Some(Principal { user: Some(u.name), role: t.role.min(u.role), via_session: false }))
+    Ok(Some(Principal {
+        user: Some(u.name),
+        role: t.role.min(u.role),
+        via: Via::Token,
+        must_change_password: u.must_change_password,
+    }))
 }
 
-/// Failed logins per client address: after `LIMIT` failures within `WINDOW`, refuse until the
-/// window has passed. Checked before any password is hashed, so a flood costs nothing.
+/// Login attempts, bounded before any password is hashed: per client address (IPv6 by its
+/// /64), per user name, and for everyone together. An attempt takes its place in every bucket
+/// before the hash runs and gives it back only when it succeeded, so parallel attempts count
+/// at once; and at most [`LoginLimiter::HASHERS`] hashes run at a time.
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<IpAddr, Vec<DateTime<Utc>>>>,
+    buckets: Mutex<HashMap<Bucket, Vec<DateTime<Utc>>>>,
+    hashers: tokio::sync::Semaphore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Bucket {
+    Address(IpAddr),
+    User(String),
+    All,
+}
+
+/// Why an attempt is not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many attempts: wait this many seconds.
+    Wait(i64),
+    /// Every hasher is busy.
+    Busy,
+}
+
+/// A reserved attempt: call `succeeded` when the password was right.
+pub struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    keys: Vec<Bucket>,
+    at: DateTime<Utc>,
+    _hasher: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Attempt<'_> {
+    /// The password was right: the attempt does not count, and the address starts afresh.
+    pub fn succeeded(self) {
+        let mut map = self.limiter.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(v) = map.get_mut(k) {
+                v.retain(|t| *t != self.at);
+            }
+        }
+        if let Some(k) = self.keys.first() {
+            map.remove(k);
+        }
+    }
+}
+
+/// The bucket of an address: IPv4 as it is, IPv6 by its /64 (one host has a whole /64).
+fn address_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => {
+            let mut o = a.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
 }
 
 impl LoginLimiter {
-    pub const LIMIT: usize = 5;
+    /// Attempts per address within `WINDOW`.
+    pub const PER_ADDRESS: usize = 5;
+    /// Attempts per user name within `WINDOW` (from any address).
+    pub const PER_USER: usize = 20;
+    /// Attempts of everyone together within `WINDOW`.
+    pub const ALL: usize = 300;
     pub const WINDOW: Duration = Duration::minutes(1);
+    /// Password hashes at a time.
+    pub const HASHERS: usize = 2;
 
     pub fn new() -> LoginLimiter {
-        LoginLimiter { failures: Mutex::new(HashMap::new()) }
+        LoginLimiter { buckets: Mutex::new(HashMap::new()), hashers: tokio::sync::Semaphore::new(Self::HASHERS) }
     }
 
-    /// `Some(seconds to wait)` if this address is locked out now.
-    pub fn locked(&self, ip: IpAddr) -> Option<i64> {
+    /// Take a place for one attempt in every bucket, and a hasher, or say why not.
+    pub fn reserve(&self, ip: IpAddr, user: &str) -> std::result::Result<Attempt<'_>, Refusal> {
         let now = Utc::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let v = map.entry(ip).or_default();
-        v.retain(|t| now - *t < Self::WINDOW);
-        (v.len() >= Self::LIMIT).then(|| (Self::WINDOW - (now - v[0])).num_seconds().max(1))
-    }
-
-    pub fn failed(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = vec![Bucket::Address(address_bucket(ip)), Bucket::User(user.to_owned()), Bucket::All];
+        let limits = [Self::PER_ADDRESS, Self::PER_USER, Self::ALL];
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
-            map.clear();
+            map.retain(|_, v| v.iter().any(|t| now - *t < Self::WINDOW));
         }
-        map.entry(ip).or_default().push(Utc::now());
-    }
-
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        let mut wait = 0;
+        for (k, limit) in keys.iter().zip(limits) {
+            let v = map.entry(k.clone()).or_default();
+            v.retain(|t| now - *t < Self::WINDOW);
+            if v.len() >= limit {
+                wait = wait.max((Self::WINDOW - (now - v[0])).num_seconds().max(1));
+            }
+        }
+        if wait > 0 {
+            return Err(Refusal::Wait(wait));
+        }
+        let hasher = self.hashers.try_acquire().map_err(|_| Refusal::Busy)?;
+        for k in &keys {
+            map.entry(k.clone()).or_default().push(now);
+        }
+        Ok(Attempt { limiter: self, keys, at: now, _hasher: hasher })
     }
 }
 
@@ -346,15 +625,16 @@ mod tests {
         assert!(check_password(&store, "alice", "wrong horse").unwrap().is_none());
         assert!(check_password(&store, "nobody", "x").unwrap().is_none());
 
-        let sid = create_session(&store, "alice").unwrap();
+        let sid = create_session(&store, "alice", false).unwrap();
         assert_eq!(session_principal(&store, &sid).unwrap().unwrap().role, Role::Staff);
         end_session(&store, &sid).unwrap();
         assert!(session_principal(&store, &sid).unwrap().is_none());
 
-        assert!(matches!(create_token(&store, "alice", Role::Admin, "x"), Err(AuthError::RoleTooHigh(_))));
-        let (secret, tok) = create_token(&store, "alice", Role::Login, "ci").unwrap();
+        assert!(matches!(create_token(&store, "alice", Role::Admin, "x", None), Err(AuthError::RoleTooHigh(_))));
+        let (secret, tok) = create_token(&store, "alice", Role::Login, "ci", None).unwrap();
+        assert!(!secret.contains(&tok.id), "the token id is not part of the secret");
         let p = token_principal(&store, &secret).unwrap().unwrap();
-        assert_eq!((p.role, p.via_session), (Role::Login, false));
+        assert_eq!((p.role, p.via), (Role::Login, Via::Token));
         assert!(token_principal(&store, "bb_nope").unwrap().is_none());
         assert_eq!(list_tokens(&store, "alice").unwrap().len(), 1);
         revoke_token(&store, "alice", &tok.id).unwrap();
@@ -362,15 +642,64 @@ mod tests {
     }
 
     #[test]
-    fn limiter_locks_after_failures() {
+    fn accounts_change_and_end_their_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        add_user_with(&store, "root", "one-time-pw", Role::Admin, true).unwrap();
+        let sid = create_session(&store, "root", false).unwrap();
+        assert!(session_principal(&store, &sid).unwrap().unwrap().must_change_password);
+        assert!(matches!(change_password(&store, "root", "one-time-pw", "one-time-pw"), Err(AuthError::SamePassword)));
+        assert!(matches!(change_password(&store, "root", "wrong", "a-new-password"), Err(AuthError::WrongPassword)));
+        change_password(&store, "root", "one-time-pw", "a-new-password").unwrap();
+        assert!(!session_principal(&store, &sid).unwrap().unwrap().must_change_password);
+        assert!(matches!(set_role(&store, "root", Role::Login), Err(AuthError::LastAdmin)));
+        add_user(&store, "bob", "bob-password", Role::Staff).unwrap();
+        let bob = create_session(&store, "bob", true).unwrap();
+        let (bob_token, _) = create_token(&store, "bob", Role::Staff, "ci", Some(30)).unwrap();
+        assert_eq!(session_principal(&store, &bob).unwrap().unwrap().via, Via::ApiSession);
+        set_role(&store, "bob", Role::Login).unwrap();
+        assert!(session_principal(&store, &bob).unwrap().is_none(), "a demotion ends the sessions");
+        assert_eq!(token_principal(&store, &bob_token).unwrap().unwrap().role, Role::Login, "tokens are capped");
+        remove_user(&store, "bob").unwrap();
+        assert!(token_principal(&store, &bob_token).unwrap().is_none(), "removal revokes the tokens");
+        assert!(matches!(remove_user(&store, "root"), Err(AuthError::LastAdmin)));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        add_user(&store, "alice", "correct horse", Role::Staff).unwrap();
+        let (secret, _) = create_token(&store, "alice", Role::Login, "ci", Some(0)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(token_principal(&store, &secret).unwrap().is_none());
+        assert_eq!(expire(&store).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_limiter_reserves_before_hashing_and_bounds_the_hashers() {
         let l = LoginLimiter::new();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        for _ in 0..LoginLimiter::LIMIT {
-            assert!(l.locked(ip).is_none());
-            l.failed(ip);
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8::ffff".parse().unwrap();
+        // Parallel attempts count at once: the hashers run out first.
+        let a = l.reserve(ip, "alice").unwrap();
+        let b = l.reserve(neighbour, "alice").unwrap();
+        assert_eq!(l.reserve(ip, "alice").err(), Some(Refusal::Busy));
+        drop(a);
+        drop(b);
+        for _ in 0..LoginLimiter::PER_ADDRESS - 2 {
+            drop(l.reserve(ip, "alice").unwrap());
         }
-        assert!(l.locked(ip).is_some());
-        l.succeeded(ip);
-        assert!(l.locked(ip).is_none());
+        // The /64 is one bucket.
+        assert!(matches!(l.reserve(neighbour, "alice"), Err(Refusal::Wait(_))));
+        assert!(l.reserve("192.0.2.1".parse().unwrap(), "alice").is_ok());
+        // A success frees the address.
+        let l = LoginLimiter::new();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..LoginLimiter::PER_ADDRESS - 1 {
+            drop(l.reserve(v4, "bob").unwrap());
+        }
+        l.reserve(v4, "bob").unwrap().succeeded();
+        assert!(l.reserve(v4, "bob").is_ok());
     }
 }

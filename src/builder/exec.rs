@@ -7,23 +7,32 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
+/// What runs after a successful build, once its result can go.
+#[derive(Debug, Clone, Default)]
+pub struct AfterStep {
+    /// lintian in ignore mode on this chroot's fresh session…
+    pub lintian_chroot: Option<String>,
+    /// …as this user (the slot's build user).
+    pub user: Option<String>,
+}
+
 /// The relay of a build (`buildbay builder-exec --build-log …`): run the build command logged,
 /// with its phases timed; record its end in `result` when given (child-process runner; under
-/// systemd, ExecStopPost does that). When the build succeeded and there is an `after` script
+/// systemd, ExecStopPost does that). When the build succeeded and there is an after step
 /// (lintian in ignore mode), mark the build finished (`built`) first, so that its result goes
-/// out at once, then run the script into its own log; its outcome does not change the build's.
+/// out at once, then run the step into its own log; its outcome does not change the build's.
 pub fn relay(
     log: &Path,
     result: Option<&Path>,
     notes: &[String],
-    after: Option<&Path>,
+    after: &AfterStep,
     argv: &[String],
 ) -> std::io::Result<i32> {
     let code = run_logged(log, Some(&log.with_file_name(super::phases::FILE)), notes, argv)?;
-    if let (0, Some(script)) = (code, after) {
-        // Whatever happens to the after script, the unit's end is still recorded below.
-        if let Err(e) = run_after(log, script) {
-            eprintln!("buildbay: the after script {} failed to run: {e}", script.display());
+    if let (0, Some(chroot)) = (code, &after.lintian_chroot) {
+        // Whatever happens to the after step, the unit's end is still recorded below.
+        if let Err(e) = run_after_lintian(log, chroot, after.user.as_deref()) {
+            eprintln!("buildbay: lintian after the result failed to run: {e}");
         }
     }
     if let Some(result) = result {
@@ -32,13 +41,158 @@ pub fn relay(
     Ok(code)
 }
 
-/// Mark the build built, then run the after script into its own log.
-fn run_after(log: &Path, script: &Path) -> std::io::Result<()> {
+/// Mark the build built, then run lintian on its files into its own log: in a fresh session of
+/// the chroot, as the build user, on copies of the build's regular files (never through a
+/// symlink it left), under sbuild's `/build`, the one host directory a session sees.
+fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>) -> std::io::Result<()> {
     Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
     let after_log = log.with_file_name(super::AFTER_LOG);
-    let after_code = run_logged(&after_log, None, &[], &[script.display().to_string()])?;
+    let out = log.with_file_name(super::OUT);
+    let scratch = tempdir_in(Path::new("/var/lib/sbuild/build"), "buildbay-lintian-")?;
+    let copy = || -> std::io::Result<Vec<String>> {
+        let mut changes = Vec::new();
+        for e in std::fs::read_dir(&out)? {
+            let e = e?;
+            let Ok(name) = e.file_name().into_string() else { continue };
+            if name.parse::<crate::deb::FileName>().is_err() {
+                continue;
+            }
+            let Ok((mut from, _)) = crate::protocol::tar::open_regular(&e.path()) else { continue };
+            let mut to = std::fs::File::create(scratch.join(&name))?;
+            std::io::copy(&mut from, &mut to)?;
+            if name.ends_with(".changes") {
+                changes.push(name);
+            }
+        }
+        Ok(changes)
+    };
+    let changes = copy();
+    let argv = match &changes {
+        Ok(changes) => {
+            let rel = scratch.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut a: Vec<String> = vec!["schroot".into(), "-c".into(), chroot.to_owned(), "-d".into(), "/".into()];
+            if let Some(u) = user {
+                a.extend(["-u".to_owned(), u.to_owned()]);
+            }
+            a.extend([
+                "--".into(),
+                "lintian".into(),
+                "--suppress-tags".into(),
+                "bad-distribution-in-changes-file".into(),
+            ]);
+            a.extend(changes.iter().map(|c| format!("/build/{rel}/{c}")));
+            a
+        }
+        Err(e) => {
+            vec!["sh".into(), "-c".into(), format!("echo 'buildbay: cannot copy the build's files: {e}'; exit 1")]
+        }
+    };
+    let code = run_logged(&after_log, None, &[], &argv);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let code = code?;
+    let text = std::fs::read_to_string(&after_log).unwrap_or_default();
+    let count = |p: &str| text.lines().filter(|l| l.starts_with(p)).count();
     let mut f = std::fs::OpenOptions::new().append(true).open(&after_log)?;
-    writeln!(f, "buildbay: exit code {after_code}; the build's result did not wait for this")
+    writeln!(
+        f,
+        "Lintian: {} errors, {} warnings (lintian exit code {code})\nbuildbay: exit code {code}; the build's result did not wait for this",
+        count("E: "),
+        count("W: ")
+    )
+}
+
+/// A fresh directory `<prefix>XXXXXX` in `parent`, readable by everyone (the build user reads
+/// it through the session).
+fn tempdir_in(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    for i in 0..100u32 {
+        let d = parent.join(format!("{prefix}{}-{i}", crate::protocol::fresh_micros()));
+        match std::fs::create_dir(&d) {
+            Ok(()) => {
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+                return Ok(d);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no fresh directory name"))
+}
+
+/// The apt setup of an sbuild session (`buildbay builder-exec --sbuild-setup DIR --apt-cache
+/// CACHE -- EXEC…`), run by sbuild as a pre-build command on the host with `EXEC…`, the
+/// session's exec prefix (`schroot -d / -c <session> --run-session -u root -p --`, in one
+/// argument or split into words): the slot's apt
+/// archive `CACHE` is bound over the session's `/var/cache/apt/archives` (schroot unmounts it
+/// with the session; without it, apt just downloads), the request's apt key, sources and
+/// preferences from `DIR/.config` go into the session, and apt updates just those sources (the
+/// base archive's lists come with the image). No value reaches a shell.
+pub fn sbuild_setup(dir: &Path, cache: &Path, exec: &[String]) -> std::io::Result<i32> {
+    let exec = exec.join(" ");
+    if exec.contains(['\'', '"', '\\', '$', '`']) {
+        return Err(std::io::Error::other(format!("unexpected session prefix {exec:?}")));
+    }
+    let prefix: Vec<&str> = exec.split_whitespace().collect();
+    let session = prefix.windows(2).find(|w| w[0] == "-c").map(|w| w[1]).unwrap_or_default();
+    if prefix.first() != Some(&"schroot") || session.is_empty() {
+        return Err(std::io::Error::other(format!("unexpected session prefix {exec:?}")));
+    }
+    let in_session = |args: &[&str]| {
+        let mut c = Command::new(prefix[0]);
+        c.args(&prefix[1..]).args(args);
+        c
+    };
+    // The session's root on the host, to bind the cache over its archives.
+    let session = session.strip_prefix("session:").unwrap_or(session);
+    let location = Command::new("schroot").args(["--location", "-c"]).arg(format!("session:{session}")).output();
+    let location =
+        location.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let bound = location.as_deref().filter(|l| !l.is_empty()).is_some_and(|l| {
+        let target = Path::new(l).join("var/cache/apt/archives");
+        std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir())
+            && nix::mount::mount(Some(cache), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).is_ok()
+    });
+    if bound {
+        println!("buildbay: apt archive cache {}", cache.display());
+    } else {
+        println!("buildbay: no apt archive cache for this session; apt downloads what it needs");
+    }
+    let config = dir.join(".config");
+    for (file, dest) in [
+        ("apt_keys", "/etc/apt/trusted.gpg.d/buildbay-buildrequest.asc"),
+        ("apt_sources.list", "/etc/apt/sources.list.d/buildbay.list"),
+        ("apt_preferences", "/etc/apt/preferences.d/buildbay"),
+    ] {
+        let (from, _) = crate::protocol::tar::open_regular(&config.join(file))?;
+        let status = in_session(&["sh", "-c", &format!("cat > {dest}")]).stdin(Stdio::from(from)).status()?;
+        if !status.success() {
+            println!("buildbay: writing {dest} into the session failed ({status})");
+            return Ok(1);
+        }
+    }
+    for t in ["10", "40", "80"] {
+        let status = in_session(&[
+            "timeout",
+            t,
+            "apt-get",
+            "-q",
+            "--error-on=any",
+            "-o",
+            "Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay.list",
+            "-o",
+            "Dir::Etc::SourceParts=-",
+            "-o",
+            "APT::Get::List-Cleanup=0",
+            "update",
+        ])
+        .status()?;
+        if status.success() {
+            return Ok(0);
+        }
+        // e.g. the daemon restarting
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    Ok(1)
 }
 
 /// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`, after the
@@ -164,15 +318,11 @@ fn oom_kill_count(text: &str) -> u64 {
 }
 
 /// Start a build command as a child in its own process group, output to the build log only.
-pub fn spawn_group(argv: &[String], dir: &Path, env: &[String]) -> std::io::Result<Child> {
+pub fn spawn_group(argv: &[String], dir: &Path, env: &[(String, String)]) -> std::io::Result<Child> {
     let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir).process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    for kv in env {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.spawn()
 }
 
@@ -227,26 +377,21 @@ mod tests {
     }
 
     #[test]
-    fn the_after_script_runs_once_the_build_is_marked_built() {
+    fn a_successful_build_is_marked_built_before_its_after_step() {
         let dir = tempfile::tempdir().unwrap();
         let (log, result) = (dir.path().join(super::super::LIVE_LOG), dir.path().join("result"));
-        let script = dir.path().join("after");
-        // The script sees the build marked built, and its failure does not fail the build.
-        let built = dir.path().join(super::super::BUILT);
-        std::fs::write(&script, format!("#!/bin/sh\ntest -e {} && echo saw built; exit 3\n", built.display())).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::create_dir(dir.path().join(super::super::OUT)).unwrap();
+        let after = AfterStep { lintian_chroot: Some("buildbay-no-such-chroot".into()), user: None };
         let ok: Vec<String> = ["sh", "-c", "echo building"].map(String::from).to_vec();
-        let code = relay(&log, Some(&result), &[], Some(&script), &ok);
-        assert_eq!(code.unwrap(), 0);
+        assert_eq!(relay(&log, Some(&result), &[], &after, &ok).unwrap(), 0);
         assert_eq!(Ended::parse(&std::fs::read_to_string(&result).unwrap()).service_result, "success");
-        let after = std::fs::read_to_string(dir.path().join(super::super::AFTER_LOG)).unwrap();
-        assert!(after.starts_with("saw built\n") && after.contains("exit code 3"), "{after}");
+        assert!(dir.path().join(super::super::BUILT).exists(), "built before lintian ran (and failed)");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "building\n");
-        // A failed build: no after script, no built mark.
+        // A failed build: no after step, no built mark.
         std::fs::remove_file(dir.path().join(super::super::BUILT)).unwrap();
-        std::fs::remove_file(dir.path().join(super::super::AFTER_LOG)).unwrap();
+        let _ = std::fs::remove_file(dir.path().join(super::super::AFTER_LOG));
         let bad: Vec<String> = ["sh", "-c", "exit 2"].map(String::from).to_vec();
-        assert_eq!(relay(&log, Some(&result), &[], Some(&script), &bad).unwrap(), 2);
+        assert_eq!(relay(&log, Some(&result), &[], &after, &bad).unwrap(), 2);
         assert!(!dir.path().join(super::super::BUILT).exists() && !dir.path().join(super::super::AFTER_LOG).exists());
     }
 

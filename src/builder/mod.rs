@@ -1,35 +1,41 @@
-//! The builder (mini-buildd §5.3): takes build requests from the queue, runs each in its own
-//! transient systemd unit (or, without systemd, a child process in its own process group), and
-//! turns what the build left behind into a signed build result dropped into incoming, where the
-//! packager collects it like any remote builder's.
+//! The builder (mini-buildd §5.3): takes build requests from the queue, runs each through its
+//! [`Backend`](backend::Backend) (sbuild, nspawn) under a [`Runner`](runner::Runner) (a
+//! transient systemd unit, or a child process without systemd), and turns what the build left
+//! behind into a signed build result that it drops into the daemon's own results directory,
+//! where the packager collects it like any remote builder's.
 //!
 //! A build's whole state is its directory `var/builds/<bkey>/` plus one row in `builds`:
 //! - `buildlog`: the output, written by `buildbay builder-exec`, which also copies it to the journal;
 //! - `result`: `SERVICE_RESULT EXIT_CODE EXIT_STATUS`, written by the unit's ExecStopPost (or by
-//!   the daemon for a child process) however the unit ended. Its presence means "finished";
-//! - `built`: written by the relay when a build succeeded and an after script (lintian in
+//!   the relay for a child process) however the unit ended. Its presence means "finished";
+//! - `built`: written by the relay when a build succeeded and an after step (lintian in
 //!   ignore mode) still runs in its unit. The build is finished (its result goes out), the unit
 //!   not yet: it keeps its slot until `result` appears.
 //!
 //! So a restarted daemon re-attaches to running units by name, collects the ones that finished
 //! meanwhile, and starts again what never started.
+//!
+//! A build never runs as root: each slot has its own unprivileged build user (sbuild) or uid
+//! range (nspawn), and nothing the build wrote is executed or followed by the host.
 
+pub mod backend;
 pub mod exec;
-pub mod nspawn;
+pub mod machine_root;
 pub mod phases;
-pub mod sbuild;
+pub mod result;
+pub mod runner;
+pub mod slots;
 
-use crate::chroot::Places;
-use crate::deb::Changes;
+use crate::chroot::{Chroot, Places};
 use crate::events::{Event, EventType};
 use crate::instance::Instance;
-use crate::packager::BuildRequest;
+use crate::packager::QueuedBuild;
+use crate::protocol::{BuildKey, BuildRequest};
 use crate::store::{self, BUILDS, StoreError};
-use crate::systemd::bus::{Systemd, TransientService, UnitState};
+use backend::Build;
 use redb::ReadableTable;
-use std::collections::HashMap;
+use runner::{Runner, Unit};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuilderError {
@@ -41,12 +47,15 @@ pub enum BuilderError {
     Gpg(#[from] crate::gpg::GpgError),
     #[error(transparent)]
     Instance(#[from] crate::instance::InstanceError),
+    /// The request itself cannot be built (final: its upload fails with the reason).
     #[error("build request {bkey}: {why}")]
-    Request { bkey: String, why: String },
+    Request { bkey: BuildKey, why: String },
     #[error("systemd: {0}")]
     Systemd(#[from] zbus::Error),
     #[error("no build {0} is queued or running; see `status` for the build queue")]
     NoSuchBuild(String),
+    #[error("the build users: {0}")]
+    Users(String),
 }
 crate::from_redb_errors!(BuilderError);
 
@@ -65,8 +74,6 @@ pub struct Limits {
     pub cpu_weight: Option<u64>,
     pub tasks_max: Option<u64>,
     pub runtime_max_sec: u64,
-    /// The user builds run as (default: the daemon's own).
-    pub user: Option<String>,
 }
 
 impl Default for Limits {
@@ -77,7 +84,6 @@ impl Default for Limits {
             cpu_weight: Some(50),
             tasks_max: Some(4096),
             runtime_max_sec: 6 * 3600,
-            user: None,
         }
     }
 }
@@ -87,18 +93,15 @@ pub enum JobState {
     /// Recorded, unit not (yet) started: started again after a crash.
     Starting,
     Running,
-    /// The result is in incoming; the row goes when the packager took it off the queue.
+    /// The result is delivered; the row goes when the packager took it off the queue.
     Finished,
 }
 
 /// One build (table `builds`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Job {
-    pub bkey: String,
-    pub arch: String,
-    pub source: String,
-    pub version: String,
-    pub distribution: String,
+    pub bkey: BuildKey,
+    pub distribution: crate::deb::Dist,
     pub unit: String,
     pub dir: PathBuf,
     pub state: JobState,
@@ -106,8 +109,8 @@ pub struct Job {
     pub pid: Option<i32>,
     #[serde(with = "crate::events::iso")]
     pub started: chrono::DateTime<chrono::Utc>,
-    /// Its build slot, which names its apt archive cache: no two running builds share one, so
-    /// apt's lock on it is never contended.
+    /// Its build slot, which names its build user, uid range and apt archive cache: no two
+    /// running builds share one.
     #[serde(default)]
     pub slot: usize,
 }
@@ -124,36 +127,10 @@ pub fn jobs(store: &store::Store) -> std::result::Result<Vec<Job>, StoreError> {
     Ok(out)
 }
 
-/// Who runs build commands.
-pub enum Runner {
-    Systemd(Systemd),
-    /// No systemd bus: child processes in their own process group.
-    Child(Mutex<HashMap<String, std::process::Child>>),
-}
-
-impl Runner {
-    /// systemd over D-Bus if it answers, else child processes; says which in the log.
-    pub async fn detect() -> Runner {
-        match Systemd::connect().await {
-            Ok(s) => Runner::Systemd(s),
-            Err(e) => {
-                tracing::info!(
-                    "no systemd on the system bus ({e}): builds run as child processes in their own process group"
-                );
-                Runner::Child(Mutex::new(HashMap::new()))
-            }
-        }
-    }
-
-    pub fn is_systemd(&self) -> bool {
-        matches!(self, Runner::Systemd(_))
-    }
-}
-
 /// `buildbay-build-<source>-<version>-<timecode>-<arch>.service`, escaped as systemd-escape does.
-pub fn unit_name(bkey: &str) -> String {
+pub fn unit_name(bkey: &BuildKey) -> String {
     let mut s = String::from("buildbay-build-");
-    for (i, b) in bkey.replace('/', "-").bytes().enumerate() {
+    for (i, b) in bkey.to_string().replace('/', "-").bytes().enumerate() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => s.push(b as char),
             b'.' if i > 0 => s.push('.'),
@@ -166,29 +143,34 @@ pub fn unit_name(bkey: &str) -> String {
 
 /// Where the build directories are, under the state directory.
 pub const BUILDS_DIR: &str = "var/builds";
-
+/// Where this builder's results go, under the state directory: only the daemon writes there.
+pub const RESULTS_DIR: &str = "var/results";
 /// The live output of a build, in its directory.
 pub const LIVE_LOG: &str = "buildlog";
 /// Where the per-slot apt archive caches are, under the state directory.
 pub const APT_CACHE_DIR: &str = "var/cache/apt-archives";
-/// Written by the relay when a build succeeded and an after script (lintian in ignore mode)
+/// Written by the relay when a build succeeded and an after step (lintian in ignore mode)
 /// still runs in its unit: the build is finished, its result can go.
 pub const BUILT: &str = "built";
-/// The after script (lintian in ignore mode), in the build directory.
-pub const AFTER_SCRIPT: &str = ".lintian";
-/// The after script's output, in the build directory (served beside the build log).
+/// The after step's output, in the build directory (served beside the build log).
 pub const AFTER_LOG: &str = "lintian.log";
+/// How the unit ended, in the build directory.
+pub const RESULT: &str = "result";
+/// The build's own output directory, in the build directory.
+pub const OUT: &str = "out";
 
 pub struct Builder {
-    pub runner: Runner,
+    pub runner: Box<dyn Runner>,
     pub limits: Limits,
     pub places: Places,
     /// `var/builds` under the state directory.
     pub root: PathBuf,
-    /// Where results go: the incoming directory.
-    pub incoming: PathBuf,
+    /// Where results go: the daemon's results directory.
+    pub results: PathBuf,
     /// The running binary, for `builder-exec`.
     pub exe: PathBuf,
+    /// Who builds in each slot.
+    pub users: slots::Users,
     /// Held by `pass` and `cancel`: only one of them collects a build's result. The periodic
     /// chroot upgrade holds it too, so no build starts on an image while it changes.
     pub turn: tokio::sync::Mutex<()>,
@@ -200,7 +182,7 @@ pub struct Builder {
 /// What one builder pass did.
 pub struct Pass {
     pub events: Vec<Event>,
-    /// A result was dropped into incoming.
+    /// A result was delivered.
     pub delivered: bool,
     /// Builds running after the pass.
     pub running: usize,
@@ -264,9 +246,18 @@ impl Ended {
     }
 }
 
+/// Read a small file the host wrote into a build directory (a marker), bounded.
+pub(crate) fn read_marker(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let (f, _) = crate::protocol::tar::open_regular(path).ok()?;
+    let mut s = String::new();
+    f.take(4096).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
 impl Builder {
-    pub fn dir(&self, bkey: &str) -> PathBuf {
-        self.root.join(bkey)
+    pub fn dir(&self, bkey: &BuildKey) -> PathBuf {
+        self.root.join(bkey.rel_path())
     }
 
     /// The apt archive caches, one per slot (`var/cache/apt-archives/<slot>`).
@@ -275,9 +266,15 @@ impl Builder {
         self.root.parent().and_then(Path::parent).unwrap_or(&self.root).join(APT_CACHE_DIR)
     }
 
-    /// Every build row.
     fn put_job(tx: &redb::WriteTransaction, job: &Job) -> Result<()> {
-        tx.open_table(BUILDS)?.insert(job.bkey.as_str(), store::encode(job).as_slice())?;
+        tx.open_table(BUILDS)?.insert(job.bkey.to_string().as_str(), store::encode(job).as_slice())?;
+        Ok(())
+    }
+
+    fn drop_job(inst: &Instance, bkey: &BuildKey) -> Result<()> {
+        let tx = inst.store.write()?;
+        tx.open_table(BUILDS)?.remove(bkey.to_string().as_str())?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -288,37 +285,27 @@ impl Builder {
         let mut events = Vec::new();
         let mut delivered = false;
         let queue = crate::packager::build_queue(&inst.store)?;
-        let queued: std::collections::HashSet<&str> = queue.iter().map(|r| r.bkey.as_str()).collect();
+        let queued: std::collections::HashSet<&BuildKey> = queue.iter().map(|r| &r.bkey).collect();
         let mut running = 0;
         let mut known = std::collections::HashSet::new();
         for job in jobs(&inst.store)? {
             known.insert(job.bkey.clone());
-            let after_script_running =
-                job.state == JobState::Finished && !job.dir.join("result").exists() && !self.unit_ended(&job).await?;
+            let after_step_running =
+                job.state == JobState::Finished && !job.dir.join(RESULT).exists() && !self.runner.ended(&job).await?;
             match job.state {
-                // Built, and its unit still runs the after script (lintian in ignore mode): it
+                // Built, and its unit still runs the after step (lintian in ignore mode): it
                 // holds its slot (and keeps the image from being upgraded) until the unit ends.
-                JobState::Finished if after_script_running => {
-                    running += 1;
-                }
-                JobState::Finished if !queued.contains(job.bkey.as_str()) => {
-                    let tx = inst.store.write()?;
-                    tx.open_table(BUILDS)?.remove(job.bkey.as_str())?;
-                    tx.commit()?;
-                }
+                JobState::Finished if after_step_running => running += 1,
+                JobState::Finished if !queued.contains(&job.bkey) => Self::drop_job(inst, &job.bkey)?,
                 JobState::Finished => {}
                 JobState::Starting => {
                     // Never known to have started: start it again (a unit of that name may exist).
-                    if let Runner::Systemd(s) = &self.runner {
-                        s.stop(&job.unit).await?;
-                    }
-                    let tx = inst.store.write()?;
-                    tx.open_table(BUILDS)?.remove(job.bkey.as_str())?;
-                    tx.commit()?;
+                    self.runner.stop(&job).await?;
+                    Self::drop_job(inst, &job.bkey)?;
                     known.remove(&job.bkey);
                 }
                 JobState::Running => {
-                    if self.poll(&job).await? {
+                    if job.dir.join(BUILT).exists() || self.runner.ended(&job).await? {
                         events.push(self.finish(inst, job)?);
                         delivered = true;
                     } else {
@@ -349,70 +336,10 @@ impl Builder {
         Ok(Pass { events, delivered, running })
     }
 
-    /// Whether a running build has ended: it is `built` (its unit may go on with the after
-    /// script), or its unit ended (see `unit_ended`).
-    async fn poll(&self, job: &Job) -> Result<bool> {
-        if job.dir.join(BUILT).exists() {
-            return Ok(true);
-        }
-        self.unit_ended(job).await
-    }
-
-    /// Whether a build's unit (or child) has ended: its `result` exists, or it vanished without
-    /// one (then `result` says "lost"). Reaps the child, and stops one past RuntimeMaxSec.
-    async fn unit_ended(&self, job: &Job) -> Result<bool> {
-        let result = job.dir.join("result");
-        if result.exists() {
-            if let Runner::Child(children) = &self.runner
-                && let Some(mut child) = children.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.bkey)
-            {
-                // The relay wrote the result as its last act: reap it.
-                let _ = child.wait();
-            }
-            return Ok(true);
-        }
-        let gone = match &self.runner {
-            Runner::Systemd(s) => s.state(&job.unit).await? == UnitState::Gone,
-            Runner::Child(children) => {
-                let mut map = children.lock().unwrap_or_else(|p| p.into_inner());
-                match map.get_mut(&job.bkey) {
-                    Some(child) => match child.try_wait().map_err(io_err(&job.dir))? {
-                        Some(status) => {
-                            map.remove(&job.bkey);
-                            write_result(&result, &Ended::of_exit(exec::exit_code(status)))?;
-                            return Ok(true);
-                        }
-                        None => {
-                            let limit = self.limits.runtime_max_sec as i64;
-                            if (chrono::Utc::now() - job.started).num_seconds() > limit {
-                                exec::kill_group(child.id() as i32);
-                                let _ = child.wait();
-                                map.remove(&job.bkey);
-                                write_result(&result, &Ended::new("timeout", "killed", "KILL"))?;
-                                return Ok(true);
-                            }
-                            false
-                        }
-                    },
-                    // Started by an earlier daemon: alive while its process is.
-                    None => !job.pid.is_some_and(exec::alive),
-                }
-            }
-        };
-        if gone && !result.exists() {
-            // ExecStopPost always runs; without its file the unit was lost (e.g. a reboot).
-            write_result(&result, &Ended::new("lost", "-", "-"))?;
-        }
-        Ok(gone)
-    }
-
     /// The row of a build of `req`, started now.
-    fn job(&self, req: &BuildRequest, source: &str, version: &str, state: JobState) -> Job {
+    fn job(&self, req: &QueuedBuild, state: JobState) -> Job {
         Job {
             bkey: req.bkey.clone(),
-            arch: req.arch.clone(),
-            source: source.to_owned(),
-            version: version.to_owned(),
             distribution: req.distribution.clone(),
             unit: unit_name(&req.bkey),
             dir: self.dir(&req.bkey),
@@ -423,81 +350,81 @@ impl Builder {
         }
     }
 
+    /// A fresh build directory. `var/builds` itself is 0700: no local user reaches what a build
+    /// leaves in it; the build directory is readable for the machine or session that builds.
+    fn fresh_dir(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&self.root))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(io_err(dir))?;
+        std::fs::DirBuilder::new().mode(0o755).create(dir.join(OUT)).map_err(io_err(dir))?;
+        Ok(())
+    }
+
     /// Verify and unpack a request, write the build's files, record it, start its unit.
-    async fn start(&self, inst: &Instance, req: &BuildRequest) -> Result<Event> {
-        let dir = self.dir(&req.bkey);
+    async fn start(&self, inst: &Instance, q: &QueuedBuild) -> Result<Event> {
+        let bad = |why: String| BuilderError::Request { bkey: q.bkey.clone(), why };
+        let (req, _) = BuildRequest::read(&q.changes, std::slice::from_ref(inst.key()?.cert()))
+            .map_err(|e| bad(format!("refused: {e}")))?;
+        if req.key != q.bkey {
+            return Err(bad(format!("the signed request is for {}, not {}", req.key, q.bkey)));
+        }
+        let dir = self.dir(&q.bkey);
+        self.fresh_dir(&dir)?;
+        let from = q.changes.parent().unwrap_or(Path::new("."));
+        std::fs::copy(&q.changes, dir.join(backend::REQUEST)).map_err(io_err(&dir))?;
+        let names = crate::protocol::tar::unpack(&req.tar_path(from), &dir, true, Default::default())
+            .map_err(|e| bad(e.to_string()))?;
+        let dsc = names.into_iter().find(|n| n.ends_with(".dsc")).ok_or_else(|| bad("its tar holds no .dsc".into()))?;
+        let chroot = Chroot::new(req.distribution.codename.clone(), req.key.arch.clone());
+        if !self.places.is_prepared(&chroot) {
+            let id = chroot.id();
+            return Err(bad(format!("no chroot {id} here; add it with `buildbay api setup --chroots {id}`")));
+        }
+        self.places.refresh(&chroot).map_err(|e| BuilderError::Io {
+            path: self.places.schroot_conf(&chroot),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let schroot = if self.runner.is_systemd() { format!("{}-unit", chroot.name()) } else { chroot.name() };
         // The lowest slot no other running build holds.
         let taken: Vec<usize> =
             jobs(&inst.store)?.into_iter().filter(|j| j.state != JobState::Finished).map(|j| j.slot).collect();
-        let slot = (0..).find(|s| !taken.contains(s)).unwrap_or_default();
-        let cache = self.apt_caches().join(slot.to_string());
-        std::fs::create_dir_all(cache.join("partial")).map_err(io_err(&cache))?;
-        let plan = sbuild::prepare(inst, req, &dir, &self.places, self.runner.is_systemd(), &cache)?;
-        let mut job = self.job(req, &plan.source, &plan.version, JobState::Starting);
-        job.slot = slot;
-        let unit = job.unit.clone();
+        let index = (0..).find(|s| !taken.contains(s)).unwrap_or_default();
+        let slot = self.users.slot(index, &self.apt_caches())?;
+        let build = Build {
+            req: &req,
+            dir: &dir,
+            dsc: &dsc,
+            chroot: &chroot,
+            schroot,
+            image: self.places.image(&chroot),
+            slot: &slot,
+            machined: self.runner.is_systemd(),
+            exe: &self.exe,
+        };
+        let plan = backend::plan(&build)?;
+        let mut job = self.job(q, JobState::Starting);
+        job.slot = index;
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         tx.commit()?;
-        // The relay: `buildbay builder-exec --build-log … [--result …] -- sbuild …`.
-        let relay = |result: bool| -> Vec<String> {
-            let mut argv = vec![self.exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
-            argv.push(dir.join(LIVE_LOG).display().to_string());
-            if result {
-                argv.extend(["--result".to_owned(), dir.join("result").display().to_string()]);
-            }
-            if let Some(after) = &plan.after {
-                argv.extend(["--after".to_owned(), after.display().to_string()]);
-            }
-            for note in &plan.notes {
-                argv.extend(["--note".to_owned(), note.clone()]);
-            }
-            argv.push("--".into());
-            argv.extend(plan.argv.iter().cloned());
-            argv
-        };
-        match &self.runner {
-            Runner::Systemd(s) => {
-                let svc = TransientService {
-                    name: unit.clone(),
-                    description: format!("buildbay build {} {} {}", plan.source, plan.version, req.arch),
-                    exec_start: relay(false),
-                    exec_stop_post: vec![
-                        self.exe.display().to_string(),
-                        "builder-exec".into(),
-                        "--stop-post".into(),
-                        dir.join("result").display().to_string(),
-                    ],
-                    working_directory: dir.display().to_string(),
-                    user: self.limits.user.clone(),
-                    environment: plan.env.clone(),
-                    memory_max: self.limits.memory_max,
-                    cpu_weight: self.limits.cpu_weight,
-                    tasks_max: self.limits.tasks_max,
-                    runtime_max_sec: Some(self.limits.runtime_max_sec),
-                    log_extra_fields: vec![
-                        format!("BUILDBAY_SOURCE={}", plan.source),
-                        format!("BUILDBAY_VERSION={}", plan.version),
-                        format!("BUILDBAY_ARCH={}", req.arch),
-                        format!("BUILDBAY_BKEY={}", req.bkey),
-                    ],
-                };
-                s.start(&svc).await?;
-            }
-            Runner::Child(children) => {
-                // No ExecStopPost here: the relay records how the build ended.
-                let child = exec::spawn_group(&relay(true), &dir, &plan.env).map_err(io_err(&dir))?;
-                job.pid = Some(child.id() as i32);
-                children.lock().unwrap_or_else(|p| p.into_inner()).insert(req.bkey.clone(), child);
-            }
-        }
+        let unit = Unit::for_build(&job, &plan, &self.limits, &self.exe);
+        job.pid = self.runner.start(&unit).await?;
         job.state = JobState::Running;
-        tracing::info!(bkey = %req.bkey, unit = %unit, systemd = self.runner.is_systemd(), "build started");
-        let event = Event::new(EventType::Building, &req.distribution, &plan.source, &plan.version)
-            .with("architecture", req.arch.as_str())
-            .with("bkey", req.bkey.as_str())
-            .with("unit", unit.as_str())
-            .with("backend", if plan.machine.is_some() { "nspawn" } else { "sbuild" });
+        tracing::info!(bkey = %q.bkey, unit = %job.unit, slot = index, runner = self.runner.name(), "build started");
+        let event = Event::new(
+            EventType::Building,
+            q.distribution.to_string(),
+            q.bkey.source().as_str(),
+            q.bkey.version().as_str(),
+        )
+        .with("architecture", q.bkey.arch.as_str())
+        .with("bkey", q.bkey.to_string())
+        .with("unit", job.unit.as_str())
+        .with("backend", req.backend.as_str());
         let event = match &plan.machine {
             Some(m) => event.with("machine", m.as_str()),
             None => event,
@@ -511,39 +438,42 @@ impl Builder {
 
     /// A request that cannot even start (bad signature, no chroot): a failed result, so the
     /// upload ends FAILED with the reason instead of waiting forever.
-    fn fail_unstarted(&self, inst: &Instance, req: &BuildRequest, why: &str) -> Result<Event> {
-        let dir = self.dir(&req.bkey);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let (source, version) = req.bkey.split('/').next().zip(req.bkey.split('/').nth(1)).unwrap_or_default();
-        let job = self.job(req, source, version, JobState::Running);
-        std::fs::write(dir.join("internal-error"), why).map_err(io_err(&dir))?;
-        write_result(&dir.join("result"), &Ended::new("error", "-", "-"))?;
+    fn fail_unstarted(&self, inst: &Instance, q: &QueuedBuild, why: &str) -> Result<Event> {
+        let dir = self.dir(&q.bkey);
+        self.fresh_dir(&dir)?;
+        let job = self.job(q, JobState::Running);
+        std::fs::write(dir.join(result::INTERNAL_ERROR), why).map_err(io_err(&dir))?;
+        write_result(&dir.join(RESULT), &Ended::new("error", "-", "-"))?;
         self.finish(inst, job)
     }
 
-    /// Turn a finished build into a signed result in incoming, and record BUILT.
+    /// Turn a finished build into a signed result in the results directory, and record BUILT.
     fn finish(&self, inst: &Instance, mut job: Job) -> Result<Event> {
-        // `built` is how the build itself ended; a later `result` is about its after script.
-        let ended = std::fs::read_to_string(job.dir.join(BUILT))
-            .or_else(|_| std::fs::read_to_string(job.dir.join("result")))
-            .unwrap_or_default();
+        // `built` is how the build itself ended; a later `result` is about its after step.
+        let ended =
+            read_marker(&job.dir.join(BUILT)).or_else(|| read_marker(&job.dir.join(RESULT))).unwrap_or_default();
         let ended = Ended::parse(&ended);
-        let result = sbuild::result(inst, &job, &ended, &self.limits, &self.incoming)?;
+        let outcome = result::deliver(inst, &job, &ended, &self.limits, &self.results)?;
         job.state = JobState::Finished;
-        let phases = phases::summary(&std::fs::read_to_string(job.dir.join(phases::FILE)).unwrap_or_default());
+        let phases = phases::summary(&read_marker(&job.dir.join(phases::FILE)).unwrap_or_default());
         let phases_line = phases.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect::<Vec<_>>().join(", ");
-        tracing::info!(bkey = %job.bkey, status = %result.status, "build finished: {} ({phases_line})", ended.line().trim());
+        tracing::info!(bkey = %job.bkey, status = %outcome.status, "build finished: {} ({phases_line})", ended.line().trim());
         let phases: serde_json::Map<String, serde_json::Value> =
             phases.into_iter().map(|(n, s)| (n.to_owned(), s.into())).collect();
-        let event = Event::new(EventType::Built, &job.distribution, &job.source, &job.version)
-            .with("architecture", job.arch.as_str())
-            .with("bkey", job.bkey.as_str())
-            .with("status", result.status.as_str())
-            .with("buildlog", result.buildlog.as_str())
-            .with("duration", (chrono::Utc::now() - job.started).num_seconds())
-            .with("phases", phases);
+        let event = Event::new(
+            EventType::Built,
+            job.distribution.to_string(),
+            job.bkey.source().as_str(),
+            job.bkey.version().as_str(),
+        )
+        .with("architecture", job.bkey.arch.as_str())
+        .with("bkey", job.bkey.to_string())
+        .with("status", outcome.status.as_str())
+        .with("buildlog", format!("{}/{}", job.bkey, job.bkey.buildlog_name()))
+        .with("duration", (chrono::Utc::now() - job.started).num_seconds())
+        .with("phases", phases);
         // Lintian in ignore mode runs after this result, in the build's unit.
-        let event = if result.status == "successful" && job.dir.join(AFTER_SCRIPT).exists() {
+        let event = if outcome.status == "successful" && outcome.after_lintian {
             event.with("lintian", format!("{}/{AFTER_LOG}", job.bkey))
         } else {
             event
@@ -557,74 +487,37 @@ impl Builder {
 
     /// `cancel`: stop a running build (its whole cgroup), or drop a queued one; either way the
     /// upload gets a failed result that says who canceled it.
-    pub async fn cancel(&self, inst: &Instance, bkey: &str, by: &str) -> Result<Vec<Event>> {
+    pub async fn cancel(&self, inst: &Instance, bkey: &BuildKey, by: &str) -> Result<Vec<Event>> {
         // Without the turn, a pass could see the result first and collect it twice.
         let _turn = self.turn.lock().await;
-        let job = jobs(&inst.store)?.into_iter().find(|j| j.bkey == bkey);
+        let job = jobs(&inst.store)?.into_iter().find(|j| &j.bkey == bkey);
         match job {
             Some(job) if job.state == JobState::Running => {
-                std::fs::write(job.dir.join("canceled"), by).map_err(io_err(&job.dir))?;
-                match &self.runner {
-                    Runner::Systemd(s) => s.stop(&job.unit).await?,
-                    Runner::Child(children) => {
-                        let mut map = children.lock().unwrap_or_else(|p| p.into_inner());
-                        let pid = map.get(&job.bkey).map(|c| c.id() as i32).or(job.pid);
-                        if let Some(pid) = pid {
-                            exec::kill_group(pid);
-                        }
-                        if let Some(mut c) = map.remove(&job.bkey) {
-                            let _ = c.wait();
-                        }
-                        write_result(&job.dir.join("result"), &Ended::new("canceled", "killed", "TERM"))?;
-                    }
-                }
+                std::fs::write(job.dir.join(result::CANCELED), by).map_err(io_err(&job.dir))?;
+                self.runner.cancel(&job).await?;
                 // Wait for ExecStopPost's result (StopUnit returns when the job is queued).
                 for _ in 0..100 {
-                    if job.dir.join("result").exists() {
+                    if job.dir.join(RESULT).exists() {
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Ok(vec![self.finish(inst, job)?])
             }
-            Some(_) => Err(BuilderError::NoSuchBuild(bkey.to_owned())),
+            Some(_) => Err(BuilderError::NoSuchBuild(bkey.to_string())),
             None => {
                 let req = crate::packager::build_queue(&inst.store)?
                     .into_iter()
-                    .find(|r| r.bkey == bkey)
-                    .ok_or_else(|| BuilderError::NoSuchBuild(bkey.to_owned()))?;
+                    .find(|r| &r.bkey == bkey)
+                    .ok_or_else(|| BuilderError::NoSuchBuild(bkey.to_string()))?;
                 Ok(vec![self.fail_unstarted(inst, &req, &format!("canceled by {by} before it started"))?])
             }
         }
     }
 }
 
-fn write_result(path: &Path, ended: &Ended) -> Result<()> {
+pub(crate) fn write_result(path: &Path, ended: &Ended) -> Result<()> {
     ended.write(path).map_err(io_err(path))
-}
-
-/// The lines of an sbuild log mini-buildd turns into `X-Mini-Buildd-Sbuild-<Name>` fields.
-pub fn sbuild_fields(log: &str) -> Vec<(String, String)> {
-    const NAMES: &[&str] =
-        &["Status", "Lintian", "Piuparts", "Autopkgtest", "Build-Time", "Package-Time", "Space", "Build-Space"];
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in log.lines() {
-        if let Some((k, v)) = line.split_once(": ")
-            && NAMES.contains(&k)
-        {
-            out.retain(|(name, _)| name != k);
-            out.push((k.to_owned(), v.trim().to_owned()));
-        }
-    }
-    out
-}
-
-/// Parse sbuild's own `.changes` (unsigned) in `out`, if the build produced one.
-pub(crate) fn built_changes(out: &Path) -> Option<(PathBuf, Changes)> {
-    let entries = std::fs::read_dir(out).ok()?;
-    let path = entries.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "changes"))?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    Some((path, Changes::parse(&text).ok()?))
 }
 
 #[cfg(test)]
@@ -633,25 +526,8 @@ mod tests {
 
     #[test]
     fn unit_names_escape_like_systemd() {
-        assert_eq!(
-            unit_name("hello/1:1.0~bb12+1/20260101/amd64"),
-            "buildbay-build-hello-1\\x3a1.0\\x7ebb12\\x2b1-20260101-amd64.service"
-        );
-    }
-
-    #[test]
-    fn sbuild_summary_becomes_fields() {
-        let log = "Status: failed\nnoise: x\nLintian: pass\nBuild-Time: 3\nStatus: successful\nSpace: 132\n";
-        let f = sbuild_fields(log);
-        assert_eq!(
-            f,
-            vec![
-                ("Lintian".to_owned(), "pass".to_owned()),
-                ("Build-Time".to_owned(), "3".to_owned()),
-                ("Status".to_owned(), "successful".to_owned()),
-                ("Space".to_owned(), "132".to_owned()),
-            ]
-        );
+        let k: BuildKey = "hello/1:1.0~bb12+1/20260101-000000-000000/amd64".parse().unwrap();
+        assert_eq!(unit_name(&k), "buildbay-build-hello-1\\x3a1.0\\x7ebb12\\x2b1-20260101-000000-000000-amd64.service");
     }
 
     #[test]

@@ -84,6 +84,18 @@ impl Places {
     pub fn is_prepared(&self, c: &Chroot) -> bool {
         self.image(c).join(MARKER).exists() && self.schroot_conf(c).exists()
     }
+
+    /// Rewrite the schroot profiles and the chroot's config where they are not what this
+    /// version writes (an older buildbay's, or edited by hand).
+    pub fn refresh(&self, c: &Chroot) -> Result<()> {
+        write_profiles(self)?;
+        let conf = self.schroot_conf(c);
+        let want = schroot_conf(c, &self.image(c));
+        if std::fs::read_to_string(&conf).ok().as_deref() != Some(want.as_str()) {
+            crate::archive::publish::write_file_synced(&conf, want.as_bytes()).map_err(io_err(&conf))?;
+        }
+        Ok(())
+    }
 }
 
 const MARKER: &str = "etc/buildbay-image";
@@ -97,25 +109,60 @@ pub fn personality(arch: &Arch) -> &'static str {
 }
 
 /// The schroot config of an image: a directory chroot under an overlay, open to root and to
-/// members of the sbuild group.
+/// members of the sbuild group, twice: `<name>` with the `buildbay` profile (chroot checks, and
+/// builds without systemd) and `<name>-unit` with `buildbay-unit`, for builds inside a sandboxed
+/// unit, whose read-only `/proc/sys` and `/sys` it keeps (recursive binds, which only a unit's
+/// own mount namespace can clean up).
 pub fn schroot_conf(c: &Chroot, image: &Path) -> String {
     let name = c.name();
-    format!(
-        "[{name}]\n\
-         description=buildbay chroot {codename}/{arch} (machine image {image})\n\
-         type=directory\n\
-         directory={image}\n\
-         union-type=overlay\n\
-         profile=sbuild\n\
-         groups=root,sbuild\n\
-         root-groups=root,sbuild\n\
-         source-root-groups=root,sbuild\n\
-         personality={personality}\n",
-        codename = c.codename,
-        arch = c.arch,
-        image = image.display(),
-        personality = personality(&c.arch),
-    )
+    [("", PROFILE), ("-unit", UNIT_PROFILE)]
+        .iter()
+        .map(|(suffix, profile)| {
+            format!(
+                "[{name}{suffix}]\n\
+                 description=buildbay chroot {codename}/{arch} (machine image {image})\n\
+                 type=directory\n\
+                 directory={image}\n\
+                 union-type=overlay\n\
+                 profile={profile}\n\
+                 groups=root,sbuild\n\
+                 root-groups=root,sbuild\n\
+                 source-root-groups=root,sbuild\n\
+                 personality={personality}\n",
+                codename = c.codename,
+                arch = c.arch,
+                image = image.display(),
+                personality = personality(&c.arch),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The schroot profile of checks and of builds without a unit.
+pub const PROFILE: &str = "buildbay";
+/// The schroot profile of builds in a sandboxed unit.
+pub const UNIT_PROFILE: &str = "buildbay-unit";
+
+/// The files of a schroot profile: sbuild's, but the session copies no password hashes
+/// (`shadow`, `gshadow`) from the host, and in a unit `/proc` and `/sys` are bound recursively.
+pub fn profile_files(recursive: bool) -> Vec<(&'static str, String)> {
+    let bind = if recursive { "rw,rbind" } else { "rw,bind" };
+    vec![
+        (
+            "fstab",
+            format!(
+                "# buildbay: written by buildbay, which rewrites it.\n\
+                 /proc           /proc           none    {bind}         0       0\n\
+                 /sys            /sys            none    {bind}         0       0\n\
+                 /dev/pts        /dev/pts        none    rw,bind         0       0\n\
+                 tmpfs           /dev/shm        tmpfs   defaults        0       0\n\
+                 /var/lib/sbuild/build  /build   none    rw,bind         0       0\n"
+            ),
+        ),
+        ("copyfiles", "/etc/resolv.conf\n".into()),
+        ("nssdatabases", "passwd\ngroup\n".into()),
+    ]
 }
 
 fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ChrootError {
@@ -170,9 +217,24 @@ pub fn prepare(places: &Places, c: &Chroot) -> Result<()> {
         std::fs::rename(&tmp, &image).map_err(io_err(&image))?;
         tracing::info!(chroot = %c.id(), secs = started.elapsed().as_secs(), "image ready");
     }
+    write_profiles(places)?;
     let conf = places.schroot_conf(c);
     std::fs::create_dir_all(&places.schroot_d).map_err(io_err(&places.schroot_d))?;
     crate::archive::publish::write_file_synced(&conf, schroot_conf(c, &image).as_bytes()).map_err(io_err(&conf))
+}
+
+/// Write the schroot profiles (beside `chroot.d`).
+pub fn write_profiles(places: &Places) -> Result<()> {
+    let etc = places.schroot_d.parent().unwrap_or(Path::new("/etc/schroot"));
+    for (profile, recursive) in [(PROFILE, false), (UNIT_PROFILE, true)] {
+        let dir = etc.join(profile);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for (name, text) in profile_files(recursive) {
+            let p = dir.join(name);
+            crate::archive::publish::write_file_synced(&p, text.as_bytes()).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
 }
 
 /// apt inside the image: its sources, no recommends, no translations; the marker last.
@@ -236,9 +298,15 @@ mod tests {
             "directory=/var/lib/machines/buildbay-bookworm-i386",
             "union-type=overlay",
             "personality=linux32",
+            "profile=buildbay",
+            "[buildbay-bookworm-i386-unit]",
+            "profile=buildbay-unit",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing from\n{conf}");
         }
+        let files = profile_files(false);
+        assert!(!files.iter().any(|(_, t)| t.contains("shadow")), "no password hashes in a session");
+        assert!(profile_files(true)[0].1.contains("/proc           /proc           none    rw,rbind"));
         assert_eq!(c.id(), "bookworm:i386");
     }
 

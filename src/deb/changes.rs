@@ -4,6 +4,7 @@ use super::checksum::Checksums;
 use super::control::{ControlError, Stanza, strip_signature};
 use super::names::{FileName, PackageName};
 use super::version::Version;
+use std::io::Read;
 use std::path::Path;
 
 /// One file listed by a `.changes` or `.dsc`.
@@ -93,11 +94,42 @@ fn check_hex(field: &'static str, h: &str, len: usize) -> Result<String, Control
     }
 }
 
+/// Largest `.changes` read, in bytes: far more than any real one (a thousand files fit in a
+/// tenth of it). The scan of incoming and the packager read through the same bound.
+pub const MAX_CHANGES: u64 = 1 << 20;
+/// Most files a `.changes` or `.dsc` may list.
+pub const MAX_FILES: usize = 1000;
+
+/// Read a `.changes` (or a `.dsc`), refusing one larger than [`MAX_CHANGES`] at once, without
+/// reading it all: the error says how large it is.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let too_large = |n: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("{} is {n} bytes, more than the {MAX_CHANGES} a .changes may have", path.display()),
+        )
+    };
+    if len > MAX_CHANGES {
+        return Err(too_large(len));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(MAX_CHANGES + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_CHANGES {
+        return Err(too_large(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
 /// Parse `Files` plus `Checksums-Sha1`/`Checksums-Sha256` into entries, cross-checked.
 fn file_entries(stanza: &Stanza, with_section: bool) -> Result<Vec<FileEntry>, ControlError> {
     let files = stanza.get("Files").ok_or(ControlError::Missing("Files"))?;
     let mut out: Vec<FileEntry> = Vec::new();
     for line in files.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if out.len() >= MAX_FILES {
+            return Err(field_err("Files", format!("lists more than {MAX_FILES} files")));
+        }
         let w: Vec<&str> = line.split_whitespace().collect();
         let (md5, size, section, priority, name) = match (with_section, w.as_slice()) {
             (true, [m, s, sec, pri, n]) => (*m, *s, Some(*sec), Some(*pri), *n),
@@ -154,9 +186,14 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Parse a `.changes`, clear-signed or not (the signature is not checked here).
+    /// Parse a `.changes`, unsigned or in a strictly framed clear signature (which is not
+    /// checked here: a caller that needs the signature parses the payload verification returned).
     pub fn parse(text: &str) -> Result<Changes, ControlError> {
-        let stanza = Stanza::parse_one(&strip_signature(text)?)?;
+        Changes::from_stanza(Stanza::parse_one(&strip_signature(text)?)?)
+    }
+
+    /// From a parsed stanza (a verified payload).
+    pub fn from_stanza(stanza: Stanza) -> Result<Changes, ControlError> {
         // "Source: hello (1.0-1)" names the source version of a binNMU.
         let source = stanza.require("Source")?.split_whitespace().next().unwrap_or_default();
         let source = source.parse().map_err(|e: super::names::NameError| field_err("Source", e.to_string()))?;
@@ -189,15 +226,101 @@ pub struct Dsc {
 }
 
 impl Dsc {
+    /// Parse a `.dsc` and check what tools interpolate (sbuild puts `Architecture` into perl,
+    /// the dependency fields into control files) against dpkg's grammar, and its files against
+    /// dpkg's source file names: nothing else is ever built or published.
     pub fn parse(text: &str) -> Result<Dsc, ControlError> {
         let stanza = Stanza::parse_one(&strip_signature(text)?)?;
-        Ok(Dsc {
+        let dsc = Dsc {
             source: stanza.parse_field("Source")?,
             version: stanza.parse_field("Version")?,
             files: file_entries(&stanza, false)?,
             stanza,
-        })
+        };
+        for a in dsc.stanza.require("Architecture")?.split_whitespace() {
+            if !a.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') || a.starts_with('-') {
+                return Err(field_err("Architecture", format!("{a:?} is not an architecture or wildcard")));
+            }
+        }
+        dsc.binaries()?;
+        for field in [
+            "Build-Depends",
+            "Build-Depends-Indep",
+            "Build-Depends-Arch",
+            "Build-Conflicts",
+            "Build-Conflicts-Indep",
+            "Build-Conflicts-Arch",
+        ] {
+            if let Some(v) = dsc.stanza.get(field) {
+                let one_line = v.replace('\n', " ");
+                if !one_line.trim().is_empty() {
+                    one_line
+                        .parse::<super::relations::Relations>()
+                        .map_err(|e| field_err("Build-Depends", e.to_string()))?;
+                }
+            }
+        }
+        for f in &dsc.files {
+            if !dsc.source_file_ok(f.name.as_str()) {
+                return Err(field_err(
+                    "Files",
+                    format!(
+                        "{} is not a source file name of {} {} (<source>_<version>.orig.tar.*, .debian.tar.*, .diff.gz, .tar.*)",
+                        f.name, dsc.source, dsc.version
+                    ),
+                ));
+            }
+        }
+        Ok(dsc)
     }
+
+    /// The binary packages it declares (`Binary:`).
+    pub fn binaries(&self) -> Result<Vec<PackageName>, ControlError> {
+        binary_list(self.stanza.get("Binary").unwrap_or_default())
+    }
+
+    /// `<source>_<version without epoch>.dsc`
+    pub fn file_name(&self) -> String {
+        format!("{}_{}.dsc", self.source, self.version.without_epoch())
+    }
+
+    /// Whether a file the `.dsc` lists has one of dpkg's source file names.
+    pub fn source_file_ok(&self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix(&format!("{}_", self.source)) else { return false };
+        let compressed = |s: &str| ["gz", "xz", "bz2", "lzma", "zst"].contains(&s);
+        let full = self.version.without_epoch();
+        let upstream = self.version.upstream();
+        if let Some(ext) =
+            rest.strip_prefix(&format!("{full}.debian.tar.")).or_else(|| rest.strip_prefix(&format!("{full}.tar.")))
+        {
+            return compressed(ext);
+        }
+        if rest == format!("{full}.diff.gz") {
+            return true;
+        }
+        let Some(orig) = rest.strip_prefix(&format!("{upstream}.orig")) else { return false };
+        let orig = orig.strip_suffix(".asc").unwrap_or(orig);
+        let after_component = match orig.strip_prefix('-') {
+            Some(c) => match c.split_once('.') {
+                Some((comp, tail))
+                    if !comp.is_empty() && comp.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+                {
+                    format!(".{tail}")
+                }
+                _ => return false,
+            },
+            None => orig.to_owned(),
+        };
+        after_component.strip_prefix(".tar.").is_some_and(compressed)
+    }
+}
+
+/// A `Binary:` list (`a, b` over one or more lines) as package names.
+pub fn binary_list(v: &str) -> Result<Vec<PackageName>, ControlError> {
+    v.split([',', ' ', '\n', '\t'])
+        .filter(|s| !s.is_empty())
+        .map(|b| b.parse::<PackageName>().map_err(|e| field_err("Binary", e.to_string())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -247,6 +370,43 @@ Files:
             let e = Changes::parse(&t).unwrap_err().to_string();
             assert!(e.contains("file name"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn dsc_grammar_and_source_file_names() {
+        let dsc = |arch: &str, files: &str| {
+            format!(
+                "Format: 3.0 (quilt)\nSource: hello\nBinary: hello, hello-doc\nArchitecture: {arch}\nVersion: 1:2.10-3\nBuild-Depends: debhelper-compat (= 13)\nFiles:\n{files}"
+            )
+        };
+        let f = |n: &str| format!(" 900150983cd24fb0d6963f7d28e17f72 3 {n}\n");
+        let ok = format!(
+            "{}{}{}",
+            f("hello_2.10.orig.tar.gz"),
+            f("hello_2.10.orig.tar.gz.asc"),
+            f("hello_2.10-3.debian.tar.xz")
+        );
+        let d = Dsc::parse(&dsc("any all linux-any", &ok)).unwrap();
+        assert_eq!(d.binaries().unwrap().len(), 2);
+        assert_eq!(d.file_name(), "hello_2.10-3.dsc");
+        assert!(d.source_file_ok("hello_2.10.orig-docs.tar.xz"));
+        assert!(d.source_file_ok("hello_2.10-3.tar.xz"));
+        assert!(d.source_file_ok("hello_2.10-3.diff.gz"));
+        for bad in [
+            "evil.html",
+            "hello_2.10.orig.tar.gz.html",
+            "hello_2.10-3.debian.tar.exe",
+            "other_2.10.orig.tar.gz",
+            "hello_2.10.orig-.tar.gz",
+        ] {
+            assert!(!d.source_file_ok(bad), "{bad}");
+            assert!(Dsc::parse(&dsc("any", &f(bad))).is_err(), "{bad}");
+        }
+        for arch in ["any; system('id')", "$(id)", "any\x60id\x60", "(?{1})"] {
+            assert!(Dsc::parse(&dsc(arch, &ok)).is_err(), "{arch}");
+        }
+        let evil = dsc("any", &ok).replace("debhelper-compat (= 13)", "debhelper'; system(\"id\"); '");
+        assert!(Dsc::parse(&evil).is_err());
     }
 
     #[test]

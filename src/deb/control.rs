@@ -148,11 +148,10 @@ pub fn parse_stanzas(text: &str) -> Result<Vec<Stanza>, ControlError> {
         .collect())
 }
 
-/// Strip an OpenPGP clear-signature, if any; returns the signed payload.
+/// The text of an unsigned file, or the cleartext of a strictly framed clear-signed one (see
+/// [`crate::gpg::cleartext`]); the signature is not checked here.
 pub fn strip_signature(text: &str) -> Result<String, ControlError> {
-    debian_control::pgp::strip_pgp_signature(text)
-        .map(|(payload, _)| payload)
-        .map_err(|e| ControlError::Armor(format!("{e:?}")))
+    crate::gpg::cleartext::text_of(text).map(|t| t.into_owned()).map_err(|e| ControlError::Armor(e.to_string()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod checksum;
 pub mod control;
 pub mod debfile;
 pub mod names;
+pub mod relations;
 pub mod release;
 pub mod version;
 

@@ -193,6 +193,27 @@ pub fn newest(store: &store::Store, n: usize, keep: impl Fn(&Event) -> bool) -> 
     Ok(out)
 }
 
+/// At most the newest `n` events after `after`, oldest first (a replay for a client that missed
+/// them: bounded however old `after` is).
+pub fn replay(store: &store::Store, after: DateTime<Utc>, n: usize) -> Result<Vec<Event>> {
+    let tx = store.read()?;
+    let t = tx.open_table(EVENTS)?;
+    let from = after.timestamp_micros().max(0) as u64;
+    let mut out = Vec::new();
+    for item in t.range((from, 0)..)?.rev() {
+        if out.len() >= n {
+            break;
+        }
+        let (k, v) = item?;
+        let e: Event = store::decode(&format!("event {:?}", k.value()), v.value())?;
+        if e.timestamp > after {
+            out.push(e);
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// The newest `n` events of one source package, newest first (through the source index).
 pub fn of_source(store: &store::Store, source: &str, n: usize) -> Result<Vec<Event>> {
     let tx = store.read()?;

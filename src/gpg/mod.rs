@@ -1,4 +1,9 @@
 //! OpenPGP with sequoia: the archive key, signing `Release`, verifying signed uploads.
+//!
+//! Every clear-signed text is framed strictly first ([`cleartext`]), and what a caller parses
+//! is the payload that verification returned, never the raw file.
+
+pub mod cleartext;
 
 pub use openpgp::Cert;
 use openpgp::cert::prelude::*;
@@ -25,6 +30,10 @@ pub enum GpgError {
     NotAKey(String),
     #[error("give exactly one OpenPGP key, not {0}")]
     NotOneKey(usize),
+    #[error("{0}")]
+    Framing(#[from] cleartext::FramingError),
+    #[error("the text is not clear-signed; sign it (debsign, or gpg --clearsign)")]
+    NotSigned,
 }
 
 /// Which public-key algorithm the archive key uses.
@@ -174,6 +183,9 @@ struct Helper<'a> {
     signer: Option<(String, String)>,
 }
 
+/// Largest signed text verified, in bytes: more than any `.changes`, `.dsc` or build request.
+pub const MAX_SIGNED: usize = 4 << 20;
+
 impl VerificationHelper for Helper<'_> {
     fn get_certs(&mut self, _ids: &[openpgp::KeyHandle]) -> openpgp::Result<Vec<Cert>> {
         Ok(self.certs.to_vec())
@@ -182,6 +194,11 @@ impl VerificationHelper for Helper<'_> {
     fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
         let mut errors = Vec::new();
         for layer in structure.into_iter() {
+            if let MessageLayer::Compression { .. } | MessageLayer::Encryption { .. } = layer {
+                return Err(anyhow::anyhow!(
+                    "the message holds compressed or encrypted data; only clear-signed text is accepted"
+                ));
+            }
             if let MessageLayer::SignatureGroup { results } = layer {
                 for r in results {
                     match r {
@@ -199,7 +216,16 @@ impl VerificationHelper for Helper<'_> {
     }
 }
 
-/// Verify a clear-signed message against a keyring; returns the payload and the signer's fingerprint.
+/// What verification proved: the signed text (the only text to parse) and who signed it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub payload: String,
+    /// The signer's certificate fingerprint.
+    pub signer: String,
+}
+
+/// Verify a clear-signed message against a keyring; returns the payload and the signer's
+/// fingerprint. The framing is checked strictly first (see [`cleartext`]).
 pub fn verify_clearsigned(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, String), GpgError> {
     verify_inner(data, certs).map(|(payload, (cert, _))| (payload, cert))
 }
@@ -217,11 +243,12 @@ pub fn usable(cert: &Cert) -> Result<(), GpgError> {
     Ok(())
 }
 
-/// Verify a signed upload: a good signature, by a key that is valid now, neither expired nor
-/// revoked. Returns the signer's certificate fingerprint.
-pub fn verify_upload(data: &[u8], certs: &[Cert]) -> Result<String, GpgError> {
+/// Verify a signed upload: a well-framed clear-signed text with a good signature, by a key that
+/// is valid now, neither expired nor revoked. Returns the payload, which is what the caller
+/// parses, and the signer.
+pub fn verify_upload(data: &[u8], certs: &[Cert]) -> Result<Verified, GpgError> {
     use openpgp::types::RevocationStatus;
-    let (_, (cert_fp, key_fp)) = verify_inner(data, certs)?;
+    let (payload, (cert_fp, key_fp)) = verify_inner(data, certs)?;
     let cert = certs
         .iter()
         .find(|c| c.fingerprint().to_hex() == cert_fp)
@@ -237,10 +264,19 @@ pub fn verify_upload(data: &[u8], certs: &[Cert]) -> Result<String, GpgError> {
         return Err(GpgError::Bad(format!("signing key {key_fp} of {cert_fp} is revoked")));
     }
     key.alive().map_err(|e| GpgError::Bad(format!("signing key {key_fp} of {cert_fp} has expired ({e})")))?;
-    Ok(cert_fp)
+    let payload = String::from_utf8(payload).map_err(|_| cleartext::FramingError::NotText)?;
+    Ok(Verified { payload, signer: cert_fp })
 }
 
 fn verify_inner(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, (String, String)), GpgError> {
+    if data.len() > MAX_SIGNED {
+        return Err(GpgError::Bad(format!("the signed text is larger than {MAX_SIGNED} bytes")));
+    }
+    let text = std::str::from_utf8(data).map_err(|_| cleartext::FramingError::NotText)?;
+    let framed = match cleartext::frame(text)? {
+        cleartext::Framed::Unsigned(_) => return Err(GpgError::NotSigned),
+        cleartext::Framed::ClearSigned { text } => text,
+    };
     let p = policy();
     let helper = Helper { certs, signer: None };
     let mut v = VerifierBuilder::from_bytes(data)
@@ -248,9 +284,32 @@ fn verify_inner(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, (String, String
         .with_policy(&p, None, helper)
         .map_err(|e| GpgError::Bad(e.to_string()))?;
     let mut payload = Vec::new();
-    v.read_to_end(&mut payload).map_err(|e| GpgError::Bad(e.to_string()))?;
+    (&mut v).take(MAX_SIGNED as u64 + 1).read_to_end(&mut payload).map_err(|e| GpgError::Bad(e.to_string()))?;
+    if !v.message_processed() {
+        return Err(GpgError::Bad("the signed text was not read to its end".into()));
+    }
     let signer = v.into_helper().signer.ok_or_else(|| GpgError::Bad("no good signature".into()))?;
+    // What sequoia verified is what the frame holds (up to the trailing white space of each
+    // line, which the signature does not cover and which is dropped here).
+    if strip_trailing(&payload) != strip_trailing(framed.as_bytes()) {
+        return Err(GpgError::Bad("the verified text differs from the file's text".into()));
+    }
     Ok((payload, signer))
+}
+
+/// Each line without its trailing spaces and tabs, and without trailing empty lines.
+fn strip_trailing(b: &[u8]) -> Vec<Vec<u8>> {
+    let mut lines: Vec<Vec<u8>> = b
+        .split(|&c| c == b'\n')
+        .map(|l| {
+            let end = l.iter().rposition(|&c| !matches!(c, b' ' | b'\t' | b'\r')).map_or(0, |i| i + 1);
+            l[..end].to_vec()
+        })
+        .collect();
+    while lines.last().is_some_and(Vec::is_empty) {
+        lines.pop();
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -283,5 +342,30 @@ mod tests {
         assert!(verify_clearsigned(&signed, std::slice::from_ref(other.cert())).is_err());
         assert!(key.detached_sign(b"x").unwrap().starts_with(b"-----BEGIN PGP SIGNATURE-----"));
         assert_eq!(read_keyring(&key.public_binary().unwrap()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn only_a_clean_frame_verifies_and_its_payload_is_returned() {
+        let key = ArchiveKey::generate("Test <t@example.org>", KeyAlgo::Ed25519).unwrap();
+        let certs = std::slice::from_ref(key.cert());
+        let signed = String::from_utf8(key.clearsign(b"Source: hello\n-dash\n").unwrap()).unwrap();
+        let v = verify_upload(signed.as_bytes(), certs).unwrap();
+        assert_eq!(v.payload, "Source: hello\n-dash\n");
+        assert_eq!(v.signer, key.fingerprint());
+        let wrapped: Vec<(String, &str)> = vec![
+            (format!(" {signed}"), "space prefix"),
+            (signed.lines().map(|l| format!("> {l}\n")).collect(), "quoted"),
+            (signed.lines().map(|l| format!("| {l}\n")).collect(), "piped"),
+            (format!("Source: evil\n\n{signed}"), "garbage before"),
+            (format!("{signed}Source: evil\n"), "garbage after"),
+            (format!("{signed}{signed}"), "two blocks"),
+            (signed.replacen("\n\n", "\n\u{a0}\n", 1), "NBSP blank line"),
+            (signed.replace("- -dash", "-dash"), "dash-escaping undone"),
+        ];
+        for (text, what) in wrapped {
+            let e = verify_upload(text.as_bytes(), certs).expect_err(what);
+            assert!(matches!(e, GpgError::Framing(_)), "{what}: {e}");
+        }
+        assert!(matches!(verify_upload(b"Source: hello\n", certs), Err(GpgError::NotSigned)));
     }
 }

@@ -3,11 +3,15 @@
 //! libunftp binds its own listener only from an address, so the daemon accepts on its socket
 //! (systemd's `ftp` socket or its own) and hands each connection to `Server::service`; this
 //! module builds the per-connection server. The storage back end refuses every read, delete,
-//! rename and directory operation, writes each file under `.part/` and renames it into place
-//! only when the transfer ended within the size limit, then wakes the incoming scan.
+//! rename and directory operation, writes each file under `.part/` and links it into place
+//! only when the transfer ended within the limits, never over an existing name, then wakes the
+//! incoming scan. Each file carries who sent it (an extended attribute). Every peer has a
+//! quota of bytes waiting in incoming, all of them together another, and a reserve of free disk
+//! is kept: a transfer past any of them is cut off with 552 and the reason.
 
 use async_trait::async_trait;
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -29,13 +33,85 @@ impl Default for FtpOptions {
     }
 }
 
+/// How much may wait in incoming.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Bytes one peer may have in incoming (landed and in transfer).
+    pub per_peer: u64,
+    /// Bytes everyone may have in incoming.
+    pub total: u64,
+    /// Free bytes the file system keeps; a transfer stops before it.
+    pub reserve: u64,
+}
+
+impl Default for Quota {
+    fn default() -> Quota {
+        Quota { per_peer: 8 << 30, total: 32 << 30, reserve: 1 << 30 }
+    }
+}
+
 /// What every connection's back end shares.
 pub struct DropBox {
     pub incoming: PathBuf,
     pub part: PathBuf,
     pub max_file: u64,
+    pub quota: Quota,
     /// Called after a file landed in incoming.
     pub landed: Box<dyn Fn() + Send + Sync>,
+    /// Bytes in transfer now, per peer.
+    pub in_flight: std::sync::Mutex<std::collections::HashMap<IpAddr, u64>>,
+}
+
+impl DropBox {
+    pub fn new(
+        incoming: PathBuf,
+        part: PathBuf,
+        max_file: u64,
+        quota: Quota,
+        landed: Box<dyn Fn() + Send + Sync>,
+    ) -> DropBox {
+        DropBox { incoming, part, max_file, quota, landed, in_flight: Default::default() }
+    }
+
+    /// How many bytes `peer` may still send now, and which limit that is.
+    fn allowance(&self, peer: IpAddr) -> (u64, &'static str) {
+        let (mut mine, mut all) = (0u64, 0u64);
+        if let Ok(rd) = std::fs::read_dir(&self.incoming) {
+            for e in rd.flatten() {
+                let Ok(m) = e.metadata() else { continue };
+                if m.is_file() {
+                    all += m.len();
+                    if super::peer_of(&e.path()) == Some(peer) {
+                        mine += m.len();
+                    }
+                }
+            }
+        }
+        {
+            let flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            mine += flight.get(&peer).copied().unwrap_or(0);
+            all += flight.values().sum::<u64>();
+        }
+        let free = nix::sys::statvfs::statvfs(&self.incoming)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(u64::MAX);
+        let limits = [
+            (self.max_file, "the file size limit"),
+            (self.quota.per_peer.saturating_sub(mine), "this address's quota of bytes waiting in incoming"),
+            (self.quota.total.saturating_sub(all), "the quota of bytes waiting in incoming"),
+            (free.saturating_sub(self.quota.reserve), "the free disk the server keeps"),
+        ];
+        limits.into_iter().min_by_key(|(n, _)| *n).unwrap_or((0, "a limit"))
+    }
+
+    fn flight(&self, peer: IpAddr, delta: i64) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let v = f.entry(peer).or_default();
+        *v = if delta < 0 { v.saturating_sub(delta.unsigned_abs()) } else { v.saturating_add(delta as u64) };
+        if *v == 0 {
+            f.remove(&peer);
+        }
+    }
 }
 
 impl Debug for DropBox {
@@ -46,9 +122,9 @@ impl Debug for DropBox {
 
 static PART_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The per-connection storage back end.
+/// The per-connection storage back end: the shared drop box and the peer of this connection.
 #[derive(Debug, Clone)]
-pub struct Storage(Arc<DropBox>);
+pub struct Storage(Arc<DropBox>, IpAddr);
 
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -116,13 +192,16 @@ fn target(path: &Path) -> Target {
 }
 
 impl Storage {
-    pub fn new(dropbox: Arc<DropBox>) -> Storage {
-        Storage(dropbox)
+    pub fn new(dropbox: Arc<DropBox>, peer: IpAddr) -> Storage {
+        Storage(dropbox, peer.to_canonical())
     }
 
-    /// Copy at most `max_file` bytes into a fresh part file; Err if the limit is passed.
-    async fn receive<R: AsyncRead + Unpin>(&self, mut input: R, part: &Path) -> std::io::Result<u64> {
+    /// Copy at most `limit` bytes into a fresh part file marked with the peer; Err if the limit
+    /// is passed.
+    async fn receive<R: AsyncRead + Unpin>(&self, mut input: R, part: &Path, limit: u64) -> std::io::Result<u64> {
         let mut out = tokio::fs::OpenOptions::new().write(true).create_new(true).open(part).await?;
+        let std_file = out.try_clone().await?.into_std().await;
+        super::set_peer(&std_file, self.1)?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut total: u64 = 0;
         loop {
@@ -131,8 +210,9 @@ impl Storage {
                 break;
             }
             total += n as u64;
-            if total > self.0.max_file {
-                return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "file too large"));
+            self.0.flight(self.1, n as i64);
+            if total > limit {
+                return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "over the limit"));
             }
             out.write_all(&buf[..n]).await?;
         }
@@ -190,29 +270,60 @@ impl StorageBackend<DefaultUser> for Storage {
         if start_pos != 0 {
             return Err(Error::from(ErrorKind::CommandNotImplemented));
         }
+        let dst = self.0.incoming.join(&name);
+        if tokio::fs::symlink_metadata(&dst).await.is_ok() {
+            return Err(Error::new(
+                ErrorKind::FileNameNotAllowedError,
+                format!(
+                    "{name} is already in incoming; a name is never replaced (it is swept if it never becomes part of a complete upload)"
+                ),
+            ));
+        }
+        let (limit, which) = self.0.allowance(self.1);
         let seq = PART_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let part = self.0.part.join(format!("{name}.{}.{seq}", std::process::id()));
-        match self.receive(input, &part).await {
+        let received = self.receive(input, &part, limit).await;
+        let sent = match &received {
+            Ok(n) => *n,
+            Err(_) => tokio::fs::metadata(&part).await.map_or(0, |m| m.len()),
+        };
+        let landed = match received {
             Ok(n) => {
-                let dst = self.0.incoming.join(&name);
-                tokio::fs::rename(&part, &dst).await.map_err(|e| {
-                    tracing::warn!(file = %name, "cannot move an upload into incoming: {e}");
-                    Error::from(ErrorKind::LocalError)
-                })?;
-                tracing::debug!(file = %name, bytes = n, "received");
-                (self.0.landed)();
-                Ok(n)
+                // A hard link never replaces a name (rename would).
+                let linked = tokio::fs::hard_link(&part, &dst).await;
+                let _ = tokio::fs::remove_file(&part).await;
+                match linked {
+                    Ok(()) => Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::new(
+                        ErrorKind::FileNameNotAllowedError,
+                        format!("{name} arrived in incoming meanwhile; a name is never replaced"),
+                    )),
+                    Err(e) => {
+                        tracing::warn!(file = %name, "cannot move an upload into incoming: {e}");
+                        Err(Error::from(ErrorKind::LocalError))
+                    }
+                }
             }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&part).await;
                 if e.kind() == std::io::ErrorKind::FileTooLarge {
-                    tracing::warn!(file = %name, limit = self.0.max_file, "refused a file over the size limit");
-                    Err(Error::new(ErrorKind::ExceededStorageAllocationError, e))
+                    tracing::warn!(file = %name, peer = %self.1, limit, "refused a transfer over {which}");
+                    Err(Error::new(
+                        ErrorKind::ExceededStorageAllocationError,
+                        format!(
+                            "{name} is larger than {which} allows now ({limit} bytes); try again when earlier uploads were processed"
+                        ),
+                    ))
                 } else {
                     Err(Error::new(ErrorKind::ConnectionClosed, e))
                 }
             }
-        }
+        };
+        self.0.flight(self.1, -(sent as i64));
+        let n = landed?;
+        tracing::debug!(file = %name, bytes = n, peer = %self.1, "received");
+        (self.0.landed)();
+        Ok(n)
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, _path: P) -> Result<()> {
@@ -261,6 +372,29 @@ pub fn ipv6_warning(addr: std::net::SocketAddr) -> Option<String> {
     })
 }
 
+/// FTP sessions at once, and per peer address.
+pub const MAX_SESSIONS: usize = 512;
+pub const MAX_SESSIONS_PER_PEER: usize = 128;
+
+/// Sessions per peer now.
+static PER_PEER: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A session's place, given back when it ends.
+struct SessionSlot(IpAddr, #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut m = PER_PEER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.0);
+            }
+        }
+    }
+}
+
 /// Serve FTP on a listener until `stop` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -268,10 +402,11 @@ pub async fn serve(
     opts: FtpOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, a)) => (s, a.ip()),
                 Err(e) => {
                     tracing::warn!("FTP accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -280,8 +415,27 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        // Past a bound the connection gets a 421 and is closed at once.
+        let slot = {
+            let mut m = PER_PEER.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = m.get(&peer).copied().unwrap_or(0);
+            match sessions.clone().try_acquire_owned() {
+                Ok(permit) if mine < MAX_SESSIONS_PER_PEER => {
+                    *m.entry(peer).or_default() += 1;
+                    Some(SessionSlot(peer, permit))
+                }
+                _ => None,
+            }
+        };
+        let Some(slot) = slot else {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = stream;
+            tracing::warn!(%peer, "refused an FTP session: too many sessions");
+            let _ = stream.write_all(b"421 Too many FTP sessions; try again later.\r\n").await;
+            continue;
+        };
         let db = dropbox.clone();
-        let mut b = libunftp::ServerBuilder::new(Box::new(move || Storage::new(db.clone())))
+        let mut b = libunftp::ServerBuilder::new(Box::new(move || Storage::new(db.clone(), peer)))
             .greeting("buildbay ready for uploads to /incoming")
             .passive_ports(opts.passive_ports.clone())
             .idle_session_timeout(600);
@@ -291,6 +445,7 @@ pub async fn serve(
         match b.build() {
             Ok(server) => {
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = server.service(stream).await {
                         tracing::debug!("FTP session ended with an error: {e}");
                     }

@@ -7,18 +7,23 @@
 //! and only then are the incoming names removed. A restart finds either no record (the spool
 //! directory is dropped and the files are claimed again) or a record whose spool files share
 //! their inodes with the leftovers in incoming (the leftovers are removed, never claimed twice).
+//!
+//! Two drop boxes are scanned: the FTP incoming, open to anyone, and the daemon's own results
+//! directory, where only this instance's builders deliver. A user upload's timecode is always
+//! made here: nothing an uploader writes picks its key.
 
 pub mod ftp;
 
 use crate::deb::{Changes, FileName};
 use crate::events::{Event, EventType};
+use crate::protocol::{BuildKey, QaMode, Timecode};
 use crate::store::{self, CLAIMED, PENDING, StoreError, UPLOAD_KEYS, UPLOADS};
 use chrono::{DateTime, Utc};
 use redb::ReadableTable;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +93,19 @@ impl UploadState {
 /// One architecture of an upload being packaged.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ArchBuild {
-    pub bkey: String,
+    pub bkey: BuildKey,
     pub optional: bool,
     pub arch_all: bool,
     /// Experimental suites ignore lintian, piuparts and autopkgtest results.
     #[serde(default)]
     pub ignore_checks: bool,
+    /// The QA modes requested (what the result is judged by, whatever the builder reports).
+    #[serde(default)]
+    pub lintian: QaMode,
+    #[serde(default)]
+    pub piuparts: QaMode,
+    #[serde(default)]
+    pub autopkgtest: QaMode,
     /// The build result, once it arrived.
     pub result: Option<ArchResult>,
 }
@@ -123,18 +135,28 @@ pub struct Upload {
     pub source: String,
     pub version: String,
     pub distribution: String,
-    /// `X-Mini-Buildd-Timecode`, or made at packaging.
-    pub timecode: Option<String>,
+    /// Made when the upload was claimed (mini-buildd's `X-Mini-Buildd-Timecode` of an upload is
+    /// not taken: it would let an uploader choose the key, and its path).
+    pub timecode: Timecode,
     pub arches: BTreeMap<String, ArchBuild>,
     /// Why it was rejected or failed.
     pub error: Option<String>,
     pub retries: u32,
+    /// Who uploaded the `.changes` over FTP; `None`: dropped into incoming on this host.
+    #[serde(default)]
+    pub peer: Option<IpAddr>,
+    /// How often its current step failed for a reason of the daemon's (a full disk, …).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When its build requests were queued (PACKAGING has a deadline).
+    #[serde(default)]
+    pub packaging_since: Option<DateTime<Utc>>,
 }
 
 impl Upload {
     /// mini-buildd's key: `<source>/<version>/<timecode>`.
     pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.source, self.version, self.timecode.as_deref().unwrap_or("-"))
+        format!("{}/{}/{}", self.source, self.version, self.timecode)
     }
 }
 
@@ -179,9 +201,43 @@ fn list_from(t: &impl ReadableTable<u64, &'static [u8]>) -> std::result::Result<
 
 /// The build result file name pattern: `<src>_<ver>_mini-buildd-buildresult_<arch>.changes`.
 pub fn result_arch(name: &str) -> Option<&str> {
-    let stem = name.strip_suffix(".changes")?;
-    let (rest, arch) = stem.rsplit_once('_')?;
-    rest.ends_with("_mini-buildd-buildresult").then_some(arch)
+    crate::protocol::BuildResult::arch_of(name)
+}
+
+/// The extended attribute that records who uploaded a file over FTP.
+const PEER_XATTR: &str = "user.buildbay.peer";
+
+/// Record the FTP peer of a file that is about to land in incoming.
+pub fn set_peer(file: &std::fs::File, peer: IpAddr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(PEER_XATTR).map_err(std::io::Error::other)?;
+    let value = peer.to_string();
+    // SAFETY: a valid descriptor, NUL-terminated name, and a buffer of the given length.
+    let r = unsafe { nix::libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The FTP peer of a file, if it came over FTP and its file system keeps the record.
+pub fn peer_of(path: &Path) -> Option<IpAddr> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(PEER_XATTR).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let n = unsafe { nix::libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return None;
+    }
+    std::str::from_utf8(&buf[..n as usize]).ok()?.parse().ok()
+}
+
+/// Whether a file came from somewhere other than this host: over FTP from a non-loopback
+/// peer, or over FTP without a readable record (refused like a remote one).
+pub fn from_network(path: &Path, over_ftp: bool) -> bool {
+    match peer_of(path) {
+        Some(ip) => !ip.is_loopback() && !ip.to_canonical().is_loopback(),
+        None => over_ftp,
+    }
 }
 
 /// Is the `.changes` ready? Pure: `present` gives the size of a file in incoming.
@@ -229,39 +285,47 @@ pub struct ScanReport {
     pub swept: Vec<String>,
 }
 
-/// The drop box `<state>/incoming/` and the spool `<state>/spool/`.
+/// The drop box `<state>/incoming/`, the results directory `<state>/var/results/`, and the
+/// spool `<state>/spool/`.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     pub dir: PathBuf,
+    /// Where this instance's builders deliver their results (only the daemon writes there).
+    pub results: PathBuf,
     pub spool: PathBuf,
     pub limits: Limits,
 }
 
-static LAST_ID: AtomicU64 = AtomicU64::new(0);
-
-/// A new timecode (`%Y%m%d-%H%M%S-%6f`, UTC), unique within the process.
-pub fn timecode() -> String {
-    let id = fresh_id();
-    DateTime::from_timestamp_micros(id as i64).unwrap_or_default().format("%Y%m%d-%H%M%S-%6f").to_string()
-}
-
 /// A new spool id: microseconds since the epoch, strictly increasing within the process.
 fn fresh_id() -> u64 {
-    let now = Utc::now().timestamp_micros().max(0) as u64;
-    let prev = LAST_ID.fetch_max(now, Ordering::SeqCst);
-    if prev >= now { LAST_ID.fetch_add(1, Ordering::SeqCst) + 1 } else { now }
+    crate::protocol::fresh_micros()
 }
 
 fn ino(p: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(p).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
 }
 
+/// One drop box being scanned.
+#[derive(Clone, Copy)]
+struct DropDir<'a> {
+    dir: &'a Path,
+    /// Open to anyone over FTP (incoming), or the daemon's own (results).
+    ftp: bool,
+}
+
 impl Incoming {
     pub fn new(state: &Path, limits: Limits) -> Result<Incoming> {
-        let inc = Incoming { dir: state.join("incoming"), spool: state.join("spool"), limits };
-        for d in [inc.dir.clone(), inc.part_dir(), inc.spool.clone()] {
+        let inc = Incoming {
+            dir: state.join("incoming"),
+            results: state.join(crate::builder::RESULTS_DIR),
+            spool: state.join("spool"),
+            limits,
+        };
+        for d in [inc.dir.clone(), inc.part_dir(), inc.spool.clone(), inc.results.clone()] {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&inc.results, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&inc.results))?;
         Ok(inc)
     }
 
@@ -297,12 +361,37 @@ impl Incoming {
         Ok(dropped)
     }
 
-    /// One pass over the drop box: claim complete uploads, reject what cannot become one, sweep.
+    /// One pass over the drop boxes: claim complete uploads, reject what cannot become one, sweep.
     pub fn scan(&self, store: &store::Store, now: SystemTime) -> Result<ScanReport> {
         let mut report = ScanReport::default();
+        self.scan_dir(store, DropDir { dir: &self.results, ftp: false }, now, &mut report)?;
+        self.scan_dir(store, DropDir { dir: &self.dir, ftp: true }, now, &mut report)?;
+        let part = self.part_dir();
+        if let Ok(rd) = std::fs::read_dir(&part) {
+            for e in rd.flatten() {
+                let stale = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .is_some_and(|m| now.duration_since(m).unwrap_or_default() > self.limits.timeout);
+                if stale {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn scan_dir(
+        &self,
+        store: &store::Store,
+        drop: DropDir<'_>,
+        now: SystemTime,
+        report: &mut ScanReport,
+    ) -> Result<()> {
         let mut sizes: BTreeMap<String, (u64, SystemTime)> = BTreeMap::new();
-        for e in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let e = e.map_err(io_err(&self.dir))?;
+        for e in std::fs::read_dir(drop.dir).map_err(io_err(drop.dir))? {
+            let e = e.map_err(io_err(drop.dir))?;
             let Ok(name) = e.file_name().into_string() else { continue };
             let Ok(m) = e.metadata() else { continue };
             if m.is_file() && !name.starts_with('.') {
@@ -314,14 +403,16 @@ impl Incoming {
         let changes_names: Vec<String> = sizes.keys().filter(|n| n.ends_with(".changes")).cloned().collect();
         for name in changes_names {
             let Some(&(_, mtime)) = sizes.get(&name) else { continue };
-            let path = self.dir.join(&name);
-            if self.leftover(store, &name)? {
+            let path = drop.dir.join(&name);
+            if self.leftover(store, drop, &name)? {
                 continue;
             }
-            let text = match read_limited(&path, 1 << 20) {
+            let text = match crate::deb::changes::read_bounded(&path)
+                .and_then(|raw| String::from_utf8(raw).map_err(|_| std::io::Error::other("it is not UTF-8 text")))
+            {
                 Ok(t) => t,
                 Err(e) => {
-                    self.claim_rejected(store, &name, &[], format!("cannot read the .changes: {e}"), &mut report)?;
+                    self.claim_rejected(store, drop, &name, &[], format!("cannot read the .changes: {e}"), report)?;
                     continue;
                 }
             };
@@ -329,7 +420,7 @@ impl Incoming {
                 Ok(c) => c,
                 Err(e) => {
                     let why = format!("the .changes does not parse: {e}");
-                    self.claim_rejected(store, &name, &[], why, &mut report)?;
+                    self.claim_rejected(store, drop, &name, &[], why, report)?;
                     continue;
                 }
             };
@@ -340,12 +431,12 @@ impl Incoming {
             };
             match readiness(&changes, &self.limits, |f| sizes.get(f.as_str()).map(|s| s.0)) {
                 Readiness::Complete => {
-                    let id = self.claim(store, &name, &changes)?;
+                    let id = self.claim(store, drop, &name, &changes)?;
                     report.claimed.push(id);
                 }
                 Readiness::TooLarge { total, limit } => {
                     let why = format!("the upload is {total} bytes, more than the limit of {limit} bytes");
-                    self.claim_rejected(store, &name, &present(), why, &mut report)?;
+                    self.claim_rejected(store, drop, &name, &present(), why, report)?;
                 }
                 Readiness::Waiting(missing) if stale(mtime) => {
                     let why = format!(
@@ -353,57 +444,49 @@ impl Incoming {
                         self.limits.timeout.as_secs(),
                         missing.join(", ")
                     );
-                    self.claim_rejected(store, &name, &present(), why, &mut report)?;
+                    self.claim_rejected(store, drop, &name, &present(), why, report)?;
                 }
                 Readiness::Waiting(_) => {}
             }
         }
-        // Files no .changes lists, and abandoned partial transfers.
+        // Files no .changes lists.
         for (name, (_, mtime)) in &sizes {
             if !name.ends_with(".changes") && !referenced.contains(name) && stale(*mtime) {
-                let p = self.dir.join(name);
+                let p = drop.dir.join(name);
                 if std::fs::remove_file(&p).is_ok() {
                     tracing::info!(file = %name, "swept a file that never became part of a complete upload");
                     report.swept.push(name.clone());
                 }
             }
         }
-        let part = self.part_dir();
-        if let Ok(rd) = std::fs::read_dir(&part) {
-            for e in rd.flatten() {
-                if e.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(stale) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        Ok(report)
+        Ok(())
     }
 
-    /// A `.changes` left in incoming by a claim that committed but crashed before cleaning up.
-    fn leftover(&self, store: &store::Store, name: &str) -> Result<bool> {
+    /// A `.changes` left in a drop box by a claim that committed but crashed before cleaning up.
+    fn leftover(&self, store: &store::Store, drop: DropDir<'_>, name: &str) -> Result<bool> {
         let id = {
             let tx = store.read()?;
             let t = tx.open_table(CLAIMED)?;
             t.get(name)?.map(|v| v.value())
         };
         let Some(id) = id else { return Ok(false) };
-        let inc = self.dir.join(name);
+        let inc = drop.dir.join(name);
         let spooled = self.spool_dir(id).join(name);
         if ino(&inc).is_none() || ino(&inc) != ino(&spooled) {
             return Ok(false);
         }
         let tx = store.read()?;
         if let Some(u) = get(&tx, id)? {
-            self.unlink_claimed(&u);
+            self.unlink_claimed(drop, &u);
         }
         Ok(true)
     }
 
-    /// Remove the incoming names of a claimed upload, where they still are the claimed files.
-    fn unlink_claimed(&self, u: &Upload) {
+    /// Remove the drop box names of a claimed upload, where they still are the claimed files.
+    fn unlink_claimed(&self, drop: DropDir<'_>, u: &Upload) {
         let dir = self.spool_dir(u.id);
         for f in &u.files {
-            let inc = self.dir.join(f.as_str());
+            let inc = drop.dir.join(f.as_str());
             if ino(&inc).is_some() && ino(&inc) == ino(&dir.join(f.as_str())) {
                 let _ = std::fs::remove_file(&inc);
             }
@@ -411,7 +494,7 @@ impl Incoming {
     }
 
     /// Link the files into a new spool directory (synced), without a record yet.
-    fn link_into_spool(&self, files: &[FileName]) -> Result<u64> {
+    fn link_into_spool(&self, drop: DropDir<'_>, files: &[FileName]) -> Result<u64> {
         let (id, dir) = loop {
             let id = fresh_id();
             let dir = self.spool_dir(id);
@@ -422,7 +505,7 @@ impl Incoming {
             }
         };
         for f in files {
-            let from = self.dir.join(f.as_str());
+            let from = drop.dir.join(f.as_str());
             let to = dir.join(f.as_str());
             std::fs::hard_link(&from, &to).map_err(io_err(&from))?;
         }
@@ -430,16 +513,18 @@ impl Incoming {
         Ok(id)
     }
 
-    fn claim(&self, store: &store::Store, name: &str, changes: &Changes) -> Result<u64> {
+    fn claim(&self, store: &store::Store, drop: DropDir<'_>, name: &str, changes: &Changes) -> Result<u64> {
         let changes_name: FileName = name.parse().map_err(|e: crate::deb::names::NameError| IncomingError::Io {
-            path: self.dir.join(name),
+            path: drop.dir.join(name),
             source: std::io::Error::other(e.to_string()),
         })?;
         let mut files = vec![changes_name.clone()];
         files.extend(changes.files.iter().map(|f| f.name.clone()).filter(|f| f != &changes_name));
-        let id = self.link_into_spool(&files)?;
+        let peer = if drop.ftp { peer_of(&drop.dir.join(name)) } else { None };
+        let id = self.link_into_spool(drop, &files)?;
+        // Only this instance's results directory delivers build results; what claims to be one
+        // over FTP is checked as one (a remote builder's), by its signature.
         let kind = if result_arch(name).is_some() { Kind::BuildResult } else { Kind::Upload };
-        let timecode = Some(changes.stanza.get("X-Mini-Buildd-Timecode").map_or_else(timecode, str::to_owned));
         let u = Upload {
             id,
             kind,
@@ -450,19 +535,22 @@ impl Incoming {
             source: changes.source.to_string(),
             version: changes.version.to_string(),
             distribution: changes.distribution.clone(),
-            timecode,
+            timecode: Timecode::now(),
             arches: BTreeMap::new(),
             error: None,
             retries: 0,
+            peer,
+            attempts: 0,
+            packaging_since: None,
         };
         let tx = store.write()?;
         put(&tx, &u)?;
         tx.open_table(CLAIMED)?.insert(name, id)?;
         if kind == Kind::Upload {
-            tx.open_table(UPLOAD_KEYS)?.insert(u.key().as_str(), id)?;
+            insert_key(&tx, &u.key(), id)?;
         }
         tx.commit()?;
-        self.unlink_claimed(&u);
+        self.unlink_claimed(drop, &u);
         tracing::debug!(id, changes = %name, "claimed an upload");
         Ok(id)
     }
@@ -471,6 +559,7 @@ impl Incoming {
     fn claim_rejected(
         &self,
         store: &store::Store,
+        drop: DropDir<'_>,
         name: &str,
         files: &[FileName],
         why: String,
@@ -480,12 +569,13 @@ impl Incoming {
         let Ok(changes_name) = name.parse::<FileName>() else {
             // Not a name the FTP server accepts (dropped in by hand): nothing to keep.
             tracing::warn!(file = %name, "removed a .changes with an invalid name from incoming");
-            let _ = std::fs::remove_file(self.dir.join(name));
+            let _ = std::fs::remove_file(drop.dir.join(name));
             return Ok(());
         };
         let mut all = vec![changes_name.clone()];
         all.extend(files.iter().filter(|f| f.as_str() != name).cloned());
-        let id = self.link_into_spool(&all)?;
+        let peer = if drop.ftp { peer_of(&drop.dir.join(name)) } else { None };
+        let id = self.link_into_spool(drop, &all)?;
         let u = Upload {
             id,
             kind: Kind::Upload,
@@ -496,23 +586,42 @@ impl Incoming {
             source: source.clone(),
             version: version.clone(),
             distribution: String::new(),
-            timecode: Some(timecode()),
+            timecode: Timecode::now(),
             arches: BTreeMap::new(),
             error: Some(why.clone()),
             retries: 0,
+            peer,
+            attempts: 0,
+            packaging_since: None,
         };
         let event = rejected_event(&u, &why);
         let tx = store.write()?;
         put(&tx, &u)?;
         tx.open_table(CLAIMED)?.insert(name, id)?;
-        tx.open_table(UPLOAD_KEYS)?.insert(u.key().as_str(), id)?;
+        insert_key(&tx, &u.key(), id)?;
         event.record(&tx)?;
         tx.commit()?;
-        self.unlink_claimed(&u);
-        let _ = std::fs::remove_file(self.dir.join(name));
+        self.unlink_claimed(drop, &u);
+        let _ = std::fs::remove_file(drop.dir.join(name));
         report.events.push(event);
         Ok(())
     }
+}
+
+/// Record an upload key, only if no upload has it yet: a key names exactly one upload for ever.
+/// Timecodes are fresh and strictly increasing, so a clash means a bug, never a second owner.
+pub fn insert_key(tx: &redb::WriteTransaction, key: &str, id: u64) -> std::result::Result<(), StoreError> {
+    let mut t = tx.open_table(UPLOAD_KEYS)?;
+    if let Some(owner) = t.get(key)?.map(|v| v.value())
+        && owner != id
+    {
+        return Err(StoreError::Corrupt {
+            key: format!("upload key {key}"),
+            reason: format!("already names upload {owner}"),
+        });
+    }
+    t.insert(key, id)?;
+    Ok(())
 }
 
 /// The REJECTED event of an upload, with mini-buildd's RFC 7807 `error`.
@@ -521,13 +630,6 @@ pub fn rejected_event(u: &Upload, why: &str) -> Event {
         .with("changes", u.changes.as_str())
         .with("key", u.key())
         .with("error", crate::events::problem(400, "Upload rejected", why))
-}
-
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut s = String::new();
-    std::fs::File::open(path)?.take(limit).read_to_string(&mut s)?;
-    Ok(s)
 }
 
 #[cfg(test)]

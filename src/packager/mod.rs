@@ -4,21 +4,27 @@
 //! Every step ends in one redb transaction that moves the upload's state and records its event,
 //! so a step either happened, event included, or it did not and runs again after a restart.
 //! Steps that write files write them before that transaction, idempotently.
-
-pub mod options;
+//!
+//! A step ends one of three ways: done; refused because the upload is bad (REJECTED or FAILED,
+//! final, with the reason); or not done because the daemon could not do it now (a store or disk
+//! error: retried, and after [`MAX_ATTEMPTS`] parked as FAILED with the reason).
 
 use crate::archive::{ArchiveError, RepoCtx};
 use crate::config::{self, Distribution, Repository, Uploader, kind};
-use crate::deb::{Changes, Dist, FileName, Stanza};
+use crate::deb::{Changes, Dist};
 use crate::events::problem;
 use crate::events::{Event, EventType};
 use crate::incoming::{self, ArchBuild, ArchResult, Incoming, Kind, Upload, UploadState};
 use crate::instance::Instance;
+use crate::protocol::options::UploadOptions;
+use crate::protocol::{BuildKey, BuildRequest, BuildResult, Check, QaMode, Resolver, Timecode, UploadKey, tar};
 use crate::store::{self, BUILD_QUEUE, CONFIG, PENDING, StoreError, UPLOAD_KEYS};
-use options::UploadOptions;
 use redb::ReadableTable;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// How often a step may fail for the daemon's reasons before the upload is parked as FAILED.
+pub const MAX_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackagerError {
@@ -32,6 +38,8 @@ pub enum PackagerError {
     Gpg(#[from] crate::gpg::GpgError),
     #[error(transparent)]
     Instance(#[from] crate::instance::InstanceError),
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
 }
 crate::from_redb_errors!(PackagerError);
 
@@ -42,13 +50,35 @@ fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PackagerEr
     move |source| PackagerError::Io { path, source }
 }
 
+/// Why a check did not pass.
+enum StepError {
+    /// The upload (or result) is bad: final, with the reason shown to the uploader.
+    Bad(String),
+    /// The daemon could not check it now: retried.
+    Later(Box<PackagerError>),
+}
+
+impl<E: Into<PackagerError>> From<E> for StepError {
+    fn from(e: E) -> StepError {
+        StepError::Later(Box::new(e.into()))
+    }
+}
+
+fn bad(why: impl Into<String>) -> StepError {
+    StepError::Bad(why.into())
+}
+
+/// An archive error is about the upload (a rule, a name, a checksum), or about the daemon.
+fn archive_step(e: ArchiveError) -> StepError {
+    if e.is_input() { StepError::Bad(e.to_string()) } else { StepError::from(e) }
+}
+
 /// A build request waiting for a builder (table `build_queue`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BuildRequest {
-    pub bkey: String,
+pub struct QueuedBuild {
+    pub bkey: BuildKey,
     pub upload: u64,
-    pub arch: String,
-    pub distribution: String,
+    pub distribution: Dist,
     /// The clear-signed request `.changes`; its tar is beside it.
     pub changes: PathBuf,
     #[serde(with = "crate::events::iso")]
@@ -56,10 +86,10 @@ pub struct BuildRequest {
 }
 
 /// Every queued build request, oldest first.
-pub fn build_queue(store: &store::Store) -> std::result::Result<Vec<BuildRequest>, StoreError> {
+pub fn build_queue(store: &store::Store) -> std::result::Result<Vec<QueuedBuild>, StoreError> {
     let tx = store.read()?;
     let t = tx.open_table(BUILD_QUEUE)?;
-    let mut out: Vec<BuildRequest> = Vec::new();
+    let mut out: Vec<QueuedBuild> = Vec::new();
     for item in t.iter()? {
         let (k, v) = item?;
         out.push(store::decode(k.value(), v.value())?);
@@ -77,15 +107,6 @@ pub fn pending(store: &store::Store) -> std::result::Result<Vec<u64>, StoreError
         out.push(item?.0.value());
     }
     Ok(out)
-}
-
-/// Why an upload is refused: shown to the uploader as the REJECTED event's detail.
-struct Reject(String);
-
-impl<E: std::fmt::Display> From<E> for Reject {
-    fn from(e: E) -> Reject {
-        Reject(e.to_string())
-    }
 }
 
 /// An upload that passed every check.
@@ -107,10 +128,13 @@ pub struct Packager<'a> {
     pub http_url: String,
     /// `ftp://host:port`, where builders upload results.
     pub ftp_url: String,
+    /// How long an upload may wait in PACKAGING for its build results.
+    pub deadline: chrono::Duration,
 }
 
 impl Packager<'_> {
-    /// Advance one pending upload as far as it goes now. Returns the events recorded.
+    /// Advance one pending upload as far as it goes now. Returns the events recorded; an error
+    /// means the daemon could not do the step now (see [`Packager::failed_attempt`]).
     pub fn step(&self, id: u64) -> Result<Vec<Event>> {
         let Some(u) = incoming::get(&self.inst.store.read()?, id)? else {
             return Ok(vec![]);
@@ -121,6 +145,51 @@ impl Packager<'_> {
             (_, UploadState::Packaging) => self.install_if_complete(u),
             _ => Ok(vec![]),
         }
+    }
+
+    /// A step of upload `id` failed for the daemon's reasons: count it, and once it failed
+    /// [`MAX_ATTEMPTS`] times, park the upload as FAILED with the reason instead of trying for
+    /// ever (`retry` starts it again).
+    pub fn failed_attempt(&self, id: u64, why: &str) -> Result<Vec<Event>> {
+        let tx = self.inst.store.write()?;
+        let Some(mut u) = incoming::get_w(&tx, id)? else { return Ok(vec![]) };
+        if u.state.is_final() {
+            return Ok(vec![]);
+        }
+        u.attempts += 1;
+        if u.attempts < MAX_ATTEMPTS {
+            incoming::put(&tx, &u)?;
+            tx.commit()?;
+            return Ok(vec![]);
+        }
+        let why = format!(
+            "the daemon could not process it ({} attempts; the last: {why}); fix the cause, then use retry",
+            u.attempts
+        );
+        self.end_failed(&tx, &mut u, &why)?;
+        let event = self.failed_event(&u, &why);
+        event.record(&tx)?;
+        tx.commit()?;
+        Ok(vec![event])
+    }
+
+    /// Mark an upload FAILED and drop its queued build requests (in `tx`).
+    fn end_failed(&self, tx: &redb::WriteTransaction, u: &mut Upload, why: &str) -> Result<()> {
+        tracing::info!(upload = u.id, source = %u.source, version = %u.version, "failed: {why}");
+        {
+            let mut q = tx.open_table(BUILD_QUEUE)?;
+            for b in u.arches.values() {
+                q.remove(b.bkey.to_string().as_str())?;
+            }
+        }
+        u.state = UploadState::Failed;
+        u.error = Some(why.to_owned());
+        incoming::put(tx, u)?;
+        Ok(())
+    }
+
+    fn failed_event(&self, u: &Upload, why: &str) -> Event {
+        event_for(EventType::Failed, u, None).with("error", problem(500, "Package failed", why))
     }
 
     fn dir(&self, u: &Upload) -> PathBuf {
@@ -142,72 +211,98 @@ impl Packager<'_> {
 
     /// Check an upload and queue its build requests (PACKAGING), or reject it (REJECTED).
     fn package(&self, u: Upload) -> Result<Vec<Event>> {
-        let accepted = match self.check(&u) {
-            Ok(a) => a,
-            Err(Reject(why)) => return self.reject(u, why),
-        };
-        self.request_builds(u, accepted)
+        match self.check(&u) {
+            Ok(accepted) => self.request_builds(u, accepted),
+            Err(StepError::Bad(why)) => self.reject(u, why),
+            Err(StepError::Later(e)) => Err(*e),
+        }
     }
 
-    /// mini-buildd's checks, in its order (§5.1–5.2).
-    fn check(&self, u: &Upload) -> std::result::Result<Accepted, Reject> {
+    /// mini-buildd's checks, in its order (§5.1–5.2). What is parsed is the text a signature
+    /// covered, when the repository wants one.
+    fn check(&self, u: &Upload) -> std::result::Result<Accepted, StepError> {
         let dir = self.dir(u);
         let path = dir.join(u.changes.as_str());
-        let raw = std::fs::read(&path).map_err(|e| Reject(format!("cannot read {}: {e}", u.changes)))?;
-        // 1. Syntax, mandatory fields, checksums of every file.
-        let text = String::from_utf8(raw.clone()).map_err(|_| Reject("the .changes is not UTF-8".into()))?;
-        let changes = Changes::parse(&text).map_err(|e| Reject(format!("the .changes does not parse: {e}")))?;
-        if changes.stanza.get("Changed-By").is_none_or(|c| c.trim().is_empty()) {
-            return Err(Reject("the .changes has no Changed-By field; build it with dpkg-genchanges".into()));
-        }
-        for f in &changes.files {
-            f.verify(&dir).map_err(|e| Reject(format!("{e}; upload the file again")))?;
-        }
+        let raw =
+            crate::deb::changes::read_bounded(&path).map_err(|e| bad(format!("cannot read {}: {e}", u.changes)))?;
+        let text = String::from_utf8(raw.clone()).map_err(|_| bad("the .changes is not UTF-8"))?;
+        // 1. Syntax (a strictly framed signature, or none), mandatory fields, checksums.
+        let unverified = Changes::parse(&text).map_err(|e| bad(format!("the .changes does not parse: {e}")))?;
         // 2. The distribution.
         let read = self.inst.store.read()?;
-        let (dist, ctx) = resolve_dist(&read, &changes.distribution)?;
-        let (distribution, suite, _) = ctx.check_dist(&dist)?;
+        let (dist, ctx) = resolve_dist(&read, &unverified.distribution)?;
+        let (distribution, suite, _) = ctx.check_dist(&dist).map_err(archive_step)?;
         if dist.is_rollback() {
-            return Err(Reject(format!("{dist} is a rollback distribution; upload to {} instead", dist.base())));
+            return Err(bad(format!("{dist} is a rollback distribution; upload to {} instead", dist.base())));
         }
         if !suite.uploadable {
             let chain = ctx.layout.suites.iter().filter(|s| s.uploadable).map(|s| s.suite.to_string());
-            return Err(Reject(format!(
+            return Err(bad(format!(
                 "suite {} of {dist} takes no uploads (packages reach it by migration); upload to one of: {}",
                 suite.suite,
                 chain.collect::<Vec<_>>().join(", ")
             )));
         }
         if !ctx.repo.status.is_active() {
-            return Err(Reject(format!(
+            return Err(bad(format!(
                 "repository {} is not active; ask an administrator to activate it",
                 ctx.repo.identity
             )));
         }
         if !distribution.status.is_active() {
-            return Err(Reject(format!(
+            return Err(bad(format!(
                 "distribution {} is not active; ask an administrator to activate it",
                 dist.codename
             )));
         }
         let (distribution, experimental) = (distribution.clone(), suite.experimental);
-        // 3. The signature.
-        if !ctx.repo.allow_unauthenticated_uploads {
-            let certs = self.uploader_keyring(&read, &ctx.repo)?;
-            crate::gpg::verify_upload(&raw, &certs).map_err(|e| {
-                Reject(format!(
+        // 3. The signature: from here on, only what it covered counts.
+        let certs = self.uploader_keyring(&read, &ctx.repo)?;
+        let verified = crate::gpg::verify_upload(&raw, &certs);
+        let changes = match verified {
+            Ok(v) => {
+                let c =
+                    Changes::parse(&v.payload).map_err(|e| bad(format!("the signed .changes does not parse: {e}")))?;
+                if c.distribution != unverified.distribution {
+                    return Err(bad("the signed text and the file differ; upload the file as debsign wrote it"));
+                }
+                c
+            }
+            Err(e) if !ctx.repo.allow_unauthenticated_uploads => {
+                return Err(bad(format!(
                     "the .changes is not signed by an active uploader of repository {}: {e}; sign it with debsign, and register your key with set_user_key",
                     ctx.repo.identity
-                ))
-            })?;
+                )));
+            }
+            Err(e) => {
+                if let crate::gpg::GpgError::Framing(f) = &e {
+                    return Err(bad(format!("the .changes is malformed: {f}")));
+                }
+                // Unsigned uploads, from this host only, unless an administrator opened it.
+                if u.peer.is_some_and(|p| !p.to_canonical().is_loopback()) && !ctx.repo.unauthenticated_from_network {
+                    return Err(bad(format!(
+                        "repository {} takes unsigned uploads only from this host, and this one came from {}; sign it with debsign (and register your key with set_user_key), or ask an administrator to allow unsigned uploads from the network",
+                        ctx.repo.identity,
+                        u.peer.map(|p| p.to_string()).unwrap_or_default()
+                    )));
+                }
+                unverified
+            }
+        };
+        if changes.stanza.get("Changed-By").is_none_or(|c| c.trim().is_empty()) {
+            return Err(bad("the .changes has no Changed-By field; build it with dpkg-genchanges"));
+        }
+        for f in &changes.files {
+            f.verify(&dir).map_err(|e| bad(format!("{e}; upload the file again")))?;
         }
         drop(read);
         // 4. Version rules, and 5. the source files (missing ones from the pool).
         if changes.dsc().is_none() {
-            return Err(Reject("the upload has no .dsc; buildbay builds from source, so upload the source".into()));
+            return Err(bad("the upload has no .dsc; buildbay builds from source, so upload the source"));
         }
-        let source_files = self.inst.archive()?.precheck(&dist, &path)?;
-        let options = UploadOptions::parse(changes.stanza.get("Changes").unwrap_or(""))?;
+        let source_files = self.inst.archive()?.precheck(&dist, &path).map_err(archive_step)?;
+        let options =
+            UploadOptions::parse(changes.stanza.get("Changes").unwrap_or("")).map_err(|e| bad(e.to_string()))?;
         Ok(Accepted { changes, dist, distribution, experimental, options, source_files, ctx })
     }
 
@@ -226,7 +321,10 @@ impl Packager<'_> {
         }
         for k in &repo.extra_uploader_keyrings {
             match std::fs::read(k) {
-                Ok(data) => certs.extend(crate::gpg::read_keyring(&data)?),
+                Ok(data) => match crate::gpg::read_keyring(&data) {
+                    Ok(c) => certs.extend(c),
+                    Err(e) => tracing::warn!(keyring = %k, "extra uploader keyring does not parse: {e}"),
+                },
                 Err(e) => tracing::warn!(keyring = %k, "extra uploader keyring unreadable: {e}"),
             }
         }
@@ -235,11 +333,8 @@ impl Packager<'_> {
 
     /// Write one clear-signed build request per architecture, then queue them (PACKAGING).
     fn request_builds(&self, mut u: Upload, a: Accepted) -> Result<Vec<Event>> {
-        if u.timecode.is_none() {
-            u.timecode = Some(incoming::timecode());
-        }
         u.distribution = a.dist.to_string();
-        let key = u.key();
+        let key = UploadKey::new(a.changes.source.clone(), a.changes.version.clone(), u.timecode.clone());
         // The build trusts this instance's key and the keys of the distribution's extra sources
         // (the base source's keys come with the chroot image).
         let key_ = self.inst.key()?;
@@ -251,62 +346,58 @@ impl Packager<'_> {
         let mut arches = BTreeMap::new();
         let mut requests = Vec::new();
         for opt in &a.distribution.architectures {
-            let arch = opt.arch.to_string();
-            let bkey = format!("{key}/{arch}");
-            let out = self.dir(&u).join("requests").join(&arch);
+            let bkey = key.build(opt.arch.clone());
+            let out = self.dir(&u).join("requests").join(opt.arch.as_str());
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            let base =
-                format!("{}_{}_mini-buildd-buildrequest_{arch}", a.changes.source, a.changes.version.without_epoch());
-            let tar_name = format!("{base}.changes.tar");
+            let tar_name = BuildRequest::tar_name(&bkey);
             let tar_path = out.join(&tar_name);
-            write_request_tar(&tar_path, &self.config_files(&a, &arch, &pub_key), &a.source_files)?;
-            let mut st = Stanza::new();
-            st.set("Format", "1.8");
-            st.set("Date", chrono::Utc::now().to_rfc2822());
-            st.set("Source", a.changes.source.as_str());
-            st.set("Version", a.changes.version.as_str());
-            st.set("Distribution", a.dist.to_string());
-            st.set("Architecture", arch.as_str());
-            for (k, v) in self.request_fields(&a, &u, opt, &bkey) {
-                st.set(&format!("X-Mini-Buildd-{k}"), v);
+            let mut w = tar::Writer::create(&tar_path)?;
+            for (name, content) in self.config_files(&a, opt.arch.as_str(), &pub_key) {
+                w.add_bytes(&format!(".config/{name}"), content.as_bytes())?;
             }
-            set_file_fields(&mut st, &out, std::slice::from_ref(&tar_name)).map_err(io_err(&tar_path))?;
-            let mut text = st.to_string();
-            text.push('\n');
-            let signed = key_.clearsign(text.as_bytes())?;
-            let changes_path = out.join(format!("{base}.changes"));
+            for f in &a.source_files {
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                w.add_file(&name, f)?;
+            }
+            w.finish()?;
+            let req = self.request(&a, opt, bkey.clone(), crate::protocol::request::file_entry(&out, &tar_name)?);
+            let signed = req.sign(key_)?;
+            let changes_path = out.join(BuildRequest::changes_name(&bkey));
             write_synced(&changes_path, &signed)?;
             arches.insert(
-                arch.clone(),
+                opt.arch.to_string(),
                 ArchBuild {
                     bkey: bkey.clone(),
                     optional: opt.optional,
                     arch_all: opt.build_architecture_all,
                     ignore_checks: a.experimental,
+                    lintian: req.lintian,
+                    piuparts: req.piuparts,
+                    autopkgtest: req.autopkgtest,
                     result: None,
                 },
             );
-            requests.push(BuildRequest {
+            requests.push(QueuedBuild {
                 bkey,
                 upload: u.id,
-                arch,
-                distribution: a.dist.to_string(),
+                distribution: a.dist.clone(),
                 changes: changes_path,
                 queued: chrono::Utc::now(),
             });
         }
         u.arches = arches;
         u.state = UploadState::Packaging;
+        u.attempts = 0;
+        u.packaging_since = Some(chrono::Utc::now());
         let buildrequests: serde_json::Map<String, serde_json::Value> =
-            requests.iter().map(|r| (r.arch.clone(), r.bkey.clone().into())).collect();
+            requests.iter().map(|r| (r.bkey.arch.to_string(), r.bkey.to_string().into())).collect();
         let event = event_for(EventType::Packaging, &u, Some(&a.changes)).with("buildrequests", buildrequests);
         let tx = self.inst.store.write()?;
         incoming::put(&tx, &u)?;
-        tx.open_table(UPLOAD_KEYS)?.insert(key.as_str(), u.id)?;
         {
             let mut q = tx.open_table(BUILD_QUEUE)?;
             for r in &requests {
-                q.insert(r.bkey.as_str(), store::encode(r).as_slice())?;
+                q.insert(r.bkey.to_string().as_str(), store::encode(r).as_slice())?;
             }
         }
         event.record(&tx)?;
@@ -314,42 +405,35 @@ impl Packager<'_> {
         Ok(vec![event])
     }
 
-    /// The `X-Mini-Buildd-*` fields of a build request.
-    fn request_fields(&self, a: &Accepted, u: &Upload, opt: &config::ArchOption, bkey: &str) -> Vec<(String, String)> {
+    /// The build request of one architecture.
+    fn request(
+        &self,
+        a: &Accepted,
+        opt: &config::ArchOption,
+        key: BuildKey,
+        tar: crate::deb::FileEntry,
+    ) -> BuildRequest {
         let arch = opt.arch.as_str();
-        let log = format!("{}_{}_{arch}.buildlog", a.changes.source, a.changes.version.without_epoch());
-        let mode = |k: &str, default: &str| a.options.get(k, arch).unwrap_or(default).to_owned();
-        let mut f = vec![
-            ("Timecode", u.timecode.clone().unwrap_or_default()),
-            ("Upload-To", format!("{}/", self.ftp_url)),
-            ("Packager", format!("{}/", self.http_url)),
-            ("Build-Dep-Resolver", "apt".to_owned()),
-            ("Sbuild-Config-Blocks", "set-default-path ccache".to_owned()),
-            ("Sbuild-Setup-Blocks", "apt-setup apt-update ccache eatmydata".to_owned()),
-            ("Lintian-Mode", mode("lintian-mode", "errfail")),
-            ("Piuparts-Mode", mode("piuparts-mode", "disabled")),
-            ("Autopkgtest-Mode", mode("autopkgtest-mode", "disabled")),
-            ("Buildlog", format!("{bkey}/{log}")),
-            ("Buildlog-Installed", format!("{}/mini_buildd/events-dir/{bkey}/{log}", self.http_url)),
-        ];
-        if opt.build_architecture_all {
-            f.push(("Arch-All", "Yes".to_owned()));
+        let mode = |k: &str, default: QaMode| a.options.mode(k, arch).unwrap_or(default);
+        BuildRequest {
+            key,
+            distribution: a.dist.clone(),
+            upload_to: format!("{}/", self.ftp_url),
+            packager: format!("{}/", self.http_url),
+            arch_all: opt.build_architecture_all,
+            resolver: Resolver::Apt,
+            config_blocks: vec!["set-default-path".into(), "ccache".into()],
+            setup_blocks: ["apt-setup", "apt-update", "ccache", "eatmydata"].map(String::from).to_vec(),
+            deb_build_options: a.options.build_options(arch).cloned(),
+            deb_build_profiles: a.options.build_profiles(arch).cloned(),
+            add_depends: a.options.add_depends(arch).cloned(),
+            lintian: mode("lintian-mode", QaMode::Errfail),
+            piuparts: mode("piuparts-mode", QaMode::Disabled),
+            autopkgtest: mode("autopkgtest-mode", QaMode::Disabled),
+            backend: a.distribution.build_backend,
+            network: a.distribution.build_network,
+            tar,
         }
-        // buildbay's own (mini-buildd ignores them): only when the distribution leaves sbuild.
-        if a.distribution.build_backend != config::BuildBackend::Sbuild {
-            f.push(("Build-Backend", a.distribution.build_backend.as_str().to_owned()));
-            f.push(("Build-Network", if a.distribution.build_network { "Yes" } else { "No" }.to_owned()));
-        }
-        for (k, field) in [
-            ("deb-build-options", "Deb-Build-Options"),
-            ("deb-build-profiles", "Deb-Build-Profiles"),
-            ("add-depends", "Add-Depends"),
-        ] {
-            if let Some(v) = a.options.get(k, arch) {
-                f.push((field, v.to_owned()));
-            }
-        }
-        f.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
     /// `.config/*` of a build request: apt sources, preferences and keys for the build.
@@ -376,7 +460,7 @@ impl Packager<'_> {
             let d = Dist::new(a.dist.codename.clone(), repo.clone(), s);
             sources.push_str(&format!("deb {}/repositories/{repo}/ {d} {}\n", self.http_url, components.join(" ")));
         }
-        let priority = a.options.get("internal-apt-priority", arch).unwrap_or("1");
+        let priority = a.options.apt_priority(arch).unwrap_or(1);
         let origin = self.inst.daemon().ok().flatten().map(|d| d.archive_origin()).unwrap_or_default();
         let mut prefs = format!("Package: *\nPin: release o={origin}\nPin-Priority: {priority}\n");
         // The distribution's extra sources (backports, …), each pinned at its priority.
@@ -414,7 +498,8 @@ impl Packager<'_> {
     fn take_result(&self, r: Upload) -> Result<Vec<Event>> {
         let (target, arch, result) = match self.check_result(&r) {
             Ok(x) => x,
-            Err(Reject(why)) => return self.reject(r, why),
+            Err(StepError::Bad(why)) => return self.reject(r, why),
+            Err(StepError::Later(e)) => return Err(*e),
         };
         let mut done = r.clone();
         done.state = UploadState::Done;
@@ -425,7 +510,7 @@ impl Packager<'_> {
         if let Some(b) = up.arches.get_mut(&arch)
             && b.result.is_none()
         {
-            tx.open_table(BUILD_QUEUE)?.remove(b.bkey.as_str())?;
+            tx.open_table(BUILD_QUEUE)?.remove(b.bkey.to_string().as_str())?;
             b.result = Some(result);
         }
         incoming::put(&tx, &up)?;
@@ -434,65 +519,84 @@ impl Packager<'_> {
         self.install_if_complete(up)
     }
 
-    fn check_result(&self, r: &Upload) -> std::result::Result<(u64, String, ArchResult), Reject> {
+    /// Verify a build result and match it to the upload waiting for it; what is judged is the
+    /// signed text, by the modes this packager requested.
+    fn check_result(&self, r: &Upload) -> std::result::Result<(u64, String, ArchResult), StepError> {
         let dir = self.dir(r);
-        let raw = std::fs::read(dir.join(r.changes.as_str()))?;
-        let text = String::from_utf8(raw.clone()).map_err(|_| Reject("the build result is not UTF-8".into()))?;
-        let changes = Changes::parse(&text)?;
-        for f in &changes.files {
-            f.verify(&dir)?;
-        }
+        let raw = crate::deb::changes::read_bounded(&dir.join(r.changes.as_str()))
+            .map_err(|e| bad(format!("cannot read the build result: {e}")))?;
         // Results are signed by a builder: this instance (remotes come with the builder work).
-        crate::gpg::verify_upload(&raw, std::slice::from_ref(self.inst.key()?.cert()))
-            .map_err(|e| Reject(format!("build result not signed by a known builder: {e}")))?;
-        let arch = incoming::result_arch(r.changes.as_str()).unwrap_or_default().to_owned();
-        let timecode = changes.stanza.get("X-Mini-Buildd-Timecode").unwrap_or("-");
-        let key = format!("{}/{}/{timecode}", changes.source, changes.version);
+        let certs = [self.inst.key()?.cert().clone()];
+        let (result, _) = BuildResult::verify(&raw, &certs)
+            .map_err(|e| bad(format!("build result not accepted from a known builder: {e}")))?;
+        result.verify_files(&dir).map_err(|e| bad(e.to_string()))?;
+        let arch = result.key.arch.to_string();
+        let key = result.key.upload.to_string();
         let target = {
             let read = self.inst.store.read()?;
             let t = read.open_table(UPLOAD_KEYS)?;
             t.get(key.as_str())?.map(|v| v.value())
         }
-        .ok_or_else(|| Reject(format!("no upload {key} waits for build results")))?;
+        .ok_or_else(|| bad(format!("no upload {key} waits for build results")))?;
         let up =
-            incoming::get(&self.inst.store.read()?, target)?.ok_or_else(|| Reject(format!("upload {key} vanished")))?;
+            incoming::get(&self.inst.store.read()?, target)?.ok_or_else(|| bad(format!("upload {key} vanished")))?;
         let Some(b) = up.arches.get(&arch) else {
-            return Err(Reject(format!("upload {key} requested no build for {arch}")));
+            return Err(bad(format!("upload {key} requested no build for {arch}")));
         };
         if up.state != UploadState::Packaging || b.result.is_some() {
-            return Err(Reject(format!("upload {key} already has its {arch} result")));
+            return Err(bad(format!("upload {key} does not wait for its {arch} result (any more)")));
         }
-        let status = changes.stanza.get("X-Mini-Buildd-Sbuild-Status").unwrap_or("error").to_owned();
+        let status = result.status().to_owned();
         let mut reason = None;
         let mut success = matches!(status.as_str(), "successful" | "skipped");
         if !success {
             reason = Some(format!("sbuild status {status}"));
         }
-        if success && !b.ignore_checks {
-            for check in ["Lintian", "Piuparts", "Autopkgtest"] {
-                let mode = changes.stanza.get(&format!("X-Mini-Buildd-{check}-Mode")).unwrap_or("disabled");
-                let got = changes.stanza.get(&format!("X-Mini-Buildd-Sbuild-{check}")).unwrap_or("");
-                if !check_passes(mode, got) {
+        if status == "successful" && !b.ignore_checks {
+            for (check, mode) in
+                [(Check::Lintian, b.lintian), (Check::Piuparts, b.piuparts), (Check::Autopkgtest, b.autopkgtest)]
+            {
+                let got = result.check(check);
+                if !mode.passes(got) {
                     success = false;
-                    reason = Some(format!("{check} {got} (mode {mode})"));
+                    reason = Some(format!("{} {got} (mode {mode})", check.field()));
                 }
             }
         }
-        if let Some(e) = changes.stanza.get("X-Mini-Buildd-Internal-Error") {
+        if let Some(e) = &result.internal_error {
             success = false;
             reason = Some(format!("builder error: {e}"));
         }
-        if let Some(by) = changes.stanza.get("X-Mini-Buildd-Canceled-By") {
+        if let Some(by) = &result.canceled_by {
             success = false;
             reason = Some(format!("build canceled by {by}"));
         }
         Ok((target, arch, ArchResult { status, success, spool: r.id, reason }))
     }
 
-    /// Once every architecture has its result: install (INSTALLED) or give up (FAILED).
+    /// Once every architecture has its result: install (INSTALLED) or give up (FAILED). An
+    /// upload past its deadline in PACKAGING ends FAILED.
     fn install_if_complete(&self, mut u: Upload) -> Result<Vec<Event>> {
-        if u.state != UploadState::Packaging || u.arches.values().any(|b| b.result.is_none()) {
+        if u.state != UploadState::Packaging {
             return Ok(vec![]);
+        }
+        let waiting: Vec<&str> = u.arches.iter().filter(|(_, b)| b.result.is_none()).map(|(a, _)| a.as_str()).collect();
+        if !waiting.is_empty() {
+            let since = u.packaging_since.unwrap_or(u.received);
+            if chrono::Utc::now() - since <= self.deadline {
+                return Ok(vec![]);
+            }
+            let why = format!(
+                "no build result for {} within {} s of packaging; see the builds for why, then use retry",
+                waiting.join(", "),
+                self.deadline.num_seconds()
+            );
+            let tx = self.inst.store.write()?;
+            self.end_failed(&tx, &mut u, &why)?;
+            let event = self.failed_event(&u, &why);
+            event.record(&tx)?;
+            tx.commit()?;
+            return Ok(vec![event]);
         }
         let failures: Vec<String> = u
             .arches
@@ -501,13 +605,15 @@ impl Packager<'_> {
             .filter_map(|(a, b)| b.result.as_ref().filter(|r| !r.success).map(|r| (a, r)))
             .map(|(a, r)| format!("{a}: {}", r.reason.clone().unwrap_or_else(|| r.status.clone())))
             .collect();
-        let changes = std::fs::read_to_string(self.dir(&u).join(u.changes.as_str()))
+        // The upload's own, checked .changes (the signed text of it was checked at packaging).
+        let changes = crate::deb::changes::read_bounded(&self.dir(&u).join(u.changes.as_str()))
             .map_err(|e| e.to_string())
+            .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string()))
             .and_then(|t| Changes::parse(&t).map_err(|e| e.to_string()));
         let outcome = match (&changes, failures.is_empty()) {
             (Ok(c), true) => self.install(&u, c),
-            (Err(e), true) => Err(format!("{}: {e}", u.changes)),
-            (_, false) => Err(failures.join("; ")),
+            (Err(e), true) => Err(Install::Bad(format!("{}: {e}", u.changes))),
+            (_, false) => Err(Install::Bad(failures.join("; "))),
         };
         let changes = changes.ok();
         let results: serde_json::Map<String, serde_json::Value> = u
@@ -521,7 +627,10 @@ impl Packager<'_> {
                 u.error = None;
                 event_for(EventType::Installed, &u, changes.as_ref()).with("buildresults", results)
             }
-            Err(why) => {
+            Err(Install::Later(e)) => {
+                return Err(PackagerError::Io { path: self.dir(&u), source: std::io::Error::other(e.clone()) });
+            }
+            Err(Install::Bad(why)) => {
                 tracing::info!(upload = u.id, source = %u.source, version = %u.version, "failed: {why}");
                 u.state = UploadState::Failed;
                 u.error = Some(why.clone());
@@ -539,13 +648,14 @@ impl Packager<'_> {
 
     /// Install the source and every successful architecture's binaries. Safe to run again after
     /// a crash: a source already in the distribution is not included twice.
-    fn install(&self, u: &Upload, changes: &Changes) -> std::result::Result<(), String> {
+    fn install(&self, u: &Upload, changes: &Changes) -> std::result::Result<(), Install> {
+        let later = |e: &dyn std::fmt::Display| Install::Later(e.to_string());
         let dir = self.dir(u);
-        let dist: Dist = u.distribution.parse().map_err(|e| format!("{e}"))?;
-        let archive = self.inst.archive().map_err(|e| e.to_string())?;
+        let dist: Dist = u.distribution.parse().map_err(|e| Install::Bad(format!("{e}")))?;
+        let archive = self.inst.archive().map_err(|e| later(&e))?;
         let mut list = Vec::new();
-        if !archive.holds(&dist, &changes.source, &changes.version).map_err(|e| e.to_string())? {
-            list.push(source_only_changes(&dir, changes).map_err(|e| e.to_string())?);
+        if !archive.holds(&dist, &changes.source, &changes.version).map_err(|e| later(&e))? {
+            list.push(source_only_changes(&dir, changes).map_err(|e| later(&e))?);
         }
         for (arch, b) in &u.arches {
             let Some(r) = b.result.as_ref().filter(|r| r.success) else { continue };
@@ -553,18 +663,31 @@ impl Packager<'_> {
                 continue;
             }
             let out = dir.join("results").join(arch);
-            list.push(unpack_result(&self.incoming.spool_dir(r.spool), &out).map_err(|e| format!("{arch}: {e}"))?);
+            list.push(
+                unpack_result(&self.incoming.spool_dir(r.spool), &out)
+                    .map_err(|e| Install::Bad(format!("{arch}: {e}")))?,
+            );
         }
-        let errors: Vec<String> = archive
-            .include_many(&dist, &list, false)
-            .into_iter()
-            .zip(&list)
-            .filter_map(|(r, p)| {
-                r.err().map(|e| format!("{}: {e}", p.file_name().unwrap_or_default().to_string_lossy()))
-            })
-            .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        let mut bad = Vec::new();
+        for (r, p) in archive.include_many(&dist, &list, false).into_iter().zip(&list) {
+            if let Err(e) = r {
+                let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if !e.is_input() {
+                    return Err(Install::Later(format!("{name}: {e}")));
+                }
+                bad.push(format!("{name}: {e}"));
+            }
+        }
+        if bad.is_empty() { Ok(()) } else { Err(Install::Bad(bad.join("; "))) }
     }
+}
+
+/// Why an install did not happen.
+enum Install {
+    /// The upload's files are bad (final).
+    Bad(String),
+    /// The daemon could not do it now (retried).
+    Later(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -596,30 +719,23 @@ pub fn retry(inst: &Instance, incoming: &Incoming, bkey: &str) -> std::result::R
         return Err(RetryError::NotFound(key));
     }
     u.state = UploadState::Received;
-    u.timecode = Some(incoming::timecode());
-    tx.open_table(UPLOAD_KEYS)?.insert(u.key().as_str(), u.id)?;
+    u.timecode = Timecode::now();
+    incoming::insert_key(&tx, &u.key(), u.id)?;
     u.arches.clear();
     u.error = None;
     u.retries += 1;
+    u.attempts = 0;
+    u.packaging_since = None;
     incoming::put(&tx, &u)?;
     tx.commit()?;
     Ok(u.id)
 }
 
-/// mini-buildd's check modes: `disabled`/`ignore` always pass; `errfail` fails on `fail`,
-/// `warnfail` also on `warn`.
-pub fn check_passes(mode: &str, result: &str) -> bool {
-    match mode {
-        "errfail" => result != "fail",
-        "warnfail" => !matches!(result, "fail" | "warn"),
-        _ => true,
-    }
-}
-
 /// Map the `.changes` distribution to a real one: as written, or through a meta-distribution.
-fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Result<(Dist, RepoCtx), Reject> {
+fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Result<(Dist, RepoCtx), StepError> {
     if let Ok(d) = written.parse::<Dist>() {
-        let ctx = RepoCtx::load(read, &d.repo).map_err(|e| Reject(format!("distribution {written}: {e}")))?;
+        let ctx = RepoCtx::load(read, &d.repo)
+            .map_err(|e| if e.is_input() { bad(format!("distribution {written}: {e}")) } else { StepError::from(e) })?;
         return Ok((d, ctx));
     }
     let t = read.open_table(CONFIG)?;
@@ -634,10 +750,10 @@ fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Res
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(Reject(format!(
+        0 => Err(bad(format!(
             "distribution {written:?} is unknown: use <codename>-<repository>-<suite>, e.g. bookworm-test-unstable (see the sources_list call)"
         ))),
-        _ => Err(Reject(format!(
+        _ => Err(bad(format!(
             "meta-distribution {written} is ambiguous: {} repositories map it; use the full distribution name",
             found.len()
         ))),
@@ -646,28 +762,6 @@ fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Res
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     crate::archive::publish::write_file_synced(path, data).map_err(io_err(path))
-}
-
-/// The request tar: `.config/*`, then the `.dsc` and every source file.
-fn write_request_tar(path: &Path, config: &[(&str, String)], files: &[PathBuf]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut tar = tar::Builder::new(file);
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    for (name, content) in config {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(now);
-        tar.append_data(&mut h, format!(".config/{name}"), content.as_bytes()).map_err(io_err(&tmp))?;
-    }
-    for f in files {
-        let name = f.file_name().unwrap_or_default();
-        tar.append_path_with_name(f, name).map_err(io_err(f))?;
-    }
-    let file = tar.into_inner().map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// A `.changes` beside the upload that lists only its source files (mini-buildd installs the
@@ -701,63 +795,20 @@ fn unpack_result(result_dir: &Path, out: &Path) -> std::result::Result<PathBuf, 
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "tar"))
         .ok_or("the build result has no .tar")?;
-    let names = unpack_protocol_tar(&tar_path, out, false)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let names = tar::unpack(&tar_path, out, false, Default::default()).map_err(|e| e.to_string())?;
     let changes = names.into_iter().find(|n| n.ends_with(".changes"));
     changes.map(|n| out.join(n)).ok_or_else(|| "the build result tar holds no .changes".to_owned())
-}
-
-/// Unpack the tar of a build request or result into `out`: plain file names only, and
-/// `.config/<plain name>` when `with_config` (a request's apt configuration). Returns the names
-/// written, in tar order.
-pub(crate) fn unpack_protocol_tar(
-    tar_path: &Path,
-    out: &Path,
-    with_config: bool,
-) -> std::result::Result<Vec<String>, String> {
-    let file = std::fs::File::open(tar_path).map_err(|e| format!("{}: {e}", tar_path.display()))?;
-    let mut ar = tar::Archive::new(file);
-    let plain = |n: &str| n.parse::<FileName>().is_ok();
-    let mut names = Vec::new();
-    for entry in ar.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let name = path.to_str().unwrap_or_default().to_owned();
-        let config = with_config && name.strip_prefix(".config/").is_some_and(plain);
-        if !plain(&name) && !config {
-            let allowed = if with_config { "plain file names and .config/*" } else { "plain file names" };
-            return Err(format!("the tar holds {name:?}; only {allowed} are allowed"));
-        }
-        let dst = out.join(&name);
-        if let Some(dir) = dst.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        }
-        entry.unpack(&dst).map_err(|e| e.to_string())?;
-        names.push(name);
-    }
-    Ok(names)
-}
-
-/// Set a protocol `.changes`' `Files` and `Checksums-Sha256` for `names` in `dir`.
-pub(crate) fn set_file_fields(st: &mut Stanza, dir: &Path, names: &[String]) -> std::io::Result<()> {
-    let (mut files, mut sha) = (String::new(), String::new());
-    for n in names {
-        let s = crate::deb::Checksums::of_file(&dir.join(n))?;
-        files.push_str(&format!("\n {} {} mini-buildd extra {n}", s.md5, s.size));
-        sha.push_str(&format!("\n {} {} {n}", s.sha256, s.size));
-    }
-    st.set("Files", files);
-    st.set("Checksums-Sha256", sha);
-    Ok(())
 }
 
 /// An event about an upload, with the `.changes` fields mini-buildd puts into `extra`.
 fn event_for(kind: EventType, u: &Upload, c: Option<&Changes>) -> Event {
     let mut e = Event::new(kind, &u.distribution, &u.source, &u.version)
         .with("key", u.key())
-        .with("timecode", u.timecode.clone().unwrap_or_default())
+        .with("timecode", u.timecode.to_string())
         .with("changes", u.changes.as_str());
     if let Some(c) = c {
         e = e
@@ -766,19 +817,4 @@ fn event_for(kind: EventType, u: &Upload, c: Option<&Changes>) -> Event {
             .with("changed_by", c.stanza.get("Changed-By").unwrap_or(""));
     }
     e
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn check_modes() {
-        assert!(check_passes("disabled", "fail"));
-        assert!(check_passes("ignore", "fail"));
-        assert!(!check_passes("errfail", "fail"));
-        assert!(check_passes("errfail", "warn"));
-        assert!(!check_passes("warnfail", "warn"));
-        assert!(check_passes("warnfail", "pass"));
-    }
 }

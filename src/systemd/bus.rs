@@ -67,18 +67,57 @@ pub struct TransientService {
     pub runtime_max_sec: Option<u64>,
     /// `KEY=value` fields the journal adds to every line of the unit.
     pub log_extra_fields: Vec<String>,
+    /// More properties as they are (the sandbox).
+    pub extra: Vec<(&'static str, Prop)>,
 }
 
 /// A property value, before it becomes a D-Bus variant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prop {
     Str(String),
+    Bool(bool),
+    U32(u32),
     U64(u64),
     Strs(Vec<String>),
     /// `a(sasb)`: path, argv, ignore-failure.
     Exec(Vec<(String, Vec<String>, bool)>),
     /// `aay`.
     Bytes(Vec<Vec<u8>>),
+    /// `(bas)`, an allow list: SystemCallFilter.
+    SyscallFilter(Vec<String>),
+    /// `(bas)`, an allow list: RestrictAddressFamilies.
+    Families(Vec<String>),
+    /// `a(iayu)`: IPAddressAllow, IPAddressDeny.
+    Ips(Vec<IpPrefix>),
+}
+
+/// An address prefix, as IPAddressAllow= takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    pub addr: std::net::IpAddr,
+    pub len: u8,
+}
+
+impl IpPrefix {
+    pub fn host(addr: std::net::IpAddr) -> IpPrefix {
+        IpPrefix { addr, len: if addr.is_ipv4() { 32 } else { 128 } }
+    }
+
+    /// Every IPv4 and IPv6 address.
+    pub fn any() -> [IpPrefix; 2] {
+        [
+            IpPrefix { addr: std::net::Ipv4Addr::UNSPECIFIED.into(), len: 0 },
+            IpPrefix { addr: std::net::Ipv6Addr::UNSPECIFIED.into(), len: 0 },
+        ]
+    }
+
+    /// `(family, address bytes, prefix length)`.
+    fn wire(&self) -> (i32, Vec<u8>, u32) {
+        match self.addr {
+            std::net::IpAddr::V4(a) => (2, a.octets().to_vec(), u32::from(self.len)),
+            std::net::IpAddr::V6(a) => (10, a.octets().to_vec(), u32::from(self.len)),
+        }
+    }
 }
 
 impl TransientService {
@@ -116,6 +155,7 @@ impl TransientService {
         if let Some(s) = self.runtime_max_sec {
             p.push(("RuntimeMaxUSec", Prop::U64(s.saturating_mul(1_000_000))));
         }
+        p.extend(self.extra.iter().cloned());
         p
     }
 }
@@ -123,10 +163,14 @@ impl TransientService {
 fn variant(p: &Prop) -> Variant<'static> {
     match p {
         Prop::Str(s) => Variant::from(s.clone()),
+        Prop::Bool(b) => Variant::from(*b),
+        Prop::U32(n) => Variant::from(*n),
         Prop::U64(n) => Variant::from(*n),
         Prop::Strs(v) => Variant::from(v.clone()),
         Prop::Exec(v) => Variant::from(v.clone()),
         Prop::Bytes(v) => Variant::from(v.clone()),
+        Prop::SyscallFilter(v) | Prop::Families(v) => Variant::from((true, v.clone())),
+        Prop::Ips(v) => Variant::from(v.iter().map(IpPrefix::wire).collect::<Vec<_>>()),
     }
 }
 
@@ -224,6 +268,7 @@ mod tests {
             tasks_max: None,
             runtime_max_sec: Some(3600),
             log_extra_fields: vec!["BUILDBAY_SOURCE=hello".into()],
+            extra: vec![("ProtectSystem", Prop::Str("strict".into())), ("PrivateTmp", Prop::Bool(true))],
         };
         let p: std::collections::BTreeMap<_, _> = svc.properties().into_iter().collect();
         assert_eq!(p["KillMode"], Prop::Str("control-group".into()));
@@ -235,6 +280,7 @@ mod tests {
         assert_eq!(e[0].0, "/usr/bin/sbuild");
         assert_eq!(e[0].1, vec!["/usr/bin/sbuild".to_owned(), "--arch=amd64".to_owned()]);
         assert!(!p.contains_key("TasksMax"));
+        assert_eq!(p["PrivateTmp"], Prop::Bool(true));
         // Every variant converts to a D-Bus value.
         for v in p.values() {
             let _ = variant(v);

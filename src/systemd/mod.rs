@@ -52,13 +52,24 @@ pub fn notify_stopping() {
 }
 
 /// Ping the watchdog at half its interval, if systemd asked for one.
-pub fn spawn_watchdog() {
+pub fn spawn_watchdog(alive: impl Fn() -> bool + Send + 'static) {
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval / 2);
+            let mut warned = false;
             loop {
                 tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                // Fed only while the pipeline and the builders get round: a hung loop gets the
+                // daemon restarted by systemd.
+                if alive() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    warned = false;
+                } else if !warned {
+                    tracing::error!(
+                        "the upload pipeline or the builders stopped getting round; the watchdog will restart the daemon"
+                    );
+                    warned = true;
+                }
             }
         });
     }

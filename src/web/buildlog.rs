@@ -80,10 +80,21 @@ fn read_from(path: &Path, from: u64) -> std::io::Result<(String, u64)> {
     Ok((String::from_utf8_lossy(&buf).into_owned(), from + n))
 }
 
+/// At most this much of a log is answered at once: its end, after a line that says so.
+pub const MAX_LOG: u64 = 32 << 20;
+
 async fn plain(path: PathBuf) -> super::Body {
     let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut f = open_log(&path)?;
+        let len = f.metadata()?.len();
         let mut bytes = Vec::new();
-        open_log(&path)?.read_to_end(&mut bytes)?;
+        if len > MAX_LOG {
+            bytes.extend_from_slice(
+                format!("buildbay: the log is {len} bytes; here are its last {MAX_LOG} (the whole log is in the build's directory)\n").as_bytes(),
+            );
+            f.seek(SeekFrom::Start(len - MAX_LOG))?;
+        }
+        f.take(MAX_LOG).read_to_end(&mut bytes)?;
         Ok(bytes)
     })
     .await;

@@ -17,6 +17,11 @@ use warp::{Filter, Rejection, Reply};
 const IDLE: Duration = Duration::from_secs(600);
 /// At most this many attached connections (mini-buildd: 70).
 const MAX_ATTACHED: usize = 256;
+/// At most this many Server-Sent Events streams at once.
+const MAX_STREAMS: usize = 256;
+static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STREAMS);
+/// At most this many stored events are replayed to a client, however old its `after` is.
+pub const MAX_REPLAY: usize = 1000;
 
 struct Conn {
     rx: broadcast::Receiver<Event>,
@@ -45,15 +50,15 @@ fn parse_after(q: &HashMap<String, String>) -> Result<Option<DateTime<Utc>>, Api
     }
 }
 
-/// Stored events strictly after `after` (none without `after`).
+/// Stored events strictly after `after` (none without `after`), at most [`MAX_REPLAY`] of the
+/// newest.
 async fn replay(web: &Web, after: Option<DateTime<Utc>>) -> Result<Vec<Event>, ApiError> {
     let Some(after) = after else { return Ok(vec![]) };
     let d = web.daemon.clone();
-    let all = tokio::task::spawn_blocking(move || events::since(&d.inst.store, Some(after)))
+    tokio::task::spawn_blocking(move || events::replay(&d.inst.store, after, MAX_REPLAY))
         .await
         .map_err(|e| ApiError::new(500, e.to_string()))?
-        .map_err(|e| ApiError::new(500, e.to_string()))?;
-    Ok(all.into_iter().filter(|e| e.timestamp > after).collect())
+        .map_err(|e| ApiError::new(500, e.to_string()))
 }
 
 async fn attach(
@@ -135,6 +140,9 @@ async fn sse_reply(q: HashMap<String, String>, web: Web) -> Result<warp::reply::
         Ok(a) => a,
         Err(e) => return Ok(super::problem(&e)),
     };
+    let Ok(permit) = STREAMS.try_acquire() else {
+        return Ok(super::problem(&ApiError::new(503, "too many event streams are open; try again later")));
+    };
     let rx = web.daemon.bus.subscribe();
     let past = match replay(&web, after).await {
         Ok(p) => p,
@@ -143,20 +151,21 @@ async fn sse_reply(q: HashMap<String, String>, web: Web) -> Result<warp::reply::
     let replayed: Vec<_> = past.iter().map(key).collect();
     let past = futures_util::stream::iter(past.into_iter().map(|e| Ok::<_, std::convert::Infallible>(sse_event(&e))));
     let stop = web.shutdown.clone();
-    let live = futures_util::stream::unfold((rx, replayed, stop), |(mut rx, replayed, mut stop)| async move {
-        loop {
-            let r = tokio::select! {
-                r = rx.recv() => r,
-                _ = stop.wait_for(|s| *s) => return None,
-            };
-            match r {
-                Ok(e) if replayed.contains(&key(&e)) => continue,
-                Ok(e) => return Some((Ok(sse_event(&e)), (rx, replayed, stop))),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+    let live =
+        futures_util::stream::unfold((rx, replayed, stop, permit), |(mut rx, replayed, mut stop, permit)| async move {
+            loop {
+                let r = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stop.wait_for(|s| *s) => return None,
+                };
+                match r {
+                    Ok(e) if replayed.contains(&key(&e)) => continue,
+                    Ok(e) => return Some((Ok(sse_event(&e)), (rx, replayed, stop, permit))),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
             }
-        }
-    });
+        });
     use futures_util::StreamExt;
     Ok(warp::sse::reply(warp::sse::keep_alive().stream(past.chain(live))).into_response())
 }

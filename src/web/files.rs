@@ -138,7 +138,6 @@ fn content_type(path: &Path) -> &'static str {
         Some("deb" | "udeb") => "application/vnd.debian.binary-package",
         Some("dsc" | "changes" | "buildinfo") => "text/plain; charset=utf-8",
         Some("asc" | "gpg") => "application/pgp-keys",
-        Some("html") => "text/html; charset=utf-8",
         _ => match path.file_name().and_then(|n| n.to_str()) {
             Some("Release" | "InRelease" | "Packages" | "Sources") => "text/plain; charset=utf-8",
             Some("Release.gpg") => "application/pgp-signature",
@@ -257,7 +256,17 @@ impl Files {
         Files { root: Root::new(root) }
     }
 
+    /// The answer to a request under `/repositories/`, if it is one: never a page that runs
+    /// anything (no file is `text/html`; every answer is `nosniff` and sandboxed).
     pub fn handle(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Body> {
+        let mut r = self.answer(method, path, headers)?;
+        let h = r.headers_mut();
+        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        h.insert("content-security-policy", HeaderValue::from_static("sandbox; default-src 'none'; style-src 'self'"));
+        Some(r)
+    }
+
+    fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Body> {
         let tail = path.strip_prefix("/repositories")?;
         if !tail.is_empty() && !tail.starts_with('/') {
             return None;
@@ -314,6 +323,24 @@ mod tests {
             "%00",
         ] {
             assert!(!open(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_file_is_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repositories");
+        std::fs::create_dir_all(root.join("test/pool")).unwrap();
+        std::fs::write(root.join("test/pool/evil.html"), "<script>alert(1)</script>").unwrap();
+        let f = Files::new(root);
+        for path in ["/repositories/test/pool/evil.html", "/repositories/test/pool/", "/repositories/test/nothing"] {
+            let r = f.handle(&Method::GET, path, &HeaderMap::new()).unwrap();
+            let h = r.headers();
+            assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+            assert!(h["content-security-policy"].to_str().unwrap().starts_with("sandbox"), "{path}");
+            if path.ends_with(".html") {
+                assert_eq!(h["content-type"], "application/octet-stream");
+            }
         }
     }
 

@@ -1,5 +1,10 @@
 //! Django-compatible login (what mini-buildd's client scripts): a `csrftoken` cookie from
 //! `GET /accounts/login/`, a form POST, a redirect to `next` with the `sessionid` cookie.
+//!
+//! Cookies are `SameSite=Strict` and `HttpOnly`. The login limiter takes its place before any
+//! hash runs. mini-buildd's client posts `this_is_the_login_form` (Django's admin form field,
+//! which buildbay's own form does not have): its session is an API client's (see
+//! [`crate::auth::Via`]). Logout is a POST.
 
 use super::{Web, cookie, html_page};
 use crate::auth;
@@ -53,20 +58,7 @@ async fn post_login(
     let next = safe_next(form.get("next").map_or("/", String::as_str), &headers);
     let csrf_cookie = cookie(&headers, "csrftoken").filter(|c| valid_csrf(c)).map(str::to_owned);
     let fresh = || auth::random_token();
-    if let Some(wait) = web.daemon.limiter.locked(ip) {
-        let mut r = login_form(
-            &web,
-            StatusCode::TOO_MANY_REQUESTS,
-            &csrf_cookie.clone().unwrap_or_else(fresh),
-            &next,
-            Some(&format!("Too many failed logins from your address; try again in {wait} s.")),
-        );
-        if let Ok(v) = wait.to_string().parse() {
-            r.headers_mut().insert("retry-after", v);
-        }
-        return Ok(r);
-    }
-    let Some(csrf) = csrf_cookie.filter(|c| form.get("csrfmiddlewaretoken") == Some(c)) else {
+    let Some(csrf) = csrf_cookie.clone().filter(|c| form.get("csrfmiddlewaretoken") == Some(c)) else {
         return Ok(login_form(
             &web,
             StatusCode::FORBIDDEN,
@@ -77,21 +69,44 @@ async fn post_login(
     };
     let (user, password) =
         (form.get("username").cloned().unwrap_or_default(), form.get("password").cloned().unwrap_or_default());
+    // Before anything is hashed: a place in every limiter bucket, and a hasher.
+    let attempt = match web.daemon.limiter.reserve(ip, &user) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let (status, wait, why) = match refusal {
+                auth::Refusal::Wait(w) => {
+                    (StatusCode::TOO_MANY_REQUESTS, w, format!("Too many login attempts; try again in {w} s."))
+                }
+                auth::Refusal::Busy => {
+                    (StatusCode::SERVICE_UNAVAILABLE, 1, "Too many logins at once; try again in a moment.".to_owned())
+                }
+            };
+            let mut r = login_form(&web, status, &csrf, &next, Some(&why));
+            if let Ok(v) = wait.to_string().parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
+            return Ok(r);
+        }
+    };
+    let api_client = form.contains_key("this_is_the_login_form");
     let d = web.daemon.clone();
-    let checked = tokio::task::spawn_blocking(move || -> Result<Option<String>, auth::AuthError> {
+    let checked = tokio::task::spawn_blocking(move || -> Result<Option<(String, bool)>, auth::AuthError> {
         match auth::check_password(&d.inst.store, &user, &password)? {
-            Some(u) => Ok(Some(auth::create_session(&d.inst.store, &u.name)?)),
+            Some(u) => Ok(Some((auth::create_session(&d.inst.store, &u.name, api_client)?, u.must_change_password))),
             None => Ok(None),
         }
     })
     .await;
     match checked {
-        Ok(Ok(Some(session))) => {
-            web.daemon.limiter.succeeded(ip);
+        Ok(Ok(Some((session, must_change)))) => {
+            attempt.succeeded();
             let cookie = format!(
-                "sessionid={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+                "sessionid={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
                 auth::SESSION_LIFETIME.num_seconds()
             );
+            // A one-time password is changed first (the browser is sent to the form for it).
+            let next =
+                if must_change && !api_client { "/accounts/profile/?change_password=1".to_owned() } else { next };
             Ok(Response::builder()
                 .status(StatusCode::FOUND)
                 .header("location", next)
@@ -100,7 +115,7 @@ async fn post_login(
                 .unwrap_or_else(|_| super::empty()))
         }
         Ok(Ok(None)) => {
-            web.daemon.limiter.failed(ip);
+            drop(attempt);
             tracing::info!(%ip, "failed login");
             Ok(login_form(&web, StatusCode::OK, &csrf, &next, Some("Wrong user name or password.")))
         }
@@ -134,23 +149,36 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
     let null = warp::get()
         .and(warp::path!("accounts" / "null"))
         .map(|| html_page(StatusCode::OK, "Logged in", "<p>Logged in.</p>"));
-    let logout = warp::path!("accounts" / "logout").and(warp::header::headers_cloned()).and(super::with(web)).and_then(
-        |headers: HeaderMap, web: Web| async move {
+    // Logout changes state: a POST with the CSRF token (a link or an image cannot log anyone out).
+    let logout = warp::post()
+        .and(warp::path!("accounts" / "logout"))
+        .and(warp::body::content_length_limit(super::MAX_FORM))
+        .and(warp::body::form::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(super::with(web))
+        .and_then(|form: HashMap<String, String>, headers: HeaderMap, web: Web| async move {
+            let token = form.get("csrfmiddlewaretoken").map(String::as_str);
+            if !super::csrf_token_ok(&headers, token) {
+                return Ok::<_, std::convert::Infallible>(super::problem(&crate::api::ApiError::new(
+                    403,
+                    "CSRF check failed: log out with the button of a page of this site",
+                )));
+            }
             if let Some(sid) = cookie(&headers, "sessionid").map(str::to_owned) {
                 let d = web.daemon.clone();
                 let _ = tokio::task::spawn_blocking(move || auth::end_session(&d.inst.store, &sid)).await;
             }
-            Ok::<_, std::convert::Infallible>(
-                Response::builder()
-                    .status(StatusCode::SEE_OTHER)
-                    .header("location", "/")
-                    .header("set-cookie", "sessionid=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
-                    .body(Vec::new().into())
-                    .unwrap_or_else(|_| super::empty()),
-            )
-        },
-    );
-    get.or(post).or(null).or(logout)
+            Ok(Response::builder()
+                .status(StatusCode::SEE_OTHER)
+                .header("location", "/")
+                .header("set-cookie", "sessionid=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+                .body(Vec::new().into())
+                .unwrap_or_else(|_| super::empty()))
+        });
+    let logout_get = warp::get().and(warp::path!("accounts" / "logout")).map(|| {
+        super::problem(&crate::api::ApiError::new(405, "log out with the Log out button (a POST), not a link"))
+    });
+    get.or(post).or(null).or(logout).or(logout_get)
 }
 
 #[cfg(test)]

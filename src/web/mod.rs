@@ -21,6 +21,11 @@ pub const MAX_QUERY: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 32 * 1024;
 /// Largest form body accepted.
 pub const MAX_FORM: u64 = 256 * 1024;
+/// Connections served at once; past it, new ones wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a client may take to send a request's head (also the idle time of a kept-alive
+/// connection between requests).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct Web {
@@ -132,30 +137,32 @@ async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, ApiError
     Ok(Principal::anonymous())
 }
 
-/// Browser sessions need CSRF protection for anything that is not anonymous reading.
-/// Accepted: the csrftoken cookie echoed (X-CSRFToken header or csrfmiddlewaretoken field), a
-/// same-origin request by the browser's own account (Sec-Fetch-Site, Origin), or a request that
-/// carries no browser markers at all (API clients like mini-buildd-api).
-fn csrf_ok(headers: &HeaderMap, form_token: Option<&str>, base: &str) -> bool {
+/// The CSRF token: the csrftoken cookie echoed in the X-CSRFToken header or the
+/// csrfmiddlewaretoken field (a page of this site has it; another site cannot read it).
+pub(crate) fn csrf_token_ok(headers: &HeaderMap, form_token: Option<&str>) -> bool {
     let cookie_token = cookie(headers, "csrftoken");
     let sent = headers.get("x-csrftoken").and_then(|v| v.to_str().ok()).or(form_token);
-    if let (Some(c), Some(s)) = (cookie_token, sent)
-        && !c.is_empty()
-        && c == s
-    {
-        return true;
-    }
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let origin = headers.get("origin").and_then(|v| v.to_str().ok());
-    match (fetch_site, origin) {
-        (Some("same-origin"), None) => true,
-        (Some("same-origin") | None, Some(o)) => o == base,
-        (None, None) => true,
-        _ => false,
+    matches!((cookie_token, sent), (Some(c), Some(s)) if c.len() == 64 && c == s)
+}
+
+/// Whether a request carries the marks every current browser puts on every request.
+fn from_a_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key("sec-fetch-site") || headers.contains_key("sec-fetch-mode") || headers.contains_key("origin")
+}
+
+/// Proof of intent for a state change: a bearer token is one; a browser session needs the CSRF
+/// token, whatever other headers come along; an API client's session (mini-buildd's client,
+/// which has no way to send the token) needs it only when a browser carries it.
+fn intent_ok(who: &Principal, headers: &HeaderMap, form_token: Option<&str>) -> bool {
+    match who.via {
+        auth::Via::Anonymous | auth::Via::Token => true,
+        auth::Via::Browser => csrf_token_ok(headers, form_token),
+        auth::Via::ApiSession => !from_a_browser(headers) || csrf_token_ok(headers, form_token),
     }
 }
 
 async fn api_call(
+    method: warp::http::Method,
     name: String,
     query: Vec<(String, String)>,
     headers: HeaderMap,
@@ -176,11 +183,22 @@ async fn api_call(
         api::admit(call, &who, web.daemon.is_running(), confirm)?;
         let base = base_url(&headers);
         let changes_state = call.auth > auth::Role::None || call.confirm;
-        if who.via_session && changes_state {
+        if changes_state {
             let form_token = query.iter().find(|(k, _)| k == "csrfmiddlewaretoken").map(|(_, v)| v.as_str());
-            if !csrf_ok(&headers, form_token, &base) {
-                return Err(ApiError::new(403, "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken"));
+            if !intent_ok(&who, &headers, form_token) {
+                return Err(ApiError::new(
+                    403,
+                    "CSRF check failed: a signed-in browser changes things only through this site's own forms (or send the csrftoken cookie's value as X-CSRFToken)",
+                ));
             }
+        }
+        if method == warp::http::Method::GET
+            && let Some(a) = call.args.iter().find(|a| a.kind == registry::Kind::Secret && query.iter().any(|(k, _)| k == a.name))
+        {
+            return Err(ApiError::bad_request(format!(
+                "argument {} is a secret: send it in a POST body, never in a URL (URLs end up in logs and histories)",
+                a.name
+            )));
         }
         let args = Args::from_query(call, query.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let d = web.daemon.clone();
@@ -282,6 +300,7 @@ async fn recover(r: Rejection) -> Result<Body, Rejection> {
 /// All routes of the daemon but repository delivery (see [`files::Files`]).
 pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let api_get = warp::get()
+        .map(|| warp::http::Method::GET)
         .and(warp::path!("mini_buildd" / "api" / String))
         .and(warp::query::<Vec<(String, String)>>())
         .and(warp::header::headers_cloned())
@@ -289,6 +308,7 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         .and_then(api_call);
     // Browser forms post the same arguments.
     let api_post = warp::post()
+        .map(|| warp::http::Method::POST)
         .and(warp::path!("mini_buildd" / "api" / String))
         .and(warp::body::content_length_limit(MAX_FORM))
         .and(warp::body::form::<Vec<(String, String)>>())
@@ -348,7 +368,15 @@ pub async fn serve(
     let routes = routes(web);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stopped = std::pin::pin!(stopped(shutdown));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = &mut stopped => break,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
@@ -379,9 +407,15 @@ pub async fn serve(
         });
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            // Bounds the request head: hyper answers 431 beyond it.
-            builder.http1().max_buf_size(MAX_HEADERS);
+            // Bounds the request head: hyper answers 431 beyond it, and closes a connection
+            // whose head does not arrive in time.
+            builder
+                .http1()
+                .max_buf_size(MAX_HEADERS)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "connection ended: {e}");
@@ -406,18 +440,29 @@ mod tests {
 
     #[test]
     fn csrf_rules() {
-        let base = "http://h:8066";
-        assert!(csrf_ok(&headers(&[]), None, base), "API clients carry no browser markers");
-        assert!(csrf_ok(
-            &headers(&[("cookie", "csrftoken=abc"), ("x-csrftoken", "abc"), ("sec-fetch-site", "cross-site")]),
-            None,
-            base
+        let token = "a".repeat(64);
+        let with_token = headers(&[("cookie", &format!("csrftoken={token}")), ("x-csrftoken", &token)]);
+        let browser =
+            |via| Principal { user: Some("u".into()), role: auth::Role::Admin, via, must_change_password: false };
+        // A browser session: the token, whatever other headers say.
+        assert!(intent_ok(&browser(auth::Via::Browser), &with_token, None));
+        for h in [
+            headers(&[]),
+            headers(&[("sec-fetch-site", "same-origin")]),
+            headers(&[("origin", "http://h:8066")]),
+            headers(&[("cookie", &format!("csrftoken={token}"))]),
+        ] {
+            assert!(!intent_ok(&browser(auth::Via::Browser), &h, None), "{h:?}");
+        }
+        assert!(intent_ok(
+            &browser(auth::Via::Browser),
+            &headers(&[("cookie", &format!("csrftoken={token}"))]),
+            Some(&token)
         ));
-        assert!(!csrf_ok(&headers(&[("cookie", "csrftoken=abc"), ("sec-fetch-site", "cross-site")]), None, base));
-        assert!(!csrf_ok(&headers(&[("origin", "http://evil.example")]), None, base));
-        assert!(csrf_ok(&headers(&[("origin", "http://h:8066")]), None, base));
-        assert!(csrf_ok(&headers(&[("sec-fetch-site", "same-origin")]), None, base));
-        assert!(!csrf_ok(&headers(&[("cookie", "csrftoken=abc"), ("sec-fetch-site", "same-site")]), Some("abd"), base));
+        // mini-buildd's client: no browser marks, no token needed; with them, the token is.
+        assert!(intent_ok(&browser(auth::Via::ApiSession), &headers(&[]), None));
+        assert!(!intent_ok(&browser(auth::Via::ApiSession), &headers(&[("sec-fetch-site", "cross-site")]), None));
+        assert!(intent_ok(&browser(auth::Via::Token), &headers(&[("origin", "http://evil")]), None));
     }
 
     #[test]

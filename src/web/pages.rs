@@ -164,6 +164,7 @@ fn user_json(who: &Principal) -> Json {
         "role": who.role.as_str(),
         "staff": who.role >= Role::Staff,
         "admin": who.role >= Role::Admin,
+        "must_change_password": who.must_change_password,
     })
 }
 
@@ -397,15 +398,15 @@ fn builds(d: &Daemon, v: &Viewer) -> Page {
         .filter(|j| j.state != crate::builder::JobState::Finished)
         .collect();
     running.sort_by_key(|j| j.started);
-    let backend = |dist: &str| -> Option<&'static str> {
-        let codename = dist.parse::<crate::deb::Dist>().ok()?.codename;
-        let x = d.inst.get::<config::Distribution>(config::kind::DISTRIBUTION, codename.as_str()).ok()??;
+    let backend = |dist: &crate::deb::Dist| -> Option<&'static str> {
+        let x = d.inst.get::<config::Distribution>(config::kind::DISTRIBUTION, dist.codename.as_str()).ok()??;
         Some(x.build_backend.as_str())
     };
     let ongoing: Vec<Json> = running
         .iter()
         .map(|j| {
-            json!({"source": j.source, "version": j.version, "distribution": j.distribution, "arch": j.arch, "bkey": j.bkey,
+            json!({"source": j.bkey.source().as_str(), "version": j.bkey.version().as_str(), "distribution": j.distribution.to_string(),
+                   "arch": j.bkey.arch.as_str(), "bkey": j.bkey.to_string(),
                    "backend": backend(&j.distribution), "timestamp": events::iso::format(&j.started),
                    "log_href": super::buildlog::url(&format!("{}/{}", j.bkey, crate::builder::LIVE_LOG))})
         })
@@ -684,7 +685,10 @@ fn account(d: &Daemon, v: &Viewer) -> Page {
     let users: Vec<Json> = if v.who.role >= Role::Admin {
         auth::list_users(&d.inst.store)?
             .iter()
-            .map(|u| json!({"name": u.name, "role": u.role.as_str(), "created": u.created.format("%Y-%m-%d").to_string()}))
+            .map(|u| {
+                json!({"name": u.name, "role": u.role.as_str(), "created": u.created.format("%Y-%m-%d").to_string(),
+                            "one_time": u.must_change_password, "me": u.name == user})
+            })
             .collect()
     } else {
         vec![]
@@ -734,7 +738,7 @@ fn respond(web: &Web, v: &Viewer, status: StatusCode, page: Page) -> Body {
         .body(html.into())
         .unwrap_or_else(|_| empty());
     if v.new_csrf
-        && let Ok(c) = format!("csrftoken={}; Path=/; SameSite=Lax; Max-Age=31449600", v.csrf).parse()
+        && let Ok(c) = format!("csrftoken={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31449600", v.csrf).parse()
     {
         r.headers_mut().append("set-cookie", c);
     }

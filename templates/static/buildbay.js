@@ -65,6 +65,7 @@ function apiForms() {
         const flag = el.dataset.flag;
         if (el.type === "checkbox") { if (el.checked) parts.push(flag); continue; }
         if (!el.value) continue;
+        if (el.type === "password") { parts.push(flag + " …"); continue; }
         const v = /^[\w.,:+\/@=-]+$/.test(el.value) ? el.value : "'" + el.value.replace(/'/g, "'\\''") + "'";
         parts.push(flag.startsWith("--") ? flag + " " + v : v);
       }

@@ -1,0 +1,182 @@
+//! Build backends: how a build request becomes a command. A backend writes its (constant) files
+//! into the build directory and returns the command line, the environment and what runs after
+//! the result; it never embeds a value in a script: every value is an argument or an
+//! environment variable, already typed and checked by [`crate::protocol`].
+//!
+//! Each backend is one file: `sbuild` (schroot sessions, mini-buildd's way) and `nspawn` (an
+//! ephemeral machine with its own uid range). Neither imports the other; what they share is here.
+
+pub mod nspawn;
+pub mod sbuild;
+
+use super::slots::Slot;
+use super::{BuilderError, io_err};
+use crate::chroot::Chroot;
+use crate::protocol::{Backend as Kind, BuildRequest, QaMode};
+use std::path::{Path, PathBuf};
+
+/// The request's copy in the build directory.
+pub const REQUEST: &str = "request.changes";
+
+/// Everything a backend plans a build from.
+pub struct Build<'a> {
+    pub req: &'a BuildRequest,
+    /// The build directory: the request's tar unpacked, `out/` for the build's files.
+    pub dir: &'a Path,
+    /// The `.dsc`'s file name in `dir`.
+    pub dsc: &'a str,
+    pub chroot: &'a Chroot,
+    /// The schroot the build's sessions use (its `-unit` variant inside a sandboxed unit).
+    pub schroot: String,
+    /// The chroot's machine image.
+    pub image: PathBuf,
+    pub slot: &'a Slot,
+    /// There is a systemd with machined (nspawn machines register).
+    pub machined: bool,
+    /// The running binary (`builder-exec`).
+    pub exe: &'a Path,
+}
+
+/// What runs after a successful build, once its result can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    /// lintian in ignore mode, in a fresh session of the chroot, as the slot's build user.
+    Lintian { chroot: String, user: Option<String> },
+}
+
+/// What of the network a build may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// Nothing (nothing to install, and the build has no network).
+    None,
+    /// These hosts (the repository, the mirrors), and name service.
+    Hosts(Vec<String>),
+}
+
+/// What a backend made of a build.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The nspawn backend's machine name (`machinectl list`).
+    pub machine: Option<String>,
+    /// Lines for the top of the build log: decisions made before the build started.
+    pub notes: Vec<String>,
+    pub after: Option<After>,
+    pub network: Network,
+}
+
+/// A build backend.
+pub trait Backend: Sync {
+    /// Write the backend's files into the build directory; return the command.
+    fn plan(&self, b: &Build<'_>, installed: bool) -> Result<Plan, BuilderError>;
+}
+
+/// The backend a request names.
+fn backend(kind: Kind) -> &'static dyn Backend {
+    match kind {
+        Kind::Sbuild => &sbuild::Sbuild,
+        Kind::Nspawn => &nspawn::Nspawn,
+    }
+}
+
+/// Plan a build: decide whether anything must be installed, then ask its backend.
+pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
+    let mut notes = Vec::new();
+    let installed = match image_has_build_deps(b) {
+        Ok(()) => {
+            notes.push("the build dependencies are all in the chroot image: nothing to install".to_owned());
+            true
+        }
+        Err(why) => {
+            notes.push(format!("build dependencies to install: {why}"));
+            false
+        }
+    };
+    let mut plan = backend(b.req.backend).plan(b, installed)?;
+    plan.network = if installed && !b.req.network {
+        Network::None
+    } else {
+        let mut hosts = apt_hosts(&b.dir.join(".config/apt_sources.list"));
+        hosts.extend(apt_hosts(&b.image.join("etc/apt/sources.list")));
+        hosts.sort();
+        hosts.dedup();
+        Network::Hosts(hosts)
+    };
+    if b.req.lintian == QaMode::Ignore {
+        notes.push(format!("lintian mode ignore: lintian runs after the result, into {}", super::AFTER_LOG));
+        plan.after = Some(After::Lintian { chroot: b.schroot.clone(), user: b.slot.user.clone() });
+    }
+    if let Some(u) = &b.slot.user {
+        notes.push(format!("build slot {}: the build runs as {u}", b.slot.index));
+    }
+    notes.append(&mut plan.notes);
+    plan.notes = notes;
+    Ok(plan)
+}
+
+/// The hosts of the `deb` lines of an apt sources file.
+fn apt_hosts(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "deb").then_some(())?;
+            let mut url = w.next()?;
+            if url.starts_with('[') {
+                url = w.find(|x| x.ends_with(']')).and_then(|_| w.next())?;
+            }
+            let rest = url.split_once("://")?.1;
+            let host = rest.split(['/', ':']).next()?;
+            (!host.is_empty() && host.bytes().all(|c| c.is_ascii_alphanumeric() || b".-".contains(&c)))
+                .then(|| host.to_owned())
+        })
+        .collect()
+}
+
+/// The environment every backend gives the build: `DEB_BUILD_OPTIONS`, `DEB_BUILD_PROFILES`.
+pub(crate) fn build_env(req: &BuildRequest) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if let Some(v) = &req.deb_build_options {
+        env.push(("DEB_BUILD_OPTIONS".to_owned(), v.to_string()));
+    }
+    if let Some(v) = &req.deb_build_profiles {
+        env.push(("DEB_BUILD_PROFILES".to_owned(), v.to_string()));
+    }
+    env
+}
+
+/// Write a constant file of a backend into the build directory.
+pub(crate) fn write_const(dir: &Path, name: &str, text: &str, mode: u32) -> Result<PathBuf, BuilderError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    crate::archive::publish::write_file_synced(&path, text.as_bytes()).map_err(io_err(&path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+/// Whether the chroot image already holds every build dependency of the `.dsc`, as the
+/// request's resolver would see it (see `deb::builddeps`); otherwise why not.
+fn image_has_build_deps(b: &Build<'_>) -> Result<(), String> {
+    let req = b.req;
+    if req.add_depends.is_some() {
+        return Err("the request adds dependencies (Add-Depends)".into());
+    }
+    let first_alternative_only = req.resolver == crate::protocol::Resolver::Apt;
+    let dsc_path = b.dir.join(b.dsc);
+    let raw = crate::deb::changes::read_bounded(&dsc_path).map_err(|e| format!("{}: {e}", dsc_path.display()))?;
+    let text = String::from_utf8(raw).map_err(|_| "the .dsc is not UTF-8".to_owned())?;
+    let dsc = crate::deb::control::strip_signature(&text)
+        .and_then(|t| crate::deb::Stanza::parse_one(&t))
+        .map_err(|e| format!("cannot read the .dsc: {e}"))?;
+    let status_path = b.image.join("var/lib/dpkg/status");
+    let status = std::fs::read_to_string(&status_path).map_err(|e| format!("{}: {e}", status_path.display()))?;
+    let profiles: Vec<&str> = req.deb_build_profiles.as_ref().map(|p| p.tokens().collect()).unwrap_or_default();
+    let target = crate::deb::builddeps::Target {
+        arch: req.key.arch.as_str(),
+        profiles: &profiles,
+        first_alternative_only,
+        indep: req.arch_all,
+    };
+    crate::deb::builddeps::satisfied(&dsc, &crate::deb::builddeps::Installed::from_status(&status), &target)
+}

@@ -1,0 +1,209 @@
+//! The nspawn backend (debspawn's model): an ephemeral `systemd-nspawn` machine of the chroot
+//! image, in a user namespace of its own (the slot's 65536 uids: its root owns nothing on the
+//! host). `buildbay builder-exec --nspawn-root` stacks a throwaway overlay on an id-mapped,
+//! read-only view of the image, so the image is neither copied, chowned nor written. apt
+//! installs the build dependencies inside (from the request's sources only), dpkg-buildpackage
+//! builds as an unprivileged user, without network unless the distribution allows it, and the
+//! script prints sbuild's section headers and summary lines, so the result is made exactly as
+//! for sbuild.
+//!
+//! The in-machine script is a constant: its values arrive as `--setenv`.
+
+use super::{Backend, Build, Plan, build_env, write_const};
+use crate::builder::BuilderError;
+
+pub struct Nspawn;
+
+/// Where the build directory appears inside the machine.
+const BUILD: &str = "/build";
+/// The script's name in the build directory.
+pub const SCRIPT: &str = ".nspawn-build";
+
+/// The script the machine runs. Every value comes from its environment:
+/// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
+/// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list) and
+/// `BUILDBAY_LINTIAN_FAIL_ON`. It prints sbuild's section headers, so its phases are timed the
+/// same way (see `phases`).
+pub const BUILD_SCRIPT: &str = r#"#!/bin/sh
+# buildbay: a build in an ephemeral nspawn machine; everything but /build/out vanishes with it.
+set -u
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+rule=+------------------------------------------------------------------------------+
+section() { printf '%s\n| %-76s |\n%s\n' "$rule" "$1" "$rule"; }
+given_back() { echo "buildbay: $1 failed"; section 'Summary'; echo 'Status: given-back'; exit 1; }
+echo "buildbay: ephemeral machine $(hostname), $(. /etc/os-release; echo "$PRETTY_NAME") $(dpkg --print-architecture), uid 0 is $(set -- $(cat /proc/self/uid_map); echo "$2") outside"
+cd /build || exit 1
+if [ "$BUILDBAY_INSTALLED" != 1 ]; then
+  section 'Update chroot'
+  cat /build/.config/apt_keys > /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc
+  cat /build/.config/apt_sources.list > /etc/apt/sources.list.d/buildbay.list
+  cat /build/.config/apt_preferences > /etc/apt/preferences.d/buildbay
+  updated=
+  for t in 10 40 80; do
+    if timeout $t apt-get -q --error-on=any -o Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay.list -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0 update; then updated=1; break; fi
+    sleep 3  # e.g. the daemon restarting
+  done
+  [ -n "$updated" ] || given_back 'apt-get update of the build sources'
+  section 'Install package build dependencies'
+  apt-get -q -y --no-install-recommends build-dep "/build/$BUILDBAY_DSC" || given_back 'installing the build dependencies'
+  if [ -n "$BUILDBAY_ADD_DEPENDS" ]; then
+    apt-get -q -y --no-install-recommends satisfy "$BUILDBAY_ADD_DEPENDS" || given_back 'installing Add-Depends'
+  fi
+fi
+section 'Build'
+id builder >/dev/null 2>&1 || useradd --create-home --shell /bin/sh builder
+mkdir -p /srv/buildbay && chown builder /srv/buildbay
+runuser -u builder -- dpkg-source -x "/build/$BUILDBAY_DSC" /srv/buildbay/tree || given_back 'unpacking the source'
+cd /srv/buildbay/tree || given_back 'unpacking the source'
+start=$(date +%s)
+offline=
+[ "$BUILDBAY_OFFLINE" = 1 ] && offline='unshare --net'
+if $offline runuser -u builder -- dpkg-buildpackage -us -uc "$BUILDBAY_BINARY"; then status=successful; else status=attempted; fi
+build_time=$(( $(date +%s) - start ))
+for f in /srv/buildbay/*; do [ -f "$f" ] && [ ! -L "$f" ] && cp "$f" /build/out/; done
+lintian=
+if [ -n "$BUILDBAY_LINTIAN_FAIL_ON" ] && [ "$status" = successful ]; then
+  section 'Post Build'
+  if runuser -u builder -- lintian --fail-on "$BUILDBAY_LINTIAN_FAIL_ON" --suppress-tags bad-distribution-in-changes-file /build/out/*.changes; then lintian=pass; else lintian=fail; fi
+fi
+section 'Summary'
+echo "Build-Time: $build_time"
+[ -n "$lintian" ] && echo "Lintian: $lintian"
+echo "Status: $status"
+[ "$status" = successful ]
+"#;
+
+/// A machine name for a build key: what machinectl shows. Letters, digits and dashes, at most
+/// 64 characters, unique per build by its timecode.
+pub fn machine_name(bkey: &crate::protocol::BuildKey) -> String {
+    let clean = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+    };
+    let rest = format!("{}-{}", clean(bkey.timecode().as_str()), clean(bkey.arch.as_str()));
+    let room = 64usize.saturating_sub("bb--".len() + rest.len());
+    let source: String = clean(bkey.source().as_str()).chars().take(room).collect();
+    let name = format!("bb-{source}-{rest}");
+    name.chars().take(64).collect::<String>().trim_end_matches('-').to_owned()
+}
+
+impl Backend for Nspawn {
+    fn plan(&self, b: &Build<'_>, installed: bool) -> Result<Plan, BuilderError> {
+        write_const(b.dir, SCRIPT, BUILD_SCRIPT, 0o644)?;
+        let req = b.req;
+        let machine = machine_name(&req.key);
+        let mut setenv: Vec<(String, String)> = vec![
+            ("BUILDBAY_DSC".into(), b.dsc.to_owned()),
+            ("BUILDBAY_BINARY".into(), if req.arch_all { "-b" } else { "-B" }.into()),
+            ("BUILDBAY_OFFLINE".into(), if req.network { "0" } else { "1" }.into()),
+            ("BUILDBAY_INSTALLED".into(), if installed { "1" } else { "0" }.into()),
+            ("BUILDBAY_ADD_DEPENDS".into(), req.add_depends.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+            ("BUILDBAY_LINTIAN_FAIL_ON".into(), req.lintian.lintian_fail_on().unwrap_or_default().into()),
+        ];
+        setenv.extend(build_env(req));
+        let mut argv: Vec<String> = vec![
+            b.exe.display().to_string(),
+            "builder-exec".into(),
+            "--nspawn-root".into(),
+            b.image.display().to_string(),
+            "--uid-base".into(),
+            b.slot.uid_base.to_string(),
+            "--".into(),
+        ];
+        argv.extend(nspawn_argv(b, &machine, installed, &setenv));
+        Ok(Plan {
+            argv,
+            env: vec![("HOME".into(), b.dir.display().to_string())],
+            machine: Some(machine),
+            notes: vec![format!(
+                "nspawn machine in its own user namespace: uid 0 inside is uid {} outside",
+                b.slot.uid_base
+            )],
+            after: None,
+            network: super::Network::None,
+        })
+    }
+}
+
+/// The systemd-nspawn command line (the root directory and the user namespace come from
+/// `builder-exec --nspawn-root`): registered with machined when there is one, under the build's
+/// unit, the build directory read-only at `/build` and only its `out` writable.
+fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, setenv: &[(String, String)]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "systemd-nspawn".into(),
+        "--quiet".into(),
+        "--pipe".into(),
+        // Stay in the build unit's cgroup: its limits apply, and StopUnit takes the machine.
+        "--keep-unit".into(),
+        format!("--register={}", if b.machined { "yes" } else { "no" }),
+        format!("--machine={machine}"),
+        // The build directory read-only (the host writes its logs and markers there after the
+        // machine ran), only `out` writable, mapped so that machine root writes host-root files
+        // there that only the host reads (the build directory is 0700).
+        format!("--bind-ro={}:{BUILD}", bind_path(b.dir)),
+        format!("--bind={}:{BUILD}/out:idmap", bind_path(&b.dir.join(crate::builder::OUT))),
+        "--as-pid2".into(),
+    ];
+    if !installed {
+        // The build slot's apt archive cache: what apt downloads stays for the next build.
+        a.push(format!("--bind={}:/var/cache/apt/archives:idmap", bind_path(&b.slot.apt_cache)));
+    }
+    if ["i386", "armel", "armhf"].contains(&b.req.key.arch.as_str()) {
+        a.push("--personality=x86".into());
+    }
+    for (k, v) in setenv {
+        a.push(format!("--setenv={k}={v}"));
+    }
+    a.extend(["/bin/sh".into(), format!("{BUILD}/{SCRIPT}")]);
+    a
+}
+
+/// A host path for `--bind`, which splits on `:` (a version's epoch is in the build directory).
+fn bind_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace('\\', "\\\\").replace(':', "\\:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_names_are_short_hostnames() {
+        let k: crate::protocol::BuildKey = "hello/1.0-1/20261121-130030-234930/amd64".parse().unwrap();
+        assert_eq!(machine_name(&k), "bb-hello-20261121-130030-234930-amd64");
+        let long: crate::protocol::BuildKey =
+            format!("{}/1.0/20261121-130030-234930/amd64", "x".repeat(90)).parse().unwrap();
+        let n = machine_name(&long);
+        assert!(n.len() <= 64 && n.ends_with("-20261121-130030-234930-amd64"), "{n}");
+    }
+
+    #[test]
+    fn the_script_is_a_constant_and_valid_shell() {
+        for needle in ["hello", "bookworm", "amd64"] {
+            assert!(!BUILD_SCRIPT.contains(needle), "{needle}");
+        }
+        let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(BUILD_SCRIPT).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // nspawn splits --bind on ':'; an epoch in the path is escaped.
+        assert_eq!(bind_path(std::path::Path::new("/s/b/hello/1:1.0-1/t/amd64")), "/s/b/hello/1\\:1.0-1/t/amd64");
+    }
+
+    #[test]
+    fn the_script_prints_sections_the_phases_recognise() {
+        let dir = tempfile::tempdir().unwrap();
+        let section_fn = BUILD_SCRIPT
+            .lines()
+            .filter(|l| l.starts_with("rule=") || l.starts_with("section()"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{section_fn}\nsection 'Install package build dependencies'"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(crate::builder::phases::header(lines[0], lines[1]), Some("Install package build dependencies"));
+    }
+}

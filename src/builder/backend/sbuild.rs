@@ -1,0 +1,151 @@
+//! The sbuild backend (mini-buildd's way): sbuild on the chroot's schroot overlay, as root in the
+//! build's unit, with `debian/rules` run as the slot's unprivileged build user (sbuild's
+//! `$build_user`; fakeroot for the binary targets). The schroot profile (see `chroot`) mounts a
+//! `/proc` of its own that hides every process of other users, and copies no password hashes.
+//!
+//! The `.sbuildrc` is a constant: it reads its values from the unit's environment. The session's
+//! apt setup is `buildbay builder-exec --sbuild-setup`, run by sbuild as a pre-build command
+//! with the session's exec prefix as its last arguments.
+
+use super::{After, Backend, Build, Plan, build_env, write_const};
+use crate::builder::BuilderError;
+use crate::protocol::BuildRequest;
+use std::path::Path;
+
+pub struct Sbuild;
+
+/// `$HOME/.sbuildrc` of every sbuild build (HOME is the build directory). No value is written
+/// into it: each comes from the environment sbuild is started with.
+pub const SBUILDRC: &str = r#"# buildbay: every value here comes from the build unit's environment.
+$apt_keep_downloaded_packages = 1;
+$build_user = $ENV{'BUILDBAY_BUILD_USER'} if length($ENV{'BUILDBAY_BUILD_USER'} // '');
+if (length($ENV{'BUILDBAY_SETUP'} // '')) {
+    $external_commands = { 'pre-build-commands' => [[
+        $ENV{'BUILDBAY_EXE'}, 'builder-exec', '--sbuild-setup', $ENV{'BUILDBAY_BUILD_DIR'},
+        '--apt-cache', $ENV{'BUILDBAY_APT_CACHE'}, '--', '%SBUILD_CHROOT_EXEC'
+    ]] };
+}
+1;
+"#;
+
+impl Backend for Sbuild {
+    fn plan(&self, b: &Build<'_>, installed: bool) -> Result<Plan, BuilderError> {
+        write_const(b.dir, ".sbuildrc", SBUILDRC, 0o644)?;
+        let dir = b.dir.display().to_string();
+        let mut env = vec![("HOME".to_owned(), dir.clone()), ("BUILDBAY_BUILD_DIR".to_owned(), dir)];
+        env.push(("BUILDBAY_EXE".to_owned(), b.exe.display().to_string()));
+        env.push(("BUILDBAY_APT_CACHE".to_owned(), b.slot.apt_cache.display().to_string()));
+        if let Some(u) = &b.slot.user {
+            env.push(("BUILDBAY_BUILD_USER".to_owned(), u.clone()));
+        }
+        if !installed {
+            env.push(("BUILDBAY_SETUP".to_owned(), "1".to_owned()));
+        }
+        env.extend(build_env(b.req));
+        Ok(Plan {
+            argv: sbuild_argv(b.req, &b.schroot, b.dir, &b.dir.join(b.dsc), installed),
+            env,
+            machine: None,
+            notes: vec![],
+            after: None::<After>,
+            network: super::Network::None,
+        })
+    }
+}
+
+/// mini-buildd's sbuild command line, from the typed request.
+///
+/// `installed`: the chroot already has every build dependency, so sbuild's null resolver
+/// installs nothing and the request's apt setup is skipped. Build dependencies are never purged:
+/// the session's overlay goes with it.
+pub fn sbuild_argv(req: &BuildRequest, chroot: &str, dir: &Path, dsc: &Path, installed: bool) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "sbuild".into(),
+        "--chroot-mode=schroot".into(),
+        format!("--dist={}", req.distribution),
+        format!("--arch={}", req.key.arch),
+        format!("--chroot={chroot}"),
+        format!("--build-dep-resolver={}", if installed { "null" } else { req.resolver.as_str() }),
+        "--purge-deps=never".into(),
+        "--nolog".into(),
+        "--log-external-command-output".into(),
+        "--log-external-command-error".into(),
+        "--no-apt-update".into(),
+        "--no-apt-upgrade".into(),
+        "--no-apt-distupgrade".into(),
+    ];
+    a.push(if req.arch_all { "--arch-all".into() } else { "--no-arch-all".into() });
+    for dep in req.add_depends.iter().flat_map(|r| r.items()) {
+        a.push(format!("--add-depends={dep}"));
+    }
+    match req.lintian.lintian_fail_on() {
+        // Disabled, or ignore: its verdict would not count, so it does not delay the build.
+        None => a.push("--no-run-lintian".into()),
+        Some(fail_on) => {
+            a.push("--run-lintian".into());
+            a.push("--lintian-opts=--suppress-tags=bad-distribution-in-changes-file".into());
+            a.push(format!("--lintian-opts=--fail-on={fail_on}"));
+        }
+    }
+    a.push("--no-run-piuparts".into());
+    a.push("--no-run-autopkgtest".into());
+    a.push(format!("--build-dir={}", dir.join(crate::builder::OUT).display()));
+    a.push(dsc.display().to_string());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QaMode;
+
+    fn request() -> BuildRequest {
+        crate::protocol::request::tests::sample()
+    }
+
+    #[test]
+    fn sbuild_command_line_follows_the_request() {
+        let dir = Path::new("/b");
+        let mut req = request();
+        let a = sbuild_argv(&req, "buildbay-bookworm-amd64", dir, Path::new("/b/hello_1.0.dsc"), false);
+        for want in [
+            "--chroot-mode=schroot",
+            "--dist=bookworm-test-unstable",
+            "--arch=amd64",
+            "--chroot=buildbay-bookworm-amd64",
+            "--build-dep-resolver=apt",
+            "--arch-all",
+            "--add-depends=libfoo-dev (>= 1)",
+            "--add-depends=bar",
+            "--run-lintian",
+            "--lintian-opts=--fail-on=error",
+            "--build-dir=/b/out",
+            "--purge-deps=never",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+        }
+        assert_eq!(a.last().map(String::as_str), Some("/b/hello_1.0.dsc"));
+        req.lintian = QaMode::Ignore;
+        req.arch_all = false;
+        let b = sbuild_argv(&req, "c", dir, Path::new("/b/x.dsc"), false);
+        assert!(b.contains(&"--no-arch-all".to_owned()) && b.contains(&"--no-run-lintian".to_owned()));
+        req.lintian = QaMode::Warnfail;
+        let w = sbuild_argv(&req, "c", dir, Path::new("/b/x.dsc"), false);
+        assert!(w.contains(&"--lintian-opts=--fail-on=error,warning".to_owned()));
+        // Everything already in the image: the null resolver.
+        let fast = sbuild_argv(&req, "c", dir, Path::new("/b/x.dsc"), true);
+        assert!(fast.contains(&"--build-dep-resolver=null".to_owned()), "{fast:?}");
+    }
+
+    #[test]
+    fn the_sbuildrc_is_a_constant_that_reads_the_environment() {
+        // No value of a request can be in it: it is a constant.
+        for needle in ["hello", "bookworm", "/var/lib", "amd64"] {
+            assert!(!SBUILDRC.contains(needle), "{needle}");
+        }
+        let perl = std::process::Command::new("perl").arg("-c").arg("-e").arg(SBUILDRC).output();
+        if let Ok(out) = perl {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}

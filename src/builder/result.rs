@@ -1,0 +1,244 @@
+//! From a finished build to its signed build result (mini-buildd §5.3): the tar (sbuild's
+//! `.changes` and what it lists), the build log, then the result `.changes` last, into the
+//! daemon's results directory.
+//!
+//! Everything in the build's `out/` was written by the build: it is sanitised first (only
+//! regular files stay, mode 0644), read without following any symlink, and bounded.
+
+use super::{BuilderError, Ended, Job, Limits, io_err};
+use crate::deb::Changes;
+use crate::instance::Instance;
+use crate::protocol::result::SBUILD_FIELDS;
+use crate::protocol::{BuildRequest, BuildResult, tar};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// Written by the daemon when a build could not start or run, with the reason.
+pub const INTERNAL_ERROR: &str = "internal-error";
+/// Written by `cancel`, with who canceled.
+pub const CANCELED: &str = "canceled";
+
+/// The outcome of `deliver`.
+pub struct Outcome {
+    pub status: String,
+    /// Lintian runs after this result (ignore mode).
+    pub after_lintian: bool,
+}
+
+/// The summary lines of an sbuild log (those after its last `Summary` section, where sbuild and
+/// the nspawn script print them; what the build itself printed before does not count) that
+/// become `X-Mini-Buildd-Sbuild-<Name>` fields.
+pub fn sbuild_fields(log: &Path) -> Vec<(String, String)> {
+    let Ok((f, _)) = tar::open_regular(log) else { return vec![] };
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut previous = String::new();
+    for line in std::io::BufReader::new(f).split(b'\n').map_while(Result::ok) {
+        let line = String::from_utf8_lossy(&line).into_owned();
+        if super::phases::header(&previous, &line) == Some("Summary") {
+            out.clear();
+        }
+        if let Some((k, v)) = line.split_once(": ")
+            && SBUILD_FIELDS.contains(&k)
+            && v.len() <= 256
+        {
+            out.retain(|(name, _)| name != k);
+            out.push((k.to_owned(), v.trim().to_owned()));
+        }
+        previous = line;
+    }
+    out
+}
+
+/// Remove everything from `out` that is not a regular file, and make the files plain (0644):
+/// nothing a build left there is a symlink, a device, or setuid when the host reads it.
+fn sanitise(out: &Path) -> Result<(), BuilderError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(rd) = std::fs::read_dir(out) else { return Ok(()) };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if m.file_type().is_file() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?;
+        } else if m.file_type().is_dir() {
+            std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        } else {
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// sbuild's own `.changes` in `out` (written by the build: bounded, a regular file).
+fn built_changes(out: &Path) -> Option<(String, Changes)> {
+    let entries = std::fs::read_dir(out).ok()?;
+    let name = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.ends_with(".changes") && n.parse::<crate::deb::FileName>().is_ok())?;
+    let raw = crate::deb::changes::read_bounded(&out.join(&name)).ok()?;
+    let changes = Changes::parse(&String::from_utf8(raw).ok()?).ok()?;
+    Some((name, changes))
+}
+
+/// Make the signed result of a finished build and put it into `results`.
+pub fn deliver(
+    inst: &Instance,
+    job: &Job,
+    ended: &Ended,
+    limits: &Limits,
+    results: &Path,
+) -> Result<Outcome, BuilderError> {
+    let dir = &job.dir;
+    let out = dir.join(super::OUT);
+    sanitise(&out)?;
+    let key = &job.bkey;
+    let request = std::fs::read(dir.join(super::backend::REQUEST))
+        .ok()
+        .and_then(|raw| BuildRequest::verify(&raw, std::slice::from_ref(inst.key().ok()?.cert())).ok())
+        .map(|(r, _)| r);
+    let live = dir.join(super::LIVE_LOG);
+    let mut sbuild = sbuild_fields(&live);
+    let status_of = |f: &[(String, String)]| f.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone());
+    let mut status = status_of(&sbuild).unwrap_or_else(|| "error".into());
+    let mut internal = super::read_marker(&dir.join(INTERNAL_ERROR));
+    if internal.is_none() {
+        internal = ended.limit_reason(limits);
+    }
+    if internal.is_none() && ended.service_result == "lost" {
+        internal = Some("the build unit ended without recording how (was the machine rebooted?)".into());
+    }
+    let canceled_by = super::read_marker(&dir.join(CANCELED)).map(|s| s.trim().to_owned());
+    if canceled_by.is_some() {
+        status = "canceled".into();
+        internal = None;
+    }
+
+    // The tar: sbuild's .changes and its files, when the build got that far.
+    let tar_name = BuildResult::tar_name(key);
+    let tar_path = dir.join(&tar_name);
+    let mut w =
+        tar::Writer::create(&tar_path).map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
+    if let Some((name, changes)) = built_changes(&out).filter(|_| status == "successful") {
+        let names = std::iter::once(name).chain(changes.files.iter().map(|f| f.name.to_string()));
+        for n in names {
+            if let Err(e) = w.add_file(&n, &out.join(&n)) {
+                internal = Some(format!("the build's .changes lists {n}, which is not a regular file it built: {e}"));
+                break;
+            }
+        }
+    }
+    let tar_ok = internal.is_none();
+    w.finish().map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
+    if !tar_ok {
+        // An empty tar: nothing of a suspicious output goes anywhere.
+        let w = tar::Writer::create(&tar_path)
+            .map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
+        w.finish().map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
+    }
+    if let Some(why) = &internal {
+        if status == "successful" {
+            status = "error".into();
+        }
+        tracing::warn!(bkey = %key, "build error: {why}");
+    }
+    sbuild.retain(|(k, _)| k != "Status");
+    sbuild.insert(0, ("Status".into(), status.clone()));
+
+    // The build log: the live log, then what the builder has to add.
+    let log_name = key.buildlog_name();
+    let log_path = dir.join(&log_name);
+    {
+        let mut f = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
+        if let Ok((mut from, _)) = tar::open_regular(&live) {
+            std::io::copy(&mut from, &mut f).map_err(io_err(&log_path))?;
+        }
+        if let Some(why) = &internal {
+            writeln!(f, "\nbuildbay: {why}").map_err(io_err(&log_path))?;
+        }
+        f.sync_all().map_err(io_err(&log_path))?;
+    }
+    let identity = inst.daemon().ok().flatten().map(|d| d.identity.to_string()).unwrap_or_default();
+    let files = [log_name.as_str(), tar_name.as_str()]
+        .iter()
+        .map(|n| crate::protocol::request::file_entry(dir, n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
+    let result = BuildResult {
+        key: key.clone(),
+        distribution: job.distribution.clone(),
+        builder: identity,
+        sbuild,
+        internal_error: internal,
+        canceled_by,
+        upload_to: request.as_ref().map(|r| r.upload_to.clone()),
+        packager: request.as_ref().map(|r| r.packager.clone()),
+        files,
+    };
+    let signed =
+        result.sign(inst.key()?).map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
+    let changes_name = BuildResult::changes_name(key);
+    let changes_path = dir.join(&changes_name);
+    crate::archive::publish::write_file_synced(&changes_path, &signed).map_err(io_err(&changes_path))?;
+    std::fs::create_dir_all(results).map_err(io_err(results))?;
+    for name in [&tar_name, &log_name, &changes_name] {
+        put(&dir.join(name), &results.join(name))?;
+    }
+    let after_lintian = request.is_some_and(|r| r.lintian == crate::protocol::QaMode::Ignore);
+    Ok(Outcome { status, after_lintian })
+}
+
+/// Put a file into the results directory atomically (a hard link, or a copy renamed into place).
+fn put(from: &Path, to: &Path) -> Result<(), BuilderError> {
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    let tmp: PathBuf = to.with_file_name(format!(".{}.tmp", to.file_name().unwrap_or_default().to_string_lossy()));
+    std::fs::copy(from, &tmp).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io_err(to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_summary_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let rule = "+------------------------------------------------------------------------------+";
+        let text = format!(
+            "Status: successful\nLintian: pass\n{rule}\n| Summary{} |\n{rule}\nBuild-Time: 3\nStatus: failed\nSpace: 132\n",
+            " ".repeat(69)
+        );
+        std::fs::write(&log, text).unwrap();
+        let f = sbuild_fields(&log);
+        assert_eq!(
+            f,
+            vec![
+                ("Build-Time".to_owned(), "3".to_owned()),
+                ("Status".to_owned(), "failed".to_owned()),
+                ("Space".to_owned(), "132".to_owned()),
+            ],
+            "the build's own 'Status: successful' before the summary does not count"
+        );
+    }
+
+    #[test]
+    fn sanitising_leaves_only_plain_regular_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("a.deb"), "x").unwrap();
+        std::fs::set_permissions(out.join("a.deb"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", out.join("b.deb")).unwrap();
+        std::fs::create_dir(out.join("sub")).unwrap();
+        nix::unistd::mkfifo(&out.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        sanitise(&out).unwrap();
+        let left: Vec<String> =
+            std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        assert_eq!(left, ["a.deb"]);
+        assert_eq!(std::fs::metadata(out.join("a.deb")).unwrap().permissions().mode() & 0o7777, 0o644);
+    }
+}

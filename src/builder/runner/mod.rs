@@ -1,0 +1,107 @@
+//! Runners: who runs a planned build. `systemd` starts a transient, sandboxed unit over D-Bus;
+//! `child` (no systemd: a laptop, a CI host) a child process in its own process group. Each is
+//! one file; the builder sees only [`Runner`].
+
+pub mod child;
+pub mod systemd;
+
+use super::backend::{After, Plan};
+use super::{BuilderError, Job, Limits};
+use std::path::PathBuf;
+
+/// What to run for one build, independent of who runs it.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// `buildbay-build-….service`.
+    pub name: String,
+    pub description: String,
+    /// The relay (`buildbay builder-exec --build-log …`) and the build command after `--`.
+    pub relay: Vec<String>,
+    /// The relay's `--result` argument, for runners without ExecStopPost.
+    pub result: PathBuf,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// The exe, for ExecStopPost.
+    pub exe: PathBuf,
+    /// `KEY=value` journal fields of every line.
+    pub log_fields: Vec<String>,
+    /// The backend: what the unit's sandbox must allow.
+    pub backend: crate::protocol::Backend,
+    /// The build's architecture.
+    pub arch: String,
+    /// What of the network the build may reach.
+    pub network: super::backend::Network,
+}
+
+impl Unit {
+    pub fn for_build(job: &Job, plan: &Plan, limits: &Limits, exe: &std::path::Path) -> Unit {
+        let dir = job.dir.clone();
+        let mut relay = vec![exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
+        relay.push(dir.join(super::LIVE_LOG).display().to_string());
+        if let Some(After::Lintian { chroot, user }) = &plan.after {
+            relay.extend(["--after-lintian".to_owned(), chroot.clone()]);
+            if let Some(u) = user {
+                relay.extend(["--after-user".to_owned(), u.clone()]);
+            }
+        }
+        for note in &plan.notes {
+            relay.extend(["--note".to_owned(), note.clone()]);
+        }
+        relay.push("--".into());
+        relay.extend(plan.argv.iter().cloned());
+        Unit {
+            name: job.unit.clone(),
+            description: format!("buildbay build {} {} {}", job.bkey.source(), job.bkey.version(), job.bkey.arch),
+            relay,
+            result: dir.join(super::RESULT),
+            dir,
+            env: plan.env.clone(),
+            limits: limits.clone(),
+            exe: exe.to_owned(),
+            log_fields: vec![
+                format!("BUILDBAY_SOURCE={}", job.bkey.source()),
+                format!("BUILDBAY_VERSION={}", job.bkey.version()),
+                format!("BUILDBAY_ARCH={}", job.bkey.arch),
+                format!("BUILDBAY_BKEY={}", job.bkey),
+            ],
+            backend: if plan.machine.is_some() {
+                crate::protocol::Backend::Nspawn
+            } else {
+                crate::protocol::Backend::Sbuild
+            },
+            arch: job.bkey.arch.to_string(),
+            network: plan.network.clone(),
+        }
+    }
+}
+
+/// Who runs build commands.
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// A systemd with machined is there (nspawn machines register).
+    fn is_systemd(&self) -> bool;
+    /// Start a unit; returns the child's pid for runners that have one.
+    async fn start(&self, unit: &Unit) -> Result<Option<i32>, BuilderError>;
+    /// Whether a build's unit (or child) has ended: its `result` exists, or it vanished without
+    /// one (then `result` says "lost"). Reaps and times out what the runner must.
+    async fn ended(&self, job: &Job) -> Result<bool, BuilderError>;
+    /// Stop a unit that may or may not exist (a build recorded as starting).
+    async fn stop(&self, job: &Job) -> Result<(), BuilderError>;
+    /// Cancel a running build: everything it started ends, and `result` says so.
+    async fn cancel(&self, job: &Job) -> Result<(), BuilderError>;
+}
+
+/// systemd over D-Bus if it answers, else child processes; says which in the log.
+pub async fn detect(limits: &Limits) -> Box<dyn Runner> {
+    match crate::systemd::bus::Systemd::connect().await {
+        Ok(s) => Box::new(systemd::SystemdRunner::new(s)),
+        Err(e) => {
+            tracing::info!(
+                "no systemd on the system bus ({e}): builds run as child processes in their own process group"
+            );
+            Box::new(child::ChildRunner::new(limits.runtime_max_sec))
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The systemd runner: each build is a transient service `buildbay-build-<bkey>.service`,
+//! started over D-Bus, with resource limits, journal fields and a sandbox (see [`sandbox`]).
+//! ExecStopPost records how the unit ended, however it ended.
+
+use super::{Runner, Unit};
+use crate::builder::backend::Network;
+use crate::builder::{BuilderError, Job};
+use crate::protocol::Backend;
+use crate::systemd::bus::{IpPrefix, Prop, Systemd, TransientService, UnitState};
+
+pub struct SystemdRunner {
+    bus: Systemd,
+}
+
+impl SystemdRunner {
+    pub fn new(bus: Systemd) -> SystemdRunner {
+        SystemdRunner { bus }
+    }
+}
+
+/// The sandbox of a build unit. The unit runs as root (sbuild needs it for schroot, nspawn for
+/// the machine), but the build itself does not: these properties bound what root in the unit
+/// could reach. Writable: the build directory, the slot's apt cache, schroot's and sbuild's
+/// session directories. Everything else of the host is read-only or absent (home directories,
+/// the daemon's own key, database and spool). The network: none at all when nothing is to be
+/// installed; else only the repository, the mirrors and the name servers (IPAddressAllow, where
+/// the host has cgroup v2 firewalling).
+pub fn sandbox(unit: &Unit) -> Vec<(&'static str, Prop)> {
+    let mut writable = vec![unit.dir.display().to_string()];
+    writable.extend(unit.env.iter().filter(|(k, _)| k == "BUILDBAY_APT_CACHE").map(|(_, v)| v.clone()));
+    let state_dir = unit.dir.ancestors().nth(6).map(|p| p.display().to_string());
+    let mut p: Vec<(&'static str, Prop)> = vec![
+        ("ProtectSystem", Prop::Str("strict".into())),
+        ("ProtectHome", Prop::Str("yes".into())),
+        ("PrivateTmp", Prop::Bool(true)),
+        ("NoNewPrivileges", Prop::Bool(true)),
+        ("ProtectKernelModules", Prop::Bool(true)),
+        ("ProtectKernelLogs", Prop::Bool(true)),
+        ("ProtectClock", Prop::Bool(true)),
+        ("ProtectHostname", Prop::Bool(true)),
+        ("RestrictRealtime", Prop::Bool(true)),
+        ("UMask", Prop::U32(0o022)),
+        ("LimitNOFILE", Prop::U64(65536)),
+        (
+            "RestrictAddressFamilies",
+            Prop::Families(vec!["AF_UNIX".into(), "AF_INET".into(), "AF_INET6".into(), "AF_NETLINK".into()]),
+        ),
+    ];
+    let native = unit.arch == crate::instance::host_arch();
+    match unit.backend {
+        Backend::Sbuild => {
+            writable.extend(
+                ["/var/lib/schroot", "/var/lib/sbuild/build", "/run/schroot", "/run/lock/schroot"]
+                    .iter()
+                    .map(|s| format!("-{s}")),
+            );
+            p.push(("ProtectKernelTunables", Prop::Bool(true)));
+            p.push(("ProtectControlGroups", Prop::Bool(true)));
+            p.push(("ProtectProc", Prop::Str("invisible".into())));
+            p.push(("PrivateDevices", Prop::Bool(true)));
+            p.push(("PrivateIPC", Prop::Bool(true)));
+            // No user or other namespaces for the build (a large kernel attack surface).
+            p.push(("RestrictNamespaces", Prop::U64(NAMESPACES_NONE)));
+            p.push((
+                "SystemCallFilter",
+                Prop::SyscallFilter(vec!["@system-service".into(), "chroot".into(), "@mount".into()]),
+            ));
+            if native {
+                // 32-bit builds switch personality and use the 32-bit system calls.
+                p.push(("LockPersonality", Prop::Bool(true)));
+                p.push(("SystemCallArchitectures", Prop::Strs(vec!["native".into()])));
+            }
+            p.push((
+                "CapabilityBoundingSet",
+                Prop::U64(caps(&[
+                    "CAP_SYS_ADMIN",
+                    "CAP_SYS_CHROOT",
+                    "CAP_SETUID",
+                    "CAP_SETGID",
+                    "CAP_CHOWN",
+                    "CAP_DAC_OVERRIDE",
+                    "CAP_FOWNER",
+                    "CAP_FSETID",
+                    "CAP_KILL",
+                    "CAP_SETFCAP",
+                ])),
+            ));
+        }
+        Backend::Nspawn => {
+            // systemd-nspawn sets up the machine's mounts, cgroup and user namespace itself.
+            writable.extend(["/run/systemd/nspawn", "/run/systemd/machines"].iter().map(|s| format!("-{s}")));
+        }
+    }
+    match &unit.network {
+        Network::None => p.push(("PrivateNetwork", Prop::Bool(true))),
+        Network::Hosts(hosts) => {
+            p.push(("IPAddressDeny", Prop::Ips(IpPrefix::any().to_vec())));
+            p.push(("IPAddressAllow", Prop::Ips(allowed_addresses(hosts))));
+        }
+    }
+    p.push(("ReadWritePaths", Prop::Strs(writable)));
+    if let Some(state) = state_dir {
+        // The daemon's key, database and spool are nothing a build needs.
+        p.push((
+            "InaccessiblePaths",
+            Prop::Strs(
+                ["gnupg", "buildbay.redb", "spool", "incoming", "etc", "var/events", "var/results"]
+                    .iter()
+                    .map(|s| format!("-{state}/{s}"))
+                    .collect(),
+            ),
+        ));
+    }
+    p
+}
+
+/// What a build may reach when it needs the network: loopback, the name servers, and the
+/// addresses the hosts resolve to now.
+fn allowed_addresses(hosts: &[String]) -> Vec<IpPrefix> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+    let mut out = vec![
+        IpPrefix { addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), len: 8 },
+        IpPrefix::host(Ipv6Addr::LOCALHOST.into()),
+    ];
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for l in resolv.lines() {
+        if let Some(a) = l.strip_prefix("nameserver").and_then(|a| a.trim().parse::<IpAddr>().ok()) {
+            out.push(IpPrefix::host(a));
+        }
+    }
+    for h in hosts {
+        match (h.as_str(), 0).to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs.map(|a| IpPrefix::host(a.ip()))),
+            Err(e) => tracing::warn!(host = %h, "cannot resolve a host the build may reach: {e}"),
+        }
+    }
+    out.sort_by_key(|p| (p.addr, p.len));
+    out.dedup();
+    out
+}
+
+/// `RestrictNamespaces=yes`: the mask of namespace flags that stay allowed (none).
+const NAMESPACES_NONE: u64 = 0;
+
+/// A capability set as the bit mask `CapabilityBoundingSet` takes.
+fn caps(names: &[&str]) -> u64 {
+    const ALL: &[&str] = &[
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+    ];
+    names.iter().filter_map(|n| ALL.iter().position(|a| a == n)).fold(0, |m, i| m | (1u64 << i))
+}
+
+/// The transient service of a build unit.
+pub fn service(unit: &Unit) -> TransientService {
+    let l = &unit.limits;
+    TransientService {
+        name: unit.name.clone(),
+        description: unit.description.clone(),
+        exec_start: unit.relay.clone(),
+        exec_stop_post: vec![
+            unit.exe.display().to_string(),
+            "builder-exec".into(),
+            "--stop-post".into(),
+            unit.result.display().to_string(),
+        ],
+        working_directory: unit.dir.display().to_string(),
+        user: None,
+        environment: unit.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        memory_max: l.memory_max,
+        cpu_weight: l.cpu_weight,
+        tasks_max: l.tasks_max,
+        runtime_max_sec: Some(l.runtime_max_sec),
+        log_extra_fields: unit.log_fields.clone(),
+        extra: sandbox(unit),
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for SystemdRunner {
+    fn name(&self) -> &'static str {
+        "systemd"
+    }
+
+    fn is_systemd(&self) -> bool {
+        true
+    }
+
+    async fn start(&self, unit: &Unit) -> Result<Option<i32>, BuilderError> {
+        self.bus.start(&service(unit)).await?;
+        Ok(None)
+    }
+
+    async fn ended(&self, job: &Job) -> Result<bool, BuilderError> {
+        let result = job.dir.join(crate::builder::RESULT);
+        if result.exists() {
+            return Ok(true);
+        }
+        let gone = self.bus.state(&job.unit).await? == UnitState::Gone;
+        if gone && !result.exists() {
+            // ExecStopPost always runs; without its file the unit was lost (e.g. a reboot).
+            crate::builder::write_result(&result, &crate::builder::Ended::new("lost", "-", "-"))?;
+        }
+        Ok(gone)
+    }
+
+    async fn stop(&self, job: &Job) -> Result<(), BuilderError> {
+        Ok(self.bus.stop(&job.unit).await?)
+    }
+
+    async fn cancel(&self, job: &Job) -> Result<(), BuilderError> {
+        Ok(self.bus.stop(&job.unit).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_masks() {
+        assert_eq!(caps(&["CAP_CHOWN"]), 1);
+        assert_eq!(caps(&["CAP_SYS_ADMIN", "CAP_SETFCAP"]), (1 << 21) | (1 << 31));
+    }
+}
