@@ -106,6 +106,28 @@ fn builds_are_transient_systemd_units() {
     let unit = building["extra"]["unit"].as_str().expect("unit").to_owned();
     let status = c.ok(&format!("systemctl status --no-pager '{unit}' || true"));
     assert!(status.contains("sbuild"), "{status}");
+    // The unit's sandbox (docs/security.md), and what systemd-analyze makes of it.
+    for (prop, want) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectProc", "invisible"),
+        ("PrivateDevices", "yes"),
+        ("RestrictNamespaces", "yes"),
+    ] {
+        let got = c.ok(&format!("systemctl show -P {prop} '{unit}'"));
+        assert_eq!(got.trim(), want, "{unit}: {prop}");
+    }
+    let caps = c.ok(&format!("systemctl show -P CapabilityBoundingSet '{unit}'"));
+    assert!(
+        caps.contains("cap_sys_chroot") && !caps.contains("cap_net_admin") && !caps.contains("cap_sys_module"),
+        "{caps}"
+    );
+    let security = c.ok(&format!("systemd-analyze security --no-pager '{unit}' || true"));
+    let exposure = security.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default().to_owned();
+    println!("systemd-analyze security of an sbuild build unit: {exposure}");
+    assert!(!exposure.is_empty(), "{security}");
     let cg = c.ok(&format!("systemctl show -P ControlGroup '{unit}'")).trim().to_owned();
     let cg_host = c.cgroup_dir(&cg);
     let start = Instant::now();

@@ -87,8 +87,9 @@ pub fn sandbox(unit: &Unit) -> Vec<(&'static str, Prop)> {
             ));
         }
         Backend::Nspawn => {
-            // systemd-nspawn sets up the machine's mounts, cgroup and user namespace itself.
-            writable.extend(["/run/systemd/nspawn", "/run/systemd/machines"].iter().map(|s| format!("-{s}")));
+            // systemd-nspawn sets up the machine's mounts, cgroup and user namespace itself;
+            // it locks the machine's tree and propagates mounts under /run/systemd/nspawn.
+            writable.push(NSPAWN_RUN.into());
         }
     }
     match &unit.network {
@@ -138,6 +139,10 @@ fn allowed_addresses(hosts: &[String]) -> Vec<IpPrefix> {
     out.dedup();
     out
 }
+
+/// Where systemd-nspawn keeps its locks and mount propagation (made before a unit starts:
+/// `ProtectSystem=strict` leaves /run read-only).
+const NSPAWN_RUN: &str = "/run/systemd/nspawn";
 
 /// `RestrictNamespaces=yes`: the mask of namespace flags that stay allowed (none).
 const NAMESPACES_NONE: u64 = 0;
@@ -217,6 +222,12 @@ impl Runner for SystemdRunner {
     }
 
     async fn start(&self, unit: &Unit) -> Result<Option<i32>, BuilderError> {
+        if unit.backend == Backend::Nspawn {
+            for d in ["locks", "propagate"] {
+                let p = std::path::Path::new(NSPAWN_RUN).join(d);
+                std::fs::create_dir_all(&p).map_err(crate::builder::io_err(&p))?;
+            }
+        }
         self.bus.start(&service(unit)).await?;
         Ok(None)
     }
