@@ -113,6 +113,8 @@ impl Client {
             .map_err(|e| self.connect_err(e))?;
         let session = (r.status().as_u16() == 302).then(|| set_cookie(&r, "sessionid")).flatten();
         let session = session.ok_or_else(|| ClientError::Login(user.into()))?;
+        // The session's own CSRF token, when the server gives one.
+        let csrf = set_cookie(&r, "csrftoken").unwrap_or(csrf);
         self.cookies = Some((csrf, session));
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Configuration objects (mini-buildd §3) and their status lifecycle: prepare, check, activate,
 //! deactivate, remove. Pure: the actions' side effects live in `instance`.
 
-use crate::archive::layout::Layout;
+use crate::deb::ArchiveUrl;
 use crate::deb::{Arch, ArchiveSuite, Codename, Component, Identity, RepoId};
 use crate::gpg::KeyAlgo;
-use crate::sources::ArchiveUrl;
+use crate::layout::Layout;
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -198,15 +198,46 @@ impl Source {
 
     /// What a passing check learnt: the archives, and the release's components, architectures,
     /// codeversion and description. Names apt would not take are left out.
-    pub fn learn(&mut self, found: &crate::sources::Found) {
-        let r = &found.release;
-        self.archives = found.archives.clone();
+    pub fn learn(&mut self, archives: &[ArchiveUrl], r: &crate::deb::Release) {
+        self.archives = archives.to_vec();
         self.components = r.components.iter().filter_map(|c| c.parse().ok()).collect();
         self.architectures = r.architectures.iter().filter_map(|a| a.parse().ok()).collect();
-        self.codeversion =
-            crate::archive::layout::guess_codeversion(&self.origin, r.version.as_deref(), self.codename.as_str());
+        self.codeversion = crate::layout::guess_codeversion(&self.origin, r.version.as_deref(), self.codename.as_str());
         self.description = r.description.clone().unwrap_or_default();
     }
+}
+
+/// A chroot config object (mini-buildd's Chroot with the Dir backend), `codename:arch`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Chroot {
+    pub codename: Codename,
+    pub arch: Arch,
+    /// The archive debootstrap and apt inside the image use.
+    pub mirror: String,
+    pub status: Status,
+}
+
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+impl Chroot {
+    pub fn new(codename: Codename, arch: Arch) -> Chroot {
+        Chroot { codename, arch, mirror: DEFAULT_MIRROR.to_owned(), status: Status::default() }
+    }
+
+    /// `codename:arch`, its id in the config store and in `status`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.codename, self.arch)
+    }
+
+    /// `buildbay-<codename>-<arch>`: the machine image's and the schroot's name.
+    pub fn name(&self) -> String {
+        chroot_name(&self.codename, &self.arch)
+    }
+}
+
+/// `buildbay-<codename>-<arch>`: a chroot's machine image and schroot name.
+pub fn chroot_name(codename: &Codename, arch: &Arch) -> String {
+    format!("buildbay-{codename}-{arch}")
 }
 
 /// An upstream archive (mini-buildd's Archive): a mirror that may serve Sources.
@@ -472,7 +503,7 @@ pub enum Object {
     PrioritySource(PrioritySource),
     Distribution(Distribution),
     Repository(Repository),
-    Chroot(crate::chroot::Chroot),
+    Chroot(Chroot),
     Uploader(Uploader),
 }
 
@@ -572,7 +603,7 @@ impl Object {
             Kind::Archive => Object::Archive(de(kind, v)?),
             Kind::Source => {
                 let s: Source = de(kind, v)?;
-                crate::sources::valid_origin(&s.origin).map_err(|e| format!("{kind}: {e}"))?;
+                crate::deb::names::valid_origin(&s.origin).map_err(|e| format!("{kind}: {e}"))?;
                 Object::Source(s)
             }
             Kind::PrioritySource => Object::PrioritySource(de(kind, v)?),

@@ -1,12 +1,12 @@
 //! One buildbay instance on its state directory: opens the store, owns the archive key, and runs
 //! the configuration objects' lifecycle actions (prepare, check, activate) that touch the world.
 
-use crate::archive::layout::{self, Layout};
 use crate::archive::{Archive, ArchiveError};
 use crate::chroot::Chroot;
 use crate::config::{self, ArchOption, Daemon, Distribution, LayoutObject, Repository, Source, Status, kind};
 use crate::deb::{Arch, Codename, Component, Identity, RepoId};
 use crate::gpg::{ArchiveKey, GpgError, KeyAlgo};
+use crate::layout::{self, Layout};
 use crate::sources::{self, ArchiveUrl};
 use crate::store::{self, CONFIG, Store, StoreError};
 use redb::ReadableTable;
@@ -709,7 +709,7 @@ impl Instance {
                             .and_then(|c| crate::gpg::usable(&c))
                             .map_err(|e| format!("apt key {}: {e}", k.fingerprint)),
                         Object::Archive(a) => sources::ping(&a.url).map(|ms| a.ping_ms = Some(ms)),
-                        Object::Source(s) => self.check_source(s).map(|found| s.learn(&found)),
+                        Object::Source(s) => self.check_source(s).map(|found| s.learn(&found.archives, &found.release)),
                         Object::Repository(r) => {
                             self.archive().and_then(|a| Ok(a.check_repository(&r.identity)?)).map_err(|e| e.to_string())
                         }
@@ -887,7 +887,9 @@ impl Instance {
         tracing::info!(%codename, arch, "empty state directory: setting up the embedded default (repository test)");
         let opts = SetupOptions {
             identity: None,
-            distributions: vec![format!("{codename}:{arch}")],
+            // Repository test takes unsigned uploads (from this host): its builds run in nspawn
+            // machines, whose root is a user namespace's, not the host's.
+            distributions: vec![format!("{codename}:{arch}:nspawn")],
             repositories: vec![format!("test:Default:{codename}")],
             key_algo: KeyAlgo::default(),
             ..Default::default()

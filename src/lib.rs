@@ -17,6 +17,9 @@ pub mod events;
 pub mod gpg;
 pub mod incoming;
 pub mod instance;
+#[cfg(test)]
+mod layering;
+pub mod layout;
 pub mod packager;
 pub mod protocol;
 pub mod sources;

@@ -62,6 +62,9 @@ enum Command {
         /// With --after-lintian: the build user lintian runs as.
         #[arg(long, requires = "after_lintian")]
         after_user: Option<String>,
+        /// With --after-lintian: the slot's own /build directory, where lintian reads copies.
+        #[arg(long, requires = "after_lintian")]
+        after_dir: Option<PathBuf>,
         /// sbuild's pre-build command: the apt setup of the session of this build directory;
         /// the command is the session's exec prefix.
         #[arg(long, conflicts_with = "build_log", requires = "apt_cache")]
@@ -195,6 +198,9 @@ struct BuildArgs {
     /// Where schroot configs of the chroots go.
     #[arg(long, default_value = "/etc/schroot/chroot.d")]
     schroot_dir: PathBuf,
+    /// Where each build slot's own /build directory (its sbuild sessions') goes.
+    #[arg(long, default_value = "/var/lib/buildbay-build")]
+    slots_dir: PathBuf,
     /// `systemd` (transient units over D-Bus), `child` (child processes), or `auto`.
     #[arg(long, value_enum, default_value_t = RunnerChoice::Auto)]
     build_runner: RunnerChoice,
@@ -384,6 +390,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         note,
         after_lintian,
         after_user,
+        after_dir,
         sbuild_setup,
         apt_cache,
         nspawn_root,
@@ -405,7 +412,11 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             std::process::exit(code);
         }
         let log = log.as_ref().context("--build-log is required")?;
-        let after = exec::AfterStep { lintian_chroot: after_lintian.clone(), user: after_user.clone() };
+        let after = exec::AfterStep {
+            lintian_chroot: after_lintian.clone(),
+            user: after_user.clone(),
+            dir: after_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/sbuild/build")),
+        };
         let code = exec::relay(log, result.as_deref(), note, &after, command)
             .with_context(|| format!("running {command:?}"))?;
         std::process::exit(code);
@@ -629,6 +640,7 @@ fn serve(
             places: buildbay::chroot::Places {
                 machines: build.machines_dir.clone(),
                 schroot_d: build.schroot_dir.clone(),
+                slots: build.slots_dir.clone(),
             },
             root: state.join(buildbay::builder::BUILDS_DIR),
             results: daemon.incoming.results.clone(),

@@ -21,57 +21,7 @@ pub enum SourcesError {
     Read(String),
 }
 
-/// An archive's URL: `http(s)://…` with exactly one trailing `/` (mini-buildd's rule), so that
-/// `dists/` appends to it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ArchiveUrl(String);
-
-impl ArchiveUrl {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL without its trailing `/`, as apt sources lines and mmdebstrap write it.
-    pub fn mirror(&self) -> &str {
-        self.0.trim_end_matches('/')
-    }
-}
-
-impl std::str::FromStr for ArchiveUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<ArchiveUrl, String> {
-        let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
-        let ok = rest.is_some_and(|r| {
-            !r.is_empty() && !r.starts_with('/') && r.bytes().all(|b| b.is_ascii_graphic() && !b"\"'<>\\`".contains(&b))
-        });
-        if !ok {
-            return Err(format!(
-                "archive URL {s:?}: use http:// or https:// and a host, e.g. http://deb.debian.org/debian/"
-            ));
-        }
-        Ok(ArchiveUrl(format!("{}/", s.trim_end_matches('/'))))
-    }
-}
-
-impl TryFrom<String> for ArchiveUrl {
-    type Error = String;
-    fn try_from(s: String) -> Result<ArchiveUrl, String> {
-        s.parse()
-    }
-}
-
-impl From<ArchiveUrl> for String {
-    fn from(u: ArchiveUrl) -> String {
-        u.0
-    }
-}
-
-impl std::fmt::Display for ArchiveUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::deb::ArchiveUrl;
 
 /// What buildbay knows of an origin without asking anyone: its main archive, the keyring
 /// package that holds its archive keys, and its current releases.
@@ -106,19 +56,7 @@ pub const ORIGINS: &[Origin] = &[
     },
 ];
 
-/// A Release `Origin` as a Source names it: it goes into apt preferences (`o=…`) and the
-/// Source's id (`Origin:codename`), so no control characters, `,`, `:` or `=`.
-pub fn valid_origin(origin: &str) -> Result<(), String> {
-    if origin.trim().is_empty() || origin.trim() != origin {
-        return Err(format!("origin {origin:?}: give the release's Origin, e.g. Debian"));
-    }
-    if origin.chars().any(|c| c.is_control() || matches!(c, ',' | ':' | '=')) {
-        return Err(format!(
-            "origin {origin:?}: no control characters, ',', ':' or '=' (it is the release's Origin, e.g. Debian)"
-        ));
-    }
-    Ok(())
-}
+pub use crate::deb::names::valid_origin;
 
 /// An origin by its name, or by a release origin signed with its keys (`Debian Backports`).
 pub fn origin(name: &str) -> Result<&'static Origin, SourcesError> {

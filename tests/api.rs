@@ -67,6 +67,8 @@ fn login(url: &str, user: &str, password: &str) -> Result<String, String> {
     let session = set_cookie(&head, "sessionid").expect("sessionid cookie");
     let session_line = head.lines().find(|l| l.to_lowercase().starts_with("set-cookie: sessionid")).unwrap_or_default();
     assert!(session_line.contains("Path=/") && session_line.contains("HttpOnly"), "{session_line}");
+    // The session's own CSRF token replaces the form's, as a cookie jar takes it.
+    let csrf = set_cookie(&head, "csrftoken").expect("the session's csrftoken cookie");
     let (status, _, _) =
         curl(&["-H", &format!("Cookie: csrftoken={csrf}; sessionid={session}"), &format!("{url}{location}")]);
     assert_eq!(status, 200);
@@ -297,8 +299,11 @@ fn login_flow_tokens_csrf_and_hostile_requests() {
         *codes.entry(c.to_owned()).or_insert(0) += 1;
     }
     eprintln!("1000 wrong logins in {:?}: {:?}", t0.elapsed(), codes.iter().take(5).collect::<Vec<_>>());
-    assert_eq!(codes.get("200"), Some(&5), "five attempts are checked: {codes:?}");
-    assert_eq!(codes.get("429"), Some(&995), "the rest are refused: {codes:?}");
+    // Five attempts a minute from an address; the wrong password tried above is one of them (a
+    // success in between does not forgive it), unless that minute has passed.
+    let checked = codes.get("200").copied().unwrap_or(0);
+    assert!(checked == 4 || checked == 5, "five attempts a minute are checked: {codes:?}");
+    assert_eq!(codes.get("429"), Some(&(1000 - checked)), "the rest are refused: {codes:?}");
     let t = std::time::Instant::now();
     let (code, _, _) = curl(&[&api("status/?output=json")]);
     assert_eq!(code, 200);

@@ -88,6 +88,17 @@ fn hostile_uploads_and_builds() {
     let mut srv = serve_on(&inst, &http, &ftp, &["--build-slots", "2"]);
     srv.ftp = format!("127.0.0.1:{ftp_port}");
 
+    // 0. (sbuild, no unit: the build has the host's network) A build that uploads over loopback
+    //    FTP is no local user: its unsigned upload to `test` is refused as a build's.
+    let up = edited_source(dir.path(), "hostilebuilder", "perl debian/up.pl", |tree| {
+        std::fs::write(tree.join("debian/up.pl"), uploader_script(&ftp_port)).expect("write");
+    });
+    ftp_upload(&srv.ftp, &up);
+    let e = final_event(&srv.url, "hostilebuildup");
+    assert_eq!(e["type"], "REJECTED", "{e}");
+    assert!(reason(&e).contains("a build"), "{e}");
+    assert_eq!(final_event(&srv.url, "hostilebuilder")["type"], "INSTALLED");
+
     for backend in ["sbuild", "nspawn"] {
         if backend == "nspawn" {
             assert!(srv.stop());
@@ -272,18 +283,41 @@ fn symlinked_deb_source(dir: &Path, name: &str) -> PathBuf {
     buildable_source_with(dir, name, "1.0~test12+1", UNSTABLE, &recipe, &[])
 }
 
-/// A source whose binary package is named like another source's.
-fn hijacking_source(dir: &Path, name: &str, victim: &str) -> PathBuf {
-    let changes = buildable_source(dir, name, "1.0~test12+1", UNSTABLE, "true");
+/// A perl script (Net::FTP is in perl) that uploads an unsigned source upload to `test` over
+/// loopback FTP, as a build could.
+fn uploader_script(port: &str) -> String {
+    format!(
+        r#"use Net::FTP;
+my $f = Net::FTP->new("127.0.0.1", Port => {port}, Passive => 1) or die "connect: $@";
+$f->login("anonymous", "build") or die "login";
+$f->cwd("/incoming");
+open(my $d, ">", "e.dsc"); close $d;
+$f->put("e.dsc", "hostilebuildup_1.0~test12+1.dsc") or die "put dsc";
+open(my $c, ">", "c.changes");
+print $c "Format: 1.8
+Source: hostilebuildup
+Version: 1.0~test12+1
+Distribution: bookworm-test-unstable
+Architecture: source
+Changed-By: x <x\@example.org>
+Files:
+ d41d8cd98f00b204e9800998ecf8427e 0 misc optional hostilebuildup_1.0~test12+1.dsc
+";
+close $c;
+$f->put("c.changes", "hostilebuildup_1.0~test12+1_source.changes") or die "put changes";
+$f->quit;
+print "uploaded from the build
+";
+"#
+    )
+}
+
+/// A buildable source (see `buildable_source`) edited by `edit` in its tree, then rebuilt.
+fn edited_source(dir: &Path, name: &str, recipe: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let changes = buildable_source(dir, name, "1.0~test12+1", UNSTABLE, recipe);
     let work = changes.parent().expect("dir").to_owned();
     let tree = work.join(name);
-    let control = std::fs::read_to_string(tree.join("debian/control")).expect("control");
-    std::fs::write(
-        tree.join("debian/control"),
-        control.replace(&format!("Package: {name}\n"), &format!("Package: {victim}\n")),
-    )
-    .expect("write");
-    std::fs::write(tree.join("debian/install"), format!("{name} usr/bin\n")).expect("write");
+    edit(&tree);
     for f in std::fs::read_dir(&work).expect("dir").flatten() {
         if f.path().is_file() {
             let _ = std::fs::remove_file(f.path());
@@ -293,6 +327,16 @@ fn hijacking_source(dir: &Path, name: &str, victim: &str) -> PathBuf {
     let text = ok(Command::new("dpkg-genchanges").args(["-S", "-sa"]).current_dir(&tree));
     std::fs::write(&changes, text).expect("write");
     changes
+}
+
+/// A source whose binary package is named like another source's.
+fn hijacking_source(dir: &Path, name: &str, victim: &str) -> PathBuf {
+    edited_source(dir, name, "true", |tree| {
+        let control = std::fs::read_to_string(tree.join("debian/control")).expect("control");
+        let control = control.replace(&format!("Package: {name}\n"), &format!("Package: {victim}\n"));
+        std::fs::write(tree.join("debian/control"), control).expect("write");
+        std::fs::write(tree.join("debian/install"), format!("{name} usr/bin\n")).expect("write");
+    })
 }
 
 /// Add a file to an unsigned source upload: listed in its .dsc and its .changes.
@@ -439,7 +483,25 @@ fn hostile_bounds_and_browsers() {
         .to_owned();
     assert!(session.contains("SameSite=Strict") && session.contains("HttpOnly"), "{session}");
     let sid = session.split('=').nth(1).and_then(|v| v.split(';').next()).expect("sid").to_owned();
-    let cookies = format!("csrftoken={token}; sessionid={sid}");
+    // The session's own CSRF token replaced the login form's.
+    let session_token = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: csrftoken="))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.split(';').next())
+        .expect("the session's csrftoken")
+        .to_owned();
+    assert_ne!(session_token, token, "a session gets a token of its own");
+    let cookies = format!("csrftoken={session_token}; sessionid={sid}");
+    // The login form's token, planted as the cookie and echoed: not the session's, refused.
+    let (code, _, body) = curl(&[
+        "-H",
+        &format!("Cookie: csrftoken={token}; sessionid={sid}"),
+        "-H",
+        &format!("X-CSRFToken: {token}"),
+        &api_url("user_add/?name=mallory&role=admin&confirm=user_add&output=json"),
+    ]);
+    assert_eq!(code, 403, "{body}");
     let (code, _, body) = curl(&[
         "-H",
         &format!("Cookie: {cookies}"),
@@ -462,12 +524,12 @@ fn hostile_bounds_and_browsers() {
         "-H",
         &format!("Cookie: {cookies}"),
         &api_url(&format!(
-            "user_add/?name=mallory&role=admin&password=pw-of-mallory&confirm=user_add&csrfmiddlewaretoken={token}&output=json"
+            "user_add/?name=mallory&role=admin&password=pw-of-mallory&confirm=user_add&csrfmiddlewaretoken={session_token}&output=json"
         )),
     ]);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("POST body"), "{body}");
-    let users = inst_users(&srv.url, &cookies, &token);
+    let users = inst_users(&srv.url, &cookies, &session_token);
     assert!(!users.contains("mallory"), "{users}");
     // Logging out by a link does nothing.
     let (code, _, _) = curl(&["-H", &format!("Cookie: {cookies}"), &format!("{}/accounts/logout/", srv.url)]);

@@ -1,7 +1,7 @@
 //! What each call does. Blocking (redb, files): `web` runs it on a blocking thread.
 
 use super::{ApiError, Args};
-use crate::archive::{ArchiveError, layout::Layout};
+use crate::archive::ArchiveError;
 use crate::auth::{self, Principal, Role};
 use crate::chroot::Chroot;
 use crate::config::{self, LayoutObject, Repository, Uploader, kind};
@@ -9,6 +9,7 @@ use crate::daemon::Daemon;
 use crate::deb::{Codename, Dist, PackageName, RepoId, SnapshotName, Version};
 use crate::events::Event;
 use crate::instance::{InstanceError, SetupOptions};
+use crate::layout::Layout;
 use serde_json::{Value as Json, json};
 
 /// Where the request came in: `http://host:port`, as the client addressed us.
@@ -469,7 +470,8 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         "password_change" => {
             let user = who_name(who)?;
             let (old, new) = (args.require::<String>("old_password")?, args.require::<String>("new_password")?);
-            auth::change_password(&d.inst.store, user, &old, &new)?;
+            let keep = who.session.as_ref().map(|(digest, _)| digest.as_str());
+            auth::change_password(&d.inst.store, user, &old, &new, keep)?;
             Ok(json!({"user": user, "message": "password changed"}))
         }
         "user_ls" => {

@@ -262,6 +262,7 @@ mod tests {
             role,
             via: crate::auth::Via::Token,
             must_change_password: false,
+            session: None,
         };
         let (staff, login) = (p(Role::Staff), p(Role::Login));
         assert_eq!(admit(migrate, &anon, true, Some("migrate")).unwrap_err().status, 401);

@@ -7,7 +7,6 @@
 
 pub mod compress;
 pub mod index;
-pub mod layout;
 pub mod publish;
 
 use crate::config::{self, Distribution, LayoutObject, Repository, kind};
@@ -19,10 +18,10 @@ use crate::deb::{
 };
 use crate::events::{Event, EventType};
 use crate::gpg::ArchiveKey;
+use crate::layout::{self, Layout, ShiftOp, Slot};
 use crate::store::{
     self, CONFIG, DIRTY, DIST_BINARIES, DIST_DSCS, DIST_SOURCES, POOL_REFS, SNAPSHOTS, Store, StoreError,
 };
-use layout::{Layout, ShiftOp, Slot};
 use publish::{Part, PublishError};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,33 +33,39 @@ static DEBDIFF_TURN: Mutex<()> = Mutex::new(());
 /// Most bytes of sources a debdiff compares.
 const DEBDIFF_INPUT: u64 = 1 << 30;
 
-/// A scratch directory for debdiff, owned by `nobody` when running as root, removed on drop.
+/// A scratch directory for debdiff: root's (0755), with the sources copied in by root and a
+/// `tmp` directory, the only one `nobody` (who runs debdiff) may write. Root never writes into a
+/// directory `nobody` can change. Removed on drop.
 struct Scratch {
     dir: PathBuf,
+    /// `nobody`'s uid and gid, when running as root.
     owner: Option<(u32, u32)>,
     copied: std::cell::Cell<u64>,
 }
 
 impl Scratch {
     fn new() -> Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = std::env::temp_dir().join(format!("buildbay-debdiff-{}", crate::protocol::fresh_micros()));
-        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
+        std::fs::DirBuilder::new().mode(0o755).create(&dir).map_err(io_err(&dir))?;
         let owner = if nix::unistd::geteuid().is_root() {
             nix::unistd::User::from_name("nobody").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
         } else {
             None
         };
         let s = Scratch { dir, owner, copied: std::cell::Cell::new(0) };
-        s.own(&s.dir)?;
+        let tmp = s.tmp();
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(io_err(&tmp))?;
+        if let Some((u, g)) = s.owner {
+            nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)))
+                .map_err(|e| io_err(&tmp)(e.into()))?;
+        }
         Ok(s)
     }
 
-    fn own(&self, p: &Path) -> Result<()> {
-        if let Some((u, g)) = self.owner {
-            nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)))
-                .map_err(|e| io_err(p)(e.into()))?;
-        }
-        Ok(())
+    /// Where debdiff (as nobody) writes.
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
     }
 
     /// Copy a pool `.dsc` and the files it lists into a directory of its own; returns the copy.
@@ -70,7 +75,6 @@ impl Scratch {
             Dsc::parse(&text).map_err(|source| ArchiveError::Control { file: dsc.display().to_string(), source })?;
         let to = self.dir.join(sub);
         std::fs::create_dir(&to).map_err(io_err(&to))?;
-        self.own(&to)?;
         let from = dsc.parent().unwrap_or(Path::new("."));
         let name = dsc.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for n in std::iter::once(name.clone()).chain(parsed.files.iter().map(|f| f.name.to_string())) {
@@ -80,7 +84,6 @@ impl Scratch {
                 return Err(ArchiveError::Debdiff(format!("the sources are larger than {DEBDIFF_INPUT} bytes")));
             }
             std::fs::copy(from.join(&n), to.join(&n)).map_err(io_err(to.join(&n)))?;
-            self.own(&to.join(&n))?;
         }
         Ok(to.join(name))
     }
@@ -591,11 +594,17 @@ impl<'a> Archive<'a> {
                     )));
                 }
             }
-            let owners = binary_owners(&read, dist)?;
+            // In every suite of the repository (rollbacks are history, not owners).
+            let mut owners = BTreeMap::new();
+            for d in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
+                for (pkg, src) in binary_owners(&read, &d)? {
+                    owners.entry(pkg).or_insert((src, d.clone()));
+                }
+            }
             for (k, _) in &new_bins {
-                if let Some(owner) = owners.get(&k.package).filter(|o| **o != changes.source) {
+                if let Some((owner, in_dist)) = owners.get(&k.package).filter(|(o, _)| *o != changes.source) {
                     return Err(ArchiveError::Inconsistent(format!(
-                        "binary package {} belongs to source {owner} in {dist}; one source cannot take over another's package (remove {owner} first)",
+                        "binary package {} belongs to source {owner} in {in_dist}; one source cannot take over another's package (remove {owner} first)",
                         k.package
                     )));
                 }
@@ -946,9 +955,9 @@ impl<'a> Archive<'a> {
             .arg("debdiff")
             .arg(&a_dsc)
             .arg(&b_dsc)
-            .current_dir(&scratch.dir)
-            .env("TMPDIR", &scratch.dir)
-            .env("HOME", &scratch.dir)
+            .current_dir(scratch.tmp())
+            .env("TMPDIR", scratch.tmp())
+            .env("HOME", scratch.tmp())
             .stdin(std::process::Stdio::null());
         if let Some((uid, gid)) = scratch.owner {
             use std::os::unix::process::CommandExt;

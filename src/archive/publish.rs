@@ -9,7 +9,6 @@ use super::compress;
 use super::index::{self, HASHES, ReleaseFile, ReleaseMeta};
 use crate::deb::Checksums;
 use crate::gpg::ArchiveKey;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +53,7 @@ pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     write_file_synced(path, data).map_err(io(path))
 }
 
-/// [`write_synced`] for callers outside the archive, with a plain I/O error.
-pub fn write_file_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp =
-        path.with_file_name(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub use crate::store::write_file_synced;
 
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))

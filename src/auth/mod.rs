@@ -75,6 +75,10 @@ pub struct Session {
     /// such a session is a credential of a program that no browser holds.
     #[serde(default)]
     pub api: bool,
+    /// The session's CSRF token: a state change of the session must carry it (a cookie an
+    /// attacker planted from a sibling site is not it).
+    #[serde(default)]
+    pub csrf: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -112,11 +116,18 @@ pub struct Principal {
     pub via: Via,
     /// The user still has a one-time password: only changing it is allowed.
     pub must_change_password: bool,
+    /// A session's digest (to keep it when the others end) and its CSRF token.
+    pub session: Option<(String, String)>,
 }
 
 impl Principal {
     pub fn anonymous() -> Principal {
-        Principal { user: None, role: Role::None, via: Via::Anonymous, must_change_password: false }
+        Principal { user: None, role: Role::None, via: Via::Anonymous, must_change_password: false, session: None }
+    }
+
+    /// The session's CSRF token, if it is a session.
+    pub fn csrf(&self) -> Option<&str> {
+        self.session.as_ref().map(|(_, c)| c.as_str()).filter(|c| !c.is_empty())
     }
 
     /// Authenticated by a browser session (so state changes need CSRF protection).
@@ -251,9 +262,9 @@ pub fn check_password(store: &Store, name: &str, password: &str) -> Result<Optio
     }
 }
 
-/// Change a user's password after checking the current one; ends every other session of the
-/// user and clears a one-time password.
-pub fn change_password(store: &Store, name: &str, old: &str, new: &str) -> Result<()> {
+/// Change a user's password after checking the current one; ends every session of the user but
+/// `keep` (the digest of the session that asks), and clears a one-time password.
+pub fn change_password(store: &Store, name: &str, old: &str, new: &str, keep: Option<&str>) -> Result<()> {
     check_strength(new)?;
     let mut u = get_user(store, name)?.ok_or_else(|| AuthError::NoUser(name.to_owned()))?;
     if !verify_password(&u.password_hash, old) {
@@ -267,6 +278,7 @@ pub fn change_password(store: &Store, name: &str, old: &str, new: &str) -> Resul
     let tx = store.write()?;
     tx.open_table(USERS)?.insert(name, store::encode(&u).as_slice())?;
     tx.commit()?;
+    end_sessions_but(store, name, keep)?;
     Ok(())
 }
 
@@ -321,6 +333,11 @@ pub fn remove_user(store: &Store, name: &str) -> Result<()> {
 
 /// End every session of a user.
 pub fn end_sessions(store: &Store, name: &str) -> Result<usize> {
+    end_sessions_but(store, name, None)
+}
+
+/// End every session of a user but `keep` (a session digest).
+fn end_sessions_but(store: &Store, name: &str, keep: Option<&str>) -> Result<usize> {
     let tx = store.write()?;
     let n = {
         let mut t = tx.open_table(SESSIONS)?;
@@ -328,7 +345,7 @@ pub fn end_sessions(store: &Store, name: &str) -> Result<usize> {
         for item in t.iter()? {
             let (k, v) = item?;
             let s: Session = store::decode(k.value(), v.value())?;
-            if s.user == name {
+            if s.user == name && Some(k.value()) != keep {
                 gone.push(k.value().to_owned());
             }
         }
@@ -401,14 +418,16 @@ pub fn expire(store: &Store) -> Result<usize> {
     Ok(n)
 }
 
-/// Start a session; returns the session id for the cookie. `api`: an API client's login.
-pub fn create_session(store: &Store, user: &str, api: bool) -> Result<String> {
+/// Start a session; returns the session id for the cookie and its CSRF token. `api`: an API
+/// client's login.
+pub fn create_session(store: &Store, user: &str, api: bool) -> Result<(String, String)> {
     let id = random_token();
-    let s = Session { user: user.to_owned(), expires: Utc::now() + SESSION_LIFETIME, api };
+    let s = Session { user: user.to_owned(), expires: Utc::now() + SESSION_LIFETIME, api, csrf: random_token() };
+    let csrf = s.csrf.clone();
     let tx = store.write()?;
     tx.open_table(SESSIONS)?.insert(digest(&id).as_str(), store::encode(&s).as_slice())?;
     tx.commit()?;
-    Ok(id)
+    Ok((id, csrf))
 }
 
 pub fn end_session(store: &Store, id: &str) -> Result<()> {
@@ -427,7 +446,13 @@ pub fn session_principal(store: &Store, id: &str) -> Result<Option<Principal>> {
     }
     let Some(u): Option<User> = store::get_json(&r.open_table(USERS)?, &s.user)? else { return Ok(None) };
     let via = if s.api { Via::ApiSession } else { Via::Browser };
-    Ok(Some(Principal { user: Some(u.name), role: u.role, via, must_change_password: u.must_change_password }))
+    Ok(Some(Principal {
+        user: Some(u.name),
+        role: u.role,
+        via,
+        must_change_password: u.must_change_password,
+        session: Some((digest(id), s.csrf)),
+    }))
 }
 
 /// Create an API token (valid for `days`, or until revoked); returns the secret (shown once)
@@ -497,6 +522,7 @@ pub fn token_principal(store: &Store, secret: &str) -> Result<Option<Principal>>
         role: t.role.min(u.role),
         via: Via::Token,
         must_change_password: u.must_change_password,
+        session: None,
     }))
 }
 
@@ -534,16 +560,15 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// The password was right: the attempt does not count, and the address starts afresh.
+    /// The password was right: this attempt does not count (the failures before it still do).
     pub fn succeeded(self) {
         let mut map = self.limiter.buckets.lock().unwrap_or_else(|p| p.into_inner());
         for k in &self.keys {
-            if let Some(v) = map.get_mut(k) {
-                v.retain(|t| *t != self.at);
+            if let Some(v) = map.get_mut(k)
+                && let Some(i) = v.iter().position(|t| *t == self.at)
+            {
+                v.remove(i);
             }
-        }
-        if let Some(k) = self.keys.first() {
-            map.remove(k);
         }
     }
 }
@@ -575,10 +600,15 @@ impl LoginLimiter {
         LoginLimiter { buckets: Mutex::new(HashMap::new()), hashers: tokio::sync::Semaphore::new(Self::HASHERS) }
     }
 
-    /// Take a place for one attempt in every bucket, and a hasher, or say why not.
+    /// Take a place for one attempt in every bucket, and a hasher, or say why not. An attempt
+    /// from this host (loopback) is counted only by its address, so that nobody on the network
+    /// can lock the administrator out of a local login.
     pub fn reserve(&self, ip: IpAddr, user: &str) -> std::result::Result<Attempt<'_>, Refusal> {
         let now = Utc::now();
-        let keys = vec![Bucket::Address(address_bucket(ip)), Bucket::User(user.to_owned()), Bucket::All];
+        let mut keys = vec![Bucket::Address(address_bucket(ip))];
+        if !ip.to_canonical().is_loopback() {
+            keys.extend([Bucket::User(user.to_owned()), Bucket::All]);
+        }
         let limits = [Self::PER_ADDRESS, Self::PER_USER, Self::ALL];
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
@@ -625,7 +655,7 @@ mod tests {
         assert!(check_password(&store, "alice", "wrong horse").unwrap().is_none());
         assert!(check_password(&store, "nobody", "x").unwrap().is_none());
 
-        let sid = create_session(&store, "alice", false).unwrap();
+        let (sid, _) = create_session(&store, "alice", false).unwrap();
         assert_eq!(session_principal(&store, &sid).unwrap().unwrap().role, Role::Staff);
         end_session(&store, &sid).unwrap();
         assert!(session_principal(&store, &sid).unwrap().is_none());
@@ -646,15 +676,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         add_user_with(&store, "root", "one-time-pw", Role::Admin, true).unwrap();
-        let sid = create_session(&store, "root", false).unwrap();
+        let (sid, _) = create_session(&store, "root", false).unwrap();
         assert!(session_principal(&store, &sid).unwrap().unwrap().must_change_password);
-        assert!(matches!(change_password(&store, "root", "one-time-pw", "one-time-pw"), Err(AuthError::SamePassword)));
-        assert!(matches!(change_password(&store, "root", "wrong", "a-new-password"), Err(AuthError::WrongPassword)));
-        change_password(&store, "root", "one-time-pw", "a-new-password").unwrap();
+        assert!(matches!(
+            change_password(&store, "root", "one-time-pw", "one-time-pw", None),
+            Err(AuthError::SamePassword)
+        ));
+        assert!(matches!(
+            change_password(&store, "root", "wrong", "a-new-password", None),
+            Err(AuthError::WrongPassword)
+        ));
+        let (other, _) = create_session(&store, "root", false).unwrap();
+        let keep = session_principal(&store, &sid).unwrap().unwrap().session.unwrap().0;
+        change_password(&store, "root", "one-time-pw", "a-new-password", Some(&keep)).unwrap();
         assert!(!session_principal(&store, &sid).unwrap().unwrap().must_change_password);
+        assert!(session_principal(&store, &other).unwrap().is_none(), "the other sessions end");
         assert!(matches!(set_role(&store, "root", Role::Login), Err(AuthError::LastAdmin)));
         add_user(&store, "bob", "bob-password", Role::Staff).unwrap();
-        let bob = create_session(&store, "bob", true).unwrap();
+        let (bob, _) = create_session(&store, "bob", true).unwrap();
         let (bob_token, _) = create_token(&store, "bob", Role::Staff, "ci", Some(30)).unwrap();
         assert_eq!(session_principal(&store, &bob).unwrap().unwrap().via, Via::ApiSession);
         set_role(&store, "bob", Role::Login).unwrap();
@@ -693,7 +732,7 @@ mod tests {
         // The /64 is one bucket.
         assert!(matches!(l.reserve(neighbour, "alice"), Err(Refusal::Wait(_))));
         assert!(l.reserve("192.0.2.1".parse().unwrap(), "alice").is_ok());
-        // A success frees the address.
+        // A success does not count, but does not forgive the failures before it either.
         let l = LoginLimiter::new();
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
         for _ in 0..LoginLimiter::PER_ADDRESS - 1 {
@@ -701,5 +740,13 @@ mod tests {
         }
         l.reserve(v4, "bob").unwrap().succeeded();
         assert!(l.reserve(v4, "bob").is_ok());
+        assert!(l.reserve(v4, "bob").is_err());
+        // Attempts from the network cannot lock out a user's login from this host.
+        let l = LoginLimiter::new();
+        for i in 0..LoginLimiter::PER_USER {
+            drop(l.reserve(format!("198.51.100.{i}").parse().unwrap(), "admin").unwrap());
+        }
+        assert!(l.reserve("198.51.100.200".parse().unwrap(), "admin").is_err());
+        assert!(l.reserve("127.0.0.1".parse().unwrap(), "admin").is_ok());
     }
 }

@@ -12,8 +12,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 pub struct AfterStep {
     /// lintian in ignore mode on this chroot's fresh session…
     pub lintian_chroot: Option<String>,
-    /// …as this user (the slot's build user).
+    /// …as this user (the slot's build user)…
     pub user: Option<String>,
+    /// …on copies in this directory, the session's `/build`.
+    pub dir: PathBuf,
 }
 
 /// The relay of a build (`buildbay builder-exec --build-log …`): run the build command logged,
@@ -31,7 +33,7 @@ pub fn relay(
     let code = run_logged(log, Some(&log.with_file_name(super::phases::FILE)), notes, argv)?;
     if let (0, Some(chroot)) = (code, &after.lintian_chroot) {
         // Whatever happens to the after step, the unit's end is still recorded below.
-        if let Err(e) = run_after_lintian(log, chroot, after.user.as_deref()) {
+        if let Err(e) = run_after_lintian(log, chroot, after.user.as_deref(), &after.dir) {
             eprintln!("buildbay: lintian after the result failed to run: {e}");
         }
     }
@@ -43,33 +45,46 @@ pub fn relay(
 
 /// Mark the build built, then run lintian on its files into its own log: in a fresh session of
 /// the chroot, as the build user, on copies of the build's regular files (never through a
-/// symlink it left), under sbuild's `/build`, the one host directory a session sees.
-fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>) -> std::io::Result<()> {
+/// symlink it left) in the slot's `/build`. The copies are made through a directory descriptor
+/// of a fresh directory, so nothing there is followed even if the directory is renamed meanwhile.
+fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>, build: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
     Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
     let after_log = log.with_file_name(super::AFTER_LOG);
     let out = log.with_file_name(super::OUT);
-    let scratch = tempdir_in(Path::new("/var/lib/sbuild/build"), "buildbay-lintian-")?;
+    let name = format!("buildbay-lintian-{}", crate::protocol::fresh_micros());
+    let scratch = build.join(&name);
+    nix::unistd::mkdir(&scratch, Mode::S_IRWXU).map_err(std::io::Error::from)?;
     let copy = || -> std::io::Result<Vec<String>> {
+        let dir = nix::fcntl::open(&scratch, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(std::io::Error::from)?;
         let mut changes = Vec::new();
         for e in std::fs::read_dir(&out)? {
             let e = e?;
-            let Ok(name) = e.file_name().into_string() else { continue };
-            if name.parse::<crate::deb::FileName>().is_err() {
+            let Ok(file) = e.file_name().into_string() else { continue };
+            if file.parse::<crate::deb::FileName>().is_err() {
                 continue;
             }
             let Ok((mut from, _)) = crate::protocol::tar::open_regular(&e.path()) else { continue };
-            let mut to = std::fs::File::create(scratch.join(&name))?;
-            std::io::copy(&mut from, &mut to)?;
-            if name.ends_with(".changes") {
-                changes.push(name);
+            let to = openat(
+                &dir,
+                file.as_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map_err(std::io::Error::from)?;
+            std::io::copy(&mut from, &mut std::fs::File::from(to))?;
+            if file.ends_with(".changes") {
+                changes.push(file);
             }
         }
+        nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(0o755)).map_err(std::io::Error::from)?;
         Ok(changes)
     };
     let changes = copy();
     let argv = match &changes {
         Ok(changes) => {
-            let rel = scratch.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let mut a: Vec<String> = vec!["schroot".into(), "-c".into(), chroot.to_owned(), "-d".into(), "/".into()];
             if let Some(u) = user {
                 a.extend(["-u".to_owned(), u.to_owned()]);
@@ -80,12 +95,10 @@ fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>) -> std::io::R
                 "--suppress-tags".into(),
                 "bad-distribution-in-changes-file".into(),
             ]);
-            a.extend(changes.iter().map(|c| format!("/build/{rel}/{c}")));
+            a.extend(changes.iter().map(|c| format!("/build/{name}/{c}")));
             a
         }
-        Err(e) => {
-            vec!["sh".into(), "-c".into(), format!("echo 'buildbay: cannot copy the build's files: {e}'; exit 1")]
-        }
+        Err(e) => vec!["sh".into(), "-c".into(), format!("echo 'buildbay: cannot copy the build files: {e}'; exit 1")],
     };
     let code = run_logged(&after_log, None, &[], &argv);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -99,24 +112,6 @@ fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>) -> std::io::R
         count("E: "),
         count("W: ")
     )
-}
-
-/// A fresh directory `<prefix>XXXXXX` in `parent`, readable by everyone (the build user reads
-/// it through the session).
-fn tempdir_in(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    for i in 0..100u32 {
-        let d = parent.join(format!("{prefix}{}-{i}", crate::protocol::fresh_micros()));
-        match std::fs::create_dir(&d) {
-            Ok(()) => {
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
-                return Ok(d);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no fresh directory name"))
 }
 
 /// The apt setup of an sbuild session (`buildbay builder-exec --sbuild-setup DIR --apt-cache
@@ -381,7 +376,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, result) = (dir.path().join(super::super::LIVE_LOG), dir.path().join("result"));
         std::fs::create_dir(dir.path().join(super::super::OUT)).unwrap();
-        let after = AfterStep { lintian_chroot: Some("buildbay-no-such-chroot".into()), user: None };
+        let after = AfterStep {
+            lintian_chroot: Some("buildbay-no-such-chroot".into()),
+            user: None,
+            dir: dir.path().to_owned(),
+        };
         let ok: Vec<String> = ["sh", "-c", "echo building"].map(String::from).to_vec();
         assert_eq!(relay(&log, Some(&result), &[], &after, &ok).unwrap(), 0);
         assert_eq!(Ended::parse(&std::fs::read_to_string(&result).unwrap()).service_result, "success");

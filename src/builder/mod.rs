@@ -144,7 +144,7 @@ pub fn unit_name(bkey: &BuildKey) -> String {
 /// Where the build directories are, under the state directory.
 pub const BUILDS_DIR: &str = "var/builds";
 /// Where this builder's results go, under the state directory: only the daemon writes there.
-pub const RESULTS_DIR: &str = "var/results";
+pub use crate::incoming::RESULTS_DIR;
 /// The live output of a build, in its directory.
 pub const LIVE_LOG: &str = "buildlog";
 /// Where the per-slot apt archive caches are, under the state directory.
@@ -212,7 +212,7 @@ impl Ended {
 
     /// Record it as a build's `result` file.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        crate::archive::publish::write_file_synced(path, self.line().as_bytes())
+        crate::store::write_file_synced(path, self.line().as_bytes())
     }
 
     pub fn parse(text: &str) -> Ended {
@@ -384,16 +384,20 @@ impl Builder {
             let id = chroot.id();
             return Err(bad(format!("no chroot {id} here; add it with `buildbay api setup --chroots {id}`")));
         }
-        self.places.refresh(&chroot).map_err(|e| BuilderError::Io {
+        self.places.refresh(&chroot, self.limits.slots.max(1)).map_err(|e| BuilderError::Io {
             path: self.places.schroot_conf(&chroot),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let schroot = if self.runner.is_systemd() { format!("{}-unit", chroot.name()) } else { chroot.name() };
-        // The lowest slot no other running build holds.
-        let taken: Vec<usize> =
-            jobs(&inst.store)?.into_iter().filter(|j| j.state != JobState::Finished).map(|j| j.slot).collect();
+        // The lowest slot no other build holds (a finished one whose unit still runs lintian
+        // holds its slot until the unit ends).
+        let taken: Vec<usize> = jobs(&inst.store)?
+            .into_iter()
+            .filter(|j| j.state != JobState::Finished || !j.dir.join(RESULT).exists())
+            .map(|j| j.slot)
+            .collect();
         let index = (0..).find(|s| !taken.contains(s)).unwrap_or_default();
-        let slot = self.users.slot(index, &self.apt_caches())?;
+        let slot = self.users.slot(index, &self.apt_caches(), self.places.slot_dir(index))?;
+        let schroot = crate::chroot::slot_schroot(&chroot, self.runner.is_systemd(), index);
         let build = Build {
             req: &req,
             dir: &dir,

@@ -30,9 +30,13 @@ pub struct Outcome {
 /// become `X-Mini-Buildd-Sbuild-<Name>` fields.
 pub fn sbuild_fields(log: &Path) -> Vec<(String, String)> {
     let Ok((f, _)) = tar::open_regular(log) else { return vec![] };
+    summary_fields(std::io::BufReader::new(f))
+}
+
+fn summary_fields(text: impl BufRead) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut previous = String::new();
-    for line in std::io::BufReader::new(f).split(b'\n').map_while(Result::ok) {
+    for line in text.split(b'\n').map_while(Result::ok) {
         let line = String::from_utf8_lossy(&line).into_owned();
         if super::phases::header(&previous, &line) == Some("Summary") {
             out.clear();
@@ -58,7 +62,14 @@ fn sanitise(out: &Path) -> Result<(), BuilderError> {
         let p = e.path();
         let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
         if m.file_type().is_file() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?;
+            // Through a handle opened without following anything: a swapped-in symlink is
+            // never chmodded.
+            match tar::open_regular(&p) {
+                Ok((f, _)) => f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?,
+                Err(_) => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
         } else if m.file_type().is_dir() {
             std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
         } else {
@@ -68,13 +79,11 @@ fn sanitise(out: &Path) -> Result<(), BuilderError> {
     Ok(())
 }
 
-/// sbuild's own `.changes` in `out` (written by the build: bounded, a regular file).
-fn built_changes(out: &Path) -> Option<(String, Changes)> {
-    let entries = std::fs::read_dir(out).ok()?;
-    let name = entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .find(|n| n.ends_with(".changes") && n.parse::<crate::deb::FileName>().is_ok())?;
+/// The build's own `.changes` in `out`, by the name dpkg-genchanges gives it
+/// (`<source>_<version>_<arch>.changes`; any other a build left is not looked at), written by
+/// the build: bounded, a regular file.
+fn built_changes(out: &Path, key: &crate::protocol::BuildKey) -> Option<(String, Changes)> {
+    let name = format!("{}_{}_{}.changes", key.source(), key.version().without_epoch(), key.arch);
     let raw = crate::deb::changes::read_bounded(&out.join(&name)).ok()?;
     let changes = Changes::parse(&String::from_utf8(raw).ok()?).ok()?;
     Some((name, changes))
@@ -97,7 +106,16 @@ pub fn deliver(
         .and_then(|raw| BuildRequest::verify(&raw, std::slice::from_ref(inst.key().ok()?.cert())).ok())
         .map(|(r, _)| r);
     let live = dir.join(super::LIVE_LOG);
-    let mut sbuild = sbuild_fields(&live);
+    // An nspawn build's summary is the file its script wrote as machine root; sbuild's, the
+    // lines sbuild printed last.
+    let nspawn = request.as_ref().is_some_and(|r| r.backend == crate::protocol::Backend::Nspawn);
+    let mut sbuild = if nspawn {
+        let text = super::read_marker(&out.join(super::backend::nspawn::SUMMARY)).unwrap_or_default();
+        let _ = std::fs::remove_file(out.join(super::backend::nspawn::SUMMARY));
+        summary_fields(text.as_bytes())
+    } else {
+        sbuild_fields(&live)
+    };
     let status_of = |f: &[(String, String)]| f.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone());
     let mut status = status_of(&sbuild).unwrap_or_else(|| "error".into());
     let mut internal = super::read_marker(&dir.join(INTERNAL_ERROR));
@@ -118,7 +136,7 @@ pub fn deliver(
     let tar_path = dir.join(&tar_name);
     let mut w =
         tar::Writer::create(&tar_path).map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
-    if let Some((name, changes)) = built_changes(&out).filter(|_| status == "successful") {
+    if let Some((name, changes)) = built_changes(&out, key).filter(|_| status == "successful") {
         let names = std::iter::once(name).chain(changes.files.iter().map(|f| f.name.to_string()));
         for n in names {
             if let Err(e) = w.add_file(&n, &out.join(&n)) {
@@ -178,7 +196,7 @@ pub fn deliver(
         result.sign(inst.key()?).map_err(|e| BuilderError::Request { bkey: key.clone(), why: e.to_string() })?;
     let changes_name = BuildResult::changes_name(key);
     let changes_path = dir.join(&changes_name);
-    crate::archive::publish::write_file_synced(&changes_path, &signed).map_err(io_err(&changes_path))?;
+    crate::store::write_file_synced(&changes_path, &signed).map_err(io_err(&changes_path))?;
     std::fs::create_dir_all(results).map_err(io_err(results))?;
     for name in [&tar_name, &log_name, &changes_name] {
         put(&dir.join(name), &results.join(name))?;

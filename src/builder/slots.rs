@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// The first uid of slot 0's nspawn range: above every range systemd-nspawn picks for itself
 /// (524288…1879048191), so a build's uids are its own.
-pub const UID_BASE: u32 = 0x7000_0000;
+pub const UID_BASE: u32 = crate::protocol::BUILD_UID_BASE;
 /// uids per slot.
 pub const UID_RANGE: u32 = 0x1_0000;
 
@@ -31,6 +31,8 @@ pub struct Slot {
     /// The first uid of the slot's nspawn range.
     pub uid_base: u32,
     pub apt_cache: PathBuf,
+    /// Its sessions' own `/build` (sbuild).
+    pub build_dir: PathBuf,
 }
 
 impl Users {
@@ -44,10 +46,13 @@ impl Users {
         }
     }
 
-    /// Slot `index`, its user made if it does not exist yet, its cache directory made.
-    pub fn slot(&self, index: usize, caches: &Path) -> Result<Slot, BuilderError> {
+    /// Slot `index`, its user made if it does not exist yet, its cache directory made (0700:
+    /// what a build's apt writes there is nobody else's to read).
+    pub fn slot(&self, index: usize, caches: &Path, build_dir: PathBuf) -> Result<Slot, BuilderError> {
+        use std::os::unix::fs::PermissionsExt;
         let apt_cache = caches.join(index.to_string());
         std::fs::create_dir_all(apt_cache.join("partial")).map_err(io_err(&apt_cache))?;
+        std::fs::set_permissions(caches, std::fs::Permissions::from_mode(0o700)).map_err(io_err(caches))?;
         let user = match self {
             Users::PerSlot { prefix } => {
                 let name = format!("{prefix}{index}");
@@ -57,7 +62,7 @@ impl Users {
             Users::Own => None,
         };
         let uid_base = UID_BASE.saturating_add(UID_RANGE.saturating_mul(index.min(0x8000) as u32));
-        Ok(Slot { index, user, uid_base, apt_cache })
+        Ok(Slot { index, user, uid_base, apt_cache, build_dir })
     }
 }
 
@@ -97,8 +102,8 @@ mod tests {
     #[test]
     fn slots_have_disjoint_uid_ranges() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Users::Own.slot(0, dir.path()).unwrap();
-        let b = Users::Own.slot(1, dir.path()).unwrap();
+        let a = Users::Own.slot(0, dir.path(), dir.path().join("s0")).unwrap();
+        let b = Users::Own.slot(1, dir.path(), dir.path().join("s1")).unwrap();
         assert_eq!(a.uid_base, 0x7000_0000);
         assert_eq!(b.uid_base - a.uid_base, UID_RANGE);
         assert!(a.apt_cache.join("partial").is_dir() && a.apt_cache != b.apt_cache);

@@ -5,8 +5,7 @@
 //! The image is made once (mmdebstrap `--variant=buildd`, with debhelper and lintian already in
 //! it) and kept upgraded by `check`; a build never writes into it.
 
-use crate::config::Status;
-use crate::deb::{Arch, Codename};
+use crate::deb::Arch;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,52 +21,29 @@ pub enum ChrootError {
 
 type Result<T> = std::result::Result<T, ChrootError>;
 
-/// A chroot config object (mini-buildd's Chroot with the Dir backend), `codename:arch`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Chroot {
-    pub codename: Codename,
-    pub arch: Arch,
-    /// The archive debootstrap and apt inside the image use.
-    pub mirror: String,
-    pub status: Status,
-}
+pub use crate::config::{Chroot, DEFAULT_MIRROR, chroot_name as name};
 
 /// Packages put into every image besides `--variant=buildd`: what each build would otherwise
 /// install again.
 pub const EXTRA_PACKAGES: &[&str] = &["debhelper", "eatmydata", "lintian", "fakeroot", "ca-certificates"];
 
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-
-impl Chroot {
-    pub fn new(codename: Codename, arch: Arch) -> Chroot {
-        Chroot { codename, arch, mirror: DEFAULT_MIRROR.to_owned(), status: Status::default() }
-    }
-
-    /// `codename:arch`, its id in the config store and in `status`.
-    pub fn id(&self) -> String {
-        format!("{}:{}", self.codename, self.arch)
-    }
-
-    /// `buildbay-<codename>-<arch>`: the machine image's and the schroot's name.
-    pub fn name(&self) -> String {
-        name(&self.codename, &self.arch)
-    }
-}
-
-pub fn name(codename: &Codename, arch: &Arch) -> String {
-    format!("buildbay-{codename}-{arch}")
-}
-
-/// Where images and schroot configs go (the real places by default; tests may move them).
+/// Where images, schroot configs and the build slots' session directories go (the real places
+/// by default; tests may move them).
 #[derive(Debug, Clone)]
 pub struct Places {
     pub machines: PathBuf,
     pub schroot_d: PathBuf,
+    /// The build slots' own `/build` directories (root's, 0755).
+    pub slots: PathBuf,
 }
 
 impl Default for Places {
     fn default() -> Places {
-        Places { machines: "/var/lib/machines".into(), schroot_d: "/etc/schroot/chroot.d".into() }
+        Places {
+            machines: "/var/lib/machines".into(),
+            schroot_d: "/etc/schroot/chroot.d".into(),
+            slots: "/var/lib/buildbay-build".into(),
+        }
     }
 }
 
@@ -85,14 +61,22 @@ impl Places {
         self.image(c).join(MARKER).exists() && self.schroot_conf(c).exists()
     }
 
-    /// Rewrite the schroot profiles and the chroot's config where they are not what this
-    /// version writes (an older buildbay's, or edited by hand).
-    pub fn refresh(&self, c: &Chroot) -> Result<()> {
-        write_profiles(self)?;
+    /// A build slot's own directory, its sessions' `/build` (root's; sbuild makes it its own).
+    pub fn slot_dir(&self, n: usize) -> PathBuf {
+        self.slots.join(format!("slot{n}"))
+    }
+
+    /// Rewrite the schroot profiles of `slots` slots and the chroot's config where they are not
+    /// what this version writes (an older buildbay's, fewer slots, or edited by hand).
+    pub fn refresh(&self, c: &Chroot, slots: usize) -> Result<()> {
         let conf = self.schroot_conf(c);
-        let want = schroot_conf(c, &self.image(c));
-        if std::fs::read_to_string(&conf).ok().as_deref() != Some(want.as_str()) {
-            crate::archive::publish::write_file_synced(&conf, want.as_bytes()).map_err(io_err(&conf))?;
+        let have = std::fs::read_to_string(&conf).unwrap_or_default();
+        // Never fewer slots than are configured already (another daemon on this host may use them).
+        let slots = slots.max(have.matches("-unit-s").count());
+        write_profiles(self, slots)?;
+        let want = schroot_conf(c, &self.image(c), slots);
+        if have != want {
+            crate::store::write_file_synced(&conf, want.as_bytes()).map_err(io_err(&conf))?;
         }
         Ok(())
     }
@@ -108,26 +92,32 @@ pub fn personality(arch: &Arch) -> &'static str {
     }
 }
 
-/// The schroot config of an image: a directory chroot under an overlay, open to root and to
-/// members of the sbuild group, twice: `<name>` with the `buildbay` profile (chroot checks, and
-/// builds without systemd) and `<name>-unit` with `buildbay-unit`, for builds inside a sandboxed
-/// unit, whose read-only `/proc/sys` and `/sys` it keeps (recursive binds, which only a unit's
-/// own mount namespace can clean up).
-pub fn schroot_conf(c: &Chroot, image: &Path) -> String {
+/// The schroot config of an image: directory chroots under an overlay, root's only. `<name>`
+/// (profile `buildbay`) serves the chroot checks; each build slot N has `<name>-sN` (builds
+/// without systemd) and `<name>-unit-sN` (builds inside a sandboxed unit, whose read-only
+/// `/proc/sys` and `/sys` its profile keeps: recursive binds, which only a unit's own mount
+/// namespace can clean up). A slot's profiles bind its own build directory at `/build`, so no
+/// session sees another slot's build.
+pub fn schroot_conf(c: &Chroot, image: &Path, slots: usize) -> String {
     let name = c.name();
-    [("", PROFILE), ("-unit", UNIT_PROFILE)]
+    let mut entries = vec![(name.clone(), PROFILE.to_owned())];
+    for n in 0..slots {
+        entries.push((format!("{name}-s{n}"), slot_profile(false, n)));
+        entries.push((format!("{name}-unit-s{n}"), slot_profile(true, n)));
+    }
+    entries
         .iter()
-        .map(|(suffix, profile)| {
+        .map(|(entry, profile)| {
             format!(
-                "[{name}{suffix}]\n\
+                "[{entry}]\n\
                  description=buildbay chroot {codename}/{arch} (machine image {image})\n\
                  type=directory\n\
                  directory={image}\n\
                  union-type=overlay\n\
                  profile={profile}\n\
-                 groups=root,sbuild\n\
-                 root-groups=root,sbuild\n\
-                 source-root-groups=root,sbuild\n\
+                 groups=root\n\
+                 root-groups=root\n\
+                 source-root-groups=root\n\
                  personality={personality}\n",
                 codename = c.codename,
                 arch = c.arch,
@@ -139,15 +129,25 @@ pub fn schroot_conf(c: &Chroot, image: &Path) -> String {
         .join("\n")
 }
 
-/// The schroot profile of checks and of builds without a unit.
+/// The schroot profile of the chroot checks.
 pub const PROFILE: &str = "buildbay";
-/// The schroot profile of builds in a sandboxed unit.
-pub const UNIT_PROFILE: &str = "buildbay-unit";
+
+/// The schroot profile of build slot `n`, for a sandboxed unit or not.
+pub fn slot_profile(unit: bool, n: usize) -> String {
+    if unit { format!("buildbay-unit-s{n}") } else { format!("buildbay-s{n}") }
+}
+
+/// The schroot chroot a build in slot `n` uses.
+pub fn slot_schroot(c: &Chroot, unit: bool, n: usize) -> String {
+    if unit { format!("{}-unit-s{n}", c.name()) } else { format!("{}-s{n}", c.name()) }
+}
 
 /// The files of a schroot profile: sbuild's, but the session copies no password hashes
-/// (`shadow`, `gshadow`) from the host, and in a unit `/proc` and `/sys` are bound recursively.
-pub fn profile_files(recursive: bool) -> Vec<(&'static str, String)> {
+/// (`shadow`, `gshadow`) from the host, in a unit `/proc` and `/sys` are bound recursively, and
+/// `/build` is `build` (a slot's own directory; `None`: sbuild's shared one, for checks).
+pub fn profile_files(recursive: bool, build: Option<&Path>) -> Vec<(&'static str, String)> {
     let bind = if recursive { "rw,rbind" } else { "rw,bind" };
+    let build = build.map_or("/var/lib/sbuild/build".to_owned(), |b| b.display().to_string());
     vec![
         (
             "fstab",
@@ -157,7 +157,7 @@ pub fn profile_files(recursive: bool) -> Vec<(&'static str, String)> {
                  /sys            /sys            none    {bind}         0       0\n\
                  /dev/pts        /dev/pts        none    rw,bind         0       0\n\
                  tmpfs           /dev/shm        tmpfs   defaults        0       0\n\
-                 /var/lib/sbuild/build  /build   none    rw,bind         0       0\n"
+                 {build}  /build   none    rw,bind         0       0\n"
             ),
         ),
         ("copyfiles", "/etc/resolv.conf\n".into()),
@@ -217,21 +217,31 @@ pub fn prepare(places: &Places, c: &Chroot) -> Result<()> {
         std::fs::rename(&tmp, &image).map_err(io_err(&image))?;
         tracing::info!(chroot = %c.id(), secs = started.elapsed().as_secs(), "image ready");
     }
-    write_profiles(places)?;
+    write_profiles(places, 0)?;
     let conf = places.schroot_conf(c);
     std::fs::create_dir_all(&places.schroot_d).map_err(io_err(&places.schroot_d))?;
-    crate::archive::publish::write_file_synced(&conf, schroot_conf(c, &image).as_bytes()).map_err(io_err(&conf))
+    crate::store::write_file_synced(&conf, schroot_conf(c, &image, 0).as_bytes()).map_err(io_err(&conf))
 }
 
-/// Write the schroot profiles (beside `chroot.d`).
-pub fn write_profiles(places: &Places) -> Result<()> {
+/// Write the schroot profiles (beside `chroot.d`): the checks' and those of `slots` build
+/// slots, and make the slots' directories.
+pub fn write_profiles(places: &Places, slots: usize) -> Result<()> {
     let etc = places.schroot_d.parent().unwrap_or(Path::new("/etc/schroot"));
-    for (profile, recursive) in [(PROFILE, false), (UNIT_PROFILE, true)] {
-        let dir = etc.join(profile);
+    let mut profiles = vec![(PROFILE.to_owned(), false, None)];
+    for n in 0..slots {
+        let dir = places.slot_dir(n);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for (name, text) in profile_files(recursive) {
+        profiles.push((slot_profile(false, n), false, Some(dir.clone())));
+        profiles.push((slot_profile(true, n), true, Some(dir)));
+    }
+    for (profile, recursive, build) in profiles {
+        let dir = etc.join(&profile);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for (name, text) in profile_files(recursive, build.as_deref()) {
             let p = dir.join(name);
-            crate::archive::publish::write_file_synced(&p, text.as_bytes()).map_err(io_err(&p))?;
+            if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+                crate::store::write_file_synced(&p, text.as_bytes()).map_err(io_err(&p))?;
+            }
         }
     }
     Ok(())
@@ -291,7 +301,7 @@ mod tests {
         let places = Places::default();
         assert_eq!(places.image(&c), Path::new("/var/lib/machines/buildbay-bookworm-i386"));
         assert_eq!(places.schroot_conf(&c), Path::new("/etc/schroot/chroot.d/buildbay-bookworm-i386.conf"));
-        let conf = schroot_conf(&c, &places.image(&c));
+        let conf = schroot_conf(&c, &places.image(&c), 2);
         assert!(conf.starts_with("[buildbay-bookworm-i386]\n"));
         for line in [
             "type=directory",
@@ -299,14 +309,18 @@ mod tests {
             "union-type=overlay",
             "personality=linux32",
             "profile=buildbay",
-            "[buildbay-bookworm-i386-unit]",
-            "profile=buildbay-unit",
+            "[buildbay-bookworm-i386-unit-s1]",
+            "profile=buildbay-unit-s1",
+            "[buildbay-bookworm-i386-s0]",
+            "root-groups=root",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing from\n{conf}");
         }
-        let files = profile_files(false);
+        assert!(!conf.contains("sbuild"), "no group but root may open these sessions: {conf}");
+        let files = profile_files(false, Some(Path::new("/var/lib/buildbay-build/slot3")));
         assert!(!files.iter().any(|(_, t)| t.contains("shadow")), "no password hashes in a session");
-        assert!(profile_files(true)[0].1.contains("/proc           /proc           none    rw,rbind"));
+        assert!(files[0].1.contains("/var/lib/buildbay-build/slot3  /build"), "each slot its own /build");
+        assert!(profile_files(true, None)[0].1.contains("/proc           /proc           none    rw,rbind"));
         assert_eq!(c.id(), "bookworm:i386");
     }
 

@@ -17,7 +17,8 @@ pub use changes::{Changes, Dsc, FileEntry};
 pub use checksum::Checksums;
 pub use control::Stanza;
 pub use names::{
-    Arch, ArchiveSuite, Codename, Component, Dist, FileName, Identity, PackageName, RepoId, SnapshotName, Suite,
+    Arch, ArchiveSuite, ArchiveUrl, Codename, Component, Dist, FileName, Identity, PackageName, RepoId, SnapshotName,
+    Suite,
 };
 pub use release::Release;
 pub use version::Version;

@@ -73,35 +73,48 @@ impl DropBox {
         DropBox { incoming, part, max_file, quota, landed, in_flight: Default::default() }
     }
 
-    /// How many bytes `peer` may still send now, and which limit that is.
-    fn allowance(&self, peer: IpAddr) -> (u64, &'static str) {
+    /// Bytes in incoming now: `peer`'s and everyone's.
+    fn landed(&self, peer: IpAddr) -> (u64, u64) {
         let (mut mine, mut all) = (0u64, 0u64);
         if let Ok(rd) = std::fs::read_dir(&self.incoming) {
             for e in rd.flatten() {
                 let Ok(m) = e.metadata() else { continue };
                 if m.is_file() {
                     all += m.len();
-                    if super::peer_of(&e.path()) == Some(peer) {
+                    if super::peer_of(&e.path()).is_some_and(|p| quota_key(p.ip) == peer) {
                         mine += m.len();
                     }
                 }
             }
         }
-        {
-            let flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            mine += flight.get(&peer).copied().unwrap_or(0);
-            all += flight.values().sum::<u64>();
+        (mine, all)
+    }
+
+    /// Which limit a transfer of `peer` that has sent `sent` bytes passes now, if any: counted
+    /// with everything in transfer now, so parallel transfers share their quota.
+    fn over(&self, peer: IpAddr, sent: u64, landed: (u64, u64), check_disk: bool) -> Option<&'static str> {
+        if sent > self.max_file {
+            return Some("the file size limit");
         }
-        let free = nix::sys::statvfs::statvfs(&self.incoming)
-            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-            .unwrap_or(u64::MAX);
-        let limits = [
-            (self.max_file, "the file size limit"),
-            (self.quota.per_peer.saturating_sub(mine), "this address's quota of bytes waiting in incoming"),
-            (self.quota.total.saturating_sub(all), "the quota of bytes waiting in incoming"),
-            (free.saturating_sub(self.quota.reserve), "the free disk the server keeps"),
-        ];
-        limits.into_iter().min_by_key(|(n, _)| *n).unwrap_or((0, "a limit"))
+        let (flying_mine, flying_all) = {
+            let flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            (flight.get(&peer).copied().unwrap_or(0), flight.values().sum::<u64>())
+        };
+        if landed.0 + flying_mine > self.quota.per_peer {
+            return Some("this address's quota of bytes waiting in incoming");
+        }
+        if landed.1 + flying_all > self.quota.total {
+            return Some("the quota of bytes waiting in incoming");
+        }
+        if check_disk {
+            let free = nix::sys::statvfs::statvfs(&self.incoming)
+                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+                .unwrap_or(u64::MAX);
+            if free < self.quota.reserve {
+                return Some("the free disk the server keeps");
+            }
+        }
+        None
     }
 
     fn flight(&self, peer: IpAddr, delta: i64) {
@@ -124,7 +137,7 @@ static PART_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 
 /// The per-connection storage back end: the shared drop box and the peer of this connection.
 #[derive(Debug, Clone)]
-pub struct Storage(Arc<DropBox>, IpAddr);
+pub struct Storage(Arc<DropBox>, IpAddr, super::Peer);
 
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -192,16 +205,20 @@ fn target(path: &Path) -> Target {
 }
 
 impl Storage {
-    pub fn new(dropbox: Arc<DropBox>, peer: IpAddr) -> Storage {
-        Storage(dropbox, peer.to_canonical())
+    pub fn new(dropbox: Arc<DropBox>, peer: super::Peer) -> Storage {
+        Storage(dropbox, quota_key(peer.ip), peer)
     }
 
-    /// Copy at most `limit` bytes into a fresh part file marked with the peer; Err if the limit
-    /// is passed.
-    async fn receive<R: AsyncRead + Unpin>(&self, mut input: R, part: &Path, limit: u64) -> std::io::Result<u64> {
+    /// Copy into a fresh part file marked with the peer while every limit holds; Err (with
+    /// the limit's name) as soon as one is passed.
+    async fn receive<R: AsyncRead + Unpin>(&self, mut input: R, part: &Path) -> std::io::Result<u64> {
         let mut out = tokio::fs::OpenOptions::new().write(true).create_new(true).open(part).await?;
         let std_file = out.try_clone().await?.into_std().await;
-        super::set_peer(&std_file, self.1)?;
+        super::set_peer(&std_file, self.2)?;
+        let landed = self.0.landed(self.1);
+        if let Some(which) = self.0.over(self.1, 0, landed, true) {
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, which));
+        }
         let mut buf = vec![0u8; 256 * 1024];
         let mut total: u64 = 0;
         loop {
@@ -209,10 +226,12 @@ impl Storage {
             if n == 0 {
                 break;
             }
+            let before = total;
             total += n as u64;
             self.0.flight(self.1, n as i64);
-            if total > limit {
-                return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "over the limit"));
+            // The disk every 16 MiB; the quotas with every chunk.
+            if let Some(which) = self.0.over(self.1, total, landed, before >> 24 != total >> 24) {
+                return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, which));
             }
             out.write_all(&buf[..n]).await?;
         }
@@ -279,10 +298,9 @@ impl StorageBackend<DefaultUser> for Storage {
                 ),
             ));
         }
-        let (limit, which) = self.0.allowance(self.1);
         let seq = PART_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let part = self.0.part.join(format!("{name}.{}.{seq}", std::process::id()));
-        let received = self.receive(input, &part, limit).await;
+        let received = self.receive(input, &part).await;
         let sent = match &received {
             Ok(n) => *n,
             Err(_) => tokio::fs::metadata(&part).await.map_or(0, |m| m.len()),
@@ -307,12 +325,11 @@ impl StorageBackend<DefaultUser> for Storage {
             Err(e) => {
                 let _ = tokio::fs::remove_file(&part).await;
                 if e.kind() == std::io::ErrorKind::FileTooLarge {
-                    tracing::warn!(file = %name, peer = %self.1, limit, "refused a transfer over {which}");
+                    let which = e.to_string();
+                    tracing::warn!(file = %name, peer = %self.1, "refused a transfer over {which}");
                     Err(Error::new(
                         ErrorKind::ExceededStorageAllocationError,
-                        format!(
-                            "{name} is larger than {which} allows now ({limit} bytes); try again when earlier uploads were processed"
-                        ),
+                        format!("{name}: the transfer passed {which}; try again when earlier uploads were processed"),
                     ))
                 } else {
                     Err(Error::new(ErrorKind::ConnectionClosed, e))
@@ -372,6 +389,18 @@ pub fn ipv6_warning(addr: std::net::SocketAddr) -> Option<String> {
     })
 }
 
+/// The address a peer's quota and session count are kept by: IPv4 as it is, IPv6 by its /64.
+fn quota_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => {
+            let mut o = a.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// FTP sessions at once, and per peer address.
 pub const MAX_SESSIONS: usize = 512;
 pub const MAX_SESSIONS_PER_PEER: usize = 128;
@@ -404,9 +433,9 @@ pub async fn serve(
 ) {
     let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer_addr) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, a)) => (s, a.ip()),
+                Ok((s, a)) => (s, a),
                 Err(e) => {
                     tracing::warn!("FTP accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -415,6 +444,14 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        let peer = quota_key(peer_addr.ip());
+        // Who owns the client's socket, when it is on this host (a build is not a local user).
+        let uid = if peer_addr.ip().to_canonical().is_loopback() {
+            stream.local_addr().ok().and_then(|l| super::socket_uid(peer_addr, l))
+        } else {
+            None
+        };
+        let who = super::Peer { ip: peer_addr.ip().to_canonical(), uid };
         // Past a bound the connection gets a 421 and is closed at once.
         let slot = {
             let mut m = PER_PEER.lock().unwrap_or_else(|p| p.into_inner());
@@ -435,7 +472,7 @@ pub async fn serve(
             continue;
         };
         let db = dropbox.clone();
-        let mut b = libunftp::ServerBuilder::new(Box::new(move || Storage::new(db.clone(), peer)))
+        let mut b = libunftp::ServerBuilder::new(Box::new(move || Storage::new(db.clone(), who)))
             .greeting("buildbay ready for uploads to /incoming")
             .passive_ports(opts.passive_ports.clone())
             .idle_session_timeout(600);

@@ -144,7 +144,7 @@ pub struct Upload {
     pub retries: u32,
     /// Who uploaded the `.changes` over FTP; `None`: dropped into incoming on this host.
     #[serde(default)]
-    pub peer: Option<IpAddr>,
+    pub peer: Option<Peer>,
     /// How often its current step failed for a reason of the daemon's (a full disk, …).
     #[serde(default)]
     pub attempts: u32,
@@ -207,18 +207,80 @@ pub fn result_arch(name: &str) -> Option<&str> {
 /// The extended attribute that records who uploaded a file over FTP.
 const PEER_XATTR: &str = "user.buildbay.peer";
 
+/// Who sent a file over FTP: the peer's address, and for a peer on this host the uid that owns
+/// its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// On this host, and not one of buildbay's own builds (a build may reach loopback while it
+    /// installs its dependencies: its uploads are a stranger's).
+    pub fn is_local(&self) -> bool {
+        let loopback = self.ip.to_canonical().is_loopback();
+        loopback && self.uid.is_some_and(|uid| !is_build_uid(uid))
+    }
+
+    fn encode(&self) -> String {
+        match self.uid {
+            Some(u) => format!("{} {u}", self.ip),
+            None => self.ip.to_string(),
+        }
+    }
+
+    fn decode(s: &str) -> Option<Peer> {
+        let mut w = s.split_whitespace();
+        let ip = w.next()?.parse().ok()?;
+        Some(Peer { ip, uid: w.next().and_then(|u| u.parse().ok()) })
+    }
+}
+
+/// A build's uid: a slot's build user (made with the comment "buildbay build slot") or a uid
+/// of an nspawn machine's range.
+pub fn is_build_uid(uid: u32) -> bool {
+    uid >= crate::protocol::BUILD_UID_BASE
+        || nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .is_some_and(|u| u.gecos.to_string_lossy().starts_with("buildbay build slot"))
+}
+
+/// The uid owning the local socket `peer` connected to `local` (both on this host), from
+/// `/proc/net/tcp` or `tcp6`.
+pub fn socket_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    let hex4 = |a: std::net::Ipv4Addr| format!("{:08X}", u32::from_le_bytes(a.octets()));
+    let hex6 = |a: std::net::Ipv6Addr| {
+        a.octets()
+            .chunks(4)
+            .map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect::<String>()
+    };
+    let key = |a: std::net::SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => (false, format!("{}:{:04X}", hex4(v4), a.port())),
+        IpAddr::V6(v6) => (true, format!("{}:{:04X}", hex6(v6), a.port())),
+    };
+    let ((v6, want_local), (_, want_remote)) = (key(peer), key(local));
+    let table = std::fs::read_to_string(if v6 { "/proc/net/tcp6" } else { "/proc/net/tcp" }).ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 7 && f[1] == want_local && f[2] == want_remote).then(|| f[7].parse().ok()).flatten()
+    })
+}
+
 /// Record the FTP peer of a file that is about to land in incoming.
-pub fn set_peer(file: &std::fs::File, peer: IpAddr) -> std::io::Result<()> {
+pub fn set_peer(file: &std::fs::File, peer: Peer) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let name = std::ffi::CString::new(PEER_XATTR).map_err(std::io::Error::other)?;
-    let value = peer.to_string();
+    let value = peer.encode();
     // SAFETY: a valid descriptor, NUL-terminated name, and a buffer of the given length.
     let r = unsafe { nix::libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// The FTP peer of a file, if it came over FTP and its file system keeps the record.
-pub fn peer_of(path: &Path) -> Option<IpAddr> {
+pub fn peer_of(path: &Path) -> Option<Peer> {
     use std::os::unix::ffi::OsStrExt;
     let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let name = std::ffi::CString::new(PEER_XATTR).ok()?;
@@ -228,16 +290,7 @@ pub fn peer_of(path: &Path) -> Option<IpAddr> {
     if n <= 0 {
         return None;
     }
-    std::str::from_utf8(&buf[..n as usize]).ok()?.parse().ok()
-}
-
-/// Whether a file came from somewhere other than this host: over FTP from a non-loopback
-/// peer, or over FTP without a readable record (refused like a remote one).
-pub fn from_network(path: &Path, over_ftp: bool) -> bool {
-    match peer_of(path) {
-        Some(ip) => !ip.is_loopback() && !ip.to_canonical().is_loopback(),
-        None => over_ftp,
-    }
+    Peer::decode(std::str::from_utf8(&buf[..n as usize]).ok()?)
 }
 
 /// Is the `.changes` ready? Pure: `present` gives the size of a file in incoming.
@@ -305,6 +358,9 @@ fn ino(p: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(p).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
 }
 
+/// The drop box of this instance's own builders, under the state directory.
+pub const RESULTS_DIR: &str = "var/results";
+
 /// One drop box being scanned.
 #[derive(Clone, Copy)]
 struct DropDir<'a> {
@@ -317,7 +373,7 @@ impl Incoming {
     pub fn new(state: &Path, limits: Limits) -> Result<Incoming> {
         let inc = Incoming {
             dir: state.join("incoming"),
-            results: state.join(crate::builder::RESULTS_DIR),
+            results: state.join(RESULTS_DIR),
             spool: state.join("spool"),
             limits,
         };

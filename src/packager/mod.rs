@@ -278,12 +278,17 @@ impl Packager<'_> {
                 if let crate::gpg::GpgError::Framing(f) = &e {
                     return Err(bad(format!("the .changes is malformed: {f}")));
                 }
-                // Unsigned uploads, from this host only, unless an administrator opened it.
-                if u.peer.is_some_and(|p| !p.to_canonical().is_loopback()) && !ctx.repo.unauthenticated_from_network {
+                // Unsigned uploads, from this host only (not from a build), unless an
+                // administrator opened the repository to the network.
+                if u.peer.is_some_and(|p| !p.is_local()) && !ctx.repo.unauthenticated_from_network {
+                    let from = u.peer.map(|p| match p.uid {
+                        Some(uid) if p.ip.to_canonical().is_loopback() => format!("{} (uid {uid}, a build)", p.ip),
+                        _ => p.ip.to_string(),
+                    });
                     return Err(bad(format!(
                         "repository {} takes unsigned uploads only from this host, and this one came from {}; sign it with debsign (and register your key with set_user_key), or ask an administrator to allow unsigned uploads from the network",
                         ctx.repo.identity,
-                        u.peer.map(|p| p.to_string()).unwrap_or_default()
+                        from.unwrap_or_default()
                     )));
                 }
                 unverified
@@ -559,6 +564,7 @@ impl Packager<'_> {
                 let got = result.check(check);
                 if !mode.passes(got) {
                     success = false;
+                    let got = if got.is_empty() { "reported no result" } else { got };
                     reason = Some(format!("{} {got} (mode {mode})", check.field()));
                 }
             }
@@ -663,10 +669,10 @@ impl Packager<'_> {
                 continue;
             }
             let out = dir.join("results").join(arch);
-            list.push(
-                unpack_result(&self.incoming.spool_dir(r.spool), &out)
-                    .map_err(|e| Install::Bad(format!("{arch}: {e}")))?,
-            );
+            let built = unpack_result(&self.incoming.spool_dir(r.spool), &out)
+                .and_then(|p| result_is_of(&p, changes, arch).map(|()| p))
+                .map_err(|e| Install::Bad(format!("{arch}: {e}")))?;
+            list.push(built);
         }
         let mut bad = Vec::new();
         for (r, p) in archive.include_many(&dist, &list, false).into_iter().zip(&list) {
@@ -761,7 +767,7 @@ fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Res
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    crate::archive::publish::write_file_synced(path, data).map_err(io_err(path))
+    crate::store::write_file_synced(path, data).map_err(io_err(path))
 }
 
 /// A `.changes` beside the upload that lists only its source files (mini-buildd installs the
@@ -804,6 +810,30 @@ fn unpack_result(result_dir: &Path, out: &Path) -> std::result::Result<PathBuf, 
     changes.map(|n| out.join(n)).ok_or_else(|| "the build result tar holds no .changes".to_owned())
 }
 
+/// A build result's own `.changes` must be of the upload it was requested for: the same source
+/// and version, binaries of the requested architecture (or `all`) only, no source. A build
+/// cannot install another source's package through its result.
+fn result_is_of(path: &Path, upload: &Changes, arch: &str) -> std::result::Result<(), String> {
+    let raw = crate::deb::changes::read_bounded(path).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(raw).map_err(|_| "the build's .changes is not UTF-8".to_owned())?;
+    let c = Changes::parse(&text).map_err(|e| format!("the build's .changes does not parse: {e}"))?;
+    if c.source != upload.source || c.version.as_str() != upload.version.as_str() {
+        return Err(format!(
+            "the build's .changes is of {} {}, not of {} {}",
+            c.source, c.version, upload.source, upload.version
+        ));
+    }
+    if let Some(a) = c.architectures.iter().find(|a| a.as_str() != arch && a.as_str() != "all") {
+        return Err(format!("the build's .changes has architecture {a}; a build for {arch} makes {arch} and all"));
+    }
+    if let Some(f) =
+        c.files.iter().find(|f| !(f.name.as_str().ends_with(".deb") || f.name.as_str().ends_with(".buildinfo")))
+    {
+        return Err(format!("the build's .changes lists {}; a build result carries binary packages only", f.name));
+    }
+    Ok(())
+}
+
 /// An event about an upload, with the `.changes` fields mini-buildd puts into `extra`.
 fn event_for(kind: EventType, u: &Upload, c: Option<&Changes>) -> Event {
     let mut e = Event::new(kind, &u.distribution, &u.source, &u.version)
@@ -817,4 +847,37 @@ fn event_for(kind: EventType, u: &Upload, c: Option<&Changes>) -> Event {
             .with("changed_by", c.stanza.get("Changed-By").unwrap_or(""));
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_of_its_upload_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let upload = Changes::parse(
+            "Format: 1.8\nSource: hello\nVersion: 1.0-1\nDistribution: bookworm-test-unstable\nArchitecture: source\nFiles:\n d41d8cd98f00b204e9800998ecf8427e 0 misc optional hello_1.0-1.dsc\n",
+        )
+        .unwrap();
+        let write = |source: &str, version: &str, arch: &str, file: &str| {
+            let p = dir.path().join("r.changes");
+            std::fs::write(
+                &p,
+                format!("Format: 1.8\nSource: {source}\nVersion: {version}\nDistribution: bookworm-test-unstable\nArchitecture: {arch}\nFiles:\n d41d8cd98f00b204e9800998ecf8427e 0 misc optional {file}\n"),
+            )
+            .unwrap();
+            p
+        };
+        assert!(result_is_of(&write("hello", "1.0-1", "all amd64", "hello_1.0-1_amd64.deb"), &upload, "amd64").is_ok());
+        for (source, version, arch, file) in [
+            ("victim", "1.0-1", "amd64", "victim_1.0-1_amd64.deb"),
+            ("hello", "1.0-2", "amd64", "hello_1.0-2_amd64.deb"),
+            ("hello", "1.0-1", "i386", "hello_1.0-1_i386.deb"),
+            ("hello", "1.0-1", "source amd64", "hello_1.0-1.dsc"),
+        ] {
+            let e = result_is_of(&write(source, version, arch, file), &upload, "amd64");
+            assert!(e.is_err(), "{source} {version} {arch} {file}");
+        }
+    }
 }

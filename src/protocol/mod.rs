@@ -73,6 +73,10 @@ pub fn check_url(field: &str, url: &str) -> Result<(), ProtocolError> {
     }
 }
 
+/// The first uid of the build slots' user namespaces (nspawn machines): slot N's machine has
+/// the 65536 uids from `BUILD_UID_BASE + N × 65536`, above every range systemd-nspawn picks.
+pub const BUILD_UID_BASE: u32 = 0x7000_0000;
+
 static LAST: AtomicU64 = AtomicU64::new(0);
 
 /// Microseconds since the epoch, strictly increasing within the process (timecodes, spool ids).

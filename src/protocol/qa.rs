@@ -34,12 +34,14 @@ impl QaMode {
         }
     }
 
-    /// Whether a check's reported result (`pass`, `fail`, `warn`, …) lets the build pass.
+    /// Whether a check's reported result lets the build pass (mini-buildd's rule): `pass` and
+    /// `info` always, `warn` and `no tests` unless the mode is warnfail; anything else, no
+    /// result at all included, fails a gating mode.
     pub fn passes(self, result: &str) -> bool {
         match self {
-            QaMode::Errfail => result != "fail",
-            QaMode::Warnfail => !matches!(result, "fail" | "warn"),
             QaMode::Disabled | QaMode::Ignore => true,
+            QaMode::Errfail => matches!(result, "pass" | "info" | "warn" | "no tests"),
+            QaMode::Warnfail => matches!(result, "pass" | "info"),
         }
     }
 
@@ -104,6 +106,9 @@ mod tests {
         assert!(QaMode::Errfail.passes("warn"));
         assert!(!QaMode::Warnfail.passes("warn"));
         assert!(QaMode::Warnfail.passes("pass"));
+        assert!(!QaMode::Errfail.passes(""), "a gating check that reported nothing fails");
+        assert!(!QaMode::Errfail.passes("error"));
+        assert!(QaMode::Errfail.passes("no tests") && !QaMode::Warnfail.passes("no tests"));
         assert_eq!(QaMode::Warnfail.lintian_fail_on(), Some("error,warning"));
         assert_eq!(QaMode::Ignore.lintian_fail_on(), None);
         for m in QaMode::ALL {

@@ -90,7 +90,8 @@ async fn post_login(
     };
     let api_client = form.contains_key("this_is_the_login_form");
     let d = web.daemon.clone();
-    let checked = tokio::task::spawn_blocking(move || -> Result<Option<(String, bool)>, auth::AuthError> {
+    type Checked = Option<((String, String), bool)>;
+    let checked = tokio::task::spawn_blocking(move || -> Result<Checked, auth::AuthError> {
         match auth::check_password(&d.inst.store, &user, &password)? {
             Some(u) => Ok(Some((auth::create_session(&d.inst.store, &u.name, api_client)?, u.must_change_password))),
             None => Ok(None),
@@ -98,12 +99,12 @@ async fn post_login(
     })
     .await;
     match checked {
-        Ok(Ok(Some((session, must_change)))) => {
+        Ok(Ok(Some(((session, session_csrf), must_change)))) => {
             attempt.succeeded();
-            let cookie = format!(
-                "sessionid={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-                auth::SESSION_LIFETIME.num_seconds()
-            );
+            let age = auth::SESSION_LIFETIME.num_seconds();
+            let cookie = format!("sessionid={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}");
+            // The session's own CSRF token replaces the login form's.
+            let csrf_cookie = format!("csrftoken={session_csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}");
             // A one-time password is changed first (the browser is sent to the form for it).
             let next =
                 if must_change && !api_client { "/accounts/profile/?change_password=1".to_owned() } else { next };
@@ -111,6 +112,7 @@ async fn post_login(
                 .status(StatusCode::FOUND)
                 .header("location", next)
                 .header("set-cookie", cookie)
+                .header("set-cookie", csrf_cookie)
                 .body(Vec::new().into())
                 .unwrap_or_else(|_| super::empty()))
         }

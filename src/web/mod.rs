@@ -137,12 +137,20 @@ async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, ApiError
     Ok(Principal::anonymous())
 }
 
-/// The CSRF token: the csrftoken cookie echoed in the X-CSRFToken header or the
-/// csrfmiddlewaretoken field (a page of this site has it; another site cannot read it).
+/// The CSRF token of a request without a session (the login form's, logout's): the csrftoken
+/// cookie echoed in the X-CSRFToken header or the csrfmiddlewaretoken field.
 pub(crate) fn csrf_token_ok(headers: &HeaderMap, form_token: Option<&str>) -> bool {
     let cookie_token = cookie(headers, "csrftoken");
     let sent = headers.get("x-csrftoken").and_then(|v| v.to_str().ok()).or(form_token);
     matches!((cookie_token, sent), (Some(c), Some(s)) if c.len() == 64 && c == s)
+}
+
+/// The session's own CSRF token, echoed in the X-CSRFToken header or the csrfmiddlewaretoken
+/// field: only a page of this site, rendered for this session, has it (a cookie a sibling site
+/// planted is not it).
+fn session_token_ok(who: &Principal, headers: &HeaderMap, form_token: Option<&str>) -> bool {
+    let sent = headers.get("x-csrftoken").and_then(|v| v.to_str().ok()).or(form_token);
+    matches!((who.csrf(), sent), (Some(c), Some(s)) if c.len() == 64 && c == s)
 }
 
 /// Whether a request carries the marks every current browser puts on every request.
@@ -156,8 +164,8 @@ fn from_a_browser(headers: &HeaderMap) -> bool {
 fn intent_ok(who: &Principal, headers: &HeaderMap, form_token: Option<&str>) -> bool {
     match who.via {
         auth::Via::Anonymous | auth::Via::Token => true,
-        auth::Via::Browser => csrf_token_ok(headers, form_token),
-        auth::Via::ApiSession => !from_a_browser(headers) || csrf_token_ok(headers, form_token),
+        auth::Via::Browser => session_token_ok(who, headers, form_token),
+        auth::Via::ApiSession => !from_a_browser(headers) || session_token_ok(who, headers, form_token),
     }
 }
 
@@ -442,8 +450,13 @@ mod tests {
     fn csrf_rules() {
         let token = "a".repeat(64);
         let with_token = headers(&[("cookie", &format!("csrftoken={token}")), ("x-csrftoken", &token)]);
-        let browser =
-            |via| Principal { user: Some("u".into()), role: auth::Role::Admin, via, must_change_password: false };
+        let browser = |via| Principal {
+            user: Some("u".into()),
+            role: auth::Role::Admin,
+            via,
+            must_change_password: false,
+            session: Some(("digest".into(), "a".repeat(64))),
+        };
         // A browser session: the token, whatever other headers say.
         assert!(intent_ok(&browser(auth::Via::Browser), &with_token, None));
         for h in [
@@ -459,6 +472,10 @@ mod tests {
             &headers(&[("cookie", &format!("csrftoken={token}"))]),
             Some(&token)
         ));
+        // A planted cookie with a matching header is not the session's token.
+        let planted = "b".repeat(64);
+        let h = headers(&[("cookie", &format!("csrftoken={planted}")), ("x-csrftoken", &planted)]);
+        assert!(!intent_ok(&browser(auth::Via::Browser), &h, None));
         // mini-buildd's client: no browser marks, no token needed; with them, the token is.
         assert!(intent_ok(&browser(auth::Via::ApiSession), &headers(&[]), None));
         assert!(!intent_ok(&browser(auth::Via::ApiSession), &headers(&[("sec-fetch-site", "cross-site")]), None));

@@ -760,13 +760,12 @@ pub fn login_page(web: &Web, status: StatusCode, csrf: &str, next: &str, error: 
 async fn viewer(web: &Web, headers: &HeaderMap, path: String) -> Result<Viewer, ApiError> {
     let who = super::principal(web, headers).await?;
     let existing = cookie(headers, "csrftoken").filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
-    Ok(Viewer {
-        who,
-        csrf: existing.map_or_else(auth::random_token, str::to_owned),
-        new_csrf: existing.is_none(),
-        path,
-        base_url: base_url(headers),
-    })
+    // A session's pages carry its own token; a page without a session the cookie's.
+    let (csrf, new_csrf) = match who.csrf() {
+        Some(c) => (c.to_owned(), existing != Some(c)),
+        None => (existing.map_or_else(auth::random_token, str::to_owned), existing.is_none()),
+    };
+    Ok(Viewer { who, csrf, new_csrf, path, base_url: base_url(headers) })
 }
 
 /// Every page, parsed from its path.

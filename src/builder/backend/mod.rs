@@ -40,8 +40,9 @@ pub struct Build<'a> {
 /// What runs after a successful build, once its result can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum After {
-    /// lintian in ignore mode, in a fresh session of the chroot, as the slot's build user.
-    Lintian { chroot: String, user: Option<String> },
+    /// lintian in ignore mode, in a fresh session of the chroot, as the slot's build user, on
+    /// copies of the build's files in the slot's own `/build` directory.
+    Lintian { chroot: String, user: Option<String>, dir: PathBuf },
 }
 
 /// What of the network a build may reach.
@@ -64,6 +65,8 @@ pub struct Plan {
     pub notes: Vec<String>,
     pub after: Option<After>,
     pub network: Network,
+    /// What the build's unit may write besides its build directory.
+    pub writable: Vec<PathBuf>,
 }
 
 /// A build backend.
@@ -94,6 +97,7 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
         }
     };
     let mut plan = backend(b.req.backend).plan(b, installed)?;
+    plan.writable = vec![b.slot.apt_cache.clone(), b.slot.build_dir.clone()];
     plan.network = if installed && !b.req.network {
         Network::None
     } else {
@@ -105,7 +109,11 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     };
     if b.req.lintian == QaMode::Ignore {
         notes.push(format!("lintian mode ignore: lintian runs after the result, into {}", super::AFTER_LOG));
-        plan.after = Some(After::Lintian { chroot: b.schroot.clone(), user: b.slot.user.clone() });
+        plan.after = Some(After::Lintian {
+            chroot: b.schroot.clone(),
+            user: b.slot.user.clone(),
+            dir: b.slot.build_dir.clone(),
+        });
     }
     if let Some(u) = &b.slot.user {
         notes.push(format!("build slot {}: the build runs as {u}", b.slot.index));
@@ -150,7 +158,7 @@ pub(crate) fn build_env(req: &BuildRequest) -> Vec<(String, String)> {
 pub(crate) fn write_const(dir: &Path, name: &str, text: &str, mode: u32) -> Result<PathBuf, BuilderError> {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    crate::archive::publish::write_file_synced(&path, text.as_bytes()).map_err(io_err(&path))?;
+    crate::store::write_file_synced(&path, text.as_bytes()).map_err(io_err(&path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
     Ok(path)
 }

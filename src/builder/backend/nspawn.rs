@@ -18,6 +18,9 @@ pub struct Nspawn;
 const BUILD: &str = "/build";
 /// The script's name in the build directory.
 pub const SCRIPT: &str = ".nspawn-build";
+/// The summary the script writes as machine root into `out/`, which the build user cannot
+/// write: the host takes the build's status from there, not from what the build printed.
+pub const SUMMARY: &str = ".buildbay-summary";
 
 /// The script the machine runs. Every value comes from its environment:
 /// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
@@ -30,7 +33,7 @@ set -u
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 rule=+------------------------------------------------------------------------------+
 section() { printf '%s\n| %-76s |\n%s\n' "$rule" "$1" "$rule"; }
-given_back() { echo "buildbay: $1 failed"; section 'Summary'; echo 'Status: given-back'; exit 1; }
+given_back() { echo "buildbay: $1 failed"; section 'Summary'; echo 'Status: given-back' | tee /build/out/.buildbay-summary; exit 1; }
 echo "buildbay: ephemeral machine $(hostname), $(. /etc/os-release; echo "$PRETTY_NAME") $(dpkg --print-architecture), uid 0 is $(set -- $(cat /proc/self/uid_map); echo "$2") outside"
 cd /build || exit 1
 if [ "$BUILDBAY_INSTALLED" != 1 ]; then
@@ -67,9 +70,8 @@ if [ -n "$BUILDBAY_LINTIAN_FAIL_ON" ] && [ "$status" = successful ]; then
   if runuser -u builder -- lintian --fail-on "$BUILDBAY_LINTIAN_FAIL_ON" --suppress-tags bad-distribution-in-changes-file /build/out/*.changes; then lintian=pass; else lintian=fail; fi
 fi
 section 'Summary'
-echo "Build-Time: $build_time"
-[ -n "$lintian" ] && echo "Lintian: $lintian"
-echo "Status: $status"
+# Also where no process of the build can write: the host reads the summary from there.
+{ echo "Build-Time: $build_time"; [ -n "$lintian" ] && echo "Lintian: $lintian"; echo "Status: $status"; } | tee /build/out/.buildbay-summary
 [ "$status" = successful ]
 "#;
 
@@ -120,6 +122,7 @@ impl Backend for Nspawn {
             )],
             after: None,
             network: super::Network::None,
+            writable: vec![],
         })
     }
 }

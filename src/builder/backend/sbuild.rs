@@ -49,6 +49,7 @@ impl Backend for Sbuild {
             notes: vec![],
             after: None::<After>,
             network: super::Network::None,
+            writable: vec![],
         })
     }
 }

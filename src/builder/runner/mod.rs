@@ -32,6 +32,8 @@ pub struct Unit {
     pub arch: String,
     /// What of the network the build may reach.
     pub network: super::backend::Network,
+    /// What the unit may write besides its build directory.
+    pub writable: Vec<PathBuf>,
 }
 
 impl Unit {
@@ -39,8 +41,9 @@ impl Unit {
         let dir = job.dir.clone();
         let mut relay = vec![exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
         relay.push(dir.join(super::LIVE_LOG).display().to_string());
-        if let Some(After::Lintian { chroot, user }) = &plan.after {
+        if let Some(After::Lintian { chroot, user, dir }) = &plan.after {
             relay.extend(["--after-lintian".to_owned(), chroot.clone()]);
+            relay.extend(["--after-dir".to_owned(), dir.display().to_string()]);
             if let Some(u) = user {
                 relay.extend(["--after-user".to_owned(), u.clone()]);
             }
@@ -72,6 +75,7 @@ impl Unit {
             },
             arch: job.bkey.arch.to_string(),
             network: plan.network.clone(),
+            writable: plan.writable.clone(),
         }
     }
 }

@@ -27,7 +27,7 @@ impl SystemdRunner {
 /// the host has cgroup v2 firewalling).
 pub fn sandbox(unit: &Unit) -> Vec<(&'static str, Prop)> {
     let mut writable = vec![unit.dir.display().to_string()];
-    writable.extend(unit.env.iter().filter(|(k, _)| k == "BUILDBAY_APT_CACHE").map(|(_, v)| v.clone()));
+    writable.extend(unit.writable.iter().map(|p| p.display().to_string()));
     let state_dir = unit.dir.ancestors().nth(6).map(|p| p.display().to_string());
     let mut p: Vec<(&'static str, Prop)> = vec![
         ("ProtectSystem", Prop::Str("strict".into())),
@@ -49,11 +49,7 @@ pub fn sandbox(unit: &Unit) -> Vec<(&'static str, Prop)> {
     let native = unit.arch == crate::instance::host_arch();
     match unit.backend {
         Backend::Sbuild => {
-            writable.extend(
-                ["/var/lib/schroot", "/var/lib/sbuild/build", "/run/schroot", "/run/lock/schroot"]
-                    .iter()
-                    .map(|s| format!("-{s}")),
-            );
+            writable.extend(["/var/lib/schroot", "/run/schroot", "/run/lock/schroot"].iter().map(|s| format!("-{s}")));
             p.push(("ProtectKernelTunables", Prop::Bool(true)));
             p.push(("ProtectControlGroups", Prop::Bool(true)));
             p.push(("ProtectProc", Prop::Str("invisible".into())));
