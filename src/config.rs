@@ -212,8 +212,8 @@ impl Source {
 pub struct Chroot {
     pub codename: Codename,
     pub arch: Arch,
-    /// The archive debootstrap and apt inside the image use.
-    pub mirror: String,
+    /// The archive mmdebstrap and apt inside the image use.
+    pub mirror: ArchiveUrl,
     pub status: Status,
 }
 
@@ -221,7 +221,12 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 impl Chroot {
     pub fn new(codename: Codename, arch: Arch) -> Chroot {
-        Chroot { codename, arch, mirror: DEFAULT_MIRROR.to_owned(), status: Status::default() }
+        Chroot {
+            codename,
+            arch,
+            mirror: DEFAULT_MIRROR.parse().expect("the default mirror is a valid URL"),
+            status: Status::default(),
+        }
     }
 
     /// `codename:arch`, its id in the config store and in `status`.

@@ -194,11 +194,8 @@ impl Daemon {
         }
         // The apt archive caches start afresh with the upgraded images (what they held is
         // older than the images now, or in them).
-        let caches = builder.apt_caches();
-        match std::fs::remove_dir_all(&caches) {
-            Ok(()) => tracing::info!(dir = %caches.display(), "emptied the apt archive caches"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %caches.display(), "cannot empty the apt archive caches: {e}"),
+        if let Some(caches) = builder.apt_caches() {
+            crate::builder::empty_caches(&caches);
         }
     }
 

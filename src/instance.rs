@@ -590,7 +590,7 @@ impl Instance {
             .map(|d| self.get::<Source>(kind::SOURCE, &d.base_source))
             .transpose()?
             .flatten()
-            .and_then(|s| s.archives.first().map(|a| a.mirror().to_owned()));
+            .and_then(|s| s.archives.first().cloned());
         let mut c = Chroot::new(codename, arch);
         if let Some(mirror) = archive {
             c.mirror = mirror;
@@ -878,7 +878,7 @@ fn status_word(s: &Status) -> &'static str {
 impl Instance {
     /// The embedded default for a fresh state directory: this host's identity, its release and
     /// architecture, and a repository `test` (which accepts unsigned uploads).
-    pub fn default_setup_if_empty(&self) -> Result<Option<Vec<SetupItem>>> {
+    pub fn default_setup_if_empty(&self, places: &crate::chroot::Places) -> Result<Option<Vec<SetupItem>>> {
         if self.daemon()?.is_some() {
             return Ok(None);
         }
@@ -892,6 +892,7 @@ impl Instance {
             distributions: vec![format!("{codename}:{arch}:nspawn")],
             repositories: vec![format!("test:Default:{codename}")],
             key_algo: KeyAlgo::default(),
+            places: places.clone(),
             ..Default::default()
         };
         self.setup(&opts).map(Some)

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod deb;
 pub mod events;
 pub mod gpg;
+pub mod helper;
 pub mod incoming;
 pub mod instance;
 #[cfg(test)]
@@ -22,6 +23,7 @@ mod layering;
 pub mod layout;
 pub mod packager;
 pub mod protocol;
+pub mod rootops;
 pub mod sources;
 pub mod store;
 pub mod systemd;

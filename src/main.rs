@@ -39,6 +39,19 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
+    /// The root helper of a daemon that is not root (buildbay-helper.service): it stages,
+    /// starts and stops build units and makes chroots, on a fixed set of requests over a Unix
+    /// socket that only root and the daemon's group open. Give it the daemon's build options.
+    Helper {
+        /// The socket to listen on when systemd passes none.
+        #[arg(long, default_value = buildbay::rootops::SOCKET)]
+        socket: PathBuf,
+        /// The daemon's user: only it (and root) may ask; its group reads the build directories.
+        #[arg(long, default_value = "buildbay")]
+        daemon_user: String,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
     /// Run one build step (the main process and ExecStopPost of a build unit, sbuild's session
     /// setup, an nspawn machine's root); not for humans.
     #[command(hide = true)]
@@ -204,6 +217,53 @@ struct BuildArgs {
     /// `systemd` (transient units over D-Bus), `child` (child processes), or `auto`.
     #[arg(long, value_enum, default_value_t = RunnerChoice::Auto)]
     build_runner: RunnerChoice,
+    /// Leave the root work (starting and stopping builds, making chroots) to the buildbay
+    /// helper on this socket: the daemon is not root (the packaged service).
+    #[arg(long)]
+    helper: Option<PathBuf>,
+    /// Where build directories go (default: <state>/var/builds; with a helper,
+    /// /var/lib/buildbay-builds).
+    #[arg(long)]
+    builds_dir: Option<PathBuf>,
+    /// Where the build slots' apt archive caches go (default: <state>/var/cache/apt-archives;
+    /// with a helper, /var/cache/buildbay/apt-archives).
+    #[arg(long)]
+    apt_cache_dir: Option<PathBuf>,
+}
+
+impl BuildArgs {
+    /// The library's build setup from these options.
+    fn setup(&self, state: &std::path::Path) -> buildbay::builder::setup::Setup {
+        use buildbay::builder::setup::{RunnerKind, Setup};
+        let mut limits = buildbay::builder::Limits {
+            memory_max: self.build_memory_max,
+            runtime_max_sec: self.build_runtime_max,
+            ..Default::default()
+        };
+        if let Some(n) = self.build_slots {
+            limits.slots = n;
+        }
+        Setup {
+            state: state.to_owned(),
+            limits,
+            build_users: self.build_users.clone(),
+            places: buildbay::chroot::Places {
+                machines: self.machines_dir.clone(),
+                schroot_d: self.schroot_dir.clone(),
+                slots: self.slots_dir.clone(),
+                helper: self.helper.clone(),
+            },
+            builds: self.builds_dir.clone(),
+            caches: self.apt_cache_dir.clone(),
+            runner: match self.build_runner {
+                RunnerChoice::Auto => RunnerKind::Auto,
+                RunnerChoice::Systemd => RunnerKind::Systemd,
+                RunnerChoice::Child => RunnerKind::Child,
+            },
+            chroot_upgrade: (self.chroot_upgrade_interval > 0)
+                .then(|| std::time::Duration::from_secs(self.chroot_upgrade_interval)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -350,7 +410,7 @@ fn print<T: serde::Serialize>(json: bool, value: &T, plain: impl FnOnce(&T) -> S
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve { .. });
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Helper { .. });
     // Before any thread exists: take systemd's sockets and clear LISTEN_* for our children.
     // SAFETY: single-threaded here.
     let inherited = if serving { unsafe { buildbay::systemd::take_listeners() } } else { Ok(Default::default()) };
@@ -421,14 +481,26 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             .with_context(|| format!("running {command:?}"))?;
         std::process::exit(code);
     }
+    if let Command::Helper { socket, daemon_user, build } = &cli.command {
+        return helper(&cli.state, socket, daemon_user, build, inherited);
+    }
+    // Files the caller names are read as the caller, before working as the state's owner.
+    let key_text = match &cli.command {
+        Command::Uploader(UploaderCommand::Add { key, .. }) => {
+            Some(std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?)
+        }
+        _ => None,
+    };
+    let owner = become_state_owner(&cli.state)?;
     let inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
-        Command::BuilderExec { .. } | Command::Man { .. } | Command::ApiReference => {
+        Command::BuilderExec { .. } | Command::Man { .. } | Command::ApiReference | Command::Helper { .. } => {
             unreachable!("handled before the state directory is opened")
         }
         Command::Serve { http, no_default_setup, ftp, build } => {
-            if !no_default_setup && let Some(report) = inst.default_setup_if_empty()? {
+            let places = build.setup(&cli.state).places;
+            if !no_default_setup && let Some(report) = inst.default_setup_if_empty(&places)? {
                 for i in report {
                     tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
                 }
@@ -465,7 +537,14 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 sources,
                 from_origins,
                 key_algo,
-                places: Default::default(),
+                // Working as the state's owner (not root): chroots are the helper's work.
+                places: buildbay::chroot::Places {
+                    helper: owner.and_then(|_| {
+                        let socket = PathBuf::from(buildbay::rootops::SOCKET);
+                        socket.exists().then_some(socket)
+                    }),
+                    ..Default::default()
+                },
             })?;
             print(json, &report, |r| {
                 r.iter()
@@ -502,7 +581,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         Command::Api { .. } => unreachable!("handled before opening the state directory"),
         Command::Repo(cmd) => repo(&inst, json, cmd)?,
         Command::Uploader(UploaderCommand::Add { user, key, repositories }) => {
-            let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+            let text = key_text.with_context(|| format!("reading {}", key.display()))?;
             let cert = buildbay::gpg::one_key(text.as_bytes()).with_context(|| key.display().to_string())?;
             let mut status = buildbay::config::Status::default();
             status.prepared();
@@ -520,6 +599,97 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// As root, on a state directory that another user owns (the packaged daemon's `buildbay`),
+/// work as that user, so that nothing in it becomes root's. Returns the user's name if so.
+fn become_state_owner(state: &std::path::Path) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let Ok(meta) = std::fs::metadata(state) else { return Ok(None) };
+    if meta.uid() == 0 {
+        return Ok(None);
+    }
+    let uid = nix::unistd::Uid::from_raw(meta.uid());
+    let user = nix::unistd::User::from_uid(uid)
+        .context("looking up the state directory's owner")?
+        .with_context(|| format!("{} belongs to uid {uid}, which is no user; chown it", state.display()))?;
+    nix::unistd::setgroups(&[user.gid]).context("dropping root's groups")?;
+    nix::unistd::setgid(user.gid).context("becoming the state's group")?;
+    nix::unistd::setuid(user.uid).context("becoming the state's owner")?;
+    tracing::info!(user = %user.name, "working as {}, the owner of {}", user.name, state.display());
+    Ok(Some(user.name))
+}
+
+/// `buildbay helper`: answer the daemon's root requests until stopped.
+fn helper(
+    state: &std::path::Path,
+    socket: &std::path::Path,
+    daemon_user: &str,
+    build: &BuildArgs,
+    inherited: buildbay::systemd::Inherited,
+) -> Result<()> {
+    use buildbay::systemd;
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "the buildbay helper does root's work: run it as root");
+    let user =
+        nix::unistd::User::from_name(daemon_user).context("looking up the daemon's user")?.with_context(|| {
+            format!("there is no user {daemon_user}; the package's sysusers.d makes it, or pass --daemon-user")
+        })?;
+    let mut setup = build.setup(state);
+    setup.places.helper = None;
+    let stager = setup.stager(true).context("setting up the build stager")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let bus = systemd::bus::Systemd::connect()
+            .await
+            .context("the helper starts build units: connecting to systemd over D-Bus")?;
+        let listener = match inherited.helper {
+            Some(l) => {
+                tracing::info!("answering on the socket systemd passed");
+                tokio::net::UnixListener::from_std(l).context("using the inherited helper socket")?
+            }
+            None => bind_helper_socket(socket, user.gid.as_raw())?,
+        };
+        let helper = std::sync::Arc::new(buildbay::helper::Helper {
+            state: state.to_owned(),
+            daemon_uid: user.uid.as_raw(),
+            daemon_gid: user.gid.as_raw(),
+            runner: buildbay::builder::runner::systemd::SystemdRunner::new(bus, stager.clone()),
+            stager,
+            chroots: Default::default(),
+        });
+        tracing::info!(user = daemon_user, "buildbay helper ready");
+        systemd::notify_ready("answering the daemon");
+        tokio::select! {
+            _ = helper.serve(listener) => {}
+            _ = systemd::shutdown_signal() => {}
+        }
+        systemd::notify_stopping();
+        Ok(())
+    })
+}
+
+/// The helper's own socket (no systemd): 0660, root and the daemon's group.
+fn bind_helper_socket(socket: &std::path::Path, gid: u32) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(anyhow::Error::new(e).context(format!("removing the old socket {}", socket.display())));
+        }
+        _ => {}
+    }
+    let l = tokio::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    nix::unistd::chown(socket, None, Some(nix::unistd::Gid::from_raw(gid)))
+        .with_context(|| format!("giving {} to the daemon's group", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "no socket from systemd: listening myself");
+    Ok(l)
 }
 
 fn serve(
@@ -612,44 +782,11 @@ fn serve(
             )
             .with_packaging_deadline(std::time::Duration::from_secs(build.packaging_timeout)),
         );
-        let mut limits = buildbay::builder::Limits {
-            memory_max: build.build_memory_max,
-            runtime_max_sec: build.build_runtime_max,
-            ..Default::default()
-        };
-        if let Some(n) = build.build_slots {
-            limits.slots = n;
-        }
-        use buildbay::builder::runner;
-        let runner: Box<dyn runner::Runner> = match build.build_runner {
-            RunnerChoice::Auto => runner::detect(&limits).await,
-            RunnerChoice::Systemd => Box::new(runner::systemd::SystemdRunner::new(
-                systemd::bus::Systemd::connect()
-                    .await
-                    .context("--build-runner systemd: connecting to systemd over D-Bus")?,
-            )),
-            RunnerChoice::Child => {
-                tracing::info!("--build-runner child: builds run as child processes in their own process group");
-                Box::new(runner::child::ChildRunner::new(limits.runtime_max_sec))
-            }
-        };
-        let state = daemon.inst.store.dir().to_owned();
-        let builder = buildbay::builder::Builder {
-            runner,
-            limits,
-            places: buildbay::chroot::Places {
-                machines: build.machines_dir.clone(),
-                schroot_d: build.schroot_dir.clone(),
-                slots: build.slots_dir.clone(),
-            },
-            root: state.join(buildbay::builder::BUILDS_DIR),
-            results: daemon.incoming.results.clone(),
-            exe: std::env::current_exe().context("finding the buildbay binary for build units")?,
-            users: buildbay::builder::slots::Users::detect(&build.build_users),
-            turn: Default::default(),
-            chroot_upgrade: (build.chroot_upgrade_interval > 0)
-                .then(|| std::time::Duration::from_secs(build.chroot_upgrade_interval)),
-        };
+        let builder = build
+            .setup(daemon.inst.store.dir())
+            .builder(daemon.incoming.results.clone())
+            .await
+            .context("setting up the builder")?;
         tracing::info!(slots = builder.limits.slots, "builder ready");
         if daemon.builder.set(builder).is_err() {
             anyhow::bail!("the builder was set up twice");

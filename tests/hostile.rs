@@ -27,9 +27,9 @@ fn marker(what: &str) -> PathBuf {
     PathBuf::from(format!("/tmp/buildbay-hostile-{what}-{}-{}", std::process::id(), buildbay::protocol::fresh_micros()))
 }
 
-/// The build log of the newest build of `source`.
+/// The build log of the newest build of `source` (kept under var/logs once it is done).
 fn build_log(inst: &Instance, source: &str) -> String {
-    let root = inst.state().join("var/builds").join(source);
+    let root = inst.state().join("var/logs").join(source);
     let mut logs: Vec<PathBuf> = Vec::new();
     let mut stack = vec![root];
     while let Some(d) = stack.pop() {
@@ -37,7 +37,7 @@ fn build_log(inst: &Instance, source: &str) -> String {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "buildlog") {
+            } else if p.extension().is_some_and(|n| n == "buildlog") {
                 logs.push(p);
             }
         }

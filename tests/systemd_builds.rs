@@ -1,7 +1,10 @@
-//! Builds as transient systemd units over D-Bus, inside a booted systemd container: the journal
-//! holds each build's lines under its LogExtraFields, `cancel` (StopUnit) leaves no process of the
-//! unit's cgroup alive, `systemctl restart buildbay` during a build loses nothing, and MemoryMax
-//! and RuntimeMaxSec end a build cleanly with the reason. Needs root and Debian's archive.
+//! Builds as transient systemd units over D-Bus, inside a booted systemd container, the way the
+//! package runs them: the daemon as the user buildbay, without capabilities, and the root
+//! helper (the package's buildbay-helper.socket and .service) staging and starting each unit
+//! and making the chroot. The journal holds each build's lines under its LogExtraFields,
+//! `cancel` (StopUnit) leaves no process of the unit's cgroup alive, `systemctl restart
+//! buildbay` during a build loses nothing, and MemoryMax and RuntimeMaxSec end a build cleanly
+//! with the reason. Needs root and Debian's archive.
 
 mod common;
 use common::container::{self, Booted};
@@ -58,19 +61,47 @@ fn builds_are_transient_systemd_units() {
     let seed = Instance::new("ed25519");
     seed.ok(&["setup", "--chroots", "bookworm:amd64"]);
     let tree = systemd_tree();
-    std::fs::copy(bin(), tree.join("usr/local/bin/buildbay")).expect("copy buildbay");
-    let _ = std::fs::remove_dir_all(tree.join("var/lib/buildbay"));
+    // The package's files: the binary, the helper's units, its users and directories.
+    std::fs::copy(bin(), tree.join("usr/bin/buildbay")).expect("copy buildbay");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (from, to) in [
+        ("units/buildbay-helper.socket", "usr/lib/systemd/system/buildbay-helper.socket"),
+        ("units/buildbay-helper.service", "usr/lib/systemd/system/buildbay-helper.service"),
+        ("units/buildbay.sysusers", "usr/lib/sysusers.d/buildbay.conf"),
+        ("units/buildbay.tmpfiles", "usr/lib/tmpfiles.d/buildbay.conf"),
+    ] {
+        std::fs::copy(repo.join(from), tree.join(to)).unwrap_or_else(|e| panic!("{from}: {e}"));
+    }
+    for d in ["var/lib/buildbay", "var/lib/buildbay-builds", "var/cache/buildbay"] {
+        let _ = std::fs::remove_dir_all(tree.join(d));
+    }
+    // Both read the build options (the helper sets the units' limits).
+    let build_opts = |opts: &str| {
+        std::fs::create_dir_all(tree.join("etc/default")).expect("mkdir");
+        std::fs::write(tree.join("etc/default/buildbay"), format!("BUILDBAY_BUILD_OPTS=\"{opts}\"\n")).expect("write");
+    };
+    build_opts("--build-memory-max 400000000");
     let c = Booted::boot(&tree, &[IMAGE]);
+    c.ok("systemd-sysusers && systemd-tmpfiles --create buildbay.conf && systemctl daemon-reload && systemctl start buildbay-helper.socket");
+    assert_eq!(
+        c.ok("stat -c '%U:%G %a' /var/lib/buildbay /var/lib/buildbay-builds /run/buildbay/helper.sock"),
+        "buildbay:buildbay 750\nroot:buildbay 750\nroot:buildbay 660\n"
+    );
     let (http, ftp) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{http}");
-    let bb = "/usr/local/bin/buildbay --state /var/lib/buildbay";
+    let bb = "/usr/bin/buildbay --state /var/lib/buildbay";
+    // As root on the daemon's state: the CLI works as its owner; the chroot is the helper's work.
     c.ok(&format!(
         "{bb} setup --identity ci --distributions bookworm:amd64 --repositories test:Default:bookworm --chroots bookworm:amd64"
     ));
     c.ok(&format!("BUILDBAY_PASSWORD=admin-password {bb} user add admin --role admin"));
+    let owners = c.ok("find /var/lib/buildbay ! -user buildbay | head -5");
+    assert!(owners.is_empty(), "state files that are not the daemon's: {owners}");
     let start_daemon = |extra: &str| {
         c.ok(&format!(
-            "systemd-run --unit=buildbay --property=KillMode=mixed -- {bb} serve --http 127.0.0.1:{http} --ftp 127.0.0.1:{ftp} --public-host 127.0.0.1 {extra}"
+            "systemd-run --unit=buildbay --property=KillMode=mixed --property=User=buildbay --property=Group=buildbay \
+             --property=NoNewPrivileges=yes --property=CapabilityBoundingSet= \
+             -- {bb} serve --helper /run/buildbay/helper.sock --http 127.0.0.1:{http} --ftp 127.0.0.1:{ftp} --public-host 127.0.0.1 {extra}"
         ));
         let start = Instant::now();
         while run(Command::new("curl").args(["-sf", &format!("{url}/mini_buildd/api/status/")])).status.code()
@@ -82,7 +113,39 @@ fn builds_are_transient_systemd_units() {
     };
     start_daemon("--build-memory-max 400000000");
     let journal = c.ok("journalctl -u buildbay --no-pager");
-    assert!(journal.contains("builds run as transient systemd units"), "{journal}");
+    assert!(journal.contains("go through the buildbay helper"), "{journal}");
+    let user = c.ok("stat -c %U /proc/$(systemctl show -P MainPID buildbay)");
+    assert_eq!(user.trim(), "buildbay", "the daemon that speaks HTTP and FTP is not root");
+    let security = c.ok("systemd-analyze security --no-pager buildbay-helper.service | tail -1");
+    println!("systemd-analyze security buildbay-helper.service: {}", security.trim());
+
+    // The helper's socket is hostile input too: only its fixed verbs, only paths below spool/,
+    // only the daemon's uid (and root); others cannot even connect.
+    let ask = |user: &str, line: &str| -> String {
+        let client = format!(
+            "perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => \"/run/buildbay/helper.sock\") or die \"connect: $!\\n\"; print $s \"$ARGV[0]\\n\"; print scalar <$s>' '{line}'"
+        );
+        let out = c.run(&format!("runuser -u {user} -- {client} 2>&1"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let outside = r#"{"verb":"build-start","bkey":"xx/1/20260101-000000-000000/amd64","slot":0,"request":"spool/../gnupg/archive-key.asc"}"#;
+    let answer = ask("buildbay", outside);
+    assert!(answer.contains("refused") && answer.contains("not a request below spool/"), "{answer}");
+    let answer = ask("buildbay", r#"{"verb":"exec","command":"id"}"#);
+    assert!(answer.contains("refused") && answer.contains("not a helper request"), "{answer}");
+    let answer =
+        ask("buildbay", r#"{"verb":"build-stop","bkey":"../../xx/1/20260101-000000-000000/amd64","canceled_by":null}"#);
+    assert!(answer.contains("refused"), "{answer}");
+    for user in ["nobody", "buildbay-build0"] {
+        let answer = ask(user, r#"{"verb":"build-remove","bkey":"xx/1/20260101-000000-000000/amd64"}"#);
+        assert!(answer.contains("Permission denied"), "{user} reached the helper: {answer}");
+    }
+    c.ok("useradd --system --no-create-home --gid buildbay mallory");
+    let answer = ask("mallory", r#"{"verb":"build-remove","bkey":"xx/1/20260101-000000-000000/amd64"}"#);
+    assert!(
+        answer.contains("may not ask the buildbay helper"),
+        "a member of the group that is not the daemon: {answer}"
+    );
     let ftp_at = format!("127.0.0.1:{ftp}");
 
     // A build: a transient unit with the journal fields; INSTALLED.
@@ -156,6 +219,8 @@ fn builds_are_transient_systemd_units() {
     ftp_upload(&ftp_at, &slow);
     wait_event(&url, "sdslow", "BUILDING", WAIT);
     c.ok("systemctl stop buildbay");
+    build_opts("--build-memory-max 400000000 --build-runtime-max 60");
+    c.ok("systemctl restart buildbay-helper.service");
     start_daemon("--build-memory-max 400000000 --build-runtime-max 60");
     let installed = wait_event(&url, "sdslow", "INSTALLED", WAIT);
     assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");

@@ -31,6 +31,9 @@ pub fn relay(
     argv: &[String],
 ) -> std::io::Result<i32> {
     let code = run_logged(log, Some(&log.with_file_name(super::phases::FILE)), notes, argv)?;
+    // Before anything says the build ended: what it left in out/ becomes plain regular files
+    // that the daemon (which may not be root) can read.
+    sanitise_out(log);
     if let (0, Some(chroot)) = (code, &after.lintian_chroot) {
         // Whatever happens to the after step, the unit's end is still recorded below.
         if let Err(e) = run_after_lintian(log, chroot, after.user.as_deref(), &after.dir) {
@@ -41,6 +44,13 @@ pub fn relay(
         record_exit(result, code)?;
     }
     Ok(code)
+}
+
+/// Sanitise the `out/` beside a build's file (its log or its result).
+fn sanitise_out(beside: &Path) {
+    if let Err(e) = super::result::sanitise(&beside.with_file_name(super::OUT)) {
+        eprintln!("buildbay: cannot sanitise the build's output: {e}");
+    }
 }
 
 /// Mark the build built, then run lintian on its files into its own log: in a fresh session of
@@ -270,6 +280,8 @@ pub fn record_exit(result: &Path, code: i32) -> std::io::Result<()> {
 /// kernel's kill shows as a plain failure. ExecStopPost still runs in the unit's cgroup, so its
 /// OOM-kill counter says whether the memory limit ended the build.
 pub fn stop_post(result: &Path) -> std::io::Result<()> {
+    // A build stopped before its relay got to it (a timeout, a cancel).
+    sanitise_out(result);
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
     let mut service_result = var("SERVICE_RESULT");
     if service_result != "success" && own_cgroup_oom_kills() > 0 {

@@ -24,17 +24,18 @@ pub mod machine_root;
 pub mod phases;
 pub mod result;
 pub mod runner;
+pub mod setup;
 pub mod slots;
+pub mod stage;
 
-use crate::chroot::{Chroot, Places};
+use crate::chroot::Places;
 use crate::events::{Event, EventType};
 use crate::instance::Instance;
 use crate::packager::QueuedBuild;
-use crate::protocol::{BuildKey, BuildRequest};
+use crate::protocol::BuildKey;
 use crate::store::{self, BUILDS, StoreError};
-use backend::Build;
 use redb::ReadableTable;
-use runner::{Runner, Unit};
+use runner::{Launch, Runner};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ pub enum BuilderError {
     NoSuchBuild(String),
     #[error("the build users: {0}")]
     Users(String),
+    #[error("{0}")]
+    Helper(String),
 }
 crate::from_redb_errors!(BuilderError);
 
@@ -143,6 +146,11 @@ pub fn unit_name(bkey: &BuildKey) -> String {
 
 /// Where the build directories are, under the state directory.
 pub const BUILDS_DIR: &str = "var/builds";
+/// Where build logs are kept (`<logs>/<bkey>/`), under the state directory: the final build log
+/// and lintian's after-result log outlive the build's directory.
+pub const LOGS_DIR: &str = "var/logs";
+/// At most this much of a lintian log is kept.
+const MAX_KEPT_LOG: u64 = 32 << 20;
 /// Where this builder's results go, under the state directory: only the daemon writes there.
 pub use crate::incoming::RESULTS_DIR;
 /// The live output of a build, in its directory.
@@ -160,17 +168,19 @@ pub const RESULT: &str = "result";
 pub const OUT: &str = "out";
 
 pub struct Builder {
+    /// Stages and runs the builds (the daemon itself, or the root helper).
     pub runner: Box<dyn Runner>,
     pub limits: Limits,
     pub places: Places,
-    /// `var/builds` under the state directory.
+    /// The build directories (`var/builds` under the state directory, or the helper's).
     pub root: PathBuf,
     /// Where results go: the daemon's results directory.
     pub results: PathBuf,
-    /// The running binary, for `builder-exec`.
-    pub exe: PathBuf,
-    /// Who builds in each slot.
-    pub users: slots::Users,
+    /// Where build logs are kept after their build directory is gone ([`LOGS_DIR`]).
+    pub logs: PathBuf,
+    /// The slots' apt archive caches (emptied after an image upgrade); `None`: the root
+    /// helper's, which empties them after each check.
+    pub caches: Option<PathBuf>,
     /// Held by `pass` and `cancel`: only one of them collects a build's result. The periodic
     /// chroot upgrade holds it too, so no build starts on an image while it changes.
     pub turn: tokio::sync::Mutex<()>,
@@ -260,10 +270,9 @@ impl Builder {
         self.root.join(bkey.rel_path())
     }
 
-    /// The apt archive caches, one per slot (`var/cache/apt-archives/<slot>`).
-    pub fn apt_caches(&self) -> PathBuf {
-        // `root` is `<state>/var/builds`.
-        self.root.parent().and_then(Path::parent).unwrap_or(&self.root).join(APT_CACHE_DIR)
+    /// The apt archive caches, one per slot (`<caches>/<slot>`), if they are the daemon's.
+    pub fn apt_caches(&self) -> Option<PathBuf> {
+        self.caches.clone()
     }
 
     fn put_job(tx: &redb::WriteTransaction, job: &Job) -> Result<()> {
@@ -296,7 +305,13 @@ impl Builder {
                 // Built, and its unit still runs the after step (lintian in ignore mode): it
                 // holds its slot (and keeps the image from being upgraded) until the unit ends.
                 JobState::Finished if after_step_running => running += 1,
-                JobState::Finished if !queued.contains(&job.bkey) => Self::drop_job(inst, &job.bkey)?,
+                // The packager has its result and the unit has ended: keep its logs, remove its
+                // directory (the debs, the sources), then forget it. A directory that cannot be
+                // removed now is tried again next pass.
+                JobState::Finished if !queued.contains(&job.bkey) => match self.retire(&job).await {
+                    Ok(()) => Self::drop_job(inst, &job.bkey)?,
+                    Err(e) => tracing::warn!(bkey = %job.bkey, "cannot remove the build directory yet: {e}"),
+                },
                 JobState::Finished => {}
                 JobState::Starting => {
                     // Never known to have started: start it again (a unit of that name may exist).
@@ -336,6 +351,21 @@ impl Builder {
         Ok(Pass { events, delivered, running })
     }
 
+    /// Keep a finished build's lintian log beside its build log, then have the runner remove
+    /// its directory.
+    async fn retire(&self, job: &Job) -> Result<()> {
+        let kept = self.logs.join(job.bkey.rel_path());
+        let after = job.dir.join(AFTER_LOG);
+        if let Ok((from, _)) = crate::protocol::tar::open_regular(&after) {
+            std::fs::create_dir_all(&kept).map_err(io_err(&kept))?;
+            let tmp = kept.join(format!(".{AFTER_LOG}.tmp"));
+            let mut to = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+            std::io::copy(&mut std::io::Read::take(from, MAX_KEPT_LOG), &mut to).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, kept.join(AFTER_LOG)).map_err(io_err(&kept))?;
+        }
+        self.runner.remove(job).await
+    }
+
     /// The row of a build of `req`, started now.
     fn job(&self, req: &QueuedBuild, state: JobState) -> Job {
         Job {
@@ -350,44 +380,8 @@ impl Builder {
         }
     }
 
-    /// A fresh build directory. `var/builds` itself is 0700: no local user reaches what a build
-    /// leaves in it; the build directory is readable for the machine or session that builds.
-    fn fresh_dir(&self, dir: &Path) -> Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&self.root))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
-        }
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(io_err(dir))?;
-        std::fs::DirBuilder::new().mode(0o755).create(dir.join(OUT)).map_err(io_err(dir))?;
-        Ok(())
-    }
-
-    /// Verify and unpack a request, write the build's files, record it, start its unit.
+    /// Record the build, then have the runner stage and start it in the lowest free slot.
     async fn start(&self, inst: &Instance, q: &QueuedBuild) -> Result<Event> {
-        let bad = |why: String| BuilderError::Request { bkey: q.bkey.clone(), why };
-        let (req, _) = BuildRequest::read(&q.changes, std::slice::from_ref(inst.key()?.cert()))
-            .map_err(|e| bad(format!("refused: {e}")))?;
-        if req.key != q.bkey {
-            return Err(bad(format!("the signed request is for {}, not {}", req.key, q.bkey)));
-        }
-        let dir = self.dir(&q.bkey);
-        self.fresh_dir(&dir)?;
-        let from = q.changes.parent().unwrap_or(Path::new("."));
-        std::fs::copy(&q.changes, dir.join(backend::REQUEST)).map_err(io_err(&dir))?;
-        let names = crate::protocol::tar::unpack(&req.tar_path(from), &dir, true, Default::default())
-            .map_err(|e| bad(e.to_string()))?;
-        let dsc = names.into_iter().find(|n| n.ends_with(".dsc")).ok_or_else(|| bad("its tar holds no .dsc".into()))?;
-        let chroot = Chroot::new(req.distribution.codename.clone(), req.key.arch.clone());
-        if !self.places.is_prepared(&chroot) {
-            let id = chroot.id();
-            return Err(bad(format!("no chroot {id} here; add it with `buildbay api setup --chroots {id}`")));
-        }
-        self.places.refresh(&chroot, self.limits.slots.max(1)).map_err(|e| BuilderError::Io {
-            path: self.places.schroot_conf(&chroot),
-            source: std::io::Error::other(e.to_string()),
-        })?;
         // The lowest slot no other build holds (a finished one whose unit still runs lintian
         // holds its slot until the unit ends).
         let taken: Vec<usize> = jobs(&inst.store)?
@@ -396,28 +390,25 @@ impl Builder {
             .map(|j| j.slot)
             .collect();
         let index = (0..).find(|s| !taken.contains(s)).unwrap_or_default();
-        let slot = self.users.slot(index, &self.apt_caches(), self.places.slot_dir(index))?;
-        let schroot = crate::chroot::slot_schroot(&chroot, self.runner.is_systemd(), index);
-        let build = Build {
-            req: &req,
-            dir: &dir,
-            dsc: &dsc,
-            chroot: &chroot,
-            schroot,
-            image: self.places.image(&chroot),
-            slot: &slot,
-            machined: self.runner.is_systemd(),
-            exe: &self.exe,
-        };
-        let plan = backend::plan(&build)?;
         let mut job = self.job(q, JobState::Starting);
         job.slot = index;
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         tx.commit()?;
-        let unit = Unit::for_build(&job, &plan, &self.limits, &self.exe);
-        job.pid = self.runner.start(&unit).await?;
+        let certs = [inst.key()?.cert().clone()];
+        let launched = self
+            .runner
+            .launch(Launch {
+                bkey: &q.bkey,
+                slot: index,
+                request: &q.changes,
+                certs: &certs,
+                distribution: &q.distribution,
+            })
+            .await?;
+        let mut job = launched.job;
         job.state = JobState::Running;
+        job.distribution = q.distribution.clone();
         tracing::info!(bkey = %q.bkey, unit = %job.unit, slot = index, runner = self.runner.name(), "build started");
         let event = Event::new(
             EventType::Building,
@@ -428,8 +419,8 @@ impl Builder {
         .with("architecture", q.bkey.arch.as_str())
         .with("bkey", q.bkey.to_string())
         .with("unit", job.unit.as_str())
-        .with("backend", req.backend.as_str());
-        let event = match &plan.machine {
+        .with("backend", launched.backend.as_str());
+        let event = match &launched.machine {
             Some(m) => event.with("machine", m.as_str()),
             None => event,
         };
@@ -443,21 +434,26 @@ impl Builder {
     /// A request that cannot even start (bad signature, no chroot): a failed result, so the
     /// upload ends FAILED with the reason instead of waiting forever.
     fn fail_unstarted(&self, inst: &Instance, q: &QueuedBuild, why: &str) -> Result<Event> {
-        let dir = self.dir(&q.bkey);
-        self.fresh_dir(&dir)?;
         let job = self.job(q, JobState::Running);
-        std::fs::write(dir.join(result::INTERNAL_ERROR), why).map_err(io_err(&dir))?;
-        write_result(&dir.join(RESULT), &Ended::new("error", "-", "-"))?;
-        self.finish(inst, job)
+        self.finish_with(inst, job, Some(why.to_owned()))
     }
 
     /// Turn a finished build into a signed result in the results directory, and record BUILT.
-    fn finish(&self, inst: &Instance, mut job: Job) -> Result<Event> {
+    fn finish(&self, inst: &Instance, job: Job) -> Result<Event> {
+        self.finish_with(inst, job, None)
+    }
+
+    /// [`Builder::finish`], with the builder's own reason why the build could not run.
+    fn finish_with(&self, inst: &Instance, mut job: Job, internal: Option<String>) -> Result<Event> {
         // `built` is how the build itself ended; a later `result` is about its after step.
-        let ended =
-            read_marker(&job.dir.join(BUILT)).or_else(|| read_marker(&job.dir.join(RESULT))).unwrap_or_default();
-        let ended = Ended::parse(&ended);
-        let outcome = result::deliver(inst, &job, &ended, &self.limits, &self.results)?;
+        // Neither: the unit vanished without recording how (a reboot, or it never started).
+        let ended = read_marker(&job.dir.join(BUILT)).or_else(|| read_marker(&job.dir.join(RESULT)));
+        let ended = match (&internal, ended) {
+            (Some(_), _) => Ended::new("error", "-", "-"),
+            (None, Some(text)) => Ended::parse(&text),
+            (None, None) => Ended::new("lost", "-", "-"),
+        };
+        let outcome = result::deliver(inst, &job, &ended, &self.limits, &self.results, &self.logs, internal)?;
         job.state = JobState::Finished;
         let phases = phases::summary(&read_marker(&job.dir.join(phases::FILE)).unwrap_or_default());
         let phases_line = phases.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect::<Vec<_>>().join(", ");
@@ -497,8 +493,7 @@ impl Builder {
         let job = jobs(&inst.store)?.into_iter().find(|j| &j.bkey == bkey);
         match job {
             Some(job) if job.state == JobState::Running => {
-                std::fs::write(job.dir.join(result::CANCELED), by).map_err(io_err(&job.dir))?;
-                self.runner.cancel(&job).await?;
+                self.runner.cancel(&job, by).await?;
                 // Wait for ExecStopPost's result (StopUnit returns when the job is queued).
                 for _ in 0..100 {
                     if job.dir.join(RESULT).exists() {
@@ -517,6 +512,16 @@ impl Builder {
                 Ok(vec![self.fail_unstarted(inst, &req, &format!("canceled by {by} before it started"))?])
             }
         }
+    }
+}
+
+/// Empty the slots' apt archive caches (after an image upgrade: what they held is older than
+/// the images now, or in them).
+pub fn empty_caches(caches: &Path) {
+    match std::fs::remove_dir_all(caches) {
+        Ok(()) => tracing::info!(dir = %caches.display(), "emptied the apt archive caches"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %caches.display(), "cannot empty the apt archive caches: {e}"),
     }
 }
 

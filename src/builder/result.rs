@@ -13,10 +13,11 @@ use crate::protocol::{BuildRequest, BuildResult, tar};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-/// Written by the daemon when a build could not start or run, with the reason.
-pub const INTERNAL_ERROR: &str = "internal-error";
 /// Written by `cancel`, with who canceled.
 pub const CANCELED: &str = "canceled";
+/// Where results are made, under the results directory (names starting with '.' are not
+/// claimed).
+const WORK: &str = ".work";
 
 /// The outcome of `deliver`.
 pub struct Outcome {
@@ -55,7 +56,7 @@ fn summary_fields(text: impl BufRead) -> Vec<(String, String)> {
 
 /// Remove everything from `out` that is not a regular file, and make the files plain (0644):
 /// nothing a build left there is a symlink, a device, or setuid when the host reads it.
-fn sanitise(out: &Path) -> Result<(), BuilderError> {
+pub fn sanitise(out: &Path) -> Result<(), BuilderError> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(rd) = std::fs::read_dir(out) else { return Ok(()) };
     for e in rd.flatten() {
@@ -89,23 +90,35 @@ fn built_changes(out: &Path, key: &crate::protocol::BuildKey) -> Option<(String,
     Some((name, changes))
 }
 
-/// Make the signed result of a finished build and put it into `results`.
+/// Make the signed result of a finished build and put it into `results`, and its build log into
+/// `logs` (`<logs>/<bkey>/`, where the web serves it). `internal`: why the builder could not
+/// run it. The build's directory is only read (it may be the helper's); the result is made in
+/// a directory of the daemon's own under `results`.
 pub fn deliver(
     inst: &Instance,
     job: &Job,
     ended: &Ended,
     limits: &Limits,
     results: &Path,
+    logs: &Path,
+    internal: Option<String>,
 ) -> Result<Outcome, BuilderError> {
-    let dir = &job.dir;
-    let out = dir.join(super::OUT);
-    sanitise(&out)?;
+    let build_dir = &job.dir;
+    let out = build_dir.join(super::OUT);
+    if nix::unistd::geteuid().is_root() {
+        sanitise(&out)?;
+    }
     let key = &job.bkey;
-    let request = std::fs::read(dir.join(super::backend::REQUEST))
+    let dir = &results.join(WORK).join(job.unit.trim_end_matches(".service"));
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let request = crate::deb::changes::read_bounded(&build_dir.join(super::backend::REQUEST))
         .ok()
         .and_then(|raw| BuildRequest::verify(&raw, std::slice::from_ref(inst.key().ok()?.cert())).ok())
         .map(|(r, _)| r);
-    let live = dir.join(super::LIVE_LOG);
+    let live = build_dir.join(super::LIVE_LOG);
     // An nspawn build's summary is the file its script wrote as machine root; sbuild's, the
     // lines sbuild printed last.
     let nspawn = request.as_ref().is_some_and(|r| r.backend == crate::protocol::Backend::Nspawn);
@@ -118,14 +131,14 @@ pub fn deliver(
     };
     let status_of = |f: &[(String, String)]| f.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone());
     let mut status = status_of(&sbuild).unwrap_or_else(|| "error".into());
-    let mut internal = super::read_marker(&dir.join(INTERNAL_ERROR));
+    let mut internal = internal;
     if internal.is_none() {
         internal = ended.limit_reason(limits);
     }
     if internal.is_none() && ended.service_result == "lost" {
         internal = Some("the build unit ended without recording how (was the machine rebooted?)".into());
     }
-    let canceled_by = super::read_marker(&dir.join(CANCELED)).map(|s| s.trim().to_owned());
+    let canceled_by = super::read_marker(&build_dir.join(CANCELED)).map(|s| s.trim().to_owned());
     if canceled_by.is_some() {
         status = "canceled".into();
         internal = None;
@@ -197,16 +210,20 @@ pub fn deliver(
     let changes_name = BuildResult::changes_name(key);
     let changes_path = dir.join(&changes_name);
     crate::store::write_file_synced(&changes_path, &signed).map_err(io_err(&changes_path))?;
+    let kept = logs.join(key.rel_path());
+    std::fs::create_dir_all(&kept).map_err(io_err(&kept))?;
+    put(&log_path, &kept.join(&log_name))?;
     std::fs::create_dir_all(results).map_err(io_err(results))?;
     for name in [&tar_name, &log_name, &changes_name] {
         put(&dir.join(name), &results.join(name))?;
     }
+    std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
     let after_lintian = request.is_some_and(|r| r.lintian == crate::protocol::QaMode::Ignore);
     Ok(Outcome { status, after_lintian })
 }
 
-/// Put a file into the results directory atomically (a hard link, or a copy renamed into place).
-fn put(from: &Path, to: &Path) -> Result<(), BuilderError> {
+/// Put a file into place atomically (a hard link, or a copy renamed into place).
+pub fn put(from: &Path, to: &Path) -> Result<(), BuilderError> {
     let _ = std::fs::remove_file(to);
     if std::fs::hard_link(from, to).is_ok() {
         return Ok(());

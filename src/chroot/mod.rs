@@ -17,6 +17,8 @@ pub enum ChrootError {
     Command { cmd: String, status: String, tail: String },
     #[error("chroot {0} is not prepared; run `buildbay api setup --chroots {0}` or remake_chroots")]
     Missing(String),
+    #[error("{0}")]
+    Helper(#[from] crate::rootops::RootOpsError),
 }
 
 type Result<T> = std::result::Result<T, ChrootError>;
@@ -35,6 +37,9 @@ pub struct Places {
     pub schroot_d: PathBuf,
     /// The build slots' own `/build` directories (root's, 0755).
     pub slots: PathBuf,
+    /// The root helper's socket, when the daemon is not root: it prepares, checks and removes
+    /// chroots (the same functions, run there).
+    pub helper: Option<PathBuf>,
 }
 
 impl Default for Places {
@@ -43,6 +48,7 @@ impl Default for Places {
             machines: "/var/lib/machines".into(),
             schroot_d: "/etc/schroot/chroot.d".into(),
             slots: "/var/lib/buildbay-build".into(),
+            helper: None,
         }
     }
 }
@@ -189,8 +195,18 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Err(ChrootError::Command { cmd: shown, status: out.status.to_string(), tail })
 }
 
+/// A chroot operation through the root helper, if the daemon has one.
+fn by_helper(places: &Places, op: crate::rootops::ChrootOp, c: &Chroot) -> Option<Result<()>> {
+    let socket = places.helper.as_ref()?;
+    let client = crate::rootops::Client { socket: socket.clone() };
+    Some(client.call(&crate::rootops::Request::Chroot { op, chroot: c.clone() }).map(|_| ()).map_err(Into::into))
+}
+
 /// Make the image (unless it is complete already) and write its schroot config.
 pub fn prepare(places: &Places, c: &Chroot) -> Result<()> {
+    if let Some(done) = by_helper(places, crate::rootops::ChrootOp::Prepare, c) {
+        return done;
+    }
     let image = places.image(c);
     if !image.join(MARKER).exists() {
         let tmp = places.machines.join(format!(".{}.tmp", c.name()));
@@ -210,9 +226,11 @@ pub fn prepare(places: &Places, c: &Chroot) -> Result<()> {
             .arg("--variant=buildd")
             .arg(format!("--arch={}", c.arch))
             .arg(format!("--include={}", EXTRA_PACKAGES.join(",")))
+            // No option after this: the image's name and mirror are never read as options.
+            .arg("--")
             .arg(c.codename.as_str())
             .arg(&tmp)
-            .arg(&c.mirror))?;
+            .arg(c.mirror.mirror()))?;
         configure_image(&tmp, c)?;
         std::fs::rename(&tmp, &image).map_err(io_err(&image))?;
         tracing::info!(chroot = %c.id(), secs = started.elapsed().as_secs(), "image ready");
@@ -253,7 +271,7 @@ fn configure_image(root: &Path, c: &Chroot) -> Result<()> {
         let p = root.join(rel);
         std::fs::write(&p, text).map_err(io_err(&p))
     };
-    write("etc/apt/sources.list", format!("deb {} {} main\n", c.mirror, c.codename))?;
+    write("etc/apt/sources.list", format!("deb {} {} main\n", c.mirror.mirror(), c.codename))?;
     write(
         "etc/apt/apt.conf.d/90buildbay",
         "APT::Install-Recommends \"false\";\nAcquire::Languages \"none\";\nAPT::Get::Assume-Yes \"true\";\n".into(),
@@ -264,6 +282,9 @@ fn configure_image(root: &Path, c: &Chroot) -> Result<()> {
 
 /// mini-buildd's check: in a source session (writes go to the image), update and upgrade.
 pub fn check(places: &Places, c: &Chroot) -> Result<()> {
+    if let Some(done) = by_helper(places, crate::rootops::ChrootOp::Check, c) {
+        return done;
+    }
     if !places.is_prepared(c) {
         return Err(ChrootError::Missing(c.id()));
     }
@@ -280,6 +301,9 @@ pub fn check(places: &Places, c: &Chroot) -> Result<()> {
 
 /// Remove the schroot config, then the image.
 pub fn remove(places: &Places, c: &Chroot) -> Result<()> {
+    if let Some(done) = by_helper(places, crate::rootops::ChrootOp::Remove, c) {
+        return done;
+    }
     let conf = places.schroot_conf(c);
     if conf.exists() {
         std::fs::remove_file(&conf).map_err(io_err(&conf))?;

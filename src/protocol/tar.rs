@@ -101,7 +101,17 @@ impl Writer {
 /// plain, a name given twice, or more than the limits allow refuses the whole tar. Files are
 /// created fresh (never through an existing name) with mode 0644. Returns the names, in order.
 pub fn unpack(tar_path: &Path, out: &Path, with_config: bool, limits: TarLimits) -> Result<Vec<String>, ProtocolError> {
-    let file = std::fs::File::open(tar_path).map_err(io(tar_path))?;
+    let (mut file, _) = open_regular(tar_path).map_err(io(tar_path))?;
+    unpack_from(&mut file, out, with_config, limits)
+}
+
+/// [`unpack`] from an open file.
+pub fn unpack_from(
+    file: &mut std::fs::File,
+    out: &Path,
+    with_config: bool,
+    limits: TarLimits,
+) -> Result<Vec<String>, ProtocolError> {
     let mut ar = tar::Archive::new(file);
     let plain = |n: &str| n.parse::<FileName>().is_ok();
     let mut names: Vec<String> = Vec::new();

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Inherited {
     pub http: Option<TcpListener>,
     pub ftp: Option<TcpListener>,
+    /// The root helper's Unix socket (`buildbay-helper.socket`).
+    pub helper: Option<std::os::unix::net::UnixListener>,
 }
 
 /// Take the sockets systemd passed (LISTEN_FDS, LISTEN_FDNAMES) and unset the variables so that
@@ -24,12 +26,21 @@ pub unsafe fn take_listeners() -> std::io::Result<Inherited> {
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env()? };
     let mut inherited = Inherited::default();
     for (fd, name) in fds {
-        // SAFETY: systemd passed us this fd for our exclusive use.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        listener.set_nonblocking(true)?;
+        let tcp = || -> std::io::Result<TcpListener> {
+            // SAFETY: systemd passed us this fd for our exclusive use.
+            let listener = unsafe { TcpListener::from_raw_fd(fd) };
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        };
         match name.as_str() {
-            "http" => inherited.http = Some(listener),
-            "ftp" => inherited.ftp = Some(listener),
+            "http" => inherited.http = Some(tcp()?),
+            "ftp" => inherited.ftp = Some(tcp()?),
+            "helper" => {
+                // SAFETY: as above.
+                let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+                listener.set_nonblocking(true)?;
+                inherited.helper = Some(listener);
+            }
             other => tracing::warn!(name = other, "ignoring an inherited socket with an unknown name"),
         }
     }

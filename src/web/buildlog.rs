@@ -2,13 +2,13 @@
 //! `Buildlog-Installed` field gives), plain text, and the same address with `?follow=1` as a
 //! Server-Sent Events tail of a running build's live log that ends when the build does.
 //!
-//! Only log files are served: the live `buildlog`, the final `*.buildlog` and the `lintian.log`
-//! of lintian's run after the result (ignore mode) of a build directory, nothing else in it
-//! (the request, the debs).
+//! Only log files are served: the live `buildlog` of a build directory, and the final
+//! `*.buildlog` and the `lintian.log` of lintian's run after the result (ignore mode), kept under
+//! `var/logs` once the build is done; nothing else of a build (the request, the debs).
 
 use super::Web;
 use crate::api::ApiError;
-use crate::builder::{AFTER_LOG, BUILDS_DIR, BUILT, LIVE_LOG};
+use crate::builder::{AFTER_LOG, BUILDS_DIR, BUILT, LIVE_LOG, LOGS_DIR};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -51,15 +51,7 @@ static FOLLOWERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX
 /// A build can write into its directory (an nspawn build has it bind-mounted), so what is there
 /// is not trusted to be a log.
 fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    Ok(f)
+    crate::protocol::tar::open_regular(path).map(|(f, _)| f)
 }
 
 /// Read what was added to `path` after `from` (at most `CHUNK`), ending at a line end when
@@ -168,10 +160,16 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
         .and(warp::header::headers_cloned())
         .and(super::with(web))
         .and_then(|tail: warp::path::Tail, q: HashMap<String, String>, h: HeaderMap, web: Web| async move {
-            let builds = web.daemon.inst.store.dir().join(BUILDS_DIR);
-            Ok::<_, Rejection>(match log_path(&builds, tail.as_str()) {
+            // A finished build's logs are kept (its directory goes); a running one's are in its
+            // build directory (the builder's, which may be the root helper's).
+            let state = web.daemon.inst.store.dir();
+            let builds = web.daemon.builder.get().map_or_else(|| state.join(BUILDS_DIR), |b| b.root.clone());
+            let following = q.contains_key("follow");
+            let path = log_path(&state.join(LOGS_DIR), tail.as_str())
+                .and_then(|kept| if kept.exists() && !following { Ok(kept) } else { log_path(&builds, tail.as_str()) });
+            Ok::<_, Rejection>(match path {
                 Err(e) => super::problem(&e),
-                Ok(path) if q.contains_key("follow") => {
+                Ok(path) if following => {
                     let resume = h.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
                     follow(path, resume, &web)
                 }

@@ -131,10 +131,21 @@ fn install_boot_upload_build_and_apt_install() {
     assert_eq!(c.ok("systemctl is-active buildbay-http.socket buildbay-ftp.socket"), "active\nactive\n");
     let state = c.run("systemctl is-active buildbay.service");
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "inactive", "the daemon runs before any request");
-    let verify = c.run("systemd-analyze verify --man=no /lib/systemd/system/buildbay.service /lib/systemd/system/buildbay-http.socket /lib/systemd/system/buildbay-ftp.socket");
+    let units = [
+        "buildbay.service",
+        "buildbay-helper.service",
+        "buildbay-http.socket",
+        "buildbay-ftp.socket",
+        "buildbay-helper.socket",
+    ];
+    let paths: Vec<String> = units.iter().map(|u| format!("/lib/systemd/system/{u}")).collect();
+    let verify = c.run(&format!("systemd-analyze verify --man=no {}", paths.join(" ")));
     assert!(verify.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&verify.stderr));
-    let security = c.ok("systemd-analyze security --no-pager buildbay.service | tail -1");
-    println!("systemd-analyze security buildbay.service: {}", security.trim());
+    for unit in ["buildbay.service", "buildbay-helper.service"] {
+        let security = c.ok(&format!("systemd-analyze security --no-pager {unit} | tail -1"));
+        println!("systemd-analyze security {unit}: {}", security.trim());
+    }
+    assert_eq!(c.ok("systemctl is-active buildbay-helper.socket").trim(), "active");
     let t = Instant::now();
     wait_http();
     timings.push(("first request: socket activation to the status answer", t.elapsed().as_secs_f64()));
@@ -206,7 +217,15 @@ fn install_boot_upload_build_and_apt_install() {
 
     let rss = c.ok("ps -o rss= -C buildbay | head -1");
     println!("buildbay RSS after the run: {} kB", rss.trim());
-    assert_eq!(c.ok("stat -c '%U:%G %a' /var/lib/buildbay").trim(), "root:buildbay 750");
+    assert_eq!(c.ok("stat -c '%U:%G %a' /var/lib/buildbay").trim(), "buildbay:buildbay 750");
+    // The process that speaks HTTP and FTP is not root; the helper is.
+    assert_eq!(c.ok("stat -c %U /proc/$(systemctl show -P MainPID buildbay.service)").trim(), "buildbay");
+    assert_eq!(c.ok("stat -c %U /proc/$(systemctl show -P MainPID buildbay-helper.service)").trim(), "root");
+    assert_eq!(
+        c.ok("find /var/lib/buildbay ! -user buildbay ! -name admin-password | head -5"),
+        "",
+        "state that is not the daemon's"
+    );
 
     // 8. Purge: the state and the schroot configs go, the chroot image is left and named.
     let purge = c.ok("DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq buildbay 2>&1");

@@ -3,20 +3,33 @@
 //! this runner stops one past RuntimeMaxSec itself. No unit sandbox exists here: the isolation
 //! is the backend's own (the build user, the nspawn machine).
 
-use super::{Runner, Unit};
+use super::{Launch, Launched, Runner, Unit};
 use crate::builder::exec::{alive, exit_code, kill_group, spawn_group};
+use crate::builder::stage::Stager;
 use crate::builder::{BuilderError, Ended, Job, io_err, write_result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub struct ChildRunner {
     children: Mutex<HashMap<String, std::process::Child>>,
-    runtime_max_sec: u64,
+    stager: Stager,
 }
 
 impl ChildRunner {
-    pub fn new(runtime_max_sec: u64) -> ChildRunner {
-        ChildRunner { children: Mutex::new(HashMap::new()), runtime_max_sec }
+    pub fn new(stager: Stager) -> ChildRunner {
+        ChildRunner { children: Mutex::new(HashMap::new()), stager }
+    }
+
+    /// Start a staged unit as a child; returns its pid.
+    fn start(&self, unit: &Unit) -> Result<i32, BuilderError> {
+        // The relay records the end itself: insert `--result` before its `--`.
+        let mut argv = unit.relay.clone();
+        let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+        argv.splice(at..at, ["--result".to_owned(), unit.result.display().to_string()]);
+        let child = spawn_group(&argv, &unit.dir, &unit.env).map_err(io_err(&unit.dir))?;
+        let pid = child.id() as i32;
+        self.children().insert(unit.name.clone(), child);
+        Ok(pid)
     }
 
     fn children(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::process::Child>> {
@@ -34,15 +47,12 @@ impl Runner for ChildRunner {
         false
     }
 
-    async fn start(&self, unit: &Unit) -> Result<Option<i32>, BuilderError> {
-        // The relay records the end itself: insert `--result` before its `--`.
-        let mut argv = unit.relay.clone();
-        let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
-        argv.splice(at..at, ["--result".to_owned(), unit.result.display().to_string()]);
-        let child = spawn_group(&argv, &unit.dir, &unit.env).map_err(io_err(&unit.dir))?;
-        let pid = child.id() as i32;
-        self.children().insert(unit.name.clone(), child);
-        Ok(Some(pid))
+    async fn launch(&self, l: Launch<'_>) -> Result<Launched, BuilderError> {
+        let (request, mut tar) = super::read_queued(&l)?;
+        let staged = self.stager.stage(l.bkey, l.slot, &request, &mut tar, l.certs, false, None)?;
+        let mut job = staged.job;
+        job.pid = Some(self.start(&staged.unit)?);
+        Ok(Launched { job, machine: staged.machine, backend: staged.backend })
     }
 
     async fn ended(&self, job: &Job) -> Result<bool, BuilderError> {
@@ -63,7 +73,7 @@ impl Runner for ChildRunner {
                     return Ok(true);
                 }
                 None => {
-                    if (chrono::Utc::now() - job.started).num_seconds() > self.runtime_max_sec as i64 {
+                    if (chrono::Utc::now() - job.started).num_seconds() > self.stager.limits.runtime_max_sec as i64 {
                         kill_group(child.id() as i32);
                         let _ = child.wait();
                         map.remove(&job.unit);
@@ -86,7 +96,8 @@ impl Runner for ChildRunner {
         Ok(())
     }
 
-    async fn cancel(&self, job: &Job) -> Result<(), BuilderError> {
+    async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError> {
+        std::fs::write(job.dir.join(crate::builder::result::CANCELED), by).map_err(io_err(&job.dir))?;
         let mut map = self.children();
         let pid = map.get(&job.unit).map(|c| c.id() as i32).or(job.pid);
         if let Some(pid) = pid {

@@ -1,8 +1,10 @@
-//! Runners: who runs a planned build. `systemd` starts a transient, sandboxed unit over D-Bus;
-//! `child` (no systemd: a laptop, a CI host) a child process in its own process group. Each is
-//! one file; the builder sees only [`Runner`].
+//! Runners: who stages and runs a build. `systemd` starts a transient, sandboxed unit over
+//! D-Bus; `child` (no systemd: a laptop, a CI host) a child process in its own process group;
+//! `helper` asks the root helper, which stages and starts the unit itself, and only watches.
+//! Each is one file; the builder sees only [`Runner`].
 
 pub mod child;
+pub mod helper;
 pub mod systemd;
 
 use super::backend::{After, Plan};
@@ -34,6 +36,8 @@ pub struct Unit {
     pub network: super::backend::Network,
     /// What the unit may write besides its build directory.
     pub writable: Vec<PathBuf>,
+    /// The daemon's state directory: its key, database and spool are hidden from the unit.
+    pub state: Option<PathBuf>,
 }
 
 impl Unit {
@@ -76,36 +80,76 @@ impl Unit {
             arch: job.bkey.arch.to_string(),
             network: plan.network.clone(),
             writable: plan.writable.clone(),
+            state: None,
         }
     }
 }
 
-/// Who runs build commands.
+/// One build to launch: a queued request, in a free slot.
+pub struct Launch<'a> {
+    pub bkey: &'a crate::protocol::BuildKey,
+    pub slot: usize,
+    /// The signed request file (its tar is beside it).
+    pub request: &'a std::path::Path,
+    /// The keys a request must be signed by.
+    pub certs: &'a [crate::gpg::Cert],
+    pub distribution: &'a crate::deb::Dist,
+}
+
+/// A launched build.
+pub struct Launched {
+    pub job: Job,
+    pub machine: Option<String>,
+    pub backend: crate::protocol::Backend,
+}
+
+/// Read a queued request and open its tar (the daemon's own spool: trusted paths).
+pub fn read_queued(l: &Launch<'_>) -> Result<(Vec<u8>, std::fs::File), BuilderError> {
+    let bad = |why: String| BuilderError::Request { bkey: l.bkey.clone(), why };
+    let raw = crate::deb::changes::read_bounded(l.request).map_err(|e| bad(format!("cannot read the request: {e}")))?;
+    let tar = l.request.with_file_name(crate::protocol::BuildRequest::tar_name(l.bkey));
+    let (f, _) = crate::protocol::tar::open_regular(&tar).map_err(|e| bad(format!("cannot read its tar: {e}")))?;
+    Ok((raw, f))
+}
+
+/// Who stages and runs builds.
 #[async_trait::async_trait]
 pub trait Runner: Send + Sync {
     fn name(&self) -> &'static str;
     /// A systemd with machined is there (nspawn machines register).
     fn is_systemd(&self) -> bool;
-    /// Start a unit; returns the child's pid for runners that have one.
-    async fn start(&self, unit: &Unit) -> Result<Option<i32>, BuilderError>;
+    /// Stage a build (verify its request, make its directory, plan it) and start it.
+    async fn launch(&self, l: Launch<'_>) -> Result<Launched, BuilderError>;
     /// Whether a build's unit (or child) has ended: its `result` exists, or it vanished without
     /// one (then `result` says "lost"). Reaps and times out what the runner must.
     async fn ended(&self, job: &Job) -> Result<bool, BuilderError>;
     /// Stop a unit that may or may not exist (a build recorded as starting).
     async fn stop(&self, job: &Job) -> Result<(), BuilderError>;
-    /// Cancel a running build: everything it started ends, and `result` says so.
-    async fn cancel(&self, job: &Job) -> Result<(), BuilderError>;
+    /// Cancel a running build (`by` whom): everything it started ends, and `result` says so.
+    async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError>;
+    /// Remove the directory of a build that has ended and was delivered.
+    async fn remove(&self, job: &Job) -> Result<(), BuilderError> {
+        remove_dir(&job.dir)
+    }
+}
+
+/// Remove a build directory (gone already is fine).
+pub fn remove_dir(dir: &std::path::Path) -> Result<(), BuilderError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(super::io_err(dir)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// systemd over D-Bus if it answers, else child processes; says which in the log.
-pub async fn detect(limits: &Limits) -> Box<dyn Runner> {
+pub async fn detect(stager: super::stage::Stager) -> Box<dyn Runner> {
     match crate::systemd::bus::Systemd::connect().await {
-        Ok(s) => Box::new(systemd::SystemdRunner::new(s)),
+        Ok(s) => Box::new(systemd::SystemdRunner::new(s, stager)),
         Err(e) => {
             tracing::info!(
                 "no systemd on the system bus ({e}): builds run as child processes in their own process group"
             );
-            Box::new(child::ChildRunner::new(limits.runtime_max_sec))
+            Box::new(child::ChildRunner::new(stager))
         }
     }
 }

@@ -2,19 +2,81 @@
 //! started over D-Bus, with resource limits, journal fields and a sandbox (see [`sandbox`]).
 //! ExecStopPost records how the unit ended, however it ended.
 
-use super::{Runner, Unit};
+use super::{Launch, Launched, Runner, Unit};
 use crate::builder::backend::Network;
+use crate::builder::stage::Stager;
 use crate::builder::{BuilderError, Job};
 use crate::protocol::Backend;
 use crate::systemd::bus::{IpPrefix, Prop, Systemd, TransientService, UnitState};
 
+/// One build to stage and start from its signed request.
+pub struct Stage<'a> {
+    pub bkey: &'a crate::protocol::BuildKey,
+    pub slot: usize,
+    /// The signed request's bytes.
+    pub request: &'a [u8],
+    /// The keys it must be signed by.
+    pub certs: &'a [crate::gpg::Cert],
+    /// The daemon's group, which reads the build directory (a helper stages for a daemon that
+    /// is not root).
+    pub group: Option<u32>,
+}
+
 pub struct SystemdRunner {
     bus: Systemd,
+    stager: Stager,
 }
 
 impl SystemdRunner {
-    pub fn new(bus: Systemd) -> SystemdRunner {
-        SystemdRunner { bus }
+    pub fn new(bus: Systemd, stager: Stager) -> SystemdRunner {
+        SystemdRunner { bus, stager }
+    }
+
+    /// Stage a build from its signed request and tar, and start its unit: what the daemon does
+    /// as root, and what the helper does for a daemon that is not (`group`: the daemon's).
+    pub async fn stage_and_start(&self, b: Stage<'_>, tar: &mut std::fs::File) -> Result<Launched, BuilderError> {
+        let staged = self.stager.stage(b.bkey, b.slot, b.request, tar, b.certs, true, b.group)?;
+        self.start(&staged.unit).await?;
+        Ok(Launched { job: staged.job, machine: staged.machine, backend: staged.backend })
+    }
+
+    async fn start(&self, unit: &Unit) -> Result<(), BuilderError> {
+        if unit.backend == Backend::Nspawn {
+            for d in ["locks", "propagate"] {
+                let p = std::path::Path::new(NSPAWN_RUN).join(d);
+                std::fs::create_dir_all(&p).map_err(crate::builder::io_err(&p))?;
+            }
+        }
+        self.bus.start(&service(unit)).await?;
+        Ok(())
+    }
+
+    /// Whether a build's unit has ended (see [`Runner::ended`]), for a caller that may not
+    /// write its directory (`record`: write "lost" when it vanished).
+    pub async fn unit_ended(&self, job: &Job, record: bool) -> Result<bool, BuilderError> {
+        let result = job.dir.join(crate::builder::RESULT);
+        if result.exists() {
+            return Ok(true);
+        }
+        let gone = self.bus.state(&job.unit).await? == UnitState::Gone;
+        if gone && record && !result.exists() {
+            // ExecStopPost always runs; without its file the unit was lost (e.g. a reboot).
+            crate::builder::write_result(&result, &crate::builder::Ended::new("lost", "-", "-"))?;
+        }
+        Ok(gone)
+    }
+
+    pub async fn stop_unit(&self, job: &Job) -> Result<(), BuilderError> {
+        self.stop_named(&job.unit).await
+    }
+
+    /// Stop a unit by its name (a `buildbay-build-*` name made from a build key).
+    pub async fn stop_named(&self, unit: &str) -> Result<(), BuilderError> {
+        Ok(self.bus.stop(unit).await?)
+    }
+
+    pub async fn state_of(&self, unit: &str) -> Result<UnitState, BuilderError> {
+        Ok(self.bus.state(unit).await?)
     }
 }
 
@@ -28,7 +90,7 @@ impl SystemdRunner {
 pub fn sandbox(unit: &Unit) -> Vec<(&'static str, Prop)> {
     let mut writable = vec![unit.dir.display().to_string()];
     writable.extend(unit.writable.iter().map(|p| p.display().to_string()));
-    let state_dir = unit.dir.ancestors().nth(6).map(|p| p.display().to_string());
+    let state_dir = unit.state.as_ref().map(|p| p.display().to_string());
     let mut p: Vec<(&'static str, Prop)> = vec![
         ("ProtectSystem", Prop::Str("strict".into())),
         ("ProtectHome", Prop::Str("yes".into())),
@@ -217,36 +279,23 @@ impl Runner for SystemdRunner {
         true
     }
 
-    async fn start(&self, unit: &Unit) -> Result<Option<i32>, BuilderError> {
-        if unit.backend == Backend::Nspawn {
-            for d in ["locks", "propagate"] {
-                let p = std::path::Path::new(NSPAWN_RUN).join(d);
-                std::fs::create_dir_all(&p).map_err(crate::builder::io_err(&p))?;
-            }
-        }
-        self.bus.start(&service(unit)).await?;
-        Ok(None)
+    async fn launch(&self, l: Launch<'_>) -> Result<Launched, BuilderError> {
+        let (request, mut tar) = super::read_queued(&l)?;
+        let stage = Stage { bkey: l.bkey, slot: l.slot, request: &request, certs: l.certs, group: None };
+        self.stage_and_start(stage, &mut tar).await
     }
 
     async fn ended(&self, job: &Job) -> Result<bool, BuilderError> {
-        let result = job.dir.join(crate::builder::RESULT);
-        if result.exists() {
-            return Ok(true);
-        }
-        let gone = self.bus.state(&job.unit).await? == UnitState::Gone;
-        if gone && !result.exists() {
-            // ExecStopPost always runs; without its file the unit was lost (e.g. a reboot).
-            crate::builder::write_result(&result, &crate::builder::Ended::new("lost", "-", "-"))?;
-        }
-        Ok(gone)
+        self.unit_ended(job, true).await
     }
 
     async fn stop(&self, job: &Job) -> Result<(), BuilderError> {
-        Ok(self.bus.stop(&job.unit).await?)
+        self.stop_unit(job).await
     }
 
-    async fn cancel(&self, job: &Job) -> Result<(), BuilderError> {
-        Ok(self.bus.stop(&job.unit).await?)
+    async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError> {
+        std::fs::write(job.dir.join(crate::builder::result::CANCELED), by).map_err(crate::builder::io_err(&job.dir))?;
+        self.stop_unit(job).await
     }
 }
 
