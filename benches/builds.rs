@@ -166,7 +166,7 @@ fn main() {
     }
     assert!(nix::unistd::geteuid().is_root(), "real builds need root; run the bench as root");
     let dir = tempfile::tempdir().expect("tempdir");
-    let inst = Instance::new("ed25519");
+    let inst = Instance::online("ed25519");
     common::ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
     let t = Instant::now();
     inst.ok(&["setup", "--chroots", "bookworm:amd64"]);

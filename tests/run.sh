@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Install what buildbay's build and tests need from Debian, then run the test suite.
-#   tests/run.sh             install what is missing, then run `cargo test`
+#   tests/run.sh             install what is missing, then the fast tier, then the heavy tier
+#   tests/run.sh fast        only the fast tier (unit tests and tests/fast: no root, no network)
+#   tests/run.sh heavy       only the heavy tier (tests/heavy: builds, containers; root, Debian's archive)
 #   tests/run.sh deps        only install the build and test dependencies
 #   tests/run.sh build-deps  only install what building buildbay needs
-# Installing uses sudo when not run as root; the tests themselves run as the caller.
+# Installing uses sudo when not run as root. The fast tier runs as `nobody` in a network
+# namespace of its own when run as root (so it proves it needs neither); the heavy tier as the
+# caller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +27,11 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, debian-archive-keyring (the
 # keys setup's source checks verify Debian's InRelease with), xz/gzip, curl,
 # systemd (systemd-socket-activate), dput and python3 (uploads over FTP).
-# Builds (tests/builder.rs, as root): sbuild, schroot, and mmdebstrap for the chroot image;
-# systemd-container (systemd-nspawn) boots the containers of tests/systemd_builds.rs and
-# tests/appliance/, which also builds buildbay's own .deb (debhelper), checks it with lintian, and
+# Builds (tests/heavy/builder.rs, as root): sbuild, schroot, and mmdebstrap for the chroot image;
+# systemd-container (systemd-nspawn) boots the containers of tests/heavy/systemd_builds.rs and
+# tests/heavy/appliance.rs, which also builds buildbay's own .deb (debhelper), checks it with lintian, and
 # debootstraps the tree it installs it into.
-# The browser test (tests/browser.rs): Debian's chromium, driven by playwright-core from npm;
+# The browser test (tests/fast/browser.rs): Debian's chromium, driven by playwright-core from npm;
 # devscripts for the debdiff call.
 TEST=(dpkg-dev gnupg gpgv apt debian-archive-keyring xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
       debhelper lintian debootstrap chromium devscripts)
@@ -66,4 +70,49 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 [ "${1:-}" = deps ] && exit 0
 
-exec cargo test --locked
+# The fast tier: built as the caller, run without root and without network.
+fast() {
+    local started=$SECONDS
+    local exes
+    exes=$(cargo test --locked --no-run --lib --test fast --message-format=json |
+        /usr/bin/python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+    [ -n "$exes" ] || { echo "tests/run.sh: no fast-tier test binaries were built" >&2; exit 1; }
+    local exe
+    if [ "$(id -u)" -eq 0 ]; then
+        local home
+        home=$(mktemp -d /tmp/buildbay-fast.XXXXXX)
+        chown nobody:nogroup "$home"
+        for exe in $exes; do
+            echo "tests/run.sh: $(basename "$exe") as nobody, offline (a network namespace with loopback only)"
+            unshare --net -- sh -c 'ip link set lo up && exec setpriv --reuid=nobody --regid=nogroup --clear-groups -- env HOME="$1" TMPDIR="$1" "$2"' \
+                sh "$home" "$exe"
+        done
+        rm -rf "$home"
+    else
+        for exe in $exes; do
+            if unshare -rn true 2>/dev/null; then
+                unshare -rn -- sh -c 'ip link set lo up && exec "$1"' sh "$exe"
+            else
+                "$exe"
+            fi
+        done
+    fi
+    echo "tests/run.sh: the fast tier passed in $((SECONDS - started)) s"
+}
+
+# The heavy tier: one test at a time (they share the chroot image, the build slots, ports).
+heavy() {
+    local started=$SECONDS
+    cargo test --locked --test heavy -- --test-threads=1
+    echo "tests/run.sh: the heavy tier passed in $((SECONDS - started)) s"
+}
+
+case "${1:-}" in
+    fast) fast ;;
+    heavy) heavy ;;
+    *) fast && heavy ;;
+esac

@@ -3,7 +3,7 @@
 //! This follows dpkg's `parseversion` and `verrevcmp` (lib/dpkg/version.c, parsehelp.c). The
 //! `debversion` crate was the first choice, but it disagrees with dpkg: it orders `1.0.` below
 //! `1.0.0` (dpkg treats a missing digit run as 0, so they are equal) and accepts `1:` and `1.0-`,
-//! which dpkg rejects. `tests/versions.rs` checks every pair of a tricky set against dpkg itself.
+//! which dpkg rejects. `tests/fast/versions.rs` checks every pair of a tricky set against dpkg itself.
 
 use std::cmp::Ordering;
 use std::fmt;

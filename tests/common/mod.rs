@@ -47,12 +47,45 @@ pub struct Instance {
     pub dir: tempfile::TempDir,
 }
 
+/// A local stand-in for deb.debian.org: `tests/fixtures/archive/debian/` (a copy of bookworm's
+/// real InRelease, signed by Debian, which the host's debian-archive-keyring verifies) served on
+/// loopback for the whole test process. Returns its archive URL.
+pub fn fixture_archive() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/archive");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fixture archive");
+        let addr = listener.local_addr().expect("its address");
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("the listener");
+                warp::serve(warp::fs::dir(root)).incoming(listener).run().await
+            })
+        });
+        format!("http://{addr}/debian/")
+    })
+    .clone()
+}
+
 impl Instance {
-    /// A fresh state directory set up with bookworm/amd64 and repository `test`.
+    /// A fresh state directory set up with bookworm/amd64 and repository `test`, its base
+    /// source checked against the fixture archive: no network.
     pub fn new(key_algo: &str) -> Instance {
+        Instance::set_up(key_algo, Some(&fixture_archive()))
+    }
+
+    /// The same, against Debian's archive (what builds need: their images and build
+    /// dependencies come from there).
+    pub fn online(key_algo: &str) -> Instance {
+        Instance::set_up(key_algo, None)
+    }
+
+    fn set_up(key_algo: &str, archive: Option<&str>) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
         let i = Instance { dir };
-        i.ok(&[
+        let mut args = vec![
             "setup",
             "--identity",
             "ci",
@@ -62,7 +95,11 @@ impl Instance {
             "test:Default:bookworm",
             "--key-algo",
             key_algo,
-        ]);
+        ];
+        if let Some(a) = archive {
+            args.extend(["--archives", a]);
+        }
+        i.ok(&args);
         i
     }
 

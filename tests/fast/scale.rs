@@ -1,8 +1,7 @@
 //! A repository big enough that its indices are many compressed chunks: apt reads them whole,
 //! and an include recompresses only what changed.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn apt_reads_chunked_indices_and_includes_stay_incremental() {

@@ -1,7 +1,6 @@
 //! The repository engine, judged by real apt and gpgv.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn apt_accepts_the_repository_through_include_migrate_remove() {

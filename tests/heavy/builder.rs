@@ -3,9 +3,8 @@
 //! INSTALLED, FAILED for a package that does not build, canceled, or stopped by RuntimeMaxSec;
 //! a daemon restart during a build loses nothing. Needs root and Debian's archive.
 
-mod common;
-use common::upload::*;
-use common::*;
+use crate::common::upload::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -77,7 +76,7 @@ fn wait_gone(needle: &str, timeout: Duration) -> Vec<String> {
 fn sbuild_on_a_machine_image_chroot() {
     assert!(nix::unistd::geteuid().is_root(), "real builds need root (debootstrap, schroot); run the tests as root");
     let dir = tempfile::tempdir().expect("tempdir");
-    let inst = Instance::new("ed25519");
+    let inst = Instance::online("ed25519");
     ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
     // The image (debootstrap the first time; kept in /var/lib/machines afterwards), its schroot
     // config, and the check (apt-get update and dist-upgrade inside it).

@@ -3,9 +3,8 @@
 //! times. In the end every upload ends in exactly one final state, with exactly one PACKAGING
 //! and one INSTALLED event, and the repository verifies.
 
-mod common;
-use common::upload::*;
-use common::*;
+use crate::common::upload::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,8 +1,7 @@
 //! Kill the writer at random points of include and publish; the published tree must always
 //! verify (gpgv plus checksums), and the next include must work.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 #[test]

@@ -1,7 +1,6 @@
 //! The daemon: its own port or systemd's socket, apt over HTTP, graceful SIGTERM.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::{Command, Stdio};
 
 #[test]

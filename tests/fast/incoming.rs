@@ -1,9 +1,8 @@
 //! Incoming: real dput and gpg, the upload checks with their rejections, build requests and
 //! results, event hooks, retry, and hostile FTP.
 
-mod common;
-use common::upload::*;
-use common::*;
+use crate::common::upload::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

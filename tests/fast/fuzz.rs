@@ -2,7 +2,6 @@
 //! `.changes`/`.dsc` and `Release` parsers, apt sources, the upload options, and the whole check pipeline on mutated
 //! uploads. Bounded case counts keep it within seconds in CI; `PROPTEST_CASES` raises them.
 
-mod common;
 use proptest::prelude::*;
 
 const CHANGES: &str = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nFormat: 1.8\nDate: Mon, 01 Jan 2024 00:00:00 +0000\nSource: hello\nArchitecture: source\nVersion: 1.0-1~test12+1\nDistribution: bookworm-test-unstable\nMaintainer: Test <t@example.org>\nChanged-By: Test <t@example.org>\nChanges:\n hello (1.0-1~test12+1) bookworm-test-unstable; urgency=medium\n .\n   * MINI_BUILDD_OPTION: lintian-mode=ignore\nChecksums-Sha1:\n 8843d7f92416211de9ebb963ff4ce28125932878 6 hello_1.0-1~test12+1.dsc\nChecksums-Sha256:\n a6a5b3b2d1c1c3f2d4a1d8e1f0f3b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8 6 hello_1.0-1~test12+1.dsc\nFiles:\n 3858f62230ac3c915f300c664312c63f 6 misc optional hello_1.0-1~test12+1.dsc\n-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n";
@@ -62,10 +61,11 @@ proptest! {
 #[test]
 fn the_check_pipeline_survives_mutated_uploads() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let inst = common::Instance::new("ed25519");
+    let inst = crate::common::Instance::new("ed25519");
     let state = inst.state();
-    let changes = common::upload::make_source(dir.path(), "fuzz", "1.0-1~test12+1", "bookworm-test-unstable", None);
-    let files = common::upload::upload_files(&changes);
+    let changes =
+        crate::common::upload::make_source(dir.path(), "fuzz", "1.0-1~test12+1", "bookworm-test-unstable", None);
+    let files = crate::common::upload::upload_files(&changes);
     let original = std::fs::read_to_string(&changes).expect("read");
     let instance = buildbay::instance::Instance::open(&state).expect("open");
     let incoming = buildbay::incoming::Incoming::new(&state, buildbay::incoming::Limits::default()).expect("incoming");

@@ -2,9 +2,8 @@
 //! real through the daemon, sbuild and nspawn, dput, curl and gpg. Each assertion fails on a
 //! buildbay without the defence it names. Needs root (builds, FTP peers) and Debian's archive.
 
-mod common;
-use common::upload::*;
-use common::*;
+use crate::common::upload::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -80,7 +79,7 @@ fn curl(args: &[&str]) -> (u16, String, String) {
 fn hostile_uploads_and_builds() {
     assert!(nix::unistd::geteuid().is_root(), "the hostile suite needs root (builds, FTP peers)");
     let dir = tempfile::tempdir().expect("tempdir");
-    let inst = Instance::new("ed25519");
+    let inst = Instance::online("ed25519");
     inst.ok(&["setup", "--repositories", "sec:Default:bookworm", "--chroots", "bookworm:amd64"]);
     let g = register_uploader(&inst, dir.path(), "sec");
     let (http, ftp) = (format!("127.0.0.1:{}", free_port()), format!("0.0.0.0:{}", free_port()));
@@ -208,7 +207,7 @@ fn hostile_uploads_and_builds() {
         let text = std::fs::read_to_string(&pkg).expect("read");
         let files = upload_files(&pkg);
         std::fs::write(&pkg, wrap(&text)).expect("write");
-        common::upload::ftp("upload", &srv.ftp, &files);
+        crate::common::upload::ftp("upload", &srv.ftp, &files);
         let e = final_event(&srv.url, &name);
         assert_eq!(e["type"], "REJECTED", "{what}: {e}");
         let why = reason(&e);
@@ -428,7 +427,7 @@ fn hostile_bounds_and_browsers() {
     std::fs::File::create(&zeros).expect("create").set_len(200 << 20).expect("sparse");
     let bomb = dir.path().join("hostilebomb_1.0_source.changes");
     ok(g.cmd().args(["--yes", "--armor", "--compress-level", "9", "--sign", "--output"]).arg(&bomb).arg(&zeros));
-    common::upload::ftp("upload", &srv.ftp, &[bomb]);
+    crate::common::upload::ftp("upload", &srv.ftp, &[bomb]);
     let e = final_event(&srv.url, "hostilebomb");
     assert_eq!(e["type"], "REJECTED", "{e}");
     let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -6,11 +6,9 @@
 //! before an upload without losing either; purge it. Needs root and Debian's archive. The timings it
 //! prints go to docs/benchmarks.md.
 
-#[path = "../common/mod.rs"]
-mod common;
-use common::container::{self, Booted};
-use common::upload::*;
-use common::*;
+use crate::common::container::{self, Booted};
+use crate::common::upload::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
