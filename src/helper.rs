@@ -42,7 +42,13 @@ pub struct Helper {
     pub stager: Stager,
     /// One chroot operation at a time.
     pub chroots: tokio::sync::Mutex<()>,
+    /// Chroot operations running or waiting: a bound, so that slow chroot operations never
+    /// hold all the connections that build starts need.
+    pub chroots_queued: tokio::sync::Semaphore,
 }
+
+/// Chroot operations that may run or wait at once (of [`MAX_CONNECTIONS`]).
+pub const MAX_CHROOT_OPS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 enum HelperError {
@@ -144,13 +150,17 @@ impl Helper {
 
     async fn build_start(&self, bkey: &BuildKey, slot: usize, request: &Path) -> Result<Answer, HelperError> {
         check_request_path(request).map_err(HelperError::Refused)?;
+        let unit = unit_name(bkey);
+        if self.runner.state_of(&unit).await? != UnitState::Gone {
+            return Err(HelperError::Failed(format!("{unit} runs already; stop it first")));
+        }
         let state = open_dir(&self.state)?;
-        let raw = read_beneath(&state, request, crate::deb::changes::MAX_CHANGES)?;
-        let key = read_beneath(&state, Path::new(KEY), crate::deb::changes::MAX_CHANGES)?;
+        let raw = read_beneath(&state, request, crate::deb::changes::MAX_CHANGES, self.daemon_uid)?;
+        let key = read_beneath(&state, Path::new(KEY), crate::deb::changes::MAX_CHANGES, self.daemon_uid)?;
         let cert = crate::gpg::one_key(&key)
             .map_err(|e| HelperError::Failed(format!("the daemon's key {KEY}: {e}")))?
             .strip_secret_key_material();
-        let mut tar = open_beneath(&state, &request.with_file_name(BuildRequest::tar_name(bkey)))?;
+        let mut tar = open_beneath(&state, &request.with_file_name(BuildRequest::tar_name(bkey)), self.daemon_uid)?;
         let stage = Stage { bkey, slot, request: &raw, certs: &[cert], group: Some(self.daemon_gid) };
         let launched = self.runner.stage_and_start(stage, &mut tar).await?;
         Ok(Answer::Started { machine: launched.machine, backend: launched.backend, slot })
@@ -187,6 +197,11 @@ impl Helper {
     }
 
     async fn chroot(&self, op: ChrootOp, c: crate::config::Chroot) -> Result<(), HelperError> {
+        let Ok(_queued) = self.chroots_queued.try_acquire() else {
+            return Err(HelperError::Failed(format!(
+                "{MAX_CHROOT_OPS} chroot operations run or wait already; try again when they are done"
+            )));
+        };
         let _one = self.chroots.lock().await;
         let places = self.stager.places.clone();
         let caches = self.stager.caches.clone();
@@ -243,14 +258,23 @@ pub fn open_beneath_fd(dir: &OwnedFd, rel: &Path) -> std::io::Result<std::fs::Fi
     Ok(f)
 }
 
-fn open_beneath(dir: &OwnedFd, rel: &Path) -> Result<std::fs::File, HelperError> {
-    open_beneath_fd(dir, rel).map_err(|e| HelperError::Refused(format!("{}: {e}", rel.display())))
+/// A regular file below `dir` (see [`open_beneath_fd`]) that `owner` wrote: owned by them, with
+/// no other name (a hard link to someone else's file is not theirs to hand over).
+fn open_beneath(dir: &OwnedFd, rel: &Path, owner: u32) -> Result<std::fs::File, HelperError> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |why: String| HelperError::Refused(format!("{}: {why}", rel.display()));
+    let f = open_beneath_fd(dir, rel).map_err(|e| refused(e.to_string()))?;
+    let m = f.metadata().map_err(|e| refused(e.to_string()))?;
+    if m.uid() != owner || m.nlink() != 1 {
+        return Err(refused(format!("owned by uid {} with {} links, not the daemon's own file", m.uid(), m.nlink())));
+    }
+    Ok(f)
 }
 
 /// A regular file below `dir` (see [`open_beneath`]), of at most `max` bytes.
-fn read_beneath(dir: &OwnedFd, rel: &Path, max: u64) -> Result<Vec<u8>, HelperError> {
+fn read_beneath(dir: &OwnedFd, rel: &Path, max: u64, owner: u32) -> Result<Vec<u8>, HelperError> {
     use std::io::Read;
-    let f = open_beneath(dir, rel)?;
+    let f = open_beneath(dir, rel, owner)?;
     let mut buf = Vec::new();
     f.take(max + 1).read_to_end(&mut buf).map_err(|e| HelperError::Failed(format!("{}: {e}", rel.display())))?;
     if buf.len() as u64 > max {
@@ -273,12 +297,24 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join("secret"), root.join("spool/1/link.changes")).unwrap();
         std::os::unix::fs::symlink("1", root.join("spool/via")).unwrap();
         nix::unistd::mkfifo(&root.join("spool/1/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::hard_link(root.join("spool/1/r.changes"), root.join("spool/1/hard.changes")).unwrap();
+        std::fs::write(root.join("spool/1/s.changes"), "ok").unwrap();
         let fd = open_dir(&root).unwrap();
-        assert_eq!(read_beneath(&fd, Path::new("spool/1/r.changes"), 10).unwrap(), b"ok");
-        for bad in ["spool/1/link.changes", "spool/via/r.changes", "../secret", "/etc/passwd", "spool/1/fifo", "spool"]
-        {
-            assert!(open_beneath(&fd, Path::new(bad)).is_err(), "{bad}");
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(read_beneath(&fd, Path::new("spool/1/s.changes"), 10, me).unwrap(), b"ok");
+        for bad in [
+            "spool/1/link.changes",
+            "spool/via/r.changes",
+            "../secret",
+            "/etc/passwd",
+            "spool/1/fifo",
+            "spool",
+            "spool/1/hard.changes",
+            "spool/1/r.changes",
+        ] {
+            assert!(open_beneath(&fd, Path::new(bad), me).is_err(), "{bad}");
         }
-        assert!(matches!(read_beneath(&fd, Path::new("spool/1/r.changes"), 1), Err(HelperError::Refused(_))));
+        assert!(open_beneath(&fd, Path::new("spool/1/s.changes"), me + 1).is_err(), "someone else's file");
+        assert!(matches!(read_beneath(&fd, Path::new("spool/1/s.changes"), 1, me), Err(HelperError::Refused(_))));
     }
 }

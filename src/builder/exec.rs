@@ -46,9 +46,9 @@ pub fn relay(
     Ok(code)
 }
 
-/// Sanitise the `out/` beside a build's file (its log or its result).
+/// Sanitise the output of the build beside a build's file (its log or its result).
 fn sanitise_out(beside: &Path) {
-    if let Err(e) = super::result::sanitise(&beside.with_file_name(super::OUT)) {
+    if let Err(e) = super::result::sanitise(beside.parent().unwrap_or(Path::new("."))) {
         eprintln!("buildbay: cannot sanitise the build's output: {e}");
     }
 }
@@ -387,7 +387,7 @@ mod tests {
     fn a_successful_build_is_marked_built_before_its_after_step() {
         let dir = tempfile::tempdir().unwrap();
         let (log, result) = (dir.path().join(super::super::LIVE_LOG), dir.path().join("result"));
-        std::fs::create_dir(dir.path().join(super::super::OUT)).unwrap();
+        std::fs::create_dir_all(super::super::writing_out(dir.path())).unwrap();
         let after = AfterStep {
             lintian_chroot: Some("buildbay-no-such-chroot".into()),
             user: None,

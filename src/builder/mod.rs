@@ -18,6 +18,7 @@
 //! A build never runs as root: each slot has its own unprivileged build user (sbuild) or uid
 //! range (nspawn), and nothing the build wrote is executed or followed by the host.
 
+pub mod apt_cache;
 pub mod backend;
 pub mod exec;
 pub mod machine_root;
@@ -130,10 +131,12 @@ pub fn jobs(store: &store::Store) -> std::result::Result<Vec<Job>, StoreError> {
     Ok(out)
 }
 
-/// `buildbay-build-<source>-<version>-<timecode>-<arch>.service`, escaped as systemd-escape does.
+/// `buildbay-build-<source>_<version>_<timecode>_<arch>.service`, escaped as systemd-escape does.
+/// `_` separates the parts because none of them may contain it (a `-` would make `a-1`/`1-1`
+/// and `a`/`1-1-1` the same unit).
 pub fn unit_name(bkey: &BuildKey) -> String {
     let mut s = String::from("buildbay-build-");
-    for (i, b) in bkey.to_string().replace('/', "-").bytes().enumerate() {
+    for (i, b) in bkey.to_string().replace('/', "_").bytes().enumerate() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => s.push(b as char),
             b'.' if i > 0 => s.push('.'),
@@ -164,8 +167,17 @@ pub const BUILT: &str = "built";
 pub const AFTER_LOG: &str = "lintian.log";
 /// How the unit ended, in the build directory.
 pub const RESULT: &str = "result";
-/// The build's own output directory, in the build directory.
+/// The build's own output directory, in the build directory, once sanitised.
 pub const OUT: &str = "out";
+/// Where the build writes its output (`<dir>/.writing/out`): a directory only its owner (root
+/// when a helper stages) enters, so that nothing the build left (a setuid file, a file with
+/// capabilities) is reachable on the host before it is sanitised and moved to [`OUT`].
+pub const WRITING: &str = ".writing";
+
+/// Where the build in `dir` writes its output.
+pub fn writing_out(dir: &std::path::Path) -> PathBuf {
+    dir.join(WRITING).join(OUT)
+}
 
 pub struct Builder {
     /// Stages and runs the builds (the daemon itself, or the root helper).
@@ -187,6 +199,9 @@ pub struct Builder {
     /// How often active chroot images are upgraded (their check: apt-get update and
     /// dist-upgrade inside), when no build runs. `None`: never.
     pub chroot_upgrade: Option<std::time::Duration>,
+    /// Chroots (`codename:arch`) being made now: their build requests wait for them, queued,
+    /// instead of failing for want of the chroot.
+    pub preparing: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What one builder pass did.
@@ -329,11 +344,14 @@ impl Builder {
                 }
             }
         }
+        let preparing = self.preparing.lock().map(|p| p.clone()).unwrap_or_default();
         for req in queue {
             if running >= self.limits.slots {
                 break;
             }
-            if known.contains(&req.bkey) {
+            if known.contains(&req.bkey)
+                || preparing.contains(&format!("{}:{}", req.distribution.codename, req.bkey.arch))
+            {
                 continue;
             }
             match self.start(inst, &req).await {
@@ -536,7 +554,10 @@ mod tests {
     #[test]
     fn unit_names_escape_like_systemd() {
         let k: BuildKey = "hello/1:1.0~bb12+1/20260101-000000-000000/amd64".parse().unwrap();
-        assert_eq!(unit_name(&k), "buildbay-build-hello-1\\x3a1.0\\x7ebb12\\x2b1-20260101-000000-000000-amd64.service");
+        assert_eq!(unit_name(&k), "buildbay-build-hello_1\\x3a1.0\\x7ebb12\\x2b1_20260101-000000-000000_amd64.service");
+        let a: BuildKey = "ab-1/1-1/20260101-000000-000000/amd64".parse().unwrap();
+        let b: BuildKey = "ab/1-1-1/20260101-000000-000000/amd64".parse().unwrap();
+        assert_ne!(unit_name(&a), unit_name(&b), "two builds, one unit");
     }
 
     #[test]

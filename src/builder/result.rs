@@ -3,7 +3,8 @@
 //! daemon's results directory.
 //!
 //! Everything in the build's `out/` was written by the build: it is sanitised first (only
-//! regular files stay, mode 0644), read without following any symlink, and bounded.
+//! regular files stay, mode 0644, without file capabilities) where no one but root reaches it,
+//! then moved to where the daemon reads it, read without following any symlink, and bounded.
 
 use super::{BuilderError, Ended, Job, Limits, io_err};
 use crate::deb::Changes;
@@ -54,9 +55,30 @@ fn summary_fields(text: impl BufRead) -> Vec<(String, String)> {
     out
 }
 
-/// Remove everything from `out` that is not a regular file, and make the files plain (0644):
-/// nothing a build left there is a symlink, a device, or setuid when the host reads it.
-pub fn sanitise(out: &Path) -> Result<(), BuilderError> {
+/// Sanitise the output the build in `dir` wrote (in [`super::writing_out`]) and move it to
+/// `<dir>/out`, where the daemon reads it. Done twice (the relay, then ExecStopPost), the
+/// second finds nothing to do.
+pub fn sanitise(dir: &Path) -> Result<(), BuilderError> {
+    use std::os::unix::fs::PermissionsExt;
+    let writing = super::writing_out(dir);
+    match std::fs::symlink_metadata(&writing) {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => return std::fs::remove_file(&writing).map_err(io_err(&writing)),
+        Err(_) => return Ok(()),
+    }
+    clean(&writing)?;
+    std::fs::set_permissions(&writing, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&writing))?;
+    let out = dir.join(super::OUT);
+    if std::fs::symlink_metadata(&out).is_ok() {
+        std::fs::remove_dir_all(&out).or_else(|_| std::fs::remove_file(&out)).map_err(io_err(&out))?;
+    }
+    std::fs::rename(&writing, &out).map_err(io_err(&out))
+}
+
+/// Remove everything from `out` that is not a regular file, and make the files plain (0644, no
+/// `security.capability`): nothing a build left there is a symlink, a device, setuid or
+/// privileged when the host reads it.
+fn clean(out: &Path) -> Result<(), BuilderError> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(rd) = std::fs::read_dir(out) else { return Ok(()) };
     for e in rd.flatten() {
@@ -66,7 +88,10 @@ pub fn sanitise(out: &Path) -> Result<(), BuilderError> {
             // Through a handle opened without following anything: a swapped-in symlink is
             // never chmodded.
             match tar::open_regular(&p) {
-                Ok((f, _)) => f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?,
+                Ok((f, _)) => {
+                    f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?;
+                    drop_capabilities(&f).map_err(io_err(&p))?;
+                }
                 Err(_) => {
                     let _ = std::fs::remove_file(&p);
                 }
@@ -78,6 +103,21 @@ pub fn sanitise(out: &Path) -> Result<(), BuilderError> {
         }
     }
     Ok(())
+}
+
+/// Remove a file's capabilities (chmod leaves them). Only a file that has some: removing the
+/// attribute needs privileges even when there is none.
+fn drop_capabilities(f: &std::fs::File) -> std::io::Result<()> {
+    use xattr::FileExt;
+    const CAPS: &str = "security.capability";
+    if matches!(f.get_xattr(CAPS), Ok(None)) {
+        return Ok(());
+    }
+    match f.remove_xattr(CAPS) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => Ok(()),
+        other => other,
+    }
 }
 
 /// The build's own `.changes` in `out`, by the name dpkg-genchanges gives it
@@ -106,7 +146,7 @@ pub fn deliver(
     let build_dir = &job.dir;
     let out = build_dir.join(super::OUT);
     if nix::unistd::geteuid().is_root() {
-        sanitise(&out)?;
+        sanitise(build_dir)?;
     }
     let key = &job.bkey;
     let dir = &results.join(WORK).join(job.unit.trim_end_matches(".service"));
@@ -263,14 +303,18 @@ mod tests {
     fn sanitising_leaves_only_plain_regular_files() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        std::fs::create_dir(&out).unwrap();
+        let writing = crate::builder::writing_out(dir.path());
+        std::fs::create_dir_all(&writing).unwrap();
+        let out = writing.clone();
         std::fs::write(out.join("a.deb"), "x").unwrap();
         std::fs::set_permissions(out.join("a.deb"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::os::unix::fs::symlink("/etc/shadow", out.join("b.deb")).unwrap();
         std::fs::create_dir(out.join("sub")).unwrap();
         nix::unistd::mkfifo(&out.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        sanitise(&out).unwrap();
+        sanitise(dir.path()).unwrap();
+        assert!(!writing.exists(), "moved");
+        let out = dir.path().join("out");
+        sanitise(dir.path()).unwrap();
         let left: Vec<String> =
             std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
         assert_eq!(left, ["a.deb"]);

@@ -123,6 +123,7 @@ impl Setup {
             caches: (!helper).then(|| self.caches_dir(false)),
             turn: Default::default(),
             chroot_upgrade: self.chroot_upgrade,
+            preparing: Default::default(),
         })
     }
 }

@@ -6,7 +6,7 @@
 use super::backend::{self, Build};
 use super::runner::Unit;
 use super::slots::Users;
-use super::{BuilderError, Job, JobState, Limits, OUT, io_err, unit_name};
+use super::{BuilderError, Job, JobState, Limits, OUT, WRITING, io_err, unit_name, writing_out};
 use crate::chroot::{Chroot, Places};
 use crate::gpg::Cert;
 use crate::protocol::{BuildKey, BuildRequest};
@@ -57,6 +57,9 @@ impl Stager {
             std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(io_err(dir))?;
+        std::fs::DirBuilder::new().mode(0o700).create(dir.join(WRITING)).map_err(io_err(dir))?;
+        std::fs::DirBuilder::new().mode(0o755).create(writing_out(dir)).map_err(io_err(dir))?;
+        // Empty until the output is sanitised and moved here; nspawn binds the output over it.
         std::fs::DirBuilder::new().mode(0o755).create(dir.join(OUT)).map_err(io_err(dir))?;
         Ok(())
     }
@@ -81,8 +84,11 @@ impl Stager {
         if &req.key != bkey {
             return Err(bad(format!("the signed request is for {}, not {bkey}", req.key)));
         }
-        if slot >= self.limits.slots.max(1) {
-            return Err(bad(format!("slot {slot} does not exist here ({} slots)", self.limits.slots)));
+        if slot >= self.limits.slots {
+            return Err(bad(format!(
+                "slot {slot} does not exist here ({} slots; `serve --build-slots` sets how many)",
+                self.limits.slots
+            )));
         }
         let dir = self.dir(bkey);
         self.fresh_dir(&dir, group)?;
@@ -100,6 +106,11 @@ impl Stager {
             source: std::io::Error::other(e.to_string()),
         })?;
         let slot_info = self.users.slot(slot, &self.caches, self.places.slot_dir(slot))?;
+        let lists = self.places.image(&chroot).join("var/lib/apt/lists");
+        let verified = super::apt_cache::verify(&slot_info.apt_cache, &lists)?;
+        for why in &verified.removed {
+            tracing::warn!(%bkey, slot, "removed from the slot's apt cache: {why}");
+        }
         let build = Build {
             req: &req,
             dir: &dir,

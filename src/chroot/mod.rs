@@ -224,6 +224,7 @@ pub fn prepare(places: &Places, c: &Chroot) -> Result<()> {
         // (38 s against 59 s for the bare buildd variant).
         run(Command::new("mmdebstrap")
             .arg("--variant=buildd")
+            .args(DISTRO_KEYRINGS.iter().filter(|k| Path::new(k).exists()).map(|k| format!("--keyring={k}")))
             .arg(format!("--arch={}", c.arch))
             .arg(format!("--include={}", EXTRA_PACKAGES.join(",")))
             // No option after this: the image's name and mirror are never read as options.
@@ -265,11 +266,17 @@ pub fn write_profiles(places: &Places, slots: usize) -> Result<()> {
     Ok(())
 }
 
+/// The keys an image's release must be signed with: the distributions' own (a mirror is the
+/// daemon's word; the host's other apt keys, such as a third-party repository's, do not count).
+/// Those installed are used; with none, mmdebstrap's default (the host's apt keys).
+const DISTRO_KEYRINGS: &[&str] =
+    &["/usr/share/keyrings/debian-archive-keyring.gpg", "/usr/share/keyrings/ubuntu-archive-keyring.gpg"];
+
 /// apt inside the image: its sources, no recommends, no translations; the marker last.
 fn configure_image(root: &Path, c: &Chroot) -> Result<()> {
     let write = |rel: &str, text: String| {
         let p = root.join(rel);
-        std::fs::write(&p, text).map_err(io_err(&p))
+        crate::store::write_file_synced(&p, text.as_bytes()).map_err(io_err(&p))
     };
     write("etc/apt/sources.list", format!("deb {} {} main\n", c.mirror.mirror(), c.codename))?;
     write(

@@ -156,8 +156,8 @@ fn builds_are_transient_systemd_units() {
     assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
     let lines = c.ok("journalctl BUILDBAY_SOURCE=sdhello BUILDBAY_ARCH=amd64 --no-pager -o cat");
     assert!(lines.contains("Status: successful") && lines.contains("dpkg-buildpackage"), "{lines}");
-    let units = c.ok("journalctl BUILDBAY_SOURCE=sdhello -o export --no-pager | grep '^_SYSTEMD_UNIT=' | sort -u");
-    assert!(units.contains("_SYSTEMD_UNIT=buildbay-build-sdhello-"), "{units}");
+    let units = c.ok("journalctl BUILDBAY_SOURCE=sdhello -o export --no-pager | grep -a '^_SYSTEMD_UNIT=' | sort -u");
+    assert!(units.contains("_SYSTEMD_UNIT=buildbay-build-sdhello_"), "{units}");
     assert!(c.ok("machinectl list-images --no-legend").contains("buildbay-bookworm-amd64"));
 
     // Cancel: StopUnit takes every process of the unit's cgroup.

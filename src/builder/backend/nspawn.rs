@@ -143,7 +143,7 @@ fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, setenv: &[(String,
         // machine ran), only `out` writable, mapped so that machine root writes host-root files
         // there that only the host reads (the build directory is 0700).
         format!("--bind-ro={}:{BUILD}", bind_path(b.dir)),
-        format!("--bind={}:{BUILD}/out:idmap", bind_path(&b.dir.join(crate::builder::OUT))),
+        format!("--bind={}:{BUILD}/out:idmap", bind_path(&crate::builder::writing_out(b.dir))),
         "--as-pid2".into(),
     ];
     if !installed {

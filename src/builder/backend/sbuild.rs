@@ -90,7 +90,7 @@ pub fn sbuild_argv(req: &BuildRequest, chroot: &str, dir: &Path, dsc: &Path, ins
     }
     a.push("--no-run-piuparts".into());
     a.push("--no-run-autopkgtest".into());
-    a.push(format!("--build-dir={}", dir.join(crate::builder::OUT).display()));
+    a.push(format!("--build-dir={}", crate::builder::writing_out(dir).display()));
     a.push(dsc.display().to_string());
     a
 }
@@ -120,7 +120,7 @@ mod tests {
             "--add-depends=bar",
             "--run-lintian",
             "--lintian-opts=--fail-on=error",
-            "--build-dir=/b/out",
+            "--build-dir=/b/.writing/out",
             "--purge-deps=never",
         ] {
             assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");

@@ -35,7 +35,10 @@ impl SystemdRunner {
     /// Stage a build from its signed request and tar, and start its unit: what the daemon does
     /// as root, and what the helper does for a daemon that is not (`group`: the daemon's).
     pub async fn stage_and_start(&self, b: Stage<'_>, tar: &mut std::fs::File) -> Result<Launched, BuilderError> {
-        let staged = self.stager.stage(b.bkey, b.slot, b.request, tar, b.certs, true, b.group)?;
+        // Verifying, unpacking and checking the apt cache block: off the async workers (the
+        // daemon and the helper run on the multi-threaded runtime).
+        let staged =
+            tokio::task::block_in_place(|| self.stager.stage(b.bkey, b.slot, b.request, tar, b.certs, true, b.group))?;
         self.start(&staged.unit).await?;
         Ok(Launched { job: staged.job, machine: staged.machine, backend: staged.backend })
     }
@@ -158,17 +161,39 @@ pub fn sandbox(unit: &Unit) -> Vec<(&'static str, Prop)> {
         }
     }
     p.push(("ReadWritePaths", Prop::Strs(writable)));
+    let mut hidden: Vec<String> = Vec::new();
+    if unit.backend == Backend::Sbuild {
+        // The build's dependencies' maintainer scripts run as root in the unit (sbuild's
+        // session): the bus and systemd's private socket would let them start a unit outside
+        // the sandbox. systemd-nspawn needs the bus (machined); its payload is in a user namespace.
+        hidden.extend(["-/run/dbus", "-/run/systemd/private", "-/var/run/dbus"].map(String::from));
+    }
     if let Some(state) = state_dir {
-        // The daemon's key, database and spool are nothing a build needs.
-        p.push((
-            "InaccessiblePaths",
-            Prop::Strs(
-                ["gnupg", "buildbay.redb", "spool", "incoming", "etc", "var/events", "var/results"]
-                    .iter()
-                    .map(|s| format!("-{state}/{s}"))
-                    .collect(),
+        match unit.state.as_ref().is_some_and(|s| unit.dir.starts_with(s)) {
+            // A helper's build directories are outside the daemon's state: none of it is the
+            // build's business.
+            false => hidden.push(format!("-{state}")),
+            // The daemon's key, database, spool, logs and one-time password are nothing a build
+            // needs.
+            true => hidden.extend(
+                [
+                    "gnupg",
+                    "buildbay.redb",
+                    "spool",
+                    "incoming",
+                    "etc",
+                    "var/events",
+                    "var/results",
+                    "var/logs",
+                    "admin-password",
+                ]
+                .iter()
+                .map(|s| format!("-{state}/{s}")),
             ),
-        ));
+        }
+    }
+    if !hidden.is_empty() {
+        p.push(("InaccessiblePaths", Prop::Strs(hidden)));
     }
     p
 }
@@ -307,5 +332,46 @@ mod tests {
     fn capability_masks() {
         assert_eq!(caps(&["CAP_CHOWN"]), 1);
         assert_eq!(caps(&["CAP_SYS_ADMIN", "CAP_SETFCAP"]), (1 << 21) | (1 << 31));
+    }
+
+    fn hidden(backend: Backend, dir: &str) -> Vec<String> {
+        let unit = Unit {
+            name: "buildbay-build-x.service".into(),
+            description: String::new(),
+            relay: vec![],
+            result: std::path::PathBuf::from(dir).join("result"),
+            dir: dir.into(),
+            env: vec![],
+            limits: crate::builder::Limits::default(),
+            exe: "/usr/bin/buildbay".into(),
+            log_fields: vec![],
+            backend,
+            arch: "amd64".into(),
+            network: crate::builder::backend::Network::None,
+            writable: vec![],
+            state: Some("/var/lib/buildbay".into()),
+        };
+        sandbox(&unit)
+            .into_iter()
+            .find_map(|(k, v)| match (k, v) {
+                ("InaccessiblePaths", Prop::Strs(v)) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_build_sees_neither_the_bus_nor_the_daemons_state() {
+        let helper = hidden(Backend::Sbuild, "/var/lib/buildbay-builds/x");
+        for p in ["-/run/dbus", "-/run/systemd/private", "-/var/lib/buildbay"] {
+            assert!(helper.iter().any(|h| h == p), "{p} not hidden: {helper:?}");
+        }
+        let inside = hidden(Backend::Sbuild, "/var/lib/buildbay/var/builds/x");
+        assert!(!inside.iter().any(|h| h == "-/var/lib/buildbay"), "its own directory hidden: {inside:?}");
+        for p in ["-/var/lib/buildbay/gnupg", "-/var/lib/buildbay/buildbay.redb", "-/var/lib/buildbay/admin-password"] {
+            assert!(inside.iter().any(|h| h == p), "{p} not hidden: {inside:?}");
+        }
+        // systemd-nspawn registers the machine over the bus.
+        assert!(!hidden(Backend::Nspawn, "/var/lib/buildbay-builds/x").iter().any(|h| h.contains("dbus")));
     }
 }
