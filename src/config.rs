@@ -384,6 +384,42 @@ pub struct Uploader {
     pub status: Status,
 }
 
+/// A user's subscription to the events of a source and/or a distribution (empty: any), kept
+/// under `<user>/<source>/<distribution>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subscription {
+    pub user: String,
+    pub source: String,
+    pub distribution: String,
+}
+
+impl Subscription {
+    /// Its id in the store.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.user, self.source, self.distribution)
+    }
+}
+
+/// Each kind of configuration object is stored under its name in [`kind`].
+macro_rules! config_objects {
+    ($($t:ty => $k:ident),* $(,)?) => {
+        $(impl crate::store::ConfigObject for $t { const KIND: &'static str = kind::$k; })*
+    };
+}
+config_objects! {
+    Daemon => DAEMON,
+    LayoutObject => LAYOUT,
+    AptKey => APTKEY,
+    Archive => ARCHIVE,
+    Source => SOURCE,
+    PrioritySource => PRIORITYSOURCE,
+    Distribution => DISTRIBUTION,
+    Repository => REPOSITORY,
+    Chroot => CHROOT,
+    Uploader => UPLOADER,
+    Subscription => SUBSCRIPTION,
+}
+
 /// The kinds of configuration objects, in the order they depend on each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

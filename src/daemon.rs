@@ -166,7 +166,7 @@ impl Daemon {
             let places = d.places();
             let active: Vec<String> = d
                 .inst
-                .list::<crate::chroot::Chroot>(crate::config::kind::CHROOT)?
+                .list::<crate::chroot::Chroot>()?
                 .iter()
                 .filter(|c| c.status.is_active())
                 .map(crate::chroot::Chroot::id)
@@ -205,6 +205,51 @@ impl Daemon {
     }
 
     /// Wake the upload pipeline (a file landed, a result arrived, a retry was asked for).
+    /// The chroots being made now (see [`Builder::preparing`]).
+    pub fn chroots_preparing(&self) -> Vec<String> {
+        self.builder
+            .get()
+            .and_then(|b| b.preparing.lock().ok().map(|p| p.iter().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    /// Make a chroot (`codename:arch`) and activate it, as `setup --chroots` does (minutes, the
+    /// first time), on a blocking thread; meanwhile its build requests wait, queued. For the
+    /// embedded default's chroot on the first start.
+    pub fn prepare_chroot_in_background(self: &std::sync::Arc<Self>, spec: String) {
+        let Some(builder) = self.builder.get() else { return };
+        if let Ok(mut p) = builder.preparing.lock() {
+            p.insert(spec.clone());
+        }
+        tracing::info!(chroot = %spec, "making the chroot in the background (about a minute); uploads for it wait");
+        let d = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let opts =
+                crate::instance::SetupOptions { chroots: vec![spec.clone()], places: d.places(), ..Default::default() };
+            let done = {
+                let _maintenance = d.maintenance.lock();
+                d.inst.setup(&opts)
+            };
+            match done {
+                Ok(report) => {
+                    for i in report.iter().filter(|i| i.kind == crate::config::kind::CHROOT) {
+                        tracing::info!(chroot = %i.id, status = %i.status, why = i.message.as_deref().unwrap_or(""), secs = started.elapsed().as_secs(), "chroot made");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(chroot = %spec, "cannot make the chroot: {e}; add it with `buildbay api setup --chroots {spec}`")
+                }
+            }
+            if let Some(b) = d.builder.get()
+                && let Ok(mut p) = b.preparing.lock()
+            {
+                p.remove(&spec);
+            }
+            d.build_wake.notify_one();
+        });
+    }
+
     pub fn wake(&self) {
         if let Ok(tx) = self.wake.lock() {
             let _ = tx.send(());

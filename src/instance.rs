@@ -8,7 +8,7 @@ use crate::deb::{Arch, Codename, Component, Identity, RepoId};
 use crate::gpg::{ArchiveKey, GpgError, KeyAlgo};
 use crate::layout::{self, Layout};
 use crate::sources::{self, ArchiveUrl};
-use crate::store::{self, CONFIG, Store, StoreError};
+use crate::store::{self, CONFIG, ConfigObject, Store, StoreError};
 use redb::ReadableTable;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -116,27 +116,36 @@ impl Instance {
     }
 
     pub fn daemon(&self) -> Result<Option<Daemon>> {
-        self.get(kind::DAEMON, "1")
+        self.get("1")
     }
 
-    pub fn get<T: serde::de::DeserializeOwned>(&self, k: &str, id: &str) -> Result<Option<T>> {
+    pub fn get<T: ConfigObject>(&self, id: &str) -> Result<Option<T>> {
         let r = self.store.read()?;
-        Ok(store::get_config(&r.open_table(CONFIG)?, k, id)?)
+        Ok(store::get_config(&r.open_table(CONFIG)?, id)?)
     }
 
-    pub fn list<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Vec<T>> {
+    pub fn list<T: ConfigObject>(&self) -> Result<Vec<T>> {
         let r = self.store.read()?;
-        Ok(store::list_config(&r.open_table(CONFIG)?, k)?)
+        Ok(store::list_config(&r.open_table(CONFIG)?)?)
     }
 
-    pub fn put<T: Serialize>(&self, k: &str, id: &str, obj: &T) -> Result<()> {
+    /// Store an object as it is (no checks: [`Instance::save_object`] checks a user's edit).
+    pub fn put<T: ConfigObject>(&self, id: &str, obj: &T) -> Result<()> {
+        self.put_kind(T::KIND, id, obj)
+    }
+
+    fn put_kind<T: Serialize>(&self, k: &str, id: &str, obj: &T) -> Result<()> {
         let tx = self.store.write()?;
         tx.open_table(CONFIG)?.insert((k, id), store::encode(obj).as_slice())?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn delete(&self, k: &str, id: &str) -> Result<()> {
+    pub fn delete<T: ConfigObject>(&self, id: &str) -> Result<()> {
+        self.delete_kind(T::KIND, id)
+    }
+
+    fn delete_kind(&self, k: &str, id: &str) -> Result<()> {
         let tx = self.store.write()?;
         tx.open_table(CONFIG)?.remove((k, id))?;
         tx.commit()?;
@@ -207,7 +216,7 @@ impl Instance {
         let check = self.key()?.clearsign(b"check\n").map(|_| ()).map_err(|e| e.to_string());
         daemon.status.checked(check, now);
         daemon.status.activate("daemon")?;
-        self.put(kind::DAEMON, "1", &daemon)?;
+        self.put("1", &daemon)?;
 
         // Origins: their keys, main archive and releases.
         let mut archives: Vec<ArchiveUrl> = Vec::new();
@@ -301,7 +310,7 @@ impl Instance {
                 .enumerate()
                 .map(|(i, a)| ArchOption { arch: a.clone(), optional: false, build_architecture_all: i == 0 })
                 .collect();
-            let dist = match self.get::<Distribution>(kind::DISTRIBUTION, codename.as_str())? {
+            let dist = match self.get::<Distribution>(codename.as_str())? {
                 Some(mut d) => {
                     if d.architectures != wanted || d.build_backend != build_backend || d.build_network != build_network
                     {
@@ -327,7 +336,7 @@ impl Instance {
                     }
                 }
             };
-            self.put(kind::DISTRIBUTION, codename.as_str(), &dist)?;
+            self.put(codename.as_str(), &dist)?;
             self.setup_pca(&opts.places, config::Kind::Distribution, codename.as_str(), &mut report)?;
         }
 
@@ -344,7 +353,7 @@ impl Instance {
             let layout_name =
                 if layout_name.is_empty() && id.as_str() == "debdev" { "Debian Developer" } else { layout_name };
             let layout_name = if layout_name.is_empty() { "Default" } else { layout_name };
-            if self.get::<LayoutObject>(kind::LAYOUT, layout_name)?.is_none() {
+            if self.get::<LayoutObject>(layout_name)?.is_none() {
                 return Err(InstanceError::Setup(format!(
                     "repository {id}: unknown layout {layout_name:?}; built in are: Default, Default (no rollbacks), Debian Developer"
                 )));
@@ -355,13 +364,13 @@ impl Instance {
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| InstanceError::Setup(format!("repository {spec:?}: {e}")))?;
             for c in &codenames {
-                if self.get::<Distribution>(kind::DISTRIBUTION, c.as_str())?.is_none() {
+                if self.get::<Distribution>(c.as_str())?.is_none() {
                     return Err(InstanceError::Setup(format!(
                         "repository {id}: no distribution {c}; add it with --distributions {c}:<arch>"
                     )));
                 }
             }
-            let mut repo = match self.get::<Repository>(kind::REPOSITORY, id.as_str())? {
+            let mut repo = match self.get::<Repository>(id.as_str())? {
                 Some(mut r) => {
                     if r.layout != layout_name || r.distributions != codenames {
                         r.layout = layout_name.to_owned();
@@ -388,7 +397,7 @@ impl Instance {
                     }
                 }
             };
-            self.put(kind::REPOSITORY, id.as_str(), &repo)?;
+            self.put(id.as_str(), &repo)?;
             let was_prepared =
                 repo.status.state != config::State::Removed && repo.status.checked != config::Checked::Changed;
             if !was_prepared {
@@ -398,14 +407,14 @@ impl Instance {
             let check = self.archive()?.check_repository(&id).map_err(|e| e.to_string());
             repo.status.checked(check, now);
             repo.status.activate(id.as_str())?;
-            self.put(kind::REPOSITORY, id.as_str(), &repo)?;
+            self.put(id.as_str(), &repo)?;
         }
 
         // Chroots: each one's failure is reported, and the others go on.
-        for spec in &opts.chroots {
+        for spec in &chroot_specs(&opts.chroots) {
             let c = self.chroot_spec(spec)?;
             let id = c.id();
-            let exists = self.get::<Chroot>(kind::CHROOT, &id)?.is_some();
+            let exists = self.get::<Chroot>(&id)?.is_some();
             if !exists {
                 report.push(item(kind::CHROOT, &id, "MISSING", None));
             }
@@ -419,7 +428,7 @@ impl Instance {
             status_word(&daemon.status),
             daemon.status.message.clone(),
         ));
-        for r in self.list::<Repository>(kind::REPOSITORY)? {
+        for r in self.list::<Repository>()? {
             report.push(item(kind::REPOSITORY, r.identity.as_str(), status_word(&r.status), r.status.message.clone()));
         }
         Ok(report)
@@ -476,7 +485,7 @@ impl Instance {
     ) -> Result<String> {
         let known = sources::origin(origin).ok();
         let id = format!("{origin}:{codename}");
-        let mut s = match self.get::<Source>(kind::SOURCE, &id)? {
+        let mut s = match self.get::<Source>(&id)? {
             Some(s) => s,
             None => {
                 report.push(SetupItem::new(kind::SOURCE, &id, "MISSING", None));
@@ -508,16 +517,16 @@ impl Instance {
                     }
                     fps
                 }
-                None => self.list::<config::AptKey>(kind::APTKEY)?.into_iter().map(|k| k.fingerprint).collect(),
+                None => self.list::<config::AptKey>()?.into_iter().map(|k| k.fingerprint).collect(),
             };
         }
         if let Some(o) = known
-            && self.list::<config::Archive>(kind::ARCHIVE)?.is_empty()
+            && self.list::<config::Archive>()?.is_empty()
         {
             let url = o.archive.parse().map_err(InstanceError::Setup)?;
             self.setup_object(places, config::Object::Archive(config::Archive::new(url)), report)?;
         }
-        self.put(kind::SOURCE, &id, &s)?;
+        self.put(&id, &s)?;
         self.setup_pca(places, config::Kind::Source, &id, report)?;
         Ok(id)
     }
@@ -528,8 +537,8 @@ impl Instance {
         d.extra_sources
             .iter()
             .filter_map(|id| {
-                let p: config::PrioritySource = self.get(kind::PRIORITYSOURCE, id).ok().flatten()?;
-                let s: Source = self.get(kind::SOURCE, &p.source).ok().flatten()?;
+                let p: config::PrioritySource = self.get(id).ok().flatten()?;
+                let s: Source = self.get(&p.source).ok().flatten()?;
                 (p.status.is_active() && s.status.is_active()).then_some((s, p.priority))
             })
             .collect()
@@ -540,7 +549,7 @@ impl Instance {
     pub fn source_certs(&self, s: &Source) -> Result<Vec<sequoia_openpgp::Cert>> {
         let mut certs = Vec::new();
         for fp in &s.apt_keys {
-            let key: Option<config::AptKey> = self.get(kind::APTKEY, fp)?;
+            let key: Option<config::AptKey> = self.get(fp)?;
             let cert = key
                 .filter(|k| k.status.is_active())
                 .and_then(|k| crate::gpg::one_key(k.key.as_bytes()).ok())
@@ -553,7 +562,7 @@ impl Instance {
     /// Ask the active archives for a Source's release, verified with its keys.
     fn check_source(&self, s: &Source) -> std::result::Result<sources::Found, String> {
         let archives: Vec<ArchiveUrl> = self
-            .list::<config::Archive>(kind::ARCHIVE)
+            .list::<config::Archive>()
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter(|a| a.status.is_active())
@@ -581,13 +590,13 @@ impl Instance {
             return Err(bad("\"all\" is not a machine architecture".into()));
         }
         let id = format!("{codename}:{arch}");
-        if let Some(c) = self.get::<Chroot>(kind::CHROOT, &id)? {
+        if let Some(c) = self.get::<Chroot>(&id)? {
             return Ok(c);
         }
         // A new image comes from the fastest archive its distribution's source was found in.
         let archive = self
-            .get::<Distribution>(kind::DISTRIBUTION, codename.as_str())?
-            .map(|d| self.get::<Source>(kind::SOURCE, &d.base_source))
+            .get::<Distribution>(codename.as_str())?
+            .map(|d| self.get::<Source>(&d.base_source))
             .transpose()?
             .flatten()
             .and_then(|s| s.archives.first().cloned());
@@ -624,7 +633,7 @@ impl Instance {
                 c.status.message = Some(e.to_string());
             }
         }
-        self.put(kind::CHROOT, &id, &c)?;
+        self.put(&id, &c)?;
         Ok(c)
     }
 }
@@ -645,25 +654,24 @@ impl Instance {
         let t = r.open_table(CONFIG)?;
         let mut out = Vec::new();
         for k in Kind::ALL {
-            let s = k.as_str();
             out.extend(match k {
-                Kind::Daemon => entries(&t, s, Object::Daemon)?,
-                Kind::Layout => entries(&t, s, Object::Layout)?,
-                Kind::AptKey => entries(&t, s, Object::AptKey)?,
-                Kind::Archive => entries(&t, s, Object::Archive)?,
-                Kind::Source => entries(&t, s, Object::Source)?,
-                Kind::PrioritySource => entries(&t, s, Object::PrioritySource)?,
-                Kind::Distribution => entries(&t, s, Object::Distribution)?,
-                Kind::Repository => entries(&t, s, Object::Repository)?,
-                Kind::Chroot => entries(&t, s, Object::Chroot)?,
-                Kind::Uploader => entries(&t, s, Object::Uploader)?,
+                Kind::Daemon => entries(&t, Object::Daemon)?,
+                Kind::Layout => entries(&t, Object::Layout)?,
+                Kind::AptKey => entries(&t, Object::AptKey)?,
+                Kind::Archive => entries(&t, Object::Archive)?,
+                Kind::Source => entries(&t, Object::Source)?,
+                Kind::PrioritySource => entries(&t, Object::PrioritySource)?,
+                Kind::Distribution => entries(&t, Object::Distribution)?,
+                Kind::Repository => entries(&t, Object::Repository)?,
+                Kind::Chroot => entries(&t, Object::Chroot)?,
+                Kind::Uploader => entries(&t, Object::Uploader)?,
             });
         }
         Ok(out)
     }
 
     fn put_object(&self, id: &str, obj: &config::Object) -> Result<()> {
-        self.put(obj.kind().as_str(), id, obj)
+        self.put_kind(obj.kind().as_str(), id, obj)
     }
 
     /// Run one lifecycle action on one object, and store its new status. A failed check is
@@ -736,7 +744,7 @@ impl Instance {
                     if k == config::Kind::Daemon {
                         return Err(InstanceError::Config("the daemon object cannot be deleted".into()));
                     }
-                    self.delete(k.as_str(), id)?;
+                    self.delete_kind(k.as_str(), id)?;
                     return Ok(obj);
                 }
                 Action::Pca => unreachable!("expanded above"),
@@ -800,6 +808,9 @@ impl Instance {
                     new.fingerprint = o.fingerprint.clone();
                 }
             }
+            (Object::Layout(new), _) => {
+                new.layout.validate().map_err(|e| InstanceError::Config(format!("{e}; nothing was saved")))?;
+            }
             (Object::Source(new), old) => {
                 // What the check learnt is not the editor's to set: an archive reaches builds.
                 let (archives, description) = match old {
@@ -831,11 +842,25 @@ impl Instance {
     /// Create or change a repository from its form: [`Instance::save_object`], keeping what the
     /// form does not show (the extra uploader keyrings).
     pub fn set_repository(&self, mut repo: Repository) -> Result<bool> {
-        if let Some(old) = self.get::<Repository>(kind::REPOSITORY, repo.identity.as_str())? {
+        if let Some(old) = self.get::<Repository>(repo.identity.as_str())? {
             repo.extra_uploader_keyrings = old.extra_uploader_keyrings;
         }
         self.save_object(config::Object::Repository(repo))
     }
+}
+
+/// Chroot specs as mini-buildd takes them: `codename:arch`, or several architectures of one
+/// codename as `codename:arch+arch`.
+pub fn chroot_specs(specs: &[String]) -> Vec<String> {
+    specs
+        .iter()
+        .flat_map(|s| match s.split_once(':') {
+            Some((codename, archs)) if archs.contains('+') => {
+                archs.split('+').map(|a| format!("{codename}:{a}")).collect::<Vec<_>>()
+            }
+            _ => vec![s.clone()],
+        })
+        .collect()
 }
 
 /// A stored configuration object, typed by its kind.
@@ -856,12 +881,11 @@ fn decode_object(k: config::Kind, id: &str, bytes: &[u8]) -> Result<config::Obje
     })
 }
 
-fn entries<T: serde::de::DeserializeOwned>(
+fn entries<T: ConfigObject>(
     t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    k: &str,
     wrap: fn(T) -> config::Object,
 ) -> Result<Vec<(String, config::Object)>> {
-    Ok(store::list_config_entries::<T>(t, k)?.into_iter().map(|(id, v)| (id, wrap(v))).collect())
+    Ok(store::list_config_entries::<T>(t)?.into_iter().map(|(id, v)| (id, wrap(v))).collect())
 }
 
 fn status_word(s: &Status) -> &'static str {
@@ -927,4 +951,13 @@ pub fn default_identity() -> Identity {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let cleaned: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     cleaned.trim_matches('-').parse().unwrap_or_else(|_| "buildbay".parse().expect("valid identity"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chroot_specs_take_mini_buildds_plus() {
+        let specs = ["bookworm:amd64+i386".to_owned(), "trixie:arm64".to_owned(), "bad".to_owned()];
+        assert_eq!(super::chroot_specs(&specs), ["bookworm:amd64", "bookworm:i386", "trixie:arm64", "bad"]);
+    }
 }

@@ -27,6 +27,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("api", 10),
     ("web", 11),
     ("client", 11),
+    ("serve", 12),
 ];
 
 /// The modules a source text uses through `crate::…` paths (`use crate::{a, b::c}` included).

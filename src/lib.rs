@@ -24,6 +24,7 @@ pub mod layout;
 pub mod packager;
 pub mod protocol;
 pub mod rootops;
+pub mod serve;
 pub mod sources;
 pub mod store;
 pub mod systemd;

@@ -185,7 +185,7 @@ enum UploaderCommand {
 #[derive(clap::Args)]
 struct BuildArgs {
     /// Parallel builds (default: the number of cores). 0: build nothing here; build requests
-    /// wait for builders elsewhere.
+    /// wait until this host has slots (remote builders are not yet supported).
     #[arg(long)]
     build_slots: Option<usize>,
     /// MemoryMax of each build unit, in bytes (default: no limit).
@@ -306,7 +306,8 @@ struct FtpArgs {
     /// Free disk bytes FTP transfers leave on the state directory's file system.
     #[arg(long, default_value_t = 1 << 30)]
     disk_reserve: u64,
-    /// The host name in the URLs of build requests (default: this host's name).
+    /// The host name in the URLs of build requests (default: this host's name when it resolves
+    /// to an address off loopback, else localhost, which local builders reach).
     #[arg(long)]
     public_host: Option<String>,
     /// Days to keep events.
@@ -499,22 +500,31 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             unreachable!("handled before the state directory is opened")
         }
         Command::Serve { http, no_default_setup, ftp, build } => {
-            let places = build.setup(&cli.state).places;
-            if !no_default_setup && let Some(report) = inst.default_setup_if_empty(&places)? {
-                for i in report {
-                    tracing::info!(kind = i.kind, id = %i.id, status = %i.status, "setup");
-                }
-            }
-            // A writer killed between its commit and its publish left dists behind: repair first.
-            if let Ok(archive) = inst.archive() {
-                for r in inst.list::<buildbay::config::Repository>(buildbay::config::kind::REPOSITORY)? {
-                    let n = archive.publish_dirty(&r.identity)?;
-                    if n > 0 {
-                        tracing::info!(repository = %r.identity, distributions = n, "republished after an interrupted write");
-                    }
-                }
-            }
-            serve(inst, http, ftp, build, inherited)?;
+            let opts = buildbay::serve::Options {
+                http,
+                ftp: ftp.ftp,
+                public_host: ftp.public_host.clone(),
+                incoming: buildbay::incoming::Limits {
+                    max_file: ftp.max_file_size,
+                    max_upload: ftp.max_upload_size,
+                    timeout: std::time::Duration::from_secs(ftp.incoming_timeout),
+                },
+                quota: buildbay::incoming::ftp::Quota {
+                    per_peer: ftp.ftp_quota_per_peer.unwrap_or(ftp.max_upload_size),
+                    total: ftp.ftp_quota_total.unwrap_or(ftp.max_upload_size.saturating_mul(4)),
+                    reserve: ftp.disk_reserve,
+                },
+                ftp_options: buildbay::incoming::ftp::FtpOptions {
+                    passive_ports: ftp.ftp_passive_ports.clone(),
+                    tls: ftp.ftp_cert.clone().zip(ftp.ftp_key.clone()),
+                },
+                packaging_timeout: std::time::Duration::from_secs(build.packaging_timeout),
+                keep_events_days: ftp.keep_events_days,
+                hook_timeout: std::time::Duration::from_secs(ftp.hook_timeout),
+                build: build.setup(&cli.state),
+                default_setup: !no_default_setup,
+            };
+            buildbay::serve::run(inst, opts, inherited)?;
         }
         Command::Setup {
             identity,
@@ -583,18 +593,23 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         Command::Uploader(UploaderCommand::Add { user, key, repositories }) => {
             let text = key_text.with_context(|| format!("reading {}", key.display()))?;
             let cert = buildbay::gpg::one_key(text.as_bytes()).with_context(|| key.display().to_string())?;
-            let mut status = buildbay::config::Status::default();
-            status.prepared();
-            status.checked(Ok(()), chrono::Utc::now());
-            status.activate(&user)?;
-            let up = buildbay::config::Uploader {
+            use buildbay::config::{Action, Kind, Object, Uploader};
+            let up = Uploader {
                 user: user.clone(),
                 key: text,
-                fingerprint: Some(cert.fingerprint().to_hex()),
+                fingerprint: None,
                 may_upload_to: repositories,
-                status,
+                status: Default::default(),
             };
-            inst.put(buildbay::config::kind::UPLOADER, &user, &up)?;
+            // The checks an edit on the configuration page gets, then prepare, check, activate.
+            inst.save_object(Object::Uploader(up))?;
+            let done = inst.lifecycle(&buildbay::chroot::Places::default(), Kind::Uploader, &user, Action::Pca)?;
+            if !done.status().is_active() {
+                anyhow::bail!(
+                    "uploader {user}: not activated: {}",
+                    done.status().message.as_deref().unwrap_or("its check failed")
+                );
+            }
             println!("uploader {user}: key {} is active", cert.fingerprint());
         }
     }
@@ -659,6 +674,7 @@ fn helper(
             runner: buildbay::builder::runner::systemd::SystemdRunner::new(bus, stager.clone()),
             stager,
             chroots: Default::default(),
+            chroots_queued: tokio::sync::Semaphore::new(buildbay::helper::MAX_CHROOT_OPS),
         });
         tracing::info!(user = daemon_user, "buildbay helper ready");
         systemd::notify_ready("answering the daemon");
@@ -690,192 +706,6 @@ fn bind_helper_socket(socket: &std::path::Path, gid: u32) -> Result<tokio::net::
         .with_context(|| format!("chmod {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "no socket from systemd: listening myself");
     Ok(l)
-}
-
-fn serve(
-    inst: Instance,
-    http: std::net::SocketAddr,
-    ftp: FtpArgs,
-    build: BuildArgs,
-    inherited: buildbay::systemd::Inherited,
-) -> Result<()> {
-    use buildbay::incoming::{self, Incoming};
-    use buildbay::systemd;
-    let limits = incoming::Limits {
-        max_file: ftp.max_file_size,
-        max_upload: ftp.max_upload_size,
-        timeout: std::time::Duration::from_secs(ftp.incoming_timeout),
-    };
-    let incoming = Incoming::new(inst.store.dir(), limits).context("preparing the incoming directory")?;
-    let dropped = incoming.recover(&inst.store).context("recovering the spool")?;
-    if dropped > 0 {
-        tracing::info!(dropped, "dropped spool entries of claims that did not commit; their files are claimed again");
-    }
-    let host = match ftp.public_host.clone() {
-        Some(h) => h,
-        None => {
-            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(async move {
-        let http_inherited = inherited.http.is_some();
-        let listener = match inherited.http {
-            Some(l) => {
-                tracing::info!("serving HTTP on the socket systemd passed");
-                tokio::net::TcpListener::from_std(l).context("using the inherited http socket")?
-            }
-            None => {
-                tracing::info!(%http, "no socket from systemd: binding HTTP myself");
-                tokio::net::TcpListener::bind(http).await.with_context(|| {
-                    format!("binding {http}; is another daemon running there? choose one with --http")
-                })?
-            }
-        };
-        let addr = listener.local_addr().context("reading the HTTP address")?;
-        let ftp_listener = match inherited.ftp {
-            Some(l) => {
-                tracing::info!("serving FTP on the socket systemd passed");
-                Some(tokio::net::TcpListener::from_std(l).context("using the inherited ftp socket")?)
-            }
-            None => {
-                // mini-buildd's default: FTP on the HTTP port + 1 (any free port beside an ephemeral HTTP port).
-                let port = if http.port() == 0 && !http_inherited { 0 } else { addr.port().wrapping_add(1) };
-                let a = ftp
-                    .ftp
-                    .unwrap_or_else(|| std::net::SocketAddr::new(incoming::ftp::bind_ip_beside(http.ip()), port));
-                tracing::info!(ftp = %a, "no ftp socket from systemd: binding FTP myself");
-                match tokio::net::TcpListener::bind(a).await {
-                    Ok(l) => Some(l),
-                    // systemd passed HTTP only: keep serving the repositories, without uploads.
-                    Err(e) if http_inherited && ftp.ftp.is_none() => {
-                        tracing::error!(
-                            "uploads are off: cannot bind FTP on {a}: {e}; enable buildbay-ftp.socket or pass --ftp"
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e).context(format!(
-                            "binding FTP on {a}; is another daemon running there? choose one with --ftp"
-                        )));
-                    }
-                }
-            }
-        };
-        let ftp_addr = match &ftp_listener {
-            Some(l) => Some(l.local_addr().context("reading the FTP address")?),
-            None => None,
-        };
-        if let Some(warning) = ftp_addr.and_then(incoming::ftp::ipv6_warning) {
-            tracing::warn!("{warning}");
-        }
-        if !systemd::notify_socket() {
-            tracing::info!("no service manager (NOTIFY_SOCKET unset): running in the foreground");
-        }
-        let daemon = std::sync::Arc::new(
-            buildbay::daemon::Daemon::new(
-                inst,
-                addr.port(),
-                ftp_addr.map_or(addr.port().wrapping_add(1), |a| a.port()),
-                host,
-                incoming.clone(),
-            )
-            .with_packaging_deadline(std::time::Duration::from_secs(build.packaging_timeout)),
-        );
-        let builder = build
-            .setup(daemon.inst.store.dir())
-            .builder(daemon.incoming.results.clone())
-            .await
-            .context("setting up the builder")?;
-        tracing::info!(slots = builder.limits.slots, "builder ready");
-        if daemon.builder.set(builder).is_err() {
-            anyhow::bail!("the builder was set up twice");
-        }
-        tokio::spawn(daemon.clone().run_builders());
-        let watched = daemon.clone();
-        let started = chrono::Utc::now().timestamp();
-        systemd::spawn_watchdog(move || watched.heartbeats.alive(started, buildbay::daemon::HEARTBEAT_GRACE));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(buildbay::web::serve(listener, daemon.clone(), stop_rx.clone()));
-        let waker = daemon.clone();
-        let dropbox = std::sync::Arc::new(incoming::ftp::DropBox::new(
-            incoming.dir.clone(),
-            incoming.part_dir(),
-            ftp.max_file_size,
-            incoming::ftp::Quota {
-                per_peer: ftp.ftp_quota_per_peer.unwrap_or(ftp.max_upload_size),
-                total: ftp.ftp_quota_total.unwrap_or(ftp.max_upload_size.saturating_mul(4)),
-                reserve: ftp.disk_reserve,
-            },
-            Box::new(move || waker.wake()),
-        ));
-        let ftp_opts = incoming::ftp::FtpOptions {
-            passive_ports: ftp.ftp_passive_ports.clone(),
-            tls: ftp.ftp_cert.clone().zip(ftp.ftp_key.clone()),
-        };
-        if let Some(l) = ftp_listener {
-            tokio::spawn(incoming::ftp::serve(l, dropbox, ftp_opts, stop_rx));
-        }
-        let pipeline = daemon.clone();
-        std::thread::Builder::new()
-            .name("pipeline".into())
-            .spawn(move || pipeline.run_pipeline())
-            .context("starting the upload pipeline")?;
-        daemon.wake();
-        spawn_housekeeping(daemon.clone(), ftp.keep_events_days, std::time::Duration::from_secs(ftp.hook_timeout));
-        let status = match ftp_addr {
-            Some(f) => format!("serving http://{addr}/repositories/ and ftp://{f}/incoming"),
-            None => format!("serving http://{addr}/repositories/ (uploads off)"),
-        };
-        tracing::info!(running = daemon.is_running(), "{status}");
-        systemd::notify_ready(&status);
-        systemd::shutdown_signal().await;
-        systemd::notify_stopping();
-        let _ = stop_tx.send(true);
-        if tokio::time::timeout(systemd::GRACE, server).await.is_err() {
-            tracing::warn!("in-flight requests did not finish within {:?}", systemd::GRACE);
-        }
-        tracing::info!("stopped");
-        Ok(())
-    })
-}
-
-/// Event hooks for every event, and the daily expiry of old events.
-fn spawn_housekeeping(
-    daemon: std::sync::Arc<buildbay::daemon::Daemon>,
-    keep_days: u32,
-    hook_timeout: std::time::Duration,
-) {
-    let state = daemon.inst.store.dir().to_owned();
-    let hooks = buildbay::events::Hooks {
-        dir: state.join("etc/event-hooks"),
-        events_dir: state.join("var/events"),
-        timeout: hook_timeout,
-    };
-    let mut rx = daemon.bus.subscribe();
-    tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(event) => hooks.run(&event).await,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("event hooks fell behind and skipped {n} events")
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
-        loop {
-            tick.tick().await;
-            let before = chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days));
-            match buildbay::events::expire(&daemon.inst.store, before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired events older than {keep_days} days"),
-                Err(e) => tracing::warn!("expiring events: {e}"),
-            }
-        }
-    });
 }
 
 /// Read a password: from $BUILDBAY_PASSWORD, from a terminal without echo, or a line of stdin.
@@ -943,11 +773,7 @@ fn repos_or_all(inst: &Instance, repos: Vec<RepoId>) -> Result<Vec<RepoId>> {
     if !repos.is_empty() {
         return Ok(repos);
     }
-    Ok(inst
-        .list::<buildbay::config::Repository>(buildbay::config::kind::REPOSITORY)?
-        .into_iter()
-        .map(|r| r.identity)
-        .collect())
+    Ok(inst.list::<buildbay::config::Repository>()?.into_iter().map(|r| r.identity).collect())
 }
 
 fn repo(inst: &Instance, json: bool, cmd: RepoCommand) -> Result<()> {

@@ -4,7 +4,7 @@ use super::{ApiError, Args};
 use crate::archive::ArchiveError;
 use crate::auth::{self, Principal, Role};
 use crate::chroot::Chroot;
-use crate::config::{self, LayoutObject, Repository, Uploader, kind};
+use crate::config::{self, LayoutObject, Repository, Subscription, Uploader};
 use crate::daemon::Daemon;
 use crate::deb::{Codename, Dist, PackageName, RepoId, SnapshotName, Version};
 use crate::events::Event;
@@ -74,12 +74,12 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 fn repositories(d: &Daemon) -> Result<Vec<Repository>, ApiError> {
-    Ok(d.inst.list::<Repository>(kind::REPOSITORY)?)
+    Ok(d.inst.list::<Repository>()?)
 }
 
 fn layout_of(d: &Daemon, r: &Repository) -> Result<Layout, ApiError> {
     d.inst
-        .get::<LayoutObject>(kind::LAYOUT, &r.layout)?
+        .get::<LayoutObject>(&r.layout)?
         .map(|l| l.layout)
         .ok_or_else(|| ApiError::new(500, format!("repository {} uses unknown layout {}", r.identity, r.layout)))
 }
@@ -120,8 +120,9 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "url": origin.base_url,
                 "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
                 "load": d.load(queue.len()),
-                "chroots": d.inst.list::<Chroot>(kind::CHROOT)?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect::<Vec<_>>(),
+                "chroots": d.inst.list::<Chroot>()?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect::<Vec<_>>(),
                 "remotes": Vec::<String>::new(),
+                "chroots_preparing": d.chroots_preparing(),
                 "packaging": packaging(d)?,
                 "build_queue": queue,
             });
@@ -198,8 +199,10 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                     "another maintenance call (setup, remake_chroots) is running; try again when it is done",
                 )
             })?;
-            let wanted = args.list("chroots");
-            let all = d.inst.list::<Chroot>(kind::CHROOT)?;
+            let mut wanted = args.list("chroots");
+            wanted.extend(args.list("keys"));
+            let wanted = crate::instance::chroot_specs(&wanted);
+            let all = d.inst.list::<Chroot>()?;
             let chosen: Vec<Chroot> = if wanted.is_empty() {
                 all
             } else {
@@ -333,7 +336,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(json!({"identity": identity.to_string(), "deactivated": deactivated, "message": note}))
         }
         "uploaders" => {
-            let uploaders = d.inst.list::<Uploader>(kind::UPLOADER)?;
+            let uploaders = d.inst.list::<Uploader>()?;
             let mut out = serde_json::Map::new();
             for r in selected_repos(d, args)? {
                 let keys: Vec<Json> = uploaders
@@ -402,7 +405,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let mut status = config::Status::default();
             status.prepared();
             status.checked(Ok(()), chrono::Utc::now());
-            let prev: Option<Uploader> = d.inst.get(kind::UPLOADER, user)?;
+            let prev: Option<Uploader> = d.inst.get(user)?;
             let up = Uploader {
                 user: user.to_owned(),
                 key,
@@ -410,7 +413,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 may_upload_to: prev.map(|p| p.may_upload_to).unwrap_or_default(),
                 status,
             };
-            d.inst.put(kind::UPLOADER, user, &up)?;
+            d.inst.put(user, &up)?;
             Ok(json!({}))
         }
         "subscribe" | "unsubscribe" => {
@@ -423,24 +426,18 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             if !dist.is_empty() {
                 dist.parse::<Dist>().map_err(|e| ApiError::bad_request(e.to_string()))?;
             }
-            let id = format!("{user}/{source}/{dist}");
+            let sub = Subscription { user: user.to_owned(), source: source.clone(), distribution: dist.clone() };
             if args.call.name == "subscribe" {
-                let exists = d.inst.get::<Json>(kind::SUBSCRIPTION, &id)?.is_some();
-                d.inst.put(kind::SUBSCRIPTION, &id, &json!({"user": user, "source": source, "distribution": dist}))?;
+                let exists = d.inst.get::<Subscription>(&sub.id())?.is_some();
+                d.inst.put(&sub.id(), &sub)?;
                 Ok(json!({"created": !exists, "source": source, "distribution": dist}))
             } else {
                 let mut removed = Vec::new();
-                for s in d.inst.list::<Json>(kind::SUBSCRIPTION)? {
-                    let matches = |k: &str, v: &str| v.is_empty() || s[k] == v;
-                    if s["user"] == user && matches("source", &source) && matches("distribution", &dist) {
-                        let sid = format!(
-                            "{}/{}/{}",
-                            user,
-                            s["source"].as_str().unwrap_or(""),
-                            s["distribution"].as_str().unwrap_or("")
-                        );
-                        d.inst.delete(kind::SUBSCRIPTION, &sid)?;
-                        removed.push(json!({"source": s["source"], "distribution": s["distribution"]}));
+                for s in d.inst.list::<Subscription>()? {
+                    let matches = |want: &str, have: &str| want.is_empty() || want == have;
+                    if s.user == user && matches(&source, &s.source) && matches(&dist, &s.distribution) {
+                        d.inst.delete::<Subscription>(&s.id())?;
+                        removed.push(json!({"source": s.source, "distribution": s.distribution}));
                     }
                 }
                 Ok(Json::Array(removed))

@@ -109,7 +109,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: false,
         group: "Consumer",
-        doc: "Status of the instance: identity, URLs, load (-1 when stopped), chroots and remotes.",
+        doc: "Status of the instance: identity, URLs, load (-1 when stopped), active chroots, chroots_preparing (being made now: their uploads wait), and remotes (always empty: remote builders are not yet supported).",
         args: &[opt(
             "with_repositories",
             Some('R'),
@@ -166,7 +166,13 @@ pub static CALLS: &[Call] = &[
             opt("rollbacks", Some('r'), Kind::Int, Default::Value("0"), "Also list this many rollbacks (<0: all)."),
             opt("snapshot", Some('P'), Kind::Str, Default::Server, "A snapshot name."),
             opt("mirror", Some('M'), Kind::Str, Default::Server, "A mirror URL instead of this instance."),
-            opt("with_extra", Some('X'), Kind::Bool, Default::Server, "Also list the extra sources."),
+            opt(
+                "with_extra",
+                Some('X'),
+                Kind::Bool,
+                Default::Server,
+                "Accepted for mini-buildd's client; not yet used (extra sources reach builds, not these lines).",
+            ),
             opt("with_comment", Some('D'), Kind::Bool, Default::Server, "Comment each line."),
         ],
     },
@@ -298,8 +304,20 @@ pub static CALLS: &[Call] = &[
         group: "Administrator",
         doc: "Create or update configuration objects, then prepare, check and activate them.",
         args: &[
-            opt("update", None, Kind::Str, Default::Server, "all, or nothing (inspect only)."),
-            opt("pca", None, Kind::Str, Default::Server, "Prepare, check and activate (all)."),
+            opt(
+                "update",
+                None,
+                Kind::Str,
+                Default::Server,
+                "all: apply the defaults even with no other option. Without it and with no object option, setup changes nothing and reports the instance; an object option applies with or without it.",
+            ),
+            opt(
+                "pca",
+                None,
+                Kind::Str,
+                Default::Server,
+                "Accepted for mini-buildd's client; not yet used: setup always prepares, checks and activates what it creates or changes.",
+            ),
             opt("identity", None, Kind::Str, Default::Server, "Instance identity (default: host name)."),
             opt(
                 "from_origins",
@@ -359,7 +377,10 @@ pub static CALLS: &[Call] = &[
         confirm: true,
         group: "Administrator",
         doc: "Remove and prepare chroots from scratch, one at a time; a failing one does not stop the others.",
-        args: &[opt("chroots", None, Kind::List, Default::Value(""), "codename:arch, … (default: every chroot).")],
+        args: &[
+            opt("chroots", None, Kind::List, Default::Value(""), "codename:arch, … (default: every chroot)."),
+            opt("keys", None, Kind::List, Default::Value(""), "mini-buildd's name for --chroots (the same keys)."),
+        ],
     },
     Call {
         name: "start",
@@ -385,7 +406,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: true,
         group: "Developer",
-        doc: "Set your uploader key (ASCII-armored); staff activate it.",
+        doc: "Set your uploader key (ASCII-armored); an administrator activates it (config_action).",
         args: &[Arg { kind: Kind::Multiline, ..pos("key", "ASCII-armored public key.") }],
     },
     Call {
@@ -394,7 +415,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: false,
         group: "Developer",
-        doc: "Subscribe to a package's events (empty: all).",
+        doc: "Subscribe to a package's events (empty: all). Stored and listed on the account page; no mail is sent yet.",
         args: SUBSCRIPTION_ARGS,
     },
     Call {
@@ -452,7 +473,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: true,
         group: "Administrator",
-        doc: "Run a lifecycle action on one configuration object: prepare, check, activate, deactivate, remove (unprepare; data on disk stays), pca (all three), or delete a removed object.",
+        doc: "Run a lifecycle action on one configuration object: prepare, check, activate, deactivate, remove (unprepare: a chroot's image and schroot config are deleted; other kinds keep their data), pca (all three), or delete a removed object.",
         args: &[
             Arg { choices: KINDS, ..pos("kind", "The object's kind.") },
             pos("id", "The object's id, as config_ls shows it (e.g. test, bookworm, bookworm:amd64)."),

@@ -9,7 +9,7 @@ pub mod compress;
 pub mod index;
 pub mod publish;
 
-use crate::config::{self, Distribution, LayoutObject, Repository, kind};
+use crate::config::{self, Distribution, LayoutObject, Repository};
 use crate::deb::changes::FileCheckError;
 use crate::deb::control::ControlError;
 use crate::deb::debfile::DebError;
@@ -216,16 +216,16 @@ pub struct RepoCtx {
 impl RepoCtx {
     pub fn load(tx: &redb::ReadTransaction, id: &RepoId) -> Result<RepoCtx> {
         let t = tx.open_table(CONFIG)?;
-        let repo: Repository = store::get_config(&t, kind::REPOSITORY, id.as_str())?
-            .ok_or_else(|| ArchiveError::UnknownRepository(id.clone()))?;
-        let layout: LayoutObject = store::get_config(&t, kind::LAYOUT, &repo.layout)?.ok_or_else(|| {
+        let repo: Repository =
+            store::get_config(&t, id.as_str())?.ok_or_else(|| ArchiveError::UnknownRepository(id.clone()))?;
+        let layout: LayoutObject = store::get_config(&t, &repo.layout)?.ok_or_else(|| {
             ArchiveError::Inconsistent(format!("repository {id} uses unknown layout {}", repo.layout))
         })?;
         let mut dists = BTreeMap::new();
         for c in &repo.distributions {
-            let d: Distribution = store::get_config(&t, kind::DISTRIBUTION, c.as_str())?
+            let d: Distribution = store::get_config(&t, c.as_str())?
                 .ok_or_else(|| ArchiveError::Inconsistent(format!("repository {id} uses unknown distribution {c}")))?;
-            let src: Option<config::Source> = store::get_config(&t, kind::SOURCE, &d.base_source)?;
+            let src: Option<config::Source> = store::get_config(&t, &d.base_source)?;
             let cv =
                 src.map(|s| s.codeversion().to_owned()).unwrap_or_else(|| format!("~{}", c.as_str().to_uppercase()));
             dists.insert(c.to_string(), (d, cv));
@@ -525,6 +525,8 @@ impl<'a> Archive<'a> {
         let pooldir = format!("pool/{}/{}/{}", entry.record.component, changes.source.pool_prefix(), changes.source);
         let mut copies = copies_src;
         let mut new_bins: Vec<(BinaryKey, Vec<u8>)> = Vec::new();
+        // debhelper's automatic debug packages (`<package>-dbgsym`): built, never declared.
+        let mut auto_debug: Vec<PackageName> = Vec::new();
         for f in &changes.files {
             let name = f.name.as_str();
             if name.ends_with(".udeb") || name.ends_with(".ddeb") {
@@ -549,6 +551,9 @@ impl<'a> Archive<'a> {
             let arch: Arch = field("Architecture")?
                 .parse()
                 .map_err(|e: crate::deb::names::NameError| ArchiveError::Inconsistent(format!("{name}: {e}")))?;
+            if control.get("Auto-Built-Package") == Some("debug-symbols") {
+                auto_debug.push(package.clone());
+            }
             let src_name = control.get("Source").and_then(|s| s.split_whitespace().next()).unwrap_or(package.as_str());
             if src_name != changes.source.as_str() {
                 return Err(ArchiveError::Inconsistent(format!(
@@ -586,8 +591,14 @@ impl<'a> Archive<'a> {
                 }
                 None => vec![],
             };
+            let declared_debug = |p: &PackageName| {
+                auto_debug.contains(p)
+                    && p.as_str()
+                        .strip_suffix("-dbgsym")
+                        .is_some_and(|stem| declared.iter().any(|d| d.as_str() == stem))
+            };
             for (k, _) in &new_bins {
-                if !declared.contains(&k.package) {
+                if !declared.contains(&k.package) && !declared_debug(&k.package) {
                     return Err(ArchiveError::Inconsistent(format!(
                         "binary package {} is not in the Binary field of {}'s .dsc; a source builds only the packages it declares",
                         k.package, changes.source

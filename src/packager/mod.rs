@@ -10,7 +10,7 @@
 //! error: retried, and after [`MAX_ATTEMPTS`] parked as FAILED with the reason).
 
 use crate::archive::{ArchiveError, RepoCtx};
-use crate::config::{self, Distribution, Repository, Uploader, kind};
+use crate::config::{self, Distribution, Repository, Uploader};
 use crate::deb::{Changes, Dist};
 use crate::events::problem;
 use crate::events::{Event, EventType};
@@ -316,7 +316,7 @@ impl Packager<'_> {
         let t = read.open_table(CONFIG)?;
         let key_ = self.inst.key()?;
         let mut certs = vec![key_.cert().clone()];
-        for up in store::list_config::<Uploader>(&t, kind::UPLOADER)? {
+        for up in store::list_config::<Uploader>(&t)? {
             if up.status.is_active() && up.may_upload_to.contains(&repo.identity) {
                 match crate::gpg::read_keyring(up.key.as_bytes()) {
                     Ok(c) => certs.extend(c),
@@ -746,7 +746,7 @@ fn resolve_dist(read: &redb::ReadTransaction, written: &str) -> std::result::Res
     }
     let t = read.open_table(CONFIG)?;
     let mut found = Vec::new();
-    for repo in store::list_config::<Repository>(&t, kind::REPOSITORY)? {
+    for repo in store::list_config::<Repository>(&t)? {
         let Ok(ctx) = RepoCtx::load(read, &repo.identity) else { continue };
         if let Some((codename, suite)) = ctx.layout.meta(written)
             && ctx.dists.contains_key(codename.as_str())

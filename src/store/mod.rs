@@ -235,30 +235,35 @@ pub fn scan_prefix<V: redb::Value + 'static>(
     Ok(())
 }
 
-/// Configuration objects by kind.
-pub fn get_config<T: DeserializeOwned>(
+/// A configuration object: stored in [`CONFIG`] under its kind, so that the type says where
+/// (`get::<Repository>(id)`; a kind and a type that do not belong together do not compile).
+pub trait ConfigObject: Serialize + DeserializeOwned {
+    /// The store's key prefix.
+    const KIND: &'static str;
+}
+
+/// A configuration object by its id.
+pub fn get_config<T: ConfigObject>(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    kind: &str,
     id: &str,
 ) -> Result<Option<T>> {
-    match table.get((kind, id))? {
-        Some(v) => Ok(Some(decode(&format!("{kind}/{id}"), v.value())?)),
+    match table.get((T::KIND, id))? {
+        Some(v) => Ok(Some(decode(&format!("{}/{id}", T::KIND), v.value())?)),
         None => Ok(None),
     }
 }
 
-pub fn list_config<T: DeserializeOwned>(
+pub fn list_config<T: ConfigObject>(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    kind: &str,
 ) -> Result<Vec<T>> {
-    Ok(list_config_entries(table, kind)?.into_iter().map(|(_, v)| v).collect())
+    Ok(list_config_entries(table)?.into_iter().map(|(_, v)| v).collect())
 }
 
 /// Every object of a kind with its id.
-pub fn list_config_entries<T: DeserializeOwned>(
+pub fn list_config_entries<T: ConfigObject>(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    kind: &str,
 ) -> Result<Vec<(String, T)>> {
+    let kind = T::KIND;
     let mut out = Vec::new();
     for item in table.range((kind, "")..)? {
         let (k, v) = item?;

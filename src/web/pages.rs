@@ -201,7 +201,7 @@ fn repositories(d: &Daemon, v: &Viewer, t: &Templates) -> Page {
     let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
     let archive = d.inst.archive()?;
     let mut repos = Vec::new();
-    for r in d.inst.list::<config::Repository>(config::kind::REPOSITORY)? {
+    for r in d.inst.list::<config::Repository>()? {
         let Ok(ctx) = archive.ctx(&r.identity) else { continue };
         let mut dists = Vec::new();
         let mut suites = Vec::new();
@@ -364,11 +364,9 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
         })
         .collect();
     let subscribed = match &v.who.user {
-        Some(user) => d
-            .inst
-            .list::<Json>(config::kind::SUBSCRIPTION)?
-            .iter()
-            .any(|s| s["user"] == json!(user) && s["source"] == json!(source.as_str())),
+        Some(user) => {
+            d.inst.list::<config::Subscription>()?.iter().any(|s| &s.user == user && s.source == source.as_str())
+        }
         None => false,
     };
     Ok((
@@ -399,7 +397,7 @@ fn builds(d: &Daemon, v: &Viewer) -> Page {
         .collect();
     running.sort_by_key(|j| j.started);
     let backend = |dist: &crate::deb::Dist| -> Option<&'static str> {
-        let x = d.inst.get::<config::Distribution>(config::kind::DISTRIBUTION, dist.codename.as_str()).ok()??;
+        let x = d.inst.get::<config::Distribution>(dist.codename.as_str()).ok()??;
         Some(x.build_backend.as_str())
     };
     let ongoing: Vec<Json> = running
@@ -484,16 +482,15 @@ fn repository_form(d: &Daemon, id: Option<&str>) -> Page {
     let existing = match id {
         Some(id) => Some(
             d.inst
-                .get::<config::Repository>(config::kind::REPOSITORY, id)?
+                .get::<config::Repository>(id)?
                 .ok_or_else(|| ApiError::new(404, format!("no repository {id}; the configuration page lists them")))?,
         ),
         None => None,
     };
-    let layouts: Vec<String> =
-        d.inst.list::<config::LayoutObject>(config::kind::LAYOUT)?.into_iter().map(|l| l.layout.name).collect();
+    let layouts: Vec<String> = d.inst.list::<config::LayoutObject>()?.into_iter().map(|l| l.layout.name).collect();
     let distributions: Vec<Json> = d
         .inst
-        .list::<config::Distribution>(config::kind::DISTRIBUTION)?
+        .list::<config::Distribution>()?
         .iter()
         .map(|x| {
             let checked = existing.as_ref().is_some_and(|r| r.distributions.contains(&x.codename));
@@ -673,11 +670,11 @@ fn api_page(who: &Principal) -> Page {
 
 fn account(d: &Daemon, v: &Viewer) -> Page {
     let user = v.who.user.clone().unwrap_or_default();
-    let uploader = d.inst.get::<config::Uploader>(config::kind::UPLOADER, &user)?.map(|u| {
+    let uploader = d.inst.get::<config::Uploader>(&user)?.map(|u| {
         json!({"fingerprint": u.fingerprint, "state": status_label(&u.status), "active": u.status.is_active(), "may_upload_to": u.may_upload_to})
     });
-    let subscriptions: Vec<Json> =
-        d.inst.list::<Json>(config::kind::SUBSCRIPTION)?.into_iter().filter(|s| s["user"] == json!(user)).collect();
+    let subscriptions: Vec<config::Subscription> =
+        d.inst.list::<config::Subscription>()?.into_iter().filter(|s| s.user == user).collect();
     let tokens: Vec<Json> = auth::list_tokens(&d.inst.store, &user)?
         .iter()
         .map(|t| json!({"id": t.id, "label": t.label, "role": t.role.as_str(), "created": t.created.format("%Y-%m-%d %H:%M").to_string()}))

@@ -439,8 +439,16 @@ fn config_set_saves_objects_from_their_fields() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{kind} {json}: {err}");
     }
+    // A layout whose rules do not hold (a suite migrating to one that is not there).
+    let mut layout = find(&ls(), "layout", "Default").expect("the Default layout")["fields"].clone();
+    layout["layout"]["name"] = serde_json::json!("Broken");
+    layout["layout"]["suites"][2]["migrates_to"] = serde_json::json!("nowhere");
+    let out = set("layout", &layout.to_string());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("which is not in the layout"), "{layout}: {err}");
     let all = ls();
     assert!(find(&all, "repository", "x2").is_none() && find(&all, "uploader", "u").is_none(), "{all}");
+    assert!(find(&all, "layout", "Broken").is_none(), "an invalid layout was stored");
 
     // A new source; renaming by mistake is refused.
     let src = r#"{"origin": "Debian", "codename": "trixie", "codeversion": "13", "components": ["main"], "architectures": ["amd64"]}"#;
@@ -448,4 +456,13 @@ fn config_set_saves_objects_from_their_fields() {
     let out = upload::api_as(&s.url, "admin", &["config_set", "source", src, "--id", "Debian:sid"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("to rename, create Debian:trixie and delete Debian:sid"));
     assert_eq!(find(&ls(), "source", "Debian:trixie").unwrap()["state"], "REMOVED");
+}
+
+/// docs/api.md is what the call registry says (`buildbay api-reference`): regenerate it with
+/// `buildbay api-reference > docs/api.md` when a call changes.
+#[test]
+fn the_api_reference_is_the_registry() {
+    let generated = ok(Command::new(crate::common::bin()).arg("api-reference"));
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("docs/api.md");
+    assert!(generated == file, "docs/api.md is stale: run `buildbay api-reference > docs/api.md`");
 }
