@@ -356,6 +356,8 @@ pub struct Server {
     pub url: String,
     /// `host:port` of the FTP drop box.
     pub ftp: String,
+    /// What it logged before it served.
+    pub log: Vec<String>,
 }
 
 impl Server {
@@ -365,8 +367,10 @@ impl Server {
         let mut child =
             cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().expect("spawn serve");
         let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut log = Vec::new();
         let (url, ftp) = loop {
             let line = lines.next().expect("serve exited early").expect("read");
+            log.push(line.clone());
             if let Some(rest) = line.split("serving ").nth(1) {
                 let url =
                     rest.split_whitespace().next().unwrap_or_default().trim_end_matches("/repositories/").to_owned();
@@ -375,7 +379,7 @@ impl Server {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Server { child, url, ftp }
+        Server { child, url, ftp, log }
     }
 
     /// Stop with SIGTERM and return whether it exited cleanly.

@@ -8,6 +8,7 @@ mod common;
 
 mod appliance;
 mod builder;
+mod first_run;
 mod hostile;
 mod online;
 mod systemd_builds;
