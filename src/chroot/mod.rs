@@ -77,8 +77,9 @@ impl Places {
     pub fn refresh(&self, c: &Chroot, slots: usize) -> Result<()> {
         let conf = self.schroot_conf(c);
         let have = std::fs::read_to_string(&conf).unwrap_or_default();
-        // Never fewer slots than are configured already (another daemon on this host may use them).
-        let slots = slots.max(have.matches("-unit-s").count());
+        // Never fewer slots than are configured already (another daemon on this host may use
+        // them), up to a bound.
+        let slots = slots.max(configured_slots(&have).min(MAX_SLOTS));
         write_profiles(self, slots)?;
         let want = schroot_conf(c, &self.image(c), slots);
         if have != want {
@@ -89,6 +90,15 @@ impl Places {
 }
 
 const MARKER: &str = "etc/buildbay-image";
+
+/// The most build slots a chroot's schroot config keeps for other daemons on this host.
+pub const MAX_SLOTS: usize = 64;
+
+/// How many slots a schroot config of [`schroot_conf`] has: its `[<name>-unit-sN]` sections
+/// (each slot's profile name holds `-unit-s` too, so only section headers count).
+fn configured_slots(conf: &str) -> usize {
+    conf.lines().filter(|l| l.starts_with('[') && l.contains("-unit-s")).count()
+}
 
 /// `linux32` for 32-bit architectures on a 64-bit host (mini-buildd's personality).
 pub fn personality(arch: &Arch) -> &'static str {
@@ -334,6 +344,9 @@ mod tests {
         assert_eq!(places.schroot_conf(&c), Path::new("/etc/schroot/chroot.d/buildbay-bookworm-i386.conf"));
         let conf = schroot_conf(&c, &places.image(&c), 2);
         assert!(conf.starts_with("[buildbay-bookworm-i386]\n"));
+        // Counted back as written: a refresh never grows it (it once doubled on every build).
+        assert_eq!(configured_slots(&conf), 2);
+        assert_eq!(configured_slots(&schroot_conf(&c, &places.image(&c), 5)), 5);
         for line in [
             "type=directory",
             "directory=/var/lib/machines/buildbay-bookworm-i386",
