@@ -29,7 +29,7 @@ pub mod setup;
 pub mod slots;
 pub mod stage;
 
-use crate::chroot::Places;
+use crate::chroot::{Chroot, Places};
 use crate::events::{Event, EventType};
 use crate::instance::Instance;
 use crate::packager::QueuedBuild;
@@ -349,9 +349,8 @@ impl Builder {
             if running >= self.limits.slots {
                 break;
             }
-            if known.contains(&req.bkey)
-                || preparing.contains(&format!("{}:{}", req.distribution.codename, req.bkey.arch))
-            {
+            let chroot = Chroot::new(req.distribution.codename.clone(), req.bkey.arch.clone());
+            if known.contains(&req.bkey) || preparing.contains(&chroot.id()) {
                 continue;
             }
             match self.start(inst, &req).await {
