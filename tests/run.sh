@@ -5,6 +5,7 @@
 #   tests/run.sh heavy       only the heavy tier (tests/heavy: builds, containers; root, Debian's archive)
 #   tests/run.sh deps        only install the build and test dependencies
 #   tests/run.sh build-deps  only install what building buildbay needs
+#   tests/run.sh daemon-deps what building and running the daemon needs (README's first command)
 # Installing uses sudo when not run as root. The fast tier runs as `nobody` in a network
 # namespace of its own when run as root (so it proves it needs neither); the heavy tier as the
 # caller.
@@ -47,8 +48,14 @@ install_missing() {
     fi
 }
 
+# Running the daemon so that it builds (debian/control's Depends): sbuild and schroot, mmdebstrap
+# for the chroot image it makes on its first start, systemd-nspawn for the default's builds.
+DAEMON=(systemd sbuild schroot mmdebstrap systemd-container ca-certificates debian-archive-keyring)
+
 install_missing "${BUILD[@]}"
 [ "${1:-}" = build-deps ] && exit 0
+install_missing "${DAEMON[@]}"
+[ "${1:-}" = daemon-deps ] && exit 0
 install_missing "${TEST[@]}"
 
 # The real mini-buildd client, to prove wire compatibility: Debian's mini-buildd-utils from
