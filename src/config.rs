@@ -384,6 +384,28 @@ pub struct Uploader {
     pub status: Status,
 }
 
+/// Another instance whose builders this one shares, both ways (mini-buildd's Remote). Trust
+/// rests on its key: prepare imports it from the remote's `pub_key` (verify its fingerprint
+/// out of band), check proves a signed handshake both ways.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Remote {
+    /// mini-buildd's `http`: where its API is (`http://host:port`).
+    pub http: crate::protocol::remote::RemoteUrl,
+    /// Run (split like a shell would, never through one) when its `status` does not answer.
+    #[serde(default)]
+    pub wake_command: String,
+    /// Its armored public key, imported by prepare.
+    #[serde(default)]
+    pub key: String,
+    /// Read from the key by prepare.
+    #[serde(default)]
+    pub key_fingerprint: String,
+    /// What its last `status` said: its chroots, load and incoming.
+    #[serde(default)]
+    pub last_status: Option<crate::protocol::remote::RemoteStatus>,
+    pub status: Status,
+}
+
 /// A user's subscription to the events of a source and/or a distribution (empty: any), kept
 /// under `<user>/<source>/<distribution>`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -418,6 +440,7 @@ config_objects! {
     Chroot => CHROOT,
     Uploader => UPLOADER,
     Subscription => SUBSCRIPTION,
+    Remote => REMOTE,
 }
 
 /// The kinds of configuration objects, in the order they depend on each other.
@@ -434,10 +457,11 @@ pub enum Kind {
     Repository,
     Chroot,
     Uploader,
+    Remote,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Daemon,
         Kind::Layout,
         Kind::AptKey,
@@ -448,10 +472,11 @@ impl Kind {
         Kind::Repository,
         Kind::Chroot,
         Kind::Uploader,
+        Kind::Remote,
     ];
 
     /// [`Kind::ALL`]'s names, for argument choices.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         kind::DAEMON,
         kind::LAYOUT,
         kind::APTKEY,
@@ -462,6 +487,7 @@ impl Kind {
         kind::REPOSITORY,
         kind::CHROOT,
         kind::UPLOADER,
+        kind::REMOTE,
     ];
 
     /// The store's key prefix (see [`kind`]).
@@ -477,6 +503,7 @@ impl Kind {
             Kind::Repository => kind::REPOSITORY,
             Kind::Chroot => kind::CHROOT,
             Kind::Uploader => kind::UPLOADER,
+            Kind::Remote => kind::REMOTE,
         }
     }
 }
@@ -546,6 +573,7 @@ pub enum Object {
     Repository(Repository),
     Chroot(Chroot),
     Uploader(Uploader),
+    Remote(Remote),
 }
 
 /// A reference to another object: `(kind, id)`.
@@ -564,6 +592,7 @@ impl Object {
             Object::Repository(_) => Kind::Repository,
             Object::Chroot(_) => Kind::Chroot,
             Object::Uploader(_) => Kind::Uploader,
+            Object::Remote(_) => Kind::Remote,
         }
     }
 
@@ -579,6 +608,7 @@ impl Object {
             Object::Repository(o) => &o.status,
             Object::Chroot(o) => &o.status,
             Object::Uploader(o) => &o.status,
+            Object::Remote(o) => &o.status,
         }
     }
 
@@ -594,6 +624,7 @@ impl Object {
             Object::Repository(o) => &mut o.status,
             Object::Chroot(o) => &mut o.status,
             Object::Uploader(o) => &mut o.status,
+            Object::Remote(o) => &mut o.status,
         }
     }
 
@@ -610,6 +641,7 @@ impl Object {
             Object::Repository(o) => o.identity.to_string(),
             Object::Chroot(o) => o.id(),
             Object::Uploader(o) => o.user.clone(),
+            Object::Remote(o) => o.http.to_string(),
         }
     }
 
@@ -652,6 +684,13 @@ impl Object {
             Kind::Repository => Object::Repository(de(kind, v)?),
             Kind::Chroot => Object::Chroot(de(kind, v)?),
             Kind::Uploader => Object::Uploader(de(kind, v)?),
+            Kind::Remote => {
+                let r: Remote = de(kind, v)?;
+                if r.wake_command.len() > 1024 || r.wake_command.chars().any(|c| c.is_control()) {
+                    return Err(format!("{kind}: wake_command is one line of at most 1024 characters"));
+                }
+                Object::Remote(r)
+            }
         })
     }
 
@@ -671,6 +710,7 @@ impl Object {
                 .collect(),
             Object::Chroot(c) => vec![(Kind::Distribution, c.codename.to_string())],
             Object::Uploader(u) => u.may_upload_to.iter().map(|r| (Kind::Repository, r.to_string())).collect(),
+            Object::Remote(_) => vec![],
         }
     }
 }
@@ -702,6 +742,7 @@ pub mod kind {
     pub const UPLOADER: &str = "uploader";
     pub const SUBSCRIPTION: &str = "subscription";
     pub const CHROOT: &str = "chroot";
+    pub const REMOTE: &str = "remote";
 }
 
 #[cfg(test)]

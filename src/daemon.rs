@@ -34,6 +34,8 @@ pub struct Daemon {
     pub build_wake: tokio::sync::Notify,
     /// How long an upload may wait in PACKAGING for its build results.
     pub packaging_deadline: chrono::Duration,
+    /// How long a remote may take to answer a build request handed to it.
+    pub remote_deadline: chrono::Duration,
     /// When the pipeline and the builders last finished a pass (the watchdog's heartbeats).
     pub heartbeats: Heartbeats,
 }
@@ -92,6 +94,7 @@ impl Daemon {
             builder: std::sync::OnceLock::new(),
             build_wake: tokio::sync::Notify::new(),
             packaging_deadline: chrono::Duration::hours(8),
+            remote_deadline: chrono::Duration::hours(7),
             heartbeats: Heartbeats::default(),
         }
     }
@@ -100,6 +103,55 @@ impl Daemon {
     pub fn with_packaging_deadline(mut self, d: std::time::Duration) -> Daemon {
         self.packaging_deadline = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(8));
         self
+    }
+
+    pub fn with_remote_deadline(mut self, d: std::time::Duration) -> Daemon {
+        self.remote_deadline = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(7));
+        self
+    }
+
+    /// The dispatcher thread: hands queued build requests to this instance's builders or its
+    /// remotes, and sends results of remotes' requests home (see [`crate::dispatch`]).
+    pub fn run_dispatch(&self) {
+        let mut dispatcher = crate::dispatch::Dispatcher::default();
+        loop {
+            if self.is_running() {
+                let local = self.local_builders();
+                let round = dispatcher.round(&self.packager(), &local, self.remote_deadline);
+                self.publish(&round.events);
+                if round.local {
+                    self.build_wake.notify_one();
+                }
+                if !round.events.is_empty() {
+                    self.wake();
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// What this instance's own builders offer a dispatch.
+    fn local_builders(&self) -> crate::dispatch::Local {
+        let queued = crate::packager::build_queue(&self.inst.store)
+            .map(|q| q.iter().filter(|r| r.is_local()).count())
+            .unwrap_or(0);
+        let mut chroots: Vec<String> = self
+            .inst
+            .list::<crate::chroot::Chroot>()
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.status.is_active())
+            .map(crate::chroot::Chroot::id)
+            .collect();
+        chroots.extend(self.chroots_preparing());
+        crate::dispatch::Local {
+            slots: self.builder.get().map_or(0, |b| b.limits.slots),
+            load: self.load(queued),
+            chroots,
+            building: crate::builder::jobs(&self.inst.store)
+                .map(|j| j.into_iter().map(|j| j.bkey.to_string()).collect())
+                .unwrap_or_default(),
+        }
     }
 
     pub fn is_running(&self) -> bool {

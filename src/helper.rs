@@ -160,8 +160,14 @@ impl Helper {
         let cert = crate::gpg::one_key(&key)
             .map_err(|e| HelperError::Failed(format!("the daemon's key {KEY}: {e}")))?
             .strip_secret_key_material();
+        // A remote's request verifies against the remotes' keys the daemon left beside its own.
+        let mut certs = vec![cert];
+        let remotes = Path::new(crate::instance::Instance::REMOTES_KEYRING);
+        if let Ok(raw) = read_beneath(&state, remotes, crate::deb::changes::MAX_CHANGES, self.daemon_uid) {
+            certs.extend(crate::gpg::read_keyring(&raw).unwrap_or_default());
+        }
         let mut tar = open_beneath(&state, &request.with_file_name(BuildRequest::tar_name(bkey)), self.daemon_uid)?;
-        let stage = Stage { bkey, slot, request: &raw, certs: &[cert], group: Some(self.daemon_gid) };
+        let stage = Stage { bkey, slot, request: &raw, certs: &certs, group: Some(self.daemon_gid) };
         let launched = self.runner.stage_and_start(stage, &mut tar).await?;
         Ok(Answer::Started { machine: launched.machine, backend: launched.backend, slot })
     }

@@ -40,6 +40,9 @@ pub struct Instance {
     pub store: Store,
     key: std::sync::OnceLock<ArchiveKey>,
     archive_writer: std::sync::Mutex<()>,
+    /// This instance's URL as its remotes reach it (`http://host:port`), set by the daemon: a
+    /// remote's check looks for it in the remote's `status.remotes`.
+    public_url: std::sync::OnceLock<crate::protocol::remote::RemoteUrl>,
 }
 
 /// What `setup` asks for (mini-buildd's `setup` option names).
@@ -62,6 +65,9 @@ pub struct SetupOptions {
     /// and current releases to add.
     pub from_origins: Vec<String>,
     pub key_algo: KeyAlgo,
+    /// Remotes to add (`http://host:port`, or mini-buildd's `tcp:host=H:port=P`): their key
+    /// imported, then checked (a handshake both ways) and activated.
+    pub remotes: Vec<String>,
     /// Where chroot images and schroot configs go.
     pub places: crate::chroot::Places,
 }
@@ -108,7 +114,7 @@ impl Instance {
         if key_path.exists() {
             let _ = key.set(ArchiveKey::load(&key_path)?);
         }
-        Ok(Instance { store, key, archive_writer: std::sync::Mutex::new(()) })
+        Ok(Instance { store, key, archive_writer: std::sync::Mutex::new(()), public_url: std::sync::OnceLock::new() })
     }
 
     pub fn key(&self) -> Result<&ArchiveKey> {
@@ -160,6 +166,116 @@ impl Instance {
     /// The armored public archive key.
     pub fn pub_key(&self) -> Result<String> {
         Ok(self.key()?.public_armored()?)
+    }
+
+    /// Set this instance's URL as remotes reach it (once, by the daemon).
+    pub fn set_public_url(&self, url: crate::protocol::remote::RemoteUrl) {
+        let _ = self.public_url.set(url);
+    }
+
+    pub fn public_url(&self) -> Option<&crate::protocol::remote::RemoteUrl> {
+        self.public_url.get()
+    }
+
+    /// The remotes that take part: active, or failed while active and armed to come back
+    /// (mini-buildd's "active or auto-reactivating").
+    pub fn remotes(&self) -> Result<Vec<config::Remote>> {
+        Ok(self
+            .list::<config::Remote>()?
+            .into_iter()
+            .filter(|r| r.status.is_active() || r.status.checked == config::Checked::Reactivate)
+            .filter(|r| !r.key.is_empty())
+            .collect())
+    }
+
+    /// mini-buildd's RemotesKeyring: our own key and the keys of the remotes that take part.
+    /// Build requests a builder takes and build results a packager takes verify against it.
+    pub fn remotes_keyring(&self) -> Result<Vec<sequoia_openpgp::Cert>> {
+        let mut certs = vec![self.key()?.cert().clone()];
+        for r in self.remotes()? {
+            match crate::gpg::one_key(r.key.as_bytes()) {
+                Ok(c) => certs.push(c),
+                Err(e) => tracing::warn!(remote = %r.http, "the remote's key does not parse: {e}"),
+            }
+        }
+        Ok(certs)
+    }
+
+    /// Where the daemon leaves the remotes' keys for the root helper, which verifies a remote's
+    /// build request itself (beside the archive key, below the state directory).
+    pub const REMOTES_KEYRING: &'static str = "gnupg/remotes-keyring.asc";
+
+    /// Write the keys of the remotes that take part to [`Instance::REMOTES_KEYRING`].
+    pub fn write_remotes_keyring(&self) -> Result<()> {
+        let own = self.key()?.cert().fingerprint();
+        let certs: Vec<_> = self.remotes_keyring()?.into_iter().filter(|c| c.fingerprint() != own).collect();
+        let path = self.store.dir().join(Self::REMOTES_KEYRING);
+        let text = crate::gpg::armored_keyring(&certs)?;
+        store::write_file_synced(&path, text.as_bytes())
+            .map_err(|e| InstanceError::Setup(format!("{}: {e}", path.display())))
+    }
+
+    /// The `handshake` call: a message clear-signed by one of our remotes' keys (any status,
+    /// as mini-buildd tries them all) is answered with our own clear-signed handshake message.
+    pub fn answer_handshake(&self, signed: &str) -> Result<String> {
+        use crate::protocol::remote::HANDSHAKE_MESSAGE;
+        let remotes = self.list::<config::Remote>()?;
+        let certs: Vec<sequoia_openpgp::Cert> =
+            remotes.iter().filter_map(|r| crate::gpg::one_key(r.key.as_bytes()).ok()).collect();
+        if certs.is_empty() {
+            return Err(InstanceError::Config(
+                "GnuPG handshake failed: this instance has no remotes; add the calling instance as a remote first"
+                    .into(),
+            ));
+        }
+        crate::gpg::verify_clearsigned(signed.as_bytes(), &certs).map_err(|e| {
+            InstanceError::Config(format!("GnuPG handshake failed: no remote's key made this signature ({e}); add the calling instance as a remote and prepare it"))
+        })?;
+        let answer = self.key()?.clearsign(format!("{HANDSHAKE_MESSAGE}\n").as_bytes())?;
+        String::from_utf8(answer).map_err(|e| InstanceError::Config(format!("our signed handshake: {e}")))
+    }
+
+    /// Remote prepare: read its `status` (waking it if it has a wake command), import its key.
+    fn prepare_remote(&self, r: &mut config::Remote) -> std::result::Result<(), String> {
+        crate::remote::wake(&r.http, &r.wake_command, std::time::Duration::from_secs(5), 2)
+            .map_err(|e| e.to_string())?;
+        let key = crate::remote::pub_key(&r.http).map_err(|e| e.to_string())?;
+        let cert = crate::gpg::one_key(key.as_bytes()).map_err(|e| format!("the key {} sent: {e}", r.http))?;
+        crate::gpg::usable(&cert).map_err(|e| format!("the key {} sent: {e}", r.http))?;
+        r.key_fingerprint = cert.fingerprint().to_hex();
+        r.key = key;
+        tracing::warn!(remote = %r.http, fingerprint = %r.key_fingerprint, "imported the remote's key from its pub_key call: verify this fingerprint with the remote's administrator before you activate it");
+        Ok(())
+    }
+
+    /// Remote check: a signed handshake both ways, our URL among its remotes, and it started.
+    fn check_remote(&self, r: &mut config::Remote) -> std::result::Result<(), String> {
+        use crate::protocol::remote::HANDSHAKE_MESSAGE;
+        let cert = crate::gpg::one_key(r.key.as_bytes()).map_err(|e| format!("its key: {e}; prepare it again"))?;
+        let status = crate::remote::wake(&r.http, &r.wake_command, std::time::Duration::from_secs(5), 2)
+            .map_err(|e| e.to_string())?;
+        let signed = self
+            .key()
+            .and_then(|k| Ok(k.clearsign(format!("{HANDSHAKE_MESSAGE}\n").as_bytes())?))
+            .map_err(|e| e.to_string())?;
+        let answer = crate::remote::handshake(&r.http, &String::from_utf8_lossy(&signed)).map_err(|e| e.to_string())?;
+        crate::gpg::verify_clearsigned(answer.as_bytes(), std::slice::from_ref(&cert))
+            .map_err(|e| format!("its handshake answer is not signed by its key {}: {e}", r.key_fingerprint))?;
+        let ours = self.public_url().ok_or(
+            "this instance's URL is not known offline; check the remote while the daemon runs (the configuration page, or `buildbay api config_action`)",
+        )?;
+        if !status.remotes.iter().any(|u| u.parse::<crate::protocol::remote::RemoteUrl>().is_ok_and(|u| &u == ours)) {
+            r.last_status = Some(status);
+            return Err(format!(
+                "our instance ({ours}) is not activated on the remote; add it there as a remote and activate it, then check again"
+            ));
+        }
+        if !status.is_started() {
+            r.last_status = Some(status);
+            return Err("the remote is stopped (load -1); start it, then check again".into());
+        }
+        r.last_status = Some(status);
+        Ok(())
     }
 
     /// Daemon prepare: generate the archive key once; never regenerate it.
@@ -422,6 +538,27 @@ impl Instance {
             report.push(item(kind::CHROOT, &id, status_word(&c.status), c.status.message.clone()));
         }
 
+        // Remotes: each one's failure (unreachable, no key yet) is reported, the others go on.
+        // A remote whose check fails is armed to activate once a check passes (when the other
+        // side has added this instance too).
+        for spec in &opts.remotes {
+            let http: crate::protocol::remote::RemoteUrl = spec
+                .parse()
+                .map_err(|e: crate::protocol::remote::RemoteUrlError| InstanceError::Setup(e.to_string()))?;
+            let id = http.to_string();
+            let remote = config::Remote {
+                http,
+                wake_command: String::new(),
+                key: String::new(),
+                key_fingerprint: String::new(),
+                last_status: None,
+                status: Status::default(),
+            };
+            if let Err(e) = self.setup_object(&opts.places, config::Object::Remote(remote), &mut report) {
+                report.push(item(kind::REMOTE, &id, "FAILED", Some(e.to_string())));
+            }
+        }
+
         report.push(item(
             kind::DAEMON,
             daemon.identity.as_str(),
@@ -665,6 +802,7 @@ impl Instance {
                 Kind::Repository => entries(&t, Object::Repository)?,
                 Kind::Chroot => entries(&t, Object::Chroot)?,
                 Kind::Uploader => entries(&t, Object::Uploader)?,
+                Kind::Remote => entries(&t, Object::Remote)?,
             });
         }
         Ok(out)
@@ -699,10 +837,13 @@ impl Instance {
         for step in steps {
             match step {
                 Action::Prepare => {
-                    match &obj {
+                    match &mut obj {
                         Object::Repository(r) => self.archive()?.prepare_repository(&r.identity)?,
                         Object::Chroot(c) => crate::chroot::prepare(places, c)
                             .map_err(|e| InstanceError::Config(format!("{name}: {e}")))?,
+                        Object::Remote(r) => {
+                            self.prepare_remote(r).map_err(|e| InstanceError::Config(format!("{name}: {e}")))?
+                        }
                         _ => {}
                     }
                     obj.status_mut().prepared();
@@ -722,6 +863,7 @@ impl Instance {
                             self.archive().and_then(|a| Ok(a.check_repository(&r.identity)?)).map_err(|e| e.to_string())
                         }
                         Object::Chroot(c) => crate::chroot::check(places, c).map_err(|e| e.to_string()),
+                        Object::Remote(r) => self.check_remote(r),
                         Object::Daemon(_) => {
                             self.key().and_then(|k| Ok(k.clearsign(b"check\n")?)).map(|_| ()).map_err(|e| e.to_string())
                         }
@@ -732,8 +874,16 @@ impl Instance {
                 Action::Activate => obj.status_mut().activate(&name)?,
                 Action::Deactivate => obj.status_mut().deactivate(),
                 Action::Remove => {
-                    if let Object::Chroot(c) = &obj {
-                        crate::chroot::remove(places, c).map_err(|e| InstanceError::Config(format!("{name}: {e}")))?;
+                    match &mut obj {
+                        Object::Chroot(c) => crate::chroot::remove(places, c)
+                            .map_err(|e| InstanceError::Config(format!("{name}: {e}")))?,
+                        // Its key goes: a prepare imports it again, to be verified again.
+                        Object::Remote(r) => {
+                            r.key.clear();
+                            r.key_fingerprint.clear();
+                            r.last_status = None;
+                        }
+                        _ => {}
                     }
                     obj.status_mut().removed();
                 }
@@ -820,6 +970,14 @@ impl Instance {
                 new.archives = archives;
                 new.description = description;
             }
+            (Object::Remote(new), old) => {
+                // Its key comes from its prepare only, and its last status from its check.
+                let (key, fingerprint, last) = match old {
+                    Some(Object::Remote(o)) => (o.key.clone(), o.key_fingerprint.clone(), o.last_status.clone()),
+                    _ => (String::new(), String::new(), None),
+                };
+                (new.key, new.key_fingerprint, new.last_status) = (key, fingerprint, last);
+            }
             _ => {}
         }
         let deactivated = match &old {
@@ -878,6 +1036,7 @@ fn decode_object(k: config::Kind, id: &str, bytes: &[u8]) -> Result<config::Obje
         Kind::Repository => Object::Repository(store::decode(&key, bytes)?),
         Kind::Chroot => Object::Chroot(store::decode(&key, bytes)?),
         Kind::Uploader => Object::Uploader(store::decode(&key, bytes)?),
+        Kind::Remote => Object::Remote(store::decode(&key, bytes)?),
     })
 }
 

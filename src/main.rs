@@ -184,8 +184,8 @@ enum UploaderCommand {
 /// Builds: how many at once, their limits, who runs them.
 #[derive(clap::Args)]
 struct BuildArgs {
-    /// Parallel builds (default: the number of cores). 0: build nothing here; build requests
-    /// wait until this host has slots (remote builders are not yet supported).
+    /// Parallel builds (default: the number of cores). 0: build nothing here, delegate every
+    /// build request to the active remotes (with none, requests wait for one).
     #[arg(long)]
     build_slots: Option<usize>,
     /// MemoryMax of each build unit, in bytes (default: no limit).
@@ -201,6 +201,10 @@ struct BuildArgs {
     /// Seconds an upload may wait in PACKAGING for its build results before it ends FAILED.
     #[arg(long, default_value_t = 8 * 3600)]
     packaging_timeout: u64,
+    /// Seconds a remote may take to send the result of a build request handed to it; then the
+    /// request goes to another builder, and the remote's late result is refused.
+    #[arg(long, default_value_t = 7 * 3600)]
+    remote_deadline: u64,
     /// Upgrade the active chroot images (apt-get update and dist-upgrade inside) every this many
     /// seconds, at a moment when no build runs. 0: never.
     #[arg(long, default_value_t = 24 * 3600)]
@@ -519,6 +523,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     tls: ftp.ftp_cert.clone().zip(ftp.ftp_key.clone()),
                 },
                 packaging_timeout: std::time::Duration::from_secs(build.packaging_timeout),
+                remote_deadline: std::time::Duration::from_secs(build.remote_deadline),
                 keep_events_days: ftp.keep_events_days,
                 hook_timeout: std::time::Duration::from_secs(ftp.hook_timeout),
                 build: build.setup(&cli.state),
@@ -546,6 +551,8 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 archives_from_apt_sources,
                 sources,
                 from_origins,
+                // Remotes need the running daemon (its URL): `buildbay api setup --remotes`.
+                remotes: vec![],
                 key_algo,
                 // Working as the state's owner (not root): chroots are the helper's work.
                 places: buildbay::chroot::Places {

@@ -22,6 +22,8 @@ pub struct Options {
     pub ftp_options: incoming::ftp::FtpOptions,
     /// How long an upload may wait in PACKAGING.
     pub packaging_timeout: Duration,
+    /// How long a remote may take to answer a build request handed to it.
+    pub remote_deadline: Duration,
     pub keep_events_days: u32,
     pub hook_timeout: Duration,
     /// The builds on this host.
@@ -177,8 +179,13 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
                 host,
                 incoming.clone(),
             )
-            .with_packaging_deadline(opts.packaging_timeout),
+            .with_packaging_deadline(opts.packaging_timeout)
+            .with_remote_deadline(opts.remote_deadline),
         );
+        match crate::protocol::remote::RemoteUrl::new(false, &daemon.host, daemon.http_port) {
+            Ok(url) => daemon.inst.set_public_url(url),
+            Err(e) => tracing::warn!("remotes cannot reach this instance: {e}"),
+        }
         let builder = opts.build.builder(daemon.incoming.results.clone()).await.context("setting up the builder")?;
         tracing::info!(slots = builder.limits.slots, "builder ready");
         if daemon.builder.set(builder).is_err() {
@@ -209,6 +216,11 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .name("pipeline".into())
             .spawn(move || pipeline.run_pipeline())
             .context("starting the upload pipeline")?;
+        let dispatch = daemon.clone();
+        std::thread::Builder::new()
+            .name("dispatch".into())
+            .spawn(move || dispatch.run_dispatch())
+            .context("starting the dispatcher")?;
         daemon.wake();
         spawn_housekeeping(daemon.clone(), opts.keep_events_days, opts.hook_timeout);
         let status = match ftp_addr {

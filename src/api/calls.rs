@@ -121,7 +121,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
                 "load": d.load(queue.len()),
                 "chroots": d.inst.list::<Chroot>()?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect::<Vec<_>>(),
-                "remotes": Vec::<String>::new(),
+                "remotes": d.inst.remotes()?.iter().map(|r| r.http.to_string()).collect::<Vec<_>>(),
                 "chroots_preparing": d.chroots_preparing(),
                 "packaging": packaging(d)?,
                 "build_queue": queue,
@@ -147,6 +147,24 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(s)
         }
         "pub_key" => Ok(Json::String(d.inst.pub_key().unwrap_or_default())),
+        "handshake" => {
+            let signed = args.require::<String>("signed_message")?;
+            Ok(Json::String(d.inst.answer_handshake(&signed)?))
+        }
+        "wake" => {
+            let url: crate::protocol::remote::RemoteUrl = args.require("remote")?;
+            let remote = d.inst.get::<config::Remote>(&url.to_string())?.ok_or_else(|| {
+                ApiError::new(404, format!("there is no remote {url}; the configuration page lists the remotes"))
+            })?;
+            let sleep = std::time::Duration::from_secs(args.parse::<u64>("sleep")?.unwrap_or(5).min(300));
+            let attempts = args.parse::<u32>("attempts")?.unwrap_or(3).clamp(1, 20);
+            let status =
+                crate::remote::wake(&remote.http, &remote.wake_command, sleep, attempts).map_err(|e| match e {
+                    crate::remote::RemoteError::Unreachable(m) => ApiError::new(503, format!("{m}; try again later")),
+                    crate::remote::RemoteError::Refused(m) => ApiError::new(502, m),
+                })?;
+            Ok(serde_json::to_value(status).unwrap_or_default())
+        }
         "dput_conf" => {
             let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
             let fqdn = format!("{}:{}", origin.host(), d.ftp_port);
@@ -365,6 +383,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 archives_from_apt_sources: args.bool("archives_from_apt_sources"),
                 sources: args.list("sources"),
                 from_origins: args.list("from_origins"),
+                remotes: args.list("remotes"),
                 key_algo: Default::default(),
                 places: d.places(),
             };
@@ -375,12 +394,14 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 || !opts.archives.is_empty()
                 || opts.archives_from_apt_sources
                 || !opts.sources.is_empty()
-                || !opts.from_origins.is_empty();
+                || !opts.from_origins.is_empty()
+                || !opts.remotes.is_empty();
             let report = if update { d.inst.setup(&opts)? } else { vec![] };
             Ok(json!({
                 "setup": {"identity": args.str("identity"), "from_origins": opts.from_origins, "archives": opts.archives,
                           "archives_from_apt_sources": opts.archives_from_apt_sources, "sources": opts.sources,
-                          "distributions": opts.distributions, "repositories": opts.repositories, "chroots": opts.chroots},
+                          "distributions": opts.distributions, "repositories": opts.repositories, "chroots": opts.chroots,
+                          "remotes": opts.remotes},
                 "instances": report,
                 "report": {"daemon": d.inst.daemon()?.map(|x| x.identity.to_string()), "repositories": repositories(d)?.iter().map(|r| r.identity.to_string()).collect::<Vec<_>>()},
             }))

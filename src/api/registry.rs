@@ -109,7 +109,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: false,
         group: "Consumer",
-        doc: "Status of the instance: identity, URLs, load (-1 when stopped), active chroots, chroots_preparing (being made now: their uploads wait), and remotes (always empty: remote builders are not yet supported).",
+        doc: "Status of the instance: identity, URLs, load (-1 when stopped), active chroots, chroots_preparing (being made now: their uploads wait), and remotes (the URLs of the active remotes, and of those armed to activate once a check passes).",
         args: &[opt(
             "with_repositories",
             Some('R'),
@@ -126,6 +126,21 @@ pub static CALLS: &[Call] = &[
         group: "Consumer",
         doc: "The instance's ASCII-armored public key: it signs the repositories.",
         args: &[],
+    },
+    Call {
+        name: "handshake",
+        auth: Role::None,
+        needs_running: false,
+        confirm: false,
+        group: "Consumer",
+        doc: "Between instances: a message clear-signed by one of this instance's remotes is answered with this instance's own clear-signed handshake message.",
+        args: &[opt(
+            "signed_message",
+            Some('S'),
+            Kind::Multiline,
+            Default::Required,
+            "The calling instance's clear-signed \"Hand Shake\".",
+        )],
     },
     Call {
         name: "dput_conf",
@@ -305,6 +320,13 @@ pub static CALLS: &[Call] = &[
         doc: "Create or update configuration objects, then prepare, check and activate them.",
         args: &[
             opt(
+                "remotes",
+                None,
+                Kind::List,
+                Default::Value(""),
+                "Remotes to add, as http://host:port (or mini-buildd's tcp:host=HOST:port=PORT): their key is imported from their pub_key call (verify its fingerprint), then a handshake both ways checks them; one not yet activated on the other side is armed to activate once a check passes.",
+            ),
+            opt(
                 "update",
                 None,
                 Kind::Str,
@@ -380,6 +402,19 @@ pub static CALLS: &[Call] = &[
         args: &[
             opt("chroots", None, Kind::List, Default::Value(""), "codename:arch, … (default: every chroot)."),
             opt("keys", None, Kind::List, Default::Value(""), "mini-buildd's name for --chroots (the same keys)."),
+        ],
+    },
+    Call {
+        name: "wake",
+        auth: Role::Staff,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Wake a remote: run its wake_command until its status answers; answers that status.",
+        args: &[
+            opt("remote", Some('r'), Kind::Str, Default::Required, "The remote, as its http (http://host:port)."),
+            opt("sleep", Some('s'), Kind::Int, Default::Value("5"), "Seconds to wait after each wake command."),
+            opt("attempts", Some('a'), Kind::Int, Default::Value("3"), "How often to run the wake command."),
         ],
     },
     Call {

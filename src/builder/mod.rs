@@ -345,9 +345,15 @@ impl Builder {
             }
         }
         let preparing = self.preparing.lock().map(|p| p.clone()).unwrap_or_default();
+        // With remotes, the dispatcher hands each request to a builder first; without, they
+        // are all this instance's.
+        let remotes = !inst.remotes()?.is_empty();
         for req in queue {
             if running >= self.limits.slots {
                 break;
+            }
+            if !(req.is_local() || (req.handed.is_none() && !remotes)) {
+                continue;
             }
             let chroot = Chroot::new(req.distribution.codename.clone(), req.bkey.arch.clone());
             if known.contains(&req.bkey) || preparing.contains(&chroot.id()) {
@@ -412,7 +418,15 @@ impl Builder {
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         tx.commit()?;
-        let certs = [inst.key()?.cert().clone()];
+        if q.handed.is_none() && q.from == crate::packager::RequestFrom::Here {
+            let own = inst.key()?.cert().fingerprint().to_hex();
+            crate::packager::record_handover(&inst.store, &q.bkey, None, crate::protocol::remote::Builder::Local, own)?;
+        }
+        // A remote's request verifies against its key (the helper reads them from a file).
+        let certs = inst.remotes_keyring()?;
+        if matches!(q.from, crate::packager::RequestFrom::Remote { .. }) {
+            inst.write_remotes_keyring()?;
+        }
         let launched = self
             .runner
             .launch(Launch {

@@ -156,7 +156,7 @@ pub fn deliver(
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let request = crate::deb::changes::read_bounded(&build_dir.join(super::backend::REQUEST))
         .ok()
-        .and_then(|raw| BuildRequest::verify(&raw, std::slice::from_ref(inst.key().ok()?.cert())).ok())
+        .and_then(|raw| BuildRequest::verify(&raw, &inst.remotes_keyring().ok()?).ok())
         .map(|(r, _)| r);
     let live = build_dir.join(super::LIVE_LOG);
     // An nspawn build's summary is the file its script wrote as machine root; sbuild's, the
@@ -237,7 +237,7 @@ pub fn deliver(
     let result = BuildResult {
         key: key.clone(),
         distribution: job.distribution.clone(),
-        builder: identity,
+        builder: request.as_ref().and_then(|r| r.builder.clone()).unwrap_or(identity),
         sbuild,
         internal_error: internal,
         canceled_by,

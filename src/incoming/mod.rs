@@ -67,6 +67,8 @@ pub enum Kind {
     Upload,
     /// `*_mini-buildd-buildresult_<arch>.changes` from a builder.
     BuildResult,
+    /// `*_mini-buildd-buildrequest_<arch>.changes` from a remote packager.
+    BuildRequest,
 }
 
 /// Where an upload is in the pipeline. Final: Installed, Failed, Rejected, Done.
@@ -80,13 +82,16 @@ pub enum UploadState {
     Installed,
     Failed,
     Rejected,
-    /// A build result that was handed to its upload.
+    /// A build result that was handed to its upload (or back to its remote), or a remote's
+    /// build request that was built.
     Done,
+    /// This builder's result of a remote's request, on its way back to the remote's incoming.
+    Forwarding,
 }
 
 impl UploadState {
     pub fn is_final(self) -> bool {
-        !matches!(self, UploadState::Received | UploadState::Packaging)
+        !matches!(self, UploadState::Received | UploadState::Packaging | UploadState::Forwarding)
     }
 }
 
@@ -151,6 +156,9 @@ pub struct Upload {
     /// When its build requests were queued (PACKAGING has a deadline).
     #[serde(default)]
     pub packaging_since: Option<DateTime<Utc>>,
+    /// FORWARDING: the remote incoming this build result goes to.
+    #[serde(default)]
+    pub forward_to: Option<crate::protocol::remote::FtpUrl>,
 }
 
 impl Upload {
@@ -580,7 +588,13 @@ impl Incoming {
         let id = self.link_into_spool(drop, &files)?;
         // Only this instance's results directory delivers build results; what claims to be one
         // over FTP is checked as one (a remote builder's), by its signature.
-        let kind = if result_arch(name).is_some() { Kind::BuildResult } else { Kind::Upload };
+        let kind = if result_arch(name).is_some() {
+            Kind::BuildResult
+        } else if drop.ftp && crate::protocol::BuildRequest::arch_of(name).is_some() {
+            Kind::BuildRequest
+        } else {
+            Kind::Upload
+        };
         let u = Upload {
             id,
             kind,
@@ -598,6 +612,7 @@ impl Incoming {
             peer,
             attempts: 0,
             packaging_since: None,
+            forward_to: None,
         };
         let tx = store.write()?;
         put(&tx, &u)?;
@@ -649,6 +664,7 @@ impl Incoming {
             peer,
             attempts: 0,
             packaging_since: None,
+            forward_to: None,
         };
         let event = rejected_event(&u, &why);
         let tx = store.write()?;

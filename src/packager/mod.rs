@@ -77,12 +77,78 @@ fn archive_step(e: ArchiveError) -> StepError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueuedBuild {
     pub bkey: BuildKey,
+    /// The spool id of its upload (of the request itself, when a remote sent it).
     pub upload: u64,
     pub distribution: Dist,
     /// The clear-signed request `.changes`; its tar is beside it.
     pub changes: PathBuf,
     #[serde(with = "crate::events::iso")]
     pub queued: chrono::DateTime<chrono::Utc>,
+    /// Whose request it is: this instance's packager, or a remote's.
+    #[serde(default)]
+    pub from: RequestFrom,
+    /// Packager side: the builder it was handed to, if any yet.
+    #[serde(default)]
+    pub handed: Option<Handover>,
+}
+
+impl QueuedBuild {
+    /// Whether this instance's builders take it: a remote's request, or one handed to them.
+    pub fn is_local(&self) -> bool {
+        matches!(self.from, RequestFrom::Remote { .. })
+            || self.handed.as_ref().is_some_and(|h| h.builder == crate::protocol::remote::Builder::Local)
+    }
+}
+
+/// Whose build request a queue entry is.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestFrom {
+    /// This instance's packager: the result is installed here.
+    #[default]
+    Here,
+    /// A remote packager's, verified against its key: the result goes back to its incoming.
+    Remote { upload_to: crate::protocol::remote::FtpUrl, signer: String },
+}
+
+/// To whom a packager handed a build request, and when (recorded after the hand-over worked).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    pub builder: crate::protocol::remote::Builder,
+    /// The key its result must be signed with.
+    pub fingerprint: String,
+    #[serde(with = "crate::events::iso")]
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// How many builders it was handed to so far.
+    pub count: u32,
+}
+
+/// Record that `bkey` was handed to a builder, unless someone else took it meanwhile (`was`
+/// is the hand-over the dispatcher saw). Returns whether it was recorded.
+pub fn record_handover(
+    store: &store::Store,
+    bkey: &BuildKey,
+    was: Option<&Handover>,
+    builder: crate::protocol::remote::Builder,
+    fingerprint: String,
+) -> std::result::Result<bool, StoreError> {
+    let tx = store.write()?;
+    let done = {
+        let mut q = tx.open_table(BUILD_QUEUE)?;
+        let key = bkey.to_string();
+        let current: Option<QueuedBuild> = q.get(key.as_str())?.map(|v| store::decode(&key, v.value())).transpose()?;
+        match current {
+            Some(mut r) if r.handed.as_ref() == was => {
+                let count = was.map_or(0, |h| h.count) + 1;
+                r.handed = Some(Handover { builder, fingerprint, at: chrono::Utc::now(), count });
+                q.insert(key.as_str(), store::encode(&r).as_slice())?;
+                true
+            }
+            _ => false,
+        }
+    };
+    tx.commit()?;
+    Ok(done)
 }
 
 /// Every queued build request, oldest first.
@@ -142,7 +208,8 @@ impl Packager<'_> {
         match (u.kind, u.state) {
             (Kind::Upload, UploadState::Received) => self.package(u),
             (Kind::BuildResult, UploadState::Received) => self.take_result(u),
-            (_, UploadState::Packaging) => self.install_if_complete(u),
+            (Kind::BuildRequest, UploadState::Received) => self.take_request(u),
+            (Kind::Upload, UploadState::Packaging) => self.install_if_complete(u),
             _ => Ok(vec![]),
         }
     }
@@ -207,6 +274,97 @@ impl Packager<'_> {
         event.record(&tx)?;
         tx.commit()?;
         Ok(vec![event])
+    }
+
+    /// An upload in PACKAGING that no builder anywhere can build (no builder has its chroot):
+    /// REJECTED with the reason, its requests off the queue (mini-buildd rejects it too).
+    pub fn reject_packaging(&self, id: u64, why: &str) -> Result<Vec<Event>> {
+        let tx = self.inst.store.write()?;
+        let Some(mut u) = incoming::get_w(&tx, id)? else { return Ok(vec![]) };
+        if u.state != UploadState::Packaging {
+            return Ok(vec![]);
+        }
+        self.end_failed(&tx, &mut u, why)?;
+        u.state = UploadState::Rejected;
+        incoming::put(&tx, &u)?;
+        let event = incoming::rejected_event(&u, why);
+        event.record(&tx)?;
+        tx.commit()?;
+        Ok(vec![event])
+    }
+
+    /// A remote's build request arrived (builder side): verify it against the remotes keyring,
+    /// check that its result goes back to the remote that signed it, and queue it for this
+    /// instance's builders. A bad one is REJECTED here (its packager's deadline ends it there).
+    fn take_request(&self, mut u: Upload) -> Result<Vec<Event>> {
+        let queued = match self.check_request(&u) {
+            Ok(Some(q)) => q,
+            Ok(None) => {
+                // The same request again (its packager crashed before it recorded the hand-over).
+                tracing::info!(upload = u.id, changes = %u.changes, "a build request this builder has already: dropped");
+                u.state = UploadState::Done;
+                u.error = Some("a duplicate of a build request this builder has".into());
+                let tx = self.inst.store.write()?;
+                incoming::put(&tx, &u)?;
+                tx.commit()?;
+                return Ok(vec![]);
+            }
+            Err(StepError::Bad(why)) => return self.reject(u, why),
+            Err(StepError::Later(e)) => return Err(*e),
+        };
+        u.state = UploadState::Packaging;
+        u.distribution = queued.distribution.to_string();
+        let tx = self.inst.store.write()?;
+        incoming::put(&tx, &u)?;
+        tx.open_table(BUILD_QUEUE)?.insert(queued.bkey.to_string().as_str(), store::encode(&queued).as_slice())?;
+        tx.commit()?;
+        tracing::info!(bkey = %queued.bkey, from = ?queued.from, "queued a remote's build request");
+        Ok(vec![])
+    }
+
+    /// The checks of a remote's build request; `None`: this builder has it already.
+    fn check_request(&self, u: &Upload) -> std::result::Result<Option<QueuedBuild>, StepError> {
+        let dir = self.dir(u);
+        let path = dir.join(u.changes.as_str());
+        let certs = self.inst.remotes_keyring()?;
+        let (req, signer) = BuildRequest::read(&path, &certs).map_err(|e| {
+            bad(format!(
+                "build request not accepted: {e} (only this instance and its active remotes may send build requests)"
+            ))
+        })?;
+        let upload_to: crate::protocol::remote::FtpUrl =
+            req.upload_to.parse().map_err(|e| bad(format!("its X-Mini-Buildd-Upload-To: {e}")))?;
+        let own = self.inst.key()?.cert().fingerprint().to_hex();
+        if signer != own {
+            // A remote may only send results home: its Upload-To is its own incoming.
+            let remote = self.inst.remotes()?.into_iter().find(|r| r.key_fingerprint == signer);
+            let home = remote
+                .as_ref()
+                .and_then(|r| r.last_status.as_ref())
+                .and_then(|s| s.incoming_url.parse::<crate::protocol::remote::FtpUrl>().ok());
+            if home.as_ref() != Some(&upload_to) {
+                return Err(bad(format!(
+                    "its results would go to {upload_to}, which is not the incoming of the remote that signed it ({}); check that remote again",
+                    home.map_or_else(|| "unknown".to_owned(), |h| h.to_string())
+                )));
+            }
+        }
+        let bkey = req.key.clone();
+        let read = self.inst.store.read()?;
+        let in_queue = read.open_table(BUILD_QUEUE)?.get(bkey.to_string().as_str())?.is_some();
+        let building = read.open_table(store::BUILDS)?.get(bkey.to_string().as_str())?.is_some();
+        if in_queue || building {
+            return Ok(None);
+        }
+        Ok(Some(QueuedBuild {
+            bkey,
+            upload: u.id,
+            distribution: req.distribution,
+            changes: path,
+            queued: chrono::Utc::now(),
+            from: RequestFrom::Remote { upload_to, signer },
+            handed: None,
+        }))
     }
 
     /// Check an upload and queue its build requests (PACKAGING), or reject it (REJECTED).
@@ -388,6 +546,8 @@ impl Packager<'_> {
                 distribution: a.dist.clone(),
                 changes: changes_path,
                 queued: chrono::Utc::now(),
+                from: RequestFrom::Here,
+                handed: None,
             });
         }
         u.arches = arches;
@@ -425,6 +585,7 @@ impl Packager<'_> {
             distribution: a.dist.clone(),
             upload_to: format!("{}/", self.ftp_url),
             packager: format!("{}/", self.http_url),
+            builder: Some(self.http_url.clone()),
             arch_all: opt.build_architecture_all,
             resolver: Resolver::Apt,
             config_blocks: vec!["set-default-path".into(), "ccache".into()],
@@ -499,10 +660,12 @@ impl Packager<'_> {
         ]
     }
 
-    /// A build result arrived: check it and hand it to its upload.
+    /// A build result arrived: check it and hand it to its upload, or (a remote's request
+    /// this instance built) mark it for the trip back to the remote.
     fn take_result(&self, r: Upload) -> Result<Vec<Event>> {
         let (target, arch, result) = match self.check_result(&r) {
-            Ok(x) => x,
+            Ok(Taken::ForUpload(target, arch, result)) => (target, arch, result),
+            Ok(Taken::Forward(q)) => return self.forward_later(r, *q),
             Err(StepError::Bad(why)) => return self.reject(r, why),
             Err(StepError::Later(e)) => return Err(*e),
         };
@@ -524,17 +687,59 @@ impl Packager<'_> {
         self.install_if_complete(up)
     }
 
+    /// This builder's result of a remote's request: FORWARDING to the remote's incoming (the
+    /// dispatcher uploads it), the request done here.
+    fn forward_later(&self, mut r: Upload, q: QueuedBuild) -> Result<Vec<Event>> {
+        let RequestFrom::Remote { upload_to, .. } = &q.from else { return Ok(vec![]) };
+        r.state = UploadState::Forwarding;
+        r.forward_to = Some(upload_to.clone());
+        let tx = self.inst.store.write()?;
+        if let Some(mut req) = incoming::get_w(&tx, q.upload)? {
+            req.state = UploadState::Done;
+            incoming::put(&tx, &req)?;
+        }
+        tx.open_table(BUILD_QUEUE)?.remove(q.bkey.to_string().as_str())?;
+        incoming::put(&tx, &r)?;
+        tx.commit()?;
+        tracing::info!(bkey = %q.bkey, to = %upload_to, "built a remote's request; its result goes back");
+        Ok(vec![])
+    }
+
     /// Verify a build result and match it to the upload waiting for it; what is judged is the
-    /// signed text, by the modes this packager requested.
-    fn check_result(&self, r: &Upload) -> std::result::Result<(u64, String, ArchResult), StepError> {
+    /// signed text, by the modes this packager requested. Only the builder the request was
+    /// handed to may answer it: a late result of an earlier hand-over is refused.
+    fn check_result(&self, r: &Upload) -> std::result::Result<Taken, StepError> {
         let dir = self.dir(r);
         let raw = crate::deb::changes::read_bounded(&dir.join(r.changes.as_str()))
             .map_err(|e| bad(format!("cannot read the build result: {e}")))?;
-        // Results are signed by a builder: this instance (remotes come with the builder work).
-        let certs = [self.inst.key()?.cert().clone()];
-        let (result, _) = BuildResult::verify(&raw, &certs)
+        // Results are signed by a builder: this instance, or one of its remotes.
+        let certs = self.inst.remotes_keyring()?;
+        let (result, signer) = BuildResult::verify(&raw, &certs)
             .map_err(|e| bad(format!("build result not accepted from a known builder: {e}")))?;
         result.verify_files(&dir).map_err(|e| bad(e.to_string()))?;
+        let own = self.inst.key()?.cert().fingerprint().to_hex();
+        let queued: Option<QueuedBuild> = {
+            let read = self.inst.store.read()?;
+            let t = read.open_table(BUILD_QUEUE)?;
+            let k = result.key.to_string();
+            t.get(k.as_str())?.map(|v| store::decode(&k, v.value())).transpose()?
+        };
+        if let Some(q) = &queued {
+            let want = match (&q.from, &q.handed) {
+                (RequestFrom::Remote { .. }, _) | (_, None) => own.clone(),
+                (_, Some(h)) => h.fingerprint.clone(),
+            };
+            if signer != want {
+                let to = q.handed.as_ref().map_or_else(|| "this instance".to_owned(), |h| h.builder.to_string());
+                return Err(bad(format!(
+                    "a late or stray result: {} was handed to {to}, and this result is signed by key {signer}",
+                    result.key
+                )));
+            }
+            if matches!(q.from, RequestFrom::Remote { .. }) {
+                return Ok(Taken::Forward(Box::new(q.clone())));
+            }
+        }
         let arch = result.key.arch.to_string();
         let key = result.key.upload.to_string();
         let target = {
@@ -577,7 +782,7 @@ impl Packager<'_> {
             success = false;
             reason = Some(format!("build canceled by {by}"));
         }
-        Ok((target, arch, ArchResult { status, success, spool: r.id, reason }))
+        Ok(Taken::ForUpload(target, arch, ArchResult { status, success, spool: r.id, reason }))
     }
 
     /// Once every architecture has its result: install (INSTALLED) or give up (FAILED). An
@@ -686,6 +891,14 @@ impl Packager<'_> {
         }
         if bad.is_empty() { Ok(()) } else { Err(Install::Bad(bad.join("; "))) }
     }
+}
+
+/// What a checked build result is for.
+enum Taken {
+    /// The upload (spool id) waiting for it, its architecture, the verdict.
+    ForUpload(u64, String, ArchResult),
+    /// A remote's request this instance built: the result goes back.
+    Forward(Box<QueuedBuild>),
 }
 
 /// Why an install did not happen.

@@ -10,6 +10,7 @@
 pub mod key;
 pub mod options;
 pub mod qa;
+pub mod remote;
 pub mod request;
 pub mod result;
 pub mod tar;

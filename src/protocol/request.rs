@@ -91,6 +91,8 @@ pub struct BuildRequest {
     pub upload_to: String,
     /// The packager's HTTP URL.
     pub packager: String,
+    /// The HTTP URL of the builder it is for (mini-buildd's builder needs it to answer).
+    pub builder: Option<String>,
     /// This architecture also builds the architecture-independent packages.
     pub arch_all: bool,
     pub resolver: Resolver,
@@ -123,6 +125,13 @@ impl BuildRequest {
         format!("{}.changes.tar", Self::base_name(key))
     }
 
+    /// The architecture of a request file name, if it is one.
+    pub fn arch_of(name: &str) -> Option<&str> {
+        let stem = name.strip_suffix(".changes")?;
+        let (rest, arch) = stem.rsplit_once('_')?;
+        rest.ends_with("_mini-buildd-buildrequest").then_some(arch)
+    }
+
     /// `<bkey>/<buildlog>`, as mini-buildd's `Buildlog` field.
     pub fn buildlog(&self) -> String {
         format!("{}/{}", self.key, self.key.buildlog_name())
@@ -148,6 +157,10 @@ impl BuildRequest {
         x("Piuparts-Mode", self.piuparts.to_string());
         x("Autopkgtest-Mode", self.autopkgtest.to_string());
         x("Buildlog", self.buildlog());
+        if let Some(b) = &self.builder {
+            x("Builder", b.clone());
+            x("Buildlog-Building", format!("{}/mini_buildd/builds-dir/{}", b.trim_end_matches('/'), self.buildlog()));
+        }
         x(
             "Buildlog-Installed",
             format!("{}/mini_buildd/events-dir/{}", self.packager.trim_end_matches('/'), self.buildlog()),
@@ -200,6 +213,7 @@ impl BuildRequest {
         Ok(BuildRequest {
             upload_to: url("Upload-To")?,
             packager: url("Packager")?,
+            builder: get(st, "Builder").is_some().then(|| url("Builder")).transpose()?,
             arch_all: get(st, "Arch-All") == Some("Yes"),
             resolver: parse(st, "Build-Dep-Resolver")?.unwrap_or_default(),
             config_blocks: block_names("Sbuild-Config-Blocks", get(st, "Sbuild-Config-Blocks"))?,
@@ -284,6 +298,7 @@ pub(crate) mod tests {
             distribution: "bookworm-test-unstable".parse().unwrap(),
             upload_to: "ftp://h:8067/".into(),
             packager: "http://h:8066/".into(),
+            builder: None,
             arch_all: true,
             resolver: Resolver::Apt,
             config_blocks: vec!["set-default-path".into(), "ccache".into()],

@@ -462,6 +462,7 @@ fn config_page(d: &Daemon, v: &Viewer) -> Page {
                 Kind::Repository => "Repositories",
                 Kind::Chroot => "Chroots",
                 Kind::Uploader => "Uploaders",
+                Kind::Remote => "Remotes",
             };
             let objs: Vec<Json> = list
                 .iter()
@@ -535,6 +536,7 @@ fn example(k: Kind) -> Json {
         Kind::Uploader => {
             json!({"user": "NAME", "key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\n…", "may_upload_to": ["test"]})
         }
+        Kind::Remote => json!({"http": "http://HOST:8066", "wake_command": ""}),
     }
 }
 

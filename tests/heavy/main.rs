@@ -11,4 +11,5 @@ mod builder;
 mod first_run;
 mod hostile;
 mod online;
+mod remotes;
 mod systemd_builds;
