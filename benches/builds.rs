@@ -17,38 +17,11 @@ mod common;
 use common::container::{self, Booted};
 use common::upload::*;
 use common::{Instance, Server, median};
-use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const DIST: &str = "bookworm-test-unstable";
 const WARM: usize = 3;
-
-type Seen = Arc<Mutex<HashMap<(String, String), (f64, serde_json::Value)>>>;
-
-/// Every event's arrival (type, version) → (wall-clock seconds, event), from a live SSE stream.
-fn watch(url: &str) -> (std::process::Child, Seen) {
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let child = watch_events(url, move |t, v| {
-        let key =
-            (v["type"].as_str().unwrap_or_default().to_owned(), v["version"].as_str().unwrap_or_default().to_owned());
-        s.lock().expect("lock").insert(key, (t, v));
-    });
-    (child, seen)
-}
-
-fn wait(seen: &Seen, kind: &str, version: &str) -> (f64, serde_json::Value) {
-    let start = Instant::now();
-    loop {
-        if let Some(e) = seen.lock().expect("lock").get(&(kind.to_owned(), version.to_owned())) {
-            return e.clone();
-        }
-        assert!(start.elapsed() < Duration::from_secs(900), "no {kind} for {version}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// One build's figures, in seconds.
 #[derive(Default, Clone)]
@@ -67,10 +40,10 @@ fn build(srv: &Server, seen: &Seen, dir: &std::path::Path, version: &str, lintia
     let changes = buildable_source_with(dir, "bbbench", version, DIST, "true", &[&option]);
     let t0 = now();
     ftp_upload(&srv.ftp, &changes);
-    let (queued, _) = wait(seen, "PACKAGING", version);
-    let (building, _) = wait(seen, "BUILDING", version);
-    let (built, event) = wait(seen, "BUILT", version);
-    let (installed, _) = wait(seen, "INSTALLED", version);
+    let (queued, _) = wait_seen(seen, "PACKAGING", version);
+    let (building, _) = wait_seen(seen, "BUILDING", version);
+    let (built, event) = wait_seen(seen, "BUILT", version);
+    let (installed, _) = wait_seen(seen, "INSTALLED", version);
     assert_eq!(event["extra"]["status"], "successful", "{event}");
     let phases: Vec<(String, f64)> = event["extra"]["phases"]
         .as_object()
@@ -186,7 +159,7 @@ fn main() {
         "--build-slots",
         "1",
     ]));
-    let (mut curl, seen) = watch(&srv.url);
+    let (mut curl, seen) = watch_seen(&srv.url);
     std::thread::sleep(Duration::from_millis(300));
     let mut table = vec![
         "| backend, lintian | queued → BUILT | queued → start | setup | dependencies | build | post-build (lintian) | cleanup | result | upload → INSTALLED | lintian report after BUILT |".to_owned(),

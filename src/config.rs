@@ -403,6 +403,10 @@ pub struct Remote {
     /// What its last `status` said: its chroots, load and incoming.
     #[serde(default)]
     pub last_status: Option<crate::protocol::remote::RemoteStatus>,
+    /// A check passed with its current key (a handshake both ways): until then its key is not
+    /// trusted, even when it is armed to activate.
+    #[serde(default)]
+    pub verified: bool,
     pub status: Status,
 }
 

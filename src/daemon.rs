@@ -36,6 +36,8 @@ pub struct Daemon {
     pub packaging_deadline: chrono::Duration,
     /// How long a remote may take to answer a build request handed to it.
     pub remote_deadline: chrono::Duration,
+    /// Set when the dispatcher has work (a request queued, a result to send home).
+    dispatch_wake: (Mutex<bool>, std::sync::Condvar),
     /// When the pipeline and the builders last finished a pass (the watchdog's heartbeats).
     pub heartbeats: Heartbeats,
 }
@@ -95,6 +97,7 @@ impl Daemon {
             build_wake: tokio::sync::Notify::new(),
             packaging_deadline: chrono::Duration::hours(8),
             remote_deadline: chrono::Duration::hours(7),
+            dispatch_wake: (Mutex::new(false), std::sync::Condvar::new()),
             heartbeats: Heartbeats::default(),
         }
     }
@@ -126,8 +129,29 @@ impl Daemon {
                     self.wake();
                 }
             }
-            std::thread::sleep(Duration::from_secs(2));
+            let (flag, cv) = &self.dispatch_wake;
+            let woken = flag.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut woken, _) =
+                cv.wait_timeout_while(woken, Duration::from_secs(5), |w| !*w).unwrap_or_else(|p| p.into_inner());
+            *woken = false;
         }
+    }
+
+    /// The re-check thread: remotes armed to activate are checked again now and then.
+    pub fn run_recheck(&self) {
+        loop {
+            std::thread::sleep(crate::dispatch::RECHECK_EVERY);
+            if self.is_running() {
+                crate::dispatch::recheck_remotes(&self.inst);
+            }
+        }
+    }
+
+    /// Have the dispatcher run a round now.
+    pub fn wake_dispatch(&self) {
+        let (flag, cv) = &self.dispatch_wake;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_one();
     }
 
     /// What this instance's own builders offer a dispatch.
@@ -322,6 +346,7 @@ impl Daemon {
             http_url: format!("http://{}:{}", self.host, self.http_port),
             ftp_url: format!("ftp://{}:{}", self.host, self.ftp_port),
             deadline: self.packaging_deadline,
+            slots: self.builder.get().map_or(0, |b| b.limits.slots),
         }
     }
 
@@ -358,6 +383,7 @@ impl Daemon {
             }
         };
         let packager = self.packager();
+        let stepped = !ids.is_empty();
         for id in ids {
             // A bug in one step (a panic) fails that upload, not the pipeline.
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| packager.step(id)));
@@ -384,6 +410,12 @@ impl Daemon {
                 Ok(events) => self.publish(&events),
                 Err(e) => tracing::error!(upload = id, "cannot record the failed step: {e}"),
             }
+        }
+        // What the steps queued (a remote's request too) or left to send home: the builder and
+        // the dispatcher look at once.
+        if stepped {
+            self.build_wake.notify_one();
+            self.wake_dispatch();
         }
         self.heartbeats.pipeline();
     }

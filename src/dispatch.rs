@@ -28,7 +28,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest a failed result upload waits before it is tried again.
 const MAX_RETRY: i64 = 3600;
 /// How often remotes armed to activate are checked again.
-const RECHECK_EVERY: Duration = Duration::from_secs(60);
+pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
+/// How long a result may wait to be sent home before it is given up (FAILED).
+const GIVE_UP_AFTER: i64 = 3 * 24 * 3600;
 
 /// What this instance's own builders offer.
 pub struct Local {
@@ -48,7 +50,6 @@ pub struct Dispatcher {
     waiting: std::collections::BTreeSet<String>,
     /// The first round after a start retries every result upload at once.
     started: bool,
-    rechecked: Option<std::time::Instant>,
 }
 
 /// What one round did.
@@ -65,10 +66,6 @@ impl Dispatcher {
     pub fn round(&mut self, packager: &Packager<'_>, local: &Local, deadline: chrono::Duration) -> Round {
         let inst = packager.inst;
         let mut round = Round::default();
-        if self.rechecked.is_none_or(|t| t.elapsed() >= RECHECK_EVERY) {
-            self.rechecked = Some(std::time::Instant::now());
-            recheck_remotes(inst);
-        }
         match self.hand_out(packager, local, deadline) {
             Ok(r) => round = r,
             Err(e) => tracing::error!("dispatching build requests failed (tried again): {e}"),
@@ -88,22 +85,32 @@ impl Dispatcher {
     ) -> Result<Round, crate::packager::PackagerError> {
         let inst = packager.inst;
         let mut round = Round::default();
-        let remotes: Vec<_> = inst.remotes()?.into_iter().filter(|r| r.status.is_active()).collect();
-        if remotes.is_empty() {
-            // Without remotes the builder takes every request itself (or, with no slots, they
-            // wait for a remote to be added).
-            return Ok(round);
-        }
+        let remotes = inst.active_remotes()?;
         let now = chrono::Utc::now();
+        let active = |b: &Builder| match b {
+            Builder::Local => true,
+            Builder::Remote(u) => remotes.iter().any(|r| &r.http == u),
+        };
+        // Requests of this instance's packager that no builder has: not handed out yet, or
+        // handed to a remote that is no longer active or did not answer within the deadline.
         let todo: Vec<QueuedBuild> = crate::packager::build_queue(&inst.store)?
             .into_iter()
             .filter(|q| q.from == RequestFrom::Here && !local.building.contains(&q.bkey.to_string()))
             .filter(|q| match &q.handed {
-                None => true,
-                Some(h) => matches!(h.builder, Builder::Remote(_)) && now - h.at > deadline,
+                None => !remotes.is_empty(),
+                Some(h) => h.builder != Builder::Local && (!active(&h.builder) || now - h.at > deadline),
             })
             .collect();
         if todo.is_empty() {
+            return Ok(round);
+        }
+        let own = inst.key()?.cert().fingerprint().to_hex();
+        if remotes.is_empty() {
+            // No remote any more: what went to one comes back here (or waits for a remote).
+            for q in todo.iter().filter(|_| local.slots > 0) {
+                crate::packager::record_handover(&inst.store, &q.bkey, q.handed.as_ref(), Builder::Local, own.clone())?;
+                round.local = true;
+            }
             return Ok(round);
         }
         // Each remote's status, once per round.
@@ -111,19 +118,27 @@ impl Dispatcher {
             .iter()
             .map(|r| (r.http.to_string(), remote::status(&r.http, STATUS_TIMEOUT).map_err(|e| e.to_string())))
             .collect();
-        let own = inst.key()?.cert().fingerprint().to_hex();
+        let mut loads: BTreeMap<Builder, f64> = BTreeMap::new();
+        loads.insert(Builder::Local, local.load);
+        for r in &remotes {
+            if let Some(Ok(s)) = statuses.get(&r.http.to_string()) {
+                loads.insert(Builder::Remote(r.http.clone()), s.load);
+            }
+        }
         for q in todo {
             let chroot = format!("{}:{}", q.distribution.codename, q.bkey.arch);
             let mut candidates = Vec::new();
             if local.slots > 0 && local.chroots.contains(&chroot) {
-                candidates.push((Builder::Local, local.load));
+                candidates.push((Builder::Local, loads.get(&Builder::Local).copied().unwrap_or(local.load)));
             }
             for r in &remotes {
                 if let Some(Ok(s)) = statuses.get(&r.http.to_string())
                     && s.is_started()
                     && s.has_chroot(&q.distribution.codename, &q.bkey.arch)
                 {
-                    candidates.push((Builder::Remote(r.http.clone()), s.load));
+                    let b = Builder::Remote(r.http.clone());
+                    let load = loads.get(&b).copied().unwrap_or(s.load);
+                    candidates.push((b, load));
                 }
             }
             if candidates.is_empty() {
@@ -164,13 +179,14 @@ impl Dispatcher {
                 match &b {
                     Builder::Local => {
                         crate::packager::record_handover(&inst.store, &q.bkey, q.handed.as_ref(), b, own.clone())?;
+                        *loads.entry(Builder::Local).or_default() += 1.0 / local.slots.max(1) as f64;
                         round.local = true;
                         break;
                     }
                     Builder::Remote(url) => {
                         let Some(Ok(status)) = statuses.get(&url.to_string()) else { continue };
                         let Some(r) = remotes.iter().find(|r| &r.http == url) else { continue };
-                        match send_request(inst, &q, status) {
+                        match send_request(inst, &q, r, status) {
                             Ok(()) => {
                                 let recorded = crate::packager::record_handover(
                                     &inst.store,
@@ -179,8 +195,14 @@ impl Dispatcher {
                                     b.clone(),
                                     r.key_fingerprint.clone(),
                                 )?;
+                                // Its load grows by one build (its slots are not known here).
+                                *loads.entry(b.clone()).or_default() += 1.0;
                                 self.waiting.remove(&q.bkey.to_string());
-                                tracing::info!(bkey = %q.bkey, builder = %url, recorded, "handed the build request to a remote");
+                                if recorded {
+                                    tracing::info!(bkey = %q.bkey, builder = %url, "handed the build request to a remote");
+                                } else {
+                                    tracing::warn!(bkey = %q.bkey, builder = %url, "sent the build request, but another builder took it meanwhile; the remote's result will be refused");
+                                }
                                 break;
                             }
                             Err(e) => {
@@ -194,10 +216,15 @@ impl Dispatcher {
         Ok(round)
     }
 
-    /// Upload this builder's results of remotes' requests to their `Upload-To`.
+    /// Upload this builder's results of remotes' requests to their `Upload-To`; one that could
+    /// not be sent for [`GIVE_UP_AFTER`] ends FAILED (its packager's deadline ended it there).
     fn send_results(&self, inst: &Instance, packager: &Packager<'_>) -> Result<(), crate::store::StoreError> {
         let now = chrono::Utc::now();
-        for u in incoming::list(&inst.store)?.into_iter().filter(|u| u.state == UploadState::Forwarding) {
+        for id in crate::packager::pending(&inst.store)? {
+            let Some(u) = incoming::get(&inst.store.read()?, id)? else { continue };
+            if u.state != UploadState::Forwarding {
+                continue;
+            }
             let Some(to) = u.forward_to.clone() else { continue };
             // Backing off: 30 s, 1, 2, 4 … minutes, at most an hour; at once after a start.
             let wait = (30i64 << u.attempts.min(7)).min(MAX_RETRY);
@@ -213,6 +240,11 @@ impl Dispatcher {
                     cur.state = UploadState::Done;
                     cur.error = None;
                     tracing::info!(changes = %u.changes, to = %to, "sent the build result to its packager");
+                }
+                Err(e) if (now - u.received).num_seconds() > GIVE_UP_AFTER => {
+                    cur.state = UploadState::Failed;
+                    cur.error = Some(format!("could not be sent to {to} for {} days: {e}", GIVE_UP_AFTER / 86400));
+                    tracing::error!(changes = %u.changes, to = %to, "gave up sending the build result: {e}");
                 }
                 Err(e) => {
                     cur.attempts += 1;
@@ -230,11 +262,20 @@ impl Dispatcher {
 
 /// Send a request to a remote builder: re-signed with it as the `Builder` (mini-buildd's
 /// builder needs its own URL there), the tar first and the `.changes` last.
-fn send_request(inst: &Instance, q: &QueuedBuild, status: &RemoteStatus) -> Result<(), String> {
+fn send_request(
+    inst: &Instance,
+    q: &QueuedBuild,
+    remote: &crate::config::Remote,
+    status: &RemoteStatus,
+) -> Result<(), String> {
     let to: FtpUrl = status.incoming_url.parse()?;
+    // Only to the remote's own host, whatever its status claims.
+    if to.host != remote.http.host() {
+        return Err(format!("its status names the incoming {to}, which is not on its host {}", remote.http.host()));
+    }
     let own = [inst.key().map_err(|e| e.to_string())?.cert().clone()];
     let (mut req, _) = BuildRequest::read(&q.changes, &own).map_err(|e| format!("our own request: {e}"))?;
-    req.builder = Some(status.url.trim_end_matches('/').to_owned());
+    req.builder = Some(remote.http.to_string());
     let signed = req.sign(inst.key().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let dir = q.changes.parent().ok_or("the request has no directory")?;
     let tar = req.tar_path(dir);
@@ -265,8 +306,9 @@ fn send_result(dir: &std::path::Path, u: &Upload, to: &FtpUrl) -> Result<(), Str
     crate::store::write_file_synced(&marker, format!("{to}\n").as_bytes()).map_err(|e| e.to_string())
 }
 
-/// Check again the remotes that failed while active (armed to come back once a check passes).
-fn recheck_remotes(inst: &Instance) {
+/// Check again the remotes armed to come back once a check passes (the daemon's `recheck`
+/// thread, every [`RECHECK_EVERY`]: a check can wait for a remote's timeouts).
+pub fn recheck_remotes(inst: &Instance) {
     use crate::config::{Action, Checked, Kind};
     let Ok(all) = inst.list::<crate::config::Remote>() else { return };
     for r in all.into_iter().filter(|r| r.status.checked == Checked::Reactivate && !r.key.is_empty()) {

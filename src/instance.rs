@@ -43,6 +43,8 @@ pub struct Instance {
     /// This instance's URL as its remotes reach it (`http://host:port`), set by the daemon: a
     /// remote's check looks for it in the remote's `status.remotes`.
     public_url: std::sync::OnceLock<crate::protocol::remote::RemoteUrl>,
+    /// Our clear-signed handshake message, signed once (anyone may ask for it).
+    handshake: std::sync::OnceLock<String>,
 }
 
 /// What `setup` asks for (mini-buildd's `setup` option names).
@@ -114,7 +116,13 @@ impl Instance {
         if key_path.exists() {
             let _ = key.set(ArchiveKey::load(&key_path)?);
         }
-        Ok(Instance { store, key, archive_writer: std::sync::Mutex::new(()), public_url: std::sync::OnceLock::new() })
+        Ok(Instance {
+            store,
+            key,
+            archive_writer: std::sync::Mutex::new(()),
+            public_url: std::sync::OnceLock::new(),
+            handshake: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn key(&self) -> Result<&ArchiveKey> {
@@ -188,11 +196,22 @@ impl Instance {
             .collect())
     }
 
-    /// mini-buildd's RemotesKeyring: our own key and the keys of the remotes that take part.
-    /// Build requests a builder takes and build results a packager takes verify against it.
+    /// The remotes whose keys are trusted: active, or armed to come back after a check with
+    /// their current key once passed (a key only imported is not trusted yet).
+    pub fn trusted_remotes(&self) -> Result<Vec<config::Remote>> {
+        Ok(self.remotes()?.into_iter().filter(|r| r.status.is_active() || r.verified).collect())
+    }
+
+    /// The remotes a dispatch may hand requests to.
+    pub fn active_remotes(&self) -> Result<Vec<config::Remote>> {
+        Ok(self.remotes()?.into_iter().filter(|r| r.status.is_active()).collect())
+    }
+
+    /// mini-buildd's RemotesKeyring: our own key and the keys of the trusted remotes. Build
+    /// requests a builder takes and build results a packager takes verify against it.
     pub fn remotes_keyring(&self) -> Result<Vec<sequoia_openpgp::Cert>> {
         let mut certs = vec![self.key()?.cert().clone()];
-        for r in self.remotes()? {
+        for r in self.trusted_remotes()? {
             match crate::gpg::one_key(r.key.as_bytes()) {
                 Ok(c) => certs.push(c),
                 Err(e) => tracing::warn!(remote = %r.http, "the remote's key does not parse: {e}"),
@@ -218,7 +237,6 @@ impl Instance {
     /// The `handshake` call: a message clear-signed by one of our remotes' keys (any status,
     /// as mini-buildd tries them all) is answered with our own clear-signed handshake message.
     pub fn answer_handshake(&self, signed: &str) -> Result<String> {
-        use crate::protocol::remote::HANDSHAKE_MESSAGE;
         let remotes = self.list::<config::Remote>()?;
         let certs: Vec<sequoia_openpgp::Cert> =
             remotes.iter().filter_map(|r| crate::gpg::one_key(r.key.as_bytes()).ok()).collect();
@@ -231,8 +249,19 @@ impl Instance {
         crate::gpg::verify_clearsigned(signed.as_bytes(), &certs).map_err(|e| {
             InstanceError::Config(format!("GnuPG handshake failed: no remote's key made this signature ({e}); add the calling instance as a remote and prepare it"))
         })?;
-        let answer = self.key()?.clearsign(format!("{HANDSHAKE_MESSAGE}\n").as_bytes())?;
-        String::from_utf8(answer).map_err(|e| InstanceError::Config(format!("our signed handshake: {e}")))
+        self.signed_handshake()
+    }
+
+    /// Our clear-signed handshake message (signed once).
+    fn signed_handshake(&self) -> Result<String> {
+        use crate::protocol::remote::HANDSHAKE_MESSAGE;
+        if let Some(s) = self.handshake.get() {
+            return Ok(s.clone());
+        }
+        let signed = self.key()?.clearsign(format!("{HANDSHAKE_MESSAGE}\n").as_bytes())?;
+        let signed =
+            String::from_utf8(signed).map_err(|e| InstanceError::Config(format!("our signed handshake: {e}")))?;
+        Ok(self.handshake.get_or_init(|| signed).clone())
     }
 
     /// Remote prepare: read its `status` (waking it if it has a wake command), import its key.
@@ -242,6 +271,12 @@ impl Instance {
         let key = crate::remote::pub_key(&r.http).map_err(|e| e.to_string())?;
         let cert = crate::gpg::one_key(key.as_bytes()).map_err(|e| format!("the key {} sent: {e}", r.http))?;
         crate::gpg::usable(&cert).map_err(|e| format!("the key {} sent: {e}", r.http))?;
+        if self.key().is_ok_and(|k| k.cert().fingerprint() == cert.fingerprint()) {
+            return Err(format!("{} is this instance itself (it has our key); a remote is another instance", r.http));
+        }
+        if r.key_fingerprint != cert.fingerprint().to_hex() {
+            r.verified = false;
+        }
         r.key_fingerprint = cert.fingerprint().to_hex();
         r.key = key;
         tracing::warn!(remote = %r.http, fingerprint = %r.key_fingerprint, "imported the remote's key from its pub_key call: verify this fingerprint with the remote's administrator before you activate it");
@@ -250,15 +285,11 @@ impl Instance {
 
     /// Remote check: a signed handshake both ways, our URL among its remotes, and it started.
     fn check_remote(&self, r: &mut config::Remote) -> std::result::Result<(), String> {
-        use crate::protocol::remote::HANDSHAKE_MESSAGE;
         let cert = crate::gpg::one_key(r.key.as_bytes()).map_err(|e| format!("its key: {e}; prepare it again"))?;
         let status = crate::remote::wake(&r.http, &r.wake_command, std::time::Duration::from_secs(5), 2)
             .map_err(|e| e.to_string())?;
-        let signed = self
-            .key()
-            .and_then(|k| Ok(k.clearsign(format!("{HANDSHAKE_MESSAGE}\n").as_bytes())?))
-            .map_err(|e| e.to_string())?;
-        let answer = crate::remote::handshake(&r.http, &String::from_utf8_lossy(&signed)).map_err(|e| e.to_string())?;
+        let signed = self.signed_handshake().map_err(|e| e.to_string())?;
+        let answer = crate::remote::handshake(&r.http, &signed).map_err(|e| e.to_string())?;
         crate::gpg::verify_clearsigned(answer.as_bytes(), std::slice::from_ref(&cert))
             .map_err(|e| format!("its handshake answer is not signed by its key {}: {e}", r.key_fingerprint))?;
         let ours = self.public_url().ok_or(
@@ -275,6 +306,7 @@ impl Instance {
             return Err("the remote is stopped (load -1); start it, then check again".into());
         }
         r.last_status = Some(status);
+        r.verified = true;
         Ok(())
     }
 
@@ -552,6 +584,7 @@ impl Instance {
                 key: String::new(),
                 key_fingerprint: String::new(),
                 last_status: None,
+                verified: false,
                 status: Status::default(),
             };
             if let Err(e) = self.setup_object(&opts.places, config::Object::Remote(remote), &mut report) {
@@ -882,6 +915,7 @@ impl Instance {
                             r.key.clear();
                             r.key_fingerprint.clear();
                             r.last_status = None;
+                            r.verified = false;
                         }
                         _ => {}
                     }
@@ -972,11 +1006,13 @@ impl Instance {
             }
             (Object::Remote(new), old) => {
                 // Its key comes from its prepare only, and its last status from its check.
-                let (key, fingerprint, last) = match old {
-                    Some(Object::Remote(o)) => (o.key.clone(), o.key_fingerprint.clone(), o.last_status.clone()),
-                    _ => (String::new(), String::new(), None),
+                let (key, fingerprint, last, verified) = match old {
+                    Some(Object::Remote(o)) => {
+                        (o.key.clone(), o.key_fingerprint.clone(), o.last_status.clone(), o.verified)
+                    }
+                    _ => (String::new(), String::new(), None, false),
                 };
-                (new.key, new.key_fingerprint, new.last_status) = (key, fingerprint, last);
+                (new.key, new.key_fingerprint, new.last_status, new.verified) = (key, fingerprint, last, verified);
             }
             _ => {}
         }

@@ -160,7 +160,18 @@ pub fn ftp_put(to: &FtpUrl, parts: &[Part<'_>]) -> Result<(), RemoteError> {
         .map_err(|e| down(&e))?
         .next()
         .ok_or_else(|| RemoteError::Unreachable(format!("{to}: the host has no address")))?;
-    let mut ftp = suppaftp::FtpStream::connect_timeout(addr, Duration::from_secs(10)).map_err(|e| down(&e))?;
+    // The data connection goes to the control connection's host, whatever address PASV names
+    // (no FTP bounce to another host), and is bounded like the control connection.
+    let host = addr.ip();
+    let ftp = suppaftp::FtpStream::connect_timeout(addr, Duration::from_secs(10)).map_err(|e| down(&e))?;
+    let mut ftp = ftp.passive_stream_builder(move |pasv: std::net::SocketAddr| {
+        let data = std::net::SocketAddr::new(host, pasv.port());
+        let s = std::net::TcpStream::connect_timeout(&data, Duration::from_secs(10))
+            .map_err(suppaftp::FtpError::ConnectionError)?;
+        s.set_read_timeout(Some(FTP_TIMEOUT)).map_err(suppaftp::FtpError::ConnectionError)?;
+        s.set_write_timeout(Some(FTP_TIMEOUT)).map_err(suppaftp::FtpError::ConnectionError)?;
+        Ok(s)
+    });
     {
         let sock = ftp.get_ref();
         let _ = sock.set_read_timeout(Some(FTP_TIMEOUT));

@@ -221,6 +221,11 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .name("dispatch".into())
             .spawn(move || dispatch.run_dispatch())
             .context("starting the dispatcher")?;
+        let recheck = daemon.clone();
+        std::thread::Builder::new()
+            .name("recheck".into())
+            .spawn(move || recheck.run_recheck())
+            .context("starting the remotes' re-check")?;
         daemon.wake();
         spawn_housekeeping(daemon.clone(), opts.keep_events_days, opts.hook_timeout);
         let status = match ftp_addr {

@@ -112,15 +112,29 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
     match args.call.name {
         "status" => {
             let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
-            let queue: Vec<String> =
-                crate::packager::build_queue(&d.inst.store)?.into_iter().map(|r| r.bkey.to_string()).collect();
+            let queued = crate::packager::build_queue(&d.inst.store)?;
+            // The load counts what this instance's builders have or will take, not what went
+            // to a remote; a builder with no slots offers no chroot.
+            let ours = queued
+                .iter()
+                .filter(|r| {
+                    !matches!(r.handed.as_ref().map(|h| &h.builder), Some(crate::protocol::remote::Builder::Remote(_)))
+                })
+                .count();
+            let queue: Vec<String> = queued.into_iter().map(|r| r.bkey.to_string()).collect();
+            let slots = d.builder.get().map_or(0, |b| b.limits.slots);
+            let chroots: Vec<String> = if slots == 0 {
+                vec![]
+            } else {
+                d.inst.list::<Chroot>()?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect()
+            };
             let mut s = json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "identity": identity,
                 "url": origin.base_url,
                 "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
-                "load": d.load(queue.len()),
-                "chroots": d.inst.list::<Chroot>()?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect::<Vec<_>>(),
+                "load": d.load(ours),
+                "chroots": chroots,
                 "remotes": d.inst.remotes()?.iter().map(|r| r.http.to_string()).collect::<Vec<_>>(),
                 "chroots_preparing": d.chroots_preparing(),
                 "packaging": packaging(d)?,

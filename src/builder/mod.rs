@@ -347,7 +347,7 @@ impl Builder {
         let preparing = self.preparing.lock().map(|p| p.clone()).unwrap_or_default();
         // With remotes, the dispatcher hands each request to a builder first; without, they
         // are all this instance's.
-        let remotes = !inst.remotes()?.is_empty();
+        let remotes = !inst.active_remotes()?.is_empty();
         for req in queue {
             if running >= self.limits.slots {
                 break;
@@ -360,10 +360,11 @@ impl Builder {
                 continue;
             }
             match self.start(inst, &req).await {
-                Ok(e) => {
+                Ok(Some(e)) => {
                     events.push(e);
                     running += 1;
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(bkey = %req.bkey, "cannot start the build: {e}");
                     events.push(self.fail_unstarted(inst, &req, &e.to_string())?);
@@ -404,7 +405,16 @@ impl Builder {
     }
 
     /// Record the build, then have the runner stage and start it in the lowest free slot.
-    async fn start(&self, inst: &Instance, q: &QueuedBuild) -> Result<Event> {
+    async fn start(&self, inst: &Instance, q: &QueuedBuild) -> Result<Option<Event>> {
+        // Not handed out yet: it is this instance's now, unless the dispatcher gave it to a
+        // remote meanwhile.
+        if q.handed.is_none() && q.from == crate::packager::RequestFrom::Here {
+            let own = inst.key()?.cert().fingerprint().to_hex();
+            let local = crate::protocol::remote::Builder::Local;
+            if !crate::packager::record_handover(&inst.store, &q.bkey, None, local, own)? {
+                return Ok(None);
+            }
+        }
         // The lowest slot no other build holds (a finished one whose unit still runs lintian
         // holds its slot until the unit ends).
         let taken: Vec<usize> = jobs(&inst.store)?
@@ -418,10 +428,6 @@ impl Builder {
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         tx.commit()?;
-        if q.handed.is_none() && q.from == crate::packager::RequestFrom::Here {
-            let own = inst.key()?.cert().fingerprint().to_hex();
-            crate::packager::record_handover(&inst.store, &q.bkey, None, crate::protocol::remote::Builder::Local, own)?;
-        }
         // A remote's request verifies against its key (the helper reads them from a file).
         let certs = inst.remotes_keyring()?;
         if matches!(q.from, crate::packager::RequestFrom::Remote { .. }) {
@@ -459,7 +465,7 @@ impl Builder {
         Self::put_job(&tx, &job)?;
         event.record(&tx)?;
         tx.commit()?;
-        Ok(event)
+        Ok(Some(event))
     }
 
     /// A request that cannot even start (bad signature, no chroot): a failed result, so the

@@ -196,6 +196,8 @@ pub struct Packager<'a> {
     pub ftp_url: String,
     /// How long an upload may wait in PACKAGING for its build results.
     pub deadline: chrono::Duration,
+    /// This instance's build slots (0: it builds nothing, and takes no remote's request).
+    pub slots: usize,
 }
 
 impl Packager<'_> {
@@ -317,43 +319,50 @@ impl Packager<'_> {
         let tx = self.inst.store.write()?;
         incoming::put(&tx, &u)?;
         tx.open_table(BUILD_QUEUE)?.insert(queued.bkey.to_string().as_str(), store::encode(&queued).as_slice())?;
+        tx.open_table(UPLOAD_KEYS)?.insert(request_key(&queued.bkey).as_str(), u.id)?;
         tx.commit()?;
         tracing::info!(bkey = %queued.bkey, from = ?queued.from, "queued a remote's build request");
         Ok(vec![])
     }
 
-    /// The checks of a remote's build request; `None`: this builder has it already.
+    /// The checks of a remote's build request; `None`: this builder had it already.
     fn check_request(&self, u: &Upload) -> std::result::Result<Option<QueuedBuild>, StepError> {
         let dir = self.dir(u);
         let path = dir.join(u.changes.as_str());
         let certs = self.inst.remotes_keyring()?;
         let (req, signer) = BuildRequest::read(&path, &certs).map_err(|e| {
             bad(format!(
-                "build request not accepted: {e} (only this instance and its active remotes may send build requests)"
+                "build request not accepted: {e} (only the active remotes of this instance may send build requests)"
             ))
         })?;
+        if signer == self.inst.key()?.cert().fingerprint().to_hex() {
+            // This instance's own requests never travel by FTP: this one is a replay.
+            return Err(bad("a build request signed by this instance came in over FTP; its own requests never do"));
+        }
+        // A remote may only have results sent home: to its own host.
+        let remote =
+            self.inst.trusted_remotes()?.into_iter().find(|r| r.key_fingerprint == signer).ok_or_else(|| {
+                bad(format!("build request signed by {signer}, which is no trusted remote's key any more"))
+            })?;
         let upload_to: crate::protocol::remote::FtpUrl =
             req.upload_to.parse().map_err(|e| bad(format!("its X-Mini-Buildd-Upload-To: {e}")))?;
-        let own = self.inst.key()?.cert().fingerprint().to_hex();
-        if signer != own {
-            // A remote may only send results home: its Upload-To is its own incoming.
-            let remote = self.inst.remotes()?.into_iter().find(|r| r.key_fingerprint == signer);
-            let home = remote
-                .as_ref()
-                .and_then(|r| r.last_status.as_ref())
-                .and_then(|s| s.incoming_url.parse::<crate::protocol::remote::FtpUrl>().ok());
-            if home.as_ref() != Some(&upload_to) {
-                return Err(bad(format!(
-                    "its results would go to {upload_to}, which is not the incoming of the remote that signed it ({}); check that remote again",
-                    home.map_or_else(|| "unknown".to_owned(), |h| h.to_string())
-                )));
-            }
+        if upload_to.host != remote.http.host() {
+            return Err(bad(format!(
+                "its results would go to {upload_to}, which is not on the host of the remote that signed it ({}); a remote must be configured by the host name it calls itself",
+                remote.http
+            )));
         }
+        let chroot = format!("{}:{}", req.distribution.codename, req.key.arch);
+        if self.slots == 0 {
+            return Err(bad(format!("this instance builds nothing (--build-slots 0); {chroot} was not for it")));
+        }
+        if !self.inst.get::<crate::chroot::Chroot>(&chroot)?.is_some_and(|c| c.status.is_active()) {
+            return Err(bad(format!("this instance has no active chroot {chroot}")));
+        }
+        // Every request is built once: its key is recorded for good when it is queued.
         let bkey = req.key.clone();
         let read = self.inst.store.read()?;
-        let in_queue = read.open_table(BUILD_QUEUE)?.get(bkey.to_string().as_str())?.is_some();
-        let building = read.open_table(store::BUILDS)?.get(bkey.to_string().as_str())?.is_some();
-        if in_queue || building {
+        if read.open_table(UPLOAD_KEYS)?.get(request_key(&bkey).as_str())?.is_some() {
             return Ok(None);
         }
         Ok(Some(QueuedBuild {
@@ -948,6 +957,12 @@ pub fn retry(inst: &Instance, incoming: &Incoming, bkey: &str) -> std::result::R
     incoming::put(&tx, &u)?;
     tx.commit()?;
     Ok(u.id)
+}
+
+/// The key under which a remote's build request is recorded once queued (table `upload_keys`;
+/// an upload's own keys have no `request/` prefix).
+fn request_key(bkey: &BuildKey) -> String {
+    format!("request/{bkey}")
 }
 
 /// Map the `.changes` distribution to a real one: as written, or through a meta-distribution.

@@ -318,3 +318,30 @@ pub fn watch_events(
     });
     child
 }
+
+/// Every event's arrival, by (type, version) → (wall-clock seconds, event), from a live stream.
+pub type Seen = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (f64, serde_json::Value)>>>;
+
+/// Follow a daemon's events into a [`Seen`] (benchmarks time them). Kill the child to stop.
+pub fn watch_seen(url: &str) -> (std::process::Child, Seen) {
+    let seen: Seen = Seen::default();
+    let s = seen.clone();
+    let child = watch_events(url, move |t, v| {
+        let key =
+            (v["type"].as_str().unwrap_or_default().to_owned(), v["version"].as_str().unwrap_or_default().to_owned());
+        s.lock().expect("lock").insert(key, (t, v));
+    });
+    (child, seen)
+}
+
+/// Wait (at most 15 minutes) until an event of `kind` for `version` arrived.
+pub fn wait_seen(seen: &Seen, kind: &str, version: &str) -> (f64, serde_json::Value) {
+    let start = Instant::now();
+    loop {
+        if let Some(e) = seen.lock().expect("lock").get(&(kind.to_owned(), version.to_owned())) {
+            return e.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(900), "no {kind} for {version}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -55,7 +55,8 @@ fn get(url: &str) -> (u16, String) {
 /// harmless `.config` file), clear-signed by `signer`. Returns the `.changes`.
 fn build_request(dir: &Path, upload_to: &str, signer: (&Gpg, &str)) -> PathBuf {
     use buildbay::deb::Checksums;
-    let work = dir.join(format!("request-{}", upload_to.len()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let work = dir.join(format!("request-{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
     let content = work.join("content/.config");
     std::fs::create_dir_all(&content).expect("mkdir");
     std::fs::write(content.join("apt_sources.list"), "").expect("write");
@@ -137,18 +138,28 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
     ftp_upload(&sb.ftp, &from_stranger);
     let e = wait_event(&sb.url, "evil", "REJECTED", WAIT);
     assert!(e.to_string().contains("build request not accepted"), "{e}");
-    let (ig, ifpr) = instance_signer(&dir.path().join("a"), &a.state());
-    let elsewhere = build_request(dir.path(), "ftp://127.0.0.1:9/", (&ig, &ifpr));
-    ftp_upload(&sb.ftp, &elsewhere);
-    let start = std::time::Instant::now();
-    loop {
-        let rejected = of(&events(&sb.url), "evil", "REJECTED");
-        if let Some(e) = rejected.iter().find(|e| e.to_string().contains("not the incoming of the remote")) {
-            assert!(e.to_string().contains("ftp://127.0.0.1:9"), "{e}");
-            break;
+    let (ag, afpr) = instance_signer(&dir.path().join("a"), &a.state());
+    let (bg, bfpr) = instance_signer(&dir.path().join("b"), &b.state());
+    for (upload_to, signer, why) in [
+        // A's, with its results going to another host.
+        ("ftp://elsewhere.invalid:8067/", (&ag, afpr.as_str()), "not on the host of the remote that signed it"),
+        // B's own request, replayed to it over FTP.
+        (sa.ftp.as_str(), (&bg, bfpr.as_str()), "its own requests never do"),
+        // A's, well formed, to B, which builds nothing.
+        (sa.ftp.as_str(), (&ag, afpr.as_str()), "this instance builds nothing"),
+    ] {
+        let upload_to =
+            if upload_to.starts_with("ftp://") { upload_to.to_owned() } else { format!("ftp://{upload_to}/") };
+        ftp_upload(&sb.ftp, &build_request(dir.path(), &upload_to, signer));
+        let start = std::time::Instant::now();
+        loop {
+            let rejected = of(&events(&sb.url), "evil", "REJECTED");
+            if rejected.iter().any(|e| e.to_string().contains(why)) {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "no rejection saying {why:?}: {rejected:?}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(start.elapsed() < WAIT, "no rejection of the redirected request: {rejected:?}");
-        std::thread::sleep(Duration::from_millis(200));
     }
     assert!(api(&sb.url, "status", "")["build_queue"].as_array().expect("queue").is_empty());
     assert!(sa.stop() && sb.stop());
