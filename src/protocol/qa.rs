@@ -63,7 +63,11 @@ impl QaMode {
 impl FromStr for QaMode {
     type Err = QaModeError;
     fn from_str(s: &str) -> Result<QaMode, QaModeError> {
-        QaMode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| QaModeError(s.chars().take(64).collect()))
+        // mini-buildd writes its modes in capitals (`ERRFAIL`) and reads any case.
+        QaMode::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| QaModeError(s.chars().take(64).collect()))
     }
 }
 
@@ -114,6 +118,7 @@ mod tests {
         for m in QaMode::ALL {
             assert_eq!(m.as_str().parse::<QaMode>().unwrap(), m);
         }
+        assert_eq!("ERRFAIL".parse::<QaMode>().unwrap(), QaMode::Errfail, "mini-buildd's spelling");
         assert!("loud".parse::<QaMode>().is_err());
         assert!("errfail ".parse::<QaMode>().is_err());
     }

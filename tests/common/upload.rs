@@ -244,6 +244,20 @@ pub fn buildable_source_with(
     build: &str,
     options: &[&str],
 ) -> PathBuf {
+    buildable_source_for(dir, name, version, dist, build, options, "all")
+}
+
+/// `buildable_source_with` whose binary package has `Architecture: arch` (`any`: one build
+/// per architecture of the distribution).
+pub fn buildable_source_for(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    dist: &str,
+    build: &str,
+    options: &[&str],
+    arch: &str,
+) -> PathBuf {
     let options: String = options.iter().map(|o| format!("  * MINI_BUILDD_OPTION: {o}\n")).collect();
     let work = dir.join(format!("{name}-{version}"));
     let tree = work.join(name);
@@ -256,7 +270,7 @@ pub fn buildable_source_with(
         ),
         (
             "debian/control",
-            format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nBuild-Depends: debhelper-compat (= 13)\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\nPackage: {name}\nArchitecture: all\nDepends: ${{misc:Depends}}\nDescription: buildbay test package\n Prints hello.\n"),
+            format!("Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nBuild-Depends: debhelper-compat (= 13)\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\nPackage: {name}\nArchitecture: {arch}\nDepends: ${{misc:Depends}}\nDescription: buildbay test package\n Prints hello.\n"),
         ),
         (
             "debian/copyright",

@@ -10,6 +10,7 @@ mod appliance;
 mod builder;
 mod first_run;
 mod hostile;
+mod mini_buildd;
 mod online;
 mod remotes;
 mod systemd_builds;
