@@ -630,7 +630,27 @@ impl Packager<'_> {
                 v
             }
         };
-        let mut sources = String::from("# The base distribution comes from the builder's chroot.\n");
+        // The base distribution: a builder's chroot has it already (apt merges the same line), but
+        // mini-buildd's builder replaces the chroot's sources with these.
+        let mut sources = String::new();
+        match self.inst.get::<config::Source>(&a.distribution.base_source).ok().flatten() {
+            Some(base) if !base.archives.is_empty() => {
+                let shared: Vec<&str> = a
+                    .distribution
+                    .components
+                    .iter()
+                    .filter(|c| base.components.contains(c))
+                    .map(|c| c.as_str())
+                    .collect();
+                sources.push_str(&format!(
+                    "deb {} {} {}\n",
+                    base.archives[0].mirror(),
+                    base.codename,
+                    shared.join(" ")
+                ));
+            }
+            _ => sources.push_str("# The base distribution comes from the builder's chroot.\n"),
+        }
         for s in suites {
             let d = Dist::new(a.dist.codename.clone(), repo.clone(), s);
             sources.push_str(&format!("deb {}/repositories/{repo}/ {d} {}\n", self.http_url, components.join(" ")));

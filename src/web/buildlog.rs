@@ -152,9 +152,17 @@ fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
     warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
 }
 
+/// A running build's `<source>_<version>_<arch>.buildlog` (the name `Buildlog-Building` gives)
+/// is its live log until the build ends and the log gets that name.
+fn live_if_running(path: PathBuf, tail: &str) -> PathBuf {
+    if !path.exists() && tail.ends_with(".buildlog") { path.with_file_name(LIVE_LOG) } else { path }
+}
+
 pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::get()
-        .and(warp::path!("mini_buildd" / "events-dir" / ..))
+        // `builds-dir` is where a build request's `Buildlog-Building` points (mini-buildd's
+        // builder's address for a build while it runs): the same logs.
+        .and(warp::path!("mini_buildd" / "events-dir" / ..).or(warp::path!("mini_buildd" / "builds-dir" / ..)).unify())
         .and(warp::path::tail())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
@@ -166,7 +174,8 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
             let builds = web.daemon.builder.get().map_or_else(|| state.join(BUILDS_DIR), |b| b.root.clone());
             let following = q.contains_key("follow");
             let path = log_path(&state.join(LOGS_DIR), tail.as_str())
-                .and_then(|kept| if kept.exists() && !following { Ok(kept) } else { log_path(&builds, tail.as_str()) });
+                .and_then(|kept| if kept.exists() && !following { Ok(kept) } else { log_path(&builds, tail.as_str()) })
+                .map(|p| live_if_running(p, tail.as_str()));
             Ok::<_, Rejection>(match path {
                 Err(e) => super::problem(&e),
                 Ok(path) if following => {

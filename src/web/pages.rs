@@ -409,9 +409,33 @@ fn builds(d: &Daemon, v: &Viewer) -> Page {
                    "log_href": super::buildlog::url(&format!("{}/{}", j.bkey, crate::builder::LIVE_LOG))})
         })
         .collect();
+    // The builders: this instance's slots, and each remote with what it was handed.
+    let queue = crate::packager::build_queue(&d.inst.store)?;
+    let remotes: Vec<Json> = d
+        .inst
+        .list::<config::Remote>()?
+        .iter()
+        .map(|r| {
+            let handed: Vec<Json> = queue
+                .iter()
+                .filter(|q| {
+                    q.handed.as_ref().is_some_and(|h| h.builder == crate::protocol::remote::Builder::Remote(r.http.clone()))
+                })
+                .map(|q| {
+                    json!({"bkey": q.bkey.to_string(),
+                           "log_href": format!("{}/mini_buildd/builds-dir/{}/{}", r.http, q.bkey, q.bkey.buildlog_name())})
+                })
+                .collect();
+            json!({"url": r.http.to_string(), "state": r.status.word(), "active": r.status.is_active(), "message": r.status.message,
+                   "load": r.last_status.as_ref().map(|s| s.load), "chroots": r.last_status.as_ref().map(|s| s.chroots.clone()),
+                   "fingerprint": r.key_fingerprint, "handed": handed})
+        })
+        .collect();
+    let slots = d.builder.get().map_or(0, |b| b.limits.slots);
     Ok((
         "builds",
-        json!({"title": "Builds", "nav": "builds", "status": status, "ongoing": ongoing, "finished": finished}),
+        json!({"title": "Builds", "nav": "builds", "status": status, "ongoing": ongoing, "finished": finished,
+               "slots": slots, "remotes": remotes}),
     ))
 }
 
@@ -974,8 +998,12 @@ mod tests {
         let t = Templates::new();
         let ctx = json!({"title": "Builds", "user": {}, "path": "/", "status": {"chroots": []},
             "ongoing": [{"source": "a", "bkey": "a/1/t/amd64", "log_href": "/mini_buildd/events-dir/a/1/t/amd64/buildlog"}],
-            "finished": [{"source": "b", "ok": true, "log_href": "/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog"}]});
+            "finished": [{"source": "b", "ok": true, "log_href": "/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog"}],
+            "remotes": [{"url": "http://r:8066", "state": "ACTIVE", "active": true, "load": 0.5, "chroots": ["bookworm:i386"],
+                         "handed": [{"bkey": "c/1/t/i386", "log_href": "http://r:8066/mini_buildd/builds-dir/c/1/t/i386/c_1_i386.buildlog"}]}]});
         let html = t.render("builds", &ctx).expect("render");
+        assert!(html.contains(r#"href="http://r:8066/mini_buildd/builds-dir/c/1/t/i386/c_1_i386.buildlog""#), "{html}");
+        assert!(html.contains("<code>bookworm:i386</code>"), "{html}");
         assert!(html.contains(r#"href="/mini_buildd/events-dir/a/1/t/amd64/buildlog""#), "{html}");
         assert!(html.contains(r#"data-log-follow="/mini_buildd/events-dir/a/1/t/amd64/buildlog?follow=1""#), "{html}");
         assert!(html.contains(r#"href="/mini_buildd/events-dir/b/1/t/amd64/b_1_amd64.buildlog""#), "{html}");

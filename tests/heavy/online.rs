@@ -101,6 +101,8 @@ fn sources_are_checked_against_archives_and_keys() {
     let tar = found.lines().next().expect("a build request").to_owned();
     let sources = ok(Command::new("tar").arg("-xOf").arg(&tar).arg(".config/apt_sources.list"));
     assert!(sources.contains("deb http://deb.debian.org/debian bookworm-backports main"), "{sources}");
+    // The base distribution too: mini-buildd's builder replaces its chroot's sources with these.
+    assert!(sources.lines().any(|l| l == "deb http://deb.debian.org/debian bookworm main"), "{sources}");
     let prefs = ok(Command::new("tar").arg("-xOf").arg(&tar).arg(".config/apt_preferences"));
     assert!(prefs.contains("Pin: release o=Debian Backports,n=bookworm-backports\nPin-Priority: 100"), "{prefs}");
     // The build trusts the extra source's keys too: one armored keyring, this instance's key

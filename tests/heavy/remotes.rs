@@ -103,7 +103,12 @@ fn a_remote_builds_what_its_packager_delegates() {
 
     // 2. kill -9 of B mid-build: the build outlives it, the restarted B sends the result.
     ftp_upload(&sa.ftp, &buildable_source(dir.path(), "bbkillb", "1.0~test12+1", UNSTABLE, "sleep 8"));
-    wait_event(&sb.url, "bbkillb", "BUILDING", BUILD_WAIT);
+    let building = wait_event(&sb.url, "bbkillb", "BUILDING", BUILD_WAIT);
+    // The build's log where the request's Buildlog-Building points, while it runs.
+    let bkey = building["extra"]["bkey"].as_str().expect("bkey");
+    let live = format!("{}/mini_buildd/builds-dir/{bkey}/bbkillb_1.0~test12+1_amd64.buildlog", sb.url);
+    let got = std::process::Command::new("curl").args(["-sf", "--max-time", "10", &live]).output().expect("curl");
+    assert!(got.status.success(), "{live}: {got:?}");
     kill9(sb);
     sb = serve(&b, pb, "1");
     assert_eq!(one_final(&sa.url, "bbkillb"), "INSTALLED");
