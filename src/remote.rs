@@ -194,3 +194,29 @@ pub fn ftp_put(to: &FtpUrl, parts: &[Part<'_>]) -> Result<(), RemoteError> {
     let _ = ftp.quit();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_commands_run_as_words_never_through_a_shell() {
+        assert!(run_wake_command("true").is_ok());
+        assert!(run_wake_command("false").unwrap_err().contains("failed"));
+        // A shell's metacharacters are words like any other: `true` gets them as arguments.
+        assert!(run_wake_command("true ; false").is_ok());
+        assert!(run_wake_command("true $(false) | false").is_ok());
+        assert!(run_wake_command("echo 'unclosed").unwrap_err().contains("does not split"));
+        assert!(run_wake_command("").unwrap_err().contains("does not split"));
+        assert!(run_wake_command("/nonexistent/wake").unwrap_err().contains("cannot run"));
+    }
+
+    #[test]
+    fn an_unreachable_remote_is_unreachable_not_refused() {
+        // Port 1 on loopback: nothing listens there.
+        let url: RemoteUrl = "http://127.0.0.1:1".parse().unwrap();
+        assert!(matches!(status(&url, Duration::from_secs(2)), Err(RemoteError::Unreachable(_))));
+        let to: FtpUrl = "ftp://127.0.0.1:1".parse().unwrap();
+        assert!(matches!(ftp_put(&to, &[]), Err(RemoteError::Unreachable(_))));
+    }
+}

@@ -18,6 +18,9 @@ pub struct AfterStep {
     pub dir: PathBuf,
 }
 
+/// Copy standard input to `$1` without the lines the image's `/etc/apt/sources.list` has.
+const APT_SOURCES_WITHOUT_THE_IMAGES: &str = r#"if [ -r /etc/apt/sources.list ]; then grep -vxF -f /etc/apt/sources.list > "$1"; [ $? -le 1 ]; else cat > "$1"; fi"#;
+
 /// The relay of a build (`buildbay builder-exec --build-log …`): run the build command logged,
 /// with its phases timed; record its end in `result` when given (child-process runner; under
 /// systemd, ExecStopPost does that). When the build succeeded and there is an after step
@@ -169,7 +172,10 @@ pub fn sbuild_setup(dir: &Path, cache: &Path, exec: &[String]) -> std::io::Resul
         ("apt_preferences", "/etc/apt/preferences.d/buildbay"),
     ] {
         let (from, _) = crate::protocol::tar::open_regular(&config.join(file))?;
-        let status = in_session(&["sh", "-c", &format!("cat > {dest}")]).stdin(Stdio::from(from)).status()?;
+        // The sources the image has already (the base distribution, which a request names for
+        // mini-buildd's builders) stay out of the request's list: apt would see them twice.
+        let write = if file == "apt_sources.list" { APT_SOURCES_WITHOUT_THE_IMAGES } else { "cat > \"$1\"" };
+        let status = in_session(&["sh", "-c", write, "sh", dest]).stdin(Stdio::from(from)).status()?;
         if !status.success() {
             println!("buildbay: writing {dest} into the session failed ({status})");
             return Ok(1);

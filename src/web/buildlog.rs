@@ -106,7 +106,7 @@ async fn plain(path: PathBuf) -> super::Body {
 
 /// The live log as SSE: `log` events (JSON text, id = the byte offset after it), then one `end`
 /// event once the build has finished (or its directory is gone) and everything was sent.
-fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
+fn follow(path: PathBuf, from: Option<u64>, web: &Web, kept: bool) -> super::Body {
     let dir = path.parent().map(Path::to_owned).unwrap_or_default();
     if !dir.is_dir() {
         return super::problem(&ApiError::new(404, "no such build; the builds page lists the ongoing ones"));
@@ -125,7 +125,7 @@ fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
         }
         let dir = live.parent().map(Path::to_owned).unwrap_or_default();
         loop {
-            let finished = ends_with.iter().any(|f| dir.join(f).exists()) || !dir.is_dir();
+            let finished = kept || ends_with.iter().any(|f| dir.join(f).exists()) || !dir.is_dir();
             let l = live.clone();
             let read = tokio::task::spawn_blocking(move || read_from(&l, offset)).await;
             let (text, next) = match read {
@@ -152,6 +152,15 @@ fn follow(path: PathBuf, from: Option<u64>, web: &Web) -> super::Body {
     warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
 }
 
+/// A build's live `buildlog`, once the build ended, is kept as `<source>_<version>_<arch>.buildlog`.
+fn kept_name(kept: PathBuf, tail: &str) -> PathBuf {
+    let bkey = tail.rsplit_once('/').and_then(|(k, _)| k.parse::<crate::protocol::BuildKey>().ok());
+    match bkey {
+        Some(k) if kept.ends_with(LIVE_LOG) && !kept.exists() => kept.with_file_name(k.buildlog_name()),
+        _ => kept,
+    }
+}
+
 /// A running build's `<source>_<version>_<arch>.buildlog` (the name `Buildlog-Building` gives)
 /// is its live log until the build ends and the log gets that name.
 fn live_if_running(path: PathBuf, tail: &str) -> PathBuf {
@@ -173,14 +182,17 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
             let state = web.daemon.inst.store.dir();
             let builds = web.daemon.builder.get().map_or_else(|| state.join(BUILDS_DIR), |b| b.root.clone());
             let following = q.contains_key("follow");
-            let path = log_path(&state.join(LOGS_DIR), tail.as_str())
-                .and_then(|kept| if kept.exists() && !following { Ok(kept) } else { log_path(&builds, tail.as_str()) })
-                .map(|p| live_if_running(p, tail.as_str()));
+            // Following a build that ended (its directory gone) streams its kept log, then ends.
+            let kept = log_path(&state.join(LOGS_DIR), tail.as_str()).map(|k| kept_name(k, tail.as_str()));
+            let live = log_path(&builds, tail.as_str()).map(|p| live_if_running(p, tail.as_str()));
+            let ended = live.as_ref().is_ok_and(|p| !p.parent().is_some_and(Path::is_dir));
+            let use_kept = kept.as_ref().is_ok_and(|k| k.exists() && (!following || ended));
+            let path = if use_kept { kept } else { live };
             Ok::<_, Rejection>(match path {
                 Err(e) => super::problem(&e),
                 Ok(path) if following => {
                     let resume = h.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-                    follow(path, resume, &web)
+                    follow(path, resume, &web, use_kept)
                 }
                 Ok(path) => plain(path).await,
             })
@@ -190,6 +202,17 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ended_builds_live_log_is_its_kept_log() {
+        let kept = Path::new("/nonexistent/logs/hello/1.0-1/20261121-101010-000001/amd64/buildlog").to_owned();
+        let tail = "hello/1.0-1/20261121-101010-000001/amd64/buildlog";
+        assert!(kept_name(kept.clone(), tail).ends_with("amd64/hello_1.0-1_amd64.buildlog"));
+        let other = kept.with_file_name("lintian.log");
+        assert_eq!(kept_name(other.clone(), "hello/1.0-1/20261121-101010-000001/amd64/lintian.log"), other);
+        let running = Path::new("/nonexistent/builds/hello/1.0-1/t/amd64/hello_1.0-1_amd64.buildlog").to_owned();
+        assert!(live_if_running(running, "hello/1.0-1/t/amd64/hello_1.0-1_amd64.buildlog").ends_with("amd64/buildlog"));
+    }
 
     #[test]
     fn only_log_files_of_a_build_are_served() {

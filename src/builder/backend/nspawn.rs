@@ -39,7 +39,13 @@ cd /build || exit 1
 if [ "$BUILDBAY_INSTALLED" != 1 ]; then
   section 'Update chroot'
   cat /build/.config/apt_keys > /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc
-  cat /build/.config/apt_sources.list > /etc/apt/sources.list.d/buildbay.list
+  # The lines the image has already (the base distribution, which a request names for
+  # mini-buildd's builders) stay out: apt would see them twice.
+  if [ -r /etc/apt/sources.list ]; then
+    grep -vxF -f /etc/apt/sources.list /build/.config/apt_sources.list > /etc/apt/sources.list.d/buildbay.list
+  else
+    cat /build/.config/apt_sources.list > /etc/apt/sources.list.d/buildbay.list
+  fi
   cat /build/.config/apt_preferences > /etc/apt/preferences.d/buildbay
   updated=
   for t in 10 40 80; do
