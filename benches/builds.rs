@@ -144,21 +144,7 @@ fn main() {
     let t = Instant::now();
     inst.ok(&["setup", "--chroots", "bookworm:amd64"]);
     println!("chroot ready (image reused when present): {:.1} s", t.elapsed().as_secs_f64());
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let (http, ftp) = (format!("127.0.0.1:{}", port()), format!("127.0.0.1:{}", port()));
-    let srv = Server::start(inst.cmd(&[
-        "serve",
-        "--http",
-        &http,
-        "--ftp",
-        &ftp,
-        "--public-host",
-        "127.0.0.1",
-        "--build-runner",
-        "child",
-        "--build-slots",
-        "1",
-    ]));
+    let srv = common::serve_builds(&inst, (common::free_port(), common::free_port()), "1", &[]);
     let (mut curl, seen) = watch_seen(&srv.url);
     std::thread::sleep(Duration::from_millis(300));
     let mut table = vec![

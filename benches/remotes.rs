@@ -18,22 +18,7 @@ const DIST: &str = "bookworm-test-unstable";
 const ROUNDS: usize = 5;
 
 fn serve(inst: &Instance, slots: &str) -> Server {
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let (http, ftp) = (format!("127.0.0.1:{}", port()), format!("127.0.0.1:{}", port()));
-    Server::start(inst.cmd(&[
-        "serve",
-        "--http",
-        &http,
-        "--ftp",
-        &ftp,
-        "--public-host",
-        "127.0.0.1",
-        "--build-runner",
-        "child",
-        "--build-slots",
-        slots,
-        "--no-default-setup",
-    ]))
+    common::serve_builds(inst, (common::free_port(), common::free_port()), slots, &["--no-default-setup"])
 }
 
 /// Upload to `srv` and wait for INSTALLED there: seconds.

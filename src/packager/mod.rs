@@ -635,13 +635,7 @@ impl Packager<'_> {
         let mut sources = String::new();
         match self.inst.get::<config::Source>(&a.distribution.base_source).ok().flatten() {
             Some(base) if !base.archives.is_empty() => {
-                let shared: Vec<&str> = a
-                    .distribution
-                    .components
-                    .iter()
-                    .filter(|c| base.components.contains(c))
-                    .map(|c| c.as_str())
-                    .collect();
+                let shared = shared_components(&a.distribution, &base);
                 sources.push_str(&format!(
                     "deb {} {} {}\n",
                     base.archives[0].mirror(),
@@ -661,14 +655,7 @@ impl Packager<'_> {
         // The distribution's extra sources (backports, …), each pinned at its priority.
         for (source, priority) in self.inst.extra_sources(&a.distribution) {
             let Some(archive) = source.archives.first() else { continue };
-            // The distribution's components that the source has.
-            let shared: Vec<&str> = a
-                .distribution
-                .components
-                .iter()
-                .filter(|c| source.components.contains(c))
-                .map(|c| c.as_str())
-                .collect();
+            let shared = shared_components(&a.distribution, &source);
             if shared.is_empty() {
                 tracing::warn!(source = %source.id(), "extra source has none of the distribution's components; left out");
                 continue;
@@ -977,6 +964,11 @@ pub fn retry(inst: &Instance, incoming: &Incoming, bkey: &str) -> std::result::R
     incoming::put(&tx, &u)?;
     tx.commit()?;
     Ok(u.id)
+}
+
+/// The distribution's components that a source has.
+fn shared_components<'a>(d: &'a Distribution, source: &config::Source) -> Vec<&'a str> {
+    d.components.iter().filter(|c| source.components.contains(c)).map(|c| c.as_str()).collect()
 }
 
 /// The key under which a remote's build request is recorded once queued (table `upload_keys`;

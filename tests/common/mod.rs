@@ -401,3 +401,46 @@ impl Drop for Server {
         }
     }
 }
+
+/// A free TCP port on loopback (for a daemon that must come back on the same one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `serve` on 127.0.0.1 at fixed ports with `slots` build slots, its builds as child processes
+/// (this host has no systemd) and build requests naming 127.0.0.1, plus `extra` options.
+pub fn serve_builds(inst: &Instance, ports: (u16, u16), slots: &str, extra: &[&str]) -> Server {
+    let (http, ftp) = (format!("127.0.0.1:{}", ports.0), format!("127.0.0.1:{}", ports.1));
+    let mut args = vec![
+        "serve",
+        "--http",
+        &http,
+        "--ftp",
+        &ftp,
+        "--public-host",
+        "127.0.0.1",
+        "--build-runner",
+        "child",
+        "--build-slots",
+        slots,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(inst.cmd(&args))
+}
+
+/// Every file below `dir` whose path ends with `suffix`.
+pub fn walk_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -6,7 +6,7 @@
 //! it with the confirmation while a second tab sees MIGRATED arrive live. An anonymous visitor is refused every admin page and action,
 //! and hostile text in an upload is shown as text. Screenshots go to `docs/screenshots/`.
 
-use crate::common::{Instance, Server, ok, upload};
+use crate::common::{Instance, Server, free_port, ok, upload};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,10 +15,6 @@ const PASSWORD: &str = "browser-test-pw";
 const VERSION: &str = "1.0~web12+1";
 /// The version before it (in unstable's rollback after VERSION comes; the tracker's debdiff).
 const OLD: &str = "0.9~web12+1";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
 
 fn serve(inst: &Instance, port: u16) -> Server {
     Server::start(inst.cmd(&[

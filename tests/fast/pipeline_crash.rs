@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 const PACKAGES: usize = 12;
 const KILLS: usize = 32;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Move an upload's files into incoming the way a finished transfer lands: the `.changes` last,
 /// each by an atomic rename.
 fn drop_into(incoming: &Path, tmp: &Path, changes: &Path) {

@@ -5,46 +5,22 @@
 
 use crate::common::upload::*;
 use crate::common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const UNSTABLE: &str = "bookworm-test-unstable";
 const BUILD_WAIT: Duration = Duration::from_secs(600);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A daemon on fixed ports (a restarted one must be where build requests point).
 fn serve(inst: &Instance, ports: (u16, u16), extra: &[&str]) -> Server {
-    let (http, ftp) = (format!("127.0.0.1:{}", ports.0), format!("127.0.0.1:{}", ports.1));
-    let mut args =
-        vec!["serve", "--http", &http, "--ftp", &ftp, "--public-host", "127.0.0.1", "--build-runner", "child"];
-    args.extend_from_slice(extra);
-    Server::start(inst.cmd(&args))
+    serve_builds(inst, ports, "2", extra)
 }
 
 /// GET a URL with curl, for at most `secs` seconds (a stream is cut off then), as text.
 fn curl(url: &str, secs: u32) -> String {
     let out = Command::new("curl").args(["-sN", "--max-time", &secs.to_string(), url]).output().expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn walk_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(suffix) {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Processes whose command line contains `needle`.
@@ -92,7 +68,7 @@ fn sbuild_on_a_machine_image_chroot() {
     assert!(conf.contains("union-type=overlay"), "{conf}");
 
     let ports = (free_port(), free_port());
-    let srv = serve(&inst, ports, &["--build-slots", "2"]);
+    let srv = serve(&inst, ports, &[]);
     let status = api(&srv.url, "status", "");
     assert_eq!(status["chroots"], serde_json::json!(["bookworm:amd64"]), "{status}");
 
@@ -252,7 +228,7 @@ fn sbuild_on_a_machine_image_chroot() {
     ftp_upload(&srv.ftp, &slow);
     wait_event(&srv.url, "bbslow", "BUILDING", BUILD_WAIT);
     assert!(srv.stop(), "the daemon stops on SIGTERM");
-    let srv = serve(&inst, ports, &["--build-slots", "2"]);
+    let srv = serve(&inst, ports, &[]);
     let installed = wait_event(&srv.url, "bbslow", "INSTALLED", BUILD_WAIT);
     assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
     assert_eq!(of(&events(&srv.url), "bbslow", "BUILDING").len(), 1, "the build ran once");

@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 const UNSTABLE: &str = "bookworm-test-unstable";
 const WAIT: Duration = Duration::from_secs(600);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn serve_on(inst: &Instance, http: &str, ftp: &str, extra: &[&str]) -> Server {
     let mut args = vec!["serve", "--http", http, "--ftp", ftp, "--public-host", "127.0.0.1", "--build-runner", "child"];
     args.extend_from_slice(extra);

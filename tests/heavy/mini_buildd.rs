@@ -24,10 +24,6 @@ const MBD_PASSWORD: &str = "mbd-admin-password";
 const UNSTABLE: &str = "bookworm-test-unstable";
 const WAIT: Duration = Duration::from_secs(900);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A call to mini-buildd's API as its admin, through buildbay's client (which speaks its login).
 fn mbd_api(call: &[&str]) -> String {
     let out = run(Command::new(bin())
@@ -138,20 +134,7 @@ fn mini_buildd_and_buildbay_build_for_each_other() {
     b.ok(&["setup", "--distributions", "bookworm:amd64+i386"]);
     b.ok(&["setup", "--chroots", "bookworm:amd64"]);
     let (http, ftp) = (free_port(), free_port());
-    let sb = Server::start(b.cmd(&[
-        "serve",
-        "--http",
-        &format!("127.0.0.1:{http}"),
-        "--ftp",
-        &format!("127.0.0.1:{ftp}"),
-        "--public-host",
-        "127.0.0.1",
-        "--build-runner",
-        "child",
-        "--build-slots",
-        "1",
-        "--no-default-setup",
-    ]));
+    let sb = serve_builds(&b, (http, ftp), "1", &["--no-default-setup"]);
 
     // The handshake both ways, with mini-buildd's own spelling of a remote on its side.
     let out = api_as(&sb.url, "admin", &["setup", "--remotes", MBD]);

@@ -11,27 +11,9 @@ use std::time::{Duration, Instant};
 const UNSTABLE: &str = "bookworm-test-unstable";
 const BUILD_WAIT: Duration = Duration::from_secs(600);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A daemon on fixed ports (a restarted one must be where the other side points).
 fn serve(inst: &Instance, ports: (u16, u16), slots: &str) -> Server {
-    let (http, ftp) = (format!("127.0.0.1:{}", ports.0), format!("127.0.0.1:{}", ports.1));
-    Server::start(inst.cmd(&[
-        "serve",
-        "--http",
-        &http,
-        "--ftp",
-        &ftp,
-        "--public-host",
-        "127.0.0.1",
-        "--build-runner",
-        "child",
-        "--build-slots",
-        slots,
-        "--no-default-setup",
-    ]))
+    serve_builds(inst, ports, slots, &["--no-default-setup"])
 }
 
 fn kill9(mut srv: Server) {
@@ -98,7 +80,7 @@ fn a_remote_builds_what_its_packager_delegates() {
     assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
     let ls = api(&sa.url, "ls", "source=bbremote");
     assert!(ls.to_string().contains("1.0~test12+1"), "{ls}");
-    let markers: Vec<_> = walk_files(&b.state().join("spool")).into_iter().filter(|p| p.ends_with(".upload")).collect();
+    let markers = walk_named(&b.state().join("spool"), ".upload");
     assert_eq!(markers.len(), 1, "{markers:?}");
 
     // 2. kill -9 of B mid-build: the build outlives it, the restarted B sends the result.
@@ -134,20 +116,4 @@ fn a_remote_builds_what_its_packager_delegates() {
     let sb = serve(&b, pb, "1");
     assert_eq!(one_final(&sa.url, "bbaway"), "INSTALLED");
     assert!(sa.stop() && sb.stop());
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
 }

@@ -31,10 +31,6 @@ fn systemd_tree() -> PathBuf {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Every process id in a cgroup and its children.
 fn cgroup_pids(cg: &Path) -> Vec<String> {
     let mut out = Vec::new();
