@@ -15,7 +15,7 @@ use common::{Instance, Server, median};
 use std::time::Instant;
 
 const DIST: &str = "bookworm-test-unstable";
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn serve(inst: &Instance, slots: &str) -> Server {
     common::serve_builds(inst, (common::free_port(), common::free_port()), slots, &["--no-default-setup"])
@@ -60,6 +60,8 @@ fn main() {
     }
     let _ = (ca.kill(), cb.kill());
     let (l, r) = (median(local.clone()), median(remote.clone()));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (lm, rm) = (mean(&local), mean(&remote));
     println!(
         "\nupload → INSTALLED, trivial package, sbuild, lintian disabled, warm, median of {ROUNDS} ({:.0} s in all):\n",
         t.elapsed().as_secs_f64()
@@ -68,6 +70,11 @@ fn main() {
     println!("|---|---|---|");
     println!("| locally (an upload to B) | **{l:.2}** | {local:.2?} |");
     println!("| on a remote (an upload to A, built on B) | **{r:.2}** | {remote:.2?} |");
-    println!("\nthe remote adds {:.2} s ({:.2}× local); goal: at most 0.5 s", r - l, r / l);
+    println!(
+        "\nthe remote adds {:.2} s by the medians ({:.2}× local), {:.2} s by the means; goal: at most 0.5 s",
+        r - l,
+        r / l,
+        rm - lm
+    );
     assert!(sa.stop() && sb.stop());
 }

@@ -352,12 +352,12 @@ impl Packager<'_> {
                 remote.http
             )));
         }
-        let chroot = format!("{}:{}", req.distribution.codename, req.key.arch);
+        // A request for a chroot this instance lacks is queued all the same: its builder fails it
+        // with the reason, and that result goes home, so the packager need not wait for its
+        // deadline. With no slots nothing would ever take it.
         if self.slots == 0 {
+            let chroot = format!("{}:{}", req.distribution.codename, req.key.arch);
             return Err(bad(format!("this instance builds nothing (--build-slots 0); {chroot} was not for it")));
-        }
-        if !self.inst.get::<crate::chroot::Chroot>(&chroot)?.is_some_and(|c| c.status.is_active()) {
-            return Err(bad(format!("this instance has no active chroot {chroot}")));
         }
         // Every request is built once: its key is recorded for good when it is queued.
         let bkey = req.key.clone();

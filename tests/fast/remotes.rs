@@ -162,5 +162,43 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
         }
     }
     assert!(api(&sb.url, "status", "")["build_queue"].as_array().expect("queue").is_empty());
-    assert!(sa.stop() && sb.stop());
+
+    // A builder with slots but without the chroot queues a remote's request all the same: its
+    // builder fails it with the reason, and the failed result goes home by FTP at once (here a
+    // request A never made, so A refuses the result it did not wait for).
+    let c = Instance::new("ed25519");
+    admin(&c);
+    let sc = Server::start(c.cmd(&[
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--ftp",
+        "127.0.0.1:0",
+        "--public-host",
+        "127.0.0.1",
+        "--build-slots",
+        "1",
+        "--build-runner",
+        "child",
+    ]));
+    for (on, remote) in [(&sa, &sc), (&sc, &sa), (&sa, &sc)] {
+        as_admin(&on.url, &["setup", "--remotes", &remote.url]);
+    }
+    ftp_upload(&sc.ftp, &build_request(dir.path(), &format!("ftp://{}/", sa.ftp), (&ag, afpr.as_str())));
+    let built = wait_event(&sc.url, "evil", "BUILT", WAIT);
+    assert_ne!(built["extra"]["status"], "successful", "{built}");
+    let start = std::time::Instant::now();
+    loop {
+        let on_a = of(&events(&sa.url), "evil", "REJECTED");
+        if on_a.iter().any(|e| e.to_string().contains("waits for build results")) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the failed result never reached A: {on_a:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let markers = walk_named(&c.state().join("spool"), "_mini-buildd-buildresult_amd64.upload");
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    let marker = std::fs::read_to_string(&markers[0]).expect("marker");
+    assert_eq!(marker.trim(), format!("ftp://{}", sa.ftp), "the marker names where the result went");
+    assert!(sa.stop() && sb.stop() && sc.stop());
 }
