@@ -29,6 +29,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_RETRY: i64 = 3600;
 /// How often remotes armed to activate are checked again.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
+/// How often a dispatch may run an unreachable remote's wake command.
+const WAKE_EVERY: Duration = Duration::from_secs(300);
+/// How long after its wake command a remote's status is asked again.
+const WAKE_SLEEP: Duration = Duration::from_secs(5);
 /// How long a result may wait to be sent home before it is given up (FAILED).
 const GIVE_UP_AFTER: i64 = 3 * 24 * 3600;
 
@@ -50,6 +54,8 @@ pub struct Dispatcher {
     waiting: std::collections::BTreeSet<String>,
     /// The first round after a start retries every result upload at once.
     started: bool,
+    /// When each remote's wake command last ran (at most once per [`WAKE_EVERY`]).
+    woken: BTreeMap<String, std::time::Instant>,
 }
 
 /// What one round did.
@@ -113,11 +119,23 @@ impl Dispatcher {
             }
             return Ok(round);
         }
-        // Each remote's status, once per round.
-        let statuses: BTreeMap<String, Result<RemoteStatus, String>> = remotes
-            .iter()
-            .map(|r| (r.http.to_string(), remote::status(&r.http, STATUS_TIMEOUT).map_err(|e| e.to_string())))
-            .collect();
+        // Each remote's status, once per round; one that does not answer and has a wake command
+        // is woken (at most once per WAKE_EVERY: the command may take a while).
+        let mut statuses: BTreeMap<String, Result<RemoteStatus, String>> = BTreeMap::new();
+        for r in &remotes {
+            let id = r.http.to_string();
+            let mut status = remote::status(&r.http, STATUS_TIMEOUT);
+            let may_wake = self.woken.get(&id).is_none_or(|t| t.elapsed() >= WAKE_EVERY);
+            if matches!(status, Err(remote::RemoteError::Unreachable(_)))
+                && !r.wake_command.trim().is_empty()
+                && may_wake
+            {
+                self.woken.insert(id.clone(), std::time::Instant::now());
+                tracing::info!(remote = %id, "the remote does not answer: running its wake command");
+                status = remote::wake(&r.http, &r.wake_command, WAKE_SLEEP, 1);
+            }
+            statuses.insert(id, status.map_err(|e| e.to_string()));
+        }
         let mut loads: BTreeMap<Builder, f64> = BTreeMap::new();
         loads.insert(Builder::Local, local.load);
         for r in &remotes {
