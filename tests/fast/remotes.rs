@@ -13,7 +13,8 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 const UNSTABLE: &str = "bookworm-test-unstable";
 
-fn serve(inst: &Instance) -> Server {
+/// A daemon on free ports with `slots` build slots (builds as child processes).
+fn serve(inst: &Instance, slots: &str) -> Server {
     Server::start(inst.cmd(&[
         "serve",
         "--http",
@@ -23,7 +24,9 @@ fn serve(inst: &Instance) -> Server {
         "--public-host",
         "127.0.0.1",
         "--build-slots",
-        "0",
+        slots,
+        "--build-runner",
+        "child",
     ]))
 }
 
@@ -82,7 +85,7 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
     let (a, b) = (Instance::new("ed25519"), Instance::new("ed25519"));
     admin(&a);
     admin(&b);
-    let (sa, sb) = (serve(&a), serve(&b));
+    let (sa, sb) = (serve(&a, "0"), serve(&b, "0"));
     assert!(remotes_of(&sa.url).is_empty());
 
     // A stranger's handshake is refused, with the reason.
@@ -168,19 +171,7 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
     // request A never made, so A refuses the result it did not wait for).
     let c = Instance::new("ed25519");
     admin(&c);
-    let sc = Server::start(c.cmd(&[
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--ftp",
-        "127.0.0.1:0",
-        "--public-host",
-        "127.0.0.1",
-        "--build-slots",
-        "1",
-        "--build-runner",
-        "child",
-    ]));
+    let sc = serve(&c, "1");
     for (on, remote) in [(&sa, &sc), (&sc, &sa), (&sa, &sc)] {
         as_admin(&on.url, &["setup", "--remotes", &remote.url]);
     }
