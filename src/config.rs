@@ -340,6 +340,9 @@ pub struct Distribution {
     /// PrioritySource ids whose archives the builds also see, pinned.
     #[serde(default)]
     pub extra_sources: Vec<String>,
+    /// mini-buildd's build settings (resolver, QA modes, blocks, …), as fields of their own.
+    #[serde(flatten)]
+    pub build: crate::protocol::BuildSettings,
 }
 
 impl Distribution {
@@ -684,7 +687,11 @@ impl Object {
                 Object::Source(s)
             }
             Kind::PrioritySource => Object::PrioritySource(de(kind, v)?),
-            Kind::Distribution => Object::Distribution(de(kind, v)?),
+            Kind::Distribution => {
+                let d: Distribution = de(kind, v)?;
+                d.build.check().map_err(|e| format!("{kind}: {e}"))?;
+                Object::Distribution(d)
+            }
             Kind::Repository => Object::Repository(de(kind, v)?),
             Kind::Chroot => Object::Chroot(de(kind, v)?),
             Kind::Uploader => Object::Uploader(de(kind, v)?),

@@ -481,6 +481,7 @@ impl Instance {
                         build_backend,
                         build_network,
                         extra_sources: vec![],
+                        build: Default::default(),
                     }
                 }
             };

@@ -17,7 +17,7 @@ use crate::events::{Event, EventType};
 use crate::incoming::{self, ArchBuild, ArchResult, Incoming, Kind, Upload, UploadState};
 use crate::instance::Instance;
 use crate::protocol::options::UploadOptions;
-use crate::protocol::{BuildKey, BuildRequest, BuildResult, Check, QaMode, Resolver, Timecode, UploadKey, tar};
+use crate::protocol::{BuildKey, BuildRequest, BuildResult, Check, QaMode, Timecode, UploadKey, tar};
 use crate::store::{self, BUILD_QUEUE, CONFIG, PENDING, StoreError, UPLOAD_KEYS};
 use redb::ReadableTable;
 use std::collections::BTreeMap;
@@ -588,6 +588,7 @@ impl Packager<'_> {
         tar: crate::deb::FileEntry,
     ) -> BuildRequest {
         let arch = opt.arch.as_str();
+        let set = &a.distribution.build;
         let mode = |k: &str, default: QaMode| a.options.mode(k, arch).unwrap_or(default);
         BuildRequest {
             key,
@@ -596,15 +597,17 @@ impl Packager<'_> {
             packager: format!("{}/", self.http_url),
             builder: Some(self.http_url.clone()),
             arch_all: opt.build_architecture_all,
-            resolver: Resolver::Apt,
-            config_blocks: vec!["set-default-path".into(), "ccache".into()],
-            setup_blocks: ["apt-setup", "apt-update", "ccache", "eatmydata"].map(String::from).to_vec(),
-            deb_build_options: a.options.build_options(arch).cloned(),
-            deb_build_profiles: a.options.build_profiles(arch).cloned(),
-            add_depends: a.options.add_depends(arch).cloned(),
-            lintian: mode("lintian-mode", QaMode::Errfail),
-            piuparts: mode("piuparts-mode", QaMode::Disabled),
-            autopkgtest: mode("autopkgtest-mode", QaMode::Disabled),
+            resolver: set.build_dep_resolver,
+            config_blocks: set.sbuild_config_blocks.clone(),
+            setup_blocks: set.sbuild_setup_blocks.clone(),
+            deb_build_options: a.options.build_options(arch).or(set.deb_build_options.as_ref()).cloned(),
+            deb_build_profiles: a.options.build_profiles(arch).or(set.deb_build_profiles.as_ref()).cloned(),
+            add_depends: a.options.add_depends(arch).or(set.add_depends.as_ref()).cloned(),
+            lintian: mode("lintian-mode", set.lintian_mode),
+            lintian_extra_options: set.lintian_extra_options.clone(),
+            piuparts: mode("piuparts-mode", set.piuparts_mode),
+            piuparts_extra_options: set.piuparts_extra_options.clone(),
+            autopkgtest: mode("autopkgtest-mode", set.autopkgtest_mode),
             backend: a.distribution.build_backend,
             network: a.distribution.build_network,
             tar,
@@ -649,7 +652,7 @@ impl Packager<'_> {
             let d = Dist::new(a.dist.codename.clone(), repo.clone(), s);
             sources.push_str(&format!("deb {}/repositories/{repo}/ {d} {}\n", self.http_url, components.join(" ")));
         }
-        let priority = a.options.apt_priority(arch).unwrap_or(1);
+        let priority = a.options.apt_priority(arch).unwrap_or(a.distribution.build.internal_apt_priority);
         let origin = self.inst.daemon().ok().flatten().map(|d| d.archive_origin()).unwrap_or_default();
         let mut prefs = format!("Package: *\nPin: release o={origin}\nPin-Priority: {priority}\n");
         // The distribution's extra sources (backports, …), each pinned at its priority.
@@ -671,8 +674,8 @@ impl Packager<'_> {
             ("apt_preferences", prefs),
             ("apt_keys", pub_key.to_owned()),
             ("ssl_cert", String::new()),
-            ("chroot_setup_script", String::new()),
-            ("sbuildrc_snippet", String::new()),
+            ("chroot_setup_script", a.distribution.build.chroot_setup_script.as_str().to_owned()),
+            ("sbuildrc_snippet", a.distribution.build.sbuildrc_snippet.as_str().to_owned()),
         ]
     }
 

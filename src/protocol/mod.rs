@@ -13,12 +13,14 @@ pub mod qa;
 pub mod remote;
 pub mod request;
 pub mod result;
+pub mod settings;
 pub mod tar;
 
 pub use key::{BuildKey, KeyError, Timecode, UploadKey};
 pub use qa::{Check, QaMode};
 pub use request::{Backend, BuildRequest, Resolver};
 pub use result::BuildResult;
+pub use settings::{Blocks, BuildSettings, ToolOptions};
 
 use crate::deb::Stanza;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,7 @@
 //! The build request (mini-buildd §5.2 step 5): what a packager asks a builder to build, signed
 //! by the packager. `<src>_<ver>_mini-buildd-buildrequest_<arch>.changes` plus its tar.
 
-use super::{BuildKey, ProtocolError, QaMode, field_err, get, parse, xfield};
+use super::{Blocks, BuildKey, ProtocolError, QaMode, ToolOptions, field_err, get, parse, xfield};
 use crate::deb::relations::{BuildOptions, BuildProfiles, Relations};
 use crate::deb::{Dist, FileEntry, FileName, Stanza};
 use crate::gpg::{ArchiveKey, Cert};
@@ -70,18 +70,6 @@ impl std::str::FromStr for Resolver {
     }
 }
 
-/// A configuration or setup block name (`ccache`, `apt-update`, …).
-fn block_names(field: &str, v: Option<&str>) -> Result<Vec<String>, ProtocolError> {
-    let mut out = Vec::new();
-    for b in v.unwrap_or_default().split_whitespace() {
-        if !b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
-            return Err(field_err(field, format!("block name {b:?}")));
-        }
-        out.push(b.to_owned());
-    }
-    Ok(out)
-}
-
 /// A build request, every field typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildRequest {
@@ -96,13 +84,15 @@ pub struct BuildRequest {
     /// This architecture also builds the architecture-independent packages.
     pub arch_all: bool,
     pub resolver: Resolver,
-    pub config_blocks: Vec<String>,
-    pub setup_blocks: Vec<String>,
+    pub config_blocks: Blocks,
+    pub setup_blocks: Blocks,
     pub deb_build_options: Option<BuildOptions>,
     pub deb_build_profiles: Option<BuildProfiles>,
     pub add_depends: Option<Relations>,
     pub lintian: QaMode,
+    pub lintian_extra_options: ToolOptions,
     pub piuparts: QaMode,
+    pub piuparts_extra_options: ToolOptions,
     pub autopkgtest: QaMode,
     pub backend: Backend,
     /// The build step may use the network (the nspawn backend cuts it off otherwise).
@@ -151,10 +141,12 @@ impl BuildRequest {
         x("Upload-To", self.upload_to.clone());
         x("Packager", self.packager.clone());
         x("Build-Dep-Resolver", self.resolver.as_str().to_owned());
-        x("Sbuild-Config-Blocks", self.config_blocks.join(" "));
-        x("Sbuild-Setup-Blocks", self.setup_blocks.join(" "));
+        x("Sbuild-Config-Blocks", self.config_blocks.to_string());
+        x("Sbuild-Setup-Blocks", self.setup_blocks.to_string());
         x("Lintian-Mode", self.lintian.to_string());
+        x("Lintian-Extra-Options", self.lintian_extra_options.to_string());
         x("Piuparts-Mode", self.piuparts.to_string());
+        x("Piuparts-Extra-Options", self.piuparts_extra_options.to_string());
         x("Autopkgtest-Mode", self.autopkgtest.to_string());
         x("Buildlog", self.buildlog());
         if let Some(b) = &self.builder {
@@ -216,13 +208,15 @@ impl BuildRequest {
             builder: get(st, "Builder").is_some().then(|| url("Builder")).transpose()?,
             arch_all: get(st, "Arch-All") == Some("Yes"),
             resolver: parse(st, "Build-Dep-Resolver")?.unwrap_or_default(),
-            config_blocks: block_names("Sbuild-Config-Blocks", get(st, "Sbuild-Config-Blocks"))?,
-            setup_blocks: block_names("Sbuild-Setup-Blocks", get(st, "Sbuild-Setup-Blocks"))?,
+            config_blocks: parse(st, "Sbuild-Config-Blocks")?.unwrap_or_else(Blocks::default_config),
+            setup_blocks: parse(st, "Sbuild-Setup-Blocks")?.unwrap_or_else(Blocks::default_setup),
             deb_build_options: parse(st, "Deb-Build-Options")?,
             deb_build_profiles: parse(st, "Deb-Build-Profiles")?,
             add_depends: parse(st, "Add-Depends")?,
             lintian: mode("Lintian-Mode")?,
+            lintian_extra_options: parse(st, "Lintian-Extra-Options")?.unwrap_or_default(),
             piuparts: mode("Piuparts-Mode")?,
+            piuparts_extra_options: parse(st, "Piuparts-Extra-Options")?.unwrap_or_default(),
             autopkgtest: mode("Autopkgtest-Mode")?,
             backend: parse(st, "Build-Backend")?.unwrap_or_default(),
             network: get(st, "Build-Network") == Some("Yes"),
@@ -301,13 +295,15 @@ pub(crate) mod tests {
             builder: None,
             arch_all: true,
             resolver: Resolver::Apt,
-            config_blocks: vec!["set-default-path".into(), "ccache".into()],
-            setup_blocks: vec!["apt-setup".into(), "apt-update".into()],
+            config_blocks: Blocks::default_config(),
+            setup_blocks: Blocks::parse_any("apt-setup apt-update").unwrap(),
             deb_build_options: Some("nocheck".parse().unwrap()),
             deb_build_profiles: None,
             add_depends: Some("libfoo-dev (>= 1), bar".parse().unwrap()),
             lintian: QaMode::Errfail,
+            lintian_extra_options: "--info".parse().unwrap(),
             piuparts: QaMode::Disabled,
+            piuparts_extra_options: ToolOptions::default(),
             autopkgtest: QaMode::Disabled,
             backend: Backend::Nspawn,
             network: false,
@@ -346,6 +342,8 @@ pub(crate) mod tests {
             ("X-Mini-Buildd-Build-Dep-Resolver", "internal"),
             ("X-Mini-Buildd-Upload-To", "ftp://h/'; id #"),
             ("X-Mini-Buildd-Sbuild-Setup-Blocks", "apt-setup $(id)"),
+            ("X-Mini-Buildd-Lintian-Extra-Options", "--include-dir=/tmp/x"),
+            ("X-Mini-Buildd-Piuparts-Extra-Options", "--info; id"),
             ("Architecture", "amd64 i386"),
             ("Files", "\n 900150983cd24fb0d6963f7d28e17f72 3 mini-buildd extra other.tar"),
         ] {

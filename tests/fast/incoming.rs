@@ -338,3 +338,95 @@ fn ftp_upload_raw(hostport: &str, files: &[PathBuf]) {
     let r = ftp("upload", hostport, files);
     assert!(r.as_array().expect("replies").iter().all(|x| x.as_str().unwrap_or("").starts_with("226")), "{r}");
 }
+
+/// A distribution's build settings (mini-buildd's Distribution fields): hostile values are
+/// refused at `config_set` with the reason and nothing is stored; set values travel in the
+/// build request with mini-buildd's field names, and the scripts in its tar's `.config`.
+#[test]
+fn distribution_build_settings_travel_in_the_build_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let srv = serve(&inst, &[]);
+    let ls = || -> serde_json::Value {
+        serde_json::from_slice(&api_as(&srv.url, "admin", &["config_ls"]).stdout).expect("config_ls")
+    };
+    let fields = || {
+        ls().as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "distribution" && o["id"] == "bookworm")
+            .cloned()
+            .expect("bookworm")["fields"]
+            .clone()
+    };
+    let original = fields();
+    assert_eq!(original["lintian_mode"], "errfail", "mini-buildd's default: {original}");
+    assert_eq!(original["sbuild_setup_blocks"], "apt-setup apt-update ccache eatmydata", "{original}");
+    for (field, value, why) in [
+        ("lintian_extra_options", serde_json::json!("--include-dir=/tmp/evil"), "holds '/'"),
+        ("lintian_extra_options", serde_json::json!("--info; id"), "holds ';'"),
+        ("piuparts_extra_options", serde_json::json!("--scriptsdir /tmp/x"), "is not an option"),
+        ("deb_build_options", serde_json::json!("nocheck $(id)"), "DEB_BUILD_OPTIONS"),
+        ("chroot_setup_script", serde_json::json!("rm -rf /"), "interpreter line"),
+        ("sbuild_setup_blocks", serde_json::json!("apt-setup curl-evil"), "unknown"),
+        ("internal_apt_priority", serde_json::json!(99999), "-32768"),
+        ("build_dep_resolver", serde_json::json!("internal"), "unknown variant"),
+    ] {
+        let mut f = original.clone();
+        f[field] = value.clone();
+        let out = api_as(&srv.url, "admin", &["config_set", "distribution", &f.to_string()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{field}={value}: {err}");
+    }
+    assert_eq!(fields(), original, "a refused value changed nothing");
+
+    let mut f = original.clone();
+    for (field, value) in [
+        ("build_dep_resolver", serde_json::json!("aptitude")),
+        ("lintian_extra_options", serde_json::json!("--info --display-experimental")),
+        ("piuparts_extra_options", serde_json::json!("--warn-on-others")),
+        ("autopkgtest_mode", serde_json::json!("ignore")),
+        ("internal_apt_priority", serde_json::json!(500)),
+        ("deb_build_options", serde_json::json!("nocheck parallel=2")),
+        ("add_depends", serde_json::json!("base-files (>= 1)")),
+        ("sbuild_setup_blocks", serde_json::json!("apt-setup apt-update")),
+        ("chroot_setup_script", serde_json::json!("#!/bin/sh\necho setup-script-ran\n")),
+        ("sbuildrc_snippet", serde_json::json!("$buildbay_test = 1;\n")),
+    ] {
+        f[field] = value;
+    }
+    let out = api_as(&srv.url, "admin", &["config_set", "distribution", &f.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = api_as(&srv.url, "admin", &["config_action", "distribution", "bookworm", "pca"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let changes = make_source(dir.path(), "hello", "1.0-1~test12+1", UNSTABLE, None);
+    ftp_upload(&srv.ftp, &changes);
+    wait_event(&srv.url, "hello", "PACKAGING", WAIT);
+    let req: Vec<PathBuf> = walk(&inst.state().join("spool"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("_mini-buildd-buildrequest_amd64.changes"))
+        .collect();
+    assert_eq!(req.len(), 1, "{req:?}");
+    let text = std::fs::read_to_string(&req[0]).expect("read");
+    for field in [
+        "X-Mini-Buildd-Build-Dep-Resolver: aptitude",
+        // The upload's `lintian-mode=ignore` option overrides the distribution's errfail.
+        "X-Mini-Buildd-Lintian-Mode: ignore",
+        "X-Mini-Buildd-Lintian-Extra-Options: --info --display-experimental",
+        "X-Mini-Buildd-Piuparts-Extra-Options: --warn-on-others",
+        "X-Mini-Buildd-Autopkgtest-Mode: ignore",
+        "X-Mini-Buildd-Deb-Build-Options: nocheck parallel=2",
+        "X-Mini-Buildd-Add-Depends: base-files (>= 1)",
+        "X-Mini-Buildd-Sbuild-Setup-Blocks: apt-setup apt-update\n",
+        "X-Mini-Buildd-Sbuild-Config-Blocks: set-default-path ccache",
+    ] {
+        assert!(text.contains(field), "{field} missing in\n{text}");
+    }
+    let tar = req[0].with_extension("changes.tar");
+    let member = |name: &str| ok(Command::new("tar").arg("-xOf").arg(&tar).arg(name));
+    assert_eq!(member(".config/chroot_setup_script"), "#!/bin/sh\necho setup-script-ran\n");
+    assert_eq!(member(".config/sbuildrc_snippet"), "$buildbay_test = 1;\n");
+    assert!(member(".config/apt_preferences").contains("Pin-Priority: 500"), "internal_apt_priority");
+}
