@@ -78,6 +78,9 @@ enum Command {
         /// With --after-lintian: the slot's own /build directory, where lintian reads copies.
         #[arg(long, requires = "after_lintian")]
         after_dir: Option<PathBuf>,
+        /// With --after-lintian: one extra lintian option (repeatable; `--after-lintian-opt=--info`).
+        #[arg(long, requires = "after_lintian", allow_hyphen_values = true)]
+        after_lintian_opt: Vec<String>,
         /// sbuild's pre-build command: the apt setup of the session of this build directory;
         /// the command is the session's exec prefix.
         #[arg(long, conflicts_with = "build_log", requires = "apt_cache")]
@@ -456,6 +459,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         after_lintian,
         after_user,
         after_dir,
+        after_lintian_opt,
         sbuild_setup,
         apt_cache,
         nspawn_root,
@@ -481,6 +485,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             lintian_chroot: after_lintian.clone(),
             user: after_user.clone(),
             dir: after_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/sbuild/build")),
+            lintian_options: after_lintian_opt.clone(),
         };
         let code = exec::relay(log, result.as_deref(), note, &after, command)
             .with_context(|| format!("running {command:?}"))?;

@@ -14,8 +14,10 @@ pub struct AfterStep {
     pub lintian_chroot: Option<String>,
     /// …as this user (the slot's build user)…
     pub user: Option<String>,
-    /// …on copies in this directory, the session's `/build`.
+    /// …on copies in this directory, the session's `/build`…
     pub dir: PathBuf,
+    /// …with these extra options (the distribution's `lintian_extra_options`).
+    pub lintian_options: Vec<String>,
 }
 
 /// Copy standard input to `$1` without the lines the image's `/etc/apt/sources.list` has.
@@ -39,7 +41,7 @@ pub fn relay(
     sanitise_out(log);
     if let (0, Some(chroot)) = (code, &after.lintian_chroot) {
         // Whatever happens to the after step, the unit's end is still recorded below.
-        if let Err(e) = run_after_lintian(log, chroot, after.user.as_deref(), &after.dir) {
+        if let Err(e) = run_after_lintian(log, chroot, after) {
             eprintln!("buildbay: lintian after the result failed to run: {e}");
         }
     }
@@ -60,7 +62,8 @@ fn sanitise_out(beside: &Path) {
 /// the chroot, as the build user, on copies of the build's regular files (never through a
 /// symlink it left) in the slot's `/build`. The copies are made through a directory descriptor
 /// of a fresh directory, so nothing there is followed even if the directory is renamed meanwhile.
-fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>, build: &Path) -> std::io::Result<()> {
+fn run_after_lintian(log: &Path, chroot: &str, after: &AfterStep) -> std::io::Result<()> {
+    let (user, build) = (after.user.as_deref(), after.dir.as_path());
     use nix::fcntl::{OFlag, openat};
     use nix::sys::stat::Mode;
     Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
@@ -108,6 +111,7 @@ fn run_after_lintian(log: &Path, chroot: &str, user: Option<&str>, build: &Path)
                 "--suppress-tags".into(),
                 "bad-distribution-in-changes-file".into(),
             ]);
+            a.extend(after.lintian_options.iter().cloned());
             a.extend(changes.iter().map(|c| format!("/build/{name}/{c}")));
             a
         }
@@ -198,12 +202,28 @@ pub fn sbuild_setup(dir: &Path, cache: &Path, exec: &[String]) -> std::io::Resul
         ])
         .status()?;
         if status.success() {
-            return Ok(0);
+            return run_setup_script(dir, &in_session);
         }
         // e.g. the daemon restarting
         std::thread::sleep(std::time::Duration::from_secs(3));
     }
     Ok(1)
+}
+
+/// The distribution's chroot setup script, if the request has one: copied into the session
+/// through standard input (never through a symlink) and run there as root.
+fn run_setup_script(dir: &Path, in_session: &dyn Fn(&[&str]) -> Command) -> std::io::Result<i32> {
+    let Some(script) = super::backend::setup_script(dir) else { return Ok(0) };
+    let (from, _) = crate::protocol::tar::open_regular(&script)?;
+    println!("buildbay: running the distribution's chroot setup script");
+    let run = r#"cat > "$1" && chmod 0700 "$1" && "$1""#;
+    let status =
+        in_session(&["sh", "-c", run, "sh", "/root/buildbay-chroot-setup"]).stdin(Stdio::from(from)).status()?;
+    if !status.success() {
+        println!("buildbay: the distribution's chroot setup script failed ({status})");
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 /// Run `argv`, copying its stdout and stderr, in order, to our stdout and to `log`, after the
@@ -398,6 +418,7 @@ mod tests {
             lintian_chroot: Some("buildbay-no-such-chroot".into()),
             user: None,
             dir: dir.path().to_owned(),
+            lintian_options: vec!["--info".into()],
         };
         let ok: Vec<String> = ["sh", "-c", "echo building"].map(String::from).to_vec();
         assert_eq!(relay(&log, Some(&result), &[], &after, &ok).unwrap(), 0);

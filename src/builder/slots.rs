@@ -35,6 +35,14 @@ pub struct Slot {
     pub build_dir: PathBuf,
 }
 
+impl Slot {
+    /// The slot's persistent directory of a chroot (mini-buildd's `%LIBDIR%`), beside its apt
+    /// cache: what one build leaves for the next of the same chroot in the same slot.
+    pub fn libdir(&self, chroot: &crate::chroot::Chroot) -> PathBuf {
+        self.apt_cache.with_file_name(format!("{}-lib", self.index)).join(chroot.id())
+    }
+}
+
 impl Users {
     /// Per-slot users when running as root, else the daemon's own user.
     pub fn detect(prefix: &str) -> Users {

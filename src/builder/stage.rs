@@ -80,7 +80,9 @@ impl Stager {
         group: Option<u32>,
     ) -> Result<Staged, BuilderError> {
         let bad = |why: String| BuilderError::Request { bkey: bkey.clone(), why };
-        let (req, _) = BuildRequest::verify(request, certs).map_err(|e| bad(format!("refused: {e}")))?;
+        let (req, signer) = BuildRequest::verify(request, certs).map_err(|e| bad(format!("refused: {e}")))?;
+        // The first key is this instance's own: its requests carry this instance's settings.
+        let local = certs.first().is_some_and(|c| c.fingerprint().to_hex() == signer);
         if &req.key != bkey {
             return Err(bad(format!("the signed request is for {}, not {bkey}", req.key)));
         }
@@ -121,6 +123,7 @@ impl Stager {
             slot: &slot_info,
             machined: unit,
             exe: &self.exe,
+            local,
         };
         let plan = backend::plan(&build)?;
         let job = Job {

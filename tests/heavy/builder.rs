@@ -184,6 +184,58 @@ fn sbuild_on_a_machine_image_chroot() {
     assert!(log2.contains("buildbay: apt archive cache ") && log2.contains("Setting up hello"), "{log2}");
     assert!(!log2.contains("amd64 hello "), "hello came from the cache, not the network: {log2}");
 
+    // 1c. The distribution's build settings change the build: the resolver (named in the log),
+    //     DEB_BUILD_OPTIONS as debian/rules sees them, the chroot setup script (run as root in
+    //     the build's session), lintian's extra options, the sbuildrc snippet with %LIBDIR%.
+    let dist = || -> serde_json::Value {
+        let all: serde_json::Value =
+            serde_json::from_slice(&api_as(&srv.url, "admin", &["config_ls"]).stdout).expect("config_ls");
+        all.as_array().into_iter().flatten().find(|o| o["kind"] == "distribution").cloned().expect("distribution")
+            ["fields"]
+            .clone()
+    };
+    let set_dist = |f: &serde_json::Value| {
+        let out = api_as(&srv.url, "admin", &["config_set", "distribution", &f.to_string()]);
+        assert!(out.status.success(), "config_set: {}", String::from_utf8_lossy(&out.stderr));
+        let out = api_as(&srv.url, "admin", &["config_action", "distribution", "bookworm", "pca"]);
+        assert!(out.status.success(), "pca: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let original = dist();
+    let mut f = original.clone();
+    f["build_dep_resolver"] = serde_json::json!("aptitude");
+    f["deb_build_options"] = serde_json::json!("nocheck buildbay-test-option");
+    f["lintian_extra_options"] = serde_json::json!("--info");
+    f["chroot_setup_script"] = serde_json::json!(
+        "#!/bin/sh\nset -e\necho chroot-setup-script-ran-as-$(id -u)\ntouch /etc/buildbay-setup-marker\n"
+    );
+    f["sbuildrc_snippet"] = serde_json::json!("$build_environment = { 'BUILDBAY_SNIPPET' => 'libdir=%LIBDIR%' };\n");
+    set_dist(&f);
+    let settings = buildable_source(
+        dir.path(),
+        "bbsettings",
+        "1.0~test12+1",
+        UNSTABLE,
+        "echo \"DBO=$$DEB_BUILD_OPTIONS SNIPPET=$$BUILDBAY_SNIPPET\"; test -f /etc/buildbay-setup-marker",
+    );
+    ftp_upload(&srv.ftp, &settings);
+    let installed = wait_event(&srv.url, "bbsettings", "INSTALLED", BUILD_WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
+    let logs = walk_named(&inst.state().join("spool"), "bbsettings_1.0~test12+1_amd64.buildlog");
+    let log = std::fs::read_to_string(&logs[0]).expect("buildlog");
+    for want in [
+        "buildbay: build dependencies to install: the distribution has a chroot setup script",
+        "buildbay: build-dependency resolver: aptitude",
+        "chroot-setup-script-ran-as-0",
+        // sbuild adds its parallel=N to the distribution's options.
+        "DBO=buildbay-test-option nocheck parallel=",
+        "SNIPPET=libdir=/",
+        "N: ",
+    ] {
+        assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+    }
+    assert!(log.contains("Setting up aptitude"), "sbuild resolved with aptitude: {log}");
+    set_dist(&original);
+
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
     ftp_upload(&srv.ftp, &bad);

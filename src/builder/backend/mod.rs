@@ -35,6 +35,15 @@ pub struct Build<'a> {
     pub machined: bool,
     /// The running binary (`builder-exec`).
     pub exe: &'a Path,
+    /// The request is this instance's own (signed with its key), not a remote's: its
+    /// distribution's `.sbuildrc` snippet applies (a remote's perl never runs here).
+    pub local: bool,
+}
+
+/// The request's chroot setup script (`.config/chroot_setup_script`), if it has one.
+pub(crate) fn setup_script(dir: &Path) -> Option<PathBuf> {
+    let p = dir.join(".config/chroot_setup_script");
+    std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.len() > 0).then_some(p)
 }
 
 /// What runs after a successful build, once its result can go.
@@ -42,7 +51,7 @@ pub struct Build<'a> {
 pub enum After {
     /// lintian in ignore mode, in a fresh session of the chroot, as the slot's build user, on
     /// copies of the build's files in the slot's own `/build` directory.
-    Lintian { chroot: String, user: Option<String>, dir: PathBuf },
+    Lintian { chroot: String, user: Option<String>, dir: PathBuf, options: Vec<String> },
 }
 
 /// What of the network a build may reach.
@@ -113,10 +122,14 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
             chroot: b.schroot.clone(),
             user: b.slot.user.clone(),
             dir: b.slot.build_dir.clone(),
+            options: b.req.lintian_extra_options.words().to_vec(),
         });
     }
     if let Some(u) = &b.slot.user {
         notes.push(format!("build slot {}: the build runs as {u}", b.slot.index));
+    }
+    for (k, v) in build_env(b.req) {
+        notes.push(format!("{k}={v}"));
     }
     notes.append(&mut plan.notes);
     plan.notes = notes;
@@ -169,6 +182,9 @@ fn image_has_build_deps(b: &Build<'_>) -> Result<(), String> {
     let req = b.req;
     if req.add_depends.is_some() {
         return Err("the request adds dependencies (Add-Depends)".into());
+    }
+    if setup_script(b.dir).is_some() {
+        return Err("the distribution has a chroot setup script".into());
     }
     let first_alternative_only = req.resolver == crate::protocol::Resolver::Apt;
     let dsc_path = b.dir.join(b.dsc);

@@ -25,7 +25,8 @@ pub const SUMMARY: &str = ".buildbay-summary";
 /// The script the machine runs. Every value comes from its environment:
 /// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
 /// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list) and
-/// `BUILDBAY_LINTIAN_FAIL_ON`. It prints sbuild's section headers, so its phases are timed the
+/// `BUILDBAY_LINTIAN_FAIL_ON` and `BUILDBAY_LINTIAN_OPTS` (checked option words). The
+/// distribution's chroot setup script runs from the build's `.config`. It prints sbuild's section headers, so its phases are timed the
 /// same way (see `phases`).
 pub const BUILD_SCRIPT: &str = r#"#!/bin/sh
 # buildbay: a build in an ephemeral nspawn machine; everything but /build/out vanishes with it.
@@ -53,6 +54,11 @@ if [ "$BUILDBAY_INSTALLED" != 1 ]; then
     sleep 3  # e.g. the daemon restarting
   done
   [ -n "$updated" ] || given_back 'apt-get update of the build sources'
+  if [ -s /build/.config/chroot_setup_script ]; then
+    echo "buildbay: running the distribution's chroot setup script"
+    install -m 0700 /build/.config/chroot_setup_script /root/buildbay-chroot-setup || given_back 'copying the chroot setup script'
+    /root/buildbay-chroot-setup || given_back "the distribution's chroot setup script"
+  fi
   section 'Install package build dependencies'
   apt-get -q -y --no-install-recommends build-dep "/build/$BUILDBAY_DSC" || given_back 'installing the build dependencies'
   if [ -n "$BUILDBAY_ADD_DEPENDS" ]; then
@@ -73,7 +79,9 @@ for f in /srv/buildbay/*; do [ -f "$f" ] && [ ! -L "$f" ] && cp "$f" /build/out/
 lintian=
 if [ -n "$BUILDBAY_LINTIAN_FAIL_ON" ] && [ "$status" = successful ]; then
   section 'Post Build'
-  if runuser -u builder -- lintian --fail-on "$BUILDBAY_LINTIAN_FAIL_ON" --suppress-tags bad-distribution-in-changes-file /build/out/*.changes; then lintian=pass; else lintian=fail; fi
+  # The extra options are checked words (see protocol::settings): split, never globbed.
+  set -f; set -- $BUILDBAY_LINTIAN_OPTS; set +f
+  if runuser -u builder -- lintian --fail-on "$BUILDBAY_LINTIAN_FAIL_ON" --suppress-tags bad-distribution-in-changes-file "$@" /build/out/*.changes; then lintian=pass; else lintian=fail; fi
 fi
 section 'Summary'
 # Also where no process of the build can write: the host reads the summary from there.
@@ -106,7 +114,22 @@ impl Backend for Nspawn {
             ("BUILDBAY_INSTALLED".into(), if installed { "1" } else { "0" }.into()),
             ("BUILDBAY_ADD_DEPENDS".into(), req.add_depends.as_ref().map(|r| r.to_string()).unwrap_or_default()),
             ("BUILDBAY_LINTIAN_FAIL_ON".into(), req.lintian.lintian_fail_on().unwrap_or_default().into()),
+            ("BUILDBAY_LINTIAN_OPTS".into(), req.lintian_extra_options.to_string()),
         ];
+        let mut notes =
+            vec![format!("nspawn machine in its own user namespace: uid 0 inside is uid {} outside", b.slot.uid_base)];
+        if std::fs::symlink_metadata(b.dir.join(".config/sbuildrc_snippet")).is_ok_and(|m| m.len() > 0) {
+            notes.push("the distribution's sbuildrc snippet is for sbuild: the nspawn backend has none".into());
+        }
+        if !installed {
+            notes.push(match req.resolver {
+                crate::protocol::Resolver::Apt => "build-dependency resolver: apt".to_owned(),
+                other => format!(
+                    "build-dependency resolver: apt (the distribution asks for {}, which only the sbuild backend has)",
+                    other.as_str()
+                ),
+            });
+        }
         setenv.extend(build_env(req));
         let mut argv: Vec<String> = vec![
             b.exe.display().to_string(),
@@ -122,10 +145,7 @@ impl Backend for Nspawn {
             argv,
             env: vec![("HOME".into(), b.dir.display().to_string())],
             machine: Some(machine),
-            notes: vec![format!(
-                "nspawn machine in its own user namespace: uid 0 inside is uid {} outside",
-                b.slot.uid_base
-            )],
+            notes,
             after: None,
             network: super::Network::None,
             writable: vec![],

@@ -25,6 +25,16 @@ if (length($ENV{'BUILDBAY_SETUP'} // '')) {
         '--apt-cache', $ENV{'BUILDBAY_APT_CACHE'}, '--', '%SBUILD_CHROOT_EXEC'
     ]] };
 }
+$path = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/games' if length($ENV{'BUILDBAY_DEFAULT_PATH'} // '');
+# The distribution's own perl (this instance's requests only).
+if (length($ENV{'BUILDBAY_SBUILDRC_SNIPPET'} // '')) {
+    # A string eval, as sbuild reads .sbuildrc: the snippet sees sbuild's config variables.
+    my $snippet = $ENV{'BUILDBAY_SBUILDRC_SNIPPET'};
+    open(my $fh, '<', $snippet) or die("buildbay: cannot read the sbuildrc snippet $snippet: $!");
+    my $code = do { local $/; <$fh> };
+    close($fh);
+    eval($code . "\n;1;") or die("buildbay: the distribution's sbuildrc snippet: $@");
+}
 1;
 "#;
 
@@ -41,12 +51,34 @@ impl Backend for Sbuild {
         if !installed {
             env.push(("BUILDBAY_SETUP".to_owned(), "1".to_owned()));
         }
+        if b.req.config_blocks.has("set-default-path") {
+            env.push(("BUILDBAY_DEFAULT_PATH".to_owned(), "1".to_owned()));
+        }
+        let mut notes = vec![];
+        if !installed {
+            notes.push(format!("build-dependency resolver: {}", b.req.resolver.as_str()));
+        }
+        let snippet = b.dir.join(".config/sbuildrc_snippet");
+        if std::fs::symlink_metadata(&snippet).is_ok_and(|m| m.is_file() && m.len() > 0) {
+            if b.local {
+                // mini-buildd's placeholder: the slot's persistent directory of this chroot.
+                let text = std::fs::read_to_string(&snippet).map_err(crate::builder::io_err(&snippet))?;
+                let libdir = b.slot.libdir(b.chroot);
+                std::fs::create_dir_all(&libdir).map_err(crate::builder::io_err(&libdir))?;
+                let text = text.replace("%LIBDIR%", &libdir.display().to_string());
+                let path = write_const(b.dir, ".sbuildrc-snippet", &text, 0o644)?;
+                notes.push("the distribution's sbuildrc snippet is part of .sbuildrc".to_owned());
+                env.push(("BUILDBAY_SBUILDRC_SNIPPET".to_owned(), path.display().to_string()));
+            } else {
+                notes.push("the request's sbuildrc snippet is a remote's: it does not run here".to_owned());
+            }
+        }
         env.extend(build_env(b.req));
         Ok(Plan {
             argv: sbuild_argv(b.req, &b.schroot, b.dir, &b.dir.join(b.dsc), installed),
             env,
             machine: None,
-            notes: vec![],
+            notes,
             after: None::<After>,
             network: super::Network::None,
             writable: vec![],
@@ -86,6 +118,7 @@ pub fn sbuild_argv(req: &BuildRequest, chroot: &str, dir: &Path, dsc: &Path, ins
             a.push("--run-lintian".into());
             a.push("--lintian-opts=--suppress-tags=bad-distribution-in-changes-file".into());
             a.push(format!("--lintian-opts=--fail-on={fail_on}"));
+            a.extend(req.lintian_extra_options.words().iter().map(|o| format!("--lintian-opt={o}")));
         }
     }
     a.push("--no-run-piuparts".into());
@@ -120,6 +153,7 @@ mod tests {
             "--add-depends=bar",
             "--run-lintian",
             "--lintian-opts=--fail-on=error",
+            "--lintian-opt=--info",
             "--build-dir=/b/.writing/out",
             "--purge-deps=never",
         ] {

@@ -45,8 +45,9 @@ impl Unit {
         let dir = job.dir.clone();
         let mut relay = vec![exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
         relay.push(dir.join(super::LIVE_LOG).display().to_string());
-        if let Some(After::Lintian { chroot, user, dir }) = &plan.after {
+        if let Some(After::Lintian { chroot, user, dir, options }) = &plan.after {
             relay.extend(["--after-lintian".to_owned(), chroot.clone()]);
+            relay.extend(options.iter().map(|o| format!("--after-lintian-opt={o}")));
             relay.extend(["--after-dir".to_owned(), dir.display().to_string()]);
             if let Some(u) = user {
                 relay.extend(["--after-user".to_owned(), u.clone()]);
