@@ -91,7 +91,13 @@ impl UploadOptions {
             "lintian-mode" | "piuparts-mode" | "autopkgtest-mode" => {
                 Value::Mode(value.parse().map_err(|_| bad("use disabled, ignore, errfail or warnfail".into()))?)
             }
-            "internal-apt-priority" => Value::Priority(value.parse().map_err(|_| bad("give an integer".into()))?),
+            "internal-apt-priority" => Value::Priority(
+                value
+                    .parse()
+                    .ok()
+                    .filter(|p: &i32| (-32768..=32767).contains(p))
+                    .ok_or_else(|| bad("give an integer apt takes, -32768…32767".into()))?,
+            ),
             "auto-ports" => Value::Dists(
                 value
                     .split(',')

@@ -70,6 +70,13 @@ impl std::str::FromStr for Resolver {
     }
 }
 
+/// A check tool's extra options from a request: only options the tool allows.
+fn tool_options(st: &Stanza, field: &'static str, allowed: &[&str]) -> Result<ToolOptions, ProtocolError> {
+    let o: ToolOptions = parse(st, field)?.unwrap_or_default();
+    o.allowed_by(field, allowed).map_err(|e| field_err(&xfield(field), e))?;
+    Ok(o)
+}
+
 /// A build request, every field typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildRequest {
@@ -214,9 +221,9 @@ impl BuildRequest {
             deb_build_profiles: parse(st, "Deb-Build-Profiles")?,
             add_depends: parse(st, "Add-Depends")?,
             lintian: mode("Lintian-Mode")?,
-            lintian_extra_options: parse(st, "Lintian-Extra-Options")?.unwrap_or_default(),
+            lintian_extra_options: tool_options(st, "Lintian-Extra-Options", &super::settings::LINTIAN_OPTIONS)?,
             piuparts: mode("Piuparts-Mode")?,
-            piuparts_extra_options: parse(st, "Piuparts-Extra-Options")?.unwrap_or_default(),
+            piuparts_extra_options: tool_options(st, "Piuparts-Extra-Options", &super::settings::PIUPARTS_OPTIONS)?,
             autopkgtest: mode("Autopkgtest-Mode")?,
             backend: parse(st, "Build-Backend")?.unwrap_or_default(),
             network: get(st, "Build-Network") == Some("Yes"),
@@ -343,6 +350,8 @@ pub(crate) mod tests {
             ("X-Mini-Buildd-Upload-To", "ftp://h/'; id #"),
             ("X-Mini-Buildd-Sbuild-Setup-Blocks", "apt-setup $(id)"),
             ("X-Mini-Buildd-Lintian-Extra-Options", "--include-dir=/tmp/x"),
+            ("X-Mini-Buildd-Lintian-Extra-Options", "--include-dir=."),
+            ("X-Mini-Buildd-Lintian-Extra-Options", "--help"),
             ("X-Mini-Buildd-Piuparts-Extra-Options", "--info; id"),
             ("Architecture", "amd64 i386"),
             ("Files", "\n 900150983cd24fb0d6963f7d28e17f72 3 mini-buildd extra other.tar"),

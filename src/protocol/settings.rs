@@ -29,8 +29,9 @@ const MAX_OPTIONS: usize = 1024;
 
 /// Extra options of a check tool (`lintian_extra_options`, `piuparts_extra_options`): words,
 /// each one option (`-I`, `--info`, `--tag-display-limit=0`), given to the tool as one
-/// argument each. No word names a path: options that load code or configuration from a file
-/// (`--include-dir=/x`, `--cfg /x`) cannot be spelt.
+/// argument each, and each one of the options the tool allows ([`LINTIAN_OPTIONS`],
+/// [`PIUPARTS_OPTIONS`]): none loads code or configuration from a file, none ends the run
+/// early (`--help`, `--version` would pass a gate).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ToolOptions(Vec<String>);
@@ -38,6 +39,21 @@ pub struct ToolOptions(Vec<String>);
 impl ToolOptions {
     pub fn words(&self) -> &[String] {
         &self.0
+    }
+
+    /// Each word is an option of `allowed` (by its name before `=`).
+    pub fn allowed_by(&self, tool: &'static str, allowed: &[&str]) -> Result<(), SettingError> {
+        for w in &self.0 {
+            let name = w.split_once('=').map_or(w.as_str(), |(n, _)| n);
+            if !allowed.contains(&name) {
+                return Err(err(
+                    tool,
+                    w,
+                    format!("not an option buildbay passes on; these are: {}", allowed.join(" ")),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,6 +103,44 @@ impl fmt::Display for ToolOptions {
         f.write_str(&self.0.join(" "))
     }
 }
+
+/// lintian's options a distribution or a request may add: what lintian reports and how.
+pub const LINTIAN_OPTIONS: [&str; 19] = [
+    "-i",
+    "--info",
+    "-I",
+    "--display-info",
+    "-E",
+    "--display-experimental",
+    "--pedantic",
+    "-L",
+    "--display-level",
+    "--suppress-tags",
+    "--tag-display-limit",
+    "--no-tag-display-limit",
+    "--show-overrides",
+    "--hide-overrides",
+    "--profile",
+    "-q",
+    "--quiet",
+    "-v",
+    "--verbose",
+];
+
+/// piuparts' options a distribution or a request may add: which warnings fail and which tests
+/// run.
+pub const PIUPARTS_OPTIONS: [&str; 10] = [
+    "--warn-on-others",
+    "--warn-on-leftovers-after-purge",
+    "--warn-on-debsums-errors",
+    "--skip-minimize",
+    "--no-upgrade-test",
+    "--skip-logrotatefiles-test",
+    "--fail-if-inadequate",
+    "--pedantic-purge-test",
+    "--install-recommends",
+    "--dpkg-force-confdef",
+];
 
 /// sbuild's config blocks (mini-buildd's `sbuild_config_blocks`): what the `.sbuildrc` sets.
 pub const CONFIG_BLOCKS: [(&str, &str); 2] = [
@@ -340,6 +394,8 @@ impl BuildSettings {
     /// What a configured distribution may not hold, beyond each value's own type: blocks of
     /// the right kind, a priority apt takes, a root command of one word.
     pub fn check(&self) -> Result<(), SettingError> {
+        self.lintian_extra_options.allowed_by("lintian_extra_options", &LINTIAN_OPTIONS)?;
+        self.piuparts_extra_options.allowed_by("piuparts_extra_options", &PIUPARTS_OPTIONS)?;
         Blocks::parse_known(&self.sbuild_config_blocks.to_string(), &CONFIG_BLOCKS)?;
         Blocks::parse_known(&self.sbuild_setup_blocks.to_string(), &SETUP_BLOCKS)?;
         if !(-32768..=32767).contains(&self.internal_apt_priority) {
@@ -382,6 +438,14 @@ mod tests {
         assert_eq!(ok.to_string(), "--info --tag-display-limit=0 -I --suppress-tags=a,b");
         assert!("".parse::<ToolOptions>().unwrap().is_empty());
         assert!("-x ".repeat(400).parse::<ToolOptions>().is_err(), "bounded");
+        // Well-formed but not allowed: loads code from a relative path, or ends lintian early.
+        for bad in ["--include-dir=.", "--include-dir=hello-1.0", "--cfg=x", "--help", "-V", "--print-version"] {
+            let o: ToolOptions = bad.parse().unwrap();
+            assert!(o.allowed_by("lintian", &LINTIAN_OPTIONS).is_err(), "{bad} allowed");
+        }
+        assert!(ok.allowed_by("lintian", &LINTIAN_OPTIONS).is_ok());
+        let p: ToolOptions = "--warn-on-others --bindmount=proc".parse().unwrap();
+        assert!(p.allowed_by("piuparts", &PIUPARTS_OPTIONS).is_err());
     }
 
     #[test]

@@ -365,6 +365,8 @@ fn distribution_build_settings_travel_in_the_build_request() {
     assert_eq!(original["sbuild_setup_blocks"], "apt-setup apt-update ccache eatmydata", "{original}");
     for (field, value, why) in [
         ("lintian_extra_options", serde_json::json!("--include-dir=/tmp/evil"), "holds '/'"),
+        ("lintian_extra_options", serde_json::json!("--include-dir=."), "not an option buildbay passes on"),
+        ("lintian_extra_options", serde_json::json!("--help"), "not an option buildbay passes on"),
         ("lintian_extra_options", serde_json::json!("--info; id"), "holds ';'"),
         ("piuparts_extra_options", serde_json::json!("--scriptsdir /tmp/x"), "is not an option"),
         ("deb_build_options", serde_json::json!("nocheck $(id)"), "DEB_BUILD_OPTIONS"),

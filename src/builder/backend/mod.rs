@@ -95,6 +95,18 @@ fn backend(kind: Kind) -> &'static dyn Backend {
 /// Plan a build: decide whether anything must be installed, then ask its backend.
 pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     let mut notes = Vec::new();
+    // sbuild runs the chroot setup script as root in a schroot session, which is root on this
+    // host: only this instance's own requests get that. A remote's script runs only in an
+    // nspawn machine, whose root owns nothing here.
+    if let Some(script) = setup_script(b.dir)
+        && !b.local
+        && b.req.backend == Kind::Sbuild
+    {
+        std::fs::remove_file(&script).map_err(io_err(&script))?;
+        notes.push(
+            "the request's chroot setup script is a remote's: it does not run as root in an sbuild session".into(),
+        );
+    }
     let installed = match image_has_build_deps(b) {
         Ok(()) => {
             notes.push("the build dependencies are all in the chroot image: nothing to install".to_owned());

@@ -62,7 +62,7 @@ impl Backend for Sbuild {
         if std::fs::symlink_metadata(&snippet).is_ok_and(|m| m.is_file() && m.len() > 0) {
             if b.local {
                 // mini-buildd's placeholder: the slot's persistent directory of this chroot.
-                let text = std::fs::read_to_string(&snippet).map_err(crate::builder::io_err(&snippet))?;
+                let text = read_setting(&snippet)?;
                 let libdir = b.slot.libdir(b.chroot);
                 std::fs::create_dir_all(&libdir).map_err(crate::builder::io_err(&libdir))?;
                 let text = text.replace("%LIBDIR%", &libdir.display().to_string());
@@ -84,6 +84,22 @@ impl Backend for Sbuild {
             writable: vec![],
         })
     }
+}
+
+/// A setting's file from the request's `.config` (a regular file, never through a symlink), as
+/// the distribution's check bounds it.
+fn read_setting(path: &Path) -> Result<String, BuilderError> {
+    use std::io::Read;
+    let (f, _) = crate::protocol::tar::open_regular(path).map_err(crate::builder::io_err(path))?;
+    let mut text = String::new();
+    f.take(crate::protocol::settings::MAX_SCRIPT as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(crate::builder::io_err(path))?;
+    if text.len() > crate::protocol::settings::MAX_SCRIPT {
+        let why = format!("longer than {} bytes", crate::protocol::settings::MAX_SCRIPT);
+        return Err(crate::builder::io_err(path)(std::io::Error::other(why)));
+    }
+    Ok(text)
 }
 
 /// mini-buildd's sbuild command line, from the typed request.
