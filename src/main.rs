@@ -81,6 +81,9 @@ enum Command {
         /// With --after-lintian: one extra lintian option (repeatable; `--after-lintian-opt=--info`).
         #[arg(long, requires = "after_lintian", allow_hyphen_values = true)]
         after_lintian_opt: Vec<String>,
+        /// With --build-log: the checks to run after a successful build (a JSON plan).
+        #[arg(long, requires = "build_log")]
+        checks: Option<PathBuf>,
         /// sbuild's pre-build command: the apt setup of the session of this build directory;
         /// the command is the session's exec prefix.
         #[arg(long, conflicts_with = "build_log", requires = "apt_cache")]
@@ -460,6 +463,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         after_user,
         after_dir,
         after_lintian_opt,
+        checks,
         sbuild_setup,
         apt_cache,
         nspawn_root,
@@ -486,6 +490,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             user: after_user.clone(),
             dir: after_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/sbuild/build")),
             lintian_options: after_lintian_opt.clone(),
+            checks: checks.clone(),
         };
         let code = exec::relay(log, result.as_deref(), note, &after, command)
             .with_context(|| format!("running {command:?}"))?;

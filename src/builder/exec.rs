@@ -2,6 +2,7 @@
 //! the build's output to the build log and to the journal) and the child-process runner.
 
 use super::Ended;
+use super::backend::CheckRun;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,9 @@ pub struct AfterStep {
     pub dir: PathBuf,
     /// …with these extra options (the distribution's `lintian_extra_options`).
     pub lintian_options: Vec<String>,
+    /// The checks to run after a successful build (`backend::CHECKS_PLAN`): the gating ones
+    /// into the build log before the result, the others after it, each into its own log.
+    pub checks: Option<PathBuf>,
 }
 
 /// Copy standard input to `$1` without the lines the image's `/etc/apt/sources.list` has.
@@ -39,16 +43,78 @@ pub fn relay(
     // Before anything says the build ended: what it left in out/ becomes plain regular files
     // that the daemon (which may not be root) can read.
     sanitise_out(log);
-    if let (0, Some(chroot)) = (code, &after.lintian_chroot) {
-        // Whatever happens to the after step, the unit's end is still recorded below.
-        if let Err(e) = run_after_lintian(log, chroot, after) {
-            eprintln!("buildbay: lintian after the result failed to run: {e}");
+    if code == 0 {
+        // Whatever happens to the checks and the after steps, the unit's end is still
+        // recorded below.
+        if let Err(e) = checks_and_after(log, after) {
+            eprintln!("buildbay: the checks after the build failed to run: {e}");
         }
     }
     if let Some(result) = result {
         record_exit(result, code)?;
     }
     Ok(code)
+}
+
+/// After a successful build: the gating checks, each into the build log, their verdicts into
+/// the build's `checks` file; then, when something runs after the result (lintian or a check in
+/// ignore mode), the `built` marker, and each of those into its own log.
+fn checks_and_after(log: &Path, after: &AfterStep) -> std::io::Result<()> {
+    let checks = match &after.checks {
+        Some(path) => read_checks(path)?,
+        None => vec![],
+    };
+    let (gating, later): (Vec<CheckRun>, Vec<CheckRun>) = checks.into_iter().partition(|c| c.mode.gates());
+    let mut verdicts = String::new();
+    for c in &gating {
+        let verdict = run_check(log, c, true)?;
+        verdicts.push_str(&format!("{}: {verdict}\n", c.check.field()));
+    }
+    if !verdicts.is_empty() {
+        let path = log.with_file_name(super::CHECKS);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        f.write_all(verdicts.as_bytes())?;
+        f.sync_all()?;
+    }
+    if after.lintian_chroot.is_none() && later.is_empty() {
+        return Ok(());
+    }
+    Ended::of_exit(0).write(&log.with_file_name(super::BUILT))?;
+    if let Some(chroot) = &after.lintian_chroot
+        && let Err(e) = run_after_lintian(log, chroot, after)
+    {
+        eprintln!("buildbay: lintian after the result failed to run: {e}");
+    }
+    for c in &later {
+        run_check(&log.with_file_name(super::after_log(c.check)), c, false)?;
+    }
+    Ok(())
+}
+
+/// The checks' plan, as staging wrote it (bounded, never through a symlink).
+fn read_checks(path: &Path) -> std::io::Result<Vec<CheckRun>> {
+    let (f, _) = crate::protocol::tar::open_regular(path)?;
+    let mut raw = Vec::new();
+    f.take(1 << 20).read_to_end(&mut raw)?;
+    serde_json::from_slice(&raw).map_err(std::io::Error::other)
+}
+
+/// Run one check's machine with its output into `log` (appended, or a log of its own), and end
+/// with its verdict line.
+fn run_check(log: &Path, c: &CheckRun, append: bool) -> std::io::Result<&'static str> {
+    let name = c.check.field();
+    let note = format!("{name} (mode {}) in a fresh machine of the image", c.mode);
+    let code = if append {
+        let file = std::fs::OpenOptions::new().append(true).open(log)?;
+        run_into(file, None, &[note], &c.argv)?
+    } else {
+        run_logged(log, None, &[note], &c.argv)?
+    };
+    let verdict = super::backend::nspawn::check_verdict(code);
+    let mut f = std::fs::OpenOptions::new().append(true).open(log)?;
+    writeln!(f, "buildbay: {name}: {verdict} (exit code {code})")?;
+    f.sync_all()?;
+    Ok(verdict)
 }
 
 /// Sanitise the output of the build beside a build's file (its log or its result).
@@ -233,9 +299,13 @@ fn run_setup_script(dir: &Path, in_session: &dyn Fn(&[&str]) -> Command) -> std:
 /// A stop signal (SIGTERM, SIGINT) is for the build, not for this relay: it keeps copying until
 /// the build's output ends, so that sbuild can clean up its session and say so in the log.
 pub fn run_logged(log: &Path, phases: Option<&Path>, notes: &[String], argv: &[String]) -> std::io::Result<i32> {
+    run_into(std::fs::File::create(log)?, phases, notes, argv)
+}
+
+/// [`run_logged`] into an open file (a log to append to).
+fn run_into(mut file: std::fs::File, phases: Option<&Path>, notes: &[String], argv: &[String]) -> std::io::Result<i32> {
     let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
     ignore_stop_signals();
-    let mut file = std::fs::File::create(log)?;
     let mut phases = phases.map(super::phases::Recorder::create).transpose()?;
     let mut stdout = std::io::stdout().lock();
     for note in notes {
@@ -419,6 +489,7 @@ mod tests {
             user: None,
             dir: dir.path().to_owned(),
             lintian_options: vec!["--info".into()],
+            checks: None,
         };
         let ok: Vec<String> = ["sh", "-c", "echo building"].map(String::from).to_vec();
         assert_eq!(relay(&log, Some(&result), &[], &after, &ok).unwrap(), 0);

@@ -165,6 +165,21 @@ pub const APT_CACHE_DIR: &str = "var/cache/apt-archives";
 pub const BUILT: &str = "built";
 /// The after step's output, in the build directory (served beside the build log).
 pub const AFTER_LOG: &str = "lintian.log";
+/// The logs of the checks in ignore mode, which run after the result (lintian's first), each
+/// named by its check (`autopkgtest.log`), kept and served beside the build log.
+pub const AFTER_LOGS: [&str; 3] = [AFTER_LOG, "piuparts.log", "autopkgtest.log"];
+
+/// The after log of a check.
+pub fn after_log(check: crate::protocol::Check) -> &'static str {
+    match check {
+        crate::protocol::Check::Lintian => AFTER_LOGS[0],
+        crate::protocol::Check::Piuparts => AFTER_LOGS[1],
+        crate::protocol::Check::Autopkgtest => AFTER_LOGS[2],
+    }
+}
+/// The verdicts of the checks that ran after the build (or why they did not run), in sbuild's
+/// summary form (`Autopkgtest: pass`): written by the host, never by the build.
+pub const CHECKS: &str = "checks";
 /// How the unit ended, in the build directory.
 pub const RESULT: &str = "result";
 /// The build's own output directory, in the build directory, once sanitised.
@@ -375,17 +390,19 @@ impl Builder {
         Ok(Pass { events, delivered, running })
     }
 
-    /// Keep a finished build's lintian log beside its build log, then have the runner remove
-    /// its directory.
+    /// Keep a finished build's after logs (lintian's, the checks') beside its build log, then
+    /// have the runner remove its directory.
     async fn retire(&self, job: &Job) -> Result<()> {
         let kept = self.logs.join(job.bkey.rel_path());
-        let after = job.dir.join(AFTER_LOG);
-        if let Ok((from, _)) = crate::protocol::tar::open_regular(&after) {
-            std::fs::create_dir_all(&kept).map_err(io_err(&kept))?;
-            let tmp = kept.join(format!(".{AFTER_LOG}.tmp"));
-            let mut to = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            std::io::copy(&mut std::io::Read::take(from, MAX_KEPT_LOG), &mut to).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, kept.join(AFTER_LOG)).map_err(io_err(&kept))?;
+        for name in AFTER_LOGS {
+            let after = job.dir.join(name);
+            if let Ok((from, _)) = crate::protocol::tar::open_regular(&after) {
+                std::fs::create_dir_all(&kept).map_err(io_err(&kept))?;
+                let tmp = kept.join(format!(".{name}.tmp"));
+                let mut to = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                std::io::copy(&mut std::io::Read::take(from, MAX_KEPT_LOG), &mut to).map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, kept.join(name)).map_err(io_err(&kept))?;
+            }
         }
         self.runner.remove(job).await
     }
@@ -509,12 +526,14 @@ impl Builder {
         .with("buildlog", format!("{}/{}", job.bkey, job.bkey.buildlog_name()))
         .with("duration", (chrono::Utc::now() - job.started).num_seconds())
         .with("phases", phases);
-        // Lintian in ignore mode runs after this result, in the build's unit.
-        let event = if outcome.status == "successful" && outcome.after_lintian {
-            event.with("lintian", format!("{}/{AFTER_LOG}", job.bkey))
-        } else {
-            event
-        };
+        // The checks in ignore mode run after this result, in the build's unit: their logs.
+        let mut event = event;
+        if outcome.status == "successful" {
+            for check in &outcome.after {
+                let field = check.field().to_ascii_lowercase();
+                event = event.with(&field, format!("{}/{}", job.bkey, after_log(*check)));
+            }
+        }
         let tx = inst.store.write()?;
         Self::put_job(&tx, &job)?;
         event.record(&tx)?;

@@ -10,7 +10,7 @@ use super::{BuilderError, Ended, Job, Limits, io_err};
 use crate::deb::Changes;
 use crate::instance::Instance;
 use crate::protocol::result::SBUILD_FIELDS;
-use crate::protocol::{BuildRequest, BuildResult, tar};
+use crate::protocol::{BuildRequest, BuildResult, Check, tar};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -23,8 +23,8 @@ const WORK: &str = ".work";
 /// The outcome of `deliver`.
 pub struct Outcome {
     pub status: String,
-    /// Lintian runs after this result (ignore mode).
-    pub after_lintian: bool,
+    /// The checks that run after this result (ignore mode), each into its after log.
+    pub after: Vec<crate::protocol::Check>,
 }
 
 /// The summary lines of an sbuild log (those after its last `Summary` section, where sbuild and
@@ -169,6 +169,17 @@ pub fn deliver(
     } else {
         sbuild_fields(&live)
     };
+    // The checks' verdicts (or why they did not run), as the host wrote them.
+    let checks = super::read_marker(&build_dir.join(super::CHECKS)).unwrap_or_default();
+    let checks = summary_fields(checks.as_bytes());
+    let not_run: Vec<Check> = Check::ALL
+        .into_iter()
+        .filter(|c| checks.iter().any(|(k, v)| k == c.field() && v.starts_with("not run")))
+        .collect();
+    for (k, v) in checks {
+        sbuild.retain(|(name, _)| *name != k);
+        sbuild.push((k, v));
+    }
     let status_of = |f: &[(String, String)]| f.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.clone());
     let mut status = status_of(&sbuild).unwrap_or_else(|| "error".into());
     let mut internal = internal;
@@ -258,8 +269,17 @@ pub fn deliver(
         put(&dir.join(name), &results.join(name))?;
     }
     std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
-    let after_lintian = request.is_some_and(|r| r.lintian == crate::protocol::QaMode::Ignore);
-    Ok(Outcome { status, after_lintian })
+    let after = request
+        .map(|r| {
+            let ran = |c: crate::protocol::Check| c == crate::protocol::Check::Lintian || !not_run.contains(&c);
+            [(Check::Lintian, r.lintian), (Check::Piuparts, r.piuparts), (Check::Autopkgtest, r.autopkgtest)]
+                .into_iter()
+                .filter(|(c, m)| *m == crate::protocol::QaMode::Ignore && ran(*c))
+                .map(|(c, _)| c)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Outcome { status, after })
 }
 
 /// Put a file into place atomically (a hard link, or a copy renamed into place).

@@ -8,7 +8,7 @@
 
 use super::Web;
 use crate::api::ApiError;
-use crate::builder::{AFTER_LOG, BUILDS_DIR, BUILT, LIVE_LOG, LOGS_DIR};
+use crate::builder::{AFTER_LOGS, BUILDS_DIR, BUILT, LIVE_LOG, LOGS_DIR};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ pub fn log_path(builds: &Path, tail: &str) -> Result<PathBuf, ApiError> {
         !s.is_empty() && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:_".contains(&b))
     };
     if ![source, version, timecode, arch, name].iter().all(|s| safe(s))
-        || !(name == LIVE_LOG || name == AFTER_LOG || name.ends_with(".buildlog"))
+        || !(name == LIVE_LOG || AFTER_LOGS.contains(&name) || name.ends_with(".buildlog"))
     {
         return Err(not_found());
     }

@@ -258,6 +258,44 @@ pub fn buildable_source_for(
     options: &[&str],
     arch: &str,
 ) -> PathBuf {
+    source_with_files(dir, name, version, dist, build, options, arch, &[])
+}
+
+/// `buildable_source_with` with autopkgtests: each `(name, restrictions, script)` is a test in
+/// `debian/tests` that depends on the built package.
+pub fn tested_source(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    dist: &str,
+    options: &[&str],
+    tests: &[(&str, &str, &str)],
+) -> PathBuf {
+    let mut control = String::new();
+    let mut files = Vec::new();
+    for (test, restrictions, script) in tests {
+        control.push_str(&format!("Tests: {test}\nDepends: @\n"));
+        if !restrictions.is_empty() {
+            control.push_str(&format!("Restrictions: {restrictions}\n"));
+        }
+        control.push('\n');
+        files.push((format!("debian/tests/{test}"), format!("#!/bin/sh\n{script}\n")));
+    }
+    files.push(("debian/tests/control".to_owned(), control));
+    source_with_files(dir, name, version, dist, "true", options, "all", &files)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn source_with_files(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    dist: &str,
+    build: &str,
+    options: &[&str],
+    arch: &str,
+    extra: &[(String, String)],
+) -> PathBuf {
     let options: String = options.iter().map(|o| format!("  * MINI_BUILDD_OPTION: {o}\n")).collect();
     let work = dir.join(format!("{name}-{version}"));
     let tree = work.join(name);
@@ -282,6 +320,13 @@ pub fn buildable_source_for(
     ];
     for (path, text) in files {
         std::fs::write(tree.join(path), text).expect("write");
+    }
+    if !extra.is_empty() {
+        std::fs::create_dir_all(tree.join("debian/tests")).expect("mkdir");
+    }
+    for (path, text) in extra {
+        std::fs::write(tree.join(path), text).expect("write");
+        ok(Command::new("chmod").arg("755").arg(tree.join(path)));
     }
     ok(Command::new("chmod").arg("755").arg(tree.join("debian/rules")).arg(tree.join(name)));
     ok(Command::new("dpkg-source").arg("-b").arg(name).current_dir(&work));

@@ -12,5 +12,6 @@ mod first_run;
 mod hostile;
 mod mini_buildd;
 mod online;
+mod qa;
 mod remotes;
 mod systemd_builds;

@@ -12,7 +12,7 @@ pub mod sbuild;
 use super::slots::Slot;
 use super::{BuilderError, io_err};
 use crate::chroot::Chroot;
-use crate::protocol::{Backend as Kind, BuildRequest, QaMode};
+use crate::protocol::{Backend as Kind, BuildRequest, Check, QaMode};
 use std::path::{Path, PathBuf};
 
 /// The request's copy in the build directory.
@@ -54,6 +54,30 @@ pub enum After {
     Lintian { chroot: String, user: Option<String>, dir: PathBuf, options: Vec<String> },
 }
 
+/// A QA check that runs after a successful build, in a machine of its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckRun {
+    #[serde(with = "check_name")]
+    pub check: crate::protocol::Check,
+    pub mode: QaMode,
+    pub argv: Vec<String>,
+}
+
+mod check_name {
+    use crate::protocol::Check;
+    pub fn serialize<S: serde::Serializer>(c: &Check, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.field())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Check, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        Check::ALL.into_iter().find(|c| c.field() == name).ok_or_else(|| serde::de::Error::custom("unknown check"))
+    }
+}
+
+/// The checks' file in the build directory (JSON, written when the build is staged, read by
+/// the relay after the build).
+pub const CHECKS_PLAN: &str = ".checks.json";
+
 /// What of the network a build may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
@@ -72,6 +96,8 @@ pub struct Plan {
     pub machine: Option<String>,
     /// Lines for the top of the build log: decisions made before the build started.
     pub notes: Vec<String>,
+    /// piuparts and autopkgtest, each in a machine of its own after a successful build.
+    pub checks: Vec<CheckRun>,
     pub after: Option<After>,
     pub network: Network,
     /// What the build's unit may write besides its build directory.
@@ -119,7 +145,26 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     };
     let mut plan = backend(b.req.backend).plan(b, installed)?;
     plan.writable = vec![b.slot.apt_cache.clone(), b.slot.build_dir.clone()];
-    plan.network = if installed && !b.req.network {
+    // The checks this builder does not run say so in the result, in place of a verdict.
+    let mut verdicts = String::new();
+    for (check, mode) in [(Check::Piuparts, b.req.piuparts), (Check::Autopkgtest, b.req.autopkgtest)] {
+        if mode != QaMode::Disabled && !plan.checks.iter().any(|c| c.check == check) {
+            let why = match b.req.backend {
+                Kind::Sbuild => "runs only on the nspawn backend (set the distribution's build_backend)",
+                Kind::Nspawn => "not available on this builder yet",
+            };
+            notes.push(format!("{} (mode {mode}) is not run: it {why}", check.field()));
+            verdicts.push_str(&format!("{}: not run ({why})\n", check.field()));
+        }
+    }
+    if !verdicts.is_empty() {
+        write_const(b.dir, super::CHECKS, &verdicts, 0o644)?;
+    }
+    if !plan.checks.is_empty() {
+        let json = serde_json::to_vec(&plan.checks).map_err(|e| io_err(b.dir)(std::io::Error::other(e)))?;
+        crate::store::write_file_synced(&b.dir.join(CHECKS_PLAN), &json).map_err(io_err(b.dir))?;
+    }
+    plan.network = if installed && !b.req.network && plan.checks.is_empty() {
         Network::None
     } else {
         let mut hosts = apt_hosts(&b.dir.join(".config/apt_sources.list"));

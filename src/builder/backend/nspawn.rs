@@ -11,6 +11,7 @@
 
 use super::{Backend, Build, Plan, build_env, write_const};
 use crate::builder::BuilderError;
+use crate::protocol::{Check, QaMode};
 
 pub struct Nspawn;
 
@@ -18,26 +19,26 @@ pub struct Nspawn;
 const BUILD: &str = "/build";
 /// The script's name in the build directory.
 pub const SCRIPT: &str = ".nspawn-build";
+/// The check machines' script.
+pub const CHECK: &str = ".nspawn-check";
 /// The summary the script writes as machine root into `out/`, which the build user cannot
 /// write: the host takes the build's status from there, not from what the build printed.
 pub const SUMMARY: &str = ".buildbay-summary";
 
-/// The script the machine runs. Every value comes from its environment:
-/// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
-/// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list) and
-/// `BUILDBAY_LINTIAN_FAIL_ON` and `BUILDBAY_LINTIAN_OPTS` (checked option words). The
-/// distribution's chroot setup script runs from the build's `.config`. It prints sbuild's section headers, so its phases are timed the
-/// same way (see `phases`).
-pub const BUILD_SCRIPT: &str = r#"#!/bin/sh
+/// The start of every script a machine runs: the shell's settings, sbuild's section headers,
+/// the machine's line in the log.
+const PRELUDE: &str = r#"#!/bin/sh
 # buildbay: a build in an ephemeral nspawn machine; everything but /build/out vanishes with it.
 set -u
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 rule=+------------------------------------------------------------------------------+
 section() { printf '%s\n| %-76s |\n%s\n' "$rule" "$1" "$rule"; }
-given_back() { echo "buildbay: $1 failed"; section 'Summary'; echo 'Status: given-back' | tee /build/out/.buildbay-summary; exit 1; }
 echo "buildbay: ephemeral machine $(hostname), $(. /etc/os-release; echo "$PRETTY_NAME") $(dpkg --print-architecture), uid 0 is $(set -- $(cat /proc/self/uid_map); echo "$2") outside"
-cd /build || exit 1
-if [ "$BUILDBAY_INSTALLED" != 1 ]; then
+"#;
+
+/// `apt_setup`: the request's apt key, sources and preferences, then `apt-get update` of just
+/// those sources (the image has the base distribution's lists), retried.
+const APT_SETUP: &str = r#"apt_setup() {
   section 'Update chroot'
   cat /build/.config/apt_keys > /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc
   # The lines the image has already (the base distribution, which a request names for
@@ -54,6 +55,19 @@ if [ "$BUILDBAY_INSTALLED" != 1 ]; then
     sleep 3  # e.g. the daemon restarting
   done
   [ -n "$updated" ] || given_back 'apt-get update of the build sources'
+}
+"#;
+
+/// The build (after [`PRELUDE`] and [`APT_SETUP`]). Every value comes from its environment:
+/// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
+/// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list) and
+/// `BUILDBAY_LINTIAN_FAIL_ON` and `BUILDBAY_LINTIAN_OPTS` (checked option words). The
+/// distribution's chroot setup script runs from the build's `.config`. It prints sbuild's
+/// section headers, so its phases are timed the same way (see `phases`).
+const BUILD_BODY: &str = r#"given_back() { echo "buildbay: $1 failed"; section 'Summary'; echo 'Status: given-back' | tee /build/out/.buildbay-summary; exit 1; }
+cd /build || exit 1
+if [ "$BUILDBAY_INSTALLED" != 1 ]; then
+  apt_setup
   if [ -s /build/.config/chroot_setup_script ]; then
     echo "buildbay: running the distribution's chroot setup script"
     install -m 0700 /build/.config/chroot_setup_script /root/buildbay-chroot-setup || given_back 'copying the chroot setup script'
@@ -89,13 +103,74 @@ section 'Summary'
 [ "$status" = successful ]
 "#;
 
+/// A QA check of a built package, in a machine of its own fresh from the image (after
+/// [`PRELUDE`] and [`APT_SETUP`]): `BUILDBAY_CHECK` names it, `BUILDBAY_DSC` is the source.
+/// The build directory is read-only here. The machine's exit code is the check's verdict (see
+/// [`check_verdict`]); 99: the check could not run.
+const CHECK_BODY: &str = r#"given_back() { echo "buildbay: $1 failed"; exit 99; }
+cd /build || exit 99
+apt_setup
+set --
+for f in /build/out/*.deb; do [ -f "$f" ] && set -- "$@" "$f"; done
+[ $# -gt 0 ] || given_back 'finding the built packages'
+case "$BUILDBAY_CHECK" in
+autopkgtest)
+  section 'Run autopkgtest'
+  apt-get -q -y --no-install-recommends install autopkgtest || given_back 'installing autopkgtest'
+  id tester >/dev/null 2>&1 || useradd --create-home --shell /bin/sh tester
+  # Tests run as `tester` unless they need root: root of this throwaway machine, which is an
+  # unprivileged uid outside.
+  autopkgtest --user=tester --output-dir=/srv/autopkgtest "$@" "/build/$BUILDBAY_DSC" -- null
+  code=$?
+  # What each test printed (autopkgtest keeps it in its output directory).
+  for f in /srv/autopkgtest/*-stdout /srv/autopkgtest/*-stderr; do
+    [ -s "$f" ] && { echo "buildbay: ${f##*/}:"; cat "$f"; }
+  done
+  exit $code
+  ;;
+*)
+  given_back "unknown check $BUILDBAY_CHECK"
+  ;;
+esac
+"#;
+
+/// The script of a build machine.
+pub fn build_script() -> String {
+    format!("{PRELUDE}{APT_SETUP}{BUILD_BODY}")
+}
+
+/// The script of a check machine.
+pub fn check_script() -> String {
+    format!("{PRELUDE}{APT_SETUP}{CHECK_BODY}")
+}
+
+/// A check machine's exit code as the check's verdict, in sbuild's words: autopkgtest's exit
+/// codes (0 all passed, 2 some skipped, 4 and 6 failures, 8 no tests); anything else, the check
+/// could not run.
+pub fn check_verdict(code: i32) -> &'static str {
+    match code {
+        0 | 2 => "pass",
+        8 => "no tests",
+        4 | 6 => "fail",
+        _ => "error",
+    }
+}
+
 /// A machine name for a build key: what machinectl shows. Letters, digits and dashes, at most
 /// 64 characters, unique per build by its timecode.
 pub fn machine_name(bkey: &crate::protocol::BuildKey) -> String {
+    machine_name_for(bkey, "")
+}
+
+/// The machine name of a build's check: the build's with `-<tag>` after its architecture.
+fn machine_name_for(bkey: &crate::protocol::BuildKey, tag: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
     };
-    let rest = format!("{}-{}", clean(bkey.timecode().as_str()), clean(bkey.arch.as_str()));
+    let mut rest = format!("{}-{}", clean(bkey.timecode().as_str()), clean(bkey.arch.as_str()));
+    if !tag.is_empty() {
+        rest = format!("{rest}-{}", clean(tag));
+    }
     let room = 64usize.saturating_sub("bb--".len() + rest.len());
     let source: String = clean(bkey.source().as_str()).chars().take(room).collect();
     let name = format!("bb-{source}-{rest}");
@@ -104,7 +179,7 @@ pub fn machine_name(bkey: &crate::protocol::BuildKey) -> String {
 
 impl Backend for Nspawn {
     fn plan(&self, b: &Build<'_>, installed: bool) -> Result<Plan, BuilderError> {
-        write_const(b.dir, SCRIPT, BUILD_SCRIPT, 0o644)?;
+        write_const(b.dir, SCRIPT, &build_script(), 0o644)?;
         let req = b.req;
         let machine = machine_name(&req.key);
         let mut setenv: Vec<(String, String)> = vec![
@@ -131,21 +206,26 @@ impl Backend for Nspawn {
             });
         }
         setenv.extend(build_env(req));
-        let mut argv: Vec<String> = vec![
-            b.exe.display().to_string(),
-            "builder-exec".into(),
-            "--nspawn-root".into(),
-            b.image.display().to_string(),
-            "--uid-base".into(),
-            b.slot.uid_base.to_string(),
-            "--".into(),
-        ];
-        argv.extend(nspawn_argv(b, &machine, installed, &setenv));
+        let mut argv = root_argv(b);
+        argv.extend(nspawn_argv(b, &machine, installed, false, &setenv));
+        let mut checks = Vec::new();
+        for (check, mode) in [(Check::Piuparts, req.piuparts), (Check::Autopkgtest, req.autopkgtest)] {
+            match (check, mode) {
+                (_, QaMode::Disabled) => {}
+                (Check::Autopkgtest, mode) => {
+                    write_const(b.dir, CHECK, &check_script(), 0o644)?;
+                    checks.push(super::CheckRun { check, mode, argv: check_argv(b, check) });
+                }
+                // Not yet: `backend::plan` notes it and says so in the result.
+                _ => {}
+            }
+        }
         Ok(Plan {
             argv,
             env: vec![("HOME".into(), b.dir.display().to_string())],
             machine: Some(machine),
             notes,
+            checks,
             after: None,
             network: super::Network::None,
             writable: vec![],
@@ -156,7 +236,10 @@ impl Backend for Nspawn {
 /// The systemd-nspawn command line (the root directory and the user namespace come from
 /// `builder-exec --nspawn-root`): registered with machined when there is one, under the build's
 /// unit, the build directory read-only at `/build` and only its `out` writable.
-fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, setenv: &[(String, String)]) -> Vec<String> {
+///
+/// A check machine (`check`) has the whole build directory read-only, the built packages in
+/// `out` included, and always the apt cache (it installs what the check needs).
+fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, check: bool, setenv: &[(String, String)]) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "systemd-nspawn".into(),
         "--quiet".into(),
@@ -169,10 +252,12 @@ fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, setenv: &[(String,
         // machine ran), only `out` writable, mapped so that machine root writes host-root files
         // there that only the host reads (the build directory is 0700).
         format!("--bind-ro={}:{BUILD}", bind_path(b.dir)),
-        format!("--bind={}:{BUILD}/out:idmap", bind_path(&crate::builder::writing_out(b.dir))),
         "--as-pid2".into(),
     ];
-    if !installed {
+    if !check {
+        a.push(format!("--bind={}:{BUILD}/out:idmap", bind_path(&crate::builder::writing_out(b.dir))));
+    }
+    if !installed || check {
         // The build slot's apt archive cache: what apt downloads stays for the next build.
         a.push(format!("--bind={}:/var/cache/apt/archives:idmap", bind_path(&b.slot.apt_cache)));
     }
@@ -182,8 +267,32 @@ fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, setenv: &[(String,
     for (k, v) in setenv {
         a.push(format!("--setenv={k}={v}"));
     }
-    a.extend(["/bin/sh".into(), format!("{BUILD}/{SCRIPT}")]);
+    a.extend(["/bin/sh".into(), format!("{BUILD}/{}", if check { CHECK } else { SCRIPT })]);
     a
+}
+
+/// The command of a check machine for `check` (a fresh machine of the image, in the slot's
+/// user namespace, like the build's).
+fn check_argv(b: &Build<'_>, check: crate::protocol::Check) -> Vec<String> {
+    let name = check.field().to_ascii_lowercase();
+    let machine = machine_name_for(&b.req.key, &name[..1]);
+    let setenv = [("BUILDBAY_DSC".to_owned(), b.dsc.to_owned()), ("BUILDBAY_CHECK".to_owned(), name)];
+    let mut argv = root_argv(b);
+    argv.extend(nspawn_argv(b, &machine, false, true, &setenv));
+    argv
+}
+
+/// `builder-exec --nspawn-root`: the machine's root directory and user namespace.
+fn root_argv(b: &Build<'_>) -> Vec<String> {
+    vec![
+        b.exe.display().to_string(),
+        "builder-exec".into(),
+        "--nspawn-root".into(),
+        b.image.display().to_string(),
+        "--uid-base".into(),
+        b.slot.uid_base.to_string(),
+        "--".into(),
+    ]
 }
 
 /// A host path for `--bind`, which splits on `:` (a version's epoch is in the build directory).
@@ -194,6 +303,19 @@ fn bind_path(p: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_exit_codes_are_verdicts() {
+        assert_eq!(check_verdict(0), "pass");
+        assert_eq!(check_verdict(2), "pass", "some tests skipped");
+        assert_eq!(check_verdict(4), "fail");
+        assert_eq!(check_verdict(8), "no tests");
+        for code in [1, 12, 16, 99, 137] {
+            assert_eq!(check_verdict(code), "error", "{code}");
+        }
+        let k: crate::protocol::BuildKey = "hello/1.0-1/20261121-130030-234930/amd64".parse().unwrap();
+        assert_eq!(machine_name_for(&k, "a"), "bb-hello-20261121-130030-234930-amd64-a");
+    }
 
     #[test]
     fn machine_names_are_short_hostnames() {
@@ -207,11 +329,13 @@ mod tests {
 
     #[test]
     fn the_script_is_a_constant_and_valid_shell() {
-        for needle in ["hello", "bookworm", "amd64"] {
-            assert!(!BUILD_SCRIPT.contains(needle), "{needle}");
+        for script in [build_script(), check_script()] {
+            for needle in ["hello", "bookworm", "amd64"] {
+                assert!(!script.contains(needle), "{needle}");
+            }
+            let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(BUILD_SCRIPT).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // nspawn splits --bind on ':'; an epoch in the path is escaped.
         assert_eq!(bind_path(std::path::Path::new("/s/b/hello/1:1.0-1/t/amd64")), "/s/b/hello/1\\:1.0-1/t/amd64");
     }
@@ -219,7 +343,7 @@ mod tests {
     #[test]
     fn the_script_prints_sections_the_phases_recognise() {
         let dir = tempfile::tempdir().unwrap();
-        let section_fn = BUILD_SCRIPT
+        let section_fn = PRELUDE
             .lines()
             .filter(|l| l.starts_with("rule=") || l.starts_with("section()"))
             .collect::<Vec<_>>()

@@ -79,6 +79,7 @@ impl Backend for Sbuild {
             env,
             machine: None,
             notes,
+            checks: vec![],
             after: None::<After>,
             network: super::Network::None,
             writable: vec![],

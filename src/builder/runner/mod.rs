@@ -53,6 +53,9 @@ impl Unit {
                 relay.extend(["--after-user".to_owned(), u.clone()]);
             }
         }
+        if !plan.checks.is_empty() {
+            relay.extend(["--checks".to_owned(), dir.join(super::backend::CHECKS_PLAN).display().to_string()]);
+        }
         for note in &plan.notes {
             relay.extend(["--note".to_owned(), note.clone()]);
         }

@@ -1,0 +1,131 @@
+//! QA checks that really run: autopkgtest in a fresh nspawn machine of the chroot image (in the
+//! build slot's user namespace), after a build on the nspawn backend. errfail gates the install,
+//! ignore reports after it; a check this builder does not run says so instead of passing.
+//! Needs root, the shared bookworm/amd64 image and Debian's archive.
+
+use crate::common::upload::*;
+use crate::common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const UNSTABLE: &str = "bookworm-test-unstable";
+const WAIT: Duration = Duration::from_secs(900);
+
+fn curl(url: &str, secs: u32) -> String {
+    let out = Command::new("curl").args(["-sN", "--max-time", &secs.to_string(), url]).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn final_event(url: &str, source: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let all = events(url);
+        if let Some(e) = all.iter().rev().find(|e| {
+            e["source"] == source && ["INSTALLED", "FAILED", "REJECTED"].contains(&e["type"].as_str().unwrap_or(""))
+        }) {
+            return e.clone();
+        }
+        assert!(start.elapsed() < WAIT, "no final event for {source}: {all:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn kept_log(inst: &Instance, source: &str, name: &str) -> String {
+    let logs = walk_named(&inst.state().join("var/logs").join(source), name);
+    logs.first().map(|p| std::fs::read_to_string(p).expect("log")).unwrap_or_default()
+}
+
+#[test]
+fn autopkgtest_runs_in_a_machine_and_gates_or_reports() {
+    assert!(nix::unistd::geteuid().is_root(), "real builds need root; run the tests as root");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::online("ed25519");
+    inst.ok(&["setup", "--chroots", "bookworm:amd64"]);
+    inst.ok(&["setup", "--distributions", "bookworm:amd64:nspawn"]);
+    let srv = serve_builds(&inst, (free_port(), free_port()), "2", &[]);
+
+    // 1. Passing tests under errfail: INSTALLED, the verdict in the build log. A hostile test
+    //    (root of the throwaway machine) cannot touch the build's files: /build is read-only.
+    let escape = "for f in /build/out/evil.deb /build/checks /build/out/.buildbay-summary; do \
+                  if (echo forged >> $f) 2>/dev/null; then echo WROTE-$f; fi; done; true";
+    let pass = tested_source(
+        dir.path(),
+        "qapass",
+        "1.0~test12+1",
+        UNSTABLE,
+        &["autopkgtest-mode=errfail", "lintian-mode=disabled"],
+        &[("smoke", "", "qapass | grep -q 'hello from qapass'"), ("escape", "needs-root", escape)],
+    );
+    let t = Instant::now();
+    ftp_upload(&srv.ftp, &pass);
+    let e = final_event(&srv.url, "qapass");
+    let log = kept_log(&inst, "qapass", "qapass_1.0~test12+1_amd64.buildlog");
+    assert_eq!(e["type"], "INSTALLED", "{e}\n{log}");
+    println!("errfail, passing tests: upload to INSTALLED {:.1} s", t.elapsed().as_secs_f64());
+    for want in ["Autopkgtest (mode errfail) in a fresh machine", "smoke", "PASS", "buildbay: Autopkgtest: pass"] {
+        assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+    }
+    assert!(!log.contains("WROTE-"), "a test wrote into the build directory:\n{log}");
+    let built = of(&events(&srv.url), "qapass", "BUILT").pop().expect("BUILT");
+    assert_eq!(built["extra"]["status"], "successful", "{built}");
+
+    // 2. A failing test under errfail: FAILED, naming autopkgtest.
+    let fail = tested_source(
+        dir.path(),
+        "qafail",
+        "1.0~test12+1",
+        UNSTABLE,
+        &["autopkgtest-mode=errfail", "lintian-mode=disabled"],
+        &[("broken", "", "echo this test fails >&2; exit 1")],
+    );
+    ftp_upload(&srv.ftp, &fail);
+    let e = final_event(&srv.url, "qafail");
+    assert_eq!(e["type"], "FAILED", "{e}");
+    let why = e["extra"]["error"]["detail"].as_str().unwrap_or_default();
+    assert!(why.contains("Autopkgtest fail (mode errfail)"), "{e}");
+    let log = kept_log(&inst, "qafail", "qafail_1.0~test12+1_amd64.buildlog");
+    assert!(log.contains("this test fails") && log.contains("buildbay: Autopkgtest: fail"), "{log}");
+
+    // 3. ignore: INSTALLED first, the failing test reported after, in its own log, served beside
+    //    the build log.
+    let ignored = tested_source(
+        dir.path(),
+        "qaignore",
+        "1.0~test12+1",
+        UNSTABLE,
+        &["autopkgtest-mode=ignore", "lintian-mode=disabled"],
+        &[("broken", "", "echo ignored test fails >&2; exit 1")],
+    );
+    ftp_upload(&srv.ftp, &ignored);
+    let e = final_event(&srv.url, "qaignore");
+    assert_eq!(e["type"], "INSTALLED", "{e}");
+    let built = of(&events(&srv.url), "qaignore", "BUILT").pop().expect("BUILT");
+    let report = built["extra"]["autopkgtest"].as_str().expect("the BUILT event names the autopkgtest log").to_owned();
+    let url = format!("{}/mini_buildd/events-dir/{report}", srv.url);
+    let start = Instant::now();
+    let text = loop {
+        let text = curl(&url, 10);
+        if text.contains("buildbay: Autopkgtest: ") {
+            break text;
+        }
+        assert!(start.elapsed() < WAIT, "no autopkgtest report at {url}: {text}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(text.contains("ignored test fails") && text.contains("buildbay: Autopkgtest: fail"), "{text}");
+
+    // 4. piuparts, which this builder does not run yet: errfail fails with the reason, instead
+    //    of passing silently.
+    let pp = buildable_source_with(
+        dir.path(),
+        "qapiuparts",
+        "1.0~test12+1",
+        UNSTABLE,
+        "true",
+        &["piuparts-mode=errfail", "lintian-mode=disabled"],
+    );
+    ftp_upload(&srv.ftp, &pp);
+    let e = final_event(&srv.url, "qapiuparts");
+    assert_eq!(e["type"], "FAILED", "{e}");
+    assert!(e["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("Piuparts not run"), "{e}");
+    assert!(srv.stop());
+}
