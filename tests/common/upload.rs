@@ -285,8 +285,9 @@ pub fn tested_source(
     source_with_files(dir, name, version, dist, "true", options, "all", &files)
 }
 
+/// `buildable_source_for` with more files in its tree (executable), e.g. a `debian/postrm`.
 #[allow(clippy::too_many_arguments)]
-fn source_with_files(
+pub fn source_with_files(
     dir: &Path,
     name: &str,
     version: &str,

@@ -1,6 +1,7 @@
-//! QA checks that really run: autopkgtest in a fresh nspawn machine of the chroot image (in the
+//! QA checks that really run: autopkgtest and piuparts, each in a fresh nspawn machine of the chroot image (in the
 //! build slot's user namespace), after a build on the nspawn backend. errfail gates the install,
-//! ignore reports after it; a check this builder does not run says so instead of passing.
+//! ignore reports after it; the sbuild backend, which does not run them, says so instead of
+//! passing.
 //! Needs root, the shared bookworm/amd64 image and Debian's archive.
 
 use crate::common::upload::*;
@@ -36,7 +37,7 @@ fn kept_log(inst: &Instance, source: &str, name: &str) -> String {
 }
 
 #[test]
-fn autopkgtest_runs_in_a_machine_and_gates_or_reports() {
+fn qa_checks_run_in_machines_and_gate_or_report() {
     assert!(nix::unistd::geteuid().is_root(), "real builds need root; run the tests as root");
     let dir = tempfile::tempdir().expect("tempdir");
     let inst = Instance::online("ed25519");
@@ -53,7 +54,7 @@ fn autopkgtest_runs_in_a_machine_and_gates_or_reports() {
         "qapass",
         "1.0~test12+1",
         UNSTABLE,
-        &["autopkgtest-mode=errfail", "lintian-mode=disabled"],
+        &["autopkgtest-mode=errfail", "piuparts-mode=errfail", "lintian-mode=disabled"],
         &[("smoke", "", "qapass | grep -q 'hello from qapass'"), ("escape", "needs-root", escape)],
     );
     let t = Instant::now();
@@ -62,7 +63,15 @@ fn autopkgtest_runs_in_a_machine_and_gates_or_reports() {
     let log = kept_log(&inst, "qapass", "qapass_1.0~test12+1_amd64.buildlog");
     assert_eq!(e["type"], "INSTALLED", "{e}\n{log}");
     println!("errfail, passing tests: upload to INSTALLED {:.1} s", t.elapsed().as_secs_f64());
-    for want in ["Autopkgtest (mode errfail) in a fresh machine", "smoke", "PASS", "buildbay: Autopkgtest: pass"] {
+    for want in [
+        "Autopkgtest (mode errfail) in a fresh machine",
+        "smoke",
+        "PASS",
+        "buildbay: Autopkgtest: pass",
+        "Piuparts (mode errfail) in a fresh machine",
+        "PASS: All tests.",
+        "buildbay: Piuparts: pass",
+    ] {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
     assert!(!log.contains("WROTE-"), "a test wrote into the build directory:\n{log}");
@@ -113,19 +122,43 @@ fn autopkgtest_runs_in_a_machine_and_gates_or_reports() {
     };
     assert!(text.contains("ignored test fails") && text.contains("buildbay: Autopkgtest: fail"), "{text}");
 
-    // 4. piuparts, which this builder does not run yet: errfail fails with the reason, instead
-    //    of passing silently.
-    let pp = buildable_source_with(
+    // 4. piuparts errfail on a package whose postrm fails on purge: FAILED, naming piuparts.
+    let postrm =
+        "#!/bin/sh\nset -e\nif [ \"$1\" = purge ]; then echo postrm fails on purge >&2; exit 1; fi\n#DEBHELPER#\n";
+    let pp = source_with_files(
         dir.path(),
         "qapiuparts",
         "1.0~test12+1",
         UNSTABLE,
         "true",
         &["piuparts-mode=errfail", "lintian-mode=disabled"],
+        "all",
+        &[("debian/postrm".to_owned(), postrm.to_owned())],
     );
     ftp_upload(&srv.ftp, &pp);
     let e = final_event(&srv.url, "qapiuparts");
     assert_eq!(e["type"], "FAILED", "{e}");
-    assert!(e["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("Piuparts not run"), "{e}");
+    assert!(e["extra"]["error"]["detail"].as_str().unwrap_or_default().contains("Piuparts fail (mode errfail)"), "{e}");
+    let log = kept_log(&inst, "qapiuparts", "qapiuparts_1.0~test12+1_amd64.buildlog");
+    assert!(log.contains("postrm fails on purge") && log.contains("buildbay: Piuparts: fail"), "{log}");
+
+    // 5. The sbuild backend runs neither check (as root in a schroot session it would be root
+    //    here): a gating mode fails with the reason instead of passing silently.
+    assert!(srv.stop());
+    inst.ok(&["setup", "--distributions", "bookworm:amd64:sbuild"]);
+    let srv = serve_builds(&inst, (free_port(), free_port()), "2", &[]);
+    let on_sbuild = tested_source(
+        dir.path(),
+        "qasbuild",
+        "1.0~test12+1",
+        UNSTABLE,
+        &["autopkgtest-mode=errfail", "lintian-mode=disabled"],
+        &[("smoke", "", "true")],
+    );
+    ftp_upload(&srv.ftp, &on_sbuild);
+    let e = final_event(&srv.url, "qasbuild");
+    assert_eq!(e["type"], "FAILED", "{e}");
+    let why = e["extra"]["error"]["detail"].as_str().unwrap_or_default();
+    assert!(why.contains("Autopkgtest not run (runs only on the nspawn backend"), "{e}");
     assert!(srv.stop());
 }

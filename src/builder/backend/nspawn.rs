@@ -128,6 +128,31 @@ autopkgtest)
   done
   exit $code
   ;;
+piuparts)
+  section 'Run piuparts'
+  apt-get -q -y --no-install-recommends install piuparts || given_back 'installing piuparts'
+  # piuparts' base: a copy of the image (read-only at /srv/base) on a tmpfs, without its device
+  # nodes (a user namespace cannot make them: /dev/null is a plain file there), with the
+  # request's apt sources, so the package's dependencies from this archive install.
+  b=/srv/piuparts/base
+  mkdir "$b" || given_back 'making the base'
+  tar -C /srv/base --exclude='./dev/*' -cf - . | tar -C "$b" -xf - || given_back 'copying the image'
+  ln -s pts/ptmx "$b/dev/ptmx" && install -m 0666 /dev/null "$b/dev/null" || given_back 'the base /dev'
+  cp /etc/apt/trusted.gpg.d/buildbay-buildrequest.asc "$b/etc/apt/trusted.gpg.d/" &&
+    cp /etc/apt/sources.list.d/buildbay.list "$b/etc/apt/sources.list.d/" &&
+    cp /etc/apt/preferences.d/buildbay "$b/etc/apt/preferences.d/" || given_back 'the base apt setup'
+  # mini-buildd's options, then the distribution's (checked option words: split, never globbed).
+  set -f
+  piuparts --existing-chroot="$b" --hard-link --tmpdir=/srv/piuparts --no-eatmydata --log-level=info \
+    --log-file=/srv/piuparts.log --keep-sources-list --dpkg-force-confdef --warn-on-debsums-errors \
+    --warn-on-leftovers-after-purge --warn-on-others $BUILDBAY_PIUPARTS_OPTS "$@"
+  code=$?
+  set +f
+  [ $code = 0 ] || exit 4
+  # Passed, with warnings (what the --warn-on options turned from failures into warnings).
+  grep -q ' WARN: ' /srv/piuparts.log && exit 3
+  exit 0
+  ;;
 *)
   given_back "unknown check $BUILDBAY_CHECK"
   ;;
@@ -145,11 +170,13 @@ pub fn check_script() -> String {
 }
 
 /// A check machine's exit code as the check's verdict, in sbuild's words: autopkgtest's exit
-/// codes (0 all passed, 2 some skipped, 4 and 6 failures, 8 no tests); anything else, the check
-/// could not run.
+/// codes (0 all passed, 2 some skipped, 4 and 6 failures, 8 no tests), and 3 for piuparts'
+/// warnings (the script maps piuparts' outcome onto these); anything else, the check could not
+/// run.
 pub fn check_verdict(code: i32) -> &'static str {
     match code {
         0 | 2 => "pass",
+        3 => "warn",
         8 => "no tests",
         4 | 6 => "fail",
         _ => "error",
@@ -207,17 +234,12 @@ impl Backend for Nspawn {
         }
         setenv.extend(build_env(req));
         let mut argv = root_argv(b);
-        argv.extend(nspawn_argv(b, &machine, installed, false, &setenv));
+        argv.extend(nspawn_argv(b, &machine, installed, None, &setenv));
         let mut checks = Vec::new();
         for (check, mode) in [(Check::Piuparts, req.piuparts), (Check::Autopkgtest, req.autopkgtest)] {
-            match (check, mode) {
-                (_, QaMode::Disabled) => {}
-                (Check::Autopkgtest, mode) => {
-                    write_const(b.dir, CHECK, &check_script(), 0o644)?;
-                    checks.push(super::CheckRun { check, mode, argv: check_argv(b, check) });
-                }
-                // Not yet: `backend::plan` notes it and says so in the result.
-                _ => {}
+            if mode != QaMode::Disabled {
+                write_const(b.dir, CHECK, &check_script(), 0o644)?;
+                checks.push(super::CheckRun { check, mode, argv: check_argv(b, check) });
             }
         }
         Ok(Plan {
@@ -239,7 +261,13 @@ impl Backend for Nspawn {
 ///
 /// A check machine (`check`) has the whole build directory read-only, the built packages in
 /// `out` included, and always the apt cache (it installs what the check needs).
-fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, check: bool, setenv: &[(String, String)]) -> Vec<String> {
+fn nspawn_argv(
+    b: &Build<'_>,
+    machine: &str,
+    installed: bool,
+    check: Option<Check>,
+    setenv: &[(String, String)],
+) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "systemd-nspawn".into(),
         "--quiet".into(),
@@ -254,10 +282,16 @@ fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, check: bool, seten
         format!("--bind-ro={}:{BUILD}", bind_path(b.dir)),
         "--as-pid2".into(),
     ];
-    if !check {
-        a.push(format!("--bind={}:{BUILD}/out:idmap", bind_path(&crate::builder::writing_out(b.dir))));
+    match check {
+        None => a.push(format!("--bind={}:{BUILD}/out:idmap", bind_path(&crate::builder::writing_out(b.dir)))),
+        // piuparts copies the image, read-only and mapped to the machine's root, into a tmpfs.
+        Some(Check::Piuparts) => {
+            a.push(format!("--bind-ro={}:/srv/base:idmap", bind_path(&b.image)));
+            a.push("--tmpfs=/srv/piuparts:mode=0700".into());
+        }
+        Some(_) => {}
     }
-    if !installed || check {
+    if !installed || check.is_some() {
         // The build slot's apt archive cache: what apt downloads stays for the next build.
         a.push(format!("--bind={}:/var/cache/apt/archives:idmap", bind_path(&b.slot.apt_cache)));
     }
@@ -267,7 +301,7 @@ fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, check: bool, seten
     for (k, v) in setenv {
         a.push(format!("--setenv={k}={v}"));
     }
-    a.extend(["/bin/sh".into(), format!("{BUILD}/{}", if check { CHECK } else { SCRIPT })]);
+    a.extend(["/bin/sh".into(), format!("{BUILD}/{}", if check.is_some() { CHECK } else { SCRIPT })]);
     a
 }
 
@@ -276,9 +310,13 @@ fn nspawn_argv(b: &Build<'_>, machine: &str, installed: bool, check: bool, seten
 fn check_argv(b: &Build<'_>, check: crate::protocol::Check) -> Vec<String> {
     let name = check.field().to_ascii_lowercase();
     let machine = machine_name_for(&b.req.key, &name[..1]);
-    let setenv = [("BUILDBAY_DSC".to_owned(), b.dsc.to_owned()), ("BUILDBAY_CHECK".to_owned(), name)];
+    let setenv = [
+        ("BUILDBAY_DSC".to_owned(), b.dsc.to_owned()),
+        ("BUILDBAY_CHECK".to_owned(), name),
+        ("BUILDBAY_PIUPARTS_OPTS".to_owned(), b.req.piuparts_extra_options.to_string()),
+    ];
     let mut argv = root_argv(b);
-    argv.extend(nspawn_argv(b, &machine, false, true, &setenv));
+    argv.extend(nspawn_argv(b, &machine, false, Some(check), &setenv));
     argv
 }
 
@@ -310,6 +348,7 @@ mod tests {
         assert_eq!(check_verdict(2), "pass", "some tests skipped");
         assert_eq!(check_verdict(4), "fail");
         assert_eq!(check_verdict(8), "no tests");
+        assert_eq!(check_verdict(3), "warn", "piuparts' warnings");
         for code in [1, 12, 16, 99, 137] {
             assert_eq!(check_verdict(code), "error", "{code}");
         }
