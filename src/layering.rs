@@ -22,6 +22,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("chroot", 5),
     ("instance", 6),
     ("packager", 7),
+    ("gate", 7),
     ("builder", 8),
     ("dispatch", 8),
     ("helper", 9),

@@ -15,6 +15,10 @@ pub struct SuiteOption {
     pub build_keyring_package: bool,
     pub not_automatic: bool,
     pub but_automatic_upgrades: bool,
+    /// Days a version stays in this suite before `migrate` takes it on (buildbay's own; 0: no
+    /// wait). `force` overrides.
+    #[serde(default)]
+    pub min_age_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -51,6 +55,7 @@ fn suite(name: &str, uploadable: bool, experimental: bool, migrates_to: Option<&
         build_keyring_package: name == "unstable",
         not_automatic: true,
         but_automatic_upgrades: name != "experimental",
+        min_age_days: 0,
     }
 }
 

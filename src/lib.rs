@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod deb;
 pub mod dispatch;
 pub mod events;
+pub mod gate;
 pub mod gpg;
 pub mod helper;
 pub mod incoming;

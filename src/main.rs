@@ -349,6 +349,8 @@ enum RepoCommand {
         force: bool,
     },
     /// Migrate a source package to the next suite; from a rollback distribution, restore it.
+    /// Refused with the reasons unless its binaries are installable there, the distribution's
+    /// gating QA passed for this version and the suite's minimum age passed.
     Migrate {
         source: PackageName,
         distribution: Dist,
@@ -357,6 +359,9 @@ enum RepoCommand {
         full: bool,
         #[arg(long)]
         version: Option<Version>,
+        /// Migrate despite the checks; the MIGRATED event records what was overridden.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a source package from a distribution (into its rollbacks, unless --without-rollback).
     Remove {
@@ -814,8 +819,21 @@ fn repo(inst: &Instance, json: bool, cmd: RepoCommand) -> Result<()> {
                 bail!("{failed} of {} uploads were not included; the repository is unchanged for those", changes.len());
             }
         }
-        RepoCommand::Migrate { source, distribution, full, version } => {
-            for ev in archive.migrate(&source, &distribution, full, version.as_ref())? {
+        RepoCommand::Migrate { source, distribution, full, version, force } => {
+            let places = buildbay::chroot::Places::default();
+            let gate = buildbay::gate::check(inst, &archive, &places, &source, &distribution, version.as_ref())?;
+            for u in &gate.unchecked {
+                eprintln!("buildbay: not checked: {u}");
+            }
+            let reasons = gate.reasons;
+            if !reasons.is_empty() && !force {
+                bail!(
+                    "{source} cannot migrate from {distribution} yet: {}. Fix that, or migrate it anyway with --force",
+                    reasons.join("; ")
+                );
+            }
+            let forced = if force { reasons } else { vec![] };
+            for ev in archive.migrate(&source, &distribution, full, version.as_ref(), (&forced, &gate.unchecked))? {
                 ev.log();
                 print(json, &ev, |e| {
                     format!(

@@ -50,7 +50,8 @@ install_missing() {
 
 # Running the daemon so that it builds (debian/control's Depends): sbuild and schroot, mmdebstrap
 # for the chroot image it makes on its first start, systemd-nspawn for the default's builds.
-DAEMON=(systemd sbuild schroot mmdebstrap systemd-container ca-certificates debian-archive-keyring)
+# dose-distcheck: the migration gate checks installability with it.
+DAEMON=(systemd sbuild schroot mmdebstrap systemd-container ca-certificates debian-archive-keyring dose-distcheck)
 
 install_missing "${BUILD[@]}"
 [ "${1:-}" = build-deps ] && exit 0

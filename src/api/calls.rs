@@ -260,8 +260,28 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let source: PackageName = args.require("source")?;
             let dist: Dist = args.require("distribution")?;
             let version: Option<Version> = args.parse("version")?;
-            let events = archive()?.migrate(&source, &dist, args.bool("full"), version.as_ref())?;
+            let force = args.bool("force");
+            if force && who.role < Role::Admin {
+                return Err(ApiError::new(403, "only an admin forces a migration past its checks"));
+            }
+            let archive = archive()?;
+            let gate = crate::gate::check(&d.inst, &archive, &d.places(), &source, &dist, version.as_ref())
+                .map_err(|e| ApiError::new(500, format!("the migration checks could not run: {e:#}; try again")))?;
+            let reasons = gate.reasons;
+            if !reasons.is_empty() && !force {
+                return Err(ApiError::new(
+                    409,
+                    format!(
+                        "{source} cannot migrate from {dist} yet: {}. Fix that, or an admin migrates it anyway with --force",
+                        reasons.join("; ")
+                    ),
+                ));
+            }
+            let forced = if force { reasons } else { vec![] };
+            let events =
+                archive.migrate(&source, &dist, args.bool("full"), version.as_ref(), (&forced, &gate.unchecked))?;
             publish(d, &events);
+            // mini-buildd's answer; what was forced or not checked is in the MIGRATED event.
             Ok(json!({}))
         }
         "remove" => {

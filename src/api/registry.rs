@@ -235,12 +235,21 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: true,
         group: "Developer",
-        doc: "Migrate a source package to the next suite; from a rollback distribution, restore it.",
+        doc: "Migrate a source package to the next suite; from a rollback distribution, restore it. \
+              buildbay first checks that its binaries are installable there, that the QA the distribution \
+              gates on passed for this version, and the suite's minimum age; it refuses with the reasons.",
         args: &[
             SOURCE,
             DISTRIBUTION,
             opt("full", Some('F'), Kind::Bool, Default::Server, "Follow the whole migration chain."),
             VERSION,
+            opt(
+                "force",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Migrate despite the checks (admins only); the MIGRATED event records what was overridden.",
+            ),
         ],
     },
     Call {

@@ -196,6 +196,19 @@ pub struct SourceRecord {
     pub binaries: Vec<BinaryKey>,
 }
 
+/// What the migration gate sees of one migration (see [`Archive::migration_view`]).
+#[derive(Debug, Clone)]
+pub struct MigrationView {
+    pub to: Dist,
+    pub version: Version,
+    /// The migrating binaries' `Packages` stanzas, by architecture (`all` included).
+    pub candidates: Vec<(Arch, Vec<u8>)>,
+    /// The target's other binaries' stanzas.
+    pub others: Vec<(Arch, Vec<u8>)>,
+    /// The distribution's architectures that must build.
+    pub mandatory: Vec<Arch>,
+}
+
 /// A record plus its index stanzas, as moved between distributions.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -786,12 +799,15 @@ impl<'a> Archive<'a> {
 
     /// Migrate a source package from a distribution to the next suite (or along the whole chain);
     /// from a rollback distribution, restore it into its base distribution.
+    /// `forced`: the migration gate's reasons an admin overrode; `unchecked`: what the gate
+    /// could not check. Both are recorded in the first MIGRATED event.
     pub fn migrate(
         &self,
         source: &PackageName,
         dist: &Dist,
         full: bool,
         version: Option<&Version>,
+        (forced, unchecked): (&[String], &[String]),
     ) -> Result<Vec<Event>> {
         let ctx = self.ctx(&dist.repo)?;
         let _w = self.lock();
@@ -826,8 +842,14 @@ impl<'a> Archive<'a> {
             };
             shift_rollbacks(&tx, &ctx, &to, source, &mut gc)?;
             put_entry(&tx, &ctx, &to, &entry, &mut gc)?;
-            let ev = Event::new(EventType::Migrated, &from, source, &entry.record.version)
+            let mut ev = Event::new(EventType::Migrated, &from, source, &entry.record.version)
                 .with("migrated_to", to.to_string());
+            if events.is_empty() && !forced.is_empty() {
+                ev = ev.with("forced", forced.to_vec());
+            }
+            if events.is_empty() && !unchecked.is_empty() {
+                ev = ev.with("unchecked", unchecked.to_vec());
+            }
             ev.record(&tx)?;
             events.push(ev);
             let more =
@@ -840,6 +862,64 @@ impl<'a> Archive<'a> {
         tx.commit()?;
         self.finish(&ctx, gc)?;
         Ok(events)
+    }
+
+    /// What the migration gate looks at before `source` migrates from `dist` (`None`: `dist`
+    /// is a rollback, whose restore is no migration): the target distribution, the version,
+    /// the binaries that would migrate and the target's other binaries (index stanzas, with
+    /// their architecture), and the distribution's mandatory architectures.
+    pub fn migration_view(
+        &self,
+        source: &PackageName,
+        dist: &Dist,
+        version: Option<&Version>,
+    ) -> Result<Option<MigrationView>> {
+        if dist.is_rollback() {
+            return Ok(None);
+        }
+        let ctx = self.ctx(&dist.repo)?;
+        ctx.check_dist(dist)?;
+        let read = self.store.read()?;
+        let entry =
+            get_entry(&read, dist, source)?.ok_or_else(|| ArchiveError::NotFound(source.clone(), dist.clone()))?;
+        if let Some(v) = version
+            && &entry.record.version != v
+        {
+            return Err(ArchiveError::WrongVersion {
+                package: source.clone(),
+                dist: dist.clone(),
+                actual: entry.record.version.clone(),
+                asked: v.clone(),
+            });
+        }
+        let next = ctx.layout.suite(&dist.suite).and_then(|s| s.migrates_to.clone());
+        let to = Dist::new(
+            dist.codename.clone(),
+            dist.repo.clone(),
+            next.ok_or_else(|| ArchiveError::NoMigration(dist.clone()))?,
+        );
+        let candidates: Vec<(Arch, Vec<u8>)> =
+            entry.record.binaries.iter().map(|b| b.arch.clone()).zip(entry.binaries.iter().cloned()).collect();
+        let names: Vec<&PackageName> = entry.record.binaries.iter().map(|b| &b.package).collect();
+        let mut others = Vec::new();
+        store::scan_prefix(&read.open_table(DIST_BINARIES)?, &format!("{to}/"), |k, v| {
+            // <dist>/<component>/<arch>/<package>
+            let mut parts = k.rsplitn(3, '/');
+            let (Some(package), Some(arch)) = (parts.next(), parts.next()) else { return Ok(()) };
+            if names.iter().any(|n| n.as_str() == package) {
+                return Ok(());
+            }
+            if let Ok(arch) = arch.parse::<Arch>() {
+                others.push((arch, v.to_vec()));
+            }
+            Ok(())
+        })?;
+        let mandatory = ctx
+            .dists
+            .get(dist.codename.as_str())
+            .map(|(d, _)| d.architectures.iter().filter(|a| !a.optional).map(|a| a.arch.clone()).collect())
+            .unwrap_or_default();
+        Ok(Some(MigrationView { to, version: entry.record.version, candidates, others, mandatory }))
     }
 
     /// Remove a source package from a distribution, keeping it in the rollbacks unless asked not to.

@@ -123,6 +123,10 @@ pub struct ArchResult {
     /// The spool id of the build result.
     pub spool: u64,
     pub reason: Option<String>,
+    /// The QA checks' verdicts (`Lintian`, `Piuparts`, `Autopkgtest` → `pass`, `fail`, …), as
+    /// the build result reported them.
+    #[serde(default)]
+    pub checks: std::collections::BTreeMap<String, String>,
 }
 
 /// An upload in the spool: the queue record, in redb table `uploads`.

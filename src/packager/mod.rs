@@ -801,7 +801,12 @@ impl Packager<'_> {
             success = false;
             reason = Some(format!("build canceled by {by}"));
         }
-        Ok(Taken::ForUpload(target, arch, ArchResult { status, success, spool: r.id, reason }))
+        let checks = Check::ALL
+            .into_iter()
+            .filter(|c| !result.check(*c).is_empty())
+            .map(|c| (c.field().to_owned(), result.check(c).to_owned()))
+            .collect();
+        Ok(Taken::ForUpload(target, arch, ArchResult { status, success, spool: r.id, reason, checks }))
     }
 
     /// Once every architecture has its result: install (INSTALLED) or give up (FAILED). An
@@ -840,6 +845,12 @@ impl Packager<'_> {
             .map_err(|e| e.to_string())
             .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string()))
             .and_then(|t| Changes::parse(&t).map_err(|e| e.to_string()));
+        // Each architecture's QA verdicts, for the events and the migration gate.
+        let checks: serde_json::Map<String, serde_json::Value> = u
+            .arches
+            .iter()
+            .filter_map(|(a, b)| b.result.as_ref().map(|r| (a.clone(), serde_json::json!(r.checks))))
+            .collect();
         let outcome = match (&changes, failures.is_empty()) {
             (Ok(c), true) => self.install(&u, c),
             (Err(e), true) => Err(Install::Bad(format!("{}: {e}", u.changes))),
@@ -855,7 +866,9 @@ impl Packager<'_> {
             Ok(()) => {
                 u.state = UploadState::Installed;
                 u.error = None;
-                event_for(EventType::Installed, &u, changes.as_ref()).with("buildresults", results)
+                event_for(EventType::Installed, &u, changes.as_ref())
+                    .with("buildresults", results)
+                    .with("checks", checks.clone())
             }
             Err(Install::Later(e)) => {
                 return Err(PackagerError::Io { path: self.dir(&u), source: std::io::Error::other(e.clone()) });
@@ -866,6 +879,7 @@ impl Packager<'_> {
                 u.error = Some(why.clone());
                 event_for(EventType::Failed, &u, changes.as_ref())
                     .with("buildresults", results)
+                    .with("checks", checks)
                     .with("error", problem(500, "Package failed", why))
             }
         };

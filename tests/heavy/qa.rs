@@ -1,5 +1,6 @@
-//! QA checks that really run: autopkgtest and piuparts, each in a fresh nspawn machine of the chroot image (in the
-//! build slot's user namespace), after a build on the nspawn backend. errfail gates the install,
+//! QA checks that really run: autopkgtest and piuparts, each in a fresh nspawn machine of the
+//! chroot image (in the build slot's user namespace), after a build on the nspawn backend.
+//! errfail gates the install,
 //! ignore reports after it; the sbuild backend, which does not run them, says so instead of
 //! passing.
 //! Needs root, the shared bookworm/amd64 image and Debian's archive.
@@ -43,6 +44,7 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
     let inst = Instance::online("ed25519");
     inst.ok(&["setup", "--chroots", "bookworm:amd64"]);
     inst.ok(&["setup", "--distributions", "bookworm:amd64:nspawn"]);
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
     let srv = serve_builds(&inst, (free_port(), free_port()), "2", &[]);
 
     // 1. Passing tests under errfail: INSTALLED, the verdict in the build log. A hostile test
@@ -142,7 +144,53 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
     let log = kept_log(&inst, "qapiuparts", "qapiuparts_1.0~test12+1_amd64.buildlog");
     assert!(log.contains("postrm fails on purge") && log.contains("buildbay: Piuparts: fail"), "{log}");
 
-    // 5. The sbuild backend runs neither check (as root in a schroot session it would be root
+    // 5. Gated migration: a package whose dependency is not in testing is refused with the
+    //    reason; forcing it works and the MIGRATED event records what was overridden; once the
+    //    dependency is there, it migrates without force.
+    let control = |name: &str, depends: &str| {
+        format!(
+            "Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nBuild-Depends: debhelper-compat (= 13)\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\nPackage: {name}\nArchitecture: all\nDepends: ${{misc:Depends}}{depends}\nDescription: buildbay test package\n Prints hello.\n"
+        )
+    };
+    for (name, depends) in [("qamiga", String::new()), ("qamigb", ", qamiga (>= 1.0~)".to_owned())] {
+        let src = source_with_files(
+            dir.path(),
+            name,
+            "1.0~test12+1",
+            UNSTABLE,
+            "true",
+            &["lintian-mode=disabled"],
+            "all",
+            &[("debian/control".to_owned(), control(name, &depends))],
+        );
+        ftp_upload(&srv.ftp, &src);
+        assert_eq!(final_event(&srv.url, name)["type"], "INSTALLED");
+    }
+    // lintian was disabled by the uploads, where the distribution gates on it: that is a reason
+    // too, so the distribution ignores lintian for this step.
+    let refused = api_as(&srv.url, "admin", &["migrate", "qamigb", UNSTABLE]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "migrated without its dependency");
+    assert!(err.contains("qamigb") && err.contains("qamiga") && err.contains("is not available"), "{err}");
+    assert!(err.contains("Lintian on amd64: no result, where the distribution's mode is errfail"), "{err}");
+    let forced = api_as(&srv.url, "admin", &["migrate", "qamigb", UNSTABLE, "--force"]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    let migrated = of(&events(&srv.url), "qamigb", "MIGRATED").pop().expect("MIGRATED");
+    let why = migrated["extra"]["forced"].to_string();
+    assert!(why.contains("is not available") && why.contains("Lintian"), "{migrated}");
+    let out = api_as(&srv.url, "admin", &["config_ls"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config_ls");
+    let mut dist =
+        all.as_array().into_iter().flatten().find(|o| o["kind"] == "distribution").expect("dist")["fields"].clone();
+    dist["lintian_mode"] = serde_json::json!("ignore");
+    assert!(api_as(&srv.url, "admin", &["config_set", "distribution", &dist.to_string()]).status.success());
+    assert!(api_as(&srv.url, "admin", &["config_action", "distribution", "bookworm", "pca"]).status.success());
+    let a = api_as(&srv.url, "admin", &["migrate", "qamiga", UNSTABLE, "--full"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = api_as(&srv.url, "admin", &["migrate", "qamigb", "bookworm-test-testing"]);
+    assert!(b.status.success(), "with its dependency in stable: {}", String::from_utf8_lossy(&b.stderr));
+
+    // 6. The sbuild backend runs neither check (as root in a schroot session it would be root
     //    here): a gating mode fails with the reason instead of passing silently.
     assert!(srv.stop());
     inst.ok(&["setup", "--distributions", "bookworm:amd64:sbuild"]);
