@@ -134,11 +134,7 @@ fn debspawn_peer(dir: &std::path::Path) -> Result<Vec<f64>, String> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    assert!(nix::unistd::geteuid().is_root(), "real builds need root; run the bench as root");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(dir) = common::build_bench() else { return };
     let inst = Instance::online("ed25519");
     common::ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
     let t = Instant::now();

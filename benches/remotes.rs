@@ -31,11 +31,7 @@ fn upload_to_installed(srv: &Server, seen: &Seen, dir: &std::path::Path, version
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    assert!(nix::unistd::geteuid().is_root(), "real builds need root; run the bench as root");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(dir) = common::build_bench() else { return };
     let (a, b) = (Instance::online("ed25519"), Instance::online("ed25519"));
     for i in [&a, &b] {
         common::ok(i.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));

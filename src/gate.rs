@@ -41,10 +41,35 @@ pub fn check(
     version: Option<&crate::deb::Version>,
 ) -> anyhow::Result<Verdict> {
     let Some(view) = archive.migration_view(source, dist, version)? else { return Ok(Verdict::default()) };
+    let mut v = without_installability(inst, archive, &view, dist)?;
+    let (reasons, unchecked) =
+        installability(&view, |a| places.image(&crate::chroot::Chroot::new(dist.codename.clone(), a.clone())));
+    v.reasons.extend(reasons);
+    v.unchecked.extend(unchecked);
+    Ok(v)
+}
+
+/// The gate's cheap part, for the tracker page (no dose-debcheck run): the QA and the age.
+pub fn quick(
+    inst: &crate::instance::Instance,
+    archive: &Archive,
+    source: &crate::deb::PackageName,
+    dist: &crate::deb::Dist,
+) -> anyhow::Result<Vec<String>> {
+    let Some(view) = archive.migration_view(source, dist, None)? else { return Ok(vec![]) };
+    Ok(without_installability(inst, archive, &view, dist)?.reasons)
+}
+
+fn without_installability(
+    inst: &crate::instance::Instance,
+    archive: &Archive,
+    view: &MigrationView,
+    dist: &crate::deb::Dist,
+) -> anyhow::Result<Verdict> {
     let settings =
         inst.get::<crate::config::Distribution>(dist.codename.as_str())?.map(|d| d.build).unwrap_or_default();
     let min_age = archive.ctx(&dist.repo)?.layout.suite(&dist.suite).map(|s| s.min_age_days).unwrap_or(0);
-    let events = crate::events::of_source(&inst.store, source.as_str(), 1000)?;
+    let events = crate::events::of_source(&inst.store, view.source.as_str(), 1000)?;
     let (installed, since) = history(&events, view.version.as_str(), &dist.to_string());
     let mut v = Verdict::default();
     match installed {
@@ -52,10 +77,6 @@ pub fn check(
         None => v.unchecked.push("QA: this version was not built here (included or ported): no QA record".into()),
     }
     v.reasons.extend(age_reason(min_age, since, Utc::now()));
-    let (reasons, unchecked) =
-        installability(&view, |a| places.image(&crate::chroot::Chroot::new(dist.codename.clone(), a.clone())));
-    v.reasons.extend(reasons);
-    v.unchecked.extend(unchecked);
     Ok(v)
 }
 

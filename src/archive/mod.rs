@@ -199,6 +199,7 @@ pub struct SourceRecord {
 /// What the migration gate sees of one migration (see [`Archive::migration_view`]).
 #[derive(Debug, Clone)]
 pub struct MigrationView {
+    pub source: PackageName,
     pub to: Dist,
     pub version: Version,
     /// The migrating binaries' `Packages` stanzas, by architecture (`all` included).
@@ -919,7 +920,14 @@ impl<'a> Archive<'a> {
             .get(dist.codename.as_str())
             .map(|(d, _)| d.architectures.iter().filter(|a| !a.optional).map(|a| a.arch.clone()).collect())
             .unwrap_or_default();
-        Ok(Some(MigrationView { to, version: entry.record.version, candidates, others, mandatory }))
+        Ok(Some(MigrationView {
+            source: source.clone(),
+            to,
+            version: entry.record.version,
+            candidates,
+            others,
+            mandatory,
+        }))
     }
 
     /// Remove a source package from a distribution, keeping it in the rollbacks unless asked not to.

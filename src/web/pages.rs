@@ -177,7 +177,66 @@ fn call(d: &Daemon, who: &Principal, base: &str, name: &str, query: &[(&str, &st
 }
 
 fn event_json(e: &Event) -> Json {
-    serde_json::to_value(e).unwrap_or(Json::Null)
+    let mut v = serde_json::to_value(e).unwrap_or(Json::Null);
+    if let Json::Object(m) = &mut v {
+        m.insert("links".into(), Json::Array(arch_links(e)));
+    }
+    v
+}
+
+/// A check's verdict as a badge class: `ok` (pass, info), `warn` (warn, no tests), `bad`.
+fn verdict_class(verdict: &str) -> &'static str {
+    match verdict {
+        "pass" | "info" => "ok",
+        "warn" | "no tests" => "warn",
+        _ => "bad",
+    }
+}
+
+/// mini-buildd's per-architecture links of an event: for INSTALLED and FAILED, each
+/// architecture's build log with its QA verdicts (a gating check's output is in the build log);
+/// for BUILT, the build log and the logs of the checks that ran after the result.
+fn arch_links(e: &Event) -> Vec<Json> {
+    let log_of = |bkey: &crate::protocol::BuildKey| super::buildlog::url(&format!("{bkey}/{}", bkey.buildlog_name()));
+    match e.kind {
+        EventType::Installed | EventType::Failed => {
+            let Some(key) = e.extra.get("key").and_then(Json::as_str) else { return vec![] };
+            let Some(checks) = e.extra.get("checks").and_then(Json::as_object) else { return vec![] };
+            checks
+                .iter()
+                .filter_map(|(arch, c)| {
+                    let bkey: crate::protocol::BuildKey = format!("{key}/{arch}").parse().ok()?;
+                    let verdicts: Vec<Json> = c
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(check, v)| {
+                            let v = v.as_str().unwrap_or("");
+                            json!({"check": check, "verdict": v, "class": verdict_class(v)})
+                        })
+                        .collect();
+                    Some(json!({"arch": arch, "log_href": log_of(&bkey), "checks": verdicts, "logs": []}))
+                })
+                .collect()
+        }
+        EventType::Built => {
+            let Some(bkey) =
+                e.extra.get("bkey").and_then(Json::as_str).and_then(|b| b.parse::<crate::protocol::BuildKey>().ok())
+            else {
+                return vec![];
+            };
+            let logs: Vec<Json> = crate::protocol::Check::ALL
+                .into_iter()
+                .filter_map(|c| {
+                    let field = c.field().to_ascii_lowercase();
+                    let rel = e.extra.get(&field)?.as_str()?;
+                    Some(json!({"name": format!("{field} (after the result)"), "href": super::buildlog::url(rel)}))
+                })
+                .collect();
+            vec![json!({"arch": bkey.arch.as_str(), "log_href": log_of(&bkey), "checks": [], "logs": logs})]
+        }
+        _ => vec![],
+    }
 }
 
 fn latest_events(d: &Daemon, keep: impl Fn(&Event) -> bool, n: usize) -> Result<Vec<Event>, ApiError> {
@@ -314,7 +373,18 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
                         .as_object()
                         .map(|m| m.iter().map(|(rd, re)| json!({"dist": rd, "version": re["version"]})).collect())
                         .unwrap_or_default();
-                    json!({"name": dname, "version": e.get("version"), "migrates_to": e.get("migrates_to"), "rollbacks": rollbacks})
+                    // Why it may not migrate yet (the gate's QA and age; installability is
+                    // checked when it migrates).
+                    let waits: Vec<String> = match (e.get("migrates_to"), dname.parse::<crate::deb::Dist>()) {
+                        (Some(Json::String(_)), Ok(dist)) => d
+                            .inst
+                            .archive()
+                            .ok()
+                            .and_then(|a| crate::gate::quick(&d.inst, &a, &source, &dist).ok())
+                            .unwrap_or_default(),
+                        _ => vec![],
+                    };
+                    json!({"name": dname, "version": e.get("version"), "migrates_to": e.get("migrates_to"), "rollbacks": rollbacks, "waits": waits})
                 })
                 .collect();
             let mut versions: Vec<crate::deb::Version> = rows

@@ -14,6 +14,16 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 /// The median of some measurements.
+/// The start of a benchmark that builds: `None` when cargo only lists the benchmarks; else (as
+/// root, which real builds need) a scratch directory.
+pub fn build_bench() -> Option<tempfile::TempDir> {
+    if std::env::args().any(|a| a == "--list") {
+        return None;
+    }
+    assert!(nix::unistd::geteuid().is_root(), "real builds need root; run the bench as root");
+    Some(tempfile::tempdir().expect("tempdir"))
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]

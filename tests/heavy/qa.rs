@@ -79,6 +79,11 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
     assert!(!log.contains("WROTE-"), "a test wrote into the build directory:\n{log}");
     let built = of(&events(&srv.url), "qapass", "BUILT").pop().expect("BUILT");
     assert_eq!(built["extra"]["status"], "successful", "{built}");
+    // The events page: per architecture, the build log and each check's verdict.
+    let page = curl(&format!("{}/mini_buildd/events/", srv.url), 10);
+    for want in ["amd64: <a href=\"/mini_buildd/events-dir/qapass/", "Autopkgtest pass", "Piuparts pass"] {
+        assert!(page.contains(want), "{want:?} not on the events page");
+    }
 
     // 2. A failing test under errfail: FAILED, naming autopkgtest.
     let fail = tested_source(
@@ -173,6 +178,9 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
     assert!(!refused.status.success(), "migrated without its dependency");
     assert!(err.contains("qamigb") && err.contains("qamiga") && err.contains("is not available"), "{err}");
     assert!(err.contains("Lintian on amd64: no result, where the distribution's mode is errfail"), "{err}");
+    // The tracker says why it waits (the QA; installability is checked when it migrates).
+    let tracker = curl(&format!("{}/mini_buildd/sources/qamigb/", srv.url), 30);
+    assert!(tracker.contains("Cannot migrate yet: Lintian on amd64: no result"), "{tracker}");
     let forced = api_as(&srv.url, "admin", &["migrate", "qamigb", UNSTABLE, "--force"]);
     assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
     let migrated = of(&events(&srv.url), "qamigb", "MIGRATED").pop().expect("MIGRATED");
