@@ -13,7 +13,6 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// The median of some measurements.
 /// The start of a benchmark that builds: `None` when cargo only lists the benchmarks; else (as
 /// root, which real builds need) a scratch directory.
 pub fn build_bench() -> Option<tempfile::TempDir> {
@@ -24,6 +23,7 @@ pub fn build_bench() -> Option<tempfile::TempDir> {
     Some(tempfile::tempdir().expect("tempdir"))
 }
 
+/// The median of some measurements.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
