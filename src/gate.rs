@@ -28,6 +28,58 @@ pub struct Verdict {
     /// What could not be checked, and why (no chroot image with the base's package lists; a
     /// version that was never built here, so has no QA record). These do not block.
     pub unchecked: Vec<String>,
+    /// The version checked (`None`: a rollback's restore, which is not checked).
+    pub version: Option<crate::deb::Version>,
+}
+
+/// Where a gated migration stopped: the distribution it could not leave, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub from: crate::deb::Dist,
+    pub reasons: Vec<String>,
+}
+
+/// Migrate `source` from `dist` through the gate, one step at a time (`full`: along the whole
+/// chain, each step checked): each step moves exactly the version its check saw. `force`
+/// overrides the reasons (recorded in the step's MIGRATED event). Returns the MIGRATED events,
+/// and where it stopped if a check refused.
+#[allow(clippy::too_many_arguments)]
+pub fn migrate(
+    inst: &crate::instance::Instance,
+    archive: &Archive,
+    places: &crate::chroot::Places,
+    source: &crate::deb::PackageName,
+    dist: &crate::deb::Dist,
+    version: Option<&crate::deb::Version>,
+    full: bool,
+    force: bool,
+) -> anyhow::Result<(Vec<Event>, Option<Refused>)> {
+    let mut events = Vec::new();
+    let mut from = dist.clone();
+    let mut version = version.cloned();
+    loop {
+        let v = check(inst, archive, places, source, &from, version.as_ref())?;
+        if !v.reasons.is_empty() && !force {
+            return Ok((events, Some(Refused { from, reasons: v.reasons })));
+        }
+        let forced = if force { v.reasons } else { vec![] };
+        let pinned = v.version.or(version);
+        let step = archive.migrate(source, &from, false, pinned.as_ref(), (&forced, &v.unchecked))?;
+        let next = step.last().and_then(|e| e.extra.get("migrated_to")?.as_str()?.parse::<crate::deb::Dist>().ok());
+        events.extend(step);
+        let more = archive
+            .ctx(&from.repo)?
+            .layout
+            .suite(next.as_ref().map_or(&from.suite, |n| &n.suite))
+            .is_some_and(|s| s.migrates_to.is_some());
+        match next {
+            Some(n) if full && more && !from.is_rollback() => {
+                from = n;
+                version = pinned;
+            }
+            _ => return Ok((events, None)),
+        }
+    }
 }
 
 /// The gate's verdict on `source` (of `version`, if given) migrating from `dist`. A
@@ -40,8 +92,9 @@ pub fn check(
     dist: &crate::deb::Dist,
     version: Option<&crate::deb::Version>,
 ) -> anyhow::Result<Verdict> {
-    let Some(view) = archive.migration_view(source, dist, version)? else { return Ok(Verdict::default()) };
+    let Some(view) = archive.migration_view(source, dist, version, true)? else { return Ok(Verdict::default()) };
     let mut v = without_installability(inst, archive, &view, dist)?;
+    v.version = Some(view.version.clone());
     let (reasons, unchecked) =
         installability(&view, |a| places.image(&crate::chroot::Chroot::new(dist.codename.clone(), a.clone())));
     v.reasons.extend(reasons);
@@ -56,7 +109,7 @@ pub fn quick(
     source: &crate::deb::PackageName,
     dist: &crate::deb::Dist,
 ) -> anyhow::Result<Vec<String>> {
-    let Some(view) = archive.migration_view(source, dist, None)? else { return Ok(vec![]) };
+    let Some(view) = archive.migration_view(source, dist, None, false)? else { return Ok(vec![]) };
     Ok(without_installability(inst, archive, &view, dist)?.reasons)
 }
 
@@ -69,8 +122,10 @@ fn without_installability(
     let settings =
         inst.get::<crate::config::Distribution>(dist.codename.as_str())?.map(|d| d.build).unwrap_or_default();
     let min_age = archive.ctx(&dist.repo)?.layout.suite(&dist.suite).map(|s| s.min_age_days).unwrap_or(0);
-    let events = crate::events::of_source(&inst.store, view.source.as_str(), 1000)?;
-    let (installed, since) = history(&events, view.version.as_str(), &dist.to_string());
+    // All of them (bounded by their expiry, `--keep-events-days`): a flood of other events
+    // cannot push the version's INSTALLED out of sight.
+    let events = crate::events::of_source(&inst.store, view.source.as_str(), usize::MAX)?;
+    let (installed, since) = history(&events, view.version.as_str(), dist);
     let mut v = Verdict::default();
     match installed {
         Some(ev) => v.reasons.extend(qa_reasons(&settings, &view.mandatory, Some(ev))),
@@ -79,6 +134,9 @@ fn without_installability(
     v.reasons.extend(age_reason(min_age, since, Utc::now()));
     Ok(v)
 }
+
+/// At most this much of dose-debcheck's output is read.
+const MAX_DOSE_OUTPUT: u64 = 4 << 20;
 
 /// At most this many reasons from one dose-debcheck run.
 const MAX_REASONS: usize = 10;
@@ -133,15 +191,24 @@ pub fn age_reason(min_days: u32, since: Option<DateTime<Utc>>, now: DateTime<Utc
     })
 }
 
-/// The newest INSTALLED event of `version`, and when that version arrived in `dist` (its
-/// INSTALLED there, or its MIGRATED to there), from a source's events, newest first.
-pub fn history<'a>(events: &'a [Event], version: &str, dist: &str) -> (Option<&'a Event>, Option<DateTime<Utc>>) {
+/// The newest INSTALLED event of `version` in `dist`'s repository and codename, and when that
+/// version arrived in `dist` (its INSTALLED there, or its MIGRATED to there), from a source's
+/// events, newest first.
+pub fn history<'a>(
+    events: &'a [Event],
+    version: &str,
+    dist: &crate::deb::Dist,
+) -> (Option<&'a Event>, Option<DateTime<Utc>>) {
+    let name = dist.to_string();
+    let same_line =
+        |d: &str| d.parse::<crate::deb::Dist>().is_ok_and(|d| d.codename == dist.codename && d.repo == dist.repo);
     let of_version = || events.iter().filter(move |e| e.version == version);
-    let installed = of_version().find(|e| e.kind == EventType::Installed);
+    let installed = of_version().find(|e| e.kind == EventType::Installed && same_line(&e.distribution));
     let arrived = of_version()
         .find(|e| {
-            (e.kind == EventType::Installed && e.distribution == dist)
-                || (e.kind == EventType::Migrated && e.extra.get("migrated_to").and_then(|v| v.as_str()) == Some(dist))
+            (e.kind == EventType::Installed && e.distribution == name)
+                || (e.kind == EventType::Migrated
+                    && e.extra.get("migrated_to").and_then(|v| v.as_str()) == Some(name.as_str()))
         })
         .map(|e| e.timestamp);
     (installed, arrived)
@@ -250,20 +317,38 @@ fn dose_in(dir: &Path, arch: &Arch, fg: &[u8], target: &[u8], lists: &[PathBuf])
         cmd.arg(format!("--bg={}", l.display()));
     }
     cmd.arg(format!("--fg={}", fg_path.display()));
-    let out = cmd.output().map_err(|e| {
+    // Its explanations are bounded: at most 4 MiB of them are read (the reasons are the first
+    // few), its errors go to a file in the scratch directory.
+    let err_path = dir.join("stderr");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path)?);
+    let mut child = cmd.spawn().map_err(|e| {
         std::io::Error::new(e.kind(), format!("dose-debcheck: {e} (install the dose-distcheck package)"))
     })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match out.status.code() {
+    let mut stdout = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        use std::io::Read;
+        out.take(MAX_DOSE_OUTPUT).read_to_end(&mut stdout)?;
+    }
+    if stdout.len() as u64 >= MAX_DOSE_OUTPUT {
+        // Anything beyond the bound is not waited for.
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let text = String::from_utf8_lossy(&stdout);
+    let stderr = std::fs::read(&err_path).unwrap_or_default();
+    match status.code() {
         Some(0) => Ok(vec![]),
         Some(1) => {
             let reasons = parse_dose(&text);
             Ok(if reasons.is_empty() { vec!["dose-debcheck found a broken package".into()] } else { reasons })
         }
+        // Killed at the bound with reasons read: they are the verdict.
+        _ if !parse_dose(&text).is_empty() => Ok(parse_dose(&text)),
         _ => Err(std::io::Error::other(format!(
-            "dose-debcheck failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).chars().take(300).collect::<String>()
+            "dose-debcheck failed ({status}): {}",
+            String::from_utf8_lossy(&stderr).chars().take(300).collect::<String>()
         ))),
     }
 }
@@ -318,11 +403,14 @@ mod tests {
             .with("migrated_to", "bookworm-test-testing");
         mig.timestamp = t0 + chrono::Duration::days(1);
         let other = Event::new(EventType::Installed, "bookworm-test-unstable", "hello", "2.0");
-        let events = vec![other, mig, inst];
-        let (ev, since) = history(&events, "1.0", "bookworm-test-unstable");
-        assert_eq!(ev.map(|e| e.version.as_str()), Some("1.0"));
+        let elsewhere = Event::new(EventType::Installed, "bookworm-other-unstable", "hello", "1.0")
+            .with("checks", serde_json::json!({"amd64": {"Autopkgtest": "pass"}}));
+        let events = vec![elsewhere, other, mig, inst];
+        let unstable: crate::deb::Dist = "bookworm-test-unstable".parse().unwrap();
+        let (ev, since) = history(&events, "1.0", &unstable);
+        assert_eq!(ev.map(|e| e.distribution.as_str()), Some("bookworm-test-unstable"), "not another repository's");
         assert_eq!(since, Some(t0));
-        let (_, since) = history(&events, "1.0", "bookworm-test-testing");
+        let (_, since) = history(&events, "1.0", &"bookworm-test-testing".parse().unwrap());
         assert_eq!(since, Some(t0 + chrono::Duration::days(1)));
     }
 

@@ -821,21 +821,22 @@ fn repo(inst: &Instance, json: bool, cmd: RepoCommand) -> Result<()> {
         }
         RepoCommand::Migrate { source, distribution, full, version, force } => {
             let places = buildbay::chroot::Places::default();
-            let gate = buildbay::gate::check(inst, &archive, &places, &source, &distribution, version.as_ref())?;
-            for u in &gate.unchecked {
-                eprintln!("buildbay: not checked: {u}");
-            }
-            let reasons = gate.reasons;
-            if !reasons.is_empty() && !force {
-                bail!(
-                    "{source} cannot migrate from {distribution} yet: {}. Fix that, or migrate it anyway with --force",
-                    reasons.join("; ")
-                );
-            }
-            let forced = if force { reasons } else { vec![] };
-            for ev in archive.migrate(&source, &distribution, full, version.as_ref(), (&forced, &gate.unchecked))? {
+            let (events, refused) = buildbay::gate::migrate(
+                inst,
+                &archive,
+                &places,
+                &source,
+                &distribution,
+                version.as_ref(),
+                full,
+                force,
+            )?;
+            for ev in &events {
                 ev.log();
-                print(json, &ev, |e| {
+                for u in ev.extra.get("unchecked").and_then(|u| u.as_array()).into_iter().flatten() {
+                    eprintln!("buildbay: not checked: {}", u.as_str().unwrap_or_default());
+                }
+                print(json, ev, |e| {
                     format!(
                         "migrated {} {} from {} to {}",
                         e.source,
@@ -844,6 +845,13 @@ fn repo(inst: &Instance, json: bool, cmd: RepoCommand) -> Result<()> {
                         e.extra["migrated_to"].as_str().unwrap_or("?")
                     )
                 });
+            }
+            if let Some(r) = refused {
+                bail!(
+                    "{source} cannot migrate from {} yet: {}. Fix that, or migrate it anyway with --force",
+                    r.from,
+                    r.reasons.join("; ")
+                );
             }
         }
         RepoCommand::Remove { source, distribution, without_rollback, version } => {

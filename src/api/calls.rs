@@ -265,23 +265,28 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 return Err(ApiError::new(403, "only an admin forces a migration past its checks"));
             }
             let archive = archive()?;
-            let gate = crate::gate::check(&d.inst, &archive, &d.places(), &source, &dist, version.as_ref())
-                .map_err(|e| ApiError::new(500, format!("the migration checks could not run: {e:#}; try again")))?;
-            let reasons = gate.reasons;
-            if !reasons.is_empty() && !force {
+            let places = d.places();
+            let full = args.bool("full");
+            let (events, refused) =
+                crate::gate::migrate(&d.inst, &archive, &places, &source, &dist, version.as_ref(), full, force)
+                    .map_err(|e| match e.downcast::<crate::archive::ArchiveError>() {
+                        Ok(e) => ApiError::from(e),
+                        Err(e) => ApiError::new(500, format!("the migration checks could not run: {e:#}; try again")),
+                    })?;
+            publish(d, &events);
+            if let Some(r) = refused {
+                let moved = events.last().and_then(|e| e.extra.get("migrated_to")).and_then(Json::as_str);
+                let moved = moved.map(|m| format!("It migrated to {m}, then stopped. ")).unwrap_or_default();
                 return Err(ApiError::new(
                     409,
                     format!(
-                        "{source} cannot migrate from {dist} yet: {}. Fix that, or an admin migrates it anyway with --force",
-                        reasons.join("; ")
+                        "{moved}{source} cannot migrate from {} yet: {}. Fix that, or an admin migrates it anyway with --force",
+                        r.from,
+                        r.reasons.join("; ")
                     ),
                 ));
             }
-            let forced = if force { reasons } else { vec![] };
-            let events =
-                archive.migrate(&source, &dist, args.bool("full"), version.as_ref(), (&forced, &gate.unchecked))?;
-            publish(d, &events);
-            // mini-buildd's answer; what was forced or not checked is in the MIGRATED event.
+            // mini-buildd's answer; what was forced or not checked is in the MIGRATED events.
             Ok(json!({}))
         }
         "remove" => {

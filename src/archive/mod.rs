@@ -868,12 +868,14 @@ impl<'a> Archive<'a> {
     /// What the migration gate looks at before `source` migrates from `dist` (`None`: `dist`
     /// is a rollback, whose restore is no migration): the target distribution, the version,
     /// the binaries that would migrate and the target's other binaries (index stanzas, with
-    /// their architecture), and the distribution's mandatory architectures.
+    /// their architecture; the target's only `with_others`), and the distribution's mandatory
+    /// architectures.
     pub fn migration_view(
         &self,
         source: &PackageName,
         dist: &Dist,
         version: Option<&Version>,
+        with_others: bool,
     ) -> Result<Option<MigrationView>> {
         if dist.is_rollback() {
             return Ok(None);
@@ -903,18 +905,24 @@ impl<'a> Archive<'a> {
             entry.record.binaries.iter().map(|b| b.arch.clone()).zip(entry.binaries.iter().cloned()).collect();
         let names: Vec<&PackageName> = entry.record.binaries.iter().map(|b| &b.package).collect();
         let mut others = Vec::new();
-        store::scan_prefix(&read.open_table(DIST_BINARIES)?, &format!("{to}/"), |k, v| {
+        let table = read.open_table(DIST_BINARIES)?;
+        let scan = |k: &str, v: &[u8], others: &mut Vec<(Arch, Vec<u8>)>| {
             // <dist>/<component>/<arch>/<package>
             let mut parts = k.rsplitn(3, '/');
-            let (Some(package), Some(arch)) = (parts.next(), parts.next()) else { return Ok(()) };
+            let (Some(package), Some(arch)) = (parts.next(), parts.next()) else { return };
             if names.iter().any(|n| n.as_str() == package) {
-                return Ok(());
+                return;
             }
             if let Ok(arch) = arch.parse::<Arch>() {
                 others.push((arch, v.to_vec()));
             }
-            Ok(())
-        })?;
+        };
+        if with_others {
+            store::scan_prefix(&table, &format!("{to}/"), |k, v| {
+                scan(k, v, &mut others);
+                Ok(())
+            })?;
+        }
         let mandatory = ctx
             .dists
             .get(dist.codename.as_str())
