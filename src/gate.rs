@@ -39,67 +39,74 @@ pub struct Refused {
     pub reasons: Vec<String>,
 }
 
-/// Migrate `source` from `dist` through the gate, one step at a time (`full`: along the whole
-/// chain, each step checked): each step moves exactly the version its check saw. `force`
-/// overrides the reasons (recorded in the step's MIGRATED event). Returns the MIGRATED events,
-/// and where it stopped if a check refused.
-#[allow(clippy::too_many_arguments)]
-pub fn migrate(
-    inst: &crate::instance::Instance,
-    archive: &Archive,
-    places: &crate::chroot::Places,
-    source: &crate::deb::PackageName,
-    dist: &crate::deb::Dist,
-    version: Option<&crate::deb::Version>,
-    full: bool,
-    force: bool,
-) -> anyhow::Result<(Vec<Event>, Option<Refused>)> {
-    let mut events = Vec::new();
-    let mut from = dist.clone();
-    let mut version = version.cloned();
-    loop {
-        let v = check(inst, archive, places, source, &from, version.as_ref())?;
-        if !v.reasons.is_empty() && !force {
-            return Ok((events, Some(Refused { from, reasons: v.reasons })));
-        }
-        let forced = if force { v.reasons } else { vec![] };
-        let pinned = v.version.or(version);
-        let step = archive.migrate(source, &from, false, pinned.as_ref(), (&forced, &v.unchecked))?;
-        let next = step.last().and_then(|e| e.extra.get("migrated_to")?.as_str()?.parse::<crate::deb::Dist>().ok());
-        events.extend(step);
-        let more = archive
-            .ctx(&from.repo)?
-            .layout
-            .suite(next.as_ref().map_or(&from.suite, |n| &n.suite))
-            .is_some_and(|s| s.migrates_to.is_some());
-        match next {
-            Some(n) if full && more && !from.is_rollback() => {
-                from = n;
-                version = pinned;
-            }
-            _ => return Ok((events, None)),
-        }
-    }
+/// The gate over one instance's archive and chroot images.
+pub struct Gate<'a> {
+    pub inst: &'a crate::instance::Instance,
+    pub archive: &'a Archive<'a>,
+    pub places: &'a crate::chroot::Places,
 }
 
-/// The gate's verdict on `source` (of `version`, if given) migrating from `dist`. A
-/// rollback's restore is no migration: nothing to check.
-pub fn check(
-    inst: &crate::instance::Instance,
-    archive: &Archive,
-    places: &crate::chroot::Places,
-    source: &crate::deb::PackageName,
-    dist: &crate::deb::Dist,
-    version: Option<&crate::deb::Version>,
-) -> anyhow::Result<Verdict> {
-    let Some(view) = archive.migration_view(source, dist, version, true)? else { return Ok(Verdict::default()) };
-    let mut v = without_installability(inst, archive, &view, dist)?;
-    v.version = Some(view.version.clone());
-    let (reasons, unchecked) =
-        installability(&view, |a| places.image(&crate::chroot::Chroot::new(dist.codename.clone(), a.clone())));
-    v.reasons.extend(reasons);
-    v.unchecked.extend(unchecked);
-    Ok(v)
+impl Gate<'_> {
+    /// Migrate `source` from `dist` through the gate, one step at a time (`full`: along the whole
+    /// chain, each step checked): each step moves exactly the version its check saw. `force`
+    /// overrides the reasons (recorded in the step's MIGRATED event). Returns the MIGRATED events,
+    /// and where it stopped if a check refused.
+    pub fn migrate(
+        &self,
+        source: &crate::deb::PackageName,
+        dist: &crate::deb::Dist,
+        version: Option<&crate::deb::Version>,
+        full: bool,
+        force: bool,
+    ) -> anyhow::Result<(Vec<Event>, Option<Refused>)> {
+        let archive = self.archive;
+        let mut events = Vec::new();
+        let mut from = dist.clone();
+        let mut version = version.cloned();
+        loop {
+            let v = self.check(source, &from, version.as_ref())?;
+            if !v.reasons.is_empty() && !force {
+                return Ok((events, Some(Refused { from, reasons: v.reasons })));
+            }
+            let forced = if force { v.reasons } else { vec![] };
+            let pinned = v.version.or(version);
+            let step = archive.migrate(source, &from, false, pinned.as_ref(), (&forced, &v.unchecked))?;
+            let next = step.last().and_then(|e| e.extra.get("migrated_to")?.as_str()?.parse::<crate::deb::Dist>().ok());
+            events.extend(step);
+            let more = archive
+                .ctx(&from.repo)?
+                .layout
+                .suite(next.as_ref().map_or(&from.suite, |n| &n.suite))
+                .is_some_and(|s| s.migrates_to.is_some());
+            match next {
+                Some(n) if full && more && !from.is_rollback() => {
+                    from = n;
+                    version = pinned;
+                }
+                _ => return Ok((events, None)),
+            }
+        }
+    }
+
+    /// The gate's verdict on `source` (of `version`, if given) migrating from `dist`. A
+    /// rollback's restore is no migration: nothing to check.
+    pub fn check(
+        &self,
+        source: &crate::deb::PackageName,
+        dist: &crate::deb::Dist,
+        version: Option<&crate::deb::Version>,
+    ) -> anyhow::Result<Verdict> {
+        let Some(view) = self.archive.migration_view(source, dist, version, true)? else {
+            return Ok(Verdict::default());
+        };
+        let mut v = without_installability(self.inst, self.archive, &view, dist)?;
+        v.version = Some(view.version.clone());
+        let image = |a: &Arch| self.places.image(&crate::chroot::Chroot::new(dist.codename.clone(), a.clone()));
+        let (reasons, unchecked) = installability(&view, image);
+        v.reasons.extend(reasons);
+        v.unchecked.extend(unchecked);
+        Ok(v)
+    }
 }
 
 /// The gate's cheap part, for the tracker page (no dose-debcheck run): the QA and the age.

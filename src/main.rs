@@ -821,16 +821,8 @@ fn repo(inst: &Instance, json: bool, cmd: RepoCommand) -> Result<()> {
         }
         RepoCommand::Migrate { source, distribution, full, version, force } => {
             let places = buildbay::chroot::Places::default();
-            let (events, refused) = buildbay::gate::migrate(
-                inst,
-                &archive,
-                &places,
-                &source,
-                &distribution,
-                version.as_ref(),
-                full,
-                force,
-            )?;
+            let gate = buildbay::gate::Gate { inst, archive: &archive, places: &places };
+            let (events, refused) = gate.migrate(&source, &distribution, version.as_ref(), full, force)?;
             for ev in &events {
                 ev.log();
                 for u in ev.extra.get("unchecked").and_then(|u| u.as_array()).into_iter().flatten() {

@@ -267,12 +267,12 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let archive = archive()?;
             let places = d.places();
             let full = args.bool("full");
-            let (events, refused) =
-                crate::gate::migrate(&d.inst, &archive, &places, &source, &dist, version.as_ref(), full, force)
-                    .map_err(|e| match e.downcast::<crate::archive::ArchiveError>() {
-                        Ok(e) => ApiError::from(e),
-                        Err(e) => ApiError::new(500, format!("the migration checks could not run: {e:#}; try again")),
-                    })?;
+            let (events, refused) = crate::gate::Gate { inst: &d.inst, archive: &archive, places: &places }
+                .migrate(&source, &dist, version.as_ref(), full, force)
+                .map_err(|e| match e.downcast::<crate::archive::ArchiveError>() {
+                    Ok(e) => ApiError::from(e),
+                    Err(e) => ApiError::new(500, format!("the migration checks could not run: {e:#}; try again")),
+                })?;
             publish(d, &events);
             if let Some(r) = refused {
                 let moved = events.last().and_then(|e| e.extra.get("migrated_to")).and_then(Json::as_str);
