@@ -276,8 +276,7 @@ pub fn installability(view: &MigrationView, image_of: impl Fn(&Arch) -> PathBuf)
     for arch in &view.mandatory {
         let of_arch = |list: &[(Arch, Vec<u8>)]| -> Vec<u8> {
             let mut text = Vec::new();
-            for (a, st) in list.iter().filter(|(a, _)| a == arch || a.is_all()) {
-                let _ = a;
+            for (_, st) in list.iter().filter(|(a, _)| a == arch || a.is_all()) {
                 text.extend_from_slice(st);
                 if !st.ends_with(b"\n\n") {
                     text.extend_from_slice(if st.ends_with(b"\n") { b"\n" } else { b"\n\n" });

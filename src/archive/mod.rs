@@ -818,18 +818,7 @@ impl<'a> Archive<'a> {
         let mut events = Vec::new();
         let mut from = dist.clone();
         loop {
-            let entry =
-                get_entry_w(&tx, &from, source)?.ok_or_else(|| ArchiveError::NotFound(source.clone(), from.clone()))?;
-            if let Some(v) = version
-                && &entry.record.version != v
-            {
-                return Err(ArchiveError::WrongVersion {
-                    package: source.clone(),
-                    dist: from.clone(),
-                    actual: entry.record.version.clone(),
-                    asked: v.clone(),
-                });
-            }
+            let entry = the_entry(get_entry_w(&tx, &from, source)?, source, &from, version)?;
             let to = if from.is_rollback() {
                 let base = from.base();
                 if get_entry_w(&tx, &base, source)?.is_some() {
@@ -883,18 +872,7 @@ impl<'a> Archive<'a> {
         let ctx = self.ctx(&dist.repo)?;
         ctx.check_dist(dist)?;
         let read = self.store.read()?;
-        let entry =
-            get_entry(&read, dist, source)?.ok_or_else(|| ArchiveError::NotFound(source.clone(), dist.clone()))?;
-        if let Some(v) = version
-            && &entry.record.version != v
-        {
-            return Err(ArchiveError::WrongVersion {
-                package: source.clone(),
-                dist: dist.clone(),
-                actual: entry.record.version.clone(),
-                asked: v.clone(),
-            });
-        }
+        let entry = the_entry(get_entry(&read, dist, source)?, source, dist, version)?;
         let next = ctx.layout.suite(&dist.suite).and_then(|s| s.migrates_to.clone());
         let to = Dist::new(
             dist.codename.clone(),
@@ -951,18 +929,7 @@ impl<'a> Archive<'a> {
         ctx.check_dist(dist)?;
         let tx = self.store.write()?;
         let mut gc = Vec::new();
-        let entry =
-            get_entry_w(&tx, dist, source)?.ok_or_else(|| ArchiveError::NotFound(source.clone(), dist.clone()))?;
-        if let Some(v) = version
-            && &entry.record.version != v
-        {
-            return Err(ArchiveError::WrongVersion {
-                package: source.clone(),
-                dist: dist.clone(),
-                actual: entry.record.version.clone(),
-                asked: v.clone(),
-            });
-        }
+        let entry = the_entry(get_entry_w(&tx, dist, source)?, source, dist, version)?;
         match dist.rollback {
             None => {
                 if !without_rollback {
@@ -1327,6 +1294,22 @@ fn binary_owners(read: &redb::ReadTransaction, dist: &Dist) -> Result<BTreeMap<P
         Ok(())
     })?;
     Ok(out)
+}
+
+/// A source's entry in `dist`, which must exist, and be of `version` when one is asked for.
+fn the_entry(entry: Option<Entry>, source: &PackageName, dist: &Dist, version: Option<&Version>) -> Result<Entry> {
+    let entry = entry.ok_or_else(|| ArchiveError::NotFound(source.clone(), dist.clone()))?;
+    if let Some(v) = version
+        && &entry.record.version != v
+    {
+        return Err(ArchiveError::WrongVersion {
+            package: source.clone(),
+            dist: dist.clone(),
+            actual: entry.record.version.clone(),
+            asked: v.clone(),
+        });
+    }
+    Ok(entry)
 }
 
 fn get_entry(read: &redb::ReadTransaction, dist: &Dist, source: &PackageName) -> Result<Option<Entry>> {

@@ -337,6 +337,21 @@ pub fn source_with_files(
     path
 }
 
+/// Wait up to `wait` for the final event of an upload of `source`: INSTALLED, FAILED or REJECTED.
+pub fn final_event_within(url: &str, source: &str, wait: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let all = events(url);
+        if let Some(e) = all.iter().rev().find(|e| {
+            e["source"] == source && ["INSTALLED", "FAILED", "REJECTED"].contains(&e["type"].as_str().unwrap_or(""))
+        }) {
+            return e.clone();
+        }
+        assert!(start.elapsed() < wait, "no final event for {source}: {all:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Call the API as `user` (password `<user>-password`), with --confirm.
 pub fn api_as(url: &str, user: &str, call: &[&str]) -> std::process::Output {
     super::run(

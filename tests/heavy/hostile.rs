@@ -41,19 +41,9 @@ fn build_log(inst: &Instance, source: &str) -> String {
     logs.last().map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default()
 }
 
-/// Wait for the final event of an upload of `source`: INSTALLED, FAILED or REJECTED.
+/// Wait for the final event of an upload of `source`.
 fn final_event(url: &str, source: &str) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let all = events(url);
-        if let Some(e) = all.iter().rev().find(|e| {
-            e["source"] == source && ["INSTALLED", "FAILED", "REJECTED"].contains(&e["type"].as_str().unwrap_or(""))
-        }) {
-            return e.clone();
-        }
-        assert!(start.elapsed() < WAIT, "no final event for {source}: {all:?}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    final_event_within(url, source, WAIT)
 }
 
 fn reason(e: &serde_json::Value) -> String {

@@ -19,17 +19,7 @@ fn curl(url: &str, secs: u32) -> String {
 }
 
 fn final_event(url: &str, source: &str) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let all = events(url);
-        if let Some(e) = all.iter().rev().find(|e| {
-            e["source"] == source && ["INSTALLED", "FAILED", "REJECTED"].contains(&e["type"].as_str().unwrap_or(""))
-        }) {
-            return e.clone();
-        }
-        assert!(start.elapsed() < WAIT, "no final event for {source}: {all:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    final_event_within(url, source, WAIT)
 }
 
 fn kept_log(inst: &Instance, source: &str, name: &str) -> String {
