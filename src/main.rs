@@ -91,6 +91,15 @@ enum Command {
         /// With --sbuild-setup: the slot's apt archive cache.
         #[arg(long)]
         apt_cache: Option<PathBuf>,
+        /// With --sbuild-setup: the request's setup blocks (names, comma-separated).
+        #[arg(long, requires = "sbuild_setup", default_value = "")]
+        setup_blocks: String,
+        /// With --sbuild-setup: the image has every build dependency (no apt setup).
+        #[arg(long, requires = "sbuild_setup")]
+        installed: bool,
+        /// With --sbuild-setup: the slot's ccache directory, bound into the session.
+        #[arg(long, requires = "sbuild_setup")]
+        ccache: Option<PathBuf>,
         /// Run the command (systemd-nspawn) on an id-mapped overlay of this image.
         #[arg(long, conflicts_with = "build_log", requires = "uid_base")]
         nspawn_root: Option<PathBuf>,
@@ -471,6 +480,9 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         checks,
         sbuild_setup,
         apt_cache,
+        setup_blocks,
+        installed,
+        ccache,
         nspawn_root,
         uid_base,
         command,
@@ -481,7 +493,16 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             return exec::stop_post(result).with_context(|| format!("writing {}", result.display()));
         }
         if let (Some(dir), Some(cache)) = (sbuild_setup, apt_cache) {
-            let code = exec::sbuild_setup(dir, cache, command).context("the session's apt setup")?;
+            let blocks = buildbay::protocol::settings::Blocks::parse_any(&setup_blocks.replace(',', " "))
+                .context("--setup-blocks")?;
+            let setup = exec::SessionSetup {
+                dir,
+                apt_cache: cache,
+                blocks: blocks.words(),
+                installed: *installed,
+                ccache: ccache.as_deref(),
+            };
+            let code = exec::sbuild_setup(&setup, command).context("the session's setup")?;
             std::process::exit(code);
         }
         if let (Some(image), Some(base)) = (nspawn_root, uid_base) {

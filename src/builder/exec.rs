@@ -197,15 +197,35 @@ fn run_after_lintian(log: &Path, chroot: &str, after: &AfterStep) -> std::io::Re
     )
 }
 
-/// The apt setup of an sbuild session (`buildbay builder-exec --sbuild-setup DIR --apt-cache
-/// CACHE -- EXEC…`), run by sbuild as a pre-build command on the host with `EXEC…`, the
-/// session's exec prefix (`schroot -d / -c <session> --run-session -u root -p --`, in one
-/// argument or split into words): the slot's apt
-/// archive `CACHE` is bound over the session's `/var/cache/apt/archives` (schroot unmounts it
-/// with the session; without it, apt just downloads), the request's apt key, sources and
-/// preferences from `DIR/.config` go into the session, and apt updates just those sources (the
-/// base archive's lists come with the image). No value reaches a shell.
-pub fn sbuild_setup(dir: &Path, cache: &Path, exec: &[String]) -> std::io::Result<i32> {
+/// What sbuild's pre-build command sets up in a session (`buildbay builder-exec --sbuild-setup
+/// DIR --apt-cache CACHE --setup-blocks "…" [--installed] [--ccache HOSTDIR] -- EXEC…`).
+pub struct SessionSetup<'a> {
+    /// The build directory (its `.config` from the request).
+    pub dir: &'a Path,
+    /// The slot's apt archive cache.
+    pub apt_cache: &'a Path,
+    /// The request's setup blocks (checked words).
+    pub blocks: &'a [String],
+    /// The image has every build dependency: no apt setup, only the blocks' install phase.
+    pub installed: bool,
+    /// The slot's ccache directory, for the ccache config block.
+    pub ccache: Option<&'a Path>,
+}
+
+/// The setup of an sbuild session, run by sbuild as a pre-build command on the host with
+/// `EXEC…`, the session's exec prefix (`schroot -d / -c <session> --run-session -u root -p --`,
+/// in one argument or split into words):
+/// - the slot's apt archive cache is bound over the session's `/var/cache/apt/archives`
+///   (schroot unmounts it with the session; without it, apt just downloads);
+/// - unless `installed`: the setup blocks' apt options, the request's apt key, sources and
+///   preferences from `DIR/.config`, and `apt-get update` of just those sources (the base
+///   archive's lists come with the image);
+/// - the setup blocks' install phase (ccache, eatmydata), then the distribution's chroot setup
+///   script (see `backend::SETUP_BLOCKS_SH`);
+/// - the slot's ccache directory is bound at [`CCACHE_IN_BUILD`](super::backend::CCACHE_IN_BUILD).
+///
+/// No value reaches a shell line: block names are arguments of a constant script.
+pub fn sbuild_setup(s: &SessionSetup<'_>, exec: &[String]) -> std::io::Result<i32> {
     let exec = exec.join(" ");
     if exec.contains(['\'', '"', '\\', '$', '`']) {
         return Err(std::io::Error::other(format!("unexpected session prefix {exec:?}")));
@@ -220,21 +240,64 @@ pub fn sbuild_setup(dir: &Path, cache: &Path, exec: &[String]) -> std::io::Resul
         c.args(&prefix[1..]).args(args);
         c
     };
-    // The session's root on the host, to bind the cache over its archives.
+    let blocks = |phase: &str| -> std::io::Result<bool> {
+        let script = format!("{}\nsetup_blocks \"$@\"", super::backend::SETUP_BLOCKS_SH);
+        let mut args = vec!["sh", "-c", &script, "sh", phase];
+        args.extend(s.blocks.iter().map(String::as_str));
+        Ok(in_session(&args).status()?.success())
+    };
+    // The session's root on the host, to bind the caches into.
     let session = session.strip_prefix("session:").unwrap_or(session);
     let location = Command::new("schroot").args(["--location", "-c"]).arg(format!("session:{session}")).output();
-    let location =
-        location.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let bound = location.as_deref().filter(|l| !l.is_empty()).is_some_and(|l| {
-        let target = Path::new(l).join("var/cache/apt/archives");
-        std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir())
-            && nix::mount::mount(Some(cache), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).is_ok()
-    });
-    if bound {
-        println!("buildbay: apt archive cache {}", cache.display());
-    } else {
-        println!("buildbay: no apt archive cache for this session; apt downloads what it needs");
+    let location = location
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|l| !l.is_empty());
+    let bind = |from: &Path, inside: &str| -> bool {
+        let Some(root) = &location else { return false };
+        // Each component a directory, never a symlink (the session is the image's overlay).
+        let mut target = PathBuf::from(root);
+        for part in inside.trim_start_matches('/').split('/') {
+            target.push(part);
+            if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                return false;
+            }
+        }
+        nix::mount::mount(Some(from), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).is_ok()
+    };
+    if !s.installed {
+        if bind(s.apt_cache, "/var/cache/apt/archives") {
+            println!("buildbay: apt archive cache {}", s.apt_cache.display());
+        } else {
+            println!("buildbay: no apt archive cache for this session; apt downloads what it needs");
+        }
+        if !blocks("apt")? || apt_setup(s.dir, &in_session)? != 0 {
+            return Ok(1);
+        }
     }
+    if !blocks("install")? {
+        return Ok(1);
+    }
+    if s.blocks.iter().any(|b| b == "show-sbuildrc") {
+        println!("buildbay: setup block show-sbuildrc:");
+        print!("{}", std::fs::read_to_string(s.dir.join(".sbuildrc")).unwrap_or_default());
+    }
+    if let Some(ccache) = s.ccache {
+        let inside = super::backend::CCACHE_IN_BUILD;
+        let made = in_session(&["mkdir", "-p", inside]).status()?.success();
+        if made && bind(ccache, inside) {
+            println!("buildbay: ccache directory {} at {inside}", ccache.display());
+        } else {
+            println!("buildbay: no ccache directory for this session; the build compiles without a cache");
+        }
+    }
+    if s.installed { Ok(0) } else { run_setup_script(s.dir, &in_session) }
+}
+
+/// The request's apt key, sources and preferences into the session, and `apt-get update` of
+/// just those sources, retried.
+fn apt_setup(dir: &Path, in_session: &dyn Fn(&[&str]) -> Command) -> std::io::Result<i32> {
     let config = dir.join(".config");
     for (file, dest) in [
         ("apt_keys", "/etc/apt/trusted.gpg.d/buildbay-buildrequest.asc"),
@@ -268,7 +331,7 @@ pub fn sbuild_setup(dir: &Path, cache: &Path, exec: &[String]) -> std::io::Resul
         ])
         .status()?;
         if status.success() {
-            return run_setup_script(dir, &in_session);
+            return Ok(0);
         }
         // e.g. the daemon restarting
         std::thread::sleep(std::time::Duration::from_secs(3));

@@ -26,8 +26,9 @@ type Result<T> = std::result::Result<T, ChrootError>;
 pub use crate::config::{Chroot, DEFAULT_MIRROR, chroot_name as name};
 
 /// Packages put into every image besides `--variant=buildd`: what each build would otherwise
-/// install again.
-pub const EXTRA_PACKAGES: &[&str] = &["debhelper", "eatmydata", "lintian", "fakeroot", "ca-certificates"];
+/// install again (ccache and eatmydata for the default setup blocks). The check installs those
+/// an older image lacks.
+pub const EXTRA_PACKAGES: &[&str] = &["debhelper", "eatmydata", "ccache", "lintian", "fakeroot", "ca-certificates"];
 
 /// Where images, schroot configs and the build slots' session directories go (the real places
 /// by default; tests may move them).
@@ -312,8 +313,10 @@ pub fn check(places: &Places, c: &Chroot) -> Result<()> {
         .args(["sh", "-c"])
         .arg(
             "export DEBIAN_FRONTEND=noninteractive; apt-get -q update && apt-get -q -y --ignore-missing dist-upgrade \
-             && apt-get -q -y autoremove && apt-get clean",
-        ))
+             && apt-get -q -y --no-install-recommends install \"$@\" && apt-get -q -y autoremove && apt-get clean",
+        )
+        .arg("sh")
+        .args(EXTRA_PACKAGES))
 }
 
 /// Remove the schroot config, then the image.

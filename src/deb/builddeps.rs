@@ -31,6 +31,11 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// Whether a package of this name is installed.
+    pub fn has(&self, name: &str) -> bool {
+        self.packages.contains_key(name)
+    }
+
     /// From the text of `/var/lib/dpkg/status`: packages whose status is `… ok installed`
     /// (dpkg's own test; held packages too).
     pub fn from_status(text: &str) -> Installed {

@@ -210,6 +210,11 @@ impl Blocks {
     pub fn has(&self, name: &str) -> bool {
         self.0.iter().any(|n| n == name)
     }
+
+    /// The names, in order.
+    pub fn words(&self) -> &[String] {
+        &self.0
+    }
 }
 
 impl FromStr for Blocks {

@@ -236,6 +236,22 @@ fn sbuild_on_a_machine_image_chroot() {
     assert!(log.contains("Setting up aptitude"), "sbuild resolved with aptitude: {log}");
     set_dist(&original);
 
+    // 1d. The default blocks: eatmydata preloaded in the session, and ccache with the slot's
+    //     cache of this chroot, kept between builds: the second build of the same C file hits.
+    let [(first, hits1), (second, hits2)] =
+        two_ccache_builds(&srv.url, &srv.ftp, &inst.state(), dir.path(), "bbccache", BUILD_WAIT);
+    for log in [&first, &second] {
+        for want in [
+            "buildbay: setup block eatmydata: /usr/lib/x86_64-linux-gnu/libeatmydata.so preloaded",
+            "buildbay: ccache directory ",
+            "CC=/usr/lib/ccache/gcc",
+        ] {
+            assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+        }
+    }
+    assert_eq!(hits1, Some(0), "a fresh cache: {first}");
+    assert_eq!(hits2, Some(1), "the second build hits the first one's cache: {second}");
+
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
     ftp_upload(&srv.ftp, &bad);

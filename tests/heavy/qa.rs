@@ -188,6 +188,21 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
     let b = api_as(&srv.url, "admin", &["migrate", "qamigb", "bookworm-test-testing"]);
     assert!(b.status.success(), "with its dependency in stable: {}", String::from_utf8_lossy(&b.stderr));
 
+    // 5b. The default blocks on the nspawn backend: eatmydata preloaded in the machine, and
+    //     ccache with the slot's cache of this chroot, bound into each machine: the second build
+    //     of the same C file hits.
+    let [(first, hits1), (second, hits2)] =
+        two_ccache_builds(&srv.url, &srv.ftp, &inst.state(), dir.path(), "qaccache", WAIT);
+    for log in [&first, &second] {
+        for want in
+            ["setup block eatmydata: /usr/lib/x86_64-linux-gnu/libeatmydata.so preloaded", "CC=/usr/lib/ccache/gcc"]
+        {
+            assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+        }
+    }
+    assert_eq!(hits1, Some(0), "a fresh cache: {first}");
+    assert_eq!(hits2, Some(1), "the second build hits the first one's cache: {second}");
+
     // 6. The sbuild backend runs neither check (as root in a schroot session it would be root
     //    here): a gating mode fails with the reason instead of passing silently.
     assert!(srv.stop());

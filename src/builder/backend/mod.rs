@@ -46,6 +46,103 @@ pub(crate) fn setup_script(dir: &Path) -> Option<PathBuf> {
     std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.len() > 0).then_some(p)
 }
 
+/// Where a build sees its ccache directory (the slot's, per chroot and backend), in an sbuild
+/// session and in an nspawn machine alike.
+pub const CCACHE_IN_BUILD: &str = "/var/cache/buildbay-ccache";
+
+/// The setup blocks a builder applies (mini-buildd's `sbuild_setup_blocks`): a shell function
+/// both backends run as root in the build's session or machine, `setup_blocks PHASE BLOCK…`.
+/// Phase `apt` (before the request's sources are updated): apt's options. Phase `install`
+/// (after; also when the image has every build dependency, then nothing is downloaded): ccache
+/// and eatmydata, installed if the image lacks them, eatmydata preloaded. `apt-setup` and
+/// `apt-update` are the builders' own steps. The names are checked words (see
+/// `protocol::settings::Blocks`); [`block_notes`] names those no phase applies.
+pub const SETUP_BLOCKS_SH: &str = r#"apt_option() { printf '%s\n' "$2" > "/etc/apt/apt.conf.d/00buildbay-$1"; echo "buildbay: setup block $1: $2"; }
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' ok installed$'; }
+need() { installed "$1" || apt-get -q -y --no-install-recommends install "$1"; }
+setup_blocks() {
+  phase=$1; shift
+  for b in "$@"; do
+    case "$phase:$b" in
+    apt:apt-no-check-valid-until) apt_option "$b" 'Acquire::Check-Valid-Until "false";' ;;
+    apt:apt-allow-unauthenticated) apt_option "$b" 'APT::Get::AllowUnauthenticated "true";' ;;
+    apt:apt-force-yes) apt_option "$b" 'APT::Get::Force-Yes "true";' ;;
+    apt:apt-no-cache) apt_option "$b" 'Acquire::http::No-Cache "true";' ;;
+    apt:apt-no-pipelining) apt_option "$b" 'Acquire::http::Pipeline-Depth "0";' ;;
+    install:ccache) need ccache || { echo 'buildbay: setup block ccache: installing ccache failed'; return 1; } ;;
+    install:eatmydata)
+      if need eatmydata; then
+        so=$(dpkg -L libeatmydata1 eatmydata 2>/dev/null | grep '/libeatmydata[.]so$' | head -n 1)
+        if [ -n "$so" ]; then
+          printf ' %s' "$so" >> /etc/ld.so.preload
+          echo "buildbay: setup block eatmydata: $so preloaded"
+        else
+          echo 'buildbay: setup block eatmydata: no libeatmydata.so (skipped)'
+        fi
+      else
+        echo 'buildbay: setup block eatmydata: not installable (skipped)'
+      fi ;;
+    esac
+  done
+}
+"#;
+
+/// The setup blocks that no phase of [`SETUP_BLOCKS_SH`] applies, each with why (for the top
+/// of the build log): what a request asks for is never dropped silently.
+pub fn block_notes(req: &BuildRequest) -> Vec<String> {
+    const APPLIED: [&str; 9] = [
+        "apt-setup",
+        "apt-update",
+        "apt-no-check-valid-until",
+        "apt-allow-unauthenticated",
+        "apt-force-yes",
+        "apt-no-cache",
+        "apt-no-pipelining",
+        "ccache",
+        "eatmydata",
+    ];
+    let mut notes = Vec::new();
+    for b in req.setup_blocks.words() {
+        let why = match b.as_str() {
+            b if APPLIED.contains(&b) => continue,
+            "show-sbuildrc" if req.backend == Kind::Sbuild => continue,
+            "show-sbuildrc" => "the nspawn backend has no .sbuildrc",
+            "apt-clear" => "the image's lists are the base of every build here; they are never cleared",
+            _ => "unknown to this builder",
+        };
+        notes.push(format!("setup block {b} is not applied: {why}"));
+    }
+    for b in req.config_blocks.words() {
+        if !["set-default-path", "ccache"].contains(&b.as_str()) {
+            notes.push(format!("config block {b} is not applied: unknown to this builder"));
+        }
+    }
+    notes
+}
+
+/// The packages the request's setup blocks install (the image must have them for a build with
+/// nothing to install).
+fn block_packages(req: &BuildRequest) -> Vec<&'static str> {
+    [("ccache", "ccache"), ("eatmydata", "eatmydata")]
+        .into_iter()
+        .filter(|(block, _)| req.setup_blocks.has(block))
+        .map(|(_, package)| package)
+        .collect()
+}
+
+/// The slot's ccache directory of this chroot and backend (made, 0700) when the request has the
+/// `ccache` config block; it is kept for the next build of the same slot and chroot.
+pub(crate) fn ccache_dir(b: &Build<'_>) -> Result<Option<PathBuf>, BuilderError> {
+    use std::os::unix::fs::PermissionsExt;
+    if !b.req.config_blocks.has("ccache") {
+        return Ok(None);
+    }
+    let dir = b.slot.libdir(b.chroot).join(format!("ccache-{}", b.req.backend.as_str()));
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+    Ok(Some(dir))
+}
+
 /// What runs after a successful build, once its result can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum After {
@@ -188,6 +285,7 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     for (k, v) in build_env(b.req) {
         notes.push(format!("{k}={v}"));
     }
+    notes.extend(block_notes(b.req));
     notes.append(&mut plan.notes);
     plan.notes = notes;
     Ok(plan)
@@ -243,6 +341,12 @@ fn image_has_build_deps(b: &Build<'_>) -> Result<(), String> {
     if setup_script(b.dir).is_some() {
         return Err("the distribution has a chroot setup script".into());
     }
+    let status_path = b.image.join("var/lib/dpkg/status");
+    let status = std::fs::read_to_string(&status_path).map_err(|e| format!("{}: {e}", status_path.display()))?;
+    let installed = crate::deb::builddeps::Installed::from_status(&status);
+    if let Some(p) = block_packages(req).into_iter().find(|p| !installed.has(p)) {
+        return Err(format!("the setup block {p} installs {p}, which the image lacks"));
+    }
     let first_alternative_only = req.resolver == crate::protocol::Resolver::Apt;
     let dsc_path = b.dir.join(b.dsc);
     let raw = crate::deb::changes::read_bounded(&dsc_path).map_err(|e| format!("{}: {e}", dsc_path.display()))?;
@@ -250,8 +354,6 @@ fn image_has_build_deps(b: &Build<'_>) -> Result<(), String> {
     let dsc = crate::deb::control::strip_signature(&text)
         .and_then(|t| crate::deb::Stanza::parse_one(&t))
         .map_err(|e| format!("cannot read the .dsc: {e}"))?;
-    let status_path = b.image.join("var/lib/dpkg/status");
-    let status = std::fs::read_to_string(&status_path).map_err(|e| format!("{}: {e}", status_path.display()))?;
     let profiles: Vec<&str> = req.deb_build_profiles.as_ref().map(|p| p.tokens().collect()).unwrap_or_default();
     let target = crate::deb::builddeps::Target {
         arch: req.key.arch.as_str(),
@@ -259,5 +361,47 @@ fn image_has_build_deps(b: &Build<'_>) -> Result<(), String> {
         first_alternative_only,
         indep: req.arch_all,
     };
-    crate::deb::builddeps::satisfied(&dsc, &crate::deb::builddeps::Installed::from_status(&status), &target)
+    crate::deb::builddeps::satisfied(&dsc, &installed, &target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::settings::Blocks;
+
+    #[test]
+    fn blocks_no_phase_applies_are_named_in_the_log() {
+        let mut req = crate::protocol::request::tests::sample();
+        req.setup_blocks = Blocks::parse_any("apt-setup apt-clear show-sbuildrc ccache x-unheard-of").unwrap();
+        req.config_blocks = Blocks::parse_any("set-default-path ccache x-other").unwrap();
+        req.backend = Kind::Sbuild;
+        let notes = block_notes(&req);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[0].starts_with("setup block apt-clear is not applied: "), "{notes:?}");
+        assert_eq!(notes[1], "setup block x-unheard-of is not applied: unknown to this builder");
+        assert_eq!(notes[2], "config block x-other is not applied: unknown to this builder");
+        req.backend = Kind::Nspawn;
+        assert!(block_notes(&req).iter().any(|n| n.starts_with("setup block show-sbuildrc is not applied")));
+        assert_eq!(block_packages(&req), ["ccache"]);
+    }
+
+    /// The shell function dispatches each block to its phase (its actions stubbed: they write
+    /// into /etc and run apt).
+    #[test]
+    fn setup_blocks_run_in_their_phase() {
+        let run = |phase: &str| -> String {
+            let script = format!(
+                "{SETUP_BLOCKS_SH}\napt_option() {{ echo \"option $1 $2\"; }}\nneed() {{ echo \"need $1\"; return 1; }}\nsetup_blocks \"$@\""
+            );
+            let out = std::process::Command::new("sh")
+                .args(["-c", &script, "sh", phase])
+                .args(["apt-setup", "apt-no-pipelining", "ccache", "eatmydata", "apt-clear", "$(touch x)", "*"])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(run("apt"), "option apt-no-pipelining Acquire::http::Pipeline-Depth \"0\";\n");
+        // ccache's install fails: the phase fails there (eatmydata is not reached).
+        assert_eq!(run("install"), "need ccache\nbuildbay: setup block ccache: installing ccache failed\n");
+    }
 }

@@ -60,14 +60,22 @@ const APT_SETUP: &str = r#"apt_setup() {
 
 /// The build (after [`PRELUDE`] and [`APT_SETUP`]). Every value comes from its environment:
 /// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
-/// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list) and
-/// `BUILDBAY_LINTIAN_FAIL_ON` and `BUILDBAY_LINTIAN_OPTS` (checked option words). The
+/// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list),
+/// `BUILDBAY_LINTIAN_FAIL_ON` and `BUILDBAY_LINTIAN_OPTS` (checked option words),
+/// `BUILDBAY_SETUP_BLOCKS` (checked block names, see [`super::SETUP_BLOCKS_SH`]) and
+/// `BUILDBAY_CCACHE` (where the slot's ccache directory is bound, for the ccache block). The
 /// distribution's chroot setup script runs from the build's `.config`. It prints sbuild's
 /// section headers, so its phases are timed the same way (see `phases`).
 const BUILD_BODY: &str = r#"given_back() { echo "buildbay: $1 failed"; section 'Summary'; echo 'Status: given-back' | tee /build/out/.buildbay-summary; exit 1; }
 cd /build || exit 1
+# The setup blocks' names are checked words (see protocol::settings): split, never globbed.
+set -f; set -- $BUILDBAY_SETUP_BLOCKS; set +f
 if [ "$BUILDBAY_INSTALLED" != 1 ]; then
+  setup_blocks apt "$@"
   apt_setup
+fi
+setup_blocks install "$@" || given_back 'the setup blocks'
+if [ "$BUILDBAY_INSTALLED" != 1 ]; then
   if [ -s /build/.config/chroot_setup_script ]; then
     echo "buildbay: running the distribution's chroot setup script"
     install -m 0700 /build/.config/chroot_setup_script /root/buildbay-chroot-setup || given_back 'copying the chroot setup script'
@@ -81,13 +89,20 @@ if [ "$BUILDBAY_INSTALLED" != 1 ]; then
 fi
 section 'Build'
 id builder >/dev/null 2>&1 || useradd --create-home --shell /bin/sh builder
+# The ccache config block: the slot's ccache directory (bound there), ccache first in PATH.
+ccache=
+if [ -n "$BUILDBAY_CCACHE" ] && [ -d "$BUILDBAY_CCACHE" ]; then
+  [ "$(stat -c %U "$BUILDBAY_CCACHE")" = builder ] || chown -R builder "$BUILDBAY_CCACHE"
+  ccache="env PATH=/usr/lib/ccache:$PATH CCACHE_DIR=$BUILDBAY_CCACHE"
+  echo "buildbay: ccache directory $BUILDBAY_CCACHE"
+fi
 mkdir -p /srv/buildbay && chown builder /srv/buildbay
 runuser -u builder -- dpkg-source -x "/build/$BUILDBAY_DSC" /srv/buildbay/tree || given_back 'unpacking the source'
 cd /srv/buildbay/tree || given_back 'unpacking the source'
 start=$(date +%s)
 offline=
 [ "$BUILDBAY_OFFLINE" = 1 ] && offline='unshare --net'
-if $offline runuser -u builder -- dpkg-buildpackage -us -uc "$BUILDBAY_BINARY"; then status=successful; else status=attempted; fi
+if $offline runuser -u builder -- $ccache dpkg-buildpackage -us -uc "$BUILDBAY_BINARY"; then status=successful; else status=attempted; fi
 build_time=$(( $(date +%s) - start ))
 for f in /srv/buildbay/*; do [ -f "$f" ] && [ ! -L "$f" ] && cp "$f" /build/out/; done
 lintian=
@@ -161,7 +176,7 @@ esac
 
 /// The script of a build machine.
 pub fn build_script() -> String {
-    format!("{PRELUDE}{APT_SETUP}{BUILD_BODY}")
+    format!("{PRELUDE}{APT_SETUP}{}{BUILD_BODY}", super::SETUP_BLOCKS_SH)
 }
 
 /// The script of a check machine.
@@ -217,7 +232,12 @@ impl Backend for Nspawn {
             ("BUILDBAY_ADD_DEPENDS".into(), req.add_depends.as_ref().map(|r| r.to_string()).unwrap_or_default()),
             ("BUILDBAY_LINTIAN_FAIL_ON".into(), req.lintian.lintian_fail_on().unwrap_or_default().into()),
             ("BUILDBAY_LINTIAN_OPTS".into(), req.lintian_extra_options.to_string()),
+            ("BUILDBAY_SETUP_BLOCKS".into(), req.setup_blocks.to_string()),
         ];
+        let ccache = super::ccache_dir(b)?;
+        if ccache.is_some() {
+            setenv.push(("BUILDBAY_CCACHE".into(), super::CCACHE_IN_BUILD.into()));
+        }
         let mut notes =
             vec![format!("nspawn machine in its own user namespace: uid 0 inside is uid {} outside", b.slot.uid_base)];
         if std::fs::symlink_metadata(b.dir.join(".config/sbuildrc_snippet")).is_ok_and(|m| m.len() > 0) {
@@ -235,6 +255,11 @@ impl Backend for Nspawn {
         setenv.extend(build_env(req));
         let mut argv = root_argv(b);
         argv.extend(nspawn_argv(b, &machine, installed, None, &setenv));
+        if let Some(dir) = &ccache {
+            // Before the command (`/bin/sh` and the script are the last two words).
+            let at = argv.len() - 2;
+            argv.insert(at, format!("--bind={}:{}:idmap", bind_path(dir), super::CCACHE_IN_BUILD));
+        }
         let mut checks = Vec::new();
         for (check, mode) in [(Check::Piuparts, req.piuparts), (Check::Autopkgtest, req.autopkgtest)] {
             if mode != QaMode::Disabled {

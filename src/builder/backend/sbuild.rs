@@ -19,13 +19,24 @@ pub struct Sbuild;
 pub const SBUILDRC: &str = r#"# buildbay: every value here comes from the build unit's environment.
 $apt_keep_downloaded_packages = 1;
 $build_user = $ENV{'BUILDBAY_BUILD_USER'} if length($ENV{'BUILDBAY_BUILD_USER'} // '');
+# The session's setup (BUILDBAY_SETUP: "full", or "installed": the image has every build
+# dependency, so only the setup blocks and the ccache mount). sbuild joins the words into a
+# shell line: none of them has a space (the blocks are comma-separated).
 if (length($ENV{'BUILDBAY_SETUP'} // '')) {
-    $external_commands = { 'pre-build-commands' => [[
-        $ENV{'BUILDBAY_EXE'}, 'builder-exec', '--sbuild-setup', $ENV{'BUILDBAY_BUILD_DIR'},
-        '--apt-cache', $ENV{'BUILDBAY_APT_CACHE'}, '--', '%SBUILD_CHROOT_EXEC'
-    ]] };
+    my @setup = ($ENV{'BUILDBAY_EXE'}, 'builder-exec', '--sbuild-setup', $ENV{'BUILDBAY_BUILD_DIR'},
+        '--apt-cache', $ENV{'BUILDBAY_APT_CACHE'});
+    push(@setup, '--setup-blocks=' . $ENV{'BUILDBAY_SETUP_BLOCKS'}) if length($ENV{'BUILDBAY_SETUP_BLOCKS'} // '');
+    push(@setup, '--installed') if $ENV{'BUILDBAY_SETUP'} eq 'installed';
+    push(@setup, '--ccache', $ENV{'BUILDBAY_CCACHE_HOST'}) if length($ENV{'BUILDBAY_CCACHE_HOST'} // '');
+    $external_commands = { 'pre-build-commands' => [[@setup, '--', '%SBUILD_CHROOT_EXEC']] };
 }
-$path = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/games' if length($ENV{'BUILDBAY_DEFAULT_PATH'} // '');
+my $default_path = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/games';
+$path = $default_path if length($ENV{'BUILDBAY_DEFAULT_PATH'} // '');
+# The ccache config block: ccache first in $path, its directory the slot's (mounted there).
+if (length($ENV{'BUILDBAY_CCACHE'} // '')) {
+    $path = '/usr/lib/ccache:' . ($path // $default_path);
+    $build_environment = { %{$build_environment // {}}, 'CCACHE_DIR' => $ENV{'BUILDBAY_CCACHE'} };
+}
 # The distribution's own perl (this instance's requests only).
 if (length($ENV{'BUILDBAY_SBUILDRC_SNIPPET'} // '')) {
     # A string eval, as sbuild reads .sbuildrc: the snippet sees sbuild's config variables.
@@ -48,11 +59,23 @@ impl Backend for Sbuild {
         if let Some(u) = &b.slot.user {
             env.push(("BUILDBAY_BUILD_USER".to_owned(), u.clone()));
         }
-        if !installed {
-            env.push(("BUILDBAY_SETUP".to_owned(), "1".to_owned()));
-        }
         if b.req.config_blocks.has("set-default-path") {
             env.push(("BUILDBAY_DEFAULT_PATH".to_owned(), "1".to_owned()));
+        }
+        let ccache = super::ccache_dir(b)?;
+        if let Some(dir) = &ccache {
+            // Written by debian/rules, as the slot's build user.
+            if let Some(user) = b.slot.user.as_deref().and_then(|u| nix::unistd::User::from_name(u).ok().flatten()) {
+                chown_tree(dir, user.uid)?;
+            }
+            env.push(("BUILDBAY_CCACHE_HOST".to_owned(), dir.display().to_string()));
+            env.push(("BUILDBAY_CCACHE".to_owned(), super::CCACHE_IN_BUILD.to_owned()));
+        }
+        let blocks = b.req.setup_blocks.words();
+        let block_work = blocks.iter().any(|w| ["ccache", "eatmydata", "show-sbuildrc"].contains(&w.as_str()));
+        if !installed || block_work || ccache.is_some() {
+            env.push(("BUILDBAY_SETUP".to_owned(), if installed { "installed" } else { "full" }.to_owned()));
+            env.push(("BUILDBAY_SETUP_BLOCKS".to_owned(), b.req.setup_blocks.words().join(",")));
         }
         let mut notes = vec![];
         if !installed {
@@ -85,6 +108,27 @@ impl Backend for Sbuild {
             writable: vec![],
         })
     }
+}
+
+/// Give `dir` and what is in it to `uid` (a slot's ccache, after a slot's user changed), unless
+/// it is that user's already. Symlinks are changed themselves, never followed.
+fn chown_tree(dir: &Path, uid: nix::unistd::Uid) -> Result<(), BuilderError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(crate::builder::io_err(dir))?;
+    if meta.uid() == uid.as_raw() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("chown")
+        .args(["-R", "-h"])
+        .arg(uid.as_raw().to_string())
+        .arg("--")
+        .arg(dir)
+        .status()
+        .map_err(crate::builder::io_err(dir))?;
+    if !status.success() {
+        return Err(crate::builder::io_err(dir)(std::io::Error::other(format!("chown -R: {status}"))));
+    }
+    Ok(())
 }
 
 /// A setting's file from the request's `.config` (a regular file, never through a symlink), as
