@@ -215,14 +215,15 @@ pub struct SessionSetup<'a> {
 /// The setup of an sbuild session, run by sbuild as a pre-build command on the host with
 /// `EXEC…`, the session's exec prefix (`schroot -d / -c <session> --run-session -u root -p --`,
 /// in one argument or split into words):
-/// - the slot's apt archive cache is bound over the session's `/var/cache/apt/archives`
-///   (schroot unmounts it with the session; without it, apt just downloads);
+/// - first, before anything runs in the session, the slot's apt archive cache is bound over the
+///   session's `/var/cache/apt/archives` (schroot unmounts it with the session; without it, apt
+///   just downloads), and the build's ccache directory at
+///   [`CCACHE_IN_BUILD`](super::backend::CCACHE_IN_BUILD), both `nosuid,nodev`;
 /// - unless `installed`: the setup blocks' apt options, the request's apt key, sources and
 ///   preferences from `DIR/.config`, and `apt-get update` of just those sources (the base
 ///   archive's lists come with the image);
 /// - the setup blocks' install phase (ccache, eatmydata), then the distribution's chroot setup
-///   script (see `backend::SETUP_BLOCKS_SH`);
-/// - the slot's ccache directory is bound at [`CCACHE_IN_BUILD`](super::backend::CCACHE_IN_BUILD).
+///   script (see `backend::SETUP_BLOCKS_SH`).
 ///
 /// No value reaches a shell line: block names are arguments of a constant script.
 pub fn sbuild_setup(s: &SessionSetup<'_>, exec: &[String]) -> std::io::Result<i32> {
@@ -254,17 +255,24 @@ pub fn sbuild_setup(s: &SessionSetup<'_>, exec: &[String]) -> std::io::Result<i3
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|l| !l.is_empty());
+    // Both caches are bound before anything runs in the session (no maintainer script yet):
+    // through a descriptor of the mount point, opened one component at a time without
+    // following a symlink.
     let bind = |from: &Path, inside: &str| -> bool {
         let Some(root) = &location else { return false };
-        // Each component a directory, never a symlink (the session is the image's overlay).
-        let mut target = PathBuf::from(root);
-        for part in inside.trim_start_matches('/').split('/') {
-            target.push(part);
-            if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                return false;
-            }
-        }
-        nix::mount::mount(Some(from), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).is_ok()
+        let Ok(fd) = open_beneath(Path::new(root), inside) else { return false };
+        use std::os::fd::AsRawFd;
+        let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        use nix::mount::{MsFlags, mount};
+        mount(Some(from), at.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>).is_ok()
+            && mount(
+                None::<&str>,
+                &Path::new(root).join(inside.trim_start_matches('/')),
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .is_ok()
     };
     if !s.installed {
         if bind(s.apt_cache, "/var/cache/apt/archives") {
@@ -272,9 +280,20 @@ pub fn sbuild_setup(s: &SessionSetup<'_>, exec: &[String]) -> std::io::Result<i3
         } else {
             println!("buildbay: no apt archive cache for this session; apt downloads what it needs");
         }
-        if !blocks("apt")? || apt_setup(s.dir, &in_session)? != 0 {
-            return Ok(1);
+    }
+    if let Some(ccache) = s.ccache {
+        let inside = super::backend::CCACHE_IN_BUILD;
+        let made = in_session(&["mkdir", "-p", inside]).status()?.success();
+        if made && bind(ccache, inside) {
+            println!("buildbay: ccache directory {} at {inside}", ccache.display());
+        } else {
+            // ccache then keeps its cache in the session, which goes with it.
+            in_session(&["chmod", "1777", inside]).status()?;
+            println!("buildbay: no persistent ccache directory for this session; ccache starts empty");
         }
+    }
+    if !s.installed && (!blocks("apt")? || apt_setup(s.dir, &in_session)? != 0) {
+        return Ok(1);
     }
     if !blocks("install")? {
         return Ok(1);
@@ -283,16 +302,23 @@ pub fn sbuild_setup(s: &SessionSetup<'_>, exec: &[String]) -> std::io::Result<i3
         println!("buildbay: setup block show-sbuildrc:");
         print!("{}", std::fs::read_to_string(s.dir.join(".sbuildrc")).unwrap_or_default());
     }
-    if let Some(ccache) = s.ccache {
-        let inside = super::backend::CCACHE_IN_BUILD;
-        let made = in_session(&["mkdir", "-p", inside]).status()?.success();
-        if made && bind(ccache, inside) {
-            println!("buildbay: ccache directory {} at {inside}", ccache.display());
-        } else {
-            println!("buildbay: no ccache directory for this session; the build compiles without a cache");
-        }
-    }
     if s.installed { Ok(0) } else { run_setup_script(s.dir, &in_session) }
+}
+
+/// A directory `inside` below `root`, opened (`O_PATH`) one component at a time, never through
+/// a symlink.
+fn open_beneath(root: &Path, inside: &str) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = open(root, flags, Mode::empty())?;
+    for part in inside.split('/').filter(|p| !p.is_empty()) {
+        if part == ".." || part == "." {
+            return Err(nix::errno::Errno::EINVAL);
+        }
+        fd = openat(&fd, part, flags, Mode::empty())?;
+    }
+    Ok(fd)
 }
 
 /// The request's apt key, sources and preferences into the session, and `apt-get update` of

@@ -87,9 +87,13 @@ setup_blocks() {
 }
 "#;
 
-/// The setup blocks that no phase of [`SETUP_BLOCKS_SH`] applies, each with why (for the top
-/// of the build log): what a request asks for is never dropped silently.
-pub fn block_notes(req: &BuildRequest) -> Vec<String> {
+/// apt options that turn off apt's checks: a remote's request gets them only in an nspawn
+/// machine (in an sbuild session, apt runs maintainer scripts as root on this host).
+const WEAKENING: [&str; 3] = ["apt-allow-unauthenticated", "apt-force-yes", "apt-no-check-valid-until"];
+
+/// The setup blocks a build applies, and a note (for the top of the build log) for each one it
+/// does not, with why: what a request asks for is never dropped silently.
+pub fn blocks(b: &Build<'_>) -> (Vec<String>, Vec<String>) {
     const APPLIED: [&str; 9] = [
         "apt-setup",
         "apt-update",
@@ -101,23 +105,38 @@ pub fn block_notes(req: &BuildRequest) -> Vec<String> {
         "ccache",
         "eatmydata",
     ];
-    let mut notes = Vec::new();
-    for b in req.setup_blocks.words() {
-        let why = match b.as_str() {
-            b if APPLIED.contains(&b) => continue,
-            "show-sbuildrc" if req.backend == Kind::Sbuild => continue,
+    let req = b.req;
+    let (mut applied, mut notes) = (Vec::new(), Vec::new());
+    for name in req.setup_blocks.words() {
+        let why = match name.as_str() {
+            n if WEAKENING.contains(&n) && !b.local && req.backend == Kind::Sbuild => {
+                "a remote's request does not turn off apt's checks in an sbuild session"
+            }
+            n if APPLIED.contains(&n) => {
+                applied.push(name.clone());
+                continue;
+            }
+            "show-sbuildrc" if req.backend == Kind::Sbuild => {
+                applied.push(name.clone());
+                continue;
+            }
             "show-sbuildrc" => "the nspawn backend has no .sbuildrc",
             "apt-clear" => "the image's lists are the base of every build here; they are never cleared",
             _ => "unknown to this builder",
         };
-        notes.push(format!("setup block {b} is not applied: {why}"));
+        notes.push(format!("setup block {name} is not applied: {why}"));
     }
-    for b in req.config_blocks.words() {
-        if !["set-default-path", "ccache"].contains(&b.as_str()) {
-            notes.push(format!("config block {b} is not applied: unknown to this builder"));
+    for name in req.config_blocks.words() {
+        match name.as_str() {
+            "set-default-path" => {}
+            "ccache" if !b.local => {
+                notes.push("config block ccache is not applied: a remote's build gets no cache of this host".into())
+            }
+            "ccache" => {}
+            _ => notes.push(format!("config block {name} is not applied: unknown to this builder")),
         }
     }
-    notes
+    (applied, notes)
 }
 
 /// The packages the request's setup blocks install (the image must have them for a build with
@@ -130,18 +149,29 @@ fn block_packages(req: &BuildRequest) -> Vec<&'static str> {
         .collect()
 }
 
-/// The slot's ccache directory of this chroot and backend (made, 0700) when the request has the
-/// `ccache` config block; it is kept for the next build of the same slot and chroot.
+/// The ccache directory of a build with the `ccache` config block (made, 0700), kept for the
+/// next builds of the same source package from the same repository, in the same slot, chroot
+/// and backend: a build can poison what its cache holds, so no other package ever reads it. A
+/// remote's build gets none.
 pub(crate) fn ccache_dir(b: &Build<'_>) -> Result<Option<PathBuf>, BuilderError> {
     use std::os::unix::fs::PermissionsExt;
-    if !b.req.config_blocks.has("ccache") {
+    if !b.req.config_blocks.has("ccache") || !b.local {
         return Ok(None);
     }
-    let dir = b.slot.libdir(b.chroot).join(format!("ccache-{}", b.req.backend.as_str()));
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+    let base = b.slot.libdir(b.chroot).join(format!("ccache-{}", b.req.backend.as_str()));
+    // Both names are checked Debian names: letters, digits and `.+-`, never `/` or a leading dot.
+    let dir = base.join(format!("{}_{}", b.req.distribution.repo, b.req.key.source()));
+    for d in [&base, &dir] {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
+    }
     Ok(Some(dir))
 }
+
+/// ccache's settings for a build: its configuration from a file no build writes (never the
+/// cache's own `ccache.conf`, which a build could plant), and a bound on each cache's size.
+pub const CCACHE_ENV: [(&str, &str); 2] =
+    [("CCACHE_CONFIGPATH", "/etc/buildbay-ccache.conf"), ("CCACHE_MAXSIZE", "1G")];
 
 /// What runs after a successful build, once its result can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +315,7 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     for (k, v) in build_env(b.req) {
         notes.push(format!("{k}={v}"));
     }
-    notes.extend(block_notes(b.req));
+    notes.extend(blocks(b).1);
     notes.append(&mut plan.notes);
     plan.notes = notes;
     Ok(plan)
@@ -372,16 +402,46 @@ mod tests {
     #[test]
     fn blocks_no_phase_applies_are_named_in_the_log() {
         let mut req = crate::protocol::request::tests::sample();
-        req.setup_blocks = Blocks::parse_any("apt-setup apt-clear show-sbuildrc ccache x-unheard-of").unwrap();
+        req.setup_blocks =
+            Blocks::parse_any("apt-setup apt-clear show-sbuildrc ccache x-unheard-of apt-allow-unauthenticated")
+                .unwrap();
         req.config_blocks = Blocks::parse_any("set-default-path ccache x-other").unwrap();
         req.backend = Kind::Sbuild;
-        let notes = block_notes(&req);
+        let dir = tempfile::tempdir().unwrap();
+        let slot = crate::builder::slots::Users::Own.slot(0, dir.path(), dir.path().join("s0")).unwrap();
+        let chroot: Chroot = crate::chroot::Chroot::new("bookworm".parse().unwrap(), "amd64".parse().unwrap());
+        let mut b = Build {
+            req: &req,
+            dir: dir.path(),
+            dsc: "hello_1.0-1.dsc",
+            chroot: &chroot,
+            schroot: String::new(),
+            image: dir.path().join("image"),
+            slot: &slot,
+            machined: false,
+            exe: Path::new("/usr/bin/buildbay"),
+            local: true,
+        };
+        let (applied, notes) = blocks(&b);
+        assert_eq!(applied, ["apt-setup", "show-sbuildrc", "ccache", "apt-allow-unauthenticated"]);
         assert_eq!(notes.len(), 3, "{notes:?}");
         assert!(notes[0].starts_with("setup block apt-clear is not applied: "), "{notes:?}");
         assert_eq!(notes[1], "setup block x-unheard-of is not applied: unknown to this builder");
         assert_eq!(notes[2], "config block x-other is not applied: unknown to this builder");
-        req.backend = Kind::Nspawn;
-        assert!(block_notes(&req).iter().any(|n| n.starts_with("setup block show-sbuildrc is not applied")));
+        let own = ccache_dir(&b).unwrap().expect("a cache");
+        assert!(own.ends_with("ccache-sbuild/test_hello"), "{own:?}");
+        // A remote's request: no apt weakening in an sbuild session, no cache.
+        b.local = false;
+        let (applied, notes) = blocks(&b);
+        assert!(!applied.iter().any(|a| a == "apt-allow-unauthenticated"), "{applied:?}");
+        assert!(notes.iter().any(|n| n.contains("does not turn off apt's checks")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.starts_with("config block ccache is not applied")), "{notes:?}");
+        assert_eq!(ccache_dir(&b).unwrap(), None);
+        let mut on_nspawn = req.clone();
+        on_nspawn.backend = Kind::Nspawn;
+        let b = Build { req: &on_nspawn, ..b };
+        assert!(blocks(&b).1.iter().any(|n| n.starts_with("setup block show-sbuildrc is not applied")));
+        assert!(blocks(&b).0.iter().any(|a| a == "apt-allow-unauthenticated"), "a machine's apt may");
         assert_eq!(block_packages(&req), ["ccache"]);
     }
 

@@ -92,8 +92,11 @@ id builder >/dev/null 2>&1 || useradd --create-home --shell /bin/sh builder
 # The ccache config block: the slot's ccache directory (bound there), ccache first in PATH.
 ccache=
 if [ -n "$BUILDBAY_CCACHE" ] && [ -d "$BUILDBAY_CCACHE" ]; then
+  # What an earlier build's root may have left there: only files and directories, none setuid.
+  find "$BUILDBAY_CCACHE" -xdev ! -type f ! -type d -delete
+  find "$BUILDBAY_CCACHE" -xdev -perm /6000 -exec chmod ug-s {} +
   [ "$(stat -c %U "$BUILDBAY_CCACHE")" = builder ] || chown -R builder "$BUILDBAY_CCACHE"
-  ccache="env PATH=/usr/lib/ccache:$PATH CCACHE_DIR=$BUILDBAY_CCACHE"
+  ccache="env PATH=/usr/lib/ccache:$PATH CCACHE_DIR=$BUILDBAY_CCACHE CCACHE_CONFIGPATH=$BUILDBAY_CCACHE_CONFIGPATH CCACHE_MAXSIZE=$BUILDBAY_CCACHE_MAXSIZE"
   echo "buildbay: ccache directory $BUILDBAY_CCACHE"
 fi
 mkdir -p /srv/buildbay && chown builder /srv/buildbay
@@ -232,11 +235,12 @@ impl Backend for Nspawn {
             ("BUILDBAY_ADD_DEPENDS".into(), req.add_depends.as_ref().map(|r| r.to_string()).unwrap_or_default()),
             ("BUILDBAY_LINTIAN_FAIL_ON".into(), req.lintian.lintian_fail_on().unwrap_or_default().into()),
             ("BUILDBAY_LINTIAN_OPTS".into(), req.lintian_extra_options.to_string()),
-            ("BUILDBAY_SETUP_BLOCKS".into(), req.setup_blocks.to_string()),
+            ("BUILDBAY_SETUP_BLOCKS".into(), super::blocks(b).0.join(" ")),
         ];
         let ccache = super::ccache_dir(b)?;
         if ccache.is_some() {
             setenv.push(("BUILDBAY_CCACHE".into(), super::CCACHE_IN_BUILD.into()));
+            setenv.extend(super::CCACHE_ENV.iter().map(|(k, v)| (format!("BUILDBAY_{k}"), v.to_string())));
         }
         let mut notes =
             vec![format!("nspawn machine in its own user namespace: uid 0 inside is uid {} outside", b.slot.uid_base)];

@@ -35,7 +35,8 @@ $path = $default_path if length($ENV{'BUILDBAY_DEFAULT_PATH'} // '');
 # The ccache config block: ccache first in $path, its directory the slot's (mounted there).
 if (length($ENV{'BUILDBAY_CCACHE'} // '')) {
     $path = '/usr/lib/ccache:' . ($path // $default_path);
-    $build_environment = { %{$build_environment // {}}, 'CCACHE_DIR' => $ENV{'BUILDBAY_CCACHE'} };
+    $build_environment = { %{$build_environment // {}}, 'CCACHE_DIR' => $ENV{'BUILDBAY_CCACHE'},
+        'CCACHE_CONFIGPATH' => $ENV{'BUILDBAY_CCACHE_CONFIGPATH'}, 'CCACHE_MAXSIZE' => $ENV{'BUILDBAY_CCACHE_MAXSIZE'} };
 }
 # The distribution's own perl (this instance's requests only).
 if (length($ENV{'BUILDBAY_SBUILDRC_SNIPPET'} // '')) {
@@ -65,17 +66,21 @@ impl Backend for Sbuild {
         let ccache = super::ccache_dir(b)?;
         if let Some(dir) = &ccache {
             // Written by debian/rules, as the slot's build user.
-            if let Some(user) = b.slot.user.as_deref().and_then(|u| nix::unistd::User::from_name(u).ok().flatten()) {
+            if let Some(name) = b.slot.user.as_deref() {
+                let user = nix::unistd::User::from_name(name).ok().flatten().ok_or_else(|| {
+                    BuilderError::Users(format!("the build user {name} does not exist; its ccache has no owner"))
+                })?;
                 chown_tree(dir, user.uid)?;
             }
             env.push(("BUILDBAY_CCACHE_HOST".to_owned(), dir.display().to_string()));
             env.push(("BUILDBAY_CCACHE".to_owned(), super::CCACHE_IN_BUILD.to_owned()));
+            env.extend(super::CCACHE_ENV.iter().map(|(k, v)| (format!("BUILDBAY_{k}"), v.to_string())));
         }
-        let blocks = b.req.setup_blocks.words();
+        let (blocks, _) = super::blocks(b);
         let block_work = blocks.iter().any(|w| ["ccache", "eatmydata", "show-sbuildrc"].contains(&w.as_str()));
         if !installed || block_work || ccache.is_some() {
             env.push(("BUILDBAY_SETUP".to_owned(), if installed { "installed" } else { "full" }.to_owned()));
-            env.push(("BUILDBAY_SETUP_BLOCKS".to_owned(), b.req.setup_blocks.words().join(",")));
+            env.push(("BUILDBAY_SETUP_BLOCKS".to_owned(), blocks.join(",")));
         }
         let mut notes = vec![];
         if !installed {
