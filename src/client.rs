@@ -24,6 +24,10 @@ pub fn command(call: &Call) -> clap::Command {
         let mut arg = clap::Arg::new(a.name).help(a.doc);
         if a.positional {
             arg = arg.required(a.default == registry::Default::Required);
+            if a.kind == Kind::List {
+                // The last positional argument: one or more values (or one, comma-separated).
+                arg = arg.num_args(1..).action(clap::ArgAction::Append);
+            }
         } else {
             arg = arg.long(a.name.replace('_', "-"));
             if let Some(s) = a.short {

@@ -23,6 +23,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("instance", 6),
     ("packager", 7),
     ("gate", 7),
+    ("port", 7),
     ("builder", 8),
     ("dispatch", 8),
     ("helper", 9),

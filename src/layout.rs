@@ -153,12 +153,7 @@ impl Layout {
         codeversion: &str,
         version: &Version,
     ) -> Result<(), RuleError> {
-        let (pattern, default) = if suite.experimental {
-            (&self.experimental_mandatory_version_regex, &self.experimental_default_version)
-        } else {
-            (&self.mandatory_version_regex, &self.default_version)
-        };
-        let re = substituted_regex(self, pattern, repo, codeversion)?;
+        let (re, default) = self.appendix(suite, repo, codeversion)?;
         if re.is_match(version.as_str()) {
             return Ok(());
         }
@@ -166,8 +161,24 @@ impl Layout {
             version: version.to_string(),
             suite: suite.suite.clone(),
             regex: re.as_str().to_owned(),
-            example: format!("1.0-1{}", substitute(default, repo, codeversion)),
+            example: format!("1.0-1{default}"),
         })
+    }
+
+    /// A suite's mandatory version appendix (as a regex) and its default appendix, for a
+    /// repository and codeversion (`~test12\+[1-9]`, `~test12+1`).
+    pub fn appendix(
+        &self,
+        suite: &SuiteOption,
+        repo: &RepoId,
+        codeversion: &str,
+    ) -> Result<(regex::Regex, String), RuleError> {
+        let (pattern, default) = if suite.experimental {
+            (&self.experimental_mandatory_version_regex, &self.experimental_default_version)
+        } else {
+            (&self.mandatory_version_regex, &self.default_version)
+        };
+        Ok((substituted_regex(self, pattern, repo, codeversion)?, substitute(default, repo, codeversion)))
     }
 
     /// The suites a package in `suite` migrates through, in order (`unstable` → `testing`, `stable`).

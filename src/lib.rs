@@ -24,6 +24,7 @@ pub mod instance;
 mod layering;
 pub mod layout;
 pub mod packager;
+pub mod port;
 pub mod protocol;
 pub mod remote;
 pub mod rootops;

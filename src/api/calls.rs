@@ -209,6 +209,29 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             d.wake();
             Ok(json!({"retried": bkey, "upload": u}))
         }
+        "port" => {
+            let to = args
+                .list("to_distributions")
+                .iter()
+                .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("to_distributions {s:?}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let req = crate::port::PortRequest {
+                source: args.require("source")?,
+                from: args.require("from_distribution")?,
+                to,
+                version: args.parse("version")?,
+                options: crate::port::parse_options(args.str("options").unwrap_or(crate::port::DEFAULT_OPTIONS))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            };
+            let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);
+            let done =
+                crate::port::port(&d.inst, &archive()?, &drop, &req, chrono::Utc::now()).map_err(|e| match e {
+                    crate::port::PortError::Bad(m) => ApiError::bad_request(m),
+                    e @ crate::port::PortError::Failed(_) => ApiError::new(500, e.to_string()),
+                })?;
+            d.wake();
+            Ok(serde_json::to_value(done).unwrap_or_default())
+        }
         "cancel" => {
             let bkey = args.require::<crate::protocol::BuildKey>("bkey")?;
             let builder =

@@ -253,6 +253,38 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "port",
+        auth: Role::Staff,
+        needs_running: true,
+        confirm: true,
+        group: "Developer",
+        doc: "No-change port of an installed source package into other distributions (a rebuild, with \
+              +rebuilt<stamp>, when the target is the source distribution). The version's appendix is \
+              rewritten for each target, a changelog entry is added, and the source, signed with this \
+              instance's key, goes through incoming as an upload.",
+        args: &[
+            SOURCE,
+            pos("from_distribution", "The distribution the source is installed in, e.g. bookworm-test-unstable."),
+            Arg {
+                name: "to_distributions",
+                positional: true,
+                short: None,
+                kind: Kind::List,
+                default: Default::Required,
+                choices: &[],
+                doc: "Uploadable distributions to port to.",
+            },
+            VERSION,
+            opt(
+                "options",
+                Some('O'),
+                Kind::Str,
+                Default::Value(crate::port::DEFAULT_OPTIONS),
+                "Upload options for the port's changelog entry, separated by |.",
+            ),
+        ],
+    },
+    Call {
         name: "retry",
         auth: Role::Staff,
         needs_running: true,

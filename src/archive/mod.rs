@@ -8,6 +8,7 @@
 pub mod compress;
 pub mod index;
 pub mod publish;
+pub mod scratch;
 
 use crate::config::{self, Distribution, LayoutObject, Repository};
 use crate::deb::changes::FileCheckError;
@@ -32,68 +33,6 @@ use std::sync::Mutex;
 static DEBDIFF_TURN: Mutex<()> = Mutex::new(());
 /// Most bytes of sources a debdiff compares.
 const DEBDIFF_INPUT: u64 = 1 << 30;
-
-/// A scratch directory for debdiff: root's (0755), with the sources copied in by root and a
-/// `tmp` directory, the only one `nobody` (who runs debdiff) may write. Root never writes into a
-/// directory `nobody` can change. Removed on drop.
-struct Scratch {
-    dir: PathBuf,
-    /// `nobody`'s uid and gid, when running as root.
-    owner: Option<(u32, u32)>,
-    copied: std::cell::Cell<u64>,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!("buildbay-debdiff-{}", crate::protocol::fresh_micros()));
-        std::fs::DirBuilder::new().mode(0o755).create(&dir).map_err(io_err(&dir))?;
-        let owner = if nix::unistd::geteuid().is_root() {
-            nix::unistd::User::from_name("nobody").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-        } else {
-            None
-        };
-        let s = Scratch { dir, owner, copied: std::cell::Cell::new(0) };
-        let tmp = s.tmp();
-        std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(io_err(&tmp))?;
-        if let Some((u, g)) = s.owner {
-            nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)))
-                .map_err(|e| io_err(&tmp)(e.into()))?;
-        }
-        Ok(s)
-    }
-
-    /// Where debdiff (as nobody) writes.
-    fn tmp(&self) -> PathBuf {
-        self.dir.join("tmp")
-    }
-
-    /// Copy a pool `.dsc` and the files it lists into a directory of its own; returns the copy.
-    fn copy_source(&self, dsc: &Path, sub: &str) -> Result<PathBuf> {
-        let text = read_limited(dsc)?;
-        let parsed =
-            Dsc::parse(&text).map_err(|source| ArchiveError::Control { file: dsc.display().to_string(), source })?;
-        let to = self.dir.join(sub);
-        std::fs::create_dir(&to).map_err(io_err(&to))?;
-        let from = dsc.parent().unwrap_or(Path::new("."));
-        let name = dsc.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for n in std::iter::once(name.clone()).chain(parsed.files.iter().map(|f| f.name.to_string())) {
-            let size = std::fs::symlink_metadata(from.join(&n)).map_err(io_err(from.join(&n)))?.len();
-            self.copied.set(self.copied.get() + size);
-            if self.copied.get() > DEBDIFF_INPUT {
-                return Err(ArchiveError::Debdiff(format!("the sources are larger than {DEBDIFF_INPUT} bytes")));
-            }
-            std::fs::copy(from.join(&n), to.join(&n)).map_err(io_err(to.join(&n)))?;
-        }
-        Ok(to.join(name))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// How long a `debdiff` may take, and how much of its output is answered.
 const DEBDIFF_SECS: u32 = 120;
@@ -151,6 +90,8 @@ pub enum ArchiveError {
     NothingToCompare(PackageName, RepoId),
     #[error("debdiff failed: {0}")]
     Debdiff(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 pub type Result<T> = std::result::Result<T, ArchiveError>;
@@ -362,7 +303,7 @@ fn key3(a: &str, b: &str, c: &str) -> String {
     format!("{a}/{b}/{c}")
 }
 
-fn read_limited(path: &Path) -> Result<String> {
+pub(crate) fn read_limited(path: &Path) -> Result<String> {
     let bytes = crate::deb::changes::read_bounded(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::FileTooLarge => ArchiveError::Inconsistent(e.to_string()),
         _ => ArchiveError::Io { path: path.to_owned(), source: e },
@@ -979,6 +920,15 @@ impl<'a> Archive<'a> {
         Ok(out)
     }
 
+    /// The pool's `.dsc` of a source package version in a component.
+    pub fn dsc_path(&self, repo: &RepoId, source: &PackageName, version: &Version, component: &Component) -> PathBuf {
+        self.repo_root(repo).join(format!(
+            "pool/{component}/{}/{source}/{source}_{}.dsc",
+            source.pool_prefix(),
+            version.without_epoch()
+        ))
+    }
+
     /// `debdiff` of two versions of a source package in a repository's pool. Without versions:
     /// `b` is the newest, `a` the newest one below `b`. Returns (a, b, the diff).
     pub fn debdiff(
@@ -1008,20 +958,14 @@ impl<'a> Archive<'a> {
             Some(v) => find(v)?,
             None => held.iter().find(|(h, _)| *h < b.0).cloned().ok_or_else(nothing)?,
         };
-        let dsc = |(v, c): &(Version, Component)| {
-            self.repo_root(repo).join(format!(
-                "pool/{c}/{}/{source}/{source}_{}.dsc",
-                source.pool_prefix(),
-                v.without_epoch()
-            ))
-        };
+        let dsc = |(v, c): &(Version, Component)| self.dsc_path(repo, source, v, c);
         // Bounded: one at a time, inputs of at most DEBDIFF_INPUT bytes copied into a scratch
         // directory, run as nobody (dpkg-source -x unpacks what an uploader wrote), at most
         // DEBDIFF_SECS (coreutils' timeout), and DEBDIFF_MAX bytes of answer.
         let _one = DEBDIFF_TURN
             .try_lock()
             .map_err(|_| ArchiveError::Debdiff("another debdiff is running; try again in a minute".into()))?;
-        let scratch = Scratch::new()?;
+        let scratch = scratch::Scratch::new("debdiff", DEBDIFF_INPUT)?;
         let a_dsc = scratch.copy_source(&dsc(&a), "a")?;
         let b_dsc = scratch.copy_source(&dsc(&b), "b")?;
         let mut cmd = std::process::Command::new("timeout");
@@ -1033,11 +977,7 @@ impl<'a> Archive<'a> {
             .env("TMPDIR", scratch.tmp())
             .env("HOME", scratch.tmp())
             .stdin(std::process::Stdio::null());
-        if let Some((uid, gid)) = scratch.owner {
-            use std::os::unix::process::CommandExt;
-            // std drops the supplementary groups when it sets the uid.
-            cmd.uid(uid).gid(gid);
-        }
+        scratch.as_owner(&mut cmd);
         let out = cmd.output().map_err(|e| ArchiveError::Debdiff(e.to_string()))?;
         drop(scratch);
         // debdiff exits 0 for no differences and 1 for differences.

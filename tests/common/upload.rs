@@ -426,33 +426,38 @@ pub fn wait_seen(seen: &Seen, kind: &str, version: &str) -> (f64, serde_json::Va
 pub const CCACHE_BUILD: &str = "printf 'int f(void) { return 42; }\\n' > cc.c && gcc -c cc.c -o cc.o \
      && echo \"CC=$$(command -v gcc)\" && (ccache --print-stats || true)";
 
-/// Two uploads of `CCACHE_BUILD` (`<prefix>1`, `<prefix>2`), one after the other, so both
-/// build in the lowest slot (without lintian, whose ignore mode would hold the slot after the
-/// first one's result): each one's build log and ccache hits (direct and preprocessed; `None`:
-/// ccache printed no counters).
+/// Two uploads of `CCACHE_BUILD` (versions `1.0~test12+1` and `+2` of `name`: a ccache is
+/// per source package), one after the other, so both build in the lowest slot (without lintian,
+/// whose ignore mode would hold the slot after the first one's result): each one's build log
+/// and ccache hits (direct and preprocessed; `None`: ccache printed no counters).
 pub fn two_ccache_builds(
     url: &str,
     ftp: &str,
     state: &Path,
     dir: &Path,
-    prefix: &str,
+    name: &str,
     wait: Duration,
 ) -> [(String, Option<u64>); 2] {
-    [1, 2].map(|n| {
-        let name = format!("{prefix}{n}");
-        ftp_upload(
-            ftp,
-            &buildable_source_with(
-                dir,
-                &name,
-                "1.0~test12+1",
-                "bookworm-test-unstable",
-                CCACHE_BUILD,
-                &["lintian-mode=disabled"],
-            ),
+    ["1.0~test12+1", "1.0~test12+2"].map(|version| {
+        let source = buildable_source_with(
+            dir,
+            name,
+            version,
+            "bookworm-test-unstable",
+            CCACHE_BUILD,
+            &["lintian-mode=disabled"],
         );
-        let e = final_event_within(url, &name, wait);
-        let logs = super::walk_named(&state.join("var/logs").join(&name), "_amd64.buildlog");
+        ftp_upload(ftp, &source);
+        let start = Instant::now();
+        let e = loop {
+            let e = final_event_within(url, name, wait);
+            if e["version"] == version {
+                break e;
+            }
+            assert!(start.elapsed() < wait, "no final event of {name} {version}: {e}");
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let logs = super::walk_named(&state.join("var/logs").join(name), &format!("{name}_{version}_amd64.buildlog"));
         let log = logs.first().map(|p| std::fs::read_to_string(p).expect("log")).unwrap_or_default();
         assert_eq!(e["type"], "INSTALLED", "{e}\n{log}");
         let counter = |k: &str| log.lines().find_map(|l| l.strip_prefix(k).and_then(|n| n.trim().parse::<u64>().ok()));

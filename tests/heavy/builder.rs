@@ -252,6 +252,49 @@ fn sbuild_on_a_machine_image_chroot() {
     assert_eq!(hits1, Some(0), "a fresh cache: {first}");
     assert_eq!(hits2, Some(1), "the second build hits the first one's cache: {second}");
 
+    // 1e. port: a no-change rebuild of the installed bbhello in its own distribution goes through
+    //     incoming as an upload signed by this instance, and ends INSTALLED as
+    //     `<version>+rebuilt<stamp>` with its changelog entry; apt sees it. Bad requests change
+    //     nothing.
+    for (bad, why) in [
+        (vec!["port", "bbnothere", UNSTABLE, UNSTABLE], "is not in"),
+        (vec!["port", "bbhello", UNSTABLE, "bookworm-test-unstable-rollback0"], "not uploadable"),
+        (vec!["port", "bbhello", UNSTABLE, "bookworm-nothere-unstable"], "nothere"),
+        (vec!["port", "bbhello", UNSTABLE, UNSTABLE, "--options", "lintian-mode=sometimes"], "lintian-mode"),
+        (vec!["port", "bbhello", UNSTABLE, UNSTABLE, "--version", "9.9"], "not 9.9"),
+    ] {
+        let out = api_as(&srv.url, "admin", &bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{bad:?}: {err}");
+    }
+    let out = api_as(&srv.url, "admin", &["port", "bbhello", UNSTABLE, UNSTABLE]);
+    assert!(out.status.success(), "port: {}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("port's answer");
+    let rebuilt = answer[0]["version"].as_str().expect("the port's version").to_owned();
+    assert!(
+        rebuilt.starts_with("1.0~test12+1+rebuilt") && rebuilt.len() == "1.0~test12+1+rebuilt".len() + 14,
+        "{answer}"
+    );
+    let start = Instant::now();
+    let installed = loop {
+        let e = final_event_within(&srv.url, "bbhello", BUILD_WAIT);
+        if e["version"] == rebuilt.as_str() {
+            break e;
+        }
+        assert!(start.elapsed() < BUILD_WAIT, "no final event of the rebuild {rebuilt}: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(installed["type"], "INSTALLED", "{installed}");
+    let changes = walk_named(&inst.state().join("spool"), &format!("bbhello_{rebuilt}_source.changes"));
+    let text = std::fs::read_to_string(&changes[0]).expect("the port's .changes");
+    assert!(
+        text.contains("No-change rebuild by buildbay") && text.contains("MINI_BUILDD_OPTION: lintian-mode=ignore"),
+        "{text}"
+    );
+    assert!(text.contains("-----BEGIN PGP SIGNATURE-----"), "signed: {text}");
+    apt.update();
+    assert!(apt.madison("bbhello").contains(&rebuilt), "{}", apt.madison("bbhello"));
+
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
     ftp_upload(&srv.ftp, &bad);

@@ -1,0 +1,374 @@
+//! Ports (mini-buildd's `port`): a no-change rebuild of an installed source package into other
+//! distributions, or into its own (a rebuild).
+//!
+//! The version rules are pure ([`rebuild_version`], [`port_version`]), and so is the changelog
+//! entry ([`changelog_with_entry`]). The source itself is unpacked, given its entry and packed
+//! again by `nobody` in a scratch directory (`dpkg-source` runs on what an uploader wrote; root
+//! never writes where `nobody` can, and reads back only regular files). The `.changes` is signed
+//! with the instance's key and dropped into the daemon's own drop box, from where it goes
+//! through the same checks, builds and events as any upload.
+
+use crate::archive::Archive;
+use crate::archive::scratch::Scratch;
+use crate::deb::{Changes, Dist, PackageName, Version};
+use crate::instance::Instance;
+use std::path::Path;
+use std::process::Command;
+
+/// Upload options a port carries when the caller gives none (mini-buildd's default).
+pub const DEFAULT_OPTIONS: &str = "lintian-mode=ignore";
+/// Most bytes of a source a port copies.
+const MAX_SOURCE: u64 = 1 << 30;
+/// Most bytes of a changelog or a `.changes` read back.
+const MAX_TEXT: u64 = 4 << 20;
+/// How long unpacking or packing may take.
+const SECS: &str = "600";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The request is wrong: final, with the reason.
+    #[error("{0}")]
+    Bad(String),
+    /// The port could not be made now.
+    #[error("the port could not be made: {0}; try again, or see the daemon's log")]
+    Failed(String),
+}
+
+impl From<crate::archive::ArchiveError> for PortError {
+    fn from(e: crate::archive::ArchiveError) -> PortError {
+        if e.is_input() { PortError::Bad(e.to_string()) } else { PortError::Failed(e.to_string()) }
+    }
+}
+
+/// What a port asks for.
+#[derive(Debug, Clone)]
+pub struct PortRequest {
+    pub source: PackageName,
+    pub from: Dist,
+    pub to: Vec<Dist>,
+    /// The version in `from` (default: whatever is there).
+    pub version: Option<Version>,
+    /// Upload options for the port's changelog entry (checked).
+    pub options: Vec<String>,
+}
+
+/// One port made: its `.changes` is in the drop box.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ported {
+    pub source: String,
+    pub distribution: String,
+    pub version: String,
+    pub changes: String,
+}
+
+/// `+rebuilt<stamp>` appended, or in place of the rightmost one there is.
+pub fn rebuild_version(v: &Version, stamp: &str) -> Result<Version, PortError> {
+    let re = regex::Regex::new(r"\+rebuilt[0-9]{14}").map_err(|e| PortError::Failed(e.to_string()))?;
+    let text = v.as_str();
+    let new = match re.find_iter(text).last() {
+        Some(m) => format!("{}+rebuilt{stamp}{}", &text[..m.start()], &text[m.end()..]),
+        None => format!("{text}+rebuilt{stamp}"),
+    };
+    new.parse().map_err(|e| PortError::Bad(format!("the rebuild's version {new:?}: {e}")))
+}
+
+/// The rightmost match of the source suite's mandatory appendix replaced by the target's
+/// default appendix, keeping the `+N` revision (`1.0-1~test12+4` → `1.0-1~test13+4`); without
+/// a match, the default appendix appended.
+pub fn port_version(v: &Version, from: &regex::Regex, to_default: &str) -> Result<Version, PortError> {
+    let text = v.as_str();
+    let plus = regex::Regex::new(r"\+[0-9]").map_err(|e| PortError::Failed(e.to_string()))?;
+    // As mini-buildd (Python's finditer): the last match, which is an empty one at the end when
+    // the pattern matches the empty string there (`.*`: an append).
+    let at_end = from.find_at(text, text.len()).filter(|m| m.is_empty());
+    let new = match at_end.or_else(|| from.find_iter(text).last()) {
+        Some(m) => {
+            let appendix = m.as_str();
+            let to = match (plus.find_iter(appendix).last(), plus.find_iter(to_default).last()) {
+                (Some(rev), Some(d)) => {
+                    format!("{}{}{}", &to_default[..d.start()], rev.as_str(), &to_default[d.end()..])
+                }
+                _ => to_default.to_owned(),
+            };
+            format!("{}{to}{}", &text[..m.start()], &text[m.end()..])
+        }
+        None => format!("{text}{to_default}"),
+    };
+    new.parse().map_err(|e| PortError::Bad(format!("the port's version {new:?}: {e}")))
+}
+
+/// Upload options as the `port` call takes them (separated by `|`), each checked as an upload
+/// option line would be.
+pub fn parse_options(s: &str) -> Result<Vec<String>, PortError> {
+    let options: Vec<String> = s.split('|').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect();
+    for o in &options {
+        if o.len() > 200 || o.chars().any(char::is_control) || !o.contains('=') {
+            return Err(PortError::Bad(format!("upload option {o:?}: write key=value, at most 200 characters")));
+        }
+        crate::protocol::options::UploadOptions::parse(&format!("MINI_BUILDD_OPTION: {o}"))
+            .map_err(|e| PortError::Bad(format!("upload option {o:?}: {e}")))?;
+    }
+    Ok(options)
+}
+
+/// The changelog with the port's entry on top.
+pub fn changelog_with_entry(
+    text: &str,
+    req: &PortRequest,
+    to: &Dist,
+    version: &Version,
+    why: &str,
+    maintainer: (String, String),
+    date: &str,
+) -> Result<String, PortError> {
+    let mut cl = debian_changelog::ChangeLog::parse(text)
+        .to_mut_result()
+        .map_err(|e| PortError::Bad(format!("the source's debian/changelog does not parse: {e}")))?;
+    let v: debversion::Version =
+        version.as_str().parse().map_err(|e| PortError::Bad(format!("version {version}: {e:?}")))?;
+    let mut entry = cl
+        .new_empty_entry()
+        .package(req.source.to_string())
+        .version(v)
+        .distribution(to.to_string())
+        .urgency(debian_changelog::Urgency::Low)
+        .maintainer(maintainer)
+        .datetime(date)
+        .change_line(format!("* {why}"));
+    for o in &req.options {
+        entry = entry.change_line(format!("* MINI_BUILDD_OPTION: {o}"));
+    }
+    entry.finish();
+    Ok(cl.to_string())
+}
+
+/// Make the ports of `req`, one per target distribution, into `drop` (the daemon's own drop
+/// box). Nothing is dropped for a target whose checks fail; the first failure is the answer.
+pub fn port(
+    inst: &Instance,
+    archive: &Archive<'_>,
+    drop: &Path,
+    req: &PortRequest,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Ported>, PortError> {
+    let from_ctx = archive.ctx(&req.from.repo)?;
+    let (_, from_suite, from_cv) = from_ctx.check_dist(&req.from)?;
+    let entry =
+        archive.ls(&req.from.repo, &req.source)?.into_iter().find(|e| e.distribution == req.from).ok_or_else(|| {
+            PortError::Bad(format!("{} is not in {}; `ls {}` lists where it is", req.source, req.from, req.source))
+        })?;
+    if let Some(v) = &req.version
+        && *v != entry.version
+    {
+        return Err(PortError::Bad(format!("{} has {} {}, not {v}", req.from, req.source, entry.version)));
+    }
+    if req.to.is_empty() {
+        return Err(PortError::Bad("no target distribution: give to_distributions".into()));
+    }
+    // Every target checked before anything is made.
+    let mut plans = Vec::new();
+    for to in &req.to {
+        let ctx = archive.ctx(&to.repo)?;
+        let (_, suite, cv) = ctx.check_dist(to)?;
+        if to.rollback.is_some() || !suite.uploadable {
+            return Err(PortError::Bad(format!("{to} is not uploadable: ports go to an uploadable suite")));
+        }
+        let version = if *to == req.from {
+            rebuild_version(&entry.version, &now.format("%Y%m%d%H%M%S").to_string())?
+        } else {
+            let (from_re, _) = from_ctx.layout.appendix(from_suite, &req.from.repo, from_cv).map_err(bad)?;
+            let (_, to_default) = ctx.layout.appendix(suite, &to.repo, cv).map_err(bad)?;
+            port_version(&entry.version, &from_re, &to_default)?
+        };
+        plans.push((to.clone(), version));
+    }
+    let dsc = archive.dsc_path(&req.from.repo, &req.source, &entry.version, &entry.component);
+    let sha256 =
+        crate::deb::Checksums::of_file(&dsc).map_err(|e| PortError::Failed(format!("{}: {e}", dsc.display())))?.sha256;
+    let identity = inst.daemon().map_err(|e| PortError::Failed(e.to_string()))?.map(|d| d.identity.to_string());
+    let maintainer =
+        (format!("buildbay {}", identity.unwrap_or_default()).trim().to_owned(), "buildbay@localhost".to_owned());
+    let key = inst.key().map_err(|e| PortError::Failed(e.to_string()))?;
+    let mut done = Vec::new();
+    for (to, version) in plans {
+        let why = if to == req.from {
+            format!("No-change rebuild by buildbay. Original .dsc's SHA256: {sha256}.")
+        } else {
+            format!("No-change port from {} by buildbay. Original .dsc's SHA256: {sha256}.", req.from)
+        };
+        let scratch = Scratch::new("port", MAX_SOURCE)?;
+        let copy = scratch.copy_source(&dsc, "in")?;
+        let text = as_nobody(&scratch, UNPACK, &[&copy.display().to_string()], None)?;
+        let date = now.format("%a, %d %b %Y %H:%M:%S +0000").to_string();
+        let new = changelog_with_entry(&text, req, &to, &version, &why, maintainer.clone(), &date)?;
+        let changes = as_nobody(&scratch, PACK, &[entry.version.as_str()], Some(new.as_bytes()))?;
+        let parsed = Changes::parse(&changes).map_err(|e| PortError::Failed(format!("the port's .changes: {e}")))?;
+        if parsed.source != req.source || parsed.version != version {
+            return Err(PortError::Failed(format!(
+                "the port's .changes is of {} {}, not {} {version}",
+                parsed.source, parsed.version, req.source
+            )));
+        }
+        let name = format!("{}_{}_source.changes", req.source, version.without_epoch());
+        drop_files(
+            &scratch.tmp(),
+            drop,
+            &parsed,
+            &name,
+            &key.clearsign(changes.as_bytes()).map_err(|e| PortError::Failed(e.to_string()))?,
+        )?;
+        tracing::info!(source = %req.source, from = %req.from, to = %to, %version, "port dropped into incoming");
+        done.push(Ported {
+            source: req.source.to_string(),
+            distribution: to.to_string(),
+            version: version.to_string(),
+            changes: name,
+        });
+    }
+    Ok(done)
+}
+
+fn bad(e: impl std::fmt::Display) -> PortError {
+    PortError::Bad(e.to_string())
+}
+
+/// `nobody`'s first step, in the scratch's `tmp`: unpack the copied `.dsc` (`$1`) into `tree`,
+/// print the changelog.
+const UNPACK: &str = r#"dpkg-source -x "$1" tree >&2 && cat tree/debian/changelog"#;
+/// `nobody`'s second step: the new changelog from standard input, pack the source again, print
+/// its `.changes` (`$1`: the version the changes are since).
+const PACK: &str = r#"cat > tree/debian/changelog.buildbay && mv -f tree/debian/changelog.buildbay tree/debian/changelog \
+  && dpkg-source -b tree >&2 && cd tree && dpkg-genchanges -S -sa "-v$1""#;
+
+/// Run a constant script as `nobody` in the scratch's `tmp`, its values as arguments; its
+/// standard output (bounded), or why it failed.
+fn as_nobody(scratch: &Scratch, script: &str, args: &[&str], input: Option<&[u8]>) -> Result<String, PortError> {
+    use std::io::{Read, Write};
+    let mut cmd = Command::new("timeout");
+    cmd.args([SECS, "sh", "-c", script, "sh"]).args(args).current_dir(scratch.tmp());
+    scratch.as_owner(&mut cmd);
+    cmd.stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| PortError::Failed(format!("dpkg-source: {e}")))?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(data).map_err(|e| PortError::Failed(e.to_string()))?;
+    }
+    let mut out = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        o.take(MAX_TEXT + 1).read_to_end(&mut out).map_err(|e| PortError::Failed(e.to_string()))?;
+    }
+    let mut err = Vec::new();
+    if let Some(e) = child.stderr.take() {
+        e.take(MAX_TEXT).read_to_end(&mut err).map_err(|e| PortError::Failed(e.to_string()))?;
+    }
+    let status = child.wait().map_err(|e| PortError::Failed(e.to_string()))?;
+    if !status.success() {
+        let tail: Vec<&str> = std::str::from_utf8(&err).unwrap_or_default().lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(PortError::Bad(format!("the source cannot be ported ({status}): {}", tail.join(" / "))));
+    }
+    if out.len() as u64 > MAX_TEXT {
+        return Err(PortError::Bad(format!("the source's changelog or .changes is larger than {MAX_TEXT} bytes")));
+    }
+    String::from_utf8(out).map_err(|_| PortError::Bad("the source's changelog is not UTF-8".into()))
+}
+
+/// The port's files (regular files of `nobody`'s directory, never through a symlink), then its
+/// signed `.changes`, into the drop box: each written under a dot name (which the scan skips)
+/// and renamed, the `.changes` last.
+fn drop_files(from: &Path, drop: &Path, changes: &Changes, name: &str, signed: &[u8]) -> Result<(), PortError> {
+    let failed = |p: &Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| PortError::Failed(format!("{p}: {e}"))
+    };
+    let put = |file: &str, data: &mut dyn std::io::Read| -> Result<(), PortError> {
+        let tmp = drop.join(format!(".port-{}-{file}", crate::protocol::fresh_micros()));
+        let mut f = std::fs::File::create(&tmp).map_err(failed(&tmp))?;
+        std::io::copy(data, &mut f).map_err(failed(&tmp))?;
+        f.sync_all().map_err(failed(&tmp))?;
+        std::fs::rename(&tmp, drop.join(file)).map_err(failed(&tmp))
+    };
+    for f in &changes.files {
+        let path = from.join(f.name.as_str());
+        let (file, _) = crate::protocol::tar::open_regular(&path).map_err(failed(&path))?;
+        use std::io::Read;
+        put(f.name.as_str(), &mut file.take(MAX_SOURCE))?;
+    }
+    put(name, &mut &signed[..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rebuilds_append_or_replace_their_stamp() {
+        assert_eq!(rebuild_version(&v("1.2.3"), "20130215100453").unwrap(), v("1.2.3+rebuilt20130215100453"));
+        assert_eq!(
+            rebuild_version(&v("1.2.3+rebuilt20130215100453"), "20130217120517").unwrap(),
+            v("1.2.3+rebuilt20130217120517")
+        );
+        assert_eq!(
+            rebuild_version(&v("1:1.0-1~test12+1"), "20261206120000").unwrap(),
+            v("1:1.0-1~test12+1+rebuilt20261206120000")
+        );
+    }
+
+    #[test]
+    fn ports_swap_the_appendix_and_keep_the_revision() {
+        let re = |s: &str| regex::Regex::new(s).unwrap();
+        let sid = re(r"~testSID\+[1-9]");
+        assert_eq!(port_version(&v("1.2.3-1~testSID+1"), &sid, "~test70+1").unwrap(), v("1.2.3-1~test70+1"));
+        assert_eq!(port_version(&v("1.2.3-1~testSID+4"), &sid, "~test70+1").unwrap(), v("1.2.3-1~test70+4"));
+        assert_eq!(port_version(&v("1.2.3-1~testSID+4fud15"), &sid, "~test70+1").unwrap(), v("1.2.3-1~test70+4fud15"));
+        let exp = re(r"~testSID\+0");
+        assert_eq!(port_version(&v("1.2.3-1~testSID+0exp2"), &exp, "~test70+0").unwrap(), v("1.2.3-1~test70+0exp2"));
+        assert_eq!(port_version(&v("1.2.3-1"), &re(".*"), "~port+1").unwrap(), v("1.2.3-1~port+1"));
+        // No match: the default appended.
+        assert_eq!(port_version(&v("1.2.3-1"), &sid, "~test70+1").unwrap(), v("1.2.3-1~test70+1"));
+    }
+
+    #[test]
+    fn hostile_options_are_refused() {
+        assert_eq!(parse_options("lintian-mode=ignore").unwrap(), ["lintian-mode=ignore"]);
+        assert_eq!(parse_options(" lintian-mode=ignore | auto-ports=bookworm-test-stable ").unwrap().len(), 2);
+        for bad in
+            ["lintian-mode=ignore\n * MINI_BUILDD_OPTION: x=y", "nokey", "lintian-mode=sometimes", &"x".repeat(300)]
+        {
+            assert!(parse_options(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_entry_goes_on_top() {
+        let text = "hello (1.0~test12+1) bookworm-test-unstable; urgency=medium\n\n  * Test.\n\n -- A B <a@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n";
+        let req = PortRequest {
+            source: "hello".parse().unwrap(),
+            from: "bookworm-test-unstable".parse().unwrap(),
+            to: vec![],
+            version: None,
+            options: vec!["lintian-mode=ignore".into()],
+        };
+        let to: Dist = "bookworm-test-unstable".parse().unwrap();
+        let new = changelog_with_entry(
+            text,
+            &req,
+            &to,
+            &v("1.0~test12+1+rebuilt20261206120000"),
+            "No-change rebuild.",
+            ("buildbay test".into(), "buildbay@localhost".into()),
+            "Sun, 06 Dec 2026 12:00:00 +0000",
+        )
+        .unwrap();
+        let top = crate::deb::changelog::top_entry(&new).unwrap();
+        assert_eq!(top.version, v("1.0~test12+1+rebuilt20261206120000"), "{new}");
+        assert_eq!(top.distributions, ["bookworm-test-unstable"]);
+        assert!(top.changes.iter().any(|l| l.contains("MINI_BUILDD_OPTION: lintian-mode=ignore")), "{new}");
+        assert!(new.ends_with(text), "the old entries stay: {new}");
+    }
+}
