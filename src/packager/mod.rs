@@ -866,9 +866,11 @@ impl Packager<'_> {
             Ok(()) => {
                 u.state = UploadState::Installed;
                 u.error = None;
-                event_for(EventType::Installed, &u, changes.as_ref())
+                let event = event_for(EventType::Installed, &u, changes.as_ref())
                     .with("buildresults", results)
-                    .with("checks", checks.clone())
+                    .with("checks", checks.clone());
+                // mini-buildd's field, on every INSTALLED event.
+                event.with("auto_ports", changes.as_ref().map(|c| self.auto_ports(&u, c)).unwrap_or_default())
             }
             Err(Install::Later(e)) => {
                 return Err(PackagerError::Io { path: self.dir(&u), source: std::io::Error::other(e.clone()) });
@@ -888,6 +890,44 @@ impl Packager<'_> {
         event.record(&tx)?;
         tx.commit()?;
         Ok(vec![event])
+    }
+
+    /// The upload's `auto-ports`, after it was installed, in mini-buildd's shape: per target,
+    /// `[true, {source, distribution, version, changes}]` or `[false, why]`. A port that cannot
+    /// be made does not undo the install. Only into the upload's own repository: its uploader
+    /// may upload there, and the port is signed with this instance's key (a port into another
+    /// repository is the `port` call's, for staff).
+    fn auto_ports(&self, u: &Upload, changes: &Changes) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        let options = UploadOptions::parse(changes.stanza.get("Changes").unwrap_or("")).unwrap_or_default();
+        let Ok(from) = u.distribution.parse::<Dist>() else { return out };
+        let drop = self.inst.store.dir().join(incoming::RESULTS_DIR);
+        for to in options.auto_ports() {
+            let made = if to.repo != from.repo {
+                Err(format!(
+                    "{to} is in repository {}, not {}: auto-ports stay in the upload's repository; staff can use the port call",
+                    to.repo, from.repo
+                ))
+            } else {
+                let req = crate::port::PortRequest {
+                    source: changes.source.clone(),
+                    from: from.clone(),
+                    to: vec![to.clone()],
+                    version: Some(changes.version.clone()),
+                    options: vec![crate::port::DEFAULT_OPTIONS.to_owned()],
+                };
+                self.inst.archive().map_err(|e| e.to_string()).and_then(|a| {
+                    crate::port::port(self.inst, &a, &drop, &req, chrono::Utc::now()).map_err(|e| e.to_string())
+                })
+            };
+            let answer = match made {
+                Ok(done) => serde_json::json!([true, done.first()]),
+                Err(e) => serde_json::json!([false, e]),
+            };
+            tracing::info!(source = %changes.source, to = %to, "auto-port: {answer}");
+            out.insert(to.to_string(), answer);
+        }
+        out
     }
 
     /// Install the source and every successful architecture's binaries. Safe to run again after

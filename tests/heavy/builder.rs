@@ -295,6 +295,39 @@ fn sbuild_on_a_machine_image_chroot() {
     apt.update();
     assert!(apt.madison("bbhello").contains(&rebuilt), "{}", apt.madison("bbhello"));
 
+    // 1f. auto-ports: after INSTALLED, the upload is ported to each listed distribution of its
+    //     repository (here: a rebuild in place), and the INSTALLED event says so per target; a
+    //     target in another repository is refused there, with the reason.
+    let auto = buildable_source_with(
+        dir.path(),
+        "bbauto",
+        "1.0~test12+1",
+        UNSTABLE,
+        "true",
+        &["lintian-mode=disabled", "auto-ports=bookworm-test-unstable,bookworm-other-unstable"],
+    );
+    ftp_upload(&srv.ftp, &auto);
+    let installed = wait_event(&srv.url, "bbauto", "INSTALLED", BUILD_WAIT);
+    let auto_ports = &installed["extra"]["auto_ports"];
+    assert_eq!(auto_ports[UNSTABLE][0], true, "{installed}");
+    let rebuilt = auto_ports[UNSTABLE][1]["version"].as_str().expect("the auto-port's version").to_owned();
+    assert!(rebuilt.starts_with("1.0~test12+1+rebuilt"), "{installed}");
+    assert_eq!(auto_ports["bookworm-other-unstable"][0], false, "{installed}");
+    assert!(
+        auto_ports["bookworm-other-unstable"][1].as_str().unwrap_or_default().contains("auto-ports stay in"),
+        "{installed}"
+    );
+    let start = Instant::now();
+    loop {
+        let e = final_event_within(&srv.url, "bbauto", BUILD_WAIT);
+        if e["version"] == rebuilt.as_str() {
+            assert_eq!(e["type"], "INSTALLED", "{e}");
+            break;
+        }
+        assert!(start.elapsed() < BUILD_WAIT, "no final event of the auto-port {rebuilt}: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
     ftp_upload(&srv.ftp, &bad);
