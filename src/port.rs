@@ -112,12 +112,9 @@ pub fn parse_options(s: &str) -> Result<Vec<String>, PortError> {
 }
 
 /// The changelog with the port's entry on top.
-pub fn changelog_with_entry(
+fn changelog_with_entry(
     text: &str,
-    req: &PortRequest,
-    to: &Dist,
-    version: &Version,
-    why: &str,
+    job: &Job<'_>,
     maintainer: (String, String),
     date: &str,
 ) -> Result<String, PortError> {
@@ -125,17 +122,17 @@ pub fn changelog_with_entry(
         .to_mut_result()
         .map_err(|e| PortError::Bad(format!("the source's debian/changelog does not parse: {e}")))?;
     let v: debversion::Version =
-        version.as_str().parse().map_err(|e| PortError::Bad(format!("version {version}: {e:?}")))?;
+        job.version.as_str().parse().map_err(|e| PortError::Bad(format!("version {}: {e:?}", job.version)))?;
     let mut entry = cl
         .new_empty_entry()
-        .package(req.source.to_string())
+        .package(job.source.to_string())
         .version(v)
-        .distribution(to.to_string())
+        .distribution(job.to.to_string())
         .urgency(debian_changelog::Urgency::Low)
         .maintainer(maintainer)
         .datetime(date)
-        .change_line(format!("* {why}"));
-    for o in &req.options {
+        .change_line(format!("* {}", job.why));
+    for o in job.options {
         entry = entry.change_line(format!("* MINI_BUILDD_OPTION: {o}"));
     }
     entry.finish();
@@ -185,10 +182,8 @@ pub fn port(
     let dsc = archive.dsc_path(&req.from.repo, &req.source, &entry.version, &entry.component);
     let sha256 =
         crate::deb::Checksums::of_file(&dsc).map_err(|e| PortError::Failed(format!("{}: {e}", dsc.display())))?.sha256;
-    let identity = inst.daemon().map_err(|e| PortError::Failed(e.to_string()))?.map(|d| d.identity.to_string());
-    let maintainer =
-        (format!("buildbay {}", identity.unwrap_or_default()).trim().to_owned(), "buildbay@localhost".to_owned());
-    let key = inst.key().map_err(|e| PortError::Failed(e.to_string()))?;
+    let scratch = Scratch::new("port", MAX_SOURCE)?;
+    let copy = scratch.copy_source(&dsc, "in")?;
     let mut done = Vec::new();
     for (to, version) in plans {
         let why = if to == req.from {
@@ -196,45 +191,204 @@ pub fn port(
         } else {
             format!("No-change port from {} by buildbay. Original .dsc's SHA256: {sha256}.", req.from)
         };
-        let scratch = Scratch::new("port", MAX_SOURCE)?;
-        let copy = scratch.copy_source(&dsc, "in")?;
-        let text = as_nobody(&scratch, UNPACK, &[&copy.display().to_string()], None)?;
-        let date = now.format("%a, %d %b %Y %H:%M:%S +0000").to_string();
-        let new = changelog_with_entry(&text, req, &to, &version, &why, maintainer.clone(), &date)?;
-        let changes = as_nobody(&scratch, PACK, &[entry.version.as_str()], Some(new.as_bytes()))?;
-        let parsed = Changes::parse(&changes).map_err(|e| PortError::Failed(format!("the port's .changes: {e}")))?;
-        if parsed.source != req.source || parsed.version != version {
-            return Err(PortError::Failed(format!(
-                "the port's .changes is of {} {}, not {} {version}",
-                parsed.source, parsed.version, req.source
-            )));
-        }
-        let name = format!("{}_{}_source.changes", req.source, version.without_epoch());
-        drop_files(
-            &scratch.tmp(),
-            drop,
-            &parsed,
-            &name,
-            &key.clearsign(changes.as_bytes()).map_err(|e| PortError::Failed(e.to_string()))?,
-        )?;
-        tracing::info!(source = %req.source, from = %req.from, to = %to, %version, "port dropped into incoming");
-        done.push(Ported {
-            source: req.source.to_string(),
-            distribution: to.to_string(),
-            version: version.to_string(),
-            changes: name,
-        });
+        let job =
+            Job { source: &req.source, to: &to, version: &version, since: &entry.version, why, options: &req.options };
+        done.push(make(inst, &scratch, &copy, &job, drop, now)?);
     }
     Ok(done)
+}
+
+/// One port to make from a source copied into a scratch directory.
+struct Job<'a> {
+    source: &'a PackageName,
+    to: &'a Dist,
+    version: &'a Version,
+    /// The version the port's `.changes` lists changes since.
+    since: &'a Version,
+    /// The changelog entry's first line.
+    why: String,
+    options: &'a [String],
+}
+
+/// Unpack the copied `.dsc` as `nobody`, add the port's changelog entry, pack it again, sign
+/// its `.changes` and drop everything into `drop`.
+fn make(
+    inst: &Instance,
+    scratch: &Scratch,
+    dsc: &Path,
+    job: &Job<'_>,
+    drop: &Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Ported, PortError> {
+    let identity = inst.daemon().map_err(|e| PortError::Failed(e.to_string()))?.map(|d| d.identity.to_string());
+    let maintainer =
+        (format!("buildbay {}", identity.unwrap_or_default()).trim().to_owned(), "buildbay@localhost".to_owned());
+    let key = inst.key().map_err(|e| PortError::Failed(e.to_string()))?;
+    let text = as_nobody(scratch, UNPACK, &[&dsc.display().to_string()], None)?;
+    let date = now.format("%a, %d %b %Y %H:%M:%S +0000").to_string();
+    let new = changelog_with_entry(&text, job, maintainer, &date)?;
+    let changes = as_nobody(scratch, PACK, &[job.since.as_str()], Some(new.as_bytes()))?;
+    let parsed = Changes::parse(&changes).map_err(|e| PortError::Failed(format!("the port's .changes: {e}")))?;
+    if parsed.source != *job.source || parsed.version != *job.version {
+        return Err(PortError::Failed(format!(
+            "the port's .changes is of {} {}, not {} {}",
+            parsed.source, parsed.version, job.source, job.version
+        )));
+    }
+    let name = format!("{}_{}_source.changes", job.source, job.version.without_epoch());
+    let signed = key.clearsign(changes.as_bytes()).map_err(|e| PortError::Failed(e.to_string()))?;
+    drop_files(&scratch.tmp(), drop, &parsed, &name, &signed)?;
+    tracing::info!(source = %job.source, to = %job.to, version = %job.version, "port dropped into incoming");
+    Ok(Ported {
+        source: job.source.to_string(),
+        distribution: job.to.to_string(),
+        version: job.version.to_string(),
+        changes: name,
+    })
+}
+
+/// Keyrings an external `.dsc` may be signed with, besides the configured AptKeys: Debian's and
+/// Ubuntu's, where installed.
+pub const DSC_KEYRINGS: [&str; 4] = [
+    "/usr/share/keyrings/debian-keyring.gpg",
+    "/usr/share/keyrings/debian-maintainers.gpg",
+    "/usr/share/keyrings/debian-nonupload.gpg",
+    "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
+];
+/// Most bytes of an external `.dsc`.
+const MAX_DSC: u64 = 1 << 20;
+
+/// What `port_ext` asks for.
+#[derive(Debug, Clone)]
+pub struct ExtRequest {
+    /// An http or https URL of a `.dsc`.
+    pub url: String,
+    pub to: Vec<Dist>,
+    pub allow_unauthenticated: bool,
+    pub options: Vec<String>,
+}
+
+/// `port_ext`: fetch a `.dsc` and its files, verify the `.dsc`'s signature against the
+/// configured AptKeys and Debian's and Ubuntu's keyrings (unless allowed unauthenticated), and
+/// each file against the checksums it signed; then port it into each target with the target's
+/// default appendix appended to its version (`1.2.3` → `1.2.3~test12+1`).
+pub fn port_ext(
+    inst: &Instance,
+    archive: &Archive<'_>,
+    drop: &Path,
+    req: &ExtRequest,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Ported>, PortError> {
+    let base = req
+        .url
+        .strip_suffix(".dsc")
+        .filter(|_| req.url.starts_with("http://") || req.url.starts_with("https://"))
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(base, _)| base.to_owned())
+        .ok_or_else(|| PortError::Bad(format!("{:?} is not an http or https URL of a .dsc", req.url)))?;
+    if req.to.is_empty() {
+        return Err(PortError::Bad("no target distribution: give distributions".into()));
+    }
+    let mut targets = Vec::new();
+    for to in &req.to {
+        let ctx = archive.ctx(&to.repo)?;
+        let (_, suite, cv) = ctx.check_dist(to)?;
+        if to.rollback.is_some() || !suite.uploadable {
+            return Err(PortError::Bad(format!("{to} is not uploadable: ports go to an uploadable suite")));
+        }
+        targets.push((to.clone(), ctx.layout.appendix(suite, &to.repo, cv).map_err(bad)?.1));
+    }
+    let raw = fetch(&req.url, MAX_DSC)?;
+    let text =
+        String::from_utf8(raw.clone()).map_err(|_| PortError::Bad(format!("{}: not a .dsc (not UTF-8)", req.url)))?;
+    // Only what the signature covers is parsed.
+    let signed = if req.allow_unauthenticated {
+        crate::gpg::cleartext::text_of(&text)
+            .map(|t| t.into_owned())
+            .map_err(|e| PortError::Bad(format!("{}: {e}", req.url)))?
+    } else {
+        let certs = dsc_keyring(inst)?;
+        let (payload, signer) = crate::gpg::verify_clearsigned(&raw, &certs).map_err(|e| {
+            PortError::Bad(format!(
+                "{}: the .dsc's signature does not verify against the AptKeys or Debian's and Ubuntu's keyrings ({e}); \
+                 add the signer as an AptKey, or allow it unauthenticated",
+                req.url
+            ))
+        })?;
+        tracing::info!(url = %req.url, %signer, "port_ext: .dsc signature verified");
+        String::from_utf8(payload).map_err(|_| PortError::Bad(format!("{}: not UTF-8", req.url)))?
+    };
+    let dsc = crate::deb::Dsc::parse(&signed).map_err(|e| PortError::Bad(format!("{}: not a .dsc: {e}", req.url)))?;
+    let scratch = Scratch::new("port-ext", MAX_SOURCE)?;
+    let dsc_name: crate::deb::FileName = dsc.file_name().parse().map_err(bad)?;
+    let copy = scratch.put("in", &dsc_name, &raw)?;
+    for f in &dsc.files {
+        let want =
+            f.sha256.as_deref().ok_or_else(|| PortError::Bad(format!("{}: {} has no SHA256", req.url, f.name)))?;
+        // One byte more than the .dsc says: a longer file is a mismatch, not a read error.
+        let data = fetch(&format!("{base}/{}", f.name), f.size + 1)?;
+        let sums = crate::deb::Checksums::of_bytes(&data);
+        if sums.size != f.size || sums.sha256 != want {
+            return Err(PortError::Bad(format!("{}: {} does not match the .dsc's size and SHA256", req.url, f.name)));
+        }
+        scratch.put("in", &f.name, &data)?;
+    }
+    let sha256 = crate::deb::Checksums::of_bytes(&raw).sha256;
+    let mut done = Vec::new();
+    for (to, appendix) in targets {
+        let version: Version = format!("{}{appendix}", dsc.version)
+            .parse()
+            .map_err(|e| PortError::Bad(format!("the port's version: {e}")))?;
+        let why = format!("External port from: {}. Original .dsc's SHA256: {sha256}.", req.url);
+        let job =
+            Job { source: &dsc.source, to: &to, version: &version, since: &dsc.version, why, options: &req.options };
+        done.push(make(inst, &scratch, &copy, &job, drop, now)?);
+    }
+    Ok(done)
+}
+
+/// The keys an external `.dsc` may be signed with.
+fn dsc_keyring(inst: &Instance) -> Result<Vec<sequoia_openpgp::Cert>, PortError> {
+    let mut certs = Vec::new();
+    for k in inst.list::<crate::config::AptKey>().map_err(|e| PortError::Failed(e.to_string()))? {
+        certs.extend(crate::gpg::read_keyring(k.key.as_bytes()).unwrap_or_default());
+    }
+    for path in DSC_KEYRINGS {
+        if let Ok(data) = std::fs::read(path) {
+            certs.extend(crate::gpg::read_keyring(&data).unwrap_or_default());
+        }
+    }
+    Ok(certs)
+}
+
+/// GET `url`, at most `limit` bytes (a redirect or two allowed; 60 s in all).
+fn fetch(url: &str, limit: u64) -> Result<Vec<u8>, PortError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(3)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .user_agent(concat!("buildbay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let mut r = agent.get(url).call().map_err(|e| PortError::Bad(format!("{url}: cannot fetch it: {e}")))?;
+    let status = r.status().as_u16();
+    if status != 200 {
+        return Err(PortError::Bad(format!("{url}: the server answered {status}")));
+    }
+    r.body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| PortError::Bad(format!("{url}: reading it (at most {limit} bytes): {e}")))
 }
 
 fn bad(e: impl std::fmt::Display) -> PortError {
     PortError::Bad(e.to_string())
 }
 
-/// `nobody`'s first step, in the scratch's `tmp`: unpack the copied `.dsc` (`$1`) into `tree`,
-/// print the changelog.
-const UNPACK: &str = r#"dpkg-source -x "$1" tree >&2 && cat tree/debian/changelog"#;
+/// `nobody`'s first step, in the scratch's `tmp`: unpack the copied `.dsc` (`$1`) into `tree`
+/// (afresh for each target), print the changelog.
+const UNPACK: &str = r#"rm -rf tree && dpkg-source -x "$1" tree >&2 && cat tree/debian/changelog"#;
 /// `nobody`'s second step: the new changelog from standard input, pack the source again, print
 /// its `.changes` (`$1`: the version the changes are since).
 const PACK: &str = r#"cat > tree/debian/changelog.buildbay && mv -f tree/debian/changelog.buildbay tree/debian/changelog \
@@ -355,16 +509,17 @@ mod tests {
             options: vec!["lintian-mode=ignore".into()],
         };
         let to: Dist = "bookworm-test-unstable".parse().unwrap();
-        let new = changelog_with_entry(
-            text,
-            &req,
-            &to,
-            &v("1.0~test12+1+rebuilt20261206120000"),
-            "No-change rebuild.",
-            ("buildbay test".into(), "buildbay@localhost".into()),
-            "Sun, 06 Dec 2026 12:00:00 +0000",
-        )
-        .unwrap();
+        let version = v("1.0~test12+1+rebuilt20261206120000");
+        let job = Job {
+            source: &req.source,
+            to: &to,
+            version: &version,
+            since: &version,
+            why: "No-change rebuild.".into(),
+            options: &req.options,
+        };
+        let maintainer = ("buildbay test".into(), "buildbay@localhost".into());
+        let new = changelog_with_entry(text, &job, maintainer, "Sun, 06 Dec 2026 12:00:00 +0000").unwrap();
         let top = crate::deb::changelog::top_entry(&new).unwrap();
         assert_eq!(top.version, v("1.0~test12+1+rebuilt20261206120000"), "{new}");
         assert_eq!(top.distributions, ["bookworm-test-unstable"]);

@@ -209,26 +209,39 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             d.wake();
             Ok(json!({"retried": bkey, "upload": u}))
         }
-        "port" => {
-            let to = args
-                .list("to_distributions")
-                .iter()
-                .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("to_distributions {s:?}: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?;
-            let req = crate::port::PortRequest {
-                source: args.require("source")?,
-                from: args.require("from_distribution")?,
-                to,
-                version: args.parse("version")?,
-                options: crate::port::parse_options(args.str("options").unwrap_or(crate::port::DEFAULT_OPTIONS))
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        "port" | "port_ext" => {
+            let dists = |name: &str| {
+                args.list(name)
+                    .iter()
+                    .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("{name} {s:?}: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()
             };
+            let options = crate::port::parse_options(args.str("options").unwrap_or(crate::port::DEFAULT_OPTIONS))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
             let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);
-            let done =
-                crate::port::port(&d.inst, &archive()?, &drop, &req, chrono::Utc::now()).map_err(|e| match e {
-                    crate::port::PortError::Bad(m) => ApiError::bad_request(m),
-                    e @ crate::port::PortError::Failed(_) => ApiError::new(500, e.to_string()),
-                })?;
+            let archive = archive()?;
+            let done = if args.call.name == "port" {
+                let req = crate::port::PortRequest {
+                    source: args.require("source")?,
+                    from: args.require("from_distribution")?,
+                    to: dists("to_distributions")?,
+                    version: args.parse("version")?,
+                    options,
+                };
+                crate::port::port(&d.inst, &archive, &drop, &req, chrono::Utc::now())
+            } else {
+                let req = crate::port::ExtRequest {
+                    url: args.require("dsc")?,
+                    to: dists("distributions")?,
+                    allow_unauthenticated: args.bool("allow_unauthenticated"),
+                    options,
+                };
+                crate::port::port_ext(&d.inst, &archive, &drop, &req, chrono::Utc::now())
+            };
+            let done = done.map_err(|e| match e {
+                crate::port::PortError::Bad(m) => ApiError::bad_request(m),
+                e @ crate::port::PortError::Failed(_) => ApiError::new(500, e.to_string()),
+            })?;
             d.wake();
             Ok(serde_json::to_value(done).unwrap_or_default())
         }

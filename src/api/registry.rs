@@ -285,6 +285,42 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "port_ext",
+        auth: Role::Staff,
+        needs_running: true,
+        confirm: true,
+        group: "Developer",
+        doc: "No-change port of an external source package: the .dsc and its files are fetched by URL, the \
+              .dsc's signature is verified against the AptKeys and Debian's and Ubuntu's keyrings, each \
+              file against its signed SHA256; the target's default version appendix is appended.",
+        args: &[
+            pos("dsc", "The http or https URL of the .dsc."),
+            Arg {
+                name: "distributions",
+                positional: true,
+                short: None,
+                kind: Kind::List,
+                default: Default::Required,
+                choices: &[],
+                doc: "Uploadable distributions to port to.",
+            },
+            opt(
+                "allow_unauthenticated",
+                Some('u'),
+                Kind::Bool,
+                Default::Server,
+                "Port it even when its signature cannot be verified.",
+            ),
+            opt(
+                "options",
+                Some('O'),
+                Kind::Str,
+                Default::Value(crate::port::DEFAULT_OPTIONS),
+                "Upload options for the port's changelog entry, separated by |.",
+            ),
+        ],
+    },
+    Call {
         name: "retry",
         auth: Role::Staff,
         needs_running: true,

@@ -52,6 +52,19 @@ impl Scratch {
         }
     }
 
+    /// Write a file into the directory `sub` (made when missing), as root; returns its path.
+    pub fn put(&self, sub: &str, name: &crate::deb::FileName, data: &[u8]) -> Result<PathBuf> {
+        let to = self.dir.join(sub);
+        std::fs::create_dir_all(&to).map_err(io_err(&to))?;
+        self.copied.set(self.copied.get() + data.len() as u64);
+        if self.copied.get() > self.limit {
+            return Err(ArchiveError::TooLarge(format!("the sources are larger than {} bytes", self.limit)));
+        }
+        let path = to.join(name.as_str());
+        std::fs::write(&path, data).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
     /// Copy a pool `.dsc` and the files it lists into a directory of its own; returns the copy.
     pub fn copy_source(&self, dsc: &Path, sub: &str) -> Result<PathBuf> {
         let text = read_limited(dsc)?;

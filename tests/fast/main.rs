@@ -11,6 +11,7 @@ mod crash;
 mod fuzz;
 mod incoming;
 mod pipeline_crash;
+mod ports;
 mod remotes;
 mod repo;
 mod scale;
