@@ -20,6 +20,7 @@ pub mod gpg;
 pub mod helper;
 pub mod incoming;
 pub mod instance;
+pub mod keyring;
 #[cfg(test)]
 mod layering;
 pub mod layout;

@@ -15,6 +15,12 @@ use crate::instance::Instance;
 use std::path::Path;
 use std::process::Command;
 
+/// The name and address ports, rebuilds and keyring packages are made by (lintian takes the
+/// `.invalid` domain as a domain; `localhost` is a bogus mail host to it).
+pub fn maintainer(identity: &str) -> (String, String) {
+    (format!("buildbay {identity}").trim().to_owned(), format!("buildbay@{identity}.invalid"))
+}
+
 /// Upload options a port carries when the caller gives none (mini-buildd's default).
 pub const DEFAULT_OPTIONS: &str = "lintian-mode=ignore";
 /// Most bytes of a source a port copies.
@@ -199,20 +205,20 @@ pub fn port(
 }
 
 /// One port to make from a source copied into a scratch directory.
-struct Job<'a> {
-    source: &'a PackageName,
-    to: &'a Dist,
-    version: &'a Version,
+pub struct Job<'a> {
+    pub source: &'a PackageName,
+    pub to: &'a Dist,
+    pub version: &'a Version,
     /// The version the port's `.changes` lists changes since.
-    since: &'a Version,
+    pub since: &'a Version,
     /// The changelog entry's first line.
-    why: String,
-    options: &'a [String],
+    pub why: String,
+    pub options: &'a [String],
 }
 
 /// Unpack the copied `.dsc` as `nobody`, add the port's changelog entry, pack it again, sign
 /// its `.changes` and drop everything into `drop`.
-fn make(
+pub fn make(
     inst: &Instance,
     scratch: &Scratch,
     dsc: &Path,
@@ -221,18 +227,45 @@ fn make(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Ported, PortError> {
     let identity = inst.daemon().map_err(|e| PortError::Failed(e.to_string()))?.map(|d| d.identity.to_string());
-    let maintainer =
-        (format!("buildbay {}", identity.unwrap_or_default()).trim().to_owned(), "buildbay@localhost".to_owned());
+    let maintainer = maintainer(&identity.unwrap_or_default());
     let key = inst.key().map_err(|e| PortError::Failed(e.to_string()))?;
     let text = as_nobody(scratch, UNPACK, &[&dsc.display().to_string()], None)?;
+    // The entry goes on top of the version the .dsc is of, so that the .changes lists only it.
+    let top = crate::deb::changelog::top_entry(&text)
+        .map_err(|e| PortError::Bad(format!("the source's debian/changelog: {e}")))?;
+    if top.version != *job.since || top.package != *job.source {
+        return Err(PortError::Bad(format!(
+            "the source's debian/changelog is of {} {}, not {} {}",
+            top.package, top.version, job.source, job.since
+        )));
+    }
     let date = now.format("%a, %d %b %Y %H:%M:%S +0000").to_string();
     let new = changelog_with_entry(&text, job, maintainer, &date)?;
     let changes = as_nobody(scratch, PACK, &[job.since.as_str()], Some(new.as_bytes()))?;
     let parsed = Changes::parse(&changes).map_err(|e| PortError::Failed(format!("the port's .changes: {e}")))?;
-    if parsed.source != *job.source || parsed.version != *job.version {
-        return Err(PortError::Failed(format!(
-            "the port's .changes is of {} {}, not {} {}",
-            parsed.source, parsed.version, job.source, job.version
+    // What the archive key signs is exactly the port: its source, version and distribution,
+    // source only, the new .dsc and the files it lists, and the changes of the entry just added.
+    let dsc_name = format!("{}_{}.dsc", job.source, job.version.without_epoch());
+    let arch = parsed.stanza.get("Architecture").unwrap_or_default().trim().to_owned();
+    let options = crate::protocol::options::UploadOptions::parse(parsed.stanza.get("Changes").unwrap_or(""))
+        .map_err(|e| PortError::Bad(format!("the port's changes: {e}")))?;
+    let wanted = parse_options(&job.options.join("|"))?;
+    let wanted = crate::protocol::options::UploadOptions::parse(
+        &wanted.iter().map(|o| format!("MINI_BUILDD_OPTION: {o}\n")).collect::<String>(),
+    )
+    .map_err(|e| PortError::Bad(e.to_string()))?;
+    let files_ok = parsed.files.iter().any(|f| f.name.as_str() == dsc_name)
+        && parsed.files.iter().all(|f| f.name.as_str().starts_with(&format!("{}_", job.source)));
+    if parsed.source != *job.source
+        || parsed.version != *job.version
+        || parsed.distribution != job.to.to_string()
+        || arch != "source"
+        || !files_ok
+        || options != wanted
+    {
+        return Err(PortError::Bad(format!(
+            "the port's .changes is not the port of {} {} to {} (source only, its own files and options)",
+            job.source, job.version, job.to
         )));
     }
     let name = format!("{}_{}_source.changes", job.source, job.version.without_epoch());
@@ -249,12 +282,9 @@ fn make(
 
 /// Keyrings an external `.dsc` may be signed with, besides the configured AptKeys: Debian's and
 /// Ubuntu's, where installed.
-pub const DSC_KEYRINGS: [&str; 4] = [
-    "/usr/share/keyrings/debian-keyring.gpg",
-    "/usr/share/keyrings/debian-maintainers.gpg",
-    "/usr/share/keyrings/debian-nonupload.gpg",
-    "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
-];
+/// (Debian's uploading developers; not the maintainers' or non-uploading developers' keyrings.)
+pub const DSC_KEYRINGS: [&str; 2] =
+    ["/usr/share/keyrings/debian-keyring.gpg", "/usr/share/keyrings/ubuntu-archive-keyring.gpg"];
 /// Most bytes of an external `.dsc`.
 const MAX_DSC: u64 = 1 << 20;
 
@@ -308,17 +338,26 @@ pub fn port_ext(
             .map_err(|e| PortError::Bad(format!("{}: {e}", req.url)))?
     } else {
         let certs = dsc_keyring(inst)?;
-        let (payload, signer) = crate::gpg::verify_clearsigned(&raw, &certs).map_err(|e| {
+        // A key valid now, neither expired nor revoked, as for an upload.
+        let verified = crate::gpg::verify_upload(&raw, &certs).map_err(|e| {
             PortError::Bad(format!(
                 "{}: the .dsc's signature does not verify against the AptKeys or Debian's and Ubuntu's keyrings ({e}); \
                  add the signer as an AptKey, or allow it unauthenticated",
                 req.url
             ))
         })?;
-        tracing::info!(url = %req.url, %signer, "port_ext: .dsc signature verified");
-        String::from_utf8(payload).map_err(|_| PortError::Bad(format!("{}: not UTF-8", req.url)))?
+        tracing::info!(url = %req.url, signer = %verified.signer, "port_ext: .dsc signature verified");
+        verified.payload
     };
     let dsc = crate::deb::Dsc::parse(&signed).map_err(|e| PortError::Bad(format!("{}: not a .dsc: {e}", req.url)))?;
+    // The URL names what was signed: a server cannot pass off another signed source.
+    if !req.url.ends_with(&format!("/{}", dsc.file_name())) {
+        return Err(PortError::Bad(format!("{}: the signed .dsc is {}, not this file", req.url, dsc.file_name())));
+    }
+    let total = dsc.files.iter().try_fold(0u64, |sum, f| sum.checked_add(f.size)).filter(|t| *t <= MAX_SOURCE);
+    if total.is_none() {
+        return Err(PortError::Bad(format!("{}: its files are larger than {MAX_SOURCE} bytes", req.url)));
+    }
     let scratch = Scratch::new("port-ext", MAX_SOURCE)?;
     let dsc_name: crate::deb::FileName = dsc.file_name().parse().map_err(bad)?;
     let copy = scratch.put("in", &dsc_name, &raw)?;
@@ -401,9 +440,12 @@ fn as_nobody(scratch: &Scratch, script: &str, args: &[&str], input: Option<&[u8]
     let mut cmd = Command::new("timeout");
     cmd.args([SECS, "sh", "-c", script, "sh"]).args(args).current_dir(scratch.tmp());
     scratch.as_owner(&mut cmd);
+    // Standard error into a file of root's (not a pipe, which would fill while stdout is read).
+    let errors = scratch.root_dir("log").map_err(|e| PortError::Failed(e.to_string()))?.join("stderr");
+    let err_file = std::fs::File::create(&errors).map_err(|e| PortError::Failed(e.to_string()))?;
     cmd.stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(err_file);
     let mut child = cmd.spawn().map_err(|e| PortError::Failed(format!("dpkg-source: {e}")))?;
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin.write_all(data).map_err(|e| PortError::Failed(e.to_string()))?;
@@ -412,12 +454,18 @@ fn as_nobody(scratch: &Scratch, script: &str, args: &[&str], input: Option<&[u8]
     if let Some(o) = child.stdout.take() {
         o.take(MAX_TEXT + 1).read_to_end(&mut out).map_err(|e| PortError::Failed(e.to_string()))?;
     }
-    let mut err = Vec::new();
-    if let Some(e) = child.stderr.take() {
-        e.take(MAX_TEXT).read_to_end(&mut err).map_err(|e| PortError::Failed(e.to_string()))?;
+    if out.len() as u64 > MAX_TEXT {
+        let _ = child.kill();
     }
     let status = child.wait().map_err(|e| PortError::Failed(e.to_string()))?;
-    if !status.success() {
+    let mut err = Vec::new();
+    if let Ok(f) = std::fs::File::open(&errors) {
+        let _ = f.take(MAX_TEXT).read_to_end(&mut err);
+    }
+    if status.code() == Some(124) {
+        return Err(PortError::Failed(format!("dpkg-source took longer than {SECS} s")));
+    }
+    if !status.success() && (out.len() as u64) <= MAX_TEXT {
         let tail: Vec<&str> = std::str::from_utf8(&err).unwrap_or_default().lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(PortError::Bad(format!("the source cannot be ported ({status}): {}", tail.join(" / "))));
@@ -445,11 +493,17 @@ fn drop_files(from: &Path, drop: &Path, changes: &Changes, name: &str, signed: &
     };
     for f in &changes.files {
         let path = from.join(f.name.as_str());
-        let (file, _) = crate::protocol::tar::open_regular(&path).map_err(failed(&path))?;
+        let (file, size) = crate::protocol::tar::open_regular(&path).map_err(failed(&path))?;
+        use std::os::unix::fs::MetadataExt;
+        let links = file.metadata().map_err(failed(&path))?.nlink();
+        if links != 1 || size != f.size {
+            return Err(PortError::Bad(format!("{}: not the file the port's .changes lists", f.name)));
+        }
         use std::io::Read;
-        put(f.name.as_str(), &mut file.take(MAX_SOURCE))?;
+        put(f.name.as_str(), &mut file.take(f.size))?;
     }
-    put(name, &mut &signed[..])
+    put(name, &mut &signed[..])?;
+    std::fs::File::open(drop).and_then(|d| d.sync_all()).map_err(failed(drop))
 }
 
 #[cfg(test)]
@@ -518,7 +572,7 @@ mod tests {
             why: "No-change rebuild.".into(),
             options: &req.options,
         };
-        let maintainer = ("buildbay test".into(), "buildbay@localhost".into());
+        let maintainer = maintainer("test");
         let new = changelog_with_entry(text, &job, maintainer, "Sun, 06 Dec 2026 12:00:00 +0000").unwrap();
         let top = crate::deb::changelog::top_entry(&new).unwrap();
         assert_eq!(top.version, v("1.0~test12+1+rebuilt20261206120000"), "{new}");

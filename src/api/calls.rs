@@ -245,6 +245,32 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             d.wake();
             Ok(serde_json::to_value(done).unwrap_or_default())
         }
+        "keyring_packages" => {
+            let dists = args
+                .list("distributions")
+                .iter()
+                .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("distributions {s:?}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);
+            let base = format!("{}/repositories", origin.base_url);
+            let wake = || d.wake();
+            let (outcomes, events) = crate::keyring::build(
+                &d.inst,
+                &d.places(),
+                &drop,
+                &dists,
+                args.bool("without_migration"),
+                &base,
+                chrono::Utc::now(),
+                &wake,
+            )
+            .map_err(|e| match e {
+                crate::keyring::KeyringError::Bad(m) => ApiError::bad_request(m),
+                e @ crate::keyring::KeyringError::Failed(_) => ApiError::new(500, e.to_string()),
+            })?;
+            publish(d, &events);
+            Ok(serde_json::to_value(outcomes).unwrap_or_default())
+        }
         "cancel" => {
             let bkey = args.require::<crate::protocol::BuildKey>("bkey")?;
             let builder =

@@ -321,6 +321,26 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "keyring_packages",
+        auth: Role::Admin,
+        needs_running: true,
+        confirm: true,
+        group: "Administrator",
+        doc: "Build <identity>-archive-keyring (the archive key in /usr/share/keyrings and a deb822 .sources per \
+              repository, codename and suite that uses it) into each distribution whose suite has \
+              build_keyring_package; wait for each, and migrate an installed one fully.",
+        args: &[
+            opt(
+                "distributions",
+                Some('D'),
+                Kind::List,
+                Default::Server,
+                "Distributions (default: every one whose suite builds the keyring package).",
+            ),
+            opt("without_migration", Some('M'), Kind::Bool, Default::Server, "Do not migrate the packages."),
+        ],
+    },
+    Call {
         name: "retry",
         auth: Role::Staff,
         needs_running: true,

@@ -23,7 +23,12 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("buildbay-{what}-{}", crate::protocol::fresh_micros()));
         std::fs::DirBuilder::new().mode(0o755).create(&dir).map_err(io_err(&dir))?;
         let owner = if nix::unistd::geteuid().is_root() {
-            nix::unistd::User::from_name("nobody").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+            // Root never unpacks an uploader's source itself.
+            let nobody = nix::unistd::User::from_name("nobody").ok().flatten().ok_or_else(|| ArchiveError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other("there is no user nobody to unpack as"),
+            })?;
+            Some((nobody.uid.as_raw(), nobody.gid.as_raw()))
         } else {
             None
         };
@@ -50,6 +55,13 @@ impl Scratch {
             // std drops the supplementary groups when it sets the uid.
             cmd.uid(uid).gid(gid);
         }
+    }
+
+    /// The directory `sub` (made when missing), root's: for what root itself writes there.
+    pub fn root_dir(&self, sub: &str) -> Result<PathBuf> {
+        let to = self.dir.join(sub);
+        std::fs::create_dir_all(&to).map_err(io_err(&to))?;
+        Ok(to)
     }
 
     /// Write a file into the directory `sub` (made when missing), as root; returns its path.

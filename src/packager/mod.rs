@@ -892,7 +892,7 @@ impl Packager<'_> {
         Ok(vec![event])
     }
 
-    /// The upload's `auto-ports`, after it was installed, in mini-buildd's shape: per target,
+    /// The upload's `auto-ports` (each target once, at most [`MAX_AUTO_PORTS`]), after it was installed, in mini-buildd's shape: per target,
     /// `[true, {source, distribution, version, changes}]` or `[false, why]`. A port that cannot
     /// be made does not undo the install. Only into the upload's own repository: its uploader
     /// may upload there, and the port is signed with this instance's key (a port into another
@@ -902,8 +902,16 @@ impl Packager<'_> {
         let options = UploadOptions::parse(changes.stanza.get("Changes").unwrap_or("")).unwrap_or_default();
         let Ok(from) = u.distribution.parse::<Dist>() else { return out };
         let drop = self.inst.store.dir().join(incoming::RESULTS_DIR);
+        let mut targets: Vec<&Dist> = Vec::new();
         for to in options.auto_ports() {
-            let made = if to.repo != from.repo {
+            if !targets.contains(&to) {
+                targets.push(to);
+            }
+        }
+        for (n, to) in targets.into_iter().enumerate() {
+            let made = if n >= MAX_AUTO_PORTS {
+                Err(format!("more than {MAX_AUTO_PORTS} auto-ports: this one is not made"))
+            } else if to.repo != from.repo {
                 Err(format!(
                     "{to} is in repository {}, not {}: auto-ports stay in the upload's repository; staff can use the port call",
                     to.repo, from.repo
@@ -965,6 +973,9 @@ impl Packager<'_> {
         if bad.is_empty() { Ok(()) } else { Err(Install::Bad(bad.join("; "))) }
     }
 }
+
+/// The most auto-ports an upload makes (each one unpacks and packs its source).
+const MAX_AUTO_PORTS: usize = 5;
 
 /// What a checked build result is for.
 enum Taken {

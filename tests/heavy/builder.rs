@@ -328,6 +328,44 @@ fn sbuild_on_a_machine_image_chroot() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // 1g. keyring_packages: <identity>-archive-keyring is built into unstable, INSTALLED and
+    //     migrated to stable. apt on a clean root installs it from stable; then, with the .sources
+    //     it ships in place of the client's own line and the client's key gone, apt-get update
+    //     verifies the repository with the key the package installed.
+    let out = api_as(&srv.url, "admin", &["keyring_packages"]);
+    assert!(out.status.success(), "keyring_packages: {}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let o = &answer[0];
+    assert_eq!(o["result"], "INSTALLED", "{answer}");
+    assert!(o["migration"].to_string().contains("bookworm-test-stable"), "{answer}");
+    let name = o["source"].as_str().expect("the package's name").to_owned();
+    let client = dir.path().join("keyring-client");
+    std::fs::create_dir_all(&client).expect("mkdir");
+    let bootstrap = client.join("bootstrap.asc");
+    std::fs::copy(&key, &bootstrap).expect("copy");
+    let c = AptRoot::new(&client, &format!("{}/repositories/test", srv.url), &["bookworm-test-stable"], &bootstrap);
+    c.update();
+    let out = c.apt("apt-get", &["install", "-y", "--no-install-recommends", &name]);
+    assert!(out.status.success(), "apt-get install {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let installed_key = c.root.join(format!("usr/share/keyrings/{name}.gpg"));
+    assert!(installed_key.is_file(), "{}", installed_key.display());
+    let shipped =
+        std::fs::read_to_string(c.root.join(format!("usr/share/{name}/sources.list.d/bookworm/test_stable.sources")))
+            .expect("the shipped .sources");
+    assert!(shipped.contains(&format!("URIs: {}/repositories/test\n", srv.url)), "{shipped}");
+    std::fs::remove_file(&bootstrap).expect("rm");
+    std::fs::remove_file(c.root.join("etc/apt/sources.list.d/buildbay.sources")).expect("rm");
+    let inside = format!("{}/usr/share/keyrings/", c.root.display());
+    std::fs::write(
+        c.root.join("etc/apt/sources.list.d/keyring.sources"),
+        shipped.replace("/usr/share/keyrings/", &inside),
+    )
+    .expect("write");
+    std::fs::remove_dir_all(c.root.join("var/lib/apt/lists")).expect("rm lists");
+    std::fs::create_dir_all(c.root.join("var/lib/apt/lists/partial")).expect("mkdir");
+    c.update();
+    assert!(c.madison(&name).contains("bookworm-test-stable"), "{}", c.madison(&name));
+
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
     ftp_upload(&srv.ftp, &bad);
