@@ -171,16 +171,11 @@ pub fn port(
     // Every target checked before anything is made.
     let mut plans = Vec::new();
     for to in &req.to {
-        let ctx = archive.ctx(&to.repo)?;
-        let (_, suite, cv) = ctx.check_dist(to)?;
-        if to.rollback.is_some() || !suite.uploadable {
-            return Err(PortError::Bad(format!("{to} is not uploadable: ports go to an uploadable suite")));
-        }
+        let to_default = target_appendix(archive, to)?;
         let version = if *to == req.from {
             rebuild_version(&entry.version, &now.format("%Y%m%d%H%M%S").to_string())?
         } else {
             let (from_re, _) = from_ctx.layout.appendix(from_suite, &req.from.repo, from_cv).map_err(bad)?;
-            let (_, to_default) = ctx.layout.appendix(suite, &to.repo, cv).map_err(bad)?;
             port_version(&entry.version, &from_re, &to_default)?
         };
         plans.push((to.clone(), version));
@@ -321,12 +316,7 @@ pub fn port_ext(
     }
     let mut targets = Vec::new();
     for to in &req.to {
-        let ctx = archive.ctx(&to.repo)?;
-        let (_, suite, cv) = ctx.check_dist(to)?;
-        if to.rollback.is_some() || !suite.uploadable {
-            return Err(PortError::Bad(format!("{to} is not uploadable: ports go to an uploadable suite")));
-        }
-        targets.push((to.clone(), ctx.layout.appendix(suite, &to.repo, cv).map_err(bad)?.1));
+        targets.push((to.clone(), target_appendix(archive, to)?));
     }
     let raw = fetch(&req.url, MAX_DSC)?;
     let text =
@@ -419,6 +409,17 @@ fn fetch(url: &str, limit: u64) -> Result<Vec<u8>, PortError> {
         .limit(limit)
         .read_to_vec()
         .map_err(|e| PortError::Bad(format!("{url}: reading it (at most {limit} bytes): {e}")))
+}
+
+/// A port's target, checked (an uploadable suite of a known distribution, not a rollback): its
+/// default version appendix.
+fn target_appendix(archive: &Archive<'_>, to: &Dist) -> Result<String, PortError> {
+    let ctx = archive.ctx(&to.repo)?;
+    let (_, suite, cv) = ctx.check_dist(to)?;
+    if to.rollback.is_some() || !suite.uploadable {
+        return Err(PortError::Bad(format!("{to} is not uploadable: ports go to an uploadable suite")));
+    }
+    Ok(ctx.layout.appendix(suite, &to.repo, cv).map_err(bad)?.1)
 }
 
 fn bad(e: impl std::fmt::Display) -> PortError {

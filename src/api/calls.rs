@@ -210,12 +210,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(json!({"retried": bkey, "upload": u}))
         }
         "port" | "port_ext" => {
-            let dists = |name: &str| {
-                args.list(name)
-                    .iter()
-                    .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("{name} {s:?}: {e}"))))
-                    .collect::<Result<Vec<_>, _>>()
-            };
+            let dists = |name: &str| dist_list(args, name);
             let options = crate::port::parse_options(args.str("options").unwrap_or(crate::port::DEFAULT_OPTIONS))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);
@@ -246,11 +241,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(serde_json::to_value(done).unwrap_or_default())
         }
         "keyring_packages" => {
-            let dists = args
-                .list("distributions")
-                .iter()
-                .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("distributions {s:?}: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?;
+            let dists = dist_list(args, "distributions")?;
             let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);
             let base = format!("{}/repositories", origin.base_url);
             let wake = || d.wake();
@@ -631,6 +622,14 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
 fn component_rank(c: &str) -> (usize, String) {
     let order = ["main", "contrib", "non-free", "non-free-firmware", "universe", "restricted", "multiverse"];
     (order.iter().position(|o| *o == c).unwrap_or(order.len()), c.to_owned())
+}
+
+/// A list argument of distributions, each parsed (a bad one: 400, naming it).
+fn dist_list(args: &Args, name: &str) -> Result<Vec<Dist>, ApiError> {
+    args.list(name)
+        .iter()
+        .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("{name} {s:?}: {e}"))))
+        .collect()
 }
 
 fn sources_list(d: &Daemon, args: &Args, origin: &Origin) -> Result<String, ApiError> {

@@ -83,6 +83,25 @@ const SUBSCRIPTION_ARGS: &[Arg] = &[
     Arg { default: Default::Value(""), ..pos("source", "Source package (empty: all).") },
     Arg { default: Default::Value(""), ..pos("distribution", "Distribution (empty: all).") },
 ];
+/// The target distributions of `port` and `port_ext` (positional, one or more).
+const fn port_targets(name: &'static str) -> Arg {
+    Arg {
+        name,
+        positional: true,
+        short: None,
+        kind: Kind::List,
+        default: Default::Required,
+        choices: &[],
+        doc: "Uploadable distributions to port to.",
+    }
+}
+const PORT_OPTIONS: Arg = opt(
+    "options",
+    Some('O'),
+    Kind::Str,
+    Default::Value(crate::port::DEFAULT_OPTIONS),
+    "Upload options for the port's changelog entry, separated by |.",
+);
 const fn role(doc: &'static str) -> Arg {
     Arg {
         name: "role",
@@ -265,23 +284,9 @@ pub static CALLS: &[Call] = &[
         args: &[
             SOURCE,
             pos("from_distribution", "The distribution the source is installed in, e.g. bookworm-test-unstable."),
-            Arg {
-                name: "to_distributions",
-                positional: true,
-                short: None,
-                kind: Kind::List,
-                default: Default::Required,
-                choices: &[],
-                doc: "Uploadable distributions to port to.",
-            },
+            port_targets("to_distributions"),
             VERSION,
-            opt(
-                "options",
-                Some('O'),
-                Kind::Str,
-                Default::Value(crate::port::DEFAULT_OPTIONS),
-                "Upload options for the port's changelog entry, separated by |.",
-            ),
+            PORT_OPTIONS,
         ],
     },
     Call {
@@ -295,15 +300,7 @@ pub static CALLS: &[Call] = &[
               file against its signed SHA256; the target's default version appendix is appended.",
         args: &[
             pos("dsc", "The http or https URL of the .dsc."),
-            Arg {
-                name: "distributions",
-                positional: true,
-                short: None,
-                kind: Kind::List,
-                default: Default::Required,
-                choices: &[],
-                doc: "Uploadable distributions to port to.",
-            },
+            port_targets("distributions"),
             opt(
                 "allow_unauthenticated",
                 Some('u'),
@@ -311,13 +308,7 @@ pub static CALLS: &[Call] = &[
                 Default::Server,
                 "Port it even when its signature cannot be verified.",
             ),
-            opt(
-                "options",
-                Some('O'),
-                Kind::Str,
-                Default::Value(crate::port::DEFAULT_OPTIONS),
-                "Upload options for the port's changelog entry, separated by |.",
-            ),
+            PORT_OPTIONS,
         ],
     },
     Call {
