@@ -325,7 +325,10 @@ impl Builder {
         let mut delivered = false;
         let queue = crate::packager::build_queue(&inst.store)?;
         let queued: std::collections::HashSet<&BuildKey> = queue.iter().map(|r| &r.bkey).collect();
-        let mut running = 0;
+        // The slots running builds hold: a build still running, or a finished one whose unit
+        // still runs its after step (lintian in ignore mode). One list, so a slot is only ever
+        // given to a build when no other holds it, and only below `limits.slots`.
+        let mut held: Vec<usize> = Vec::new();
         let mut known = std::collections::HashSet::new();
         for job in jobs(&inst.store)? {
             known.insert(job.bkey.clone());
@@ -334,7 +337,7 @@ impl Builder {
             match job.state {
                 // Built, and its unit still runs the after step (lintian in ignore mode): it
                 // holds its slot (and keeps the image from being upgraded) until the unit ends.
-                JobState::Finished if after_step_running => running += 1,
+                JobState::Finished if after_step_running => held.push(job.slot),
                 // The packager has its result and the unit has ended: keep its logs, remove its
                 // directory (the debs, the sources), then forget it. A directory that cannot be
                 // removed now is tried again next pass.
@@ -350,11 +353,16 @@ impl Builder {
                     known.remove(&job.bkey);
                 }
                 JobState::Running => {
-                    if job.dir.join(BUILT).exists() || self.runner.ended(&job).await? {
+                    let ended = self.runner.ended(&job).await?;
+                    if job.dir.join(BUILT).exists() || ended {
+                        // Built, its unit still running the after step: it keeps its slot.
+                        if !ended {
+                            held.push(job.slot);
+                        }
                         events.push(self.finish(inst, job)?);
                         delivered = true;
                     } else {
-                        running += 1;
+                        held.push(job.slot);
                     }
                 }
             }
@@ -364,9 +372,9 @@ impl Builder {
         // are all this instance's.
         let remotes = !inst.active_remotes()?.is_empty();
         for req in queue {
-            if running >= self.limits.slots {
+            let Some(slot) = free_slot(&held, self.limits.slots) else {
                 break;
-            }
+            };
             if !(req.is_local() || (req.handed.is_none() && !remotes)) {
                 continue;
             }
@@ -374,10 +382,10 @@ impl Builder {
             if known.contains(&req.bkey) || preparing.contains(&chroot.id()) {
                 continue;
             }
-            match self.start(inst, &req).await {
+            match self.start(inst, &req, slot).await {
                 Ok(Some(e)) => {
                     events.push(e);
-                    running += 1;
+                    held.push(slot);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -387,7 +395,7 @@ impl Builder {
                 }
             }
         }
-        Ok(Pass { events, delivered, running })
+        Ok(Pass { events, delivered, running: held.len() })
     }
 
     /// Keep a finished build's after logs (lintian's, the checks') beside its build log, then
@@ -421,8 +429,9 @@ impl Builder {
         }
     }
 
-    /// Record the build, then have the runner stage and start it in the lowest free slot.
-    async fn start(&self, inst: &Instance, q: &QueuedBuild) -> Result<Option<Event>> {
+    /// Record the build, then have the runner stage and start it in `index`, a slot no other
+    /// build holds.
+    async fn start(&self, inst: &Instance, q: &QueuedBuild, index: usize) -> Result<Option<Event>> {
         // Not handed out yet: it is this instance's now, unless the dispatcher gave it to a
         // remote meanwhile.
         if q.handed.is_none() && q.from == crate::packager::RequestFrom::Here {
@@ -432,14 +441,6 @@ impl Builder {
                 return Ok(None);
             }
         }
-        // The lowest slot no other build holds (a finished one whose unit still runs lintian
-        // holds its slot until the unit ends).
-        let taken: Vec<usize> = jobs(&inst.store)?
-            .into_iter()
-            .filter(|j| j.state != JobState::Finished || !j.dir.join(RESULT).exists())
-            .map(|j| j.slot)
-            .collect();
-        let index = (0..).find(|s| !taken.contains(s)).unwrap_or_default();
         let mut job = self.job(q, JobState::Starting);
         job.slot = index;
         let tx = inst.store.write()?;
@@ -571,6 +572,11 @@ impl Builder {
     }
 }
 
+/// The lowest slot below `slots` that no build in `held` holds; `None`: all are busy.
+fn free_slot(held: &[usize], slots: usize) -> Option<usize> {
+    (0..slots).find(|s| !held.contains(s))
+}
+
 /// Empty the slots' apt archive caches (after an image upgrade: what they held is older than
 /// the images now, or in them).
 pub fn empty_caches(caches: &Path) {
@@ -596,6 +602,15 @@ mod tests {
         let a: BuildKey = "ab-1/1-1/20260101-000000-000000/amd64".parse().unwrap();
         let b: BuildKey = "ab/1-1-1/20260101-000000-000000/amd64".parse().unwrap();
         assert_ne!(unit_name(&a), unit_name(&b), "two builds, one unit");
+    }
+
+    #[test]
+    fn slots_are_given_only_below_the_limit_and_only_when_free() {
+        assert_eq!(free_slot(&[], 2), Some(0));
+        assert_eq!(free_slot(&[0], 2), Some(1));
+        assert_eq!(free_slot(&[1], 2), Some(0));
+        assert_eq!(free_slot(&[0, 1], 2), None, "both held: the request stays queued");
+        assert_eq!(free_slot(&[], 0), None);
     }
 
     #[test]
