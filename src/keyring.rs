@@ -11,7 +11,7 @@
 
 use crate::archive::scratch::Scratch;
 use crate::deb::{Dist, PackageName, Version};
-use crate::events::{Event, EventType};
+use crate::events::Event;
 use crate::instance::Instance;
 use std::path::Path;
 use std::time::Duration;
@@ -129,18 +129,6 @@ pub fn files(
     out
 }
 
-/// What became of one distribution's keyring package.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Outcome {
-    pub source: String,
-    pub distribution: String,
-    pub version: String,
-    /// The final event's type (INSTALLED, FAILED, REJECTED), or why there was none.
-    pub result: String,
-    /// Where it migrated to, or why not.
-    pub migration: Vec<String>,
-}
-
 /// `keyring_packages`: build the keyring package into each of `dists` (default: every
 /// distribution whose suite has `build_keyring_package`), wait for each, and migrate an
 /// INSTALLED one fully unless `without_migration`. Returns the outcomes and the events the
@@ -155,7 +143,7 @@ pub fn build(
     base_url: &str,
     now: chrono::DateTime<chrono::Utc>,
     wake: &dyn Fn(),
-) -> Result<(Vec<Outcome>, Vec<Event>), KeyringError> {
+) -> Result<(Vec<crate::port::Outcome>, Vec<Event>), KeyringError> {
     let failed = |e: &dyn std::fmt::Display| KeyringError::Failed(e.to_string());
     let archive = inst.archive().map_err(|e| failed(&e))?;
     let identity = inst.daemon().map_err(|e| failed(&e))?.map(|d| d.identity.to_string()).unwrap_or_default();
@@ -193,29 +181,8 @@ pub fn build(
     let template: Version = stamp.parse().map_err(|e| failed(&e))?;
     let key = inst.key().map_err(|e| failed(&e))?.public_binary().map_err(|e| failed(&e))?;
     let scratch = Scratch::new("keyring", 64 << 20)?;
-    let work = scratch.root_dir("in")?;
-    let tree = work.join(name.as_str());
-    for (path, body, exec) in files(&name, &identity, &key, &sources, base_url, &stamp) {
-        let p = tree.join(&path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
-        }
-        std::fs::write(&p, body).map_err(|e| failed(&e))?;
-        if exec {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(|e| failed(&e))?;
-        }
-    }
-    // Our own template (no outside byte in it but checked names): packed here.
-    let out = std::process::Command::new("dpkg-source")
-        .args(["-b", name.as_str()])
-        .current_dir(&work)
-        .output()
-        .map_err(|e| failed(&format!("dpkg-source: {e}")))?;
-    if !out.status.success() {
-        return Err(failed(&format!("dpkg-source -b: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    let dsc = work.join(format!("{name}_{stamp}.dsc"));
+    let dsc =
+        crate::port::pack_template(&scratch, &name, &stamp, files(&name, &identity, &key, &sources, base_url, &stamp))?;
     let mut made = Vec::new();
     for (to, appendix) in targets {
         let version: Version = format!("{stamp}{appendix}").parse().map_err(|e| failed(&e))?;
@@ -235,7 +202,7 @@ pub fn build(
     let mut outcomes = Vec::new();
     let mut recorded = Vec::new();
     for (to, version) in made {
-        let result = final_event(inst, &name, &to, &version)?;
+        let result = crate::port::wait_final(inst, &name, &to, &version, WAIT)?;
         let mut migration = Vec::new();
         if result == "INSTALLED" && !without_migration {
             match gate.migrate(&name, &to, Some(&version), true, false) {
@@ -253,7 +220,7 @@ pub fn build(
                 Err(e) => migration.push(format!("not migrated: {e:#}")),
             }
         }
-        outcomes.push(Outcome {
+        outcomes.push(crate::port::Outcome {
             source: name.to_string(),
             distribution: to.to_string(),
             version: version.to_string(),
@@ -262,26 +229,6 @@ pub fn build(
         });
     }
     Ok((outcomes, recorded))
-}
-
-/// The final event (INSTALLED, FAILED, REJECTED) of a keyring package's upload, waited for.
-fn final_event(inst: &Instance, name: &PackageName, to: &Dist, version: &Version) -> Result<String, KeyringError> {
-    let start = std::time::Instant::now();
-    let finals = [EventType::Installed, EventType::Failed, EventType::Rejected];
-    loop {
-        let events = crate::events::of_source(&inst.store, name.as_str(), 100)
-            .map_err(|e| KeyringError::Failed(e.to_string()))?;
-        if let Some(e) = events
-            .iter()
-            .find(|e| e.version == version.as_str() && e.distribution == to.to_string() && finals.contains(&e.kind))
-        {
-            return Ok(e.kind.as_str().to_owned());
-        }
-        if start.elapsed() > WAIT {
-            return Ok(format!("no final event within {} s; see the events", WAIT.as_secs()));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 #[cfg(test)]

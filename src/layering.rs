@@ -24,6 +24,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("port", 7),
     ("packager", 8),
     ("gate", 8),
+    ("test_packages", 8),
     ("keyring", 9),
     ("builder", 9),
     ("dispatch", 9),

@@ -33,4 +33,5 @@ pub mod serve;
 pub mod sources;
 pub mod store;
 pub mod systemd;
+pub mod test_packages;
 pub mod web;

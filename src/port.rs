@@ -422,6 +422,81 @@ fn target_appendix(archive: &Archive<'_>, to: &Dist) -> Result<String, PortError
     Ok(ctx.layout.appendix(suite, &to.repo, cv).map_err(bad)?.1)
 }
 
+/// What became of one template package (a keyring or test package) in one distribution.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub source: String,
+    pub distribution: String,
+    pub version: String,
+    /// The final event's type (INSTALLED, FAILED, REJECTED), or why there was none.
+    pub result: String,
+    /// Where it migrated to, or why not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub migration: Vec<String>,
+}
+
+/// Write a template source tree (`files`: path, content, executable) of `name` into the
+/// scratch's root-owned `in` directory and pack it with `dpkg-source -b` (buildbay's own
+/// template: no outside byte in it but checked names); returns its `.dsc`.
+pub fn pack_template(
+    scratch: &Scratch,
+    name: &PackageName,
+    version: &str,
+    files: Vec<(String, Vec<u8>, bool)>,
+) -> Result<std::path::PathBuf, PortError> {
+    let failed = |e: &dyn std::fmt::Display| PortError::Failed(e.to_string());
+    let work = scratch.root_dir("in")?;
+    let tree = work.join(name.as_str());
+    for (path, body, exec) in files {
+        let p = tree.join(&path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
+        }
+        std::fs::write(&p, body).map_err(|e| failed(&e))?;
+        if exec {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(|e| failed(&e))?;
+        }
+    }
+    let out = Command::new("dpkg-source")
+        .args(["-b", name.as_str()])
+        .current_dir(&work)
+        .output()
+        .map_err(|e| failed(&format!("dpkg-source: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(&format!("dpkg-source -b: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(work.join(format!("{name}_{version}.dsc")))
+}
+
+/// The final event (INSTALLED, FAILED or REJECTED) of a port's upload, waited for up to
+/// `wait`: its type, or that there was none.
+pub fn wait_final(
+    inst: &Instance,
+    name: &PackageName,
+    to: &Dist,
+    version: &Version,
+    wait: std::time::Duration,
+) -> Result<String, PortError> {
+    use crate::events::EventType;
+    let start = std::time::Instant::now();
+    let finals = [EventType::Installed, EventType::Failed, EventType::Rejected];
+    loop {
+        let events =
+            crate::events::of_source(&inst.store, name.as_str(), 100).map_err(|e| PortError::Failed(e.to_string()))?;
+        if let Some(e) = events
+            .iter()
+            .find(|e| e.version == version.as_str() && e.distribution == to.to_string() && finals.contains(&e.kind))
+        {
+            return Ok(e.kind.as_str().to_owned());
+        }
+        if start.elapsed() > wait {
+            return Ok(format!("no final event within {} s; see the events", wait.as_secs()));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn bad(e: impl std::fmt::Display) -> PortError {
     PortError::Bad(e.to_string())
 }

@@ -262,6 +262,31 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             publish(d, &events);
             Ok(serde_json::to_value(outcomes).unwrap_or_default())
         }
+        "test_packages" => {
+            let dists = |name: &str| {
+                args.list(name)
+                    .iter()
+                    .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("{name} {s:?}: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let req = crate::test_packages::Request {
+                sources: args.list("sources"),
+                dists: dists("distributions")?,
+                auto_ports: dists("auto_ports")?,
+                with_check: args.bool("with_check"),
+            };
+            let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);
+            let wake = || d.wake();
+            let (outcomes, wrong) = crate::test_packages::run(&d.inst, &drop, &req, chrono::Utc::now(), &wake)
+                .map_err(|e| match e {
+                    crate::port::PortError::Bad(m) => ApiError::bad_request(m),
+                    e @ crate::port::PortError::Failed(_) => ApiError::new(500, e.to_string()),
+                })?;
+            if !wrong.is_empty() {
+                return Err(ApiError::new(500, format!("the test packages' check failed: {}", wrong.join("; "))));
+            }
+            Ok(serde_json::to_value(outcomes).unwrap_or_default())
+        }
         "cancel" => {
             let bkey = args.require::<crate::protocol::BuildKey>("bkey")?;
             let builder =

@@ -332,6 +332,42 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "test_packages",
+        auth: Role::Admin,
+        needs_running: true,
+        confirm: true,
+        group: "Administrator",
+        doc: "Upload buildbay's test packages (mbd-test-archall, mbd-test-cpp, mbd-test-ftbfs) to the active \
+              experimental distributions. With --with-check, wait: archall and cpp must be INSTALLED, ftbfs \
+              must FAIL.",
+        args: &[
+            Arg {
+                name: "sources",
+                positional: false,
+                short: Some('S'),
+                kind: Kind::List,
+                default: Default::Server,
+                choices: &["mbd-test-archall", "mbd-test-cpp", "mbd-test-ftbfs"],
+                doc: "Test packages (default: all three).",
+            },
+            opt(
+                "distributions",
+                Some('D'),
+                Kind::List,
+                Default::Server,
+                "Active experimental distributions (default: the first experimental suite of each repository and codename).",
+            ),
+            opt("auto_ports", Some('A'), Kind::List, Default::Server, "auto-ports for the test packages."),
+            opt(
+                "with_check",
+                Some('c'),
+                Kind::Bool,
+                Default::Server,
+                "Wait, and fail unless archall and cpp are INSTALLED and ftbfs FAILED.",
+            ),
+        ],
+    },
+    Call {
         name: "retry",
         auth: Role::Staff,
         needs_running: true,

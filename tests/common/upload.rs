@@ -362,6 +362,38 @@ pub fn api_as(url: &str, user: &str, call: &[&str]) -> std::process::Output {
     )
 }
 
+/// A python keyring backend that answers every lookup with `$BB_TEST_PASSWORD`.
+const KEYRING_SHIM: &str = r#"import os
+from keyring.backend import KeyringBackend
+class Env(KeyringBackend):
+    priority = 1
+    def get_password(self, service, username):
+        return os.environ.get("BB_TEST_PASSWORD")
+    def set_password(self, service, username, password):
+        pass
+    def delete_password(self, service, username):
+        pass
+"#;
+
+/// A call through the real mini-buildd client (`mini-buildd-api` from mini-buildd-utils), as
+/// `user` (password `<user>-password`), confirmed, unchanged: its password comes from a python
+/// keyring backend (a test shim naming the password) as a user's keyring would give it. The
+/// answer is printed as JSON.
+pub fn mbd_client_as(url: &str, user: &str, call: &str, args: &[&str]) -> std::process::Output {
+    let shim = std::env::temp_dir().join(format!("bb-keyring-shim-{}", std::process::id()));
+    std::fs::create_dir_all(&shim).expect("mkdir");
+    std::fs::write(shim.join("bbtestkeyring.py"), KEYRING_SHIM).expect("write");
+    let endpoint = url.replacen("://", &format!("://{user}@"), 1);
+    super::run(
+        Command::new("mini-buildd-api")
+            .args(["--json", "--auto-confirm", "--script-mode", call, &endpoint])
+            .args(args)
+            .env("PYTHONPATH", &shim)
+            .env("PYTHON_KEYRING_BACKEND", "bbtestkeyring.Env")
+            .env("BB_TEST_PASSWORD", format!("{user}-password")),
+    )
+}
+
 /// Wall-clock seconds since the epoch.
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

@@ -267,7 +267,8 @@ fn sbuild_on_a_machine_image_chroot() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{bad:?}: {err}");
     }
-    let out = api_as(&srv.url, "admin", &["port", "bbhello", UNSTABLE, UNSTABLE]);
+    // mini-buildd's own client, unchanged, for the calls that work.
+    let out = mbd_client_as(&srv.url, "admin", "port", &["bbhello", UNSTABLE, UNSTABLE]);
     assert!(out.status.success(), "port: {}", String::from_utf8_lossy(&out.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("port's answer");
     let rebuilt = answer[0]["version"].as_str().expect("the port's version").to_owned();
@@ -328,11 +329,12 @@ fn sbuild_on_a_machine_image_chroot() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // 1g. keyring_packages: <identity>-archive-keyring is built into unstable, INSTALLED and
-    //     migrated to stable. apt on a clean root installs it from stable; then, with the .sources
-    //     it ships in place of the client's own line and the client's key gone, apt-get update
-    //     verifies the repository with the key the package installed.
-    let out = api_as(&srv.url, "admin", &["keyring_packages"]);
+    // 1g. keyring_packages (through mini-buildd's client): <identity>-archive-keyring is built
+    //     into unstable, INSTALLED and migrated to stable. apt on a clean root installs it from
+    //     stable; then, with the .sources it ships in place of the client's own line and the
+    //     client's key gone, apt-get update verifies the repository with the key the package
+    //     installed.
+    let out = mbd_client_as(&srv.url, "admin", "keyring_packages", &[]);
     assert!(out.status.success(), "keyring_packages: {}", String::from_utf8_lossy(&out.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let o = &answer[0];
@@ -365,6 +367,23 @@ fn sbuild_on_a_machine_image_chroot() {
     std::fs::create_dir_all(c.root.join("var/lib/apt/lists/partial")).expect("mkdir");
     c.update();
     assert!(c.madison(&name).contains("bookworm-test-stable"), "{}", c.madison(&name));
+
+    // 1h. test_packages --with-check (through mini-buildd's client): buildbay's three test
+    //     packages in experimental; archall and cpp end INSTALLED, ftbfs FAILED, and the call
+    //     reports each.
+    let out = mbd_client_as(&srv.url, "admin", "test_packages", &["--with-check"]);
+    assert!(out.status.success(), "test_packages: {}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let result = |source: &str| {
+        answer.as_array().into_iter().flatten().find(|o| o["source"] == source).map(|o| o["result"].clone())
+    };
+    assert_eq!(result("mbd-test-archall"), Some("INSTALLED".into()), "{answer}");
+    assert_eq!(result("mbd-test-cpp"), Some("INSTALLED".into()), "{answer}");
+    assert_eq!(result("mbd-test-ftbfs"), Some("FAILED".into()), "{answer}");
+    assert!(
+        answer.as_array().into_iter().flatten().all(|o| o["distribution"] == "bookworm-test-experimental"),
+        "{answer}"
+    );
 
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
