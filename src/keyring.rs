@@ -179,7 +179,9 @@ pub fn build(
     }
     let stamp = now.format("%Y%m%d%H%M%S").to_string();
     let template: Version = stamp.parse().map_err(|e| failed(&e))?;
-    let key = inst.key().map_err(|e| failed(&e))?.public_binary().map_err(|e| failed(&e))?;
+    let archive_key = inst.key().map_err(|e| failed(&e))?;
+    let fingerprint = archive_key.fingerprint();
+    let key = archive_key.public_binary().map_err(|e| failed(&e))?;
     let scratch = Scratch::new("keyring", 64 << 20)?;
     let dsc =
         crate::port::pack_template(&scratch, &name, &stamp, files(&name, &identity, &key, &sources, base_url, &stamp))?;
@@ -197,6 +199,7 @@ pub fn build(
         crate::port::make(inst, &scratch, &dsc, &job, drop, now)?;
         made.push((to, version));
     }
+    record(inst, made.iter().map(|(_, v)| v), &fingerprint).map_err(|e| failed(&e))?;
     wake();
     let gate = crate::gate::Gate { inst, archive: &archive, places };
     let mut outcomes = Vec::new();
@@ -229,6 +232,66 @@ pub fn build(
         });
     }
     Ok((outcomes, recorded))
+}
+
+/// Remember which key the keyring package `versions` ship.
+fn record<'v>(
+    inst: &Instance,
+    versions: impl Iterator<Item = &'v Version>,
+    fingerprint: &str,
+) -> Result<(), crate::store::StoreError> {
+    let tx = inst.store.write()?;
+    {
+        let mut t = tx.open_table(crate::store::KEYRING_BUILDS)?;
+        for v in versions {
+            t.insert(v.as_str(), fingerprint)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Whether one distribution's keyring package ships the active key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyringState {
+    pub distribution: String,
+    /// The version it holds; `None`: none.
+    pub version: Option<String>,
+    /// It holds a keyring package this instance built with its active archive key.
+    pub current: bool,
+}
+
+/// The keyring package in each distribution that builds it or holds it (rollbacks aside).
+pub fn states(inst: &Instance) -> Result<Vec<KeyringState>, KeyringError> {
+    let failed = |e: &dyn std::fmt::Display| KeyringError::Failed(e.to_string());
+    let Some(daemon) = inst.daemon().map_err(|e| failed(&e))? else { return Ok(vec![]) };
+    let name = package_name(daemon.identity.as_str())?;
+    let active = inst.key().map_err(|e| failed(&e))?.fingerprint();
+    let archive = inst.archive().map_err(|e| failed(&e))?;
+    let read = inst.store.read().map_err(|e| failed(&e))?;
+    let built = match read.open_table(crate::store::KEYRING_BUILDS) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(failed(&e)),
+    };
+    let mut out = Vec::new();
+    for r in inst.list::<crate::config::Repository>().map_err(|e| failed(&e))? {
+        let ctx = archive.ctx(&r.identity)?;
+        let held = archive.ls(&r.identity, &name)?;
+        for dist in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
+            let version = held.iter().find(|e| e.distribution == dist).map(|e| e.version.to_string());
+            let builds = ctx.layout.suite(&dist.suite).is_some_and(|s| s.build_keyring_package);
+            if version.is_none() && !builds {
+                continue;
+            }
+            let current = match (&version, &built) {
+                (Some(v), Some(t)) => t.get(v.as_str()).map_err(|e| failed(&e))?.is_some_and(|f| f.value() == active),
+                _ => false,
+            };
+            out.push(KeyringState { distribution: dist.to_string(), version, current });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

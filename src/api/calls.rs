@@ -106,6 +106,15 @@ fn publish(d: &Daemon, events: &[Event]) {
     }
 }
 
+/// Whether each distribution's keyring package ships the active key (empty, and logged, when
+/// that cannot be told now: `status` must answer regardless).
+pub fn keyring_states(d: &Daemon) -> Vec<crate::keyring::KeyringState> {
+    crate::keyring::states(&d.inst).unwrap_or_else(|e| {
+        tracing::warn!("cannot tell whether the keyring packages are current: {e}");
+        vec![]
+    })
+}
+
 /// Run a call whose arguments and admission were checked.
 pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Result<Json, ApiError> {
     let archive = || d.inst.archive().map_err(ApiError::from);
@@ -139,6 +148,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "chroots_preparing": d.chroots_preparing(),
                 "packaging": packaging(d)?,
                 "build_queue": queue,
+                "keyring_packages": keyring_states(d),
             });
             if args.bool("with_repositories") {
                 let mut repos = serde_json::Map::new();

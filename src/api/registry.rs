@@ -128,7 +128,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: false,
         group: "Consumer",
-        doc: "Status of the instance: identity, URLs, load (-1 when stopped), active chroots, chroots_preparing (being made now: their uploads wait), and remotes (the URLs of the active remotes, and of those armed to activate once a check passes).",
+        doc: "Status of the instance: identity, URLs, load (-1 when stopped), active chroots, chroots_preparing (being made now: their uploads wait), remotes (the URLs of the active remotes, and of those armed to activate once a check passes), and keyring_packages (per distribution that builds or holds the keyring package: its version, and whether it ships the active archive key).",
         args: &[opt(
             "with_repositories",
             Some('R'),

@@ -48,6 +48,8 @@ pub const PENDING: TableDefinition<u64, u8> = TableDefinition::new("pending");
 pub const UPLOAD_KEYS: TableDefinition<&str, u64> = TableDefinition::new("upload_keys");
 /// bkey `<source>/<version>/<timecode>/<arch>` → JSON `packager::BuildRequest`, waiting for a builder.
 pub const BUILD_QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("build_queue");
+/// keyring package version → fingerprint of the archive key it ships (`keyring`).
+pub const KEYRING_BUILDS: TableDefinition<&str, &str> = TableDefinition::new("keyring_builds");
 /// bkey → JSON `builder::Job`: builds started and not yet taken by the packager.
 pub const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
 

@@ -260,6 +260,7 @@ fn repositories(d: &Daemon, v: &Viewer, t: &Templates) -> Page {
     let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
     let archive = d.inst.archive()?;
     let mut repos = Vec::new();
+    let keyring_states = crate::api::calls::keyring_states(d);
     for r in d.inst.list::<config::Repository>()? {
         let Ok(ctx) = archive.ctx(&r.identity) else { continue };
         let mut dists = Vec::new();
@@ -301,8 +302,13 @@ fn repositories(d: &Daemon, v: &Viewer, t: &Templates) -> Page {
             suites.join(" "),
             components.join(" ")
         );
+        let keyring: Vec<&crate::keyring::KeyringState> = keyring_states
+            .iter()
+            .filter(|k| k.distribution.parse::<crate::deb::Dist>().is_ok_and(|d| d.repo == r.identity))
+            .collect();
         repos.push(json!({
             "identity": id,
+            "keyring": keyring,
             "layout": r.layout,
             "state": status_label(&r.status),
             "active": r.status.is_active(),
@@ -315,7 +321,7 @@ fn repositories(d: &Daemon, v: &Viewer, t: &Templates) -> Page {
     Ok((
         "repositories",
         json!({"title": "Repositories", "nav": "repositories", "repositories": repos, "fingerprint": fingerprint(d)?,
-               "pub_key": d.inst.pub_key().unwrap_or_default(), "base_url": v.base_url}),
+               "pub_key": d.inst.pub_key().unwrap_or_default(), "base_url": v.base_url, "running": d.is_running()}),
     ))
 }
 
@@ -441,9 +447,28 @@ fn source(d: &Daemon, v: &Viewer, name: &str) -> Page {
     };
     Ok((
         "source",
-        json!({"title": source.as_str(), "nav": "", "source": source.as_str(), "repositories": repos,
+        json!({"title": source.as_str(), "nav": "", "source": source.as_str(), "repositories": repos, "port_targets": port_targets(d)?,
                "events": history.iter().map(event_json).collect::<Vec<_>>(), "failed": failed, "builds": built, "subscribed": subscribed}),
     ))
+}
+
+/// Where a port may go: the uploadable distributions of the active repositories (none while the
+/// daemon is stopped: `port` needs it running).
+fn port_targets(d: &Daemon) -> Result<Vec<String>, ApiError> {
+    if !d.is_running() {
+        return Ok(vec![]);
+    }
+    let archive = d.inst.archive()?;
+    let mut out = Vec::new();
+    for r in d.inst.list::<config::Repository>()?.into_iter().filter(|r| r.status.is_active()) {
+        let Ok(ctx) = archive.ctx(&r.identity) else { continue };
+        for dist in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
+            if ctx.layout.suite(&dist.suite).is_some_and(|s| s.uploadable) {
+                out.push(dist.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn builds(d: &Daemon, v: &Viewer) -> Page {

@@ -123,6 +123,27 @@ async function trackerMigrateAndLiveEvent() {
   await page.click("main >> text=Back");
   check(page.url().includes(`/mini_buildd/sources/${source}/`), "Back returns to the tracker");
 
+  // Port (a rebuild in place) from the tracker: the target chosen, confirmed; the answer
+  // names the new version, which goes through incoming as an upload.
+  const unstableAgain = page.locator("tr", { has: page.locator("th", { hasText: "bookworm-web-unstable" }) });
+  const port = unstableAgain.locator("form", { has: page.locator("button", { hasText: "Port" }) });
+  await port.locator("select[name=to_distributions]").selectOption("bookworm-web-unstable");
+  await port.locator("input[name=confirm]").check();
+  await Promise.all([page.waitForURL(/\/api\/port\//), port.locator("button").click()]);
+  const answer = await page.textContent("main pre");
+  check(answer.includes(`"version": "${process.env.BB_VERSION}+rebuilt`), `the port answers with the rebuilt version: ${answer}`);
+  await shot("port");
+  await page.click("main >> text=Back");
+  check(page.url().includes(`/mini_buildd/sources/${source}/`), "Back returns to the tracker after the port");
+
+  // The repository page: the keyring package's state, and the admin's actions behind a
+  // confirmation.
+  await page.goto(base + "/mini_buildd/repositories/");
+  const keyring = await page.locator("ul.keyring li", { hasText: "bookworm-web-unstable" }).textContent();
+  check(keyring.includes("bookworm-web-unstable: not built"), `the keyring package is not built yet: ${keyring}`);
+  check((await page.locator("form", { has: page.locator("button", { hasText: "Build keyring packages" }) }).count()) === 1, "the admin can build the keyring packages");
+  check((await page.locator("form", { has: page.locator("button", { hasText: "Upload test packages" }) }).count()) === 1, "the admin can upload the test packages");
+
   const live = events.locator(`tbody tr[data-type=MIGRATED][data-source="${source}"]`);
   await live.first().waitFor({ timeout: 15000 });
   check(await events.evaluate(() => window.__notReloaded === true), "the events page was not reloaded");
@@ -149,12 +170,17 @@ async function anonymousIsRefused() {
   }
   const source = process.env.BB_SOURCE;
   await page.goto(base + `/mini_buildd/sources/${source}/`);
-  check((await page.locator("button", { hasText: /Migrate|Remove|Restore/ }).count()) === 0, "no actions on the tracker for anonymous");
+  check((await page.locator("button", { hasText: /Migrate|Remove|Restore|Port/ }).count()) === 0, "no actions on the tracker for anonymous");
+  await page.goto(base + "/mini_buildd/repositories/");
+  check((await page.locator("button", { hasText: /keyring|test packages/ }).count()) === 0, "no keyring or test package actions for anonymous");
   for (const [call, form] of [
     ["config_action", { kind: "repository", id: "web", action: "remove", confirm: "config_action" }],
     ["repository_set", { identity: "evil", distributions: "bookworm", confirm: "repository_set" }],
     ["config_set", { kind: "source", object: "{\"origin\": \"Evil\", \"codename\": \"evil\", \"codeversion\": \"1\", \"components\": [], \"architectures\": []}", confirm: "config_set" }],
     ["migrate", { source, distribution: "bookworm-web-testing", confirm: "migrate" }],
+    ["port", { source, from_distribution: "bookworm-web-unstable", to_distributions: "bookworm-web-unstable", confirm: "port" }],
+    ["keyring_packages", { confirm: "keyring_packages" }],
+    ["test_packages", { confirm: "test_packages" }],
     ["remove", { source, distribution: "bookworm-web-unstable", confirm: "remove" }],
     ["setup", { update: "all", repositories: "evil:Default:bookworm", confirm: "setup" }],
   ]) {

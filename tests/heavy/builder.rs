@@ -334,6 +334,12 @@ fn sbuild_on_a_machine_image_chroot() {
     //     stable; then, with the .sources it ships in place of the client's own line and the
     //     client's key gone, apt-get update verifies the repository with the key the package
     //     installed.
+    let keyring_state = |dist: &str| {
+        let status = api(&srv.url, "status", "");
+        let states = status["keyring_packages"].as_array().cloned().unwrap_or_default();
+        states.into_iter().find(|k| k["distribution"] == dist).unwrap_or_else(|| panic!("{dist}: {status}"))
+    };
+    assert_eq!(keyring_state(UNSTABLE)["current"], false, "not built yet");
     let out = mbd_client_as(&srv.url, "admin", "keyring_packages", &[]);
     assert!(out.status.success(), "keyring_packages: {}", String::from_utf8_lossy(&out.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -341,6 +347,10 @@ fn sbuild_on_a_machine_image_chroot() {
     assert_eq!(o["result"], "INSTALLED", "{answer}");
     assert!(o["migration"].to_string().contains("bookworm-test-stable"), "{answer}");
     let name = o["source"].as_str().expect("the package's name").to_owned();
+    for dist in [UNSTABLE, "bookworm-test-stable"] {
+        let state = keyring_state(dist);
+        assert!(state["current"] == true && state["version"] == o["version"], "status says it is current: {state}");
+    }
     let client = dir.path().join("keyring-client");
     std::fs::create_dir_all(&client).expect("mkdir");
     let bootstrap = client.join("bootstrap.asc");
