@@ -395,6 +395,51 @@ fn sbuild_on_a_machine_image_chroot() {
         "{answer}"
     );
 
+    // 1i. port into another codename: bullseye added to repository test (with its chroot, made
+    //     through the API), bbhello ported from bookworm's unstable to bullseye's ends INSTALLED
+    //     there with bullseye's appendix and its changelog entry, and apt sees it there.
+    let t = Instant::now();
+    let out = api_as(
+        &srv.url,
+        "admin",
+        &[
+            "setup",
+            "--distributions",
+            "bullseye:amd64",
+            "--repositories",
+            "test:Default:bookworm+bullseye",
+            "--chroots",
+            "bullseye:amd64",
+        ],
+    );
+    assert!(out.status.success(), "setup bullseye: {}", String::from_utf8_lossy(&out.stderr));
+    println!("setup bullseye (distribution and chroot): {:.1} s", t.elapsed().as_secs_f64());
+    const BULLSEYE: &str = "bullseye-test-unstable";
+    let out = mbd_client_as(&srv.url, "admin", "port", &["bbhello", UNSTABLE, BULLSEYE]);
+    assert!(out.status.success(), "port to bullseye: {}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("port's answer");
+    let ported = answer[0]["version"].as_str().expect("the port's version").to_owned();
+    assert!(ported.starts_with("1.0~test11+1"), "bullseye's appendix: {answer}");
+    let start = Instant::now();
+    let installed = loop {
+        let e = final_event_within(&srv.url, "bbhello", BUILD_WAIT);
+        if e["version"] == ported.as_str() {
+            break e;
+        }
+        assert!(start.elapsed() < BUILD_WAIT, "no final event of the port {ported}: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(installed["type"], "INSTALLED", "{installed}");
+    assert_eq!(installed["distribution"], BULLSEYE, "{installed}");
+    let changes = walk_named(&inst.state().join("spool"), &format!("bbhello_{ported}_source.changes"));
+    let text = std::fs::read_to_string(&changes[0]).expect("the port's .changes");
+    assert!(text.contains(&format!("bbhello ({ported}) {BULLSEYE}; urgency=")), "its changelog entry: {text}");
+    let bullseye = dir.path().join("bullseye");
+    std::fs::create_dir_all(&bullseye).expect("mkdir");
+    let apt11 = AptRoot::new(&bullseye, &format!("{}/repositories/test", srv.url), &[BULLSEYE], &key);
+    apt11.update();
+    assert!(apt11.madison("bbhello").contains(&ported), "{}", apt11.madison("bbhello"));
+
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
     ftp_upload(&srv.ftp, &bad);
