@@ -66,6 +66,19 @@ pub struct SetupOptions {
     /// Origins (`Debian`, `Ubuntu`) whose keys (from the host's keyring package), main archive
     /// and current releases to add.
     pub from_origins: Vec<String>,
+    /// mini-buildd's `--archives-from-origins` and `--sources-from-origins`: with either, the
+    /// origins add only what is asked; with neither, both.
+    pub archives_from_origins: bool,
+    pub sources_from_origins: bool,
+    /// Add the origins' archives through an apt-cacher-ng on this host (port 3142).
+    pub archives_from_proxy: bool,
+    /// mini-buildd's `--distributions-from-sources` and `--chroots-from-sources`: one for each
+    /// release codename among the sources, for this host's architecture.
+    pub distributions_from_sources: bool,
+    pub chroots_from_sources: bool,
+    /// mini-buildd's `--repositories-from-distributions`: `id[:layout]`, each over the
+    /// codenames of this setup's distributions.
+    pub repositories_from_distributions: Vec<String>,
     pub key_algo: KeyAlgo,
     /// Remotes to add (`http://host:port`, or mini-buildd's `tcp:host=H:port=P`): their key
     /// imported, then checked (a handshake both ways) and activated.
@@ -331,6 +344,8 @@ impl Instance {
 
     /// Declaratively create or update objects, then prepare, check and activate them.
     pub fn setup(&self, opts: &SetupOptions) -> Result<Vec<SetupItem>> {
+        let expanded = opts.expand(host_arch()).map_err(InstanceError::Setup)?;
+        let opts = &expanded;
         let mut report = Vec::new();
         let now = chrono::Utc::now();
         let item = SetupItem::new;
@@ -369,14 +384,27 @@ impl Instance {
         // Origins: their keys, main archive and releases.
         let mut archives: Vec<ArchiveUrl> = Vec::new();
         let mut source_specs: Vec<(String, crate::deb::ArchiveSuite)> = Vec::new();
+        let (origin_archives, origin_sources) = opts.origin_parts();
+        if opts.archives_from_proxy && !proxy_answers() {
+            return Err(InstanceError::Setup(format!(
+                "--archives-from-proxy: no apt-cacher-ng answers on {PROXY}; install and start apt-cacher-ng, or give --archives"
+            )));
+        }
         for name in &opts.from_origins {
             let o = sources::origin(name).map_err(|e| InstanceError::Setup(e.to_string()))?;
-            archives.push(o.archive.parse().map_err(InstanceError::Setup)?);
-            for r in o.releases {
-                source_specs.push((
-                    o.name.to_owned(),
-                    r.parse().map_err(|e: crate::deb::names::NameError| InstanceError::Setup(e.to_string()))?,
-                ));
+            if origin_archives {
+                archives.push(o.archive.parse().map_err(InstanceError::Setup)?);
+            }
+            if opts.archives_from_proxy {
+                archives.push(proxied(o.archive).parse().map_err(InstanceError::Setup)?);
+            }
+            if origin_sources {
+                for r in o.releases {
+                    source_specs.push((
+                        o.name.to_owned(),
+                        r.parse().map_err(|e: crate::deb::names::NameError| InstanceError::Setup(e.to_string()))?,
+                    ));
+                }
             }
         }
         // Archives.
@@ -403,7 +431,8 @@ impl Instance {
                     "source {spec:?}: {why}; use Origin:codename, e.g. Debian:bookworm-backports"
                 ))
             };
-            let (origin, codename) = spec.split_once(':').ok_or_else(|| bad("no codename".into()))?;
+            // mini-buildd's bare codename (`bookworm`, `bookworm-backports`): its origin is known.
+            let (origin, codename) = spec.split_once(':').unwrap_or((bare_origin(spec), spec));
             sources::valid_origin(origin).map_err(bad)?;
             source_specs.push((
                 origin.to_owned(),
@@ -1058,6 +1087,80 @@ pub fn chroot_specs(specs: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Where `--archives-from-proxy` looks for apt-cacher-ng.
+const PROXY: &str = "127.0.0.1:3142";
+
+fn proxy_answers() -> bool {
+    PROXY.parse().is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok())
+}
+
+/// An archive URL through apt-cacher-ng: `http://deb.debian.org/debian/` →
+/// `http://127.0.0.1:3142/deb.debian.org/debian/`.
+fn proxied(archive: &str) -> String {
+    let rest = archive.split_once("://").map_or(archive, |(_, r)| r);
+    format!("http://{PROXY}/{rest}")
+}
+
+/// The origin of a bare source codename (`bookworm-backports` → Debian, `noble` → Ubuntu).
+fn bare_origin(codename: &str) -> &'static str {
+    let base = codename.split('-').next().unwrap_or(codename);
+    sources::ORIGINS.iter().find(|o| o.releases.contains(&base)).map_or("Debian", |o| o.name)
+}
+
+impl SetupOptions {
+    /// Which parts the origins add: (archives, sources).
+    pub fn origin_parts(&self) -> (bool, bool) {
+        if self.archives_from_origins || self.sources_from_origins {
+            (self.archives_from_origins, self.sources_from_origins)
+        } else {
+            (true, true)
+        }
+    }
+
+    /// mini-buildd's `--*-from-*` options made explicit (pure): distributions and chroots for
+    /// each release codename among the sources (`native`: this host's architecture), then
+    /// repositories over every distribution's codename.
+    pub fn expand(&self, native: &str) -> std::result::Result<SetupOptions, String> {
+        let mut out = self.clone();
+        let mut codenames: Vec<String> = Vec::new();
+        let mut add = |c: &str| {
+            // Releases only: `bookworm-backports` is a source of bookworm, not a distribution.
+            if !c.contains('-') && !codenames.iter().any(|x| x == c) {
+                codenames.push(c.to_owned());
+            }
+        };
+        for spec in &self.sources {
+            add(spec.split_once(':').map_or(spec.as_str(), |(_, c)| c));
+        }
+        if self.origin_parts().1 {
+            for name in &self.from_origins {
+                sources::origin(name).map_err(|e| e.to_string())?.releases.iter().for_each(|c| add(c));
+            }
+        }
+        let has = |specs: &[String], c: &str| specs.iter().any(|s| s.split(':').next() == Some(c));
+        for c in &codenames {
+            if self.distributions_from_sources && !has(&out.distributions, c) {
+                out.distributions.push(format!("{c}:{native}"));
+            }
+            if self.chroots_from_sources && !out.chroots.iter().any(|s| s == &format!("{c}:{native}")) {
+                out.chroots.push(format!("{c}:{native}"));
+            }
+        }
+        if !self.repositories_from_distributions.is_empty() {
+            let all: Vec<&str> = out.distributions.iter().filter_map(|s| s.split(':').next()).collect();
+            if all.is_empty() {
+                return Err("--repositories-from-distributions: there are no distributions to use; give --distributions or --distributions-from-sources".into());
+            }
+            for r in &self.repositories_from_distributions {
+                // No layout: the repository's default (Debian Developer for debdev, else Default).
+                let (id, layout) = r.split_once(':').unwrap_or((r.as_str(), ""));
+                out.repositories.push(format!("{id}:{layout}:{}", all.join("+")));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A stored configuration object, typed by its kind.
 fn decode_object(k: config::Kind, id: &str, bytes: &[u8]) -> Result<config::Object> {
     use config::{Kind, Object};
@@ -1151,6 +1254,33 @@ pub fn default_identity() -> Identity {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn from_options_expand_like_mini_buildds() {
+        let opts = super::SetupOptions {
+            sources: vec!["bookworm".into(), "Debian:bookworm-backports".into(), "Ubuntu:noble".into()],
+            distributions: vec!["bookworm:amd64+i386".into()],
+            distributions_from_sources: true,
+            chroots_from_sources: true,
+            repositories_from_distributions: vec!["test".into(), "debdev:Debian Developer".into()],
+            ..Default::default()
+        };
+        let x = opts.expand("amd64").unwrap();
+        assert_eq!(x.distributions, ["bookworm:amd64+i386", "noble:amd64"], "the given one kept, backports no release");
+        assert_eq!(x.chroots, ["bookworm:amd64", "noble:amd64"]);
+        assert_eq!(x.repositories, ["test::bookworm+noble", "debdev:Debian Developer:bookworm+noble"]);
+        // With neither flag, the origins add archives and sources; with one, only that.
+        let o = super::SetupOptions { from_origins: vec!["Debian".into()], ..Default::default() };
+        assert_eq!(o.origin_parts(), (true, true));
+        let o = super::SetupOptions { archives_from_origins: true, ..o };
+        assert_eq!(o.origin_parts(), (true, false));
+        assert!(o.expand("amd64").unwrap().distributions.is_empty());
+        let none = super::SetupOptions { repositories_from_distributions: vec!["test".into()], ..Default::default() };
+        assert!(none.expand("amd64").unwrap_err().contains("no distributions"));
+        assert_eq!(super::bare_origin("noble"), "Ubuntu");
+        assert_eq!(super::bare_origin("bookworm-backports"), "Debian");
+        assert_eq!(super::proxied("http://deb.debian.org/debian/"), "http://127.0.0.1:3142/deb.debian.org/debian/");
+    }
+
     #[test]
     fn chroot_specs_take_mini_buildds_plus() {
         let specs = ["bookworm:amd64+i386".to_owned(), "trixie:arm64".to_owned(), "bad".to_owned()];

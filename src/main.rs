@@ -590,6 +590,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 // Remotes need the running daemon (its URL): `buildbay api setup --remotes`.
                 remotes: vec![],
                 key_algo,
+                // mini-buildd's other spellings (the --*-from-* options): `buildbay api setup`.
                 // Working as the state's owner (not root): chroots are the helper's work.
                 places: buildbay::chroot::Places {
                     helper: owner.and_then(|_| {
@@ -598,6 +599,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     }),
                     ..Default::default()
                 },
+                ..Default::default()
             })?;
             print(json, &report, |r| {
                 r.iter()

@@ -510,10 +510,25 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 archives_from_apt_sources: args.bool("archives_from_apt_sources"),
                 sources: args.list("sources"),
                 from_origins: args.list("from_origins"),
+                archives_from_origins: args.bool("archives_from_origins"),
+                sources_from_origins: args.bool("sources_from_origins"),
+                archives_from_proxy: args.bool("archives_from_proxy"),
+                distributions_from_sources: args.bool("distributions_from_sources"),
+                chroots_from_sources: args.bool("chroots_from_sources"),
+                repositories_from_distributions: args.list("repositories_from_distributions"),
                 remotes: args.list("remotes"),
                 key_algo: Default::default(),
                 places: d.places(),
             };
+            if let Some(b) = args.str("chroots_backend").filter(|b| *b != "Dir") {
+                return Err(ApiError::bad_request(format!(
+                    "chroots_backend {b}: buildbay keeps its chroots as machine images in /var/lib/machines with an overlay per build (mini-buildd's Dir); drop the option or give Dir"
+                )));
+            }
+            let ftp_endpoint = args.str("ftp_endpoint").map(|e| {
+                json!({"given": e, "applied": false, "listening": format!("{}:{}", origin.host(), d.ftp_port),
+                       "why": "the FTP listener is `buildbay serve --ftp` or buildbay-ftp.socket (systemctl edit buildbay-ftp.socket)"})
+            });
             let update = args.str("update") == Some("all")
                 || !opts.distributions.is_empty()
                 || !opts.repositories.is_empty()
@@ -522,13 +537,15 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 || opts.archives_from_apt_sources
                 || !opts.sources.is_empty()
                 || !opts.from_origins.is_empty()
+                || opts.archives_from_proxy
+                || !opts.repositories_from_distributions.is_empty()
                 || !opts.remotes.is_empty();
             let report = if update { d.inst.setup(&opts)? } else { vec![] };
             Ok(json!({
                 "setup": {"identity": args.str("identity"), "from_origins": opts.from_origins, "archives": opts.archives,
                           "archives_from_apt_sources": opts.archives_from_apt_sources, "sources": opts.sources,
                           "distributions": opts.distributions, "repositories": opts.repositories, "chroots": opts.chroots,
-                          "remotes": opts.remotes},
+                          "remotes": opts.remotes, "chroots_backend": "Dir", "ftp_endpoint": ftp_endpoint},
                 "instances": report,
                 "report": {"daemon": d.inst.daemon()?.map(|x| x.identity.to_string()), "repositories": repositories(d)?.iter().map(|r| r.identity.to_string()).collect::<Vec<_>>()},
             }))

@@ -32,6 +32,7 @@ impl ApiError {
             403 => "Forbidden",
             404 => "Not Found",
             429 => "Too Many Requests",
+            501 => "Not Implemented",
             503 => "Service Unavailable",
             _ => "Internal Server Error",
         }
@@ -51,6 +52,10 @@ pub enum Value {
     List(Vec<String>),
 }
 
+/// Query keys that are about the request, not the call: the answer's format, the confirmation,
+/// the browser form's CSRF token and where it goes afterwards.
+pub const TRANSPORT_KEYS: &[&str] = &["output", "confirm", "csrfmiddlewaretoken", "next", "back"];
+
 /// The arguments of one call, parsed and checked against the registry.
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -59,13 +64,24 @@ pub struct Args {
 }
 
 impl Args {
-    /// Parse mini-buildd's query encoding. Unknown keys (`output`, `confirm`, …) are ignored, as
-    /// mini-buildd ignores them; empty values count as not given.
+    /// Parse mini-buildd's query encoding; empty values count as not given. A key that is
+    /// neither an argument of the call nor one of the transport's ([`TRANSPORT_KEYS`]) is an
+    /// error that names the call's arguments: nothing a client sends is silently dropped.
     pub fn from_query<'a>(
         call: &'static Call,
         query: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Args, ApiError> {
         let given: BTreeMap<&str, &str> = query.into_iter().collect();
+        if let Some(unknown) =
+            given.keys().find(|k| !TRANSPORT_KEYS.contains(k) && !call.args.iter().any(|a| a.name == **k))
+        {
+            let names: Vec<&str> = call.args.iter().map(|a| a.name).collect();
+            return Err(ApiError::bad_request(format!(
+                "API call '{}' has no argument {unknown:?}; its arguments are: {}",
+                call.name,
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            )));
+        }
         let mut values = BTreeMap::new();
         for a in call.args {
             let raw = match given.get(a.name).copied().filter(|v| !v.is_empty()) {
@@ -251,6 +267,18 @@ mod tests {
         assert!(
             Args::from_query(migrate, [("source", "hello")]).unwrap_err().detail.contains("distribution is required")
         );
+        // An unknown argument is named, with the call's own; the transport's keys pass.
+        let e = Args::from_query(migrate, [("source", "hello"), ("distribution", "d"), ("keys", "x")]).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.detail.contains("no argument \"keys\"") && e.detail.contains("source, distribution, full"),
+            "{}",
+            e.detail
+        );
+        let ok = [("source", "h"), ("distribution", "d"), ("confirm", "migrate"), ("output", "html"), ("next", "/")];
+        assert!(Args::from_query(migrate, ok).is_ok());
+        let start = registry::find("start").unwrap();
+        assert!(Args::from_query(start, [("force", "True")]).unwrap_err().detail.contains("arguments are: none"));
     }
 
     #[test]

@@ -487,11 +487,39 @@ pub static CALLS: &[Call] = &[
                 "Add the archives of this host's apt sources.",
             ),
             opt(
+                "archives_from_origins",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Add the --from-origins' archives (with neither this nor --sources-from-origins, --from-origins adds both).",
+            ),
+            opt(
+                "archives_from_proxy",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Add the --from-origins' archives through the apt-cacher-ng on this host (127.0.0.1:3142); an error if none answers.",
+            ),
+            opt(
+                "sources_from_origins",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Add the --from-origins' current releases as sources.",
+            ),
+            opt(
                 "sources",
                 None,
                 Kind::List,
                 Default::Value(""),
-                "Origin:codename, e.g. Debian:bookworm-backports: sources to check against the archives (InRelease, verified).",
+                "[Origin:]codename, e.g. bookworm or Debian:bookworm-backports: sources to check against the archives (InRelease, verified).",
+            ),
+            opt(
+                "distributions_from_sources",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Add a distribution for each release codename among the sources, for this host's architecture.",
             ),
             opt(
                 "distributions",
@@ -508,11 +536,41 @@ pub static CALLS: &[Call] = &[
                 "id:layout:codename0+codename1, e.g. test:Default:bookworm.",
             ),
             opt(
+                "repositories_from_distributions",
+                None,
+                Kind::List,
+                Default::Value(""),
+                "id[:layout] (no layout: Debian Developer for debdev, else Default): repositories over the codenames of this setup's distributions.",
+            ),
+            opt(
                 "chroots",
                 None,
                 Kind::List,
                 Default::Value(""),
-                "codename:arch, e.g. bookworm:amd64: chroots (machine images) to prepare, check and activate.",
+                "codename:arch0[+arch1], e.g. bookworm:amd64: chroots (machine images) to prepare, check and activate.",
+            ),
+            opt(
+                "chroots_from_sources",
+                None,
+                Kind::Bool,
+                Default::Server,
+                "Add a chroot for each release codename among the sources, for this host's architecture.",
+            ),
+            Arg {
+                name: "chroots_backend",
+                positional: false,
+                short: Some('C'),
+                kind: Kind::Str,
+                default: Default::Server,
+                choices: &["Dir", "File", "LVM", "LoopLVM", "BtrfsSnapshot"],
+                doc: "mini-buildd's chroot backends: buildbay's chroots are machine images in /var/lib/machines with an overlay per build, which is Dir; the others are refused.",
+            },
+            opt(
+                "ftp_endpoint",
+                None,
+                Kind::Str,
+                Default::Server,
+                "Not changed by setup: the FTP listener is `serve --ftp` or buildbay-ftp.socket; a given value is answered with where it is.",
             ),
         ],
     },
@@ -757,6 +815,24 @@ pub static CALLS: &[Call] = &[
     },
 ];
 
+/// mini-buildd's calls that buildbay does not answer (yet), each with the reason; the HTTP API
+/// answers them with 501 and the reason, and the reference lists them.
+pub const NOT_SUPPORTED: &[(&str, &str)] = &[
+    (
+        "cronjob",
+        "buildbay has no internal job table yet (the issue \"Operations\"); events expire on their own and chroot images are upgraded periodically (`serve --chroot-upgrade-interval`).",
+    ),
+    (
+        "debmirror",
+        "not yet (the issue \"Operations\"); the repositories are plain directories under /var/lib/buildbay/repositories, which rsync or Debian's debmirror can mirror over HTTP.",
+    ),
+];
+
+/// Why a mini-buildd call is not supported, if it is one of those.
+pub fn not_supported(name: &str) -> Option<&'static str> {
+    NOT_SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, why)| *why)
+}
+
 pub fn find(name: &str) -> Option<&'static Call> {
     CALLS.iter().find(|c| c.name == name)
 }
@@ -820,6 +896,10 @@ pub fn markdown() -> String {
                 out.push_str(&format!("- `{}` ({kind}, {default}{choices}): {}\n", a.name, a.doc));
             }
         }
+    }
+    out.push_str("\n## Not supported\n\nmini-buildd's calls that buildbay does not answer; over HTTP they get 501 with the reason.\n\n");
+    for (name, why) in NOT_SUPPORTED {
+        out.push_str(&format!("- `{name}`: {why}\n"));
     }
     out
 }

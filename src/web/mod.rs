@@ -183,8 +183,9 @@ async fn api_call(
         None => headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html")),
     };
     let result = async {
-        let call = registry::find(name.trim_end_matches('/')).ok_or_else(|| {
-            ApiError::new(404, format!("no API call {name:?}; GET /mini_buildd/api/?output=json lists them"))
+        let call = registry::find(name.trim_end_matches('/')).ok_or_else(|| match registry::not_supported(name.trim_end_matches('/')) {
+            Some(why) => ApiError::new(501, format!("mini-buildd's call {name:?} is not supported: {why}")),
+            None => ApiError::new(404, format!("no API call {name:?}; GET /mini_buildd/api/?output=json lists them")),
         })?;
         let who = principal(&web, &headers).await?;
         let confirm = query.iter().find(|(k, _)| k == "confirm").map(|(_, v)| v.as_str());

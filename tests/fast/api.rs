@@ -466,3 +466,62 @@ fn the_api_reference_is_the_registry() {
     let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("docs/api.md");
     assert!(generated == file, "docs/api.md is stale: run `buildbay api-reference > docs/api.md`");
 }
+
+/// mini-buildd's own call table (its python module, as its client uses it): call → argument names.
+fn mini_buildd_calls() -> Vec<(String, Vec<String>)> {
+    let script = "import json, mini_buildd.api as api\n\
+                  print(json.dumps({n: [a.identity for a in c.iarguments()] for n, c in api.CALLS.items()}))";
+    let out = ok(Command::new("/usr/bin/python3").args(["-c", script]));
+    let table: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    table
+        .into_iter()
+        .map(|(n, args)| {
+            let args = args.as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from)).collect();
+            (n, args)
+        })
+        .collect()
+}
+
+#[test]
+fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
+    use buildbay::api::registry;
+    let calls = mini_buildd_calls();
+    assert!(calls.len() >= 30 && calls.iter().any(|(n, _)| n == "setup"), "{calls:?}");
+    for (name, args) in &calls {
+        match registry::find(name) {
+            Some(ours) => {
+                for a in args {
+                    assert!(
+                        ours.args.iter().any(|o| o.name == a),
+                        "mini-buildd's {name} --{a} is not an argument here"
+                    );
+                }
+            }
+            None => {
+                assert!(registry::not_supported(name).is_some(), "mini-buildd's call {name} is neither here nor listed")
+            }
+        }
+    }
+
+    // Over HTTP: an unsupported call says why (501); an unknown argument is refused with the
+    // call's arguments; mini-buildd's chroot backends other than Dir are refused with the reason.
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let s = serve(&inst);
+    let (code, _, body) = curl(&[&format!("{}/mini_buildd/api/cronjob/?output=json", s.url)]);
+    assert_eq!(code, 501, "{body}");
+    assert!(body.contains("not supported") && body.contains("Operations"), "{body}");
+    let (code, _, body) = curl(&[&format!("{}/mini_buildd/api/ls/?source=hello&sauce=1&output=json", s.url)]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no argument \\\"sauce\\\"") && body.contains("source, repositories"), "{body}");
+    let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &["--chroots-backend", "LVM"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chroots_backend LVM") && err.contains("Dir"), "{err}");
+    // A setting setup does not change is answered with where it is set, not dropped.
+    let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &["--ftp-endpoint", "tcp6:port=8067"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"applied\": false") && text.contains("buildbay-ftp.socket"),
+        "{text}"
+    );
+}

@@ -439,6 +439,10 @@ fn sbuild_on_a_machine_image_chroot() {
     let apt11 = AptRoot::new(&bullseye, &format!("{}/repositories/test", srv.url), &[BULLSEYE], &key);
     apt11.update();
     assert!(apt11.madison("bbhello").contains(&ported), "{}", apt11.madison("bbhello"));
+    let out = apt11.apt("apt-get", &["install", "-y", "--no-install-recommends", "bbhello"]);
+    assert!(out.status.success(), "apt installs the port: {}", String::from_utf8_lossy(&out.stderr));
+    let status = std::fs::read_to_string(apt11.root.join("var/lib/dpkg/status")).expect("dpkg status");
+    assert!(status.contains(&format!("Version: {ported}\n")), "{status}");
 
     // 2. A package that fails to build: FAILED, and the result carries the log.
     let bad = buildable_source(dir.path(), "bbftbfs", "1.0~test12+1", UNSTABLE, "echo this build breaks >&2; exit 1");
