@@ -517,6 +517,25 @@ fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
     let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &["--chroots-backend", "LVM"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("chroots_backend LVM") && err.contains("Dir"), "{err}");
+    // mini-buildd's setup spellings through its own client: with no arguments it inspects and
+    // changes nothing; a bare codename is a source of its known origin (offline here, so its
+    // check fails, and says why).
+    let config = || crate::common::upload::api_as(&s.url, "admin", &["config_ls"]).stdout;
+    let before = config();
+    assert!(String::from_utf8_lossy(&before).contains("\"kind\""), "config_ls answers");
+    let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("\"instances\": []"), "{text}");
+    assert_eq!(config(), before, "inspecting changed nothing");
+    let out = crate::common::upload::mbd_client_as(
+        &s.url,
+        "admin",
+        "setup",
+        &["--update", "all", "--sources", "bookworm-backports"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("\"id\": \"Debian:bookworm-backports\""), "{text}");
+    assert!(text.contains("no archive serves Debian:bookworm-backports"), "{text}");
     // A setting setup does not change is answered with where it is set, not dropped.
     let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &["--ftp-endpoint", "tcp6:port=8067"]);
     let text = String::from_utf8_lossy(&out.stdout);
