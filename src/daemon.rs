@@ -36,6 +36,12 @@ pub struct Daemon {
     pub packaging_deadline: chrono::Duration,
     /// How long a remote may take to answer a build request handed to it.
     pub remote_deadline: chrono::Duration,
+    /// Days events are kept, and days finished uploads are kept (the jobs' settings).
+    pub keep_events_days: u32,
+    pub expire_builds_days: u32,
+    /// Added to the clock the job schedule reads (tests: a run missed while the daemon was
+    /// down); zero in production.
+    pub jobs_clock_offset: chrono::Duration,
     /// Set when the dispatcher has work (a request queued, a result to send home).
     dispatch_wake: (Mutex<bool>, std::sync::Condvar),
     /// When the pipeline and the builders last finished a pass (the watchdog's heartbeats).
@@ -97,6 +103,9 @@ impl Daemon {
             build_wake: tokio::sync::Notify::new(),
             packaging_deadline: chrono::Duration::hours(8),
             remote_deadline: chrono::Duration::hours(7),
+            keep_events_days: 365,
+            expire_builds_days: 5,
+            jobs_clock_offset: chrono::Duration::zero(),
             dispatch_wake: (Mutex::new(false), std::sync::Condvar::new()),
             heartbeats: Heartbeats::default(),
         }
@@ -105,6 +114,19 @@ impl Daemon {
     /// Set how long an upload may wait in PACKAGING.
     pub fn with_packaging_deadline(mut self, d: std::time::Duration) -> Daemon {
         self.packaging_deadline = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(8));
+        self
+    }
+
+    /// Set how long events and finished uploads are kept.
+    pub fn with_retention(mut self, keep_events_days: u32, expire_builds_days: u32) -> Daemon {
+        self.keep_events_days = keep_events_days;
+        self.expire_builds_days = expire_builds_days;
+        self
+    }
+
+    /// Shift the clock the job schedule reads by `days` (tests only).
+    pub fn with_jobs_clock_offset(mut self, days: i64) -> Daemon {
+        self.jobs_clock_offset = chrono::Duration::days(days);
         self
     }
 

@@ -30,6 +30,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("dispatch", 9),
     ("helper", 10),
     ("daemon", 10),
+    ("jobs", 10),
     ("api", 11),
     ("web", 12),
     ("client", 12),

@@ -20,6 +20,7 @@ pub mod gpg;
 pub mod helper;
 pub mod incoming;
 pub mod instance;
+pub mod jobs;
 pub mod keyring;
 #[cfg(test)]
 mod layering;

@@ -332,6 +332,13 @@ struct FtpArgs {
     /// Days to keep events.
     #[arg(long, default_value_t = 365)]
     keep_events_days: u32,
+    /// Days finished uploads (spool directories, records) and kept build logs stay
+    /// (mini-buildd's `expire_builds_after`).
+    #[arg(long, default_value_t = 5)]
+    expire_builds_days: u32,
+    /// Days added to the clock the job schedule reads (for tests of missed runs).
+    #[arg(long, default_value_t = 0, hide = true)]
+    jobs_clock_offset_days: i64,
     /// Seconds an event hook may run before it is killed.
     #[arg(long, default_value_t = 60)]
     hook_timeout: u64,
@@ -561,6 +568,8 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 packaging_timeout: std::time::Duration::from_secs(build.packaging_timeout),
                 remote_deadline: std::time::Duration::from_secs(build.remote_deadline),
                 keep_events_days: ftp.keep_events_days,
+                expire_builds_days: ftp.expire_builds_days,
+                jobs_clock_offset_days: ftp.jobs_clock_offset_days,
                 hook_timeout: std::time::Duration::from_secs(ftp.hook_timeout),
                 build: build.setup(&cli.state),
                 default_setup: !no_default_setup,

@@ -25,6 +25,10 @@ pub struct Options {
     /// How long a remote may take to answer a build request handed to it.
     pub remote_deadline: Duration,
     pub keep_events_days: u32,
+    /// Days finished uploads (their spool directories and records) and kept build logs stay.
+    pub expire_builds_days: u32,
+    /// Days added to the clock the job schedule reads (tests: a missed run).
+    pub jobs_clock_offset_days: i64,
     pub hook_timeout: Duration,
     /// The builds on this host.
     pub build: crate::builder::setup::Setup,
@@ -180,7 +184,9 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
                 incoming.clone(),
             )
             .with_packaging_deadline(opts.packaging_timeout)
-            .with_remote_deadline(opts.remote_deadline),
+            .with_remote_deadline(opts.remote_deadline)
+            .with_retention(opts.keep_events_days, opts.expire_builds_days)
+            .with_jobs_clock_offset(opts.jobs_clock_offset_days),
         );
         match crate::protocol::remote::RemoteUrl::new(false, &daemon.host, daemon.http_port) {
             Ok(url) => daemon.inst.set_public_url(url),
@@ -227,7 +233,7 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .spawn(move || recheck.run_recheck())
             .context("starting the remotes' re-check")?;
         daemon.wake();
-        spawn_housekeeping(daemon.clone(), opts.keep_events_days, opts.hook_timeout);
+        spawn_housekeeping(daemon.clone(), opts.hook_timeout);
         let status = match ftp_addr {
             Some(f) => format!("serving http://{addr}/repositories/ and ftp://{f}/incoming"),
             None => format!("serving http://{addr}/repositories/ (uploads off)"),
@@ -245,12 +251,9 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
     })
 }
 
-/// Event hooks for every event, and the daily expiry of old events.
-fn spawn_housekeeping(
-    daemon: std::sync::Arc<crate::daemon::Daemon>,
-    keep_days: u32,
-    hook_timeout: std::time::Duration,
-) {
+/// Event hooks for every event, and the internal jobs (`jobs`): those due, or missed while the
+/// daemon was down, run at the start and then whenever due (checked every minute).
+fn spawn_housekeeping(daemon: std::sync::Arc<crate::daemon::Daemon>, hook_timeout: std::time::Duration) {
     let state = daemon.inst.store.dir().to_owned();
     let hooks = crate::events::Hooks {
         dir: state.join("etc/event-hooks"),
@@ -270,14 +273,19 @@ fn spawn_housekeeping(
         }
     });
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let before = chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days));
-            match crate::events::expire(&daemon.inst.store, before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired events older than {keep_days} days"),
-                Err(e) => tracing::warn!("expiring events: {e}"),
+            let d = daemon.clone();
+            let ran = tokio::task::spawn_blocking(move || {
+                let now = chrono::Utc::now() + d.jobs_clock_offset;
+                crate::api::calls::with_jobs(&d, |ctx| crate::jobs::run_due(ctx, now))
+            })
+            .await;
+            match ran {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("the internal jobs cannot run now: {e}"),
+                Err(e) => tracing::warn!("the internal jobs' task failed: {e}"),
             }
         }
     });

@@ -115,6 +115,18 @@ pub fn keyring_states(d: &Daemon) -> Vec<crate::keyring::KeyringState> {
     })
 }
 
+/// Run `f` on the internal jobs with this daemon's settings (the `cronjob` call, the schedule).
+pub fn with_jobs<T>(d: &Daemon, f: impl FnOnce(&crate::jobs::Ctx<'_>) -> T) -> T {
+    let wake = || d.wake();
+    let ctx = crate::jobs::Ctx {
+        inst: &d.inst,
+        keep_events_days: d.keep_events_days,
+        expire_builds_days: d.expire_builds_days,
+        wake: &wake,
+    };
+    f(&ctx)
+}
+
 /// Run a call whose arguments and admission were checked.
 pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Result<Json, ApiError> {
     let archive = || d.inst.archive().map_err(ApiError::from);
@@ -549,6 +561,14 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "instances": report,
                 "report": {"daemon": d.inst.daemon()?.map(|x| x.identity.to_string()), "repositories": repositories(d)?.iter().map(|r| r.identity.to_string()).collect::<Vec<_>>()},
             }))
+        }
+        "cronjob" => {
+            let id = args.require::<String>("id")?;
+            let record = with_jobs(d, |ctx| crate::jobs::run_now(ctx, &id)).map_err(|e| match e {
+                e @ crate::jobs::JobError::Unknown(..) => ApiError::bad_request(e.to_string()),
+                e => ApiError::new(500, e.to_string()),
+            })?;
+            Ok(json!({ id: record }))
         }
         "start" => {
             let daemon =

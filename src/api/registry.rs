@@ -575,6 +575,15 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "cronjob",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Run an internal job now (out of schedule); answers its record: when it ran, how long, what it did or why it failed, and its next scheduled run. The crontab page lists them all.",
+        args: &[Arg { choices: crate::jobs::IDS, ..pos("id", "The job, by mini-buildd's id.") }],
+    },
+    Call {
         name: "remake_chroots",
         auth: Role::Admin,
         needs_running: false,
@@ -817,16 +826,10 @@ pub static CALLS: &[Call] = &[
 
 /// mini-buildd's calls that buildbay does not answer (yet), each with the reason; the HTTP API
 /// answers them with 501 and the reason, and the reference lists them.
-pub const NOT_SUPPORTED: &[(&str, &str)] = &[
-    (
-        "cronjob",
-        "buildbay has no internal job table yet (the issue \"Operations\"); events expire on their own and chroot images are upgraded periodically (`serve --chroot-upgrade-interval`).",
-    ),
-    (
-        "debmirror",
-        "not yet (the issue \"Operations\"); the repositories are plain directories under /var/lib/buildbay/repositories, which rsync or Debian's debmirror can mirror over HTTP.",
-    ),
-];
+pub const NOT_SUPPORTED: &[(&str, &str)] = &[(
+    "debmirror",
+    "not yet (the issue \"Operations\"); the repositories are plain directories under /var/lib/buildbay/repositories, which rsync or Debian's debmirror can mirror over HTTP.",
+)];
 
 /// Why a mini-buildd call is not supported, if it is one of those.
 pub fn not_supported(name: &str) -> Option<&'static str> {

@@ -197,6 +197,29 @@ pub fn put(tx: &redb::WriteTransaction, u: &Upload) -> std::result::Result<(), S
     Ok(())
 }
 
+/// Forget a finished upload (its records only; the caller removed its spool directory): its
+/// record, its key, and the drop box names claimed for it.
+pub fn forget(store: &store::Store, u: &Upload) -> std::result::Result<(), StoreError> {
+    let tx = store.write()?;
+    tx.open_table(UPLOADS)?.remove(u.id)?;
+    tx.open_table(PENDING)?.remove(u.id)?;
+    tx.open_table(UPLOAD_KEYS)?.remove(u.key().as_str())?;
+    {
+        let mut claimed = tx.open_table(CLAIMED)?;
+        let names: Vec<String> = claimed
+            .iter()?
+            .filter_map(|e| e.ok())
+            .filter(|(_, id)| id.value() == u.id)
+            .map(|(n, _)| n.value().to_owned())
+            .collect();
+        for n in names {
+            claimed.remove(n.as_str())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Every upload, oldest first.
 pub fn list(store: &store::Store) -> std::result::Result<Vec<Upload>, StoreError> {
     list_from(&store.read()?.open_table(UPLOADS)?)

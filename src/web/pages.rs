@@ -30,6 +30,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("distribution", include_str!("../../templates/distribution.hbs")),
     ("source", include_str!("../../templates/source.hbs")),
     ("builds", include_str!("../../templates/builds.hbs")),
+    ("crontab", include_str!("../../templates/crontab.hbs")),
     ("events", include_str!("../../templates/events.hbs")),
     ("config", include_str!("../../templates/config.hbs")),
     ("repository_form", include_str!("../../templates/repository_form.hbs")),
@@ -471,6 +472,22 @@ fn port_targets(d: &Daemon) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+/// The internal jobs: schedule, last run (when, how long, the result) and next run.
+fn crontab(d: &Daemon) -> Page {
+    let jobs = crate::jobs::table(&d.inst).map_err(|e| ApiError::new(500, e.to_string()))?;
+    let rows: Vec<Json> = jobs
+        .iter()
+        .map(|(def, r)| {
+            json!({"id": def.id(), "period": def.period.name(), "doc": def.doc,
+                   "last_run": r.as_ref().and_then(|r| r.last_run).map(|t| events::iso::format(&t)),
+                   "seconds": r.as_ref().map(|r| format!("{:.1}", r.seconds)),
+                   "ok": r.as_ref().is_none_or(|r| r.ok), "result": r.as_ref().map(|r| r.result.clone()),
+                   "next_run": r.as_ref().map(|r| events::iso::format(&r.next_run))})
+        })
+        .collect();
+    Ok(("crontab", json!({"title": "Crontab", "nav": "crontab", "jobs": rows})))
+}
+
 fn builds(d: &Daemon, v: &Viewer) -> Page {
     let status = call(d, &v.who, &v.base_url, "status", &[])?;
     let finished: Vec<Json> = latest_events(d, |e| e.kind == EventType::Built, EVENTS_SHOWN)?
@@ -903,6 +920,7 @@ enum PageId {
     Setup,
     Api,
     Account,
+    Crontab,
 }
 
 impl PageId {
@@ -923,6 +941,7 @@ impl PageId {
             }
             ["mini_buildd", "setup"] => PageId::Setup,
             ["mini_buildd", "api"] => PageId::Api,
+            ["mini_buildd", "crontab"] => PageId::Crontab,
             ["accounts", "profile"] => PageId::Account,
             _ => return None,
         })
@@ -952,6 +971,7 @@ impl PageId {
             PageId::Setup => setup_page(d, q),
             PageId::Api => api_page(&v.who),
             PageId::Account => account(d, v),
+            PageId::Crontab => crontab(d),
         }
     }
 }

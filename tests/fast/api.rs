@@ -508,7 +508,7 @@ fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
     let inst = Instance::new("ed25519");
     ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
     let s = serve(&inst);
-    let (code, _, body) = curl(&[&format!("{}/mini_buildd/api/cronjob/?output=json", s.url)]);
+    let (code, _, body) = curl(&[&format!("{}/mini_buildd/api/debmirror/?output=json", s.url)]);
     assert_eq!(code, 501, "{body}");
     assert!(body.contains("not supported") && body.contains("Operations"), "{body}");
     let (code, _, body) = curl(&[&format!("{}/mini_buildd/api/ls/?source=hello&sauce=1&output=json", s.url)]);

@@ -10,6 +10,7 @@ mod browser;
 mod crash;
 mod fuzz;
 mod incoming;
+mod jobs;
 mod pipeline_crash;
 mod ports;
 mod remotes;
