@@ -479,10 +479,10 @@ fn crontab(d: &Daemon) -> Page {
         .iter()
         .map(|(def, r)| {
             json!({"id": def.id(), "period": def.period.name(), "doc": def.doc,
-                   "last_run": r.as_ref().and_then(|r| r.last_run).map(|t| events::iso::format(&t)),
+                   "last_run": r.as_ref().and_then(|r| r.last_run).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
                    "seconds": r.as_ref().map(|r| format!("{:.1}", r.seconds)),
                    "ok": r.as_ref().is_none_or(|r| r.ok), "result": r.as_ref().map(|r| r.result.clone()),
-                   "next_run": r.as_ref().map(|r| events::iso::format(&r.next_run))})
+                   "next_run": r.as_ref().map(|r| r.next_run.format("%Y-%m-%d %H:%M UTC").to_string())})
         })
         .collect();
     Ok(("crontab", json!({"title": "Crontab", "nav": "crontab", "jobs": rows})))

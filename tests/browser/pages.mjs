@@ -150,6 +150,21 @@ async function trackerMigrateAndLiveEvent() {
   await events.screenshot({ path: `${shots}/events.png`, fullPage: true });
 }
 
+async function crontabRunNow() {
+  // The crontab page from the admin's menu; a job run now with the confirmation shows its result.
+  await page.goto(base + "/mini_buildd/");
+  await Promise.all([page.waitForURL(/\/mini_buildd\/crontab\//), page.click("nav >> text=Crontab")]);
+  const row = page.locator("tr[data-job='cronjob_setup_inspect (WEEKLY)']");
+  check((await row.locator("td").first().textContent()).trim() === "—", "the inspection has not run yet");
+  await row.locator("input[name=confirm]").check();
+  await Promise.all([page.waitForURL(/\/mini_buildd\/crontab\//), row.locator("button", { hasText: "Run now" }).click()]);
+  const after = page.locator("tr[data-job='cronjob_setup_inspect (WEEKLY)']");
+  check((await after.locator(".badge").textContent()) === "ok", "the job ran and succeeded");
+  check((await after.textContent()).includes("objects"), "its result is shown");
+  check((await after.locator("time").count()) === 2, "its last and next runs are shown");
+  await shot("crontab");
+}
+
 async function screenshots() {
   for (const [name, path] of [["home", "/mini_buildd/"], ["repositories", "/mini_buildd/repositories/"], ["builds", "/mini_buildd/builds/"],
     ["setup", "/mini_buildd/setup/?distributions=bookworm:amd64&repositories=web:Default:bookworm"], ["api", "/mini_buildd/api/"], ["account", "/accounts/profile/"]]) {
@@ -181,6 +196,7 @@ async function anonymousIsRefused() {
     ["port", { source, from_distribution: "bookworm-web-unstable", to_distributions: "bookworm-web-unstable", confirm: "port" }],
     ["keyring_packages", { confirm: "keyring_packages" }],
     ["test_packages", { confirm: "test_packages" }],
+    ["cronjob", { id: "cronjob_expire_events (WEEKLY)", confirm: "cronjob" }],
     ["remove", { source, distribution: "bookworm-web-unstable", confirm: "remove" }],
     ["setup", { update: "all", repositories: "evil:Default:bookworm", confirm: "setup" }],
   ]) {
@@ -221,6 +237,7 @@ try {
   } else if (phase === "tracker") {
     await login();
     await trackerMigrateAndLiveEvent();
+    await crontabRunNow();
     await screenshots();
   } else if (phase === "anonymous") {
     await anonymousIsRefused();
