@@ -46,6 +46,8 @@ pub struct Daemon {
     dispatch_wake: (Mutex<bool>, std::sync::Condvar),
     /// When the pipeline and the builders last finished a pass (the watchdog's heartbeats).
     pub heartbeats: Heartbeats,
+    /// What `/metrics` counts.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
@@ -108,6 +110,7 @@ impl Daemon {
             jobs_clock_offset: chrono::Duration::zero(),
             dispatch_wake: (Mutex::new(false), std::sync::Condvar::new()),
             heartbeats: Heartbeats::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 

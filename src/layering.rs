@@ -11,6 +11,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("deb", 1),
     ("auth", 1),
     ("events", 1),
+    ("metrics", 2),
     ("protocol", 2),
     ("layout", 2),
     ("config", 3),

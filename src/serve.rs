@@ -261,10 +261,14 @@ fn spawn_housekeeping(daemon: std::sync::Arc<crate::daemon::Daemon>, hook_timeou
         timeout: hook_timeout,
     };
     let mut rx = daemon.bus.subscribe();
+    let metrics_daemon = daemon.clone();
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(event) => hooks.run(&event).await,
+                Ok(event) => {
+                    metrics_daemon.metrics.event(&event);
+                    hooks.run(&event).await
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!("event hooks fell behind and skipped {n} events")
                 }

@@ -33,9 +33,9 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # tests/heavy/appliance.rs, which also builds buildbay's own .deb (debhelper), checks it with lintian, and
 # debootstraps the tree it installs it into.
 # The browser test (tests/fast/browser.rs): Debian's chromium, driven by playwright-core from npm;
-# devscripts for the debdiff call.
+# devscripts for the debdiff call; python3-prometheus-client parses /metrics as Prometheus would.
 TEST=(dpkg-dev gnupg gpgv apt debian-archive-keyring xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
-      debhelper lintian debootstrap chromium devscripts)
+      debhelper lintian debootstrap chromium devscripts python3-prometheus-client)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 

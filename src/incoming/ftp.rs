@@ -107,9 +107,7 @@ impl DropBox {
             return Some("the quota of bytes waiting in incoming");
         }
         if check_disk {
-            let free = nix::sys::statvfs::statvfs(&self.incoming)
-                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-                .unwrap_or(u64::MAX);
+            let free = crate::store::free_bytes(&self.incoming).unwrap_or(u64::MAX);
             if free < self.quota.reserve {
                 return Some("the free disk the server keeps");
             }

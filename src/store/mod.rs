@@ -53,6 +53,11 @@ pub const KEYRING_BUILDS: TableDefinition<&str, &str> = TableDefinition::new("ke
 /// bkey → JSON `builder::Job`: builds started and not yet taken by the packager.
 pub const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
 
+/// Free bytes for unprivileged users on the file system holding `path`; `None`: cannot tell.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(path).ok().map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(

@@ -327,9 +327,12 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
     let root = warp::get()
         .and(warp::path::end())
         .map(|| warp::redirect::see_other(warp::http::Uri::from_static("/mini_buildd/")));
-    let log = warp::log::custom(|info| {
+    let counted = web.daemon.clone();
+    let log = warp::log::custom(move |info| {
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
+        counted.metrics.http(&route_of(info.path()), info.status().as_u16());
     });
+    let metrics = warp::get().and(warp::path!("metrics")).and(with(web.clone())).and_then(metrics);
     limits()
         .and(
             api_get
@@ -338,10 +341,54 @@ pub fn routes(web: Web) -> impl Filter<Extract = (impl Reply,), Error = Rejectio
                 .or(events::routes(web.clone()))
                 .or(buildlog::routes(web.clone()))
                 .or(pages::routes(web.clone()))
+                .or(metrics)
                 .or(root),
         )
         .recover(recover)
         .with(log)
+}
+
+/// A bounded name for a request's path, for the HTTP metrics: `api:<call>` for a call, the page,
+/// and fixed names for the rest (a client's own path never becomes a name).
+fn route_of(path: &str) -> String {
+    const PAGES: &[&str] = &["repositories", "sources", "builds", "events", "config", "setup", "api", "crontab"];
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs[..] {
+        ["mini_buildd", "api", call, ..] if registry::find(call).is_some() => format!("api:{call}"),
+        ["mini_buildd", "api", ..] => "api:other".into(),
+        ["mini_buildd", "events-dir", ..] => "logs".into(),
+        ["mini_buildd"] => "page:home".into(),
+        ["mini_buildd", page, ..] if PAGES.contains(&page) => format!("page:{page}"),
+        ["api", "events", ..] => "events".into(),
+        ["accounts", ..] => "accounts".into(),
+        ["metrics"] => "metrics".into(),
+        ["static", ..] | ["mini_buildd", "static", ..] => "static".into(),
+        _ => "other".into(),
+    }
+}
+
+/// `GET /metrics`: Prometheus's text format (see [`crate::metrics`]).
+async fn metrics(web: Web) -> Result<Body, Rejection> {
+    let d = web.daemon.clone();
+    let gauges = tokio::task::spawn_blocking(move || {
+        let state = d.inst.store.dir().to_owned();
+        let running = crate::builder::jobs(&d.inst.store)
+            .map(|j| j.iter().filter(|j| j.state != crate::builder::JobState::Finished).count())
+            .unwrap_or(0);
+        crate::metrics::Gauges {
+            build_queue: crate::packager::build_queue(&d.inst.store).map(|q| q.len()).unwrap_or(0),
+            packaging: crate::packager::pending(&d.inst.store).map(|p| p.len()).unwrap_or(0),
+            running_builds: running,
+            redb_bytes: std::fs::metadata(state.join("buildbay.redb")).map(|m| m.len()).unwrap_or(0),
+            disk_free_bytes: crate::store::free_bytes(&state).unwrap_or(0),
+        }
+    })
+    .await
+    .unwrap_or_default();
+    Ok(Response::builder()
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(web.daemon.metrics.render(&gauges).into())
+        .unwrap_or_else(|_| empty()))
 }
 
 async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
@@ -374,6 +421,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         pages: Arc::new(pages::Templates::new()),
     };
+    let counted = web.daemon.clone();
     let routes = routes(web);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stopped = std::pin::pin!(stopped(shutdown));
@@ -402,9 +450,11 @@ pub async fn serve(
         let filtered = warp::service(routes.clone());
         let peer_value = peer.to_string().parse::<warp::http::HeaderValue>().ok();
         let files = files.clone();
+        let counted = counted.clone();
         let svc = hyper::service::service_fn(move |mut req: warp::http::Request<hyper::body::Incoming>| {
             use futures_util::future::{Either, ready};
             if let Some(response) = files.handle(req.method(), req.uri().path(), req.headers()) {
+                counted.metrics.http("repositories", response.status().as_u16());
                 return Either::Left(ready(Ok(response)));
             }
             match &peer_value {
