@@ -148,7 +148,9 @@ fn mini_buildd_and_buildbay_build_for_each_other() {
     assert_eq!(api(MBD, "status", "")["remotes"], serde_json::json!([sb.url]));
 
     // 1. mini-buildd hands its amd64 build to buildbay, and installs buildbay's result.
-    let stamp = chrono::Utc::now().format("%H%M%S").to_string();
+    // The container (and what its mini-buildd installed) is kept between runs: each run's
+    // versions must be above every earlier run's, also across midnight.
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     let v1 = format!("1.{stamp}~test12+1");
     let up = buildable_source_with(dir.path(), "bbmbd", &v1, UNSTABLE, "true", &["lintian-mode=ignore"]);
     let cf = dir.path().join("dput.cf");
