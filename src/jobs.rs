@@ -326,8 +326,8 @@ fn expire_builds(ctx: &Ctx<'_>, now: DateTime<Utc>) -> Result<String, String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", dir.display())),
         }
-        crate::incoming::forget(&ctx.inst.store, u).map_err(|e| e.to_string())?;
     }
+    crate::incoming::forget(&ctx.inst.store, &old).map_err(|e| e.to_string())?;
     let logs = remove_older(&ctx.state().join(crate::builder::LOGS_DIR), before)?;
     Ok(format!("{} uploads and {logs} kept build logs older than {} days", old.len(), ctx.expire_builds_days))
 }

@@ -163,8 +163,8 @@ pub fn build(
                 });
                 let d = Dist::new(dist.codename.clone(), r.identity.clone(), s.suite.clone());
                 if s.build_keyring_package && (dists.is_empty() || dists.contains(&d)) {
-                    let (_, suite, cv) = ctx.check_dist(&d)?;
-                    targets.push((d, ctx.layout.appendix(suite, &r.identity, cv).map_err(|e| failed(&e))?.1));
+                    let appendix = crate::port::target_appendix(&archive, &d)?;
+                    targets.push((d, appendix));
                 }
             }
         }

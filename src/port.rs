@@ -413,7 +413,7 @@ fn fetch(url: &str, limit: u64) -> Result<Vec<u8>, PortError> {
 
 /// A port's target, checked (an uploadable suite of a known distribution, not a rollback): its
 /// default version appendix.
-fn target_appendix(archive: &Archive<'_>, to: &Dist) -> Result<String, PortError> {
+pub fn target_appendix(archive: &Archive<'_>, to: &Dist) -> Result<String, PortError> {
     let ctx = archive.ctx(&to.repo)?;
     let (_, suite, cv) = ctx.check_dist(to)?;
     if to.rollback.is_some() || !suite.uploadable {

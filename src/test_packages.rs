@@ -133,8 +133,8 @@ pub fn run(
         for (dist, _) in ctx.dists.values() {
             for s in ctx.layout.suites.iter().filter(|s| s.experimental && s.uploadable) {
                 let d = Dist::new(dist.codename.clone(), r.identity.clone(), s.suite.clone());
-                let (_, suite, cv) = ctx.check_dist(&d)?;
-                experimental.push((d, ctx.layout.appendix(suite, &r.identity, cv).map_err(|e| failed(&e))?.1));
+                let appendix = crate::port::target_appendix(&archive, &d)?;
+                experimental.push((d, appendix));
             }
         }
     }

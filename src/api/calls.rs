@@ -285,16 +285,10 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(serde_json::to_value(outcomes).unwrap_or_default())
         }
         "test_packages" => {
-            let dists = |name: &str| {
-                args.list(name)
-                    .iter()
-                    .map(|s| s.parse::<Dist>().map_err(|e| ApiError::bad_request(format!("{name} {s:?}: {e}"))))
-                    .collect::<Result<Vec<_>, _>>()
-            };
             let req = crate::test_packages::Request {
                 sources: args.list("sources"),
-                dists: dists("distributions")?,
-                auto_ports: dists("auto_ports")?,
+                dists: dist_list(args, "distributions")?,
+                auto_ports: dist_list(args, "auto_ports")?,
                 with_check: args.bool("with_check"),
             };
             let drop = d.inst.store.dir().join(crate::incoming::RESULTS_DIR);

@@ -197,19 +197,24 @@ pub fn put(tx: &redb::WriteTransaction, u: &Upload) -> std::result::Result<(), S
     Ok(())
 }
 
-/// Forget a finished upload (its records only; the caller removed its spool directory): its
-/// record, its key, and the drop box names claimed for it.
-pub fn forget(store: &store::Store, u: &Upload) -> std::result::Result<(), StoreError> {
+/// Forget finished uploads (their records only; the caller removed their spool directories):
+/// their records, their keys, and the drop box names claimed for them, in one transaction.
+pub fn forget(store: &store::Store, uploads: &[Upload]) -> std::result::Result<(), StoreError> {
+    let ids: std::collections::HashSet<u64> = uploads.iter().map(|u| u.id).collect();
     let tx = store.write()?;
-    tx.open_table(UPLOADS)?.remove(u.id)?;
-    tx.open_table(PENDING)?.remove(u.id)?;
-    tx.open_table(UPLOAD_KEYS)?.remove(u.key().as_str())?;
     {
+        let (mut records, mut pending, mut keys) =
+            (tx.open_table(UPLOADS)?, tx.open_table(PENDING)?, tx.open_table(UPLOAD_KEYS)?);
+        for u in uploads {
+            records.remove(u.id)?;
+            pending.remove(u.id)?;
+            keys.remove(u.key().as_str())?;
+        }
         let mut claimed = tx.open_table(CLAIMED)?;
         let names: Vec<String> = claimed
             .iter()?
             .filter_map(|e| e.ok())
-            .filter(|(_, id)| id.value() == u.id)
+            .filter(|(_, id)| ids.contains(&id.value()))
             .map(|(n, _)| n.value().to_owned())
             .collect();
         for n in names {
