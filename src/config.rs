@@ -147,7 +147,64 @@ pub struct Daemon {
     pub key_algo: KeyAlgo,
     /// Set once prepare generated the archive key.
     pub key_fingerprint: Option<String>,
+    /// Who gets notification mail (mini-buildd's `email_address`, `notify`, `allow_emails_to`).
+    #[serde(flatten, default)]
+    pub mail: DaemonMail,
     pub status: Status,
+}
+
+/// The daemon's mail settings, with mini-buildd's field names. Changing them never deactivates
+/// the daemon.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DaemonMail {
+    /// The sender of notification mail; unset: `buildbay@<this host>`.
+    #[serde(default)]
+    pub email_address: Option<lettre::message::Mailbox>,
+    /// Addresses that get every notification.
+    #[serde(default)]
+    pub notify: Vec<lettre::message::Mailbox>,
+    /// A regular expression the addresses taken from an upload (Changed-By, Maintainer) must
+    /// match before they get mail; unset: `.*@<this host>` (mini-buildd's default).
+    #[serde(default)]
+    pub allow_emails_to: Option<String>,
+}
+
+/// A repository's mail settings (mini-buildd's `notify`, `notify_changed_by`,
+/// `notify_maintainer`). Changing them never deactivates the repository.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RepositoryMail {
+    /// Addresses that get every notification of this repository.
+    #[serde(default)]
+    pub notify: Vec<lettre::message::Mailbox>,
+    /// Mail the upload's Changed-By (when `allow_emails_to` matches it).
+    #[serde(default)]
+    pub notify_changed_by: bool,
+    /// Mail the upload's Maintainer (when `allow_emails_to` matches it).
+    #[serde(default)]
+    pub notify_maintainer: bool,
+}
+
+/// The mail settings' field names: changing only these keeps an object's status.
+pub const MAIL_FIELDS: &[&str] =
+    &["email_address", "notify", "allow_emails_to", "notify_changed_by", "notify_maintainer"];
+
+/// The longest `allow_emails_to` (mini-buildd's column is 254 characters).
+const ALLOW_EMAILS_TO_MAX: usize = 254;
+
+impl DaemonMail {
+    /// Refuse an `allow_emails_to` that is not a regular expression, or too long.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(r) = &self.allow_emails_to {
+            if r.len() > ALLOW_EMAILS_TO_MAX {
+                return Err(format!("allow_emails_to is at most {ALLOW_EMAILS_TO_MAX} characters"));
+            }
+            regex::RegexBuilder::new(r)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("allow_emails_to is not a regular expression: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl Daemon {
@@ -374,6 +431,8 @@ pub struct Repository {
     #[serde(default)]
     pub unauthenticated_from_network: bool,
     pub extra_uploader_keyrings: Vec<String>,
+    #[serde(flatten, default)]
+    pub mail: RepositoryMail,
     pub status: Status,
 }
 
@@ -661,6 +720,15 @@ impl Object {
         v
     }
 
+    /// Its fields without the mail settings ([`MAIL_FIELDS`]): what its status depends on.
+    pub fn fields_but_mail(&self) -> serde_json::Value {
+        let mut v = self.fields();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.retain(|k, _| !MAIL_FIELDS.contains(&k.as_str()));
+        }
+        v
+    }
+
     /// An object of `kind` from its fields (as [`Object::fields`] gives them) and a status.
     /// The fields are parsed here, once: a bad name, architecture or codename is refused with
     /// what is wrong.
@@ -674,7 +742,11 @@ impl Object {
             serde_json::from_value(v).map_err(|e| format!("{kind}: {e}"))
         }
         Ok(match kind {
-            Kind::Daemon => Object::Daemon(de(kind, v)?),
+            Kind::Daemon => {
+                let d: Daemon = de(kind, v)?;
+                d.mail.check().map_err(|e| format!("{kind}: {e}"))?;
+                Object::Daemon(d)
+            }
             Kind::Layout => Object::Layout(de(kind, v)?),
             Kind::AptKey => {
                 let k: AptKey = de(kind, v)?;
@@ -769,6 +841,7 @@ mod tests {
             allow_unauthenticated_uploads: false,
             unauthenticated_from_network: false,
             extra_uploader_keyrings: vec![],
+            mail: Default::default(),
             status: Status::default(),
         });
         assert_eq!(

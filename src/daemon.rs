@@ -48,6 +48,8 @@ pub struct Daemon {
     pub heartbeats: Heartbeats,
     /// What `/metrics` counts.
     pub metrics: crate::metrics::Metrics,
+    /// The SMTP server notification mail goes to (`scheme://host:port`); `None`: no mail.
+    pub mail_server: Option<String>,
 }
 
 /// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
@@ -111,7 +113,14 @@ impl Daemon {
             dispatch_wake: (Mutex::new(false), std::sync::Condvar::new()),
             heartbeats: Heartbeats::default(),
             metrics: crate::metrics::Metrics::default(),
+            mail_server: None,
         }
+    }
+
+    /// Say where notification mail goes (`status`, `/metrics`).
+    pub fn with_mail_server(mut self, server: Option<String>) -> Daemon {
+        self.mail_server = server;
+        self
     }
 
     /// Set how long an upload may wait in PACKAGING.

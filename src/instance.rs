@@ -364,6 +364,7 @@ impl Instance {
                     custom_archive_origin: None,
                     key_algo: opts.key_algo,
                     key_fingerprint: None,
+                    mail: Default::default(),
                     status: Status::default(),
                 }
             }
@@ -571,6 +572,7 @@ impl Instance {
                         } else {
                             vec![]
                         },
+                        mail: Default::default(),
                         status: Status::default(),
                     }
                 }
@@ -1048,6 +1050,11 @@ impl Instance {
         }
         let deactivated = match &old {
             Some(old) if old.fields() == obj.fields() => return Ok(false),
+            // Only its mail settings changed: nothing it serves or builds changes.
+            Some(old) if old.fields_but_mail() == obj.fields_but_mail() => {
+                *obj.status_mut() = old.status().clone();
+                false
+            }
             Some(old) => {
                 *obj.status_mut() = old.status().clone();
                 let was_active = old.status().is_active();
@@ -1064,10 +1071,11 @@ impl Instance {
     }
 
     /// Create or change a repository from its form: [`Instance::save_object`], keeping what the
-    /// form does not show (the extra uploader keyrings).
+    /// form does not show (the extra uploader keyrings, the mail settings).
     pub fn set_repository(&self, mut repo: Repository) -> Result<bool> {
         if let Some(old) = self.get::<Repository>(repo.identity.as_str())? {
             repo.extra_uploader_keyrings = old.extra_uploader_keyrings;
+            repo.mail = old.mail;
         }
         self.save_object(config::Object::Repository(repo))
     }

@@ -23,6 +23,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("chroot", 5),
     ("instance", 6),
     ("port", 7),
+    ("mail", 7),
     ("packager", 8),
     ("gate", 8),
     ("test_packages", 8),

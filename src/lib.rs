@@ -25,6 +25,7 @@ pub mod keyring;
 #[cfg(test)]
 mod layering;
 pub mod layout;
+pub mod mail;
 pub mod metrics;
 pub mod packager;
 pub mod port;

@@ -342,6 +342,20 @@ struct FtpArgs {
     /// Seconds an event hook may run before it is killed.
     #[arg(long, default_value_t = 60)]
     hook_timeout: u64,
+    /// Send notification mail through this SMTP server:
+    /// `smtp://[user@]host[:port]?tls=required` (STARTTLS), `smtps://…` (TLS), or `smtp://…`
+    /// (plain, for a relay on this host). Without it, no mail is sent.
+    #[arg(long, env = "BUILDBAY_SMTP")]
+    smtp: Option<String>,
+    /// A file with the SMTP password (for the URL's user), so that it is on no command line.
+    #[arg(long, requires = "smtp")]
+    smtp_password_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for the SMTP server, besides the public roots.
+    #[arg(long, requires = "smtp")]
+    smtp_ca: Option<PathBuf>,
+    /// Seconds before the first retry of mail the server did not take (doubling, up to 32×).
+    #[arg(long, default_value_t = 60, hide = true)]
+    mail_retry_seconds: u64,
 }
 
 fn parse_port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
@@ -571,6 +585,12 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 expire_builds_days: ftp.expire_builds_days,
                 jobs_clock_offset_days: ftp.jobs_clock_offset_days,
                 hook_timeout: std::time::Duration::from_secs(ftp.hook_timeout),
+                smtp: ftp.smtp.clone().map(|url| buildbay::mail::SmtpOptions {
+                    url,
+                    ca: ftp.smtp_ca.clone(),
+                    password_file: ftp.smtp_password_file.clone(),
+                    retry: std::time::Duration::from_secs(ftp.mail_retry_seconds.max(1)),
+                }),
                 build: build.setup(&cli.state),
                 default_setup: !no_default_setup,
             };

@@ -31,6 +31,8 @@ struct Counters {
     http: BTreeMap<(String, u16), u64>,
     /// bkey → backend, from BUILDING.
     backends: BTreeMap<String, String>,
+    /// sent, refused, expired, deferred → notification mails.
+    mails: BTreeMap<&'static str, u64>,
 }
 
 /// What is read at each scrape.
@@ -41,6 +43,7 @@ pub struct Gauges {
     pub running_builds: usize,
     pub redb_bytes: u64,
     pub disk_free_bytes: u64,
+    pub mail_queued: u64,
 }
 
 impl Metrics {
@@ -82,6 +85,16 @@ impl Metrics {
     }
 
     /// Count an HTTP request (`route`: a bounded name the caller made of the path).
+    /// One round of the mail sender: mails by outcome.
+    pub fn mails(&self, outcomes: &[(&'static str, u64)]) {
+        let mut c = self.counters();
+        for &(outcome, n) in outcomes {
+            if n > 0 {
+                *c.mails.entry(outcome).or_default() += n;
+            }
+        }
+    }
+
     pub fn http(&self, route: &str, status: u16) {
         let mut c = self.counters();
         let known = c.http.keys().any(|(r, _)| r == route);
@@ -132,7 +145,19 @@ impl Metrics {
                 .map(|((r, s), n)| (labels(&[("route", r), ("status", &s.to_string())]), n.to_string()))
                 .collect(),
         );
+        family(
+            "buildbay_mails_total",
+            "counter",
+            "Notification mail since the daemon started: sent, refused for good, dropped after days of trying, and attempts deferred.",
+            c.mails.iter().map(|(o, n)| (labels(&[("outcome", o)]), n.to_string())).collect(),
+        );
         let gauge = |v: String| vec![(String::new(), v)];
+        family(
+            "buildbay_mail_queued",
+            "gauge",
+            "Notification mail waiting for the SMTP server.",
+            gauge(g.mail_queued.to_string()),
+        );
         family("buildbay_build_queue", "gauge", "Build requests queued or running.", gauge(g.build_queue.to_string()));
         family(
             "buildbay_builds_running",

@@ -30,6 +30,8 @@ pub struct Options {
     /// Days added to the clock the job schedule reads (tests: a missed run).
     pub jobs_clock_offset_days: i64,
     pub hook_timeout: Duration,
+    /// Where notification mail goes; `None`: no mail.
+    pub smtp: Option<crate::mail::SmtpOptions>,
     /// The builds on this host.
     pub build: crate::builder::setup::Setup,
     /// Set up the embedded default on an empty state directory (see [`first_start`]).
@@ -119,6 +121,7 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
         tracing::info!(dropped, "dropped spool entries of claims that did not commit; their files are claimed again");
     }
     let host = public_host(opts.public_host.clone());
+    let mailer = opts.smtp.as_ref().map(|o| crate::mail::Mailer::new(o, &host)).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let http = opts.http;
@@ -186,7 +189,8 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .with_packaging_deadline(opts.packaging_timeout)
             .with_remote_deadline(opts.remote_deadline)
             .with_retention(opts.keep_events_days, opts.expire_builds_days)
-            .with_jobs_clock_offset(opts.jobs_clock_offset_days),
+            .with_jobs_clock_offset(opts.jobs_clock_offset_days)
+            .with_mail_server(mailer.as_ref().map(|m| m.server.clone())),
         );
         match crate::protocol::remote::RemoteUrl::new(false, &daemon.host, daemon.http_port) {
             Ok(url) => daemon.inst.set_public_url(url),
@@ -234,6 +238,7 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .context("starting the remotes' re-check")?;
         daemon.wake();
         spawn_housekeeping(daemon.clone(), opts.hook_timeout);
+        spawn_mail(daemon.clone(), mailer);
         let status = match ftp_addr {
             Some(f) => format!("serving http://{addr}/repositories/ and ftp://{f}/incoming"),
             None => format!("serving http://{addr}/repositories/ (uploads off)"),
@@ -249,6 +254,67 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Notification mail: after each event (and at least every minute, or at the retry interval),
+/// the pending events' mail is queued and what is due is sent. Without `--smtp`, the marks are
+/// taken and nothing is sent.
+fn spawn_mail(daemon: std::sync::Arc<crate::daemon::Daemon>, mailer: Option<crate::mail::Mailer>) {
+    match &mailer {
+        Some(m) => tracing::info!(server = %m.server, "notification mail goes to {}", m.server),
+        None => tracing::info!("no --smtp: notification mail is off"),
+    }
+    let period = mailer.as_ref().map_or(Duration::from_secs(60), |m| m.retry.min(Duration::from_secs(60)));
+    let mut rx = daemon.bus.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let d = daemon.clone();
+            let with_mail = mailer.is_some();
+            let collected = tokio::task::spawn_blocking(move || {
+                let config = d.inst.daemon().ok().flatten();
+                let sender = config.filter(|_| with_mail).map(|c| crate::mail::Sender {
+                    identity: c.identity.to_string(),
+                    host: d.host.clone(),
+                    from: c
+                        .mail
+                        .email_address
+                        .clone()
+                        .unwrap_or_else(|| crate::mail::default_from(c.identity.as_str(), &d.host)),
+                    url: d
+                        .inst
+                        .public_url()
+                        .map_or_else(|| format!("http://{}:{}", d.host, d.http_port), |u| u.to_string()),
+                });
+                crate::mail::collect(&d.inst, sender.as_ref(), chrono::Utc::now())
+            })
+            .await;
+            match collected {
+                Ok(Ok(c)) if c.queued > 0 || c.dropped > 0 => {
+                    tracing::debug!(
+                        events = c.events,
+                        queued = c.queued,
+                        dropped = c.dropped,
+                        "notification mail queued"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("cannot queue notification mail now: {e}"),
+                Err(e) => tracing::warn!("the mail task failed: {e}"),
+            }
+            if let Some(m) = &mailer {
+                match m.send_due(&daemon.inst.store, chrono::Utc::now()).await {
+                    Ok(s) => daemon.metrics.mails(&s.outcomes()),
+                    Err(e) => tracing::warn!("cannot send notification mail now: {e}"),
+                }
+            }
+            tokio::select! {
+                r = rx.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    tokio::time::sleep(period).await
+                },
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    });
 }
 
 /// Event hooks for every event, and the internal jobs (`jobs`): those due, or missed while the

@@ -161,6 +161,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "packaging": packaging(d)?,
                 "build_queue": queue,
                 "keyring_packages": keyring_states(d),
+                "mail": {"server": d.mail_server, "queued": crate::mail::queued(&d.inst.store)?},
             });
             if args.bool("with_repositories") {
                 let mut repos = serde_json::Map::new();
@@ -480,6 +481,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 allow_unauthenticated_uploads: args.bool("allow_unauthenticated_uploads"),
                 unauthenticated_from_network: false,
                 extra_uploader_keyrings: vec![],
+                mail: Default::default(),
                 status: config::Status::default(),
             };
             let deactivated = d.inst.set_repository(repo)?;
@@ -642,6 +644,19 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let password = args.require::<String>("password")?;
             let u = auth::add_user_with(&d.inst.store, &name, &password, role, args.bool("one_time"))?;
             Ok(json!({"name": u.name, "role": u.role, "one_time": u.must_change_password}))
+        }
+        "set_user_email" => {
+            let user = who_name(who)?;
+            let email = match args.str("email").map(str::trim).filter(|e| !e.is_empty()) {
+                None => None,
+                Some(e) => Some(e.parse::<lettre::Address>().map_err(|err| {
+                    ApiError::bad_request(format!(
+                        "email: {e:?} is not a mail address ({err}); give one like you@example.org"
+                    ))
+                })?),
+            };
+            let u = auth::set_email(&d.inst.store, user, email)?;
+            Ok(json!({"user": user, "email": u.email}))
         }
         "password_change" => {
             let user = who_name(who)?;

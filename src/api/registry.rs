@@ -641,8 +641,17 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: false,
         group: "Developer",
-        doc: "Subscribe to a package's events (empty: all). Stored and listed on the account page; no mail is sent yet.",
+        doc: "Subscribe to a package's events (empty: all): they are mailed to the address set with set_user_email.",
         args: SUBSCRIPTION_ARGS,
+    },
+    Call {
+        name: "set_user_email",
+        auth: Role::Login,
+        needs_running: false,
+        confirm: false,
+        group: "Developer",
+        doc: "Set the address your subscriptions are mailed to (empty: none).",
+        args: &[opt("email", None, Kind::Str, Default::Value(""), "A mail address, like you@example.org.")],
     },
     Call {
         name: "unsubscribe",

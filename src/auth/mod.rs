@@ -65,6 +65,9 @@ pub struct User {
     /// A one-time password: it must be changed before the user can do anything else.
     #[serde(default)]
     pub must_change_password: bool,
+    /// Where the user's subscriptions are mailed (set on the account page).
+    #[serde(default)]
+    pub email: Option<lettre::Address>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -220,6 +223,7 @@ pub fn add_user_with(store: &Store, name: &str, password: &str, role: Role, one_
         role,
         created: Utc::now(),
         must_change_password: one_time,
+        email: None,
     };
     let tx = store.write()?;
     {
@@ -315,6 +319,23 @@ pub fn set_role(store: &Store, name: &str, role: Role) -> Result<User> {
     if demoted {
         end_sessions(store, name)?;
     }
+    Ok(u)
+}
+
+/// Set (or, with `None`, clear) the address a user's subscriptions are mailed to.
+pub fn set_email(store: &Store, name: &str, email: Option<lettre::Address>) -> Result<User> {
+    let tx = store.write()?;
+    let u = {
+        let mut t = tx.open_table(USERS)?;
+        let mut u: User = match t.get(name)? {
+            Some(v) => store::decode(name, v.value())?,
+            None => return Err(AuthError::NoUser(name.to_owned())),
+        };
+        u.email = email;
+        t.insert(name, store::encode(&u).as_slice())?;
+        u
+    };
+    tx.commit()?;
     Ok(u)
 }
 

@@ -1,6 +1,6 @@
 //! Events (mini-buildd §5.6): what happened to a package, persisted in redb and logged to the journal.
 
-use crate::store::{self, EVENTS, EVENTS_BY_SOURCE, Result};
+use crate::store::{self, EVENTS, EVENTS_BY_SOURCE, MAIL_PENDING, Result};
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, WriteTransaction};
 
@@ -63,7 +63,8 @@ impl Event {
         self
     }
 
-    /// Persist within the caller's transaction, so the event exists exactly when its change does.
+    /// Persist within the caller's transaction, so the event exists exactly when its change does
+    /// (and so does the mark that its notification mail is to be sent).
     pub fn record(&self, tx: &WriteTransaction) -> Result<()> {
         let mut t = tx.open_table(EVENTS)?;
         let micros = self.timestamp.timestamp_micros().max(0) as u64;
@@ -73,6 +74,8 @@ impl Event {
         }
         t.insert((micros, seq), store::encode(self).as_slice())?;
         tx.open_table(EVENTS_BY_SOURCE)?.insert((self.source.as_str(), micros, seq), ())?;
+        // Its notification mail is worked out later, but is never lost: the mark commits with it.
+        tx.open_table(MAIL_PENDING)?.insert((micros, seq), ())?;
         Ok(())
     }
 

@@ -38,6 +38,11 @@ pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 pub const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
 /// `(source, timestamp µs, seq)` → (): the events of one source package (schema 2).
 pub const EVENTS_BY_SOURCE: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("events_by_source");
+/// `(timestamp µs, seq)` of an event → (): events whose notification mail is still to be
+/// worked out (written with the event, taken by `mail`).
+pub const MAIL_PENDING: TableDefinition<(u64, u32), ()> = TableDefinition::new("mail_pending");
+/// Sequence number → JSON `mail::Queued`: notification mail waiting for the SMTP server.
+pub const MAIL_QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("mail_queue");
 /// Spool id → JSON `incoming::Upload` (the queue of uploads and build results).
 pub const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
 /// `.changes` file name → spool id of its latest claim (to recognise leftovers after a crash).

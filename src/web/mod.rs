@@ -381,6 +381,7 @@ async fn metrics(web: Web) -> Result<Body, Rejection> {
             running_builds: running,
             redb_bytes: std::fs::metadata(state.join("buildbay.redb")).map(|m| m.len()).unwrap_or(0),
             disk_free_bytes: crate::store::free_bytes(&state).unwrap_or(0),
+            mail_queued: crate::mail::queued(&d.inst.store).unwrap_or(0),
         }
     })
     .await

@@ -830,9 +830,11 @@ fn account(d: &Daemon, v: &Viewer) -> Page {
     };
     let roles: Vec<&str> =
         [Role::Login, Role::Staff, Role::Admin].iter().filter(|r| **r <= v.who.role).map(|r| r.as_str()).collect();
+    let email = auth::get_user(&d.inst.store, &user)?.and_then(|u| u.email).map(|a| a.to_string());
     Ok((
         "account",
-        json!({"title": "Account", "nav": "account", "uploader": uploader, "subscriptions": subscriptions, "tokens": tokens, "users": users, "roles": roles}),
+        json!({"title": "Account", "nav": "account", "uploader": uploader, "subscriptions": subscriptions, "tokens": tokens, "users": users, "roles": roles,
+               "email": email, "mail_on": d.mail_server.is_some()}),
     ))
 }
 

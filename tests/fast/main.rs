@@ -11,6 +11,7 @@ mod crash;
 mod fuzz;
 mod incoming;
 mod jobs;
+mod mail;
 mod metrics;
 mod pipeline_crash;
 mod ports;
