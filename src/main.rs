@@ -301,6 +301,19 @@ struct FtpArgs {
     /// Passive FTP data ports, `FIRST-LAST`.
     #[arg(long, default_value = "49152-49407", value_parser = parse_port_range)]
     ftp_passive_ports: std::ops::RangeInclusive<u16>,
+    /// HTTPS: the address to bind when systemd passes no `https` socket (default with
+    /// --tls-cert: beside HTTP, its port + 2).
+    #[arg(long, requires = "tls_cert")]
+    https: Option<std::net::SocketAddr>,
+    /// HTTPS: PEM certificate chain (with --tls-key); read again when it changes.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS: PEM private key (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Redirect plain HTTP requests to HTTPS, except /repositories/ (apt verifies InRelease).
+    #[arg(long, requires = "tls_cert")]
+    https_redirect: bool,
     /// FTPS: PEM certificate chain (with --ftp-key).
     #[arg(long, requires = "ftp_key")]
     ftp_cert: Option<PathBuf>,
@@ -564,6 +577,9 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             let opts = buildbay::serve::Options {
                 http,
                 ftp: ftp.ftp,
+                https: ftp.https,
+                tls: ftp.tls_cert.clone().zip(ftp.tls_key.clone()),
+                https_redirect: ftp.https_redirect,
                 public_host: ftp.public_host.clone(),
                 incoming: buildbay::incoming::Limits {
                     max_file: ftp.max_file_size,

@@ -15,6 +15,13 @@ pub struct Options {
     pub http: std::net::SocketAddr,
     /// The FTP address to bind when systemd passes no socket (default: beside HTTP).
     pub ftp: Option<std::net::SocketAddr>,
+    /// HTTPS: the address to bind when systemd passes no `https` socket (default with `tls`:
+    /// the HTTP port + 2).
+    pub https: Option<std::net::SocketAddr>,
+    /// HTTPS: the PEM certificate chain and key.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Redirect plain HTTP to HTTPS (all but `/repositories/`).
+    pub https_redirect: bool,
     /// The host name in build requests' URLs (default: this host's name).
     pub public_host: Option<String>,
     pub incoming: incoming::Limits,
@@ -139,6 +146,7 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             }
         };
         let addr = listener.local_addr().context("reading the HTTP address")?;
+        let https = https_listener(&opts, inherited.https, addr).await?;
         let ftp_listener = match inherited.ftp {
             Some(l) => {
                 tracing::info!("serving FTP on the socket systemd passed");
@@ -209,7 +217,7 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
         let started = chrono::Utc::now().timestamp();
         systemd::spawn_watchdog(move || watched.heartbeats.alive(started, crate::daemon::HEARTBEAT_GRACE));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::web::serve(listener, daemon.clone(), stop_rx.clone()));
+        let server = tokio::spawn(crate::web::serve(listener, https, daemon.clone(), stop_rx.clone()));
         let waker = daemon.clone();
         let dropbox = std::sync::Arc::new(incoming::ftp::DropBox::new(
             incoming.dir.clone(),
@@ -254,6 +262,41 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The HTTPS listener: systemd's `https` socket or `--https`, or beside HTTP (its port + 2)
+/// when only the certificate is given; `None` without a certificate.
+async fn https_listener(
+    opts: &Options,
+    inherited: Option<std::net::TcpListener>,
+    http: std::net::SocketAddr,
+) -> Result<Option<crate::web::Https>> {
+    let Some((cert, key)) = &opts.tls else {
+        if inherited.is_some() || opts.https.is_some() {
+            anyhow::bail!("HTTPS needs a certificate: give --tls-cert and --tls-key (PEM files)");
+        }
+        return Ok(None);
+    };
+    let acceptor = crate::web::tls::acceptor(cert, key)?;
+    let listener = match inherited {
+        Some(l) => {
+            tracing::info!("serving HTTPS on the socket systemd passed");
+            tokio::net::TcpListener::from_std(l).context("using the inherited https socket")?
+        }
+        None => {
+            let a = opts.https.unwrap_or_else(|| {
+                let port = if http.port() == 0 { 0 } else { http.port().wrapping_add(2) };
+                std::net::SocketAddr::new(http.ip(), port)
+            });
+            tracing::info!(https = %a, "no https socket from systemd: binding HTTPS myself");
+            tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("binding HTTPS on {a}; is another daemon running there? choose one with --https")
+            })?
+        }
+    };
+    let at = listener.local_addr().context("reading the HTTPS address")?;
+    tracing::info!(cert = %cert.display(), "HTTPS listens on https://{at}/");
+    Ok(Some(crate::web::Https { listener, acceptor, redirect: opts.https_redirect }))
 }
 
 /// Notification mail: after each event (and at least every minute, or at the retry interval),

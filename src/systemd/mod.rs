@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct Inherited {
     pub http: Option<TcpListener>,
+    /// `buildbay-https.socket`, when enabled.
+    pub https: Option<TcpListener>,
     pub ftp: Option<TcpListener>,
     /// The root helper's Unix socket (`buildbay-helper.socket`).
     pub helper: Option<std::os::unix::net::UnixListener>,
@@ -34,6 +36,7 @@ pub unsafe fn take_listeners() -> std::io::Result<Inherited> {
         };
         match name.as_str() {
             "http" => inherited.http = Some(tcp()?),
+            "https" => inherited.https = Some(tcp()?),
             "ftp" => inherited.ftp = Some(tcp()?),
             "helper" => {
                 // SAFETY: as above.

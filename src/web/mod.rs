@@ -6,6 +6,7 @@ mod events;
 mod files;
 mod login;
 pub mod pages;
+pub mod tls;
 
 use crate::api::{self, ApiError, Args, calls::Origin, registry};
 use crate::auth::{self, Principal};
@@ -90,14 +91,15 @@ pub fn html_page(status: StatusCode, title: &str, body_html: &str) -> Body {
         .unwrap_or_else(|_| empty())
 }
 
-/// `http://host:port` as the client addressed us (the Host header), for URLs in answers.
+/// `http://host:port` (or `https://`) as the client addressed us (the Host header), for URLs
+/// in answers.
 pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) && !h.is_empty())
         .unwrap_or("localhost:8066");
-    format!("http://{host}")
+    format!("{}://{host}", if is_https(headers) { "https" } else { "http" })
 }
 
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -405,13 +407,27 @@ pub fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = std::conve
     warp::header::optional::<SocketAddr>(PEER_HEADER).or(warp::any().map(|| None)).unify()
 }
 
-/// Serve until `shutdown` is set, then let in-flight requests finish.
+/// The HTTPS listener and its TLS acceptor (see [`tls`]).
+pub struct Https {
+    pub listener: tokio::net::TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Send plain HTTP requests there (all but `/repositories/`, which apt may fetch over HTTP:
+    /// its InRelease is signed).
+    pub redirect: bool,
+}
+
+/// How long a client may take for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serve until `shutdown` is set, then let in-flight requests finish: HTTP on `listener`, and
+/// HTTPS on `https` when given, with the same routes and the same connection bound.
 ///
 /// The accept loop is ours rather than warp's so that every connection gets TCP_NODELAY (warp
 /// writes a file's headers and body separately, and without it each small file waits out the
-/// client's 40 ms delayed ACK) and so that the routes learn the peer address.
+/// client's 40 ms delayed ACK) and so that the routes learn the peer address and the scheme.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    https: Option<Https>,
     daemon: Arc<Daemon>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -422,14 +438,96 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         pages: Arc::new(pages::Templates::new()),
     };
-    let counted = web.daemon.clone();
-    let routes = routes(web);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shared = Arc::new(Shared {
+        counted: web.daemon.clone(),
+        routes: routes(web),
+        files,
+        graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    });
+    let redirect = match &https {
+        Some(h) if h.redirect => h.listener.local_addr().ok().map(|a| a.port()),
+        _ => None,
+    };
+    let plain = accept_loop(shared.clone(), listener, None, redirect, shutdown.clone());
+    match https {
+        Some(h) => {
+            tokio::join!(plain, accept_loop(shared.clone(), h.listener, Some(h.acceptor), None, shutdown));
+        }
+        None => plain.await,
+    }
+    match Arc::try_unwrap(shared) {
+        Ok(s) => s.graceful.shutdown().await,
+        Err(_) => tracing::warn!("the web server's state is still shared at shutdown"),
+    }
+}
+
+/// What both listeners share.
+struct Shared<R> {
+    counted: Arc<Daemon>,
+    routes: R,
+    files: Arc<files::Files>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// The header through which the accept loop tells the routes that the connection is HTTPS. It
+/// is overwritten on every request, so a client cannot forge it.
+pub const SCHEME_HEADER: &str = "x-buildbay-scheme";
+
+/// The scheme of this request, as the accept loop recorded it.
+pub fn is_https(headers: &HeaderMap) -> bool {
+    headers.get(SCHEME_HEADER).is_some_and(|v| v == "https")
+}
+
+/// Over HTTPS, every cookie is `Secure`: a browser never sends it over plain HTTP.
+fn secure_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<warp::http::HeaderValue> = headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| format!("{v}; Secure").parse().ok())
+        .collect();
+    if !cookies.is_empty() {
+        headers.remove("set-cookie");
+        for c in cookies {
+            headers.append("set-cookie", c);
+        }
+    }
+}
+
+/// `308` to the same path over HTTPS on `port`, at the host the client named.
+fn to_https(headers: &HeaderMap, uri: &warp::http::Uri, port: u16) -> Body {
+    let base = base_url(headers);
+    let authority = base.trim_start_matches("http://");
+    // The host without its port (an IPv6 literal keeps its brackets).
+    let host = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => &authority[..i],
+        _ => authority,
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header("location", format!("https://{host}:{port}{path}"))
+        .body(Vec::new().into())
+        .unwrap_or_else(|_| empty())
+}
+
+async fn accept_loop<R>(
+    shared: Arc<Shared<R>>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    redirect: Option<u16>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    R: Filter + Clone + Send + Sync + 'static,
+    R::Extract: warp::Reply,
+{
     let mut stopped = std::pin::pin!(stopped(shutdown));
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let https = tls.is_some();
     loop {
         let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s {
+            s = shared.slots.clone().acquire_owned() => match s {
                 Ok(s) => s,
                 Err(_) => break,
             },
@@ -448,24 +546,40 @@ pub async fn serve(
             _ = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
-        let filtered = warp::service(routes.clone());
+        let filtered = warp::service(shared.routes.clone());
         let peer_value = peer.to_string().parse::<warp::http::HeaderValue>().ok();
-        let files = files.clone();
-        let counted = counted.clone();
+        let files = shared.files.clone();
+        let counted = shared.counted.clone();
         let svc = hyper::service::service_fn(move |mut req: warp::http::Request<hyper::body::Incoming>| {
             use futures_util::future::{Either, ready};
             if let Some(response) = files.handle(req.method(), req.uri().path(), req.headers()) {
                 counted.metrics.http("repositories", response.status().as_u16());
                 return Either::Left(ready(Ok(response)));
             }
+            if let Some(port) = redirect {
+                counted.metrics.http("redirect", 308);
+                return Either::Left(ready(Ok(to_https(req.headers(), req.uri(), port))));
+            }
             match &peer_value {
                 Some(v) => req.headers_mut().insert(PEER_HEADER, v.clone()),
                 None => req.headers_mut().remove(PEER_HEADER),
             };
+            if https {
+                req.headers_mut().insert(SCHEME_HEADER, warp::http::HeaderValue::from_static("https"));
+            } else {
+                req.headers_mut().remove(SCHEME_HEADER);
+            }
             let mut filtered = filtered.clone();
-            Either::Right(async move { tower_service::Service::call(&mut filtered, req).await })
+            Either::Right(async move {
+                let mut r = tower_service::Service::call(&mut filtered, req).await?;
+                if https {
+                    secure_cookies(r.headers_mut());
+                }
+                Ok::<_, std::convert::Infallible>(r)
+            })
         });
-        let watcher = graceful.watcher();
+        let watcher = shared.graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -476,14 +590,28 @@ pub async fn serve(
                 .max_buf_size(MAX_HEADERS)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
+            let ended = match tls {
+                None => watcher.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc)).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        watcher.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc)).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
 }
 
 #[cfg(test)]

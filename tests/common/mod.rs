@@ -412,6 +412,67 @@ impl Drop for Server {
     }
 }
 
+/// A test CA (openssl) and server certificates for 127.0.0.1 and localhost signed by it.
+pub struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let dir = dir.join("ca");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        ok(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=buildbay test CA", "-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign"])
+            .arg("-keyout")
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(dir.join("ca.pem")));
+        TestCa { dir }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn pem(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A new server certificate and key, `<name>.pem` and `<name>.key`.
+    pub fn server(&self, name: &str) -> (PathBuf, PathBuf) {
+        let p = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        ok(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(p("key"))
+            .arg("-out")
+            .arg(p("csr")));
+        std::fs::write(p("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+            .expect("write");
+        ok(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("csr"))
+            .arg("-CA")
+            .arg(self.pem())
+            .arg("-CAkey")
+            .arg(self.dir.join("ca.key"))
+            .arg("-extfile")
+            .arg(p("ext"))
+            .arg("-out")
+            .arg(p("pem")));
+        (p("pem"), p("key"))
+    }
+}
+
 /// A free TCP port on loopback (for a daemon that must come back on the same one).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()

@@ -13,39 +13,6 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(60);
 const UNSTABLE: &str = "bookworm-test-unstable";
 
-/// A CA and a server certificate for 127.0.0.1 signed by it; returns (ca, cert, key).
-fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let p = |n: &str| dir.join(n);
-    ok(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=buildbay test CA", "-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign"])
-        .arg("-keyout")
-        .arg(p("ca.key"))
-        .arg("-out")
-        .arg(p("ca.pem")));
-    ok(Command::new("openssl")
-        .args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1"])
-        .arg("-keyout")
-        .arg(p("server.key"))
-        .arg("-out")
-        .arg(p("server.csr")));
-    std::fs::write(p("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").expect("write");
-    ok(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in")
-        .arg(p("server.csr"))
-        .arg("-CA")
-        .arg(p("ca.pem"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .arg("-extfile")
-        .arg(p("ext"))
-        .arg("-out")
-        .arg(p("server.pem")));
-    (p("ca.pem"), p("server.pem"), p("server.key"))
-}
-
 /// The SMTP server, until dropped.
 struct Sink(std::process::Child);
 
@@ -97,7 +64,9 @@ fn answer(out: std::process::Output) -> serde_json::Value {
 #[test]
 fn notifications_are_mailed_over_starttls_once_the_server_is_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = certificates(dir.path());
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.server("smtp");
+    let ca = ca.pem();
     let mails = dir.path().join("mails");
     std::fs::create_dir(&mails).expect("mkdir");
     let password = dir.path().join("smtp-password");

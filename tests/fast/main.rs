@@ -9,6 +9,7 @@ mod api;
 mod browser;
 mod crash;
 mod fuzz;
+mod https;
 mod incoming;
 mod jobs;
 mod mail;
