@@ -80,7 +80,7 @@ fn https_serves_apt_the_api_and_mini_buildds_client_and_reloads_its_certificate(
         head(&format!("{}/mini_buildd/api/status/?output=json", srv.url), &[]),
         format!("308 {https}/mini_buildd/api/status/?output=json")
     );
-    let inrelease = format!("/repositories/test/dists/bookworm-test-unstable/InRelease");
+    let inrelease = "/repositories/test/dists/bookworm-test-unstable/InRelease";
     assert!(head(&format!("{}{inrelease}", srv.url), &[]).starts_with("200 "));
     let forged = head(&format!("{}/mini_buildd/api/status/?output=json", srv.url), &["-H", "x-buildbay-scheme: https"]);
     assert!(forged.starts_with("308 "), "{forged}");
