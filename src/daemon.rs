@@ -50,6 +50,8 @@ pub struct Daemon {
     pub metrics: crate::metrics::Metrics,
     /// The SMTP server notification mail goes to (`scheme://host:port`); `None`: no mail.
     pub mail_server: Option<String>,
+    /// The FTP drop box offers FTPS (`incoming_url` and `dput_conf` say `ftps`).
+    pub ftps: bool,
 }
 
 /// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
@@ -114,7 +116,19 @@ impl Daemon {
             heartbeats: Heartbeats::default(),
             metrics: crate::metrics::Metrics::default(),
             mail_server: None,
+            ftps: false,
         }
+    }
+
+    /// Say that the drop box offers FTPS.
+    pub fn with_ftps(mut self, ftps: bool) -> Daemon {
+        self.ftps = ftps;
+        self
+    }
+
+    /// `ftps` or `ftp`: how uploaders reach the drop box.
+    pub fn ftp_scheme(&self) -> &'static str {
+        if self.ftps { "ftps" } else { "ftp" }
     }
 
     /// Say where notification mail goes (`status`, `/metrics`).
@@ -378,7 +392,7 @@ impl Daemon {
             inst: &self.inst,
             incoming: &self.incoming,
             http_url: format!("http://{}:{}", self.host, self.http_port),
-            ftp_url: format!("ftp://{}:{}", self.host, self.ftp_port),
+            ftp_url: format!("{}://{}:{}", self.ftp_scheme(), self.host, self.ftp_port),
             deadline: self.packaging_deadline,
             slots: self.builder.get().map_or(0, |b| b.limits.slots),
         }

@@ -152,6 +152,19 @@ pub enum Part<'a> {
 /// given (the `.changes` last, as mini-buildd and dput do, so an incoming that processes on
 /// arrival sees it complete).
 pub fn ftp_put(to: &FtpUrl, parts: &[Part<'_>]) -> Result<(), RemoteError> {
+    ftp_put_trusting(to, parts, &ca_bundle())
+}
+
+/// The CA certificates an FTPS server's certificate is verified against: `$SSL_CERT_FILE` (as
+/// OpenSSL reads it), else Debian's bundle (`update-ca-certificates` adds a local CA to it).
+pub fn ca_bundle() -> std::path::PathBuf {
+    std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into())
+}
+
+/// [`ftp_put`], verifying an FTPS server against the CA certificates in `bundle` (PEM).
+pub fn ftp_put_trusting(to: &FtpUrl, parts: &[Part<'_>], bundle: &std::path::Path) -> Result<(), RemoteError> {
     use std::net::ToSocketAddrs;
     let down = |e: &dyn std::fmt::Display| RemoteError::Unreachable(format!("{to}: {e}"));
     let addr = to
@@ -160,10 +173,50 @@ pub fn ftp_put(to: &FtpUrl, parts: &[Part<'_>]) -> Result<(), RemoteError> {
         .map_err(|e| down(&e))?
         .next()
         .ok_or_else(|| RemoteError::Unreachable(format!("{to}: the host has no address")))?;
+    let control = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| down(&e))?;
+    let _ = control.set_read_timeout(Some(FTP_TIMEOUT));
+    let _ = control.set_write_timeout(Some(FTP_TIMEOUT));
+    if !to.tls {
+        return put_on(suppaftp::FtpStream::connect_with_stream(control).map_err(|e| down(&e))?, to, addr.ip(), parts);
+    }
+    let config = tls_client(bundle).map_err(|e| RemoteError::Refused(format!("{to}: {e}")))?;
+    let ftp = suppaftp::RustlsFtpStream::connect_with_stream(control)
+        .and_then(|f| f.into_secure(suppaftp::RustlsConnector::from(config), &to.host))
+        .map_err(|e| down(&format!("FTPS: {e}")))?;
+    put_on(ftp, to, addr.ip(), parts)
+}
+
+/// A TLS client that trusts the CA certificates in `bundle`.
+fn tls_client(bundle: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(bundle).map_err(|e| format!("CA bundle {}: {e}", bundle.display()))?;
+    for c in certs.flatten() {
+        let _ = roots.add(c);
+    }
+    if roots.is_empty() {
+        return Err(format!("no CA certificate in {}", bundle.display()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Log in anonymously on a connected control channel and store each part in `/incoming`.
+fn put_on<T: suppaftp::TlsStream>(
+    ftp: suppaftp::ImplFtpStream<T>,
+    to: &FtpUrl,
+    host: std::net::IpAddr,
+    parts: &[Part<'_>],
+) -> Result<(), RemoteError> {
+    let down = |e: &dyn std::fmt::Display| RemoteError::Unreachable(format!("{to}: {e}"));
     // The data connection goes to the control connection's host, whatever address PASV names
     // (no FTP bounce to another host), and is bounded like the control connection.
-    let host = addr.ip();
-    let ftp = suppaftp::FtpStream::connect_timeout(addr, Duration::from_secs(10)).map_err(|e| down(&e))?;
     let mut ftp = ftp.passive_stream_builder(move |pasv: std::net::SocketAddr| {
         let data = std::net::SocketAddr::new(host, pasv.port());
         let s = std::net::TcpStream::connect_timeout(&data, Duration::from_secs(10))
@@ -172,11 +225,6 @@ pub fn ftp_put(to: &FtpUrl, parts: &[Part<'_>]) -> Result<(), RemoteError> {
         s.set_write_timeout(Some(FTP_TIMEOUT)).map_err(suppaftp::FtpError::ConnectionError)?;
         Ok(s)
     });
-    {
-        let sock = ftp.get_ref();
-        let _ = sock.set_read_timeout(Some(FTP_TIMEOUT));
-        let _ = sock.set_write_timeout(Some(FTP_TIMEOUT));
-    }
     ftp.login("anonymous", "anonymous@").map_err(|e| down(&e))?;
     ftp.transfer_type(suppaftp::types::FileType::Binary).map_err(|e| down(&e))?;
     ftp.cwd("/incoming").map_err(|e| down(&e))?;

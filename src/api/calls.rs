@@ -153,7 +153,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "version": env!("CARGO_PKG_VERSION"),
                 "identity": identity,
                 "url": origin.base_url,
-                "incoming_url": format!("ftp://{}:{}", origin.host(), d.ftp_port),
+                "incoming_url": format!("{}://{}:{}", d.ftp_scheme(), origin.host(), d.ftp_port),
                 "load": d.load(ours),
                 "chroots": chroots,
                 "remotes": d.inst.remotes()?.iter().map(|r| r.http.to_string()).collect::<Vec<_>>(),
@@ -206,12 +206,12 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let identity = d.inst.daemon()?.map(|x| x.identity.to_string()).unwrap_or_default();
             let fqdn = format!("{}:{}", origin.host(), d.ftp_port);
             if args.bool("dput_ng_profile") {
-                let p = json!({"method": "ftp", "fqdn": fqdn, "login": "anonymous", "incoming": "/incoming"});
+                let p = json!({"method": d.ftp_scheme(), "fqdn": fqdn, "login": "anonymous", "incoming": "/incoming"});
                 return Ok(Json::String(serde_json::to_string_pretty(&p).unwrap_or_default()));
             }
             let mut s = format!("[mini-buildd-{identity}]\n");
             for (k, v) in
-                [("method", "ftp"), ("fqdn", fqdn.as_str()), ("login", "anonymous"), ("incoming", "/incoming")]
+                [("method", d.ftp_scheme()), ("fqdn", fqdn.as_str()), ("login", "anonymous"), ("incoming", "/incoming")]
             {
                 s.push_str(&format!("{k:8} = {v}\n"));
             }

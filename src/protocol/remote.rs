@@ -165,24 +165,30 @@ fn split_endpoint(s: &str) -> Vec<String> {
     out
 }
 
-/// An FTP incoming a builder or packager names (`incoming_url`, `Upload-To`): `ftp://host:port`.
+/// An FTP incoming a builder or packager names (`incoming_url`, `Upload-To`): `ftp://host:port`,
+/// or `ftps://host:port` (explicit FTPS: `AUTH TLS` on the same port).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FtpUrl {
     pub host: String,
     pub port: u16,
+    /// FTPS: uploads go over TLS, the server's certificate verified.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl std::str::FromStr for FtpUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<FtpUrl, String> {
-        let bad = |why: &str| format!("{s:?} is not an ftp://host:port URL: {why}");
-        let rest = s.strip_prefix("ftp://").ok_or_else(|| {
-            if s.starts_with("ftps://") { bad("FTPS is not supported yet") } else { bad("not ftp://") }
-        })?;
+        let bad = |why: &str| format!("{s:?} is not an ftp://host:port or ftps://host:port URL: {why}");
+        let (tls, rest) = match (s.strip_prefix("ftp://"), s.strip_prefix("ftps://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return Err(bad("neither ftp:// nor ftps://")),
+        };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let u = RemoteUrl::from_str(&format!("http://{rest}")).map_err(|e| bad(e.why))?;
         let port = if rest.rsplit_once(':').is_some_and(|(h, _)| !h.ends_with(':')) { u.port } else { 21 };
-        Ok(FtpUrl { host: u.host, port })
+        Ok(FtpUrl { host: u.host, port, tls })
     }
 }
 
@@ -198,7 +204,7 @@ impl FtpUrl {
 
 impl fmt::Display for FtpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ftp://{}", self.authority())
+        write!(f, "{}://{}", if self.tls { "ftps" } else { "ftp" }, self.authority())
     }
 }
 
@@ -335,7 +341,12 @@ mod tests {
         assert_eq!("ftp://h:8067/".parse::<FtpUrl>().unwrap().to_string(), "ftp://h:8067");
         assert_eq!("ftp://h".parse::<FtpUrl>().unwrap().port, 21);
         assert_eq!("ftp://[::1]:8067".parse::<FtpUrl>().unwrap().authority(), "[::1]:8067");
-        for bad in ["http://h:8067", "ftp://u@h:8067", "ftp://h:8067/incoming", "ftps://h:8067", "ftp://h;x:1"] {
+        let tls = "ftps://h:8067".parse::<FtpUrl>().unwrap();
+        assert!(tls.tls && tls.port == 8067 && tls.to_string() == "ftps://h:8067", "{tls:?}");
+        assert!(!"ftp://h:8067".parse::<FtpUrl>().unwrap().tls);
+        for bad in
+            ["http://h:8067", "ftp://u@h:8067", "ftp://h:8067/incoming", "ftpss://h:8067", "ftp://h;x:1", "ftps://"]
+        {
             assert!(bad.parse::<FtpUrl>().is_err(), "{bad}");
         }
     }

@@ -178,3 +178,62 @@ fn https_without_a_usable_certificate_does_not_start() {
         assert!(!out.status.success() && err.contains(says), "{cert:?} {key:?}: {err}");
     }
 }
+
+/// FTPS: with a certificate on the drop box, `status.incoming_url` and `dput_conf` say `ftps`;
+/// mini-buildd's own uploader takes `dput_conf`'s snippet and uploads over TLS; buildbay's own
+/// FTP client (the one remotes' requests and results travel by) verifies the server against its
+/// CA and refuses one it does not trust.
+#[test]
+fn ftps_uploads_with_dput_conf_and_verifies_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.server("ftp");
+    let srv = Server::start(inst.cmd(&[
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--ftp",
+        "127.0.0.1:0",
+        "--build-slots",
+        "0",
+        "--ftp-cert",
+        cert.to_str().expect("utf-8"),
+        "--ftp-key",
+        key.to_str().expect("utf-8"),
+    ]));
+    let status = crate::common::upload::api(&srv.url, "status", "");
+    assert_eq!(status["incoming_url"], format!("ftps://{}", srv.ftp), "{status}");
+    let conf = crate::common::upload::api(&srv.url, "dput_conf", "");
+    let conf = conf.as_str().expect("a string");
+    assert!(conf.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["method", "=", "ftps"]), "{conf}");
+    let section = conf.lines().next().unwrap_or("").trim_matches(['[', ']']).to_owned();
+    let conf_path = dir.path().join("dput.cf");
+    std::fs::write(&conf_path, conf).expect("write");
+
+    // mini-buildd's uploader, over FTPS, with the snippet unchanged.
+    let changes =
+        crate::common::upload::make_source(dir.path(), "bbftps", "1.0~test12+1", "bookworm-test-unstable", None);
+    let out = run(Command::new("mini-buildd-dput").arg("-c").arg(&conf_path).arg(&section).arg(&changes));
+    assert!(out.status.success(), "mini-buildd-dput: {}", String::from_utf8_lossy(&out.stderr));
+    crate::common::upload::wait_event(&srv.url, "bbftps", "PACKAGING", Duration::from_secs(60));
+
+    // buildbay's client: verified against the test CA it uploads; against another CA it refuses.
+    let to: buildbay::protocol::remote::FtpUrl =
+        status["incoming_url"].as_str().expect("url").parse().expect("ftps URL");
+    assert!(to.tls);
+    let other = TestCa::new(&dir.path().join("other"));
+    let part = [buildbay::remote::Part::Bytes { name: "probe.txt", data: b"probe" }];
+    let refused = buildbay::remote::ftp_put_trusting(&to, &part, &other.pem()).expect_err("an untrusted server");
+    assert!(refused.to_string().contains("FTPS"), "{refused}");
+    let changes =
+        crate::common::upload::make_source(dir.path(), "bbftps2", "1.0~test12+1", "bookworm-test-unstable", None);
+    let files = crate::common::upload::upload_files(&changes);
+    let parts: Vec<buildbay::remote::Part> = files
+        .iter()
+        .map(|p| buildbay::remote::Part::File { name: p.file_name().and_then(|n| n.to_str()).expect("name"), path: p })
+        .collect();
+    buildbay::remote::ftp_put_trusting(&to, &parts, &ca.pem()).expect("an upload over FTPS");
+    crate::common::upload::wait_event(&srv.url, "bbftps2", "PACKAGING", Duration::from_secs(60));
+    assert!(srv.stop());
+}
