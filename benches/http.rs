@@ -1,5 +1,6 @@
 //! Issue 3's benchmark: static delivery of `InRelease` and a ~1 MiB `Packages.xz` by buildbay and
-//! by nginx (Debian's) from the same directory, in the same run, with wrk; `status` latency at 50
+//! by nginx (Debian's) from the same directory, in the same run, with wrk, over HTTP and over
+//! HTTPS (issue 20: the same certificate for both, from a test CA); `status` latency at 50
 //! concurrent clients; the daemon's idle RSS.
 //!
 //! `cargo bench --bench http` (installs wrk and nginx-light when missing, as root).
@@ -90,11 +91,18 @@ fn main() {
     let dist = state.join("repositories/test/dists").join(synth::DIST);
     let xz_size = std::fs::metadata(dist.join("main/binary-amd64/Packages.xz")).expect("Packages.xz").len();
 
+    let ca = common::TestCa::new(tmp.path());
+    let (cert, key) = ca.server("bench");
     let port = free_port();
+    let tport = free_port();
     let mut child = Command::new(bin)
         .arg("--state")
         .arg(&state)
         .args(["--log", "warn,buildbay=info", "serve", "--http", &format!("127.0.0.1:{port}")])
+        .args(["--https", &format!("127.0.0.1:{tport}"), "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
         .stderr(Stdio::piped())
         .spawn()
         .expect("serve");
@@ -111,14 +119,18 @@ fn main() {
     let idle_rss = rss_mb(bb.0.id());
 
     let nport = free_port();
+    let ntport = free_port();
     let conf = tmp.path().join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "worker_processes auto;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\ndaemon off;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n  default_type application/octet-stream;\n  client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_temp_path {0}; uwsgi_temp_path {0}; scgi_temp_path {0};\n  server {{ listen 127.0.0.1:{1}; root {2}; location /repositories/ {{ autoindex on; }} }}\n}}\n",
+            "worker_processes auto;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\ndaemon off;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n  default_type application/octet-stream;\n  client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_temp_path {0}; uwsgi_temp_path {0}; scgi_temp_path {0};\n  server {{ listen 127.0.0.1:{1}; root {2}; location /repositories/ {{ autoindex on; }} }}\n  server {{ listen 127.0.0.1:{3} ssl; ssl_certificate {4}; ssl_certificate_key {5}; root {2}; }}\n}}\n",
             tmp.path().display(),
             nport,
-            state.display()
+            state.display(),
+            ntport,
+            cert.display(),
+            key.display()
         ),
     )
     .expect("nginx.conf");
@@ -127,25 +139,37 @@ fn main() {
 
     let path_in = format!("/repositories/test/dists/{}/InRelease", synth::DIST);
     let path_xz = format!("/repositories/test/dists/{}/main/binary-amd64/Packages.xz", synth::DIST);
-    // Same bytes from both.
+    // Same bytes from both, over HTTP and HTTPS.
     for p in [&path_in, &path_xz] {
         let a = sh(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}{p}")]));
         let b = sh(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{nport}{p}")]));
         assert!(a == b && !a.is_empty(), "{p} differs between buildbay and nginx");
+        let c = sh(Command::new("curl")
+            .arg("-sf")
+            .arg("--cacert")
+            .arg(ca.pem())
+            .arg(format!("https://127.0.0.1:{tport}{p}")));
+        let d = sh(Command::new("curl")
+            .arg("-sf")
+            .arg("--cacert")
+            .arg(ca.pem())
+            .arg(format!("https://127.0.0.1:{ntport}{p}")));
+        assert!(c == a && d == a, "{p} differs over HTTPS");
     }
     eprintln!("nginx serving on {nport}; running wrk");
     let mut rows = Vec::new();
-    for (what, p) in
-        [("InRelease", &path_in), (&*format!("Packages.xz ({:.2} MiB)", xz_size as f64 / 1048576.0), &path_xz)]
-    {
-        // Interleaved rounds: the machine's load drifts, so each side gets the same conditions.
-        let (mut bs, mut ns) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            bs.push(wrk(&format!("http://127.0.0.1:{port}{p}"), 50).0);
-            ns.push(wrk(&format!("http://127.0.0.1:{nport}{p}"), 50).0);
+    let xz_name = format!("Packages.xz ({:.2} MiB)", xz_size as f64 / 1048576.0);
+    for (scheme, bport, ngport) in [("http", port, nport), ("https", tport, ntport)] {
+        for (what, p) in [("InRelease", &path_in), (xz_name.as_str(), &path_xz)] {
+            // Interleaved rounds: the machine's load drifts, so each side gets the same conditions.
+            let (mut bs, mut ns) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                bs.push(wrk(&format!("{scheme}://127.0.0.1:{bport}{p}"), 50).0);
+                ns.push(wrk(&format!("{scheme}://127.0.0.1:{ngport}{p}"), 50).0);
+            }
+            let (b, n) = (median(bs), median(ns));
+            rows.push(format!("| `{what}` | {} | {b:.0} | {n:.0} | **{:.2}×** |", scheme.to_uppercase(), b / n));
         }
-        let (b, n) = (median(bs), median(ns));
-        rows.push(format!("| `{what}` | {b:.0} | {n:.0} | **{:.2}×** |", b / n));
     }
     let (srps, p50, p99) = wrk(&format!("http://127.0.0.1:{port}/mini_buildd/api/status/?output=json"), 50);
     let busy_rss = rss_mb(bb.0.id());
@@ -154,10 +178,10 @@ fn main() {
 
     println!("### Static delivery and the API\n");
     println!(
-        "`cargo bench --bench http` on {} cores: wrk -t2 -c50 -d6s on loopback, median of three interleaved rounds each, buildbay (release) and nginx 1.22 (Debian's nginx-light, `sendfile on`, `worker_processes auto`) serving the same repository directory in the same run.\n",
+        "`cargo bench --bench http` on {} cores: wrk -t2 -c50 -d6s on loopback (keep-alive: a handshake per connection), median of three interleaved rounds each, buildbay (release) and nginx 1.22 (Debian's nginx-light, `sendfile on`, `worker_processes auto`) serving the same repository directory in the same run; over HTTPS both with the same P-256 certificate, TLS as each negotiates it with wrk (OpenSSL).\n",
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
-    println!("| file | buildbay req/s | nginx req/s | buildbay / nginx |\n|---|---|---|---|");
+    println!("| file | over | buildbay req/s | nginx req/s | buildbay / nginx |\n|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }

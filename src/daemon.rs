@@ -52,6 +52,9 @@ pub struct Daemon {
     pub mail_server: Option<String>,
     /// The FTP drop box offers FTPS (`incoming_url` and `dput_conf` say `ftps`).
     pub ftps: bool,
+    /// Free bytes kept on the state directory's file system (`--disk-reserve`): FTP transfers
+    /// and installs stop below it.
+    pub disk_reserve: u64,
 }
 
 /// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
@@ -117,7 +120,14 @@ impl Daemon {
             metrics: crate::metrics::Metrics::default(),
             mail_server: None,
             ftps: false,
+            disk_reserve: 1 << 30,
         }
+    }
+
+    /// Set the free disk kept on the state directory's file system.
+    pub fn with_disk_reserve(mut self, bytes: u64) -> Daemon {
+        self.disk_reserve = bytes;
+        self
     }
 
     /// Say that the drop box offers FTPS.
@@ -395,6 +405,7 @@ impl Daemon {
             ftp_url: format!("{}://{}:{}", self.ftp_scheme(), self.host, self.ftp_port),
             deadline: self.packaging_deadline,
             slots: self.builder.get().map_or(0, |b| b.limits.slots),
+            disk_reserve: self.disk_reserve,
         }
     }
 

@@ -104,10 +104,26 @@ pub fn default_from(identity: &str, host: &str) -> Mailbox {
     Mailbox::new(Some(format!("buildbay {identity}")), address)
 }
 
+/// The `allow_emails_to` in force, compiled to match a whole address (`None`: allows nothing).
+fn allow_regex(daemon: &DaemonMail, host: &str) -> Option<regex::Regex> {
+    let allow = daemon.allow_emails_to.clone().unwrap_or_else(|| default_allow(host));
+    // Checked when it was saved; one that does not compile allows nothing.
+    regex::RegexBuilder::new(&format!("^(?:{allow})$")).size_limit(1 << 20).build().ok()
+}
+
+/// Whether `allow_emails_to` lets mail go to `address` (matched against the whole address,
+/// never against a display name).
+pub fn allows(daemon: &DaemonMail, host: &str, address: &Address) -> bool {
+    let a: &str = address.as_ref();
+    allow_regex(daemon, host).is_some_and(|r| r.is_match(a))
+}
+
 /// Who gets `event`, each address once, in mini-buildd's order: the daemon's `notify`, the
 /// repository's `notify`, Changed-By (when the repository says so, or when the upload names no
-/// repository) and Maintainer (when the repository says so), both only when `allow_emails_to`
-/// matches them, then the matching subscribers.
+/// repository) and Maintainer (when the repository says so), then the matching subscribers.
+/// Changed-By, Maintainer and subscribers' addresses get mail only when `allow_emails_to`
+/// matches the whole address (unlike mini-buildd, which searches the field's text, display name
+/// included).
 pub fn recipients(
     event: &Event,
     daemon: &DaemonMail,
@@ -117,7 +133,11 @@ pub fn recipients(
 ) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::new();
     let mut add = |to: Mailbox, reason: Reason| {
-        if !out.iter().any(|r| r.to.email == to.email) {
+        let same = |r: &Recipient| {
+            let (a, b): (&str, &str) = (r.to.email.as_ref(), to.email.as_ref());
+            a.eq_ignore_ascii_case(b)
+        };
+        if !out.iter().any(same) {
             out.push(Recipient { to, reason });
         }
     };
@@ -129,15 +149,14 @@ pub fn recipients(
             add(m.clone(), Reason::Repository);
         }
     }
-    let allow = daemon.allow_emails_to.clone().unwrap_or_else(|| default_allow(host));
-    // Checked when it was saved; one that does not compile allows nothing.
-    let allow = regex::RegexBuilder::new(&allow).size_limit(1 << 20).build().ok();
+    let allow = allow_regex(daemon, host);
+    let allowed = |a: &Address| {
+        let a: &str = a.as_ref();
+        allow.as_ref().is_some_and(|r| r.is_match(a))
+    };
     let from_upload = |field: &str| -> Option<Mailbox> {
-        let text = event.extra.get(field)?.as_str()?;
-        if !allow.as_ref()?.is_match(text) {
-            return None;
-        }
-        Mailbox::from_str(text).ok()
+        let m = Mailbox::from_str(event.extra.get(field)?.as_str()?).ok()?;
+        allowed(&m.email).then_some(m)
     };
     if repo.is_none_or(|r| r.notify_changed_by)
         && let Some(m) = from_upload("changed_by")
@@ -153,7 +172,7 @@ pub fn recipients(
         let sub = s.subscription;
         let matches = (sub.source.is_empty() || sub.source == event.source)
             && (sub.distribution.is_empty() || sub.distribution == event.distribution);
-        if matches && let Some(a) = s.email {
+        if matches && let Some(a) = s.email.filter(|a| allowed(a)) {
             add(Mailbox::new(None, a.clone()), Reason::Subscriber);
         }
     }
@@ -267,10 +286,43 @@ pub struct Collected {
     pub dropped: usize,
 }
 
+/// REJECTED events mailed per hour, at most: anyone can make them (an unsigned upload to a
+/// distribution that does not exist), so they must not fill the queue or the mailboxes.
+pub const REJECTED_PER_HOUR: u32 = 60;
+
+/// How many REJECTED events were mailed in the current hour.
+#[derive(Debug, Default)]
+pub struct RejectedLimit {
+    hour: i64,
+    used: u32,
+}
+
+impl RejectedLimit {
+    /// Whether one more REJECTED event may be mailed now (and count it).
+    fn take(&mut self, now: DateTime<Utc>) -> bool {
+        let hour = now.timestamp() / 3600;
+        if hour != self.hour {
+            (self.hour, self.used) = (hour, 0);
+        }
+        self.used += 1;
+        if self.used == REJECTED_PER_HOUR + 1 {
+            tracing::warn!(
+                "more than {REJECTED_PER_HOUR} REJECTED events this hour: the rest of the hour's are not mailed"
+            );
+        }
+        self.used <= REJECTED_PER_HOUR
+    }
+}
+
 /// Work out the mail of the events marked pending, and queue it: one transaction per batch,
 /// which takes the marks. `sender: None` (no SMTP server configured) takes the marks and
 /// queues nothing.
-pub fn collect(inst: &Instance, sender: Option<&Sender>, now: DateTime<Utc>) -> Result<Collected> {
+pub fn collect(
+    inst: &Instance,
+    sender: Option<&Sender>,
+    now: DateTime<Utc>,
+    rejected: &mut RejectedLimit,
+) -> Result<Collected> {
     let mut done = Collected::default();
     loop {
         let marks: Vec<(u64, u32)> = {
@@ -312,6 +364,10 @@ pub fn collect(inst: &Instance, sender: Option<&Sender>, now: DateTime<Utc>) -> 
                 let Some(sender) = sender else { continue };
                 let Some(bytes) = events.get(*mark)? else { continue };
                 let Ok(event) = store::decode::<Event>(&format!("event {mark:?}"), bytes.value()) else { continue };
+                if event.kind == crate::events::EventType::Rejected && !rejected.take(now) {
+                    done.dropped += 1;
+                    continue;
+                }
                 let repo = event
                     .distribution
                     .parse::<crate::deb::Dist>()
@@ -369,9 +425,11 @@ pub struct SmtpOptions {
 /// Sends the queue over SMTP.
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
-    /// `scheme://host:port`, for the log and `status` (never the credentials).
+    /// `scheme://host:port`, for the log (never the credentials).
     pub server: String,
     pub retry: std::time::Duration,
+    /// When the next queued mail is due, as the last scan saw it (`None`: scan).
+    next_due: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Mailer {
@@ -379,8 +437,16 @@ impl Mailer {
         use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
         use lettre::transport::smtp::extension::ClientId;
         let bad = |what: String| MailError::Config(what);
-        let parsed = url::Url::parse(&o.url).map_err(|e| bad(format!("{:?} is not a URL: {e}", redact(&o.url))))?;
+        let parsed = url::Url::parse(&o.url).map_err(|e| bad(format!("{} is not a URL: {e}", redact(&o.url))))?;
         let host = parsed.host_str().ok_or_else(|| bad("names no host".into()))?.to_owned();
+        let tls = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+        let encrypted = parsed.scheme() == "smtps" || tls.as_deref() == Some("required");
+        if (o.password_file.is_some() || parsed.password().is_some()) && !encrypted {
+            return Err(bad(format!(
+                "{}: a password is sent only over TLS; use smtps://, or smtp://…?tls=required (STARTTLS)",
+                redact(&o.url)
+            )));
+        }
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(&o.url)
             .map_err(|e| bad(format!("{}: {e}", redact(&o.url))))?
             .hello_name(ClientId::Domain(hello.to_owned()))
@@ -392,7 +458,6 @@ impl Mailer {
                 .add_root_certificate(cert)
                 .build()
                 .map_err(|e| bad(format!("TLS: {e}")))?;
-            let tls = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
             b = b.tls(match (parsed.scheme(), tls.as_deref()) {
                 ("smtps", _) => Tls::Wrapper(params),
                 (_, Some("required")) => Tls::Required(params),
@@ -411,12 +476,18 @@ impl Mailer {
                 pw.trim_end_matches(['\n', '\r']).to_owned(),
             ));
         }
-        let server = format!(
-            "{}://{host}:{}",
-            parsed.scheme(),
-            parsed.port().unwrap_or(if parsed.scheme() == "smtps" { 465 } else { 25 })
-        );
-        Ok(Mailer { transport: b.build(), server, retry: o.retry })
+        let port = parsed.port().unwrap_or(if parsed.scheme() == "smtps" { 465 } else { 25 });
+        Ok(Mailer {
+            transport: b.build(),
+            server: format!("{}://{host}:{port}", parsed.scheme()),
+            retry: o.retry,
+            next_due: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// New mail was queued: the next round scans the queue.
+    pub fn wake(&self) {
+        *self.next_due.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The delay before attempt `attempts + 1`.
@@ -424,88 +495,112 @@ impl Mailer {
         Duration::from_std(self.retry * 2u32.pow(attempts.min(5))).unwrap_or(Duration::minutes(30))
     }
 
-    /// Send the mail that is due; returns how many were sent. A server that cannot be reached
-    /// ends the round (the rest waits for the next one).
+    /// Send the mail that is due; an error from the server ends the round (the rest waits for
+    /// the next one). At least once: each attempt is recorded, with its next time, before the
+    /// mail goes out, so a crash in between sends it again later, never in a loop. The store's
+    /// work runs beside the async workers (`block_in_place`).
     pub async fn send_due(&self, store: &Store, now: DateTime<Utc>) -> Result<Sent> {
-        let due: Vec<(u64, Queued)> = {
-            let tx = store.read()?;
-            match tx.open_table(MAIL_QUEUE) {
-                Ok(t) => {
-                    let mut v = Vec::new();
-                    for i in t.iter()? {
-                        let (k, bytes) = i?;
-                        let q: Queued = store::decode(&format!("mail {}", k.value()), bytes.value())?;
-                        if q.next_try <= now {
-                            v.push((k.value(), q));
-                            if v.len() >= SEND_BATCH {
-                                break;
-                            }
-                        }
-                    }
-                    v
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => vec![],
-                Err(e) => return Err(e.into()),
-            }
-        };
         let mut sent = Sent::default();
+        if self.next_due.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t > now) {
+            return Ok(sent);
+        }
+        let (due, next) = tokio::task::block_in_place(|| due_mail(store, now))?;
+        *self.next_due.lock().unwrap_or_else(|p| p.into_inner()) = next;
         for (key, mut q) in due {
-            let envelope = lettre::address::Envelope::new(Some(q.from.clone()), vec![q.to.clone()]);
-            let outcome = match envelope {
+            q.attempts += 1;
+            q.next_try = now + self.backoff(q.attempts);
+            tokio::task::block_in_place(|| put_mail(store, key, Some(&q)))?;
+            self.wake();
+            let outcome = match lettre::address::Envelope::new(Some(q.from.clone()), vec![q.to.clone()]) {
                 Ok(env) => self.transport.send_raw(&env, q.message.as_bytes()).await.map(|_| ()),
                 Err(e) => {
                     tracing::warn!(to = %q.to, "notification mail has no valid envelope ({e}); dropped");
                     Ok(())
                 }
             };
-            let tx = store.write()?;
-            let stop = {
-                let mut t = tx.open_table(MAIL_QUEUE)?;
-                match outcome {
-                    Ok(()) => {
-                        tracing::info!(to = %q.to, reason = ?q.reason, event = %q.event, "notification mail sent");
-                        t.remove(key)?;
-                        sent.sent += 1;
-                        false
-                    }
-                    Err(e) if e.is_permanent() => {
-                        tracing::warn!(to = %q.to, event = %q.event, "the mail server refused the notification for good: {e}; dropped");
-                        t.remove(key)?;
-                        sent.refused += 1;
-                        false
-                    }
-                    Err(e) if now - q.created > GIVE_UP_AFTER => {
-                        tracing::warn!(to = %q.to, event = %q.event, attempts = q.attempts + 1, "notification mail undelivered for {} days: {e}; dropped", GIVE_UP_AFTER.num_days());
-                        t.remove(key)?;
-                        sent.expired += 1;
-                        false
-                    }
-                    Err(e) => {
-                        q.attempts += 1;
-                        q.next_try = now + self.backoff(q.attempts);
-                        q.last_error = Some(e.to_string());
-                        tracing::warn!(server = %self.server, to = %q.to, attempts = q.attempts, "cannot send notification mail now ({e}); retry at {}", q.next_try);
-                        t.insert(key, store::encode(&q).as_slice())?;
-                        sent.deferred += 1;
-                        true
-                    }
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(to = %q.to, reason = ?q.reason, event = %q.event, "notification mail sent");
+                    tokio::task::block_in_place(|| put_mail(store, key, None))?;
+                    sent.sent += 1;
                 }
-            };
-            tx.commit()?;
-            if stop {
-                break;
+                Err(e) if now - q.created > GIVE_UP_AFTER => {
+                    tracing::warn!(to = %q.to, event = %q.event, attempts = q.attempts, "notification mail undelivered for {} days: {e}; dropped", GIVE_UP_AFTER.num_days());
+                    tokio::task::block_in_place(|| put_mail(store, key, None))?;
+                    sent.expired += 1;
+                    break;
+                }
+                Err(e) => {
+                    // A refusal (5xx) may be the server's (a wrong password, a refused
+                    // sender) as well as the address's: retried like the rest, until dropped.
+                    if e.is_permanent() {
+                        sent.refused += 1;
+                    } else {
+                        sent.deferred += 1;
+                    }
+                    q.last_error = Some(e.to_string());
+                    tokio::task::block_in_place(|| put_mail(store, key, Some(&q)))?;
+                    tracing::warn!(server = %self.server, to = %q.to, attempts = q.attempts, "cannot send notification mail now ({e}); retry at {}", q.next_try);
+                    break;
+                }
             }
         }
         Ok(sent)
     }
 }
 
+/// Queued mail due now, by key, and when the next of the others is due.
+type Due = (Vec<(u64, Queued)>, Option<DateTime<Utc>>);
+
+/// The queued mail due at `now` (at most [`SEND_BATCH`], oldest first), and when the next of
+/// the others is due.
+fn due_mail(store: &Store, now: DateTime<Utc>) -> Result<Due> {
+    let tx = store.read()?;
+    let t = match tx.open_table(MAIL_QUEUE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((vec![], None)),
+        Err(e) => return Err(e.into()),
+    };
+    let (mut due, mut next) = (Vec::new(), None::<DateTime<Utc>>);
+    for i in t.iter()? {
+        let (k, bytes) = i?;
+        let q: Queued = store::decode(&format!("mail {}", k.value()), bytes.value())?;
+        if q.next_try <= now && due.len() < SEND_BATCH {
+            due.push((k.value(), q));
+        } else {
+            next = Some(next.map_or(q.next_try, |n| n.min(q.next_try)));
+        }
+    }
+    Ok((due, next))
+}
+
+/// Replace (`Some`) or remove (`None`) queued mail `key`.
+fn put_mail(store: &Store, key: u64, q: Option<&Queued>) -> Result<()> {
+    let tx = store.write()?;
+    {
+        let mut t = tx.open_table(MAIL_QUEUE)?;
+        match q {
+            Some(q) => {
+                t.insert(key, store::encode(q).as_slice())?;
+            }
+            None => {
+                t.remove(key)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// What one round of [`Mailer::send_due`] did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sent {
     pub sent: u64,
+    /// Attempts the server refused (5xx): retried until [`GIVE_UP_AFTER`].
     pub refused: u64,
+    /// Dropped after [`GIVE_UP_AFTER`].
     pub expired: u64,
+    /// Attempts that failed for now.
     pub deferred: u64,
 }
 
@@ -516,14 +611,16 @@ impl Sent {
     }
 }
 
-/// A URL without its password, for messages.
+/// A URL without its password, for messages; one that does not parse is not repeated.
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
             u.to_string()
         }
-        _ => url.to_owned(),
+        Err(_) => "the --smtp URL".to_owned(),
     }
 }
 
@@ -573,14 +670,16 @@ mod tests {
             ("maint@elsewhere.example".into(), Reason::Maintainer)
         );
         // Subscribers: a matching source or distribution, or all; each address once; none
-        // without an address.
+        // without an address, or at an address allow_emails_to does not match.
         let alice: Address = "alice@x.example".parse().unwrap();
+        let mallory: Address = "victim@elsewhere.example".parse().unwrap();
         let subs = [
             Subscription { user: "alice".into(), source: "hello".into(), distribution: String::new() },
             Subscription { user: "alice".into(), source: String::new(), distribution: String::new() },
             Subscription { user: "bob".into(), source: "other".into(), distribution: String::new() },
             Subscription { user: "carol".into(), source: String::new(), distribution: "bookworm-test-stable".into() },
             Subscription { user: "dave".into(), source: "hello".into(), distribution: String::new() },
+            Subscription { user: "mallory".into(), source: String::new(), distribution: String::new() },
         ];
         let bob: Address = "bob@x.example".parse().unwrap();
         let carol: Address = "carol@x.example".parse().unwrap();
@@ -590,11 +689,37 @@ mod tests {
             Subscriber { subscription: &subs[2], email: Some(&bob) },
             Subscriber { subscription: &subs[3], email: Some(&carol) },
             Subscriber { subscription: &subs[4], email: None },
+            Subscriber { subscription: &subs[5], email: Some(&mallory) },
         ];
+        let x = DaemonMail { allow_emails_to: Some(".*@x\\.example".into()), ..Default::default() };
         assert_eq!(
-            to(&recipients(&e, &DaemonMail::default(), "other.example", Some(&RepositoryMail::default()), &s)),
+            to(&recipients(&e, &x, "other.example", Some(&RepositoryMail::default()), &s)),
             [("alice@x.example".into(), Reason::Subscriber)]
         );
+        // The default allows this host's addresses only.
+        assert!(recipients(&e, &DaemonMail::default(), "other.example", None, &s).is_empty());
+    }
+
+    #[test]
+    fn allow_emails_to_matches_the_whole_address_never_the_display_name() {
+        let daemon = DaemonMail { allow_emails_to: Some(".*@build\\.example".into()), ..Default::default() };
+        let repo = RepositoryMail { notify_changed_by: true, ..Default::default() };
+        for smuggled in [
+            "\"x@build.example\" <victim@anywhere.example>",
+            "x@build.example <victim@anywhere.example>",
+            "victim@build.example.evil.example",
+            "Victim <victim@anywhere.example> (x@build.example)",
+        ] {
+            let e = event(smuggled, "");
+            assert!(recipients(&e, &daemon, "h", Some(&repo), &[]).is_empty(), "{smuggled:?} was mailed");
+        }
+        let e = event("Up <UP@build.example>", "");
+        assert_eq!(
+            to(&recipients(&e, &daemon, "h", Some(&repo), &[])),
+            [("UP@build.example".into(), Reason::ChangedBy)]
+        );
+        assert!(allows(&daemon, "h", &"a@build.example".parse().unwrap()));
+        assert!(!allows(&daemon, "h", &"a@build.example.org".parse().unwrap()));
     }
 
     #[test]
@@ -626,6 +751,27 @@ mod tests {
         assert!(!headers.lines().any(|l| l.starts_with("Bcc") || l.starts_with("X-Evil")), "{headers}");
         assert!(m.contains("Content-Type: application/json"), "{m}");
         assert!(m.contains("hello_1.0-1~test12+1_INSTALLED.json"), "{m}");
+    }
+
+    #[test]
+    fn a_password_goes_only_over_tls_and_never_into_messages() {
+        let o = |url: &str, pw: bool| SmtpOptions {
+            url: url.into(),
+            ca: None,
+            password_file: pw.then(|| "/nonexistent/pw".into()),
+            retry: std::time::Duration::from_secs(1),
+        };
+        let err = |url: &str, pw: bool| Mailer::new(&o(url, pw), "h").err().map(|e| e.to_string()).unwrap_or_default();
+        for (url, pw) in [("smtp://u@h", true), ("smtp://u@h?tls=opportunistic", true), ("smtp://u:secret@h:25", false)]
+        {
+            let e = err(url, pw);
+            assert!(e.contains("only over TLS") && !e.contains("secret"), "{url}: {e}");
+        }
+        // Over TLS it gets as far as reading the file.
+        assert!(err("smtp://u@h?tls=required", true).contains("/nonexistent/pw"));
+        assert!(err("smtps://u@h", true).contains("/nonexistent/pw"));
+        assert!(Mailer::new(&o("smtp://localhost", false), "h").is_ok());
+        assert!(!err("smtp://u:secret@h:99999", false).contains("secret"));
     }
 
     #[test]

@@ -360,7 +360,7 @@ struct FtpArgs {
     /// Send notification mail through this SMTP server:
     /// `smtp://[user@]host[:port]?tls=required` (STARTTLS), `smtps://…` (TLS), or `smtp://…`
     /// (plain, for a relay on this host). Without it, no mail is sent.
-    #[arg(long, env = "BUILDBAY_SMTP")]
+    #[arg(long, env = "BUILDBAY_SMTP", hide_env_values = true)]
     smtp: Option<String>,
     /// A file with the SMTP password (for the URL's user), so that it is on no command line.
     #[arg(long, requires = "smtp")]

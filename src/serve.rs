@@ -199,7 +199,8 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .with_retention(opts.keep_events_days, opts.expire_builds_days)
             .with_jobs_clock_offset(opts.jobs_clock_offset_days)
             .with_mail_server(mailer.as_ref().map(|m| m.server.clone()))
-            .with_ftps(opts.ftp_options.tls.is_some()),
+            .with_ftps(opts.ftp_options.tls.is_some())
+            .with_disk_reserve(opts.quota.reserve),
         );
         match crate::protocol::remote::RemoteUrl::new(false, &daemon.host, daemon.http_port) {
             Ok(url) => daemon.inst.set_public_url(url),
@@ -310,30 +311,42 @@ fn spawn_mail(daemon: std::sync::Arc<crate::daemon::Daemon>, mailer: Option<crat
     }
     let period = mailer.as_ref().map_or(Duration::from_secs(60), |m| m.retry.min(Duration::from_secs(60)));
     let mut rx = daemon.bus.subscribe();
+    let rejected = std::sync::Arc::new(std::sync::Mutex::new(crate::mail::RejectedLimit::default()));
     tokio::spawn(async move {
         loop {
             let d = daemon.clone();
             let with_mail = mailer.is_some();
+            let rejected = rejected.clone();
             let collected = tokio::task::spawn_blocking(move || {
-                let config = d.inst.daemon().ok().flatten();
-                let sender = config.filter(|_| with_mail).map(|c| crate::mail::Sender {
-                    identity: c.identity.to_string(),
-                    host: d.host.clone(),
-                    from: c
-                        .mail
-                        .email_address
-                        .clone()
-                        .unwrap_or_else(|| crate::mail::default_from(c.identity.as_str(), &d.host)),
-                    url: d
-                        .inst
-                        .public_url()
-                        .map_or_else(|| format!("http://{}:{}", d.host, d.http_port), |u| u.to_string()),
-                });
-                crate::mail::collect(&d.inst, sender.as_ref(), chrono::Utc::now())
+                // With mail on, the marks are taken only with the configuration read: a
+                // notification is not lost to a failed read.
+                let sender = match (with_mail, d.inst.daemon()) {
+                    (false, _) => None,
+                    (true, Ok(Some(c))) => Some(crate::mail::Sender {
+                        identity: c.identity.to_string(),
+                        host: d.host.clone(),
+                        from: c
+                            .mail
+                            .email_address
+                            .clone()
+                            .unwrap_or_else(|| crate::mail::default_from(c.identity.as_str(), &d.host)),
+                        url: d
+                            .inst
+                            .public_url()
+                            .map_or_else(|| format!("http://{}:{}", d.host, d.http_port), |u| u.to_string()),
+                    }),
+                    (true, Ok(None)) => return Ok(crate::mail::Collected::default()),
+                    (true, Err(e)) => return Err(crate::mail::MailError::Instance(e)),
+                };
+                let mut limit = rejected.lock().unwrap_or_else(|p| p.into_inner());
+                crate::mail::collect(&d.inst, sender.as_ref(), chrono::Utc::now(), &mut limit)
             })
             .await;
             match collected {
                 Ok(Ok(c)) if c.queued > 0 || c.dropped > 0 => {
+                    if let Some(m) = &mailer {
+                        m.wake();
+                    }
                     tracing::debug!(
                         events = c.events,
                         queued = c.queued,

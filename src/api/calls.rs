@@ -161,7 +161,12 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "packaging": packaging(d)?,
                 "build_queue": queue,
                 "keyring_packages": keyring_states(d),
-                "mail": {"server": d.mail_server, "queued": crate::mail::queued(&d.inst.store)?},
+                "mail": {"on": d.mail_server.is_some(), "queued": crate::mail::queued(&d.inst.store)?},
+                "disk": {
+                    "free_bytes": crate::store::free_bytes(d.inst.store.dir()),
+                    "reserve_bytes": d.disk_reserve,
+                    "low": crate::packager::low_disk(d.inst.store.dir(), d.disk_reserve),
+                },
             });
             if args.bool("with_repositories") {
                 let mut repos = serde_json::Map::new();
@@ -649,11 +654,21 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let user = who_name(who)?;
             let email = match args.str("email").map(str::trim).filter(|e| !e.is_empty()) {
                 None => None,
-                Some(e) => Some(e.parse::<lettre::Address>().map_err(|err| {
-                    ApiError::bad_request(format!(
-                        "email: {e:?} is not a mail address ({err}); give one like you@example.org"
-                    ))
-                })?),
+                Some(e) => {
+                    let a = e.parse::<lettre::Address>().map_err(|err| {
+                        ApiError::bad_request(format!(
+                            "email: {e:?} is not a mail address ({err}); give one like you@example.org"
+                        ))
+                    })?;
+                    let mail = d.inst.daemon()?.map(|x| x.mail).unwrap_or_default();
+                    if !crate::mail::allows(&mail, &d.host, &a) {
+                        return Err(ApiError::bad_request(format!(
+                            "email: this instance mails only addresses its allow_emails_to ({}) matches; ask an administrator",
+                            mail.allow_emails_to.unwrap_or_else(|| crate::mail::default_allow(&d.host))
+                        )));
+                    }
+                    Some(a)
+                }
             };
             let u = auth::set_email(&d.inst.store, user, email)?;
             Ok(json!({"user": user, "email": u.email}))

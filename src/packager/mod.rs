@@ -198,6 +198,8 @@ pub struct Packager<'a> {
     pub deadline: chrono::Duration,
     /// This instance's build slots (0: it builds nothing, and takes no remote's request).
     pub slots: usize,
+    /// Free bytes the state directory's file system keeps: below it, nothing is installed.
+    pub disk_reserve: u64,
 }
 
 impl Packager<'_> {
@@ -942,6 +944,10 @@ impl Packager<'_> {
     /// a crash: a source already in the distribution is not included twice.
     fn install(&self, u: &Upload, changes: &Changes) -> std::result::Result<(), Install> {
         let later = |e: &dyn std::fmt::Display| Install::Later(e.to_string());
+        // Before anything is written into the pool or published.
+        if let Some(low) = low_disk(self.inst.store.dir(), self.disk_reserve) {
+            return Err(Install::Later(low));
+        }
         let dir = self.dir(u);
         let dist: Dist = u.distribution.parse().map_err(|e| Install::Bad(format!("{e}")))?;
         let archive = self.inst.archive().map_err(|e| later(&e))?;
@@ -972,6 +978,19 @@ impl Packager<'_> {
         }
         if bad.is_empty() { Ok(()) } else { Err(Install::Bad(bad.join("; "))) }
     }
+}
+
+/// Why nothing may be installed now: the file system of `state` has less than `reserve` bytes
+/// free (for unprivileged users). `None`: enough, or it cannot tell.
+pub fn low_disk(state: &std::path::Path, reserve: u64) -> Option<String> {
+    let free = crate::store::free_bytes(state)?;
+    (free < reserve).then(|| {
+        format!(
+            "the state directory's file system has {} MiB free, below the {} MiB it keeps (--disk-reserve); nothing was installed: free space, then retry",
+            free >> 20,
+            reserve >> 20
+        )
+    })
 }
 
 /// The most auto-ports an upload makes (each one unpacks and packs its source).

@@ -452,7 +452,9 @@ pub async fn serve(
     let plain = accept_loop(shared.clone(), listener, None, redirect, shutdown.clone());
     match https {
         Some(h) => {
-            tokio::join!(plain, accept_loop(shared.clone(), h.listener, Some(h.acceptor), None, shutdown));
+            // With the redirect, browsers are told to come back over HTTPS only (HSTS).
+            let tls = Tls { acceptor: h.acceptor, hsts: h.redirect };
+            tokio::join!(plain, accept_loop(shared.clone(), h.listener, Some(tls), None, shutdown));
         }
         None => plain.await,
     }
@@ -513,10 +515,18 @@ fn to_https(headers: &HeaderMap, uri: &warp::http::Uri, port: u16) -> Body {
         .unwrap_or_else(|_| empty())
 }
 
+/// The TLS side of a listener.
+#[derive(Clone)]
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Send `Strict-Transport-Security`.
+    hsts: bool,
+}
+
 async fn accept_loop<R>(
     shared: Arc<Shared<R>>,
     listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Tls>,
     redirect: Option<u16>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -525,6 +535,7 @@ async fn accept_loop<R>(
 {
     let mut stopped = std::pin::pin!(stopped(shutdown));
     let https = tls.is_some();
+    let hsts = tls.as_ref().is_some_and(|t| t.hsts);
     loop {
         let slot = tokio::select! {
             s = shared.slots.clone().acquire_owned() => match s {
@@ -556,6 +567,11 @@ async fn accept_loop<R>(
                 counted.metrics.http("repositories", response.status().as_u16());
                 return Either::Left(ready(Ok(response)));
             }
+            if https {
+                req.headers_mut().insert(SCHEME_HEADER, warp::http::HeaderValue::from_static("https"));
+            } else {
+                req.headers_mut().remove(SCHEME_HEADER);
+            }
             if let Some(port) = redirect {
                 counted.metrics.http("redirect", 308);
                 return Either::Left(ready(Ok(to_https(req.headers(), req.uri(), port))));
@@ -564,16 +580,17 @@ async fn accept_loop<R>(
                 Some(v) => req.headers_mut().insert(PEER_HEADER, v.clone()),
                 None => req.headers_mut().remove(PEER_HEADER),
             };
-            if https {
-                req.headers_mut().insert(SCHEME_HEADER, warp::http::HeaderValue::from_static("https"));
-            } else {
-                req.headers_mut().remove(SCHEME_HEADER);
-            }
             let mut filtered = filtered.clone();
             Either::Right(async move {
                 let mut r = tower_service::Service::call(&mut filtered, req).await?;
                 if https {
                     secure_cookies(r.headers_mut());
+                    if hsts {
+                        r.headers_mut().insert(
+                            "strict-transport-security",
+                            warp::http::HeaderValue::from_static("max-age=31536000"),
+                        );
+                    }
                 }
                 Ok::<_, std::convert::Infallible>(r)
             })
@@ -592,7 +609,7 @@ async fn accept_loop<R>(
                 .header_read_timeout(HEADER_TIMEOUT);
             let ended = match tls {
                 None => watcher.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc)).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         watcher.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc)).await
                     }

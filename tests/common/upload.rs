@@ -95,6 +95,17 @@ pub fn make_source(dir: &Path, name: &str, version: &str, dist: &str, signer: Op
     path
 }
 
+/// Move an upload's files into incoming the way a finished transfer lands: the `.changes` last,
+/// each by an atomic rename (no FTP: what the drop box's own checks would refuse gets in).
+pub fn drop_into(incoming: &Path, tmp: &Path, changes: &Path) {
+    std::fs::create_dir_all(tmp).expect("mkdir");
+    for f in upload_files(changes) {
+        let name = f.file_name().expect("name");
+        std::fs::copy(&f, tmp.join(name)).expect("copy");
+        std::fs::rename(tmp.join(name), incoming.join(name)).expect("rename");
+    }
+}
+
 /// The files of an upload, the `.changes` last (as dput sends them).
 pub fn upload_files(changes: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(changes).expect("read changes");

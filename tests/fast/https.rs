@@ -83,7 +83,10 @@ fn https_serves_apt_the_api_and_mini_buildds_client_and_reloads_its_certificate(
     let inrelease = "/repositories/test/dists/bookworm-test-unstable/InRelease";
     assert!(head(&format!("{}{inrelease}", srv.url), &[]).starts_with("200 "));
     let forged = head(&format!("{}/mini_buildd/api/status/?output=json", srv.url), &["-H", "x-buildbay-scheme: https"]);
-    assert!(forged.starts_with("308 "), "{forged}");
+    assert_eq!(forged, format!("308 {https}/mini_buildd/api/status/?output=json"));
+    // Over HTTPS with the redirect, browsers are told to stay on HTTPS.
+    let hsts = curl(&ca_pem, &["-D", "-", "-o", "/dev/null", &format!("{https}/")]);
+    assert!(hsts.to_ascii_lowercase().contains("strict-transport-security: max-age=31536000"), "{hsts}");
 
     // apt over https with the CA configured.
     let apt = AptRoot::new(inst.dir.path(), &format!("{https}/repositories/test"), &["bookworm-test-unstable"], &asc);

@@ -432,3 +432,54 @@ fn distribution_build_settings_travel_in_the_build_request() {
     assert_eq!(member(".config/sbuildrc_snippet"), "$buildbay_test = 1;\n");
     assert!(member(".config/apt_preferences").contains("Pin-Priority: 500"), "internal_apt_priority");
 }
+
+/// Below the free-disk reserve an upload whose build succeeded is not installed: `status` says
+/// why, nothing lands in the pool, and after the daemon's attempts it ends FAILED with the
+/// reason; with the space back, `retry` builds and installs it.
+#[test]
+fn below_the_disk_reserve_nothing_is_installed_until_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let srv = serve(&inst, &[]);
+    let changes = make_source(dir.path(), "bblow", "1.0-1~test12+1", UNSTABLE, None);
+    ftp_upload(&srv.ftp, &changes);
+    let packaging = wait_event(&srv.url, "bblow", "PACKAGING", WAIT);
+    let (ig, ifpr) = instance_signer(dir.path(), &inst.state());
+    let result = build_result(dir.path(), &packaging, "successful", (&ig, &ifpr));
+    assert!(srv.stop());
+
+    // A reserve larger than any disk: the result arrives (not by FTP, which keeps the reserve
+    // too), and the install waits, then fails with the reason.
+    let srv = serve(&inst, &["--disk-reserve", &u64::MAX.to_string()]);
+    let status = api(&srv.url, "status", "");
+    assert!(status["disk"]["low"].as_str().unwrap_or("").contains("--disk-reserve"), "{status}");
+    drop_into(&inst.state().join("incoming"), &dir.path().join("drop"), &result);
+    let failed = wait_event(&srv.url, "bblow", "FAILED", Duration::from_secs(90));
+    let detail = failed["extra"]["error"]["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("--disk-reserve") && detail.contains("nothing was installed"), "{failed}");
+    assert!(!pool_files(&inst).iter().any(|p| p.contains("bblow")), "{:?}", pool_files(&inst));
+    let key = failed["extra"]["key"].as_str().expect("key").to_owned();
+    assert!(srv.stop());
+
+    // Space again: retry packages it again, and its new build result installs.
+    let srv = serve(&inst, &[]);
+    assert!(api(&srv.url, "status", "")["disk"]["low"].is_null());
+    let out = ok(inst
+        .cmd(&["api", "--url", &srv.url, "--user", "admin", "--confirm", "retry", &key])
+        .env("BUILDBAY_PASSWORD", "admin-password"));
+    assert!(out.contains("retried"), "{out}");
+    let start = std::time::Instant::now();
+    let again = loop {
+        let p = of(&events(&srv.url), "bblow", "PACKAGING");
+        if p.len() >= 2 {
+            break p[p.len() - 1].clone();
+        }
+        assert!(start.elapsed() < WAIT, "retry did not package again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ftp_upload(&srv.ftp, &build_result(dir.path(), &again, "successful", (&ig, &ifpr)));
+    wait_event(&srv.url, "bblow", "INSTALLED", WAIT);
+    assert!(pool_files(&inst).iter().any(|p| p.ends_with("bblow_1.0-1~test12+1_all.deb")));
+    assert!(srv.stop());
+}

@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 const PACKAGES: usize = 12;
 const KILLS: usize = 32;
 
-/// Move an upload's files into incoming the way a finished transfer lands: the `.changes` last,
-/// each by an atomic rename.
-fn drop_into(incoming: &Path, tmp: &Path, changes: &Path) {
-    std::fs::create_dir_all(tmp).expect("mkdir");
-    for f in upload_files(changes) {
-        let name = f.file_name().expect("name");
-        std::fs::copy(&f, tmp.join(name)).expect("copy");
-        std::fs::rename(tmp.join(name), incoming.join(name)).expect("rename");
-    }
-}
-
 /// Stored events, read from the state directory while no daemon runs.
 fn stored_events(state: &Path) -> Vec<buildbay::events::Event> {
     let store = buildbay::store::Store::open(state).expect("open state");
