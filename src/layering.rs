@@ -12,6 +12,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("auth", 1),
     ("events", 1),
     ("metrics", 2),
+    ("mirror", 2),
     ("protocol", 2),
     ("layout", 2),
     ("config", 3),

@@ -27,6 +27,7 @@ mod layering;
 pub mod layout;
 pub mod mail;
 pub mod metrics;
+pub mod mirror;
 pub mod packager;
 pub mod port;
 pub mod protocol;

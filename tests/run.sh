@@ -34,9 +34,10 @@ BUILD=(build-essential pkg-config nettle-dev libclang-dev)
 # debootstraps the tree it installs it into.
 # The browser test (tests/fast/browser.rs): Debian's chromium, driven by playwright-core from npm;
 # devscripts for the debdiff call; python3-prometheus-client parses /metrics as Prometheus would;
-# python3-aiosmtpd is the SMTP server of tests/fast/mail.rs, with openssl making its certificates.
+# python3-aiosmtpd is the SMTP server of tests/fast/mail.rs, with openssl making its certificates;
+# debmirror for the debmirror call (tests/fast/mirror.rs).
 TEST=(dpkg-dev gnupg gpgv apt debian-archive-keyring xz-utils gzip curl systemd dput python3 sbuild schroot mmdebstrap systemd-container
-      debhelper lintian debootstrap chromium devscripts python3-prometheus-client python3-aiosmtpd openssl)
+      debhelper lintian debootstrap chromium devscripts python3-prometheus-client python3-aiosmtpd openssl debmirror)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 

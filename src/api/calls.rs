@@ -226,6 +226,32 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             Ok(Json::String(s))
         }
         "sources_list" => sources_list(d, args, origin).map(Json::String),
+        "debmirror" => {
+            let destination = args.str("destination").unwrap_or(crate::mirror::DEFAULT_DESTINATION);
+            let keyring = crate::gpg::read_keyring(d.inst.pub_key()?.as_bytes())
+                .and_then(|c| crate::gpg::binary_keyring(&c))
+                .map_err(|e| ApiError::new(500, format!("the archive key: {e}")))?;
+            let mirror = crate::mirror::Mirror {
+                state: d.inst.store.dir().to_owned(),
+                // This instance over plain HTTP, by the name the caller reached it by (as
+                // mini-buildd does): the signatures are checked.
+                host: format!("{}:{}", origin.host(), d.http_port),
+                keyring,
+                architectures: args.str("architectures").unwrap_or_default().to_owned(),
+                components: args.str("components").unwrap_or_default().to_owned(),
+            };
+            let mut answers = serde_json::Map::new();
+            for (r, dists) in selected_dists(d, args)? {
+                let dists: Vec<String> = dists.iter().map(|(dd, _)| dd.to_string()).collect();
+                let done = mirror.run(&r.identity, &dists, destination).map_err(|e| match e {
+                    crate::mirror::MirrorError::Bad(m) => ApiError::bad_request(m),
+                    crate::mirror::MirrorError::Failed(m) => ApiError::new(502, m),
+                    crate::mirror::MirrorError::Io(m) => ApiError::new(500, m),
+                })?;
+                answers.insert(r.identity.to_string(), serde_json::to_value(done).unwrap_or_default());
+            }
+            Ok(Json::Object(answers))
+        }
         "retry" => {
             let bkey = args.require::<String>("bkey")?;
             let u = crate::packager::retry(&d.inst, &d.incoming, &bkey).map_err(|e| match e {
@@ -728,21 +754,19 @@ fn dist_list(args: &Args, name: &str) -> Result<Vec<Dist>, ApiError> {
         .collect()
 }
 
-fn sources_list(d: &Daemon, args: &Args, origin: &Origin) -> Result<String, ApiError> {
+/// Per repository, its selected distributions with their components.
+type SelectedDists = Vec<(Repository, Vec<(Dist, Vec<String>)>)>;
+
+/// The distributions `repositories`, `codenames`, `suites` and `rollbacks` select (a
+/// distribution, then its rollbacks), per repository, with the distribution's components.
+fn selected_dists(d: &Daemon, args: &Args) -> Result<SelectedDists, ApiError> {
     let codenames = args.list("codenames");
     let suites = args.list("suites");
-    let types = args.list("types");
     let rollbacks = args.int("rollbacks").unwrap_or(0);
-    let opts = args.str("options").unwrap_or("");
-    let snapshot: Option<SnapshotName> = args.parse("snapshot")?;
-    let base = args
-        .str("mirror")
-        .map(|m| m.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| format!("{}/repositories", origin.base_url));
-    let origin_name = d.inst.daemon()?.map(|x| x.archive_origin()).unwrap_or_default();
-    let mut lines = Vec::new();
+    let mut out = Vec::new();
     for r in selected_repos(d, args)? {
         let ctx = d.inst.archive()?.ctx(&r.identity)?;
+        let mut dists = Vec::new();
         for (codename, (dist, _)) in &ctx.dists {
             if !codenames.is_empty() && !codenames.contains(codename) {
                 continue;
@@ -755,19 +779,37 @@ fn sources_list(d: &Daemon, args: &Args, origin: &Origin) -> Result<String, ApiE
                 }
                 let base_dist = Dist::new(dist.codename.clone(), r.identity.clone(), s.suite.clone());
                 let n = if rollbacks < 0 { s.rollback } else { (rollbacks as u32).min(s.rollback) };
-                let dists = std::iter::once(base_dist.clone()).chain((0..n).map(|k| base_dist.rollback(k)));
-                for dd in dists {
-                    let suite = match &snapshot {
-                        Some(name) => format!("{dd}/snapshots/{name}"),
-                        None => dd.to_string(),
-                    };
-                    for t in &types {
-                        if args.bool("with_comment") {
-                            lines.push(format!("# {origin_name} '{dd}': release n={dd}, o={origin_name}"));
-                        }
-                        lines.push(format!("{t} [{opts}] {base}/{} {suite} {}", r.identity, comps.join(" ")));
-                    }
+                for dd in std::iter::once(base_dist.clone()).chain((0..n).map(|k| base_dist.rollback(k))) {
+                    dists.push((dd, comps.clone()));
                 }
+            }
+        }
+        out.push((r, dists));
+    }
+    Ok(out)
+}
+
+fn sources_list(d: &Daemon, args: &Args, origin: &Origin) -> Result<String, ApiError> {
+    let types = args.list("types");
+    let opts = args.str("options").unwrap_or("");
+    let snapshot: Option<SnapshotName> = args.parse("snapshot")?;
+    let base = args
+        .str("mirror")
+        .map(|m| m.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("{}/repositories", origin.base_url));
+    let origin_name = d.inst.daemon()?.map(|x| x.archive_origin()).unwrap_or_default();
+    let mut lines = Vec::new();
+    for (r, dists) in selected_dists(d, args)? {
+        for (dd, comps) in dists {
+            let suite = match &snapshot {
+                Some(name) => format!("{dd}/snapshots/{name}"),
+                None => dd.to_string(),
+            };
+            for t in &types {
+                if args.bool("with_comment") {
+                    lines.push(format!("# {origin_name} '{dd}': release n={dd}, o={origin_name}"));
+                }
+                lines.push(format!("{t} [{opts}] {base}/{} {suite} {}", r.identity, comps.join(" ")));
             }
         }
     }

@@ -609,6 +609,41 @@ pub static CALLS: &[Call] = &[
         ],
     },
     Call {
+        name: "debmirror",
+        auth: Role::Admin,
+        needs_running: false,
+        confirm: true,
+        group: "Administrator",
+        doc: "Make a partial mirror of repositories with Debian's debmirror (from this instance over HTTP, Release signatures checked), into <state>/debmirror/<repository> (mini-buildd's call).",
+        args: &[
+            opt("suites", Some('S'), Kind::List, Default::Server, "Suites (default: all)."),
+            opt("rollbacks", Some('r'), Kind::Int, Default::Value("0"), "Also mirror this many rollbacks (<0: all)."),
+            REPOSITORIES,
+            opt("codenames", Some('c'), Kind::List, Default::Server, "Codenames (default: all)."),
+            opt(
+                "architectures",
+                Some('A'),
+                Kind::Str,
+                Default::Value("amd64,i386,arm64,armhf,armel,s390x,ppc64el,mipsel,mips64el"),
+                "Architectures to mirror (debmirror's --arch; only those found are mirrored).",
+            ),
+            opt(
+                "components",
+                Some('C'),
+                Kind::Str,
+                Default::Value("main,contrib,non-free,main/debian-installer,multiverse,restricted,universe"),
+                "Components to mirror (debmirror's --section; only those found are mirrored).",
+            ),
+            opt(
+                "destination",
+                Some('D'),
+                Kind::Str,
+                Default::Value("debmirror/{}"),
+                "Where, below the state directory ({} is the repository); what is there is replaced by the mirror.",
+            ),
+        ],
+    },
+    Call {
         name: "start",
         auth: Role::Admin,
         needs_running: false,
@@ -835,10 +870,7 @@ pub static CALLS: &[Call] = &[
 
 /// mini-buildd's calls that buildbay does not answer (yet), each with the reason; the HTTP API
 /// answers them with 501 and the reason, and the reference lists them.
-pub const NOT_SUPPORTED: &[(&str, &str)] = &[(
-    "debmirror",
-    "not yet (the issue \"Operations\"); the repositories are plain directories under /var/lib/buildbay/repositories, which rsync or Debian's debmirror can mirror over HTTP.",
-)];
+pub const NOT_SUPPORTED: &[(&str, &str)] = &[];
 
 /// Why a mini-buildd call is not supported, if it is one of those.
 pub fn not_supported(name: &str) -> Option<&'static str> {
@@ -912,6 +944,9 @@ pub fn markdown() -> String {
     out.push_str("\n## Not supported\n\nmini-buildd's calls that buildbay does not answer; over HTTP they get 501 with the reason.\n\n");
     for (name, why) in NOT_SUPPORTED {
         out.push_str(&format!("- `{name}`: {why}\n"));
+    }
+    if NOT_SUPPORTED.is_empty() {
+        out.push_str("None: every call of mini-buildd 2.2's API is answered.\n");
     }
     out
 }

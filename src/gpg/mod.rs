@@ -168,6 +168,15 @@ pub fn armored_keyring(certs: &[Cert]) -> Result<String, GpgError> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Public keys as one binary keyring (what gpgv reads with `--keyring`).
+pub fn binary_keyring(certs: &[Cert]) -> Result<Vec<u8>, GpgError> {
+    let mut out = Vec::new();
+    for c in certs {
+        c.serialize(&mut out)?;
+    }
+    Ok(out)
+}
+
 /// Exactly one public key (an uploader's), armored or binary.
 pub fn one_key(data: &[u8]) -> Result<Cert, GpgError> {
     let mut certs = read_keyring(data).map_err(|e| GpgError::NotAKey(e.to_string()))?;

@@ -14,6 +14,7 @@ mod incoming;
 mod jobs;
 mod mail;
 mod metrics;
+mod mirror;
 mod pipeline_crash;
 mod ports;
 mod remotes;
