@@ -80,6 +80,7 @@ pub enum Work {
     SetupInspect,
     ExpireBuilds,
     ExpireEvents,
+    ExpireSessions,
     Snapshots,
 }
 
@@ -125,6 +126,12 @@ pub const JOBS: &[Def] = &[
         doc: "Remove events older than --keep-events-days: from the database and their files.",
     },
     Def {
+        name: "cronjob_expire_sessions",
+        period: Period::Daily,
+        work: Work::ExpireSessions,
+        doc: "Remove expired browser sessions and API tokens from the database (buildbay's own job).",
+    },
+    Def {
         name: "cronjob_snapshots",
         period: Period::Weekly,
         work: Work::Snapshots,
@@ -150,6 +157,7 @@ pub const IDS: &[&str] = &[
     "cronjob_setup_inspect (WEEKLY)",
     "cronjob_expire_builds (DAILY)",
     "cronjob_expire_events (WEEKLY)",
+    "cronjob_expire_sessions (DAILY)",
     "cronjob_snapshots (WEEKLY)",
     "cronjob_snapshots (MONTHLY)",
     "cronjob_snapshots (YEARLY)",
@@ -254,6 +262,9 @@ fn run(ctx: &Ctx<'_>, def: &Def, now: DateTime<Utc>) -> Result<Record, JobError>
         Work::SetupInspect => setup_inspect(ctx, now),
         Work::ExpireBuilds => expire_builds(ctx, now),
         Work::ExpireEvents => expire_events(ctx, now),
+        Work::ExpireSessions => crate::auth::expire(&ctx.inst.store)
+            .map(|n| format!("{n} expired sessions and tokens removed"))
+            .map_err(|e| e.to_string()),
         Work::Snapshots => snapshots(ctx, def.period, now),
     };
     let seconds = start.elapsed().as_secs_f64();
