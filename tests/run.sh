@@ -71,6 +71,16 @@ if ! installed mini-buildd-utils; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mini-buildd-utils/bookworm-backports
 fi
+# promtool, Prometheus's linter of /metrics (tests/fast/metrics.rs): unpacked from Debian's
+# prometheus package, not installed (installing it would start a Prometheus server here).
+PROMTOOL=/var/cache/buildbay-tests/promtool
+if [ ! -x "$PROMTOOL" ]; then
+    promtool_tmp=$(mktemp -d)
+    (cd "$promtool_tmp" && as_root apt-get download -qq prometheus 2>/dev/null)
+    dpkg-deb --fsys-tarfile "$promtool_tmp"/prometheus_*.deb | tar -x -C "$promtool_tmp" ./usr/bin/promtool
+    as_root install -D -m 0755 "$promtool_tmp/usr/bin/promtool" "$PROMTOOL"
+    rm -rf "$promtool_tmp"
+fi
 # Node for the browser test: any nodejs >= 18 with npm (Debian's, unless one is installed).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     install_missing nodejs npm

@@ -81,5 +81,26 @@ fn metrics_in_prometheus_text_format() {
     assert!(value(&samples, "buildbay_redb_bytes", serde_json::json!({})).is_some_and(|v| v > 0.0));
     assert!(value(&samples, "buildbay_disk_free_bytes", serde_json::json!({})).is_some_and(|v| v > 0.0));
     assert_eq!(value(&samples, "buildbay_build_queue", serde_json::json!({})), Some(0.0));
+    // Prometheus's own linter (promtool, from Debian's prometheus; tests/run.sh unpacks it).
+    let text = ok(Command::new("curl").args(["-sf", "--max-time", "10"]).arg(format!("{}/metrics", srv.url)));
+    let mut promtool = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{PROMTOOL}: {e} (tests/run.sh deps unpacks it)"));
+    use std::io::Write;
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(srv.stop());
 }
+
+/// Where tests/run.sh puts promtool.
+const PROMTOOL: &str = "/var/cache/buildbay-tests/promtool";
