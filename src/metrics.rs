@@ -35,6 +35,17 @@ struct Counters {
     mails: BTreeMap<&'static str, u64>,
 }
 
+/// Publishes of a distribution (its indices and signed Release) in this process: (seconds, count).
+/// Process-wide: the archive writer has no daemon to report to.
+static PUBLISHED: Mutex<(f64, u64)> = Mutex::new((0.0, 0));
+
+/// One distribution was published, in `took`.
+pub fn published(took: std::time::Duration) {
+    let mut p = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+    p.0 += took.as_secs_f64();
+    p.1 += 1;
+}
+
 /// What is read at each scrape.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
@@ -129,6 +140,13 @@ impl Metrics {
                     [(format!("_sum{l}"), format!("{sum:.3}")), (format!("_count{l}"), n.to_string())]
                 })
                 .collect(),
+        );
+        let (sum, n) = *PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+        family(
+            "buildbay_publish_seconds",
+            "summary",
+            "Time spent publishing a distribution (its changed indices and signed Release), per publish.",
+            vec![("_sum".into(), format!("{sum:.3}")), ("_count".into(), n.to_string())],
         );
         family(
             "buildbay_uploads_total",

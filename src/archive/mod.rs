@@ -1168,6 +1168,7 @@ impl<'a> Archive<'a> {
             drop(read);
             let t_index = t.elapsed();
             publish::publish(&dists, dist_name, &ctx.release_meta(&dist, &self.origin), &parts, fresh, self.key)?;
+            crate::metrics::published(t.elapsed());
             tracing::debug!(
                 dist = dist_name,
                 index_ms = t_index.as_millis() as u64,

@@ -194,5 +194,11 @@ fn notifications_are_mailed_over_starttls_once_the_server_is_back() {
     assert!(metrics.contains("buildbay_mails_total{outcome=\"sent\"}"), "{metrics}");
     assert!(metrics.contains("buildbay_mails_total{outcome=\"deferred\"}"), "{metrics}");
     assert!(metrics.contains("buildbay_mail_queued 0"), "{metrics}");
+    // The install published its distribution, and the publish was timed.
+    let published = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("buildbay_publish_seconds_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(published.is_some_and(|n| n >= 1), "{metrics}");
     assert!(srv.stop());
 }
