@@ -473,6 +473,14 @@ impl TestCa {
     }
 }
 
+/// `serve` on loopback at ephemeral HTTP and FTP ports, building nothing here (build requests
+/// wait for a result the test sends), with `extra` options.
+pub fn serve_local(inst: &Instance, extra: &[&str]) -> Server {
+    let mut args = vec!["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"];
+    args.extend_from_slice(extra);
+    Server::start(inst.cmd(&args))
+}
+
 /// A free TCP port on loopback (for a daemon that must come back on the same one).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()

@@ -192,19 +192,8 @@ fn ftps_uploads_with_dput_conf_and_verifies_the_server() {
     let inst = Instance::new("ed25519");
     let ca = TestCa::new(dir.path());
     let (cert, key) = ca.server("ftp");
-    let srv = Server::start(inst.cmd(&[
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--ftp",
-        "127.0.0.1:0",
-        "--build-slots",
-        "0",
-        "--ftp-cert",
-        cert.to_str().expect("utf-8"),
-        "--ftp-key",
-        key.to_str().expect("utf-8"),
-    ]));
+    let srv =
+        serve_local(&inst, &["--ftp-cert", cert.to_str().expect("utf-8"), "--ftp-key", key.to_str().expect("utf-8")]);
     let status = crate::common::upload::api(&srv.url, "status", "");
     assert_eq!(status["incoming_url"], format!("ftps://{}", srv.ftp), "{status}");
     let conf = crate::common::upload::api(&srv.url, "dput_conf", "");

@@ -10,12 +10,6 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 const UNSTABLE: &str = "bookworm-test-unstable";
 
-fn serve(inst: &Instance, extra: &[&str]) -> Server {
-    let mut args = vec!["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"];
-    args.extend_from_slice(extra);
-    Server::start(inst.cmd(&args))
-}
-
 const SECURE: &str = "bookworm-sec-unstable";
 
 /// An instance with repositories `test` (which, as in mini-buildd, takes unsigned uploads) and
@@ -46,7 +40,7 @@ fn dput_upload_is_queued_built_installed_with_hooks_and_retry() {
     std::fs::write(hooks.join("_disabled"), "#!/bin/sh\nexit 1\n").expect("write");
     let keyring = dir.path().join("instance.asc");
     std::fs::write(&keyring, inst.ok(&["pub-key"])).expect("write");
-    let srv = serve(&inst, &[]);
+    let srv = serve_local(&inst, &[]);
 
     // The dput snippet from dput_conf, unchanged.
     let conf = api(&srv.url, "dput_conf", "");
@@ -203,7 +197,7 @@ fn every_check_rejects_with_its_reason_and_nothing_reaches_the_repository() {
         std::fs::write(&key, gpg.export(mail)).expect("write");
         inst.ok(&["uploader", "add", user, "--key", key.to_str().expect("utf-8"), "--repositories", "sec"]);
     }
-    let srv = serve(&inst, &[]);
+    let srv = serve_local(&inst, &[]);
     for (changes, _) in &cases {
         ftp_upload(&srv.ftp, changes);
     }
@@ -224,7 +218,7 @@ fn hostile_ftp_and_a_hundred_parallel_uploads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let inst = Instance::new("ed25519");
-    let srv = serve(&inst, &["--max-file-size", "100000", "--incoming-timeout", "3"]);
+    let srv = serve_local(&inst, &["--max-file-size", "100000", "--incoming-timeout", "3"]);
     let state = inst.state();
 
     let small = d.join("small.txt");
@@ -347,7 +341,7 @@ fn distribution_build_settings_travel_in_the_build_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inst = Instance::new("ed25519");
     ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
-    let srv = serve(&inst, &[]);
+    let srv = serve_local(&inst, &[]);
     let ls = || -> serde_json::Value {
         serde_json::from_slice(&api_as(&srv.url, "admin", &["config_ls"]).stdout).expect("config_ls")
     };
@@ -441,7 +435,7 @@ fn below_the_disk_reserve_nothing_is_installed_until_retry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inst = Instance::new("ed25519");
     ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
-    let srv = serve(&inst, &[]);
+    let srv = serve_local(&inst, &[]);
     let changes = make_source(dir.path(), "bblow", "1.0-1~test12+1", UNSTABLE, None);
     ftp_upload(&srv.ftp, &changes);
     let packaging = wait_event(&srv.url, "bblow", "PACKAGING", WAIT);
@@ -451,7 +445,7 @@ fn below_the_disk_reserve_nothing_is_installed_until_retry() {
 
     // A reserve larger than any disk: the result arrives (not by FTP, which keeps the reserve
     // too), and the install waits, then fails with the reason.
-    let srv = serve(&inst, &["--disk-reserve", &u64::MAX.to_string()]);
+    let srv = serve_local(&inst, &["--disk-reserve", &u64::MAX.to_string()]);
     let status = api(&srv.url, "status", "");
     assert!(status["disk"]["low"].as_str().unwrap_or("").contains("--disk-reserve"), "{status}");
     drop_into(&inst.state().join("incoming"), &dir.path().join("drop"), &result);
@@ -463,7 +457,7 @@ fn below_the_disk_reserve_nothing_is_installed_until_retry() {
     assert!(srv.stop());
 
     // Space again: retry packages it again, and its new build result installs.
-    let srv = serve(&inst, &[]);
+    let srv = serve_local(&inst, &[]);
     assert!(api(&srv.url, "status", "")["disk"]["low"].is_null());
     let out = ok(inst
         .cmd(&["api", "--url", &srv.url, "--user", "admin", "--confirm", "retry", &key])

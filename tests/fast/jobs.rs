@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(60);
 const STABLE: &str = "bookworm-test-stable";
 
-fn serve(inst: &Instance, extra: &[&str]) -> Server {
-    let mut args = vec!["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"];
-    args.extend_from_slice(extra);
-    Server::start(inst.cmd(&args))
-}
-
 fn cronjob(url: &str, id: &str) -> serde_json::Value {
     let out = api_as(url, "admin", &["cronjob", id]);
     assert!(out.status.success(), "cronjob {id}: {}", String::from_utf8_lossy(&out.stderr));
@@ -43,7 +37,7 @@ fn jobs_expire_snapshot_and_run_what_was_missed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inst = Instance::new("ed25519");
     ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
-    let srv = serve(&inst, &["--keep-events-days", "0", "--expire-builds-days", "0"]);
+    let srv = serve_local(&inst, &["--keep-events-days", "0", "--expire-builds-days", "0"]);
 
     // A finished upload (REJECTED: no such distribution), with its spool directory, record,
     // events and event files.
@@ -82,7 +76,7 @@ fn jobs_expire_snapshot_and_run_what_was_missed() {
 
     // 400 days later: every job missed its runs and runs at the start. The weekly snapshot made
     // above is now beyond its 8 weeks and dropped; the new weekly and the yearly are made.
-    let srv = serve(&inst, &["--jobs-clock-offset-days", "400"]);
+    let srv = serve_local(&inst, &["--jobs-clock-offset-days", "400"]);
     let start = Instant::now();
     let later = loop {
         let s = snapshots(&srv.url);

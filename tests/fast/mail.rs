@@ -76,23 +76,19 @@ fn notifications_are_mailed_over_starttls_once_the_server_is_back() {
     ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
     ok(inst.cmd(&["user", "add", "alice", "--role", "login"]).env("BUILDBAY_PASSWORD", "alice-password"));
     let smtp_port = free_port();
-    let srv = Server::start(inst.cmd(&[
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--ftp",
-        "127.0.0.1:0",
-        "--build-slots",
-        "0",
-        "--smtp",
-        &format!("smtp://bb@127.0.0.1:{smtp_port}?tls=required"),
-        "--smtp-password-file",
-        password.to_str().expect("utf-8"),
-        "--smtp-ca",
-        ca.to_str().expect("utf-8"),
-        "--mail-retry-seconds",
-        "1",
-    ]));
+    let srv = serve_local(
+        &inst,
+        &[
+            "--smtp",
+            &format!("smtp://bb@127.0.0.1:{smtp_port}?tls=required"),
+            "--smtp-password-file",
+            password.to_str().expect("utf-8"),
+            "--smtp-ca",
+            ca.to_str().expect("utf-8"),
+            "--mail-retry-seconds",
+            "1",
+        ],
+    );
     let status = api(&srv.url, "status", "");
     assert_eq!(status["mail"]["on"], true, "{status}");
 

@@ -34,8 +34,7 @@ fn value(samples: &[(String, serde_json::Value, f64)], name: &str, labels: serde
 fn metrics_in_prometheus_text_format() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inst = Instance::new("ed25519");
-    let srv =
-        Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"]));
+    let srv = serve_local(&inst, &[]);
     let changes = upload::make_source(dir.path(), "bbmetric", "1.0~test12+1", "bookworm-nothere-unstable", None);
     ftp_upload(&srv.ftp, &changes);
     wait_event(&srv.url, "bbmetric", "REJECTED", Duration::from_secs(60));

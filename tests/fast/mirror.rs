@@ -14,8 +14,7 @@ fn debmirror_makes_a_mirror_apt_installs_from() {
     let pkg = make_pkg(inst.dir.path(), "bbmirror", "1.0~test12+1");
     inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().expect("utf-8")]);
     let (asc, _) = inst.key_files();
-    let srv =
-        Server::start(inst.cmd(&["serve", "--http", "127.0.0.1:0", "--ftp", "127.0.0.1:0", "--build-slots", "0"]));
+    let srv = serve_local(&inst, &[]);
 
     // Refused: a destination outside debmirror/, and a caller below admin.
     for bad in ["/tmp/mirror-{}", "debmirror/../repositories", "repositories/{}"] {
