@@ -48,8 +48,8 @@ pub struct Daemon {
     pub heartbeats: Heartbeats,
     /// What `/metrics` counts.
     pub metrics: crate::metrics::Metrics,
-    /// The SMTP server notification mail goes to (`scheme://host:port`); `None`: no mail.
-    pub mail_server: Option<String>,
+    /// Notification mail is sent (`serve --smtp`).
+    pub mail_on: bool,
     /// The FTP drop box offers FTPS (`incoming_url` and `dput_conf` say `ftps`).
     pub ftps: bool,
     /// Free bytes kept on the state directory's file system (`--disk-reserve`): FTP transfers
@@ -118,7 +118,7 @@ impl Daemon {
             dispatch_wake: (Mutex::new(false), std::sync::Condvar::new()),
             heartbeats: Heartbeats::default(),
             metrics: crate::metrics::Metrics::default(),
-            mail_server: None,
+            mail_on: false,
             ftps: false,
             disk_reserve: 1 << 30,
         }
@@ -141,9 +141,9 @@ impl Daemon {
         if self.ftps { "ftps" } else { "ftp" }
     }
 
-    /// Say where notification mail goes (`status`, `/metrics`).
-    pub fn with_mail_server(mut self, server: Option<String>) -> Daemon {
-        self.mail_server = server;
+    /// Say whether notification mail is sent (`status`, the account page).
+    pub fn with_mail(mut self, on: bool) -> Daemon {
+        self.mail_on = on;
         self
     }
 

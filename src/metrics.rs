@@ -166,7 +166,7 @@ impl Metrics {
         family(
             "buildbay_mails_total",
             "counter",
-            "Notification mail since the daemon started: sent, refused for good, dropped after days of trying, and attempts deferred.",
+            "Notification mail since the daemon started: sent; attempts refused (5xx) or deferred, both retried; expired: dropped after days of trying.",
             c.mails.iter().map(|(o, n)| (labels(&[("outcome", o)]), n.to_string())).collect(),
         );
         let gauge = |v: String| vec![(String::new(), v)];

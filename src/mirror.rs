@@ -71,6 +71,7 @@ pub fn list(what: &str, values: &str) -> Result<String, MirrorError> {
 }
 
 /// How to mirror this instance.
+#[derive(Clone)]
 pub struct Mirror {
     pub state: PathBuf,
     /// `host:port` of this instance's HTTP.
@@ -242,18 +243,8 @@ mod tests {
         }
         assert!(!cmd.iter().any(|a| a.contains("ignore-release-gpg")));
         for hostile in ["amd64;rm -rf /", "$(id)", "main,../x", "", "AMD64"] {
-            let m = Mirror { architectures: hostile.into(), ..m_clone(&m) };
+            let m = Mirror { architectures: hostile.into(), ..m.clone() };
             assert!(m.command(&repo, &["d".into()], Path::new("/d"), Path::new("/k")).is_err(), "{hostile:?}");
-        }
-    }
-
-    fn m_clone(m: &Mirror) -> Mirror {
-        Mirror {
-            state: m.state.clone(),
-            host: m.host.clone(),
-            keyring: m.keyring.clone(),
-            architectures: m.architectures.clone(),
-            components: m.components.clone(),
         }
     }
 }

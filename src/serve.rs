@@ -198,7 +198,7 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .with_remote_deadline(opts.remote_deadline)
             .with_retention(opts.keep_events_days, opts.expire_builds_days)
             .with_jobs_clock_offset(opts.jobs_clock_offset_days)
-            .with_mail_server(mailer.as_ref().map(|m| m.server.clone()))
+            .with_mail(mailer.is_some())
             .with_ftps(opts.ftp_options.tls.is_some())
             .with_disk_reserve(opts.quota.reserve),
         );

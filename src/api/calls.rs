@@ -19,7 +19,8 @@ pub struct Origin {
 }
 
 impl Origin {
-    fn host(&self) -> &str {
+    /// The host the client named, without its port.
+    pub fn host(&self) -> &str {
         let hp = self.base_url.split_once("://").map_or(self.base_url.as_str(), |(_, r)| r);
         match hp.rsplit_once(':') {
             Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -149,6 +150,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             } else {
                 d.inst.list::<Chroot>()?.iter().filter(|c| c.status.is_active()).map(Chroot::id).collect()
             };
+            let free = crate::store::free_bytes(d.inst.store.dir());
             let mut s = json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "identity": identity,
@@ -161,11 +163,11 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 "packaging": packaging(d)?,
                 "build_queue": queue,
                 "keyring_packages": keyring_states(d),
-                "mail": {"on": d.mail_server.is_some(), "queued": crate::mail::queued(&d.inst.store)?},
+                "mail": {"on": d.mail_on, "queued": crate::mail::queued(&d.inst.store)?},
                 "disk": {
-                    "free_bytes": crate::store::free_bytes(d.inst.store.dir()),
+                    "free_bytes": free,
                     "reserve_bytes": d.disk_reserve,
-                    "low": crate::packager::low_disk(d.inst.store.dir(), d.disk_reserve),
+                    "low": crate::packager::low_disk(free, d.disk_reserve),
                 },
             });
             if args.bool("with_repositories") {

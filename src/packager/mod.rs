@@ -945,7 +945,7 @@ impl Packager<'_> {
     fn install(&self, u: &Upload, changes: &Changes) -> std::result::Result<(), Install> {
         let later = |e: &dyn std::fmt::Display| Install::Later(e.to_string());
         // Before anything is written into the pool or published.
-        if let Some(low) = low_disk(self.inst.store.dir(), self.disk_reserve) {
+        if let Some(low) = low_disk(crate::store::free_bytes(self.inst.store.dir()), self.disk_reserve) {
             return Err(Install::Later(low));
         }
         let dir = self.dir(u);
@@ -980,10 +980,10 @@ impl Packager<'_> {
     }
 }
 
-/// Why nothing may be installed now: the file system of `state` has less than `reserve` bytes
-/// free (for unprivileged users). `None`: enough, or it cannot tell.
-pub fn low_disk(state: &std::path::Path, reserve: u64) -> Option<String> {
-    let free = crate::store::free_bytes(state)?;
+/// Why nothing may be installed now: the state directory's file system has `free` bytes (for
+/// unprivileged users), less than `reserve`. `None`: enough, or it cannot tell.
+pub fn low_disk(free: Option<u64>, reserve: u64) -> Option<String> {
+    let free = free?;
     (free < reserve).then(|| {
         format!(
             "the state directory's file system has {} MiB free, below the {} MiB it keeps (--disk-reserve); nothing was installed: free space, then retry",

@@ -500,13 +500,8 @@ fn secure_cookies(headers: &mut HeaderMap) {
 
 /// `308` to the same path over HTTPS on `port`, at the host the client named.
 fn to_https(headers: &HeaderMap, uri: &warp::http::Uri, port: u16) -> Body {
-    let base = base_url(headers);
-    let authority = base.trim_start_matches("http://");
-    // The host without its port (an IPv6 literal keeps its brackets).
-    let host = match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => &authority[..i],
-        _ => authority,
-    };
+    let origin = Origin { base_url: base_url(headers) };
+    let host = origin.host();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     Response::builder()
         .status(StatusCode::PERMANENT_REDIRECT)

@@ -834,7 +834,7 @@ fn account(d: &Daemon, v: &Viewer) -> Page {
     Ok((
         "account",
         json!({"title": "Account", "nav": "account", "uploader": uploader, "subscriptions": subscriptions, "tokens": tokens, "users": users, "roles": roles,
-               "email": email, "mail_on": d.mail_server.is_some()}),
+               "email": email, "mail_on": d.mail_on}),
     ))
 }
 
