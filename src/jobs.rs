@@ -82,6 +82,7 @@ pub enum Work {
     ExpireEvents,
     ExpireSessions,
     Snapshots,
+    Retention,
 }
 
 /// One job of the table.
@@ -132,6 +133,12 @@ pub const JOBS: &[Def] = &[
         doc: "Remove expired browser sessions and API tokens from the database (buildbay's own job).",
     },
     Def {
+        name: "cronjob_retention",
+        period: Period::Daily,
+        work: Work::Retention,
+        doc: "Apply each suite's retention (keep_versions, keep_days) to its rollbacks and snapshots; each removal is a REMOVED event (buildbay's own job).",
+    },
+    Def {
         name: "cronjob_snapshots",
         period: Period::Weekly,
         work: Work::Snapshots,
@@ -158,6 +165,7 @@ pub const IDS: &[&str] = &[
     "cronjob_expire_builds (DAILY)",
     "cronjob_expire_events (WEEKLY)",
     "cronjob_expire_sessions (DAILY)",
+    "cronjob_retention (DAILY)",
     "cronjob_snapshots (WEEKLY)",
     "cronjob_snapshots (MONTHLY)",
     "cronjob_snapshots (YEARLY)",
@@ -186,6 +194,8 @@ pub struct Ctx<'a> {
     pub expire_builds_days: u32,
     /// Wake the daemon's pipeline (after `retry_uploads`).
     pub wake: &'a (dyn Fn() + Sync),
+    /// Tell the daemon's listeners of events a job recorded (what retention removed).
+    pub publish: &'a (dyn Fn(&[crate::events::Event]) + Sync),
 }
 
 impl Ctx<'_> {
@@ -266,6 +276,7 @@ fn run(ctx: &Ctx<'_>, def: &Def, now: DateTime<Utc>) -> Result<Record, JobError>
             .map(|n| format!("{n} expired sessions and tokens removed"))
             .map_err(|e| e.to_string()),
         Work::Snapshots => snapshots(ctx, def.period, now),
+        Work::Retention => retention(ctx, now),
     };
     let seconds = start.elapsed().as_secs_f64();
     let (ok, result) = match done {
@@ -372,8 +383,12 @@ fn snapshots(ctx: &Ctx<'_>, period: Period, now: DateTime<Utc>) -> Result<String
                     .strip_prefix(&prefix)
                     .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M").ok());
                 if stamp.is_some_and(|s| Utc.from_utc_datetime(&s) <= expire) {
-                    match archive.snapshot_delete(&dist, &old) {
-                        Ok(()) => dropped += 1,
+                    let why = format!("automatic {prefix}snapshots are kept {} weeks", period.keep().num_weeks());
+                    match archive.snapshot_expire(&dist, &old, &why) {
+                        Ok(ev) => {
+                            (ctx.publish)(&[ev]);
+                            dropped += 1
+                        }
                         Err(e) => failed.push(format!("{dist} {old}: {e}")),
                     }
                 }
@@ -385,6 +400,28 @@ fn snapshots(ctx: &Ctx<'_>, period: Period, now: DateTime<Utc>) -> Result<String
     } else {
         Err(format!("{made} snapshots made, {dropped} dropped; failed: {}", failed.join("; ")))
     }
+}
+
+fn retention(ctx: &Ctx<'_>, now: DateTime<Utc>) -> Result<String, String> {
+    let archive = ctx.inst.archive().map_err(|e| e.to_string())?;
+    let (mut rollbacks, mut snapshots, mut failed) = (0, 0, Vec::new());
+    for r in ctx.inst.list::<crate::config::Repository>().map_err(|e| e.to_string())? {
+        if !r.status.is_active() {
+            continue;
+        }
+        // Each repository on its own: one that fails does not stop the others.
+        match archive.retention(&r.identity, now) {
+            Ok(events) => {
+                (ctx.publish)(&events);
+                let snaps = events.iter().filter(|e| e.extra.contains_key("snapshot")).count();
+                snapshots += snaps;
+                rollbacks += events.len() - snaps;
+            }
+            Err(e) => failed.push(format!("{}: {e}", r.identity)),
+        }
+    }
+    let done = format!("{rollbacks} rollback versions and {snapshots} snapshots removed");
+    if failed.is_empty() { Ok(done) } else { Err(format!("{done}; failed: {}", failed.join("; "))) }
 }
 
 /// Remove the regular files below `dir` last changed before `before`, then the directories they

@@ -19,6 +19,14 @@ pub struct SuiteOption {
     /// wait). `force` overrides.
     #[serde(default)]
     pub min_age_days: u32,
+    /// Retention (buildbay's own; 0: no limit): keep at most this many rollback versions of a
+    /// source, and this many snapshots of each distribution.
+    #[serde(default)]
+    pub keep_versions: u32,
+    /// Retention (buildbay's own; 0: no limit): drop rollback versions superseded, and
+    /// snapshots made, more than this many days ago.
+    #[serde(default)]
+    pub keep_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +64,8 @@ fn suite(name: &str, uploadable: bool, experimental: bool, migrates_to: Option<&
         not_automatic: true,
         but_automatic_upgrades: name != "experimental",
         min_age_days: 0,
+        keep_versions: 0,
+        keep_days: 0,
     }
 }
 
@@ -291,6 +301,65 @@ pub fn shift_plan<V: PartialEq>(base: Option<&V>, rollbacks: &[Option<V>]) -> Ve
     ops
 }
 
+/// Why retention drops an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Beyond the newest `keep_versions`.
+    TooMany(u32),
+    /// Older than `keep_days`.
+    TooOld(u32),
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dropped::TooMany(n) => write!(f, "keep_versions={n}: beyond the newest {n}"),
+            Dropped::TooOld(d) => write!(f, "keep_days={d}: older than {d} days"),
+        }
+    }
+}
+
+impl SuiteOption {
+    pub fn has_retention(&self) -> bool {
+        self.keep_versions > 0 || self.keep_days > 0
+    }
+
+    /// Retention: of items ordered newest first, with the time each was superseded or made
+    /// (`None`: not known, never too old), which go and why. Both limits apply: an item goes
+    /// when it is beyond the newest `keep_versions`, or older than `keep_days`.
+    pub fn retention(
+        &self,
+        newest_first: &[Option<chrono::DateTime<chrono::Utc>>],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(usize, Dropped)> {
+        let too_old = |t: &Option<chrono::DateTime<chrono::Utc>>| {
+            self.keep_days > 0 && t.is_some_and(|t| now - t > chrono::Duration::days(i64::from(self.keep_days)))
+        };
+        // An item is at least as old as any newer one, so what goes is always the oldest.
+        let mut oldest: Option<chrono::DateTime<chrono::Utc>> = None;
+        newest_first
+            .iter()
+            .map(|t| {
+                oldest = match (oldest, *t) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                oldest
+            })
+            .enumerate()
+            .filter_map(|(i, t)| {
+                if self.keep_versions > 0 && i >= self.keep_versions as usize {
+                    Some((i, Dropped::TooMany(self.keep_versions)))
+                } else if too_old(&t) {
+                    Some((i, Dropped::TooOld(self.keep_days)))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
 /// Removing from rollback `k` compacts the chain: k+1 moves to k, …, and the last slot empties.
 pub fn compact_plan(k: u32, rollbacks: u32) -> Vec<(Slot, Option<Slot>)> {
     (k..rollbacks).map(|i| (Slot::Rollback(i), (i + 1 < rollbacks).then_some(Slot::Rollback(i + 1)))).collect()
@@ -307,6 +376,28 @@ mod tests {
     fn check(layout: &Layout, suite: &str, version: &str) -> bool {
         let s = layout.suite(&suite.parse().unwrap()).unwrap();
         layout.check_version(s, &repo(), "12", &version.parse().unwrap()).is_ok()
+    }
+
+    #[test]
+    fn retention_drops_beyond_the_count_and_the_age() {
+        let t = |d: i64| Some(chrono::Utc::now() - chrono::Duration::days(d));
+        let now = chrono::Utc::now();
+        let mut s = suite("unstable", true, false, Some("testing"), 9);
+        let items = [t(1), t(5), None, t(40), t(50)];
+        assert!(!s.has_retention() && s.retention(&items, now).is_empty(), "no limit: nothing goes");
+        s.keep_versions = 2;
+        let gone: Vec<usize> = s.retention(&items, now).iter().map(|(i, _)| *i).collect();
+        assert_eq!(gone, [2, 3, 4]);
+        s.keep_versions = 0;
+        s.keep_days = 30;
+        let dropped = s.retention(&items, now);
+        assert_eq!(dropped, [(3, Dropped::TooOld(30)), (4, Dropped::TooOld(30))], "unknown age is never too old");
+        s.keep_versions = 4;
+        assert_eq!(s.retention(&items, now), [(3, Dropped::TooOld(30)), (4, Dropped::TooMany(4))]);
+        assert_eq!(Dropped::TooOld(30).to_string(), "keep_days=30: older than 30 days");
+        // A newer item's time bounds an older one's: only ever the oldest go.
+        s.keep_versions = 0;
+        assert_eq!(s.retention(&[t(40), t(1), None], now).len(), 3);
     }
 
     #[test]

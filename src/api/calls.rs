@@ -119,11 +119,13 @@ pub fn keyring_states(d: &Daemon) -> Vec<crate::keyring::KeyringState> {
 /// Run `f` on the internal jobs with this daemon's settings (the `cronjob` call, the schedule).
 pub fn with_jobs<T>(d: &Daemon, f: impl FnOnce(&crate::jobs::Ctx<'_>) -> T) -> T {
     let wake = || d.wake();
+    let publish = |events: &[crate::events::Event]| d.publish(events);
     let ctx = crate::jobs::Ctx {
         inst: &d.inst,
         keep_events_days: d.keep_events_days,
         expire_builds_days: d.expire_builds_days,
         wake: &wake,
+        publish: &publish,
     };
     f(&ctx)
 }

@@ -135,6 +135,10 @@ pub struct SourceRecord {
     pub component: Component,
     pub files: Vec<PoolFile>,
     pub binaries: Vec<BinaryKey>,
+    /// When this version left its distribution for rollback0 (rollbacks only; retention's
+    /// `keep_days` counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What the migration gate sees of one migration (see [`Archive::migration_view`]).
@@ -463,6 +467,7 @@ impl<'a> Archive<'a> {
                     component,
                     files: vec![],
                     binaries: vec![],
+                    superseded: None,
                 };
                 (Entry { record, dsc: Some(dsc_stanza.to_string().into_bytes()), binaries: vec![] }, copies, false)
             }
@@ -1096,10 +1101,103 @@ impl<'a> Archive<'a> {
     }
 
     pub fn snapshot_delete(&self, dist: &Dist, name: &SnapshotName) -> Result<()> {
+        self.snapshot_drop(dist, name, None)
+    }
+
+    /// When a snapshot was made: its `Release`'s `Date` (`None` if it cannot be read).
+    pub fn snapshot_made(&self, dist: &Dist, name: &SnapshotName) -> Option<chrono::DateTime<chrono::Utc>> {
+        let path =
+            self.dists_dir(&dist.repo).join(".snapshots").join(dist.to_string()).join(name.as_str()).join("Release");
+        let text = std::fs::read_to_string(path).ok()?;
+        let date = text.lines().find_map(|l| l.strip_prefix("Date:"))?.trim().replace("UTC", "+0000");
+        chrono::DateTime::parse_from_rfc2822(&date).ok().map(|d| d.with_timezone(&chrono::Utc))
+    }
+
+    /// Retention (each suite's `keep_versions` and `keep_days`): drop the rollback versions and
+    /// snapshots beyond them, each reported by a REMOVED event recorded with its change.
+    pub fn retention(&self, repo: &RepoId, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Event>> {
+        let ctx = self.ctx(repo)?;
+        let mut events = Vec::new();
+        for dist in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
+            let Some(suite) = ctx.layout.suite(&dist.suite).filter(|s| s.has_retention()) else { continue };
+            events.extend(self.retain_rollbacks(&ctx, &dist, suite, now)?);
+            let mut snaps: Vec<(Option<chrono::DateTime<chrono::Utc>>, SnapshotName)> =
+                self.snapshot_ls(&dist)?.into_iter().map(|n| (self.snapshot_made(&dist, &n), n)).collect();
+            // Newest first; those whose time is unknown count as the newest.
+            snaps.sort_by(|a, b| b.0.unwrap_or(now).cmp(&a.0.unwrap_or(now)).then_with(|| b.1.cmp(&a.1)));
+            let times: Vec<_> = snaps.iter().map(|(t, _)| *t).collect();
+            for (i, why) in suite.retention(&times, now) {
+                events.push(self.snapshot_expire(&dist, &snaps[i].1, &why.to_string())?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Retention of one distribution's rollbacks. A rollback version from before buildbay
+    /// recorded when it was superseded counts from the first retention run that sees it.
+    fn retain_rollbacks(
+        &self,
+        ctx: &RepoCtx,
+        dist: &Dist,
+        suite: &layout::SuiteOption,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Event>> {
+        let n = ctx.rollbacks(dist);
+        let _w = self.lock();
+        let tx = self.store.write()?;
+        let mut sources = std::collections::BTreeSet::new();
+        for k in 0..n {
+            store::scan_prefix(&tx.open_table(DIST_SOURCES)?, &format!("{}/", dist.rollback(k)), |k, v| {
+                sources.insert(store::decode::<SourceRecord>(k, v)?.source);
+                Ok(())
+            })?;
+        }
+        let (mut gc, mut events) = (Vec::new(), Vec::new());
+        for source in &sources {
+            let mut chain = Vec::new();
+            for k in 0..n {
+                let rd = dist.rollback(k);
+                if let Some(mut e) = get_entry_w(&tx, &rd, source)? {
+                    if e.record.superseded.is_none() {
+                        e.record.superseded = Some(now);
+                        tx.open_table(DIST_SOURCES)?
+                            .insert(format!("{rd}/{source}").as_str(), store::encode(&e.record).as_slice())?;
+                    }
+                    chain.push((rd, e.record));
+                }
+            }
+            let times: Vec<_> = chain.iter().map(|(_, r)| r.superseded).collect();
+            for (i, why) in suite.retention(&times, now) {
+                let (rd, record) = &chain[i];
+                delete_entry(&tx, ctx, rd, source, &mut gc)?;
+                let ev = Event::new(EventType::Removed, rd, source, &record.version).with("retention", why.to_string());
+                ev.record(&tx)?;
+                events.push(ev);
+            }
+        }
+        tx.commit()?;
+        self.finish(ctx, gc)?;
+        Ok(events)
+    }
+
+    /// Delete a snapshot for a retention rule (`why`): its REMOVED event, recorded with the change.
+    pub fn snapshot_expire(&self, dist: &Dist, name: &SnapshotName, why: &str) -> Result<Event> {
+        let ev = Event::new(EventType::Removed, format!("{dist}/snapshots/{name}"), "", "")
+            .with("snapshot", name.as_str())
+            .with("retention", why);
+        self.snapshot_drop(dist, name, Some(&ev))?;
+        Ok(ev)
+    }
+
+    /// Delete a snapshot; `event` (retention's) is recorded with the change.
+    fn snapshot_drop(&self, dist: &Dist, name: &SnapshotName, event: Option<&Event>) -> Result<()> {
         let ctx = self.ctx(&dist.repo)?;
         let _w = self.lock();
         let skey = format!("{dist}/{name}");
         let tx = self.store.write()?;
+        if let Some(ev) = event {
+            ev.record(&tx)?;
+        }
         let mut gc = Vec::new();
         {
             let mut snaps = tx.open_table(SNAPSHOTS)?;
@@ -1402,9 +1500,15 @@ fn shift_rollbacks(
     }
     for op in layout::shift_plan(base.as_ref(), &rbs) {
         let ShiftOp::Copy { from, to } = op;
+        let superseded = from == Slot::Base;
         let (from, to) = (slot_dist(dist, from), slot_dist(dist, to));
         match get_entry_w(tx, &from, source)? {
-            Some(e) => put_entry(tx, ctx, &to, &e, gc)?,
+            Some(mut e) => {
+                if superseded {
+                    e.record.superseded = Some(chrono::Utc::now());
+                }
+                put_entry(tx, ctx, &to, &e, gc)?
+            }
             None => delete_entry(tx, ctx, &to, source, gc)?,
         }
     }

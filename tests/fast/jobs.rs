@@ -92,3 +92,97 @@ fn jobs_expire_snapshot_and_run_what_was_missed() {
     assert_eq!(page.matches("class=\"badge ok\">ok</span>").count(), buildbay::jobs::JOBS.len(), "{page}");
     assert!(srv.stop());
 }
+
+/// Retention beyond rollbacks: a suite's `keep_versions` trims its rollbacks and snapshots to
+/// the newest N, and `keep_days` drops what is older (the schedule's clock moved 400 days on);
+/// each removal is a REMOVED event naming the rule.
+#[test]
+fn retention_trims_rollbacks_and_snapshots_with_events() {
+    const UNSTABLE: &str = "bookworm-test-unstable";
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    for v in 1..=4 {
+        let pkg = make_pkg(inst.dir.path(), "bbkeep", &format!("1.{v}~test12+1"));
+        inst.ok(&["repo", "include", UNSTABLE, pkg.to_str().expect("utf-8")]);
+    }
+    let srv = serve_local(&inst, &[]);
+    let admin = |args: &[&str]| {
+        let out = api_as(&srv.url, "admin", args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    for name in ["s1", "s2", "s3"] {
+        admin(&["snapshot_create", UNSTABLE, name]);
+        std::thread::sleep(Duration::from_millis(1100)); // a second apart: their Release dates
+    }
+    let rollbacks = |url: &str| -> Vec<String> {
+        let ls = api(url, "ls", "source=bbkeep");
+        let rbs = ls["test"][UNSTABLE]["rollbacks"].as_object().cloned().unwrap_or_default();
+        rbs.iter().map(|(d, v)| format!("{d}={}", v["version"].as_str().unwrap_or("?"))).collect()
+    };
+    let snapshots_of = |url: &str| api(url, "snapshot_ls", &format!("distribution={UNSTABLE}"));
+    let before = rollbacks(&srv.url);
+    assert_eq!(before.len(), 3, "three older versions in rollback0..2: {before:?}");
+
+    // The Default layout's unstable keeps 2 versions.
+    let all: serde_json::Value = serde_json::from_slice(&admin(&["config_ls"]).stdout).expect("config_ls");
+    let mut layout = all.as_array().into_iter().flatten().find(|o| o["kind"] == "layout" && o["id"] == "Default").expect("layout")["fields"].clone();
+    set_unstable(&srv.url, &mut layout, "keep_versions", 2);
+    let r = cronjob(&srv.url, "cronjob_retention (DAILY)");
+    assert_eq!(r["result"], "1 rollback versions and 1 snapshots removed", "{r}");
+    let after = rollbacks(&srv.url);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(!after.iter().any(|r| r.contains("1.1~test12+1")), "the oldest went: {after:?}");
+    let snaps: Vec<String> = snapshots_of(&srv.url)
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    assert_eq!(snaps, ["s2", "s3"], "the oldest snapshot went");
+    let removed = of(&events(&srv.url), "bbkeep", "REMOVED");
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0]["distribution"], "bookworm-test-unstable-rollback2");
+    assert_eq!(removed[0]["version"], "1.1~test12+1");
+    assert!(removed[0]["extra"]["retention"].as_str().unwrap_or_default().starts_with("keep_versions=2"));
+    let all_events = events(&srv.url);
+    let snap_ev = all_events.iter().find(|e| e["extra"]["snapshot"] == "s1").expect("the snapshot's REMOVED event");
+    assert_eq!(snap_ev["type"], "REMOVED");
+    assert_eq!(snap_ev["distribution"], "bookworm-test-unstable/snapshots/s1");
+    // Run again: nothing more goes.
+    let r = cronjob(&srv.url, "cronjob_retention (DAILY)");
+    assert_eq!(r["result"], "0 rollback versions and 0 snapshots removed", "{r}");
+
+    // 30 days at most, seen 400 days later: every rollback and snapshot is too old.
+    set_unstable(&srv.url, &mut layout, "keep_days", 30);
+    assert!(srv.stop());
+    let srv = serve_local(&inst, &["--jobs-clock-offset-days", "400"]);
+    let start = Instant::now();
+    while !rollbacks(&srv.url).is_empty() || snapshots_of(&srv.url).as_array().is_none_or(|a| !a.is_empty()) {
+        let left = (rollbacks(&srv.url), snapshots_of(&srv.url));
+        assert!(start.elapsed() < WAIT, "the missed retention run did not drop what is too old: {left:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ls = api(&srv.url, "ls", "source=bbkeep").to_string();
+    assert!(ls.contains("1.4~test12+1"), "the distribution itself is untouched: {ls}");
+    let removed = of(&events(&srv.url), "bbkeep", "REMOVED");
+    assert!(removed.iter().any(|e| e["extra"]["retention"].as_str().unwrap_or_default().starts_with("keep_days=30")));
+    assert!(srv.stop());
+}
+
+/// Set a field of the Default layout's unstable suite, and activate the layout again.
+fn set_unstable(url: &str, layout: &mut serde_json::Value, field: &str, value: u32) {
+    for s in layout["layout"]["suites"].as_array_mut().into_iter().flatten() {
+        if s["suite"] == "unstable" {
+            s[field] = serde_json::json!(value);
+        }
+    }
+    for args in [
+        vec!["config_set".to_owned(), "layout".into(), layout.to_string()],
+        ["config_action", "layout", "Default", "pca"].map(String::from).to_vec(),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = api_as(url, "admin", &args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
