@@ -237,8 +237,15 @@ pub struct Source {
     /// Found by the check: the release's Description.
     #[serde(default)]
     pub description: String,
+    /// Found by the check: the release's `Valid-Until`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<DateTime<Utc>>,
     pub status: Status,
 }
+
+/// How long before its release's `Valid-Until` runs out a source is checked again
+/// (`cronjob_check_sources`): a mirror that stopped renewing it shows before builds fail.
+pub const RECHECK_HOURS: i64 = 24;
 
 fn yes() -> bool {
     true
@@ -261,6 +268,16 @@ impl Source {
         self.architectures = r.architectures.iter().filter_map(|a| a.parse().ok()).collect();
         self.codeversion = crate::layout::guess_codeversion(&self.origin, r.version.as_deref(), self.codename.as_str());
         self.description = r.description.clone().unwrap_or_default();
+        self.valid_until = r.valid_until;
+    }
+
+    /// Whether `cronjob_check_sources` checks it again now: it is active (or its check failed
+    /// while it was), it honours `Valid-Until`, and its release runs out within
+    /// [`RECHECK_HOURS`], or ran out.
+    pub fn recheck_due(&self, now: DateTime<Utc>) -> bool {
+        let live = self.status.is_active() || self.status.checked == Checked::Reactivate;
+        live && self.check_valid_until
+            && self.valid_until.is_some_and(|u| u - now <= chrono::Duration::hours(RECHECK_HOURS))
     }
 }
 

@@ -5,7 +5,7 @@ use crate::auth::LoginLimiter;
 use crate::builder::Builder;
 use crate::events::{Bus, Event};
 use crate::incoming::Incoming;
-use crate::instance::{Instance, InstanceError};
+use crate::instance::Instance;
 use crate::packager::Packager;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,7 +258,6 @@ impl Daemon {
     /// Every step is recorded in redb, so a restarted daemon picks up where this one was.
     pub async fn run_builders(self: std::sync::Arc<Self>) {
         let Some(builder) = self.builder.get() else { return };
-        let mut upgraded = tokio::time::Instant::now();
         loop {
             self.heartbeats.builders();
             let mut busy = false;
@@ -270,13 +269,6 @@ impl Daemon {
                             self.wake();
                         }
                         busy = pass.running > 0;
-                        if let Some(every) = builder.chroot_upgrade
-                            && !busy
-                            && upgraded.elapsed() >= every
-                        {
-                            self.upgrade_chroots(builder).await;
-                            upgraded = tokio::time::Instant::now();
-                        }
                     }
                     Err(e) => tracing::error!("builder pass failed (it is retried): {e}"),
                 }
@@ -290,46 +282,59 @@ impl Daemon {
         }
     }
 
-    /// The periodic chroot upgrade: each active chroot's check (apt-get update and dist-upgrade
-    /// in its image), while no build runs and none can start (the builder's turn is held). A
-    /// failed upgrade deactivates the chroot with the reason; it comes back when a check passes.
-    async fn upgrade_chroots(self: &std::sync::Arc<Self>, builder: &Builder) {
-        let _turn = builder.turn.lock().await;
-        let d = self.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<Vec<crate::config::Object>, InstanceError> {
-            let places = d.places();
-            let active: Vec<String> = d
+    /// The chroot upkeep (the job `cronjob_chroot_upkeep`, on a blocking thread): the check of
+    /// each active chroot, and of each whose check failed while it was active (apt-get update
+    /// and dist-upgrade in its image). It runs only while no build runs, and none can start (the
+    /// builder's turn is held); otherwise it is postponed. A failed check deactivates the chroot
+    /// with the reason, and its builds wait until a check passes (this job's next run, or PCA).
+    pub fn chroot_upkeep(&self) -> Result<crate::jobs::Upkeep, String> {
+        use crate::jobs::Upkeep;
+        let Some(builder) = self.builder.get() else { return Ok(Upkeep::Done("this instance builds nothing".into())) };
+        let _turn = builder.turn.blocking_lock();
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let building = crate::builder::jobs(&self.inst.store).map_err(|e| e.to_string())?.len();
+        if building > 0 {
+            return Ok(Upkeep::Busy(format!("{building} builds are running or being collected")));
+        }
+        let places = self.places();
+        let due: Vec<String> = self
+            .inst
+            .list::<crate::chroot::Chroot>()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|c| c.status.is_active() || c.status.checked == crate::config::Checked::Reactivate)
+            .map(crate::chroot::Chroot::id)
+            .collect();
+        let (mut upgraded, mut failed) = (Vec::new(), Vec::new());
+        for id in &due {
+            let c = self
                 .inst
-                .list::<crate::chroot::Chroot>()?
-                .iter()
-                .filter(|c| c.status.is_active())
-                .map(crate::chroot::Chroot::id)
-                .collect();
-            active
-                .iter()
-                .map(|id| d.inst.lifecycle(&places, crate::config::Kind::Chroot, id, crate::config::Action::Check))
-                .collect()
-        })
-        .await;
-        match done {
-            Ok(Ok(chroots)) => {
-                for c in chroots {
-                    let s = c.status();
-                    match &s.message {
-                        None => tracing::info!(chroot = %c.id(), "upgraded the chroot image"),
-                        Some(why) => {
-                            tracing::warn!(chroot = %c.id(), "upgrading the chroot image failed, so it is not active until a check passes: {why}")
-                        }
-                    }
+                .lifecycle(&places, crate::config::Kind::Chroot, id, crate::config::Action::Check)
+                .map_err(|e| format!("{id}: {e}"))?;
+            match c.status().message.clone() {
+                None => {
+                    tracing::info!(chroot = %id, "upgraded the chroot image");
+                    upgraded.push(id.clone());
+                }
+                Some(why) => {
+                    tracing::warn!(chroot = %id, "upgrading the chroot image failed, so its builds wait until a check passes: {why}");
+                    failed.push(format!("{id}: {why}"));
                 }
             }
-            Ok(Err(e)) => tracing::error!("the chroot upgrade failed (it runs again later): {e}"),
-            Err(e) => tracing::error!("the chroot upgrade failed (it runs again later): {e}"),
         }
         // The apt archive caches start afresh with the upgraded images (what they held is
         // older than the images now, or in them).
         if let Some(caches) = builder.apt_caches() {
             crate::builder::empty_caches(&caches);
+        }
+        let done = match upgraded.len() {
+            0 if failed.is_empty() => "no chroot to upgrade".to_owned(),
+            n => format!("{n} chroots upgraded ({})", upgraded.join(", ")),
+        };
+        if failed.is_empty() {
+            Ok(Upkeep::Done(done))
+        } else {
+            Err(format!("{done}; failed, their builds wait: {}", failed.join("; ")))
         }
     }
 

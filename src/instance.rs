@@ -702,6 +702,7 @@ impl Instance {
                     check_valid_until: true,
                     archives: vec![],
                     description: String::new(),
+                    valid_until: None,
                     status: Status::default(),
                 }
             }
@@ -1029,12 +1030,13 @@ impl Instance {
             }
             (Object::Source(new), old) => {
                 // What the check learnt is not the editor's to set: an archive reaches builds.
-                let (archives, description) = match old {
-                    Some(Object::Source(o)) => (o.archives.clone(), o.description.clone()),
-                    _ => (vec![], String::new()),
+                let (archives, description, valid_until) = match old {
+                    Some(Object::Source(o)) => (o.archives.clone(), o.description.clone(), o.valid_until),
+                    _ => (vec![], String::new(), None),
                 };
                 new.archives = archives;
                 new.description = description;
+                new.valid_until = valid_until;
             }
             (Object::Remote(new), old) => {
                 // Its key comes from its prepare only, and its last status from its check.

@@ -83,7 +83,20 @@ pub enum Work {
     ExpireSessions,
     Snapshots,
     Retention,
+    ChrootUpkeep,
+    CheckSources,
 }
+
+/// What the chroot upkeep did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upkeep {
+    Done(String),
+    /// Builds were running: it runs again in [`POSTPONE_MINUTES`].
+    Busy(String),
+}
+
+/// How soon a postponed job runs again.
+pub const POSTPONE_MINUTES: i64 = 10;
 
 /// One job of the table.
 #[derive(Debug)]
@@ -133,6 +146,18 @@ pub const JOBS: &[Def] = &[
         doc: "Remove expired browser sessions and API tokens from the database (buildbay's own job).",
     },
     Def {
+        name: "cronjob_check_sources",
+        period: Period::Hourly,
+        work: Work::CheckSources,
+        doc: "Check again each source whose release's Valid-Until runs out within a day (or ran out), so that a mirror that stopped renewing it shows before builds fail (buildbay's own job).",
+    },
+    Def {
+        name: "cronjob_chroot_upkeep",
+        period: Period::Daily,
+        work: Work::ChrootUpkeep,
+        doc: "Upgrade the chroot images (apt-get update and dist-upgrade), and check again those whose upgrade failed; builds wait for a failed one until it passes (buildbay's own job).",
+    },
+    Def {
         name: "cronjob_retention",
         period: Period::Daily,
         work: Work::Retention,
@@ -165,6 +190,8 @@ pub const IDS: &[&str] = &[
     "cronjob_expire_builds (DAILY)",
     "cronjob_expire_events (WEEKLY)",
     "cronjob_expire_sessions (DAILY)",
+    "cronjob_check_sources (HOURLY)",
+    "cronjob_chroot_upkeep (DAILY)",
     "cronjob_retention (DAILY)",
     "cronjob_snapshots (WEEKLY)",
     "cronjob_snapshots (MONTHLY)",
@@ -196,6 +223,8 @@ pub struct Ctx<'a> {
     pub wake: &'a (dyn Fn() + Sync),
     /// Tell the daemon's listeners of events a job recorded (what retention removed).
     pub publish: &'a (dyn Fn(&[crate::events::Event]) + Sync),
+    /// The daemon's chroot upkeep (it holds the builders while it runs).
+    pub chroot_upkeep: &'a (dyn Fn() -> Result<Upkeep, String> + Sync),
 }
 
 impl Ctx<'_> {
@@ -268,28 +297,36 @@ fn run(ctx: &Ctx<'_>, def: &Def, now: DateTime<Utc>) -> Result<Record, JobError>
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let start = std::time::Instant::now();
     let done = match def.work {
-        Work::RetryUploads => retry_uploads(ctx),
-        Work::SetupInspect => setup_inspect(ctx, now),
-        Work::ExpireBuilds => expire_builds(ctx, now),
-        Work::ExpireEvents => expire_events(ctx, now),
+        Work::RetryUploads => retry_uploads(ctx).map(Upkeep::Done),
+        Work::SetupInspect => setup_inspect(ctx, now).map(Upkeep::Done),
+        Work::ExpireBuilds => expire_builds(ctx, now).map(Upkeep::Done),
+        Work::ExpireEvents => expire_events(ctx, now).map(Upkeep::Done),
         Work::ExpireSessions => crate::auth::expire(&ctx.inst.store)
-            .map(|n| format!("{n} expired sessions and tokens removed"))
+            .map(|n| Upkeep::Done(format!("{n} expired sessions and tokens removed")))
             .map_err(|e| e.to_string()),
-        Work::Snapshots => snapshots(ctx, def.period, now),
-        Work::Retention => retention(ctx, now),
+        Work::Snapshots => snapshots(ctx, def.period, now).map(Upkeep::Done),
+        Work::Retention => retention(ctx, now).map(Upkeep::Done),
+        Work::ChrootUpkeep => (ctx.chroot_upkeep)(),
+        Work::CheckSources => check_sources(ctx, now).map(Upkeep::Done),
     };
     let seconds = start.elapsed().as_secs_f64();
+    let mut next_run = def.period.next_after(now);
     let (ok, result) = match done {
-        Ok(what) => {
+        Ok(Upkeep::Done(what)) => {
             tracing::info!(job = %def.id(), seconds, "job done: {what}");
             (true, what)
+        }
+        Ok(Upkeep::Busy(why)) => {
+            next_run = now + Duration::minutes(POSTPONE_MINUTES);
+            tracing::info!(job = %def.id(), "job postponed {POSTPONE_MINUTES} minutes: {why}");
+            (true, format!("postponed {POSTPONE_MINUTES} minutes: {why}"))
         }
         Err(why) => {
             tracing::error!(job = %def.id(), seconds, "job failed: {why}");
             (false, why)
         }
     };
-    let r = Record { last_run: Some(now), seconds, ok, result, next_run: def.period.next_after(now) };
+    let r = Record { last_run: Some(now), seconds, ok, result, next_run };
     put(ctx.inst, &def.id(), &r)?;
     Ok(r)
 }
@@ -400,6 +437,30 @@ fn snapshots(ctx: &Ctx<'_>, period: Period, now: DateTime<Utc>) -> Result<String
     } else {
         Err(format!("{made} snapshots made, {dropped} dropped; failed: {}", failed.join("; ")))
     }
+}
+
+fn check_sources(ctx: &Ctx<'_>, now: DateTime<Utc>) -> Result<String, String> {
+    use crate::config::{Action, Kind, Object, Source};
+    let due: Vec<Source> =
+        ctx.inst.list::<Source>().map_err(|e| e.to_string())?.into_iter().filter(|s| s.recheck_due(now)).collect();
+    let places = crate::chroot::Places::default();
+    let (mut renewed, mut failed) = (0, Vec::new());
+    for s in &due {
+        let id = s.id();
+        match ctx.inst.lifecycle(&places, Kind::Source, &id, Action::Check) {
+            Ok(Object::Source(after)) => match (&after.status.message, after.valid_until) {
+                (Some(why), _) => failed.push(format!("{id}: {why}")),
+                (None, Some(until)) if after.recheck_due(now) => failed.push(format!(
+                    "{id}: its release runs out at {until} and its archives serve no newer one; use a mirror that is kept current"
+                )),
+                (None, _) => renewed += 1,
+            },
+            Ok(_) => {}
+            Err(e) => failed.push(format!("{id}: {e}")),
+        }
+    }
+    let done = format!("{} sources checked again, {renewed} renewed", due.len());
+    if failed.is_empty() { Ok(done) } else { Err(format!("{done}; {}", failed.join("; "))) }
 }
 
 fn retention(ctx: &Ctx<'_>, now: DateTime<Utc>) -> Result<String, String> {

@@ -32,12 +32,12 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("builder", 9),
     ("dispatch", 9),
     ("helper", 10),
-    ("daemon", 10),
     ("jobs", 10),
-    ("api", 11),
-    ("web", 12),
-    ("client", 12),
-    ("serve", 13),
+    ("daemon", 11),
+    ("api", 12),
+    ("web", 13),
+    ("client", 13),
+    ("serve", 14),
 ];
 
 /// The modules a source text uses through `crate::…` paths (`use crate::{a, b::c}` included).

@@ -222,10 +222,10 @@ struct BuildArgs {
     /// request goes to another builder, and the remote's late result is refused.
     #[arg(long, default_value_t = 7 * 3600)]
     remote_deadline: u64,
-    /// Upgrade the active chroot images (apt-get update and dist-upgrade inside) every this many
-    /// seconds, at a moment when no build runs. 0: never.
-    #[arg(long, default_value_t = 24 * 3600)]
-    chroot_upgrade_interval: u64,
+    /// Replaced by the job `cronjob_chroot_upkeep (DAILY)`: accepted so that an older
+    /// configuration still starts, and ignored with a warning.
+    #[arg(long, hide = true)]
+    chroot_upgrade_interval: Option<u64>,
     /// Where chroot machine images go.
     #[arg(long, default_value = "/var/lib/machines")]
     machines_dir: PathBuf,
@@ -281,8 +281,6 @@ impl BuildArgs {
                 RunnerChoice::Systemd => RunnerKind::Systemd,
                 RunnerChoice::Child => RunnerKind::Child,
             },
-            chroot_upgrade: (self.chroot_upgrade_interval > 0)
-                .then(|| std::time::Duration::from_secs(self.chroot_upgrade_interval)),
         }
     }
 }
@@ -612,6 +610,11 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 build: build.setup(&cli.state),
                 default_setup: !no_default_setup,
             };
+            if build.chroot_upgrade_interval.is_some() {
+                tracing::warn!(
+                    "--chroot-upgrade-interval is ignored: the job `cronjob_chroot_upkeep (DAILY)` upgrades the chroots now (see the crontab page); remove the option"
+                );
+            }
             buildbay::serve::run(inst, opts, inherited)?;
         }
         Command::Setup {

@@ -182,24 +182,52 @@ pub fn ping(url: &ArchiveUrl) -> Result<u64, String> {
     Ok(t.elapsed().as_millis() as u64)
 }
 
-/// Fetch `<url>dists/<codename>/InRelease` (at most 64 MiB; one retry on a network error).
-pub fn fetch_release(url: &ArchiveUrl, codename: &str) -> Result<(Vec<u8>, Duration), String> {
-    let address = format!("{url}dists/{codename}/InRelease");
+/// A signed release as an archive serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignedRelease {
+    /// `InRelease`: clear-signed.
+    InRelease(Vec<u8>),
+    /// `Release` and its detached `Release.gpg` (an archive without `InRelease`, such as an
+    /// older security mirror).
+    Detached { release: Vec<u8>, signature: Vec<u8> },
+}
+
+/// Fetch `<url>dists/<codename>/InRelease`, or where it is missing (404), `Release` and
+/// `Release.gpg`: each at most [`gpg::MAX_SIGNED`] bytes, one retry on a network error.
+pub fn fetch_release(url: &ArchiveUrl, codename: &str) -> Result<(SignedRelease, Duration), String> {
     let agent = agent();
-    let mut last = String::new();
-    for _ in 0..2 {
-        let t = Instant::now();
-        match agent.get(&address).call() {
-            Ok(mut r) if r.status().is_success() => {
-                let body =
-                    r.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| format!("{address}: {e}"))?;
-                return Ok((body, t.elapsed()));
+    let t = Instant::now();
+    let get = |name: &str| -> Result<Option<Vec<u8>>, String> {
+        let address = format!("{url}dists/{codename}/{name}");
+        let mut last = String::new();
+        for _ in 0..2 {
+            match agent.get(&address).call() {
+                Ok(mut r) if r.status().is_success() => {
+                    let limit = gpg::MAX_SIGNED as u64;
+                    return r
+                        .body_mut()
+                        .with_config()
+                        .limit(limit)
+                        .read_to_vec()
+                        .map(Some)
+                        .map_err(|e| format!("{address}: {e} (a release is read up to {limit} bytes)"));
+                }
+                Ok(r) if r.status().as_u16() == 404 => return Ok(None),
+                Ok(r) => return Err(format!("{address} answered {}", r.status())),
+                Err(e) => last = format!("{address}: {e}"),
             }
-            Ok(r) => return Err(format!("{address} answered {}", r.status())),
-            Err(e) => last = format!("{address}: {e}"),
         }
+        Err(last)
+    };
+    if let Some(body) = get("InRelease")? {
+        return Ok((SignedRelease::InRelease(body), t.elapsed()));
     }
-    Err(last)
+    match (get("Release")?, get("Release.gpg")?) {
+        (Some(release), Some(signature)) => Ok((SignedRelease::Detached { release, signature }, t.elapsed())),
+        _ => Err(format!(
+            "{url}dists/{codename}/ has neither InRelease nor Release with Release.gpg; is {codename} in this archive?"
+        )),
+    }
 }
 
 /// What a Source check learns from its archive's release.
@@ -212,20 +240,30 @@ pub struct Found {
     pub signer: String,
 }
 
-/// One archive's answer for a Source: verify the InRelease against the Source's keys, then
-/// match its Origin and Codename. Pure.
+/// One archive's answer for a Source: verify the signed release against the Source's keys,
+/// then match its Origin and Codename. Only what the signature covers is parsed. Pure.
 pub fn verify_release(
-    inrelease: &[u8],
+    signed: &SignedRelease,
     certs: &[Cert],
     origin: &str,
     codename: &str,
     check_valid_until: bool,
     now: DateTime<Utc>,
 ) -> Result<(Release, String), String> {
-    let (payload, signer) = gpg::verify_clearsigned(inrelease, certs)
-        .map_err(|e| format!("its InRelease does not verify against the source's keys ({e})"))?;
-    let text = String::from_utf8(payload).map_err(|_| "its InRelease is not UTF-8".to_string())?;
-    let release = Release::parse(&text).map_err(|e| format!("its InRelease is not a Release file: {e}"))?;
+    let (name, payload, signer) = match signed {
+        SignedRelease::InRelease(body) => {
+            let (payload, signer) = gpg::verify_clearsigned(body, certs)
+                .map_err(|e| format!("its InRelease does not verify against the source's keys ({e})"))?;
+            ("InRelease", payload, signer)
+        }
+        SignedRelease::Detached { release, signature } => {
+            let signer = gpg::verify_detached(release, signature, certs)
+                .map_err(|e| format!("its Release.gpg does not verify its Release against the source's keys ({e})"))?;
+            ("Release", release.clone(), signer)
+        }
+    };
+    let text = String::from_utf8(payload).map_err(|_| format!("its {name} is not UTF-8"))?;
+    let release = Release::parse(&text).map_err(|e| format!("its {name} is not a Release file: {e}"))?;
     release.matches(origin, codename, check_valid_until, now)?;
     Ok((release, signer))
 }
@@ -308,7 +346,7 @@ mod tests {
         let other = ArchiveKey::generate("Other <o@example.org>", KeyAlgo::Ed25519).unwrap();
         let release = b"Origin: Debian\nSuite: stable\nCodename: bookworm\nVersion: 12.8\n\
             Architectures: amd64 all\nComponents: main contrib\n";
-        let signed = key.clearsign(release).unwrap();
+        let signed = SignedRelease::InRelease(key.clearsign(release).unwrap());
         let now = Utc::now();
         let (r, signer) =
             verify_release(&signed, std::slice::from_ref(key.cert()), "Debian", "bookworm", true, now).unwrap();
@@ -317,8 +355,52 @@ mod tests {
         assert!(e.unwrap_err().contains("does not verify"));
         let e = verify_release(&signed, std::slice::from_ref(key.cert()), "Debian", "trixie", true, now);
         assert!(e.unwrap_err().contains("Codename"));
-        let e = verify_release(release, std::slice::from_ref(key.cert()), "Debian", "bookworm", true, now);
+        let unsigned = SignedRelease::InRelease(release.to_vec());
+        let e = verify_release(&unsigned, std::slice::from_ref(key.cert()), "Debian", "bookworm", true, now);
         assert!(e.is_err(), "an unsigned release is refused");
+        // Release with Release.gpg (no InRelease): the detached signature must cover it.
+        let detached =
+            |release: &[u8], signature: Vec<u8>| SignedRelease::Detached { release: release.to_vec(), signature };
+        let sig = key.detached_sign(release).unwrap();
+        let (r, signer) = verify_release(
+            &detached(release, sig.clone()),
+            std::slice::from_ref(key.cert()),
+            "Debian",
+            "bookworm",
+            true,
+            now,
+        )
+        .unwrap();
+        assert_eq!((r.codename.as_str(), signer), ("bookworm", key.fingerprint()));
+        let mut tampered = release.to_vec();
+        tampered[0] = b'X';
+        let e = verify_release(
+            &detached(&tampered, sig.clone()),
+            std::slice::from_ref(key.cert()),
+            "Debian",
+            "bookworm",
+            true,
+            now,
+        );
+        assert!(e.unwrap_err().contains("Release.gpg does not verify"));
+        let e = verify_release(
+            &detached(release, sig),
+            std::slice::from_ref(other.cert()),
+            "Debian",
+            "bookworm",
+            true,
+            now,
+        );
+        assert!(e.unwrap_err().contains("Release.gpg does not verify"));
+        let e = verify_release(
+            &detached(release, b"garbage".to_vec()),
+            std::slice::from_ref(key.cert()),
+            "Debian",
+            "bookworm",
+            true,
+            now,
+        );
+        assert!(e.unwrap_err().contains("Release.gpg does not verify"), "garbage is no signature");
         assert!(check_source(&[], &[], "Debian", "bookworm", true).unwrap_err().contains("no apt keys"));
         let e = check_source(&[], std::slice::from_ref(key.cert()), "Debian", "bookworm", true).unwrap_err();
         assert!(e.contains("no active archive"));

@@ -120,12 +120,14 @@ pub fn keyring_states(d: &Daemon) -> Vec<crate::keyring::KeyringState> {
 pub fn with_jobs<T>(d: &Daemon, f: impl FnOnce(&crate::jobs::Ctx<'_>) -> T) -> T {
     let wake = || d.wake();
     let publish = |events: &[crate::events::Event]| d.publish(events);
+    let chroot_upkeep = || d.chroot_upkeep();
     let ctx = crate::jobs::Ctx {
         inst: &d.inst,
         keep_events_days: d.keep_events_days,
         expire_builds_days: d.expire_builds_days,
         wake: &wake,
         publish: &publish,
+        chroot_upkeep: &chroot_upkeep,
     };
     f(&ctx)
 }

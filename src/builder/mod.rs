@@ -208,15 +208,14 @@ pub struct Builder {
     /// The slots' apt archive caches (emptied after an image upgrade); `None`: the root
     /// helper's, which empties them after each check.
     pub caches: Option<PathBuf>,
-    /// Held by `pass` and `cancel`: only one of them collects a build's result. The periodic
-    /// chroot upgrade holds it too, so no build starts on an image while it changes.
+    /// Held by `pass` and `cancel`: only one of them collects a build's result. The chroot
+    /// upkeep holds it too, so no build starts on an image while it changes.
     pub turn: tokio::sync::Mutex<()>,
-    /// How often active chroot images are upgraded (their check: apt-get update and
-    /// dist-upgrade inside), when no build runs. `None`: never.
-    pub chroot_upgrade: Option<std::time::Duration>,
     /// Chroots (`codename:arch`) being made now: their build requests wait for them, queued,
     /// instead of failing for want of the chroot.
     pub preparing: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Builds told (in the journal) that they wait for a failing chroot: each is told once.
+    pub waiting: std::sync::Mutex<std::collections::BTreeSet<BuildKey>>,
 }
 
 /// What one builder pass did.
@@ -368,6 +367,14 @@ impl Builder {
             }
         }
         let preparing = self.preparing.lock().map(|p| p.clone()).unwrap_or_default();
+        // Chroots whose check (the upkeep's upgrade) failed while active: their builds wait
+        // until a check passes, rather than build on an image apt could not upgrade.
+        let failing: std::collections::BTreeMap<String, String> = inst
+            .list::<Chroot>()?
+            .into_iter()
+            .filter(|c| c.status.checked == crate::config::Checked::Reactivate)
+            .map(|c| (c.id(), c.status.message.clone().unwrap_or_default()))
+            .collect();
         // With remotes, the dispatcher hands each request to a builder first; without, they
         // are all this instance's.
         let remotes = !inst.active_remotes()?.is_empty();
@@ -380,6 +387,12 @@ impl Builder {
             }
             let chroot = Chroot::new(req.distribution.codename.clone(), req.bkey.arch.clone());
             if known.contains(&req.bkey) || preparing.contains(&chroot.id()) {
+                continue;
+            }
+            if let Some(why) = failing.get(&chroot.id()) {
+                if self.told_waiting(&req.bkey) {
+                    tracing::warn!(bkey = %req.bkey, chroot = %chroot.id(), "the build waits: the chroot's upgrade failed ({why}); it starts once the chroot upkeep (cronjob_chroot_upkeep) or a check passes");
+                }
                 continue;
             }
             match self.start(inst, &req, slot).await {
@@ -540,6 +553,15 @@ impl Builder {
         event.record(&tx)?;
         tx.commit()?;
         Ok(event)
+    }
+
+    /// Whether `bkey` is to be told it waits (the first time only; the set is bounded).
+    fn told_waiting(&self, bkey: &BuildKey) -> bool {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= 10_000 {
+            w.clear();
+        }
+        w.insert(bkey.clone())
     }
 
     /// `cancel`: stop a running build (its whole cgroup), or drop a queued one; either way the

@@ -37,8 +37,6 @@ pub struct Setup {
     /// The slots' apt archive caches (default: [`Setup::default_caches`]).
     pub caches: Option<PathBuf>,
     pub runner: RunnerKind,
-    /// How often active chroot images are upgraded; `None`: never.
-    pub chroot_upgrade: Option<std::time::Duration>,
 }
 
 impl Setup {
@@ -122,8 +120,8 @@ impl Setup {
             logs: self.state.join(LOGS_DIR),
             caches: (!helper).then(|| self.caches_dir(false)),
             turn: Default::default(),
-            chroot_upgrade: self.chroot_upgrade,
             preparing: Default::default(),
+            waiting: Default::default(),
         })
     }
 }

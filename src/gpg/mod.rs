@@ -8,7 +8,9 @@ pub mod cleartext;
 pub use openpgp::Cert;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
-use openpgp::parse::stream::{MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder};
+use openpgp::parse::stream::{
+    DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder,
+};
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Armorer, Message, Signer};
 use openpgp::serialize::{Serialize, SerializeInto};
@@ -237,6 +239,22 @@ pub struct Verified {
 /// fingerprint. The framing is checked strictly first (see [`cleartext`]).
 pub fn verify_clearsigned(data: &[u8], certs: &[Cert]) -> Result<(Vec<u8>, String), GpgError> {
     verify_inner(data, certs).map(|(payload, (cert, _))| (payload, cert))
+}
+
+/// Verify a detached signature (a `Release.gpg`) over `data` against a keyring; returns the
+/// signer's certificate fingerprint. Both are bounded by [`MAX_SIGNED`].
+pub fn verify_detached(data: &[u8], signature: &[u8], certs: &[Cert]) -> Result<String, GpgError> {
+    if data.len() > MAX_SIGNED || signature.len() > MAX_SIGNED {
+        return Err(GpgError::Bad(format!("the signed text or its signature is larger than {MAX_SIGNED} bytes")));
+    }
+    let p = policy();
+    let helper = Helper { certs, signer: None };
+    let mut v = DetachedVerifierBuilder::from_bytes(signature)
+        .map_err(|e| GpgError::Bad(format!("not a signature: {e}")))?
+        .with_policy(&p, None, helper)
+        .map_err(|e| GpgError::Bad(e.to_string()))?;
+    v.verify_bytes(data).map_err(|e| GpgError::Bad(e.to_string()))?;
+    v.into_helper().signer.map(|(cert, _)| cert).ok_or_else(|| GpgError::Bad("no good signature".into()))
 }
 
 /// A key that may sign now: valid under the policy, neither revoked nor expired.

@@ -482,6 +482,26 @@ pub fn serve_local(inst: &Instance, extra: &[&str]) -> Server {
 }
 
 /// A free TCP port on loopback (for a daemon that must come back on the same one).
+/// A static file server on a free loopback port for `dir`: (its base URL, the process).
+pub fn http_server(dir: &std::path::Path) -> (String, std::process::Child) {
+    let port = free_port();
+    let child = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (url, child)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

@@ -126,19 +126,21 @@ fn retention_trims_rollbacks_and_snapshots_with_events() {
 
     // The Default layout's unstable keeps 2 versions.
     let all: serde_json::Value = serde_json::from_slice(&admin(&["config_ls"]).stdout).expect("config_ls");
-    let mut layout = all.as_array().into_iter().flatten().find(|o| o["kind"] == "layout" && o["id"] == "Default").expect("layout")["fields"].clone();
+    let mut layout = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["kind"] == "layout" && o["id"] == "Default")
+        .expect("layout")["fields"]
+        .clone();
     set_unstable(&srv.url, &mut layout, "keep_versions", 2);
     let r = cronjob(&srv.url, "cronjob_retention (DAILY)");
     assert_eq!(r["result"], "1 rollback versions and 1 snapshots removed", "{r}");
     let after = rollbacks(&srv.url);
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(!after.iter().any(|r| r.contains("1.1~test12+1")), "the oldest went: {after:?}");
-    let snaps: Vec<String> = snapshots_of(&srv.url)
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(String::from))
-        .collect();
+    let snaps: Vec<String> =
+        snapshots_of(&srv.url).as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect();
     assert_eq!(snaps, ["s2", "s3"], "the oldest snapshot went");
     let removed = of(&events(&srv.url), "bbkeep", "REMOVED");
     assert_eq!(removed.len(), 1, "{removed:?}");
@@ -185,4 +187,104 @@ fn set_unstable(url: &str, layout: &mut serde_json::Value, field: &str, value: u
         let out = api_as(url, "admin", &args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// The source re-check: a source whose release runs out within a day is checked again every
+/// hour. A mirror that serves an expired release deactivates it, with the reason, in the job's
+/// result; a renewed release activates it again. (A test archive signed by a test key, which
+/// serves InRelease, then Release with Release.gpg.)
+#[test]
+fn sources_are_checked_again_before_their_release_runs_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let gpg = Gpg::new(dir.path());
+    gpg.generate("archive@example.org", "1y", None);
+    let fpr = gpg.fingerprint("archive@example.org");
+    let root = dir.path().join("mirror");
+    let dists = root.join("dists/stale");
+    std::fs::create_dir_all(&dists).expect("mkdir");
+    // InRelease, or (detached) Release with Release.gpg as some security mirrors serve them.
+    let release = |valid_until: chrono::DateTime<chrono::Utc>, detached: bool| {
+        let fmt = "%a, %d %b %Y %H:%M:%S UTC";
+        let text = format!(
+            "Origin: Test\nLabel: Test\nSuite: stale\nCodename: stale\nVersion: 1\nDate: {}\nValid-Until: {}\n\
+             Architectures: amd64\nComponents: main\nDescription: a test archive\n",
+            chrono::Utc::now().format(fmt),
+            valid_until.format(fmt)
+        );
+        for f in ["InRelease", "Release", "Release.gpg"] {
+            let _ = std::fs::remove_file(dists.join(f));
+        }
+        if detached {
+            let path = dists.join("Release");
+            std::fs::write(&path, text).expect("write");
+            let sig = dists.join("Release.gpg");
+            ok(gpg
+                .cmd()
+                .args(["--armor", "--detach-sign", "--local-user", "archive@example.org", "--output"])
+                .arg(&sig)
+                .arg(&path));
+        } else {
+            let path = dists.join("InRelease");
+            std::fs::write(&path, text).expect("write");
+            gpg.clearsign("archive@example.org", &path, None);
+        }
+    };
+    let now = chrono::Utc::now();
+    release(now + chrono::Duration::hours(2), false);
+    let (base, mut server) = http_server(&root);
+    let srv = serve_local(&inst, &[]);
+    let admin = |args: &[&str]| -> serde_json::Value {
+        let out = api_as(&srv.url, "admin", args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let key = serde_json::json!({"key": gpg.export("archive@example.org")});
+    admin(&["config_set", "aptkey", &key.to_string()]);
+    admin(&["config_action", "aptkey", &fpr, "pca"]);
+    let archive = format!("{base}/");
+    admin(&["config_set", "archive", &serde_json::json!({"url": archive}).to_string()]);
+    admin(&["config_action", "archive", &archive, "pca"]);
+    let source = serde_json::json!({"origin": "Test", "codename": "stale", "codeversion": "1",
+        "components": ["main"], "architectures": ["amd64"], "apt_keys": [fpr]});
+    admin(&["config_set", "source", &source.to_string()]);
+    admin(&["config_action", "source", "Test:stale", "pca"]);
+    let state = || -> serde_json::Value {
+        let all = admin(&["config_ls"]);
+        all.as_array().into_iter().flatten().find(|o| o["id"] == "Test:stale").cloned().expect("the source")
+    };
+    let s = state();
+    assert_eq!(s["state"], "ACTIVE", "{s}");
+    assert!(s["fields"]["valid_until"].is_string(), "the check learnt its Valid-Until: {s}");
+    let job = "cronjob_check_sources (HOURLY)";
+    let run = |expect_ok: bool| -> String {
+        let answer = admin(&["cronjob", job]);
+        assert_eq!(answer[job]["ok"], expect_ok, "{answer}");
+        answer[job]["result"].as_str().unwrap_or_default().to_owned()
+    };
+
+    // Within a day of running out, and the mirror serves no newer release: said, still active.
+    let r = run(false);
+    assert!(r.contains("Test:stale: its release runs out at") && r.contains("kept current"), "{r}");
+    assert_eq!(state()["state"], "ACTIVE");
+    // The mirror went stale: the re-check deactivates it with the reason.
+    release(now - chrono::Duration::minutes(1), false);
+    let r = run(false);
+    assert!(r.contains("Test:stale") && r.contains("Valid-Until"), "{r}");
+    let s = state();
+    assert!(s["state"] != "ACTIVE" && s["message"].as_str().unwrap_or_default().contains("the mirror is stale"), "{s}");
+    // Renewed for a week (now as Release and Release.gpg): checked again, active again, and no
+    // longer due.
+    release(now + chrono::Duration::days(7), true);
+    assert_eq!(run(true), "1 sources checked again, 1 renewed");
+    assert_eq!(state()["state"], "ACTIVE");
+    assert_eq!(run(true), "0 sources checked again, 0 renewed");
+    // The debian sources of the fixture archive have no Valid-Until: never due.
+    let page =
+        ok(Command::new("curl").args(["-sf", "--max-time", "10"]).arg(format!("{}/mini_buildd/crontab/", srv.url)));
+    assert!(page.contains(job), "{page}");
+    assert!(srv.stop());
+    let _ = server.kill();
+    let _ = server.wait();
 }

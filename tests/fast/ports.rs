@@ -3,27 +3,6 @@
 
 use crate::common::upload::*;
 use crate::common::*;
-use std::process::Command;
-
-/// A static file server on a free loopback port for `dir`: (its base URL, the process).
-fn http_server(dir: &std::path::Path) -> (String, std::process::Child) {
-    let port = free_port();
-    let child = Command::new("/usr/bin/python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    (url, child)
-}
 
 #[test]
 fn port_ext_verifies_the_dsc_and_its_files_before_it_ports() {

@@ -503,30 +503,64 @@ fn sbuild_on_a_machine_image_chroot() {
     assert!(wait_gone("sleep 6072", Duration::from_secs(10)).is_empty(), "the stopped build's sleep survived");
     assert!(srv.stop());
 
-    // 6. The periodic image upgrade: with nothing building, the active chroot is checked again
-    //    (apt-get update and dist-upgrade in its image), and stays active.
+    // 6. The chroot upkeep job: it upgrades the active chroot (apt-get update and dist-upgrade
+    //    in its image). When the upgrade fails, the chroot is deactivated with the reason and an
+    //    upload for it waits, unbuilt; when the next run passes, the chroot is active again and
+    //    the upload builds.
     let chroot = |url: &str| -> serde_json::Value {
         let out = api_as(url, "admin", &["config_ls"]);
         assert!(out.status.success(), "config_ls: {}", String::from_utf8_lossy(&out.stderr));
         let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config_ls is JSON");
-        all.as_array().into_iter().flatten().find(|o| o["kind"] == "chroot").cloned().expect("the chroot")
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "chroot" && o["id"] == "bookworm:amd64")
+            .cloned()
+            .expect("the chroot")
     };
-    let srv = serve(&inst, ports, &["--chroot-upgrade-interval", "2"]);
+    let upkeep = |url: &str| -> serde_json::Value {
+        let out = api_as(url, "admin", &["cronjob", "cronjob_chroot_upkeep (DAILY)"]);
+        assert!(out.status.success(), "cronjob: {}", String::from_utf8_lossy(&out.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        answer["cronjob_chroot_upkeep (DAILY)"].clone()
+    };
+    let srv = serve(&inst, ports, &[]);
     let before = chroot(&srv.url)["checked"].clone();
-    let start = Instant::now();
-    let after = loop {
-        let now = chroot(&srv.url);
-        if now["checked"] != before {
-            break now;
+    let t = Instant::now();
+    let r = upkeep(&srv.url);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"], "2 chroots upgraded (bookworm:amd64, bullseye:amd64)", "{r}");
+    let after = chroot(&srv.url);
+    assert!(after["checked"] != before && after["state"] == "ACTIVE", "{before} -> {after}");
+    println!("chroot upkeep: {:.1} s", t.elapsed().as_secs_f64());
+
+    struct Broken(std::path::PathBuf);
+    impl Drop for Broken {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
         }
-        assert!(start.elapsed() < BUILD_WAIT, "the chroot was never upgraded: still checked at {before}");
-        std::thread::sleep(Duration::from_secs(2));
-    };
-    println!(
-        "periodic upgrade: checked {before} -> {}, after {:.1} s",
-        after["checked"],
-        start.elapsed().as_secs_f64()
+    }
+    let broken =
+        Broken(Path::new("/var/lib/machines/buildbay-bookworm-amd64/etc/apt/sources.list.d/broken.list").into());
+    std::fs::write(&broken.0, "this is not a sources.list line\n").expect("break the image's apt");
+    let r = upkeep(&srv.url);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["result"].as_str().unwrap_or_default().contains("failed, their builds wait: bookworm:amd64"), "{r}");
+    let failed = chroot(&srv.url);
+    assert!(
+        failed["state"] != "ACTIVE" && failed["message"].as_str().unwrap_or_default().contains("broken.list"),
+        "{failed}"
     );
-    assert_eq!(after["state"], "ACTIVE", "{after}");
+    let waits = buildable_source(dir.path(), "bbwaits", "1.0~test12+1", UNSTABLE, "true");
+    ftp_upload(&srv.ftp, &waits);
+    wait_event(&srv.url, "bbwaits", "PACKAGING", BUILD_WAIT);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(of(&events(&srv.url), "bbwaits", "BUILDING").is_empty(), "a build started on the failing chroot");
+    drop(broken);
+    let r = upkeep(&srv.url);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(chroot(&srv.url)["state"], "ACTIVE");
+    let installed = wait_event(&srv.url, "bbwaits", "INSTALLED", BUILD_WAIT);
+    assert_eq!(installed["extra"]["buildresults"]["amd64"], "successful", "{installed}");
     assert!(srv.stop());
 }
