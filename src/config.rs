@@ -99,9 +99,11 @@ impl Status {
                 if self.state == State::Active {
                     self.state = State::Prepared;
                     self.checked = Checked::Reactivate;
-                } else {
+                } else if self.checked != Checked::Reactivate {
                     self.checked = Checked::Failed;
                 }
+                // Failing again while waiting to reactivate: still waiting (the upkeep and the
+                // source re-check try again, and activate it once a check passes).
                 self.message = Some(msg);
             }
         }
@@ -208,8 +210,29 @@ impl DaemonMail {
 }
 
 impl Daemon {
+    /// The `Origin` of its releases (what apt pins name): `custom_archive_origin`, else
+    /// `Buildbay archive <identity>`.
     pub fn archive_origin(&self) -> String {
         self.custom_archive_origin.clone().unwrap_or_else(|| format!("Buildbay archive {}", self.identity))
+    }
+
+    /// mini-buildd's default `Origin`, for clients whose pins name it.
+    pub fn mini_buildd_origin(&self, host: &str) -> String {
+        format!("Mini-Buildd archive {} on {host}", self.identity)
+    }
+
+    /// `setup --archive-origin`: `buildbay` (the default), `mini-buildd` (its form, on `host`),
+    /// or the text itself.
+    pub fn set_archive_origin(&mut self, choice: &str, host: &str) -> Result<(), String> {
+        self.custom_archive_origin = match choice {
+            "buildbay" => None,
+            "mini-buildd" => Some(self.mini_buildd_origin(host)),
+            text => Some(text.to_owned()),
+        };
+        match &self.custom_archive_origin {
+            Some(o) => crate::deb::names::valid_origin(o),
+            None => Ok(()),
+        }
     }
 }
 
@@ -762,6 +785,9 @@ impl Object {
             Kind::Daemon => {
                 let d: Daemon = de(kind, v)?;
                 d.mail.check().map_err(|e| format!("{kind}: {e}"))?;
+                if let Some(o) = &d.custom_archive_origin {
+                    crate::deb::names::valid_origin(o).map_err(|e| format!("{kind}: custom_archive_origin: {e}"))?;
+                }
                 Object::Daemon(d)
             }
             Kind::Layout => Object::Layout(de(kind, v)?),
@@ -903,6 +929,10 @@ mod tests {
         s.checked(Err("archive unreachable".into()), now);
         assert_eq!((s.state, s.checked.clone()), (State::Prepared, Checked::Reactivate));
         assert_eq!(s.message.as_deref(), Some("archive unreachable"));
+        // Failing again while it waits: it still waits to reactivate, with the new reason.
+        s.checked(Err("still unreachable".into()), now);
+        assert_eq!((s.state, s.checked.clone()), (State::Prepared, Checked::Reactivate));
+        assert_eq!(s.message.as_deref(), Some("still unreachable"));
         s.checked(Ok(()), now);
         assert!(s.is_active());
         assert_eq!(s.message, None);

@@ -291,10 +291,18 @@ impl Daemon {
         use crate::jobs::Upkeep;
         let Some(builder) = self.builder.get() else { return Ok(Upkeep::Done("this instance builds nothing".into())) };
         let _turn = builder.turn.blocking_lock();
-        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
-        let building = crate::builder::jobs(&self.inst.store).map_err(|e| e.to_string())?.len();
+        let Ok(_maintenance) = self.maintenance.try_lock() else {
+            return Ok(Upkeep::Busy("a maintenance call (setup, remake_chroots) is running".into()));
+        };
+        // Builds that may still use an image: running, or built with their unit still running
+        // its after step (no result yet). Finished ones waiting for the packager do not.
+        let building = crate::builder::jobs(&self.inst.store)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|j| j.state != crate::builder::JobState::Finished || !j.dir.join(crate::builder::RESULT).exists())
+            .count();
         if building > 0 {
-            return Ok(Upkeep::Busy(format!("{building} builds are running or being collected")));
+            return Ok(Upkeep::Busy(format!("{building} builds are running")));
         }
         let places = self.places();
         let due: Vec<String> = self
@@ -307,10 +315,21 @@ impl Daemon {
             .collect();
         let (mut upgraded, mut failed) = (Vec::new(), Vec::new());
         for id in &due {
-            let c = self
-                .inst
-                .lifecycle(&places, crate::config::Kind::Chroot, id, crate::config::Action::Check)
-                .map_err(|e| format!("{id}: {e}"))?;
+            // The builders wait meanwhile; their heartbeat is fed so the watchdog does not
+            // take a long upgrade for a hung daemon.
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let c = std::thread::scope(|s| {
+                s.spawn(|| {
+                    while !done.load(Ordering::SeqCst) {
+                        self.heartbeats.builders();
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                });
+                let c = self.inst.lifecycle(&places, crate::config::Kind::Chroot, id, crate::config::Action::Check);
+                done.store(true, Ordering::SeqCst);
+                c
+            })
+            .map_err(|e| format!("{id}: {e}"))?;
             match c.status().message.clone() {
                 None => {
                     tracing::info!(chroot = %id, "upgraded the chroot image");

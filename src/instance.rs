@@ -51,6 +51,8 @@ pub struct Instance {
 #[derive(Debug, Clone, Default)]
 pub struct SetupOptions {
     pub identity: Option<Identity>,
+    /// The releases' `Origin`: `buildbay`, `mini-buildd` (mini-buildd's form), or the text.
+    pub archive_origin: Option<String>,
     /// `codename:arch0+arch1[:sbuild|nspawn|nspawn+network]`.
     pub distributions: Vec<String>,
     /// `id:layout:codename0+codename1`.
@@ -323,6 +325,15 @@ impl Instance {
         Ok(())
     }
 
+    /// Publish again the repositories' distributions whose `Origin` is not the daemon's now.
+    fn refresh_origins(&self) -> Result<()> {
+        let archive = self.archive()?;
+        for r in self.list::<Repository>()?.iter().filter(|r| r.status.state != config::State::Removed) {
+            archive.refresh_origin(&r.identity)?;
+        }
+        Ok(())
+    }
+
     /// Daemon prepare: generate the archive key once; never regenerate it.
     fn prepare_daemon(&self, d: &mut Daemon) -> Result<()> {
         if self.key.get().is_none() {
@@ -376,11 +387,21 @@ impl Instance {
             daemon.status.changed();
             report.push(item(kind::DAEMON, i.as_str(), "CHANGED", None));
         }
+        if let Some(choice) = &opts.archive_origin {
+            let before = daemon.custom_archive_origin.clone();
+            daemon
+                .set_archive_origin(choice, &host_fqdn())
+                .map_err(|e| InstanceError::Setup(format!("--archive-origin: {e}")))?;
+            if daemon.custom_archive_origin != before {
+                report.push(item(kind::DAEMON, daemon.identity.as_str(), "CHANGED", Some(daemon.archive_origin())));
+            }
+        }
         self.prepare_daemon(&mut daemon)?;
         let check = self.key()?.clearsign(b"check\n").map(|_| ()).map_err(|e| e.to_string());
         daemon.status.checked(check, now);
         daemon.status.activate("daemon")?;
         self.put("1", &daemon)?;
+        self.refresh_origins()?;
 
         // Origins: their keys, main archive and releases.
         let mut archives: Vec<ArchiveUrl> = Vec::new();
@@ -762,8 +783,9 @@ impl Instance {
         Ok(certs)
     }
 
-    /// Ask the active archives for a Source's release, verified with its keys.
-    fn check_source(&self, s: &Source) -> std::result::Result<sources::Found, String> {
+    /// Ask the active archives for a Source's release, verified with its keys (its check,
+    /// without recording anything).
+    pub fn check_source(&self, s: &Source) -> std::result::Result<sources::Found, String> {
         let archives: Vec<ArchiveUrl> = self
             .list::<config::Archive>()
             .map_err(|e| e.to_string())?
@@ -930,9 +952,11 @@ impl Instance {
                         }
                         Object::Chroot(c) => crate::chroot::check(places, c).map_err(|e| e.to_string()),
                         Object::Remote(r) => self.check_remote(r),
-                        Object::Daemon(_) => {
-                            self.key().and_then(|k| Ok(k.clearsign(b"check\n")?)).map(|_| ()).map_err(|e| e.to_string())
-                        }
+                        Object::Daemon(_) => self
+                            .key()
+                            .and_then(|k| Ok(k.clearsign(b"check\n")?))
+                            .and_then(|_| self.refresh_origins())
+                            .map_err(|e| e.to_string()),
                         _ => Ok(()),
                     });
                     obj.status_mut().checked(result, now);
@@ -1230,6 +1254,11 @@ impl Instance {
         };
         self.setup(&opts).map(Some)
     }
+}
+
+/// This host's name, as mini-buildd's Origin names it.
+fn host_fqdn() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
 /// This host's release codename (`/etc/os-release`), or bookworm.

@@ -295,6 +295,16 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(ctx: &Ctx<'_>, def: &Def, now: DateTime<Utc>) -> Result<Record, JobError> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Its next run is stored first: a daemon stopped in the middle of a long job (an upgrade)
+    // does not run it again at once on its next start.
+    let running = Record {
+        last_run: Some(now),
+        seconds: 0.0,
+        ok: true,
+        result: "running; a daemon stopped meanwhile did not finish it".into(),
+        next_run: def.period.next_after(now),
+    };
+    put(ctx.inst, &def.id(), &running)?;
     let start = std::time::Instant::now();
     let done = match def.work {
         Work::RetryUploads => retry_uploads(ctx).map(Upkeep::Done),
@@ -447,11 +457,22 @@ fn check_sources(ctx: &Ctx<'_>, now: DateTime<Utc>) -> Result<String, String> {
     let (mut renewed, mut failed) = (0, Vec::new());
     for s in &due {
         let id = s.id();
+        let still_valid = s.valid_until.is_some_and(|u| u > now);
+        // While its release is still valid, a failed re-check (the network, a mirror in the
+        // middle of a sync) only warns; the check that records it deactivates the source only
+        // once the release ran out, or when it succeeds (which records the new date).
+        if still_valid && let Err(why) = ctx.inst.check_source(s) {
+            failed.push(format!(
+                "{id}: checking it again failed, and its release runs out at {}: {why}",
+                s.valid_until.map(|u| u.to_string()).unwrap_or_default()
+            ));
+            continue;
+        }
         match ctx.inst.lifecycle(&places, Kind::Source, &id, Action::Check) {
             Ok(Object::Source(after)) => match (&after.status.message, after.valid_until) {
                 (Some(why), _) => failed.push(format!("{id}: {why}")),
-                (None, Some(until)) if after.recheck_due(now) => failed.push(format!(
-                    "{id}: its release runs out at {until} and its archives serve no newer one; use a mirror that is kept current"
+                (None, Some(until)) if until <= s.valid_until.unwrap_or(until) => failed.push(format!(
+                    "{id}: its release still runs out at {until}: its archives serve no newer one; use a mirror that is kept current"
                 )),
                 (None, _) => renewed += 1,
             },

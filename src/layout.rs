@@ -20,13 +20,20 @@ pub struct SuiteOption {
     #[serde(default)]
     pub min_age_days: u32,
     /// Retention (buildbay's own; 0: no limit): keep at most this many rollback versions of a
-    /// source, and this many snapshots of each distribution.
+    /// source.
     #[serde(default)]
     pub keep_versions: u32,
-    /// Retention (buildbay's own; 0: no limit): drop rollback versions superseded, and
-    /// snapshots made, more than this many days ago.
+    /// Retention (buildbay's own; 0: no limit): drop rollback versions superseded more than
+    /// this many days ago.
     #[serde(default)]
     pub keep_days: u32,
+    /// Retention (buildbay's own; 0: no limit): keep at most this many snapshots of each
+    /// distribution (manual and automatic).
+    #[serde(default)]
+    pub keep_snapshots: u32,
+    /// Retention (buildbay's own; 0: no limit): drop snapshots made more than this many days ago.
+    #[serde(default)]
+    pub keep_snapshot_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,6 +73,8 @@ fn suite(name: &str, uploadable: bool, experimental: bool, migrates_to: Option<&
         min_age_days: 0,
         keep_versions: 0,
         keep_days: 0,
+        keep_snapshots: 0,
+        keep_snapshot_days: 0,
     }
 }
 
@@ -301,39 +310,64 @@ pub fn shift_plan<V: PartialEq>(base: Option<&V>, rollbacks: &[Option<V>]) -> Ve
     ops
 }
 
+/// A retention rule: keep at most `keep` items, none older than `days` (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep: u32,
+    pub days: u32,
+    /// The suite's fields they come from, to name the rule.
+    pub names: (&'static str, &'static str),
+}
+
 /// Why retention drops an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// Beyond the newest `keep_versions`.
-    TooMany(u32),
-    /// Older than `keep_days`.
-    TooOld(u32),
+    /// Beyond the newest `keep`.
+    TooMany(&'static str, u32),
+    /// Older than `days`.
+    TooOld(&'static str, u32),
 }
 
 impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Dropped::TooMany(n) => write!(f, "keep_versions={n}: beyond the newest {n}"),
-            Dropped::TooOld(d) => write!(f, "keep_days={d}: older than {d} days"),
+            Dropped::TooMany(field, n) => write!(f, "{field}={n}: beyond the newest {n}"),
+            Dropped::TooOld(field, d) => write!(f, "{field}={d}: older than {d} days"),
         }
     }
 }
 
 impl SuiteOption {
-    pub fn has_retention(&self) -> bool {
-        self.keep_versions > 0 || self.keep_days > 0
+    /// Retention of its rollbacks.
+    pub fn rollback_retention(&self) -> Retention {
+        Retention { keep: self.keep_versions, days: self.keep_days, names: ("keep_versions", "keep_days") }
     }
 
-    /// Retention: of items ordered newest first, with the time each was superseded or made
-    /// (`None`: not known, never too old), which go and why. Both limits apply: an item goes
-    /// when it is beyond the newest `keep_versions`, or older than `keep_days`.
-    pub fn retention(
+    /// Retention of its distributions' snapshots.
+    pub fn snapshot_retention(&self) -> Retention {
+        Retention {
+            keep: self.keep_snapshots,
+            days: self.keep_snapshot_days,
+            names: ("keep_snapshots", "keep_snapshot_days"),
+        }
+    }
+}
+
+impl Retention {
+    pub fn is_set(&self) -> bool {
+        self.keep > 0 || self.days > 0
+    }
+
+    /// Of items ordered newest first, with the time each was superseded or made (`None`: not
+    /// known, never too old), which go and why. Both limits apply: an item goes when it is
+    /// beyond the newest `keep`, or older than `days`.
+    pub fn drops(
         &self,
         newest_first: &[Option<chrono::DateTime<chrono::Utc>>],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<(usize, Dropped)> {
         let too_old = |t: &Option<chrono::DateTime<chrono::Utc>>| {
-            self.keep_days > 0 && t.is_some_and(|t| now - t > chrono::Duration::days(i64::from(self.keep_days)))
+            self.days > 0 && t.is_some_and(|t| now - t > chrono::Duration::days(i64::from(self.days)))
         };
         // An item is at least as old as any newer one, so what goes is always the oldest.
         let mut oldest: Option<chrono::DateTime<chrono::Utc>> = None;
@@ -348,10 +382,10 @@ impl SuiteOption {
             })
             .enumerate()
             .filter_map(|(i, t)| {
-                if self.keep_versions > 0 && i >= self.keep_versions as usize {
-                    Some((i, Dropped::TooMany(self.keep_versions)))
+                if self.keep > 0 && i >= self.keep as usize {
+                    Some((i, Dropped::TooMany(self.names.0, self.keep)))
                 } else if too_old(&t) {
-                    Some((i, Dropped::TooOld(self.keep_days)))
+                    Some((i, Dropped::TooOld(self.names.1, self.days)))
                 } else {
                     None
                 }
@@ -384,20 +418,24 @@ mod tests {
         let now = chrono::Utc::now();
         let mut s = suite("unstable", true, false, Some("testing"), 9);
         let items = [t(1), t(5), None, t(40), t(50)];
-        assert!(!s.has_retention() && s.retention(&items, now).is_empty(), "no limit: nothing goes");
+        assert!(!s.rollback_retention().is_set() && s.rollback_retention().drops(&items, now).is_empty());
         s.keep_versions = 2;
-        let gone: Vec<usize> = s.retention(&items, now).iter().map(|(i, _)| *i).collect();
+        let gone: Vec<usize> = s.rollback_retention().drops(&items, now).iter().map(|(i, _)| *i).collect();
         assert_eq!(gone, [2, 3, 4]);
+        assert!(s.snapshot_retention().drops(&items, now).is_empty(), "snapshots have their own limits");
         s.keep_versions = 0;
         s.keep_days = 30;
-        let dropped = s.retention(&items, now);
-        assert_eq!(dropped, [(3, Dropped::TooOld(30)), (4, Dropped::TooOld(30))], "unknown age is never too old");
+        let dropped = s.rollback_retention().drops(&items, now);
+        let old = Dropped::TooOld("keep_days", 30);
+        assert_eq!(dropped, [(3, old), (4, old)], "unknown age is never too old");
         s.keep_versions = 4;
-        assert_eq!(s.retention(&items, now), [(3, Dropped::TooOld(30)), (4, Dropped::TooMany(4))]);
-        assert_eq!(Dropped::TooOld(30).to_string(), "keep_days=30: older than 30 days");
+        assert_eq!(s.rollback_retention().drops(&items, now), [(3, old), (4, Dropped::TooMany("keep_versions", 4))]);
+        assert_eq!(old.to_string(), "keep_days=30: older than 30 days");
         // A newer item's time bounds an older one's: only ever the oldest go.
         s.keep_versions = 0;
-        assert_eq!(s.retention(&[t(40), t(1), None], now).len(), 3);
+        assert_eq!(s.rollback_retention().drops(&[t(40), t(1), None], now).len(), 3);
+        s.keep_snapshots = 1;
+        assert_eq!(s.snapshot_retention().drops(&items, now)[0], (1, Dropped::TooMany("keep_snapshots", 1)));
     }
 
     #[test]

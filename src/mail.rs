@@ -217,7 +217,9 @@ pub fn compose(event: &Event, to: &Recipient, sender: &Sender) -> std::result::R
     if let Some(d) = event.extra.get("error").and_then(|x| x.get("detail")).and_then(|d| d.as_str()) {
         line("Error", d);
     }
-    line("Package", &format!("{}/mini_buildd/sources/{}/", sender.url, event.source));
+    if !event.source.is_empty() {
+        line("Package", &format!("{}/mini_buildd/sources/{}/", sender.url, event.source));
+    }
     body.push_str(&format!(
         "\n-- \nbuildbay instance '{}' at {} <{}>\nReason for this mail: {}\nVisit buildbay: {}/\n",
         sender.identity,

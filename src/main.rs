@@ -125,6 +125,11 @@ enum Command {
         /// Instance identity (default: the host name).
         #[arg(long)]
         identity: Option<Identity>,
+        /// The releases' Origin (what apt pins name): `buildbay` (`Buildbay archive <identity>`,
+        /// the default), `mini-buildd` (`Mini-Buildd archive <identity> on <host>`, as a
+        /// mini-buildd instance's clients pin it), or the text itself.
+        #[arg(long)]
+        archive_origin: Option<String>,
         /// Origins (`Debian`, `Ubuntu`): their archive keys (from the keyring package on this
         /// host), main archive and current releases.
         #[arg(long, num_args = 1.., value_delimiter = ',')]
@@ -619,6 +624,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         }
         Command::Setup {
             identity,
+            archive_origin,
             from_origins,
             archives,
             archives_from_apt_sources,
@@ -630,6 +636,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         } => {
             let report = inst.setup(&SetupOptions {
                 identity,
+                archive_origin,
                 distributions,
                 repositories,
                 chroots,

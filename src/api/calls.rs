@@ -548,6 +548,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
             let identity = args.parse("identity")?;
             let opts = SetupOptions {
                 identity,
+                archive_origin: args.str("archive_origin").map(str::to_owned),
                 distributions: args.list("distributions"),
                 repositories: args.list("repositories"),
                 chroots: args.list("chroots"),
@@ -575,6 +576,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                        "why": "the FTP listener is `buildbay serve --ftp` or buildbay-ftp.socket (systemctl edit buildbay-ftp.socket)"})
             });
             let update = args.str("update") == Some("all")
+                || opts.archive_origin.is_some()
                 || !opts.distributions.is_empty()
                 || !opts.repositories.is_empty()
                 || !opts.chroots.is_empty()

@@ -466,6 +466,13 @@ pub static CALLS: &[Call] = &[
             ),
             opt("identity", None, Kind::Str, Default::Server, "Instance identity (default: host name)."),
             opt(
+                "archive_origin",
+                None,
+                Kind::Str,
+                Default::Server,
+                "buildbay's own: the releases' Origin, which apt pins name: buildbay (Buildbay archive <identity>, the default), mini-buildd (Mini-Buildd archive <identity> on <host>, as a mini-buildd instance's clients pin it), or the text itself. Every distribution is published again with it.",
+            ),
+            opt(
                 "from_origins",
                 None,
                 Kind::List,

@@ -365,6 +365,7 @@ impl<'a> Archive<'a> {
     pub fn check_repository(&self, repo: &RepoId) -> Result<()> {
         let ctx = self.ctx(repo)?;
         let _w = self.lock();
+        self.mark_other_origin(&ctx)?;
         self.publish_dirty_locked(&ctx)?;
         for d in ctx.all_dists() {
             let dir = self.dists_dir(repo).join(d.to_string());
@@ -380,6 +381,43 @@ impl<'a> Archive<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Publish again every distribution whose `Release` names another `Origin` than the
+    /// daemon's now (its `custom_archive_origin` changed), so apt pins see the new one. Returns
+    /// how many.
+    pub fn refresh_origin(&self, repo: &RepoId) -> Result<usize> {
+        let ctx = self.ctx(repo)?;
+        let _w = self.lock();
+        let n = self.mark_other_origin(&ctx)?;
+        self.publish_dirty_locked(&ctx)?;
+        Ok(n)
+    }
+
+    /// Mark the distributions published with another `Origin` for publishing in full.
+    fn mark_other_origin(&self, ctx: &RepoCtx) -> Result<usize> {
+        let dists = self.dists_dir(&ctx.repo.identity);
+        let other: Vec<Dist> = ctx
+            .all_dists()
+            .into_iter()
+            .filter(|d| {
+                let release = std::fs::read_to_string(dists.join(d.to_string()).join("Release")).unwrap_or_default();
+                let origin = release.lines().find_map(|l| l.strip_prefix("Origin:")).map(str::trim);
+                origin.is_some_and(|o| o != self.origin)
+            })
+            .collect();
+        if !other.is_empty() {
+            let tx = self.store.write()?;
+            {
+                let mut dirty = tx.open_table(DIRTY)?;
+                for d in &other {
+                    dirty.insert(key3(&d.to_string(), "*", "*").as_str(), 1)?;
+                }
+            }
+            tx.commit()?;
+            tracing::info!(repository = %ctx.repo.identity, n = other.len(), origin = %self.origin, "the archive's Origin changed: publishing again");
+        }
+        Ok(other.len())
     }
 
     /// Validate an upload completely, without writing anything.
@@ -1113,20 +1151,27 @@ impl<'a> Archive<'a> {
         chrono::DateTime::parse_from_rfc2822(&date).ok().map(|d| d.with_timezone(&chrono::Utc))
     }
 
-    /// Retention (each suite's `keep_versions` and `keep_days`): drop the rollback versions and
-    /// snapshots beyond them, each reported by a REMOVED event recorded with its change.
+    /// Retention (each suite's `keep_versions` and `keep_days` for its rollbacks,
+    /// `keep_snapshots` and `keep_snapshot_days` for its snapshots): drop what is beyond them,
+    /// each reported by a REMOVED event recorded with its change.
     pub fn retention(&self, repo: &RepoId, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Event>> {
         let ctx = self.ctx(repo)?;
         let mut events = Vec::new();
         for dist in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
-            let Some(suite) = ctx.layout.suite(&dist.suite).filter(|s| s.has_retention()) else { continue };
-            events.extend(self.retain_rollbacks(&ctx, &dist, suite, now)?);
+            let Some(suite) = ctx.layout.suite(&dist.suite) else { continue };
+            let (rollbacks, snapshots) = (suite.rollback_retention(), suite.snapshot_retention());
+            if rollbacks.is_set() {
+                events.extend(self.retain_rollbacks(&ctx, &dist, &rollbacks, now)?);
+            }
+            if !snapshots.is_set() {
+                continue;
+            }
             let mut snaps: Vec<(Option<chrono::DateTime<chrono::Utc>>, SnapshotName)> =
                 self.snapshot_ls(&dist)?.into_iter().map(|n| (self.snapshot_made(&dist, &n), n)).collect();
             // Newest first; those whose time is unknown count as the newest.
             snaps.sort_by(|a, b| b.0.unwrap_or(now).cmp(&a.0.unwrap_or(now)).then_with(|| b.1.cmp(&a.1)));
             let times: Vec<_> = snaps.iter().map(|(t, _)| *t).collect();
-            for (i, why) in suite.retention(&times, now) {
+            for (i, why) in snapshots.drops(&times, now) {
                 events.push(self.snapshot_expire(&dist, &snaps[i].1, &why.to_string())?);
             }
         }
@@ -1139,7 +1184,7 @@ impl<'a> Archive<'a> {
         &self,
         ctx: &RepoCtx,
         dist: &Dist,
-        suite: &layout::SuiteOption,
+        rule: &layout::Retention,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Event>> {
         let n = ctx.rollbacks(dist);
@@ -1167,7 +1212,7 @@ impl<'a> Archive<'a> {
                 }
             }
             let times: Vec<_> = chain.iter().map(|(_, r)| r.superseded).collect();
-            for (i, why) in suite.retention(&times, now) {
+            for (i, why) in rule.drops(&times, now) {
                 let (rd, record) = &chain[i];
                 delete_entry(&tx, ctx, rd, source, &mut gc)?;
                 let ev = Event::new(EventType::Removed, rd, source, &record.version).with("retention", why.to_string());

@@ -367,13 +367,14 @@ impl Builder {
             }
         }
         let preparing = self.preparing.lock().map(|p| p.clone()).unwrap_or_default();
-        // Chroots whose check (the upkeep's upgrade) failed while active: their builds wait
-        // until a check passes, rather than build on an image apt could not upgrade.
-        let failing: std::collections::BTreeMap<String, String> = inst
+        // Chroots that are not active (their upgrade failed, or an admin deactivated them):
+        // their builds wait until a check activates them, rather than build on an image apt
+        // could not upgrade. (A build for a chroot with no object fails at its start.)
+        let inactive: std::collections::BTreeMap<String, String> = inst
             .list::<Chroot>()?
             .into_iter()
-            .filter(|c| c.status.checked == crate::config::Checked::Reactivate)
-            .map(|c| (c.id(), c.status.message.clone().unwrap_or_default()))
+            .filter(|c| !c.status.is_active())
+            .map(|c| (c.id(), c.status.message.clone().unwrap_or_else(|| c.status.word().to_lowercase())))
             .collect();
         // With remotes, the dispatcher hands each request to a builder first; without, they
         // are all this instance's.
@@ -389,9 +390,9 @@ impl Builder {
             if known.contains(&req.bkey) || preparing.contains(&chroot.id()) {
                 continue;
             }
-            if let Some(why) = failing.get(&chroot.id()) {
+            if let Some(why) = inactive.get(&chroot.id()) {
                 if self.told_waiting(&req.bkey) {
-                    tracing::warn!(bkey = %req.bkey, chroot = %chroot.id(), "the build waits: the chroot's upgrade failed ({why}); it starts once the chroot upkeep (cronjob_chroot_upkeep) or a check passes");
+                    tracing::warn!(bkey = %req.bkey, chroot = %chroot.id(), "the build waits: the chroot is not active ({why}); it starts once a check activates it (cronjob_chroot_upkeep checks again one whose upgrade failed)");
                 }
                 continue;
             }

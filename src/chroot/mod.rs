@@ -298,7 +298,8 @@ fn configure_image(root: &Path, c: &Chroot) -> Result<()> {
     write(MARKER, format!("{}\n", c.id()))
 }
 
-/// mini-buildd's check: in a source session (writes go to the image), update and upgrade.
+/// mini-buildd's check: in a source session (writes go to the image), update and upgrade
+/// (after finishing what an interrupted upgrade left half-configured).
 pub fn check(places: &Places, c: &Chroot) -> Result<()> {
     if let Some(done) = by_helper(places, crate::rootops::ChrootOp::Check, c) {
         return done;
@@ -312,7 +313,8 @@ pub fn check(places: &Places, c: &Chroot) -> Result<()> {
         .args(["--user", "root", "--directory", "/", "--"])
         .args(["sh", "-c"])
         .arg(
-            "export DEBIAN_FRONTEND=noninteractive; apt-get -q update && apt-get -q -y --ignore-missing dist-upgrade \
+            "export DEBIAN_FRONTEND=noninteractive; dpkg --configure -a && apt-get -q update \
+             && apt-get -q -y --ignore-missing dist-upgrade \
              && apt-get -q -y --no-install-recommends install \"$@\" && apt-get -q -y autoremove && apt-get clean",
         )
         .arg("sh")

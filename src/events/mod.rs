@@ -127,7 +127,12 @@ impl Event {
         let clean = |s: &str| {
             s.chars().map(|c| if c.is_ascii_alphanumeric() || "+-.~".contains(c) { c } else { '_' }).collect::<String>()
         };
-        let mut n = format!("{}_{}_{}", clean(&self.source), clean(&self.version), self.kind.as_str());
+        // A source-less event (a snapshot retention removed) is named by its distribution.
+        let mut n = if self.source.is_empty() {
+            format!("{}_{}", clean(&self.distribution), self.kind.as_str())
+        } else {
+            format!("{}_{}_{}", clean(&self.source), clean(&self.version), self.kind.as_str())
+        };
         if let Some(a) = self.arch() {
             n.push('_');
             n.push_str(&clean(a));
@@ -288,7 +293,8 @@ impl Hooks {
     /// Write the event's JSON and run every hook on it.
     pub async fn run(&self, event: &Event) {
         let hooks = self.hooks();
-        let dir = self.events_dir.join(&event.source);
+        // `_archive` is no package name: source-less events never share a package's directory.
+        let dir = self.events_dir.join(if event.source.is_empty() { "_archive" } else { event.source.as_str() });
         let path = dir.join(event.file_name());
         let json = serde_json::to_vec_pretty(event).unwrap_or_default();
         if let Err(e) = tokio::fs::create_dir_all(&dir).await.and(tokio::fs::write(&path, json).await) {

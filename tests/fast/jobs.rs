@@ -93,9 +93,10 @@ fn jobs_expire_snapshot_and_run_what_was_missed() {
     assert!(srv.stop());
 }
 
-/// Retention beyond rollbacks: a suite's `keep_versions` trims its rollbacks and snapshots to
-/// the newest N, and `keep_days` drops what is older (the schedule's clock moved 400 days on);
-/// each removal is a REMOVED event naming the rule.
+/// Retention beyond rollbacks: a suite's `keep_versions` and `keep_snapshots` trim its
+/// rollbacks and snapshots to the newest N, and `keep_days` and `keep_snapshot_days` drop what
+/// is older (the schedule's clock moved 400 days on); each removal is a REMOVED event naming
+/// the rule, and what is kept stays installable.
 #[test]
 fn retention_trims_rollbacks_and_snapshots_with_events() {
     const UNSTABLE: &str = "bookworm-test-unstable";
@@ -133,7 +134,7 @@ fn retention_trims_rollbacks_and_snapshots_with_events() {
         .find(|o| o["kind"] == "layout" && o["id"] == "Default")
         .expect("layout")["fields"]
         .clone();
-    set_unstable(&srv.url, &mut layout, "keep_versions", 2);
+    set_unstable(&srv.url, &mut layout, &[("keep_versions", 2), ("keep_snapshots", 2)]);
     let r = cronjob(&srv.url, "cronjob_retention (DAILY)");
     assert_eq!(r["result"], "1 rollback versions and 1 snapshots removed", "{r}");
     let after = rollbacks(&srv.url);
@@ -142,6 +143,13 @@ fn retention_trims_rollbacks_and_snapshots_with_events() {
     let snaps: Vec<String> =
         snapshots_of(&srv.url).as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect();
     assert_eq!(snaps, ["s2", "s3"], "the oldest snapshot went");
+    // 1.1 left the rollbacks and nothing else holds it (the snapshots hold 1.4): its pool
+    // files went; the others' stay.
+    let pool = inst.repo().join("pool/main/b/bbkeep");
+    let in_pool = |v: &str| {
+        std::fs::read_dir(&pool).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().contains(v))
+    };
+    assert!(!in_pool("1.1~test12+1") && in_pool("1.2~test12+1") && in_pool("1.4~test12+1"));
     let removed = of(&events(&srv.url), "bbkeep", "REMOVED");
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(removed[0]["distribution"], "bookworm-test-unstable-rollback2");
@@ -156,7 +164,7 @@ fn retention_trims_rollbacks_and_snapshots_with_events() {
     assert_eq!(r["result"], "0 rollback versions and 0 snapshots removed", "{r}");
 
     // 30 days at most, seen 400 days later: every rollback and snapshot is too old.
-    set_unstable(&srv.url, &mut layout, "keep_days", 30);
+    set_unstable(&srv.url, &mut layout, &[("keep_days", 30), ("keep_snapshot_days", 30)]);
     assert!(srv.stop());
     let srv = serve_local(&inst, &["--jobs-clock-offset-days", "400"]);
     let start = Instant::now();
@@ -167,16 +175,22 @@ fn retention_trims_rollbacks_and_snapshots_with_events() {
     }
     let ls = api(&srv.url, "ls", "source=bbkeep").to_string();
     assert!(ls.contains("1.4~test12+1"), "the distribution itself is untouched: {ls}");
+    // Nothing holds 1.1 to 1.3 now: their pool files went; 1.4's stay, and the tree verifies.
+    assert!(!in_pool("1.1~test12+1") && !in_pool("1.3~test12+1") && in_pool("1.4~test12+1"));
     let removed = of(&events(&srv.url), "bbkeep", "REMOVED");
     assert!(removed.iter().any(|e| e["extra"]["retention"].as_str().unwrap_or_default().starts_with("keep_days=30")));
     assert!(srv.stop());
+    let (_, keyring) = inst.key_files();
+    verify_published(&inst.repo(), &keyring);
 }
 
-/// Set a field of the Default layout's unstable suite, and activate the layout again.
-fn set_unstable(url: &str, layout: &mut serde_json::Value, field: &str, value: u32) {
+/// Set fields of the Default layout's unstable suite, and activate the layout again.
+fn set_unstable(url: &str, layout: &mut serde_json::Value, fields: &[(&str, u32)]) {
     for s in layout["layout"]["suites"].as_array_mut().into_iter().flatten() {
         if s["suite"] == "unstable" {
-            s[field] = serde_json::json!(value);
+            for (field, value) in fields {
+                s[*field] = serde_json::json!(value);
+            }
         }
     }
     for args in [
@@ -266,14 +280,29 @@ fn sources_are_checked_again_before_their_release_runs_out() {
 
     // Within a day of running out, and the mirror serves no newer release: said, still active.
     let r = run(false);
-    assert!(r.contains("Test:stale: its release runs out at") && r.contains("kept current"), "{r}");
+    assert!(r.contains("Test:stale: its release still runs out at") && r.contains("kept current"), "{r}");
     assert_eq!(state()["state"], "ACTIVE");
-    // The mirror went stale: the re-check deactivates it with the reason.
+    // A failed re-check while the known release is still valid (here, the mirror serves an
+    // expired one) only warns: the source stays active.
     release(now - chrono::Duration::minutes(1), false);
     let r = run(false);
-    assert!(r.contains("Test:stale") && r.contains("Valid-Until"), "{r}");
-    let s = state();
-    assert!(s["state"] != "ACTIVE" && s["message"].as_str().unwrap_or_default().contains("the mirror is stale"), "{s}");
+    assert!(r.contains("checking it again failed") && r.contains("Valid-Until"), "{r}");
+    assert_eq!(state()["state"], "ACTIVE");
+    // A release that runs out in 3 seconds is learnt; once it ran out and the mirror still
+    // serves it, the re-check deactivates the source with the reason, and keeps trying.
+    release(chrono::Utc::now() + chrono::Duration::seconds(3), false);
+    let r = run(false);
+    assert!(r.contains("still runs out at"), "{r}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    for _ in 0..2 {
+        let r = run(false);
+        assert!(r.contains("Test:stale") && r.contains("the mirror is stale"), "{r}");
+        let s = state();
+        assert!(
+            s["state"] != "ACTIVE" && s["message"].as_str().unwrap_or_default().contains("the mirror is stale"),
+            "{s}"
+        );
+    }
     // Renewed for a week (now as Release and Release.gpg): checked again, active again, and no
     // longer due.
     release(now + chrono::Duration::days(7), true);

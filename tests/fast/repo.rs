@@ -220,3 +220,50 @@ fn a_distribution_chooses_its_build_backend() {
     let err = inst.fails(&["setup", "--distributions", "bookworm:amd64:sbuild+network"]);
     assert!(err.contains("+network applies to the nspawn backend only"), "{err}");
 }
+
+/// Release `Origin` as an option: `setup --archive-origin mini-buildd` publishes every
+/// distribution again as `Mini-Buildd archive <identity> on <host>` (what a mini-buildd
+/// instance's clients pin); a custom one through `config_set daemon` takes effect at the
+/// daemon's check; an Origin that would forge Release fields is refused.
+#[test]
+fn the_archive_origin_is_an_option_and_every_release_follows_it() {
+    let inst = Instance::new("ed25519");
+    let pkg = make_pkg(inst.dir.path(), "bborigin", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", pkg.to_str().expect("utf-8")]);
+    let (_, keyring) = inst.key_files();
+    let origin_of = |dist: &str| -> String {
+        let release = std::fs::read_to_string(inst.repo().join("dists").join(dist).join("Release")).expect("Release");
+        release.lines().find_map(|l| l.strip_prefix("Origin: ")).expect("Origin").to_owned()
+    };
+    assert_eq!(origin_of("bookworm-test-unstable"), "Buildbay archive ci");
+
+    let host = nix::unistd::gethostname().expect("hostname").into_string().expect("utf-8");
+    inst.ok(&["setup", "--archive-origin", "mini-buildd"]);
+    let mini = format!("Mini-Buildd archive ci on {host}");
+    for dist in ["bookworm-test-unstable", "bookworm-test-stable", "bookworm-test-unstable-rollback0"] {
+        assert_eq!(origin_of(dist), mini, "{dist}");
+    }
+    verify_published(&inst.repo(), &keyring);
+    let out = inst.cmd(&["setup", "--archive-origin", "x,n=sid"]).output().expect("setup");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--archive-origin"));
+    assert_eq!(origin_of("bookworm-test-unstable"), mini, "a refused origin changes nothing");
+
+    // Through the API: a custom Origin, applied at the daemon's check; a forged one refused.
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let srv = serve_local(&inst, &[]);
+    let daemon = |origin: &str| {
+        serde_json::json!({"identity": "ci", "custom_archive_origin": origin, "key_algo": "Ed25519"}).to_string()
+    };
+    let out = upload::api_as(&srv.url, "admin", &["config_set", "daemon", &daemon("x\nLabel: forged")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("custom_archive_origin"));
+    let out = upload::api_as(&srv.url, "admin", &["config_set", "daemon", &daemon("Our Archive")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = upload::api_as(&srv.url, "admin", &["config_action", "daemon", "1", "pca"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(origin_of("bookworm-test-unstable"), "Our Archive");
+    let out = upload::api_as(&srv.url, "admin", &["setup", "--archive-origin", "buildbay"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(origin_of("bookworm-test-testing"), "Buildbay archive ci");
+    assert!(srv.stop());
+    verify_published(&inst.repo(), &keyring);
+}

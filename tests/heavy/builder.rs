@@ -556,6 +556,12 @@ fn sbuild_on_a_machine_image_chroot() {
     wait_event(&srv.url, "bbwaits", "PACKAGING", BUILD_WAIT);
     std::thread::sleep(Duration::from_secs(8));
     assert!(of(&events(&srv.url), "bbwaits", "BUILDING").is_empty(), "a build started on the failing chroot");
+    // Failing a second time, it still waits to be activated again, and so does the build.
+    let r = upkeep(&srv.url);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["result"].as_str().unwrap_or_default().contains("failed, their builds wait: bookworm:amd64"), "{r}");
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(of(&events(&srv.url), "bbwaits", "BUILDING").is_empty(), "a build started after a second failure");
     drop(broken);
     let r = upkeep(&srv.url);
     assert_eq!(r["ok"], true, "{r}");
