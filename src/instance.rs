@@ -1141,6 +1141,28 @@ fn bare_origin(codename: &str) -> &'static str {
     sources::ORIGINS.iter().find(|o| o.releases.contains(&base)).map_or("Debian", |o| o.name)
 }
 
+/// The origins with a bootstrap preset (mini-buildd's `SETUP_BOOTSTRAP`).
+pub const BOOTSTRAP_ORIGINS: &[&str] = &["Debian", "Ubuntu"];
+
+/// mini-buildd's bootstrap preset for an origin, as `setup`'s arguments: the origin's keys,
+/// archive and current releases, a distribution per release, repository `test` over them, and a
+/// chroot per release for this host's architecture (minutes each, the first time).
+pub fn bootstrap_preset(origin: &str) -> Vec<(&'static str, String)> {
+    [
+        ("update", "all"),
+        ("pca", "all"),
+        ("from_origins", origin),
+        ("archives_from_origins", "true"),
+        ("sources_from_origins", "true"),
+        ("distributions_from_sources", "true"),
+        ("repositories_from_distributions", "test"),
+        ("chroots_from_sources", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect()
+}
+
 impl SetupOptions {
     /// Which parts the origins add: (archives, sources).
     pub fn origin_parts(&self) -> (bool, bool) {

@@ -960,6 +960,17 @@ pub fn markdown() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bootstrap_presets_are_setup_arguments() {
+        let setup = CALLS.iter().find(|c| c.name == "setup").expect("setup");
+        for origin in crate::instance::BOOTSTRAP_ORIGINS {
+            for (name, _) in crate::instance::bootstrap_preset(origin) {
+                assert!(setup.args.iter().any(|a| a.name == name), "{name} is no argument of setup");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -771,7 +771,22 @@ fn setup_page(d: &Daemon, q: &HashMap<String, String>) -> Page {
         }
     }
     cli.push_str(" --confirm");
-    Ok(("setup", json!({"title": "Setup", "nav": "setup", "ask": ask, "plan": plan, "cli": cli})))
+    let presets: Vec<serde_json::Value> = crate::instance::BOOTSTRAP_ORIGINS
+        .iter()
+        .map(|origin| {
+            let args = crate::instance::bootstrap_preset(origin);
+            let line = args.iter().fold(String::from("buildbay api setup"), |mut l, (k, v)| {
+                l.push_str(&format!(" --{}", k.replace('_', "-")));
+                if v != "true" {
+                    l.push_str(&format!(" {v}"));
+                }
+                l
+            });
+            let args: Vec<serde_json::Value> = args.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+            json!({"origin": origin, "args": args, "cli": format!("{line} --confirm")})
+        })
+        .collect();
+    Ok(("setup", json!({"title": "Setup", "nav": "setup", "ask": ask, "plan": plan, "cli": cli, "presets": presets})))
 }
 
 /// Every call of the registry as a form: the API index plus what the page needs to know.

@@ -169,6 +169,13 @@ async function screenshots() {
   for (const [name, path] of [["home", "/mini_buildd/"], ["repositories", "/mini_buildd/repositories/"], ["builds", "/mini_buildd/builds/"],
     ["setup", "/mini_buildd/setup/?distributions=bookworm:amd64&repositories=web:Default:bookworm"], ["api", "/mini_buildd/api/"], ["account", "/accounts/profile/"]]) {
     await page.goto(base + path);
+    if (name === "setup") {
+      // mini-buildd's bootstrap presets, each a confirmed form posting setup's own arguments.
+      check((await page.locator("form.preset").count()) === 2, "the Debian and Ubuntu bootstrap presets are offered");
+      check((await page.locator("form.preset input[name='from_origins'][value='Ubuntu']").count()) === 1, "the Ubuntu preset names its origin");
+      check((await page.locator("form.preset input[name='chroots_from_sources'][value='true']").count()) === 2, "the presets make the chroots");
+      check((await page.locator("form.preset input[name='confirm'][required]").count()) === 2, "each needs its confirmation");
+    }
     await shot(name);
   }
   await page.setViewportSize({ width: 390, height: 844 });
