@@ -42,6 +42,10 @@ pub fn command(call: &Call) -> clap::Command {
         if !a.choices.is_empty() {
             arg = arg.value_parser(a.choices.to_vec());
         }
+        if a.kind == Kind::Multiline {
+            // A key's text starts with `-----BEGIN`: a value, not an option.
+            arg = arg.allow_hyphen_values(true);
+        }
         cmd = cmd.arg(arg);
     }
     cmd

@@ -55,6 +55,8 @@ pub struct Daemon {
     /// Free bytes kept on the state directory's file system (`--disk-reserve`): FTP transfers
     /// and installs stop below it.
     pub disk_reserve: u64,
+    /// The HKP keyserver `set_user_key` fetches a key id from (`--keyserver`); `None`: none.
+    pub keyserver: Option<String>,
 }
 
 /// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
@@ -121,7 +123,14 @@ impl Daemon {
             mail_on: false,
             ftps: false,
             disk_reserve: 1 << 30,
+            keyserver: None,
         }
+    }
+
+    /// Set the keyserver `set_user_key` fetches key ids from.
+    pub fn with_keyserver(mut self, keyserver: Option<String>) -> Daemon {
+        self.keyserver = keyserver;
+        self
     }
 
     /// Set the free disk kept on the state directory's file system.

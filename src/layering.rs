@@ -18,6 +18,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("config", 3),
     ("sources", 4),
     ("remote", 4),
+    ("keyserver", 4),
     ("archive", 4),
     ("incoming", 4),
     ("rootops", 4),

@@ -22,6 +22,7 @@ pub mod incoming;
 pub mod instance;
 pub mod jobs;
 pub mod keyring;
+pub mod keyserver;
 #[cfg(test)]
 mod layering;
 pub mod layout;

@@ -347,6 +347,10 @@ struct FtpArgs {
     /// to an address off loopback, else localhost, which local builders reach).
     #[arg(long)]
     public_host: Option<String>,
+    /// The HKP keyserver `set_user_key` fetches a one-line key id from (mini-buildd's
+    /// `gnupg_keyserver`); an empty value: none.
+    #[arg(long, default_value = "https://keyserver.ubuntu.com")]
+    keyserver: String,
     /// Days to keep events.
     #[arg(long, default_value_t = 365)]
     keep_events_days: u32,
@@ -586,6 +590,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                 tls: ftp.tls_cert.clone().zip(ftp.tls_key.clone()),
                 https_redirect: ftp.https_redirect,
                 public_host: ftp.public_host.clone(),
+                keyserver: Some(ftp.keyserver.trim().to_owned()).filter(|k| !k.is_empty()),
                 incoming: buildbay::incoming::Limits {
                     max_file: ftp.max_file_size,
                     max_upload: ftp.max_upload_size,

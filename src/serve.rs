@@ -24,6 +24,8 @@ pub struct Options {
     pub https_redirect: bool,
     /// The host name in build requests' URLs (default: this host's name).
     pub public_host: Option<String>,
+    /// The HKP keyserver for `set_user_key` with a key id (`None`: none).
+    pub keyserver: Option<String>,
     pub incoming: incoming::Limits,
     pub quota: incoming::ftp::Quota,
     pub ftp_options: incoming::ftp::FtpOptions,
@@ -200,7 +202,8 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .with_jobs_clock_offset(opts.jobs_clock_offset_days)
             .with_mail(mailer.is_some())
             .with_ftps(opts.ftp_options.tls.is_some())
-            .with_disk_reserve(opts.quota.reserve),
+            .with_disk_reserve(opts.quota.reserve)
+            .with_keyserver(opts.keyserver.clone()),
         );
         match crate::protocol::remote::RemoteUrl::new(false, &daemon.host, daemon.http_port) {
             Ok(url) => daemon.inst.set_public_url(url),

@@ -132,6 +132,43 @@ pub fn with_jobs<T>(d: &Daemon, f: impl FnOnce(&crate::jobs::Ctx<'_>) -> T) -> T
     f(&ctx)
 }
 
+/// `set_user_key`'s key, as mini-buildd takes it: several lines are the ASCII-armored key; one
+/// line is its fingerprint or long id, looked up among the keys this instance knows (apt keys,
+/// uploaders'), else fetched from the keyserver. Returns the armored key and its certificate.
+fn uploader_key(d: &Daemon, given: &str) -> Result<(String, crate::gpg::Cert), ApiError> {
+    use crate::keyserver::KeyserverError;
+    if given.trim().contains('\n') {
+        let cert = crate::gpg::one_key(given.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        return Ok((given.to_owned(), cert));
+    }
+    let id: crate::keyserver::KeyId =
+        given.parse().map_err(|e: KeyserverError| ApiError::bad_request(e.to_string()))?;
+    let known = d
+        .inst
+        .list::<config::AptKey>()?
+        .into_iter()
+        .map(|k| k.key)
+        .chain(d.inst.list::<Uploader>()?.into_iter().map(|u| u.key))
+        .flat_map(|text| crate::gpg::read_keyring(text.as_bytes()).unwrap_or_default());
+    let cert = match crate::keyserver::select(known, &id) {
+        Some(cert) => cert,
+        None => {
+            let server = d
+                .keyserver
+                .as_deref()
+                .ok_or_else(|| ApiError::bad_request(KeyserverError::NoKeyserver(id.clone()).to_string()))?;
+            crate::keyserver::fetch(server, &id).map_err(|e| match &e {
+                e if e.is_retry() => ApiError::new(503, e.to_string()),
+                KeyserverError::NotFound { .. } => ApiError::new(404, e.to_string()),
+                _ => ApiError::new(502, e.to_string()),
+            })?
+        }
+    };
+    let armored =
+        crate::gpg::armored_keyring(std::slice::from_ref(&cert)).map_err(|e| ApiError::new(500, e.to_string()))?;
+    Ok((armored, cert))
+}
+
 /// Run a call whose arguments and admission were checked.
 pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Result<Json, ApiError> {
     let archive = || d.inst.archive().map_err(ApiError::from);
@@ -620,8 +657,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
         }
         "set_user_key" => {
             let user = who_name(who)?;
-            let key = args.require::<String>("key")?;
-            let cert = crate::gpg::one_key(key.as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let (key, cert) = uploader_key(d, &args.require::<String>("key")?)?;
             let mut status = config::Status::default();
             status.prepared();
             status.checked(Ok(()), chrono::Utc::now());

@@ -33,6 +33,7 @@ impl ApiError {
             404 => "Not Found",
             429 => "Too Many Requests",
             501 => "Not Implemented",
+            502 => "Bad Gateway",
             503 => "Service Unavailable",
             _ => "Internal Server Error",
         }

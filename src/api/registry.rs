@@ -674,8 +674,14 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: true,
         group: "Developer",
-        doc: "Set your uploader key (ASCII-armored); an administrator activates it (config_action).",
-        args: &[Arg { kind: Kind::Multiline, ..pos("key", "ASCII-armored public key.") }],
+        doc: "Set your uploader key; an administrator activates it (config_action).",
+        args: &[Arg {
+            kind: Kind::Multiline,
+            ..pos(
+                "key",
+                "The ASCII-armored public key, or (one line) its fingerprint or long id: a key this instance knows, else fetched from the keyserver (serve --keyserver), which must send that key.",
+            )
+        }],
     },
     Call {
         name: "subscribe",

@@ -546,3 +546,80 @@ fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
         "{text}"
     );
 }
+
+/// `set_user_key` as mini-buildd takes it: the ASCII-armored key, or one line with its
+/// fingerprint or long id, found among the keys this instance knows or fetched from the
+/// keyserver (a local HKP stand-in). The keyserver is hostile: a key other than the one asked
+/// for is refused, and one that does not answer is "try again".
+#[test]
+fn set_user_key_takes_an_armored_key_or_a_key_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    ok(inst.cmd(&["user", "add", "dev"]).env("BUILDBAY_PASSWORD", "dev-password"));
+    ok(inst.cmd(&["user", "add", "admin", "--role", "admin"]).env("BUILDBAY_PASSWORD", "admin-password"));
+    let gpg = upload::Gpg::new(dir.path());
+    for uid in ["dev@example.org", "other@example.org", "never@example.org"] {
+        gpg.generate(uid, "1y", None);
+    }
+    let (dev, other, never) = (
+        gpg.fingerprint("dev@example.org"),
+        gpg.fingerprint("other@example.org"),
+        gpg.fingerprint("never@example.org"),
+    );
+    let hkp = dir.path().join("hkp");
+    std::fs::create_dir_all(hkp.join("pks")).expect("mkdir");
+    // python's http.server answers /pks/lookup?… with the file pks/lookup.
+    std::fs::write(hkp.join("pks/lookup"), gpg.export("dev@example.org")).expect("write");
+    let (keyserver, mut server) = http_server(&hkp);
+    let srv = serve_local(&inst, &["--keyserver", &keyserver]);
+    let set = |key: &str| upload::api_as(&srv.url, "dev", &["set_user_key", key]);
+    let uploader = || -> serde_json::Value {
+        let out = upload::api_as(&srv.url, "admin", &["config_ls"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config_ls");
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "uploader" && o["id"] == "dev")
+            .cloned()
+            .expect("dev")
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Its fingerprint, in gpg's spaced lower-case form: fetched from the keyserver.
+    let spaced: String = dev
+        .to_lowercase()
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = set(&spaced);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let u = uploader();
+    assert_eq!(u["fields"]["fingerprint"], dev.as_str(), "{u}");
+    assert!(u["state"] != "ACTIVE", "an administrator activates it: {u}");
+    // Asking for another key, the keyserver sends dev's: refused, naming what it sent.
+    let out = set(&never);
+    assert!(
+        !out.status.success() && stderr(&out).contains("answered with no key") && stderr(&out).contains(&dev),
+        "{}",
+        stderr(&out)
+    );
+    // Not an id at all.
+    let out = set("hello");
+    assert!(!out.status.success() && stderr(&out).contains("is not a key id"), "{}", stderr(&out));
+    // The armored key (several lines) still works.
+    let out = set(&gpg.export("other@example.org"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A key this instance knows (the uploader key just set) needs no keyserver: it is found
+    // even with the keyserver down, by its long id.
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = set(&other[24..]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // One it does not know, with the keyserver down: try again later.
+    let out = set(&never);
+    assert!(!out.status.success() && stderr(&out).contains("try again later"), "{}", stderr(&out));
+    assert_eq!(uploader()["fields"]["fingerprint"], other.as_str(), "the last key set stays");
+    assert!(srv.stop());
+}
