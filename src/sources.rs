@@ -225,7 +225,7 @@ pub fn fetch_release(url: &ArchiveUrl, codename: &str) -> Result<(SignedRelease,
     match (get("Release")?, get("Release.gpg")?) {
         (Some(release), Some(signature)) => Ok((SignedRelease::Detached { release, signature }, t.elapsed())),
         _ => Err(format!(
-            "{url}dists/{codename}/ has neither InRelease nor Release with Release.gpg; is {codename} in this archive?"
+            "{url}dists/{codename}/InRelease answered 404, and there is no Release with Release.gpg either; is {codename} in this archive?"
         )),
     }
 }
