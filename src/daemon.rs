@@ -296,12 +296,12 @@ impl Daemon {
     /// and dist-upgrade in its image). It runs only while no build runs, and none can start (the
     /// builder's turn is held); otherwise it is postponed. A failed check deactivates the chroot
     /// with the reason, and its builds wait until a check passes (this job's next run, or PCA).
-    pub fn chroot_upkeep(&self) -> Result<crate::jobs::Upkeep, String> {
-        use crate::jobs::Upkeep;
-        let Some(builder) = self.builder.get() else { return Ok(Upkeep::Done("this instance builds nothing".into())) };
+    pub fn chroot_upkeep(&self) -> Result<crate::jobs::Outcome, String> {
+        use crate::jobs::Outcome;
+        let Some(builder) = self.builder.get() else { return Ok(Outcome::Done("this instance builds nothing".into())) };
         let _turn = builder.turn.blocking_lock();
         let Ok(_maintenance) = self.maintenance.try_lock() else {
-            return Ok(Upkeep::Busy("a maintenance call (setup, remake_chroots) is running".into()));
+            return Ok(Outcome::Postponed("a maintenance call (setup, remake_chroots) is running".into()));
         };
         // Builds that may still use an image: running, or built with their unit still running
         // its after step (no result yet). Finished ones waiting for the packager do not.
@@ -311,7 +311,7 @@ impl Daemon {
             .filter(|j| j.state != crate::builder::JobState::Finished || !j.dir.join(crate::builder::RESULT).exists())
             .count();
         if building > 0 {
-            return Ok(Upkeep::Busy(format!("{building} builds are running")));
+            return Ok(Outcome::Postponed(format!("{building} builds are running")));
         }
         let places = self.places();
         let due: Vec<String> = self
@@ -360,7 +360,7 @@ impl Daemon {
             n => format!("{n} chroots upgraded ({})", upgraded.join(", ")),
         };
         if failed.is_empty() {
-            Ok(Upkeep::Done(done))
+            Ok(Outcome::Done(done))
         } else {
             Err(format!("{done}; failed, their builds wait: {}", failed.join("; ")))
         }

@@ -87,12 +87,12 @@ pub enum Work {
     CheckSources,
 }
 
-/// What the chroot upkeep did.
+/// What a job's work did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upkeep {
+pub enum Outcome {
     Done(String),
-    /// Builds were running: it runs again in [`POSTPONE_MINUTES`].
-    Busy(String),
+    /// It could not run now (builds were running): it runs again in [`POSTPONE_MINUTES`].
+    Postponed(String),
 }
 
 /// How soon a postponed job runs again.
@@ -161,7 +161,7 @@ pub const JOBS: &[Def] = &[
         name: "cronjob_retention",
         period: Period::Daily,
         work: Work::Retention,
-        doc: "Apply each suite's retention (keep_versions, keep_days) to its rollbacks and snapshots; each removal is a REMOVED event (buildbay's own job).",
+        doc: "Apply each suite's retention to its rollbacks (keep_versions, keep_days) and snapshots (keep_snapshots, keep_snapshot_days); each removal is a REMOVED event (buildbay's own job).",
     },
     Def {
         name: "cronjob_snapshots",
@@ -224,7 +224,7 @@ pub struct Ctx<'a> {
     /// Tell the daemon's listeners of events a job recorded (what retention removed).
     pub publish: &'a (dyn Fn(&[crate::events::Event]) + Sync),
     /// The daemon's chroot upkeep (it holds the builders while it runs).
-    pub chroot_upkeep: &'a (dyn Fn() -> Result<Upkeep, String> + Sync),
+    pub chroot_upkeep: &'a (dyn Fn() -> Result<Outcome, String> + Sync),
 }
 
 impl Ctx<'_> {
@@ -307,26 +307,26 @@ fn run(ctx: &Ctx<'_>, def: &Def, now: DateTime<Utc>) -> Result<Record, JobError>
     put(ctx.inst, &def.id(), &running)?;
     let start = std::time::Instant::now();
     let done = match def.work {
-        Work::RetryUploads => retry_uploads(ctx).map(Upkeep::Done),
-        Work::SetupInspect => setup_inspect(ctx, now).map(Upkeep::Done),
-        Work::ExpireBuilds => expire_builds(ctx, now).map(Upkeep::Done),
-        Work::ExpireEvents => expire_events(ctx, now).map(Upkeep::Done),
+        Work::RetryUploads => retry_uploads(ctx).map(Outcome::Done),
+        Work::SetupInspect => setup_inspect(ctx, now).map(Outcome::Done),
+        Work::ExpireBuilds => expire_builds(ctx, now).map(Outcome::Done),
+        Work::ExpireEvents => expire_events(ctx, now).map(Outcome::Done),
         Work::ExpireSessions => crate::auth::expire(&ctx.inst.store)
-            .map(|n| Upkeep::Done(format!("{n} expired sessions and tokens removed")))
+            .map(|n| Outcome::Done(format!("{n} expired sessions and tokens removed")))
             .map_err(|e| e.to_string()),
-        Work::Snapshots => snapshots(ctx, def.period, now).map(Upkeep::Done),
-        Work::Retention => retention(ctx, now).map(Upkeep::Done),
+        Work::Snapshots => snapshots(ctx, def.period, now).map(Outcome::Done),
+        Work::Retention => retention(ctx, now).map(Outcome::Done),
         Work::ChrootUpkeep => (ctx.chroot_upkeep)(),
-        Work::CheckSources => check_sources(ctx, now).map(Upkeep::Done),
+        Work::CheckSources => check_sources(ctx, now).map(Outcome::Done),
     };
     let seconds = start.elapsed().as_secs_f64();
     let mut next_run = def.period.next_after(now);
     let (ok, result) = match done {
-        Ok(Upkeep::Done(what)) => {
+        Ok(Outcome::Done(what)) => {
             tracing::info!(job = %def.id(), seconds, "job done: {what}");
             (true, what)
         }
-        Ok(Upkeep::Busy(why)) => {
+        Ok(Outcome::Postponed(why)) => {
             next_run = now + Duration::minutes(POSTPONE_MINUTES);
             tracing::info!(job = %def.id(), "job postponed {POSTPONE_MINUTES} minutes: {why}");
             (true, format!("postponed {POSTPONE_MINUTES} minutes: {why}"))

@@ -82,12 +82,7 @@ pub fn select(certs: impl IntoIterator<Item = Cert>, id: &KeyId) -> Option<Cert>
 pub fn fetch(keyserver: &str, id: &KeyId) -> Result<Cert, KeyserverError> {
     let server = keyserver.trim_end_matches('/').to_owned();
     let url = format!("{server}/pks/lookup?op=get&options=mr&search=0x{id}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .user_agent(concat!("buildbay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+    let agent = crate::http::agent(Duration::from_secs(20), 10);
     let unreachable = |why: String| KeyserverError::Unreachable { server: server.clone(), id: id.clone(), why };
     let mut answer = agent.get(&url).call().map_err(|e| unreachable(e.to_string()))?;
     match answer.status().as_u16() {

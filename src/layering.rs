@@ -8,6 +8,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("gpg", 0),
     ("store", 0),
     ("systemd", 0),
+    ("http", 0),
     ("deb", 1),
     ("auth", 1),
     ("events", 1),

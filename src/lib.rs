@@ -18,6 +18,7 @@ pub mod events;
 pub mod gate;
 pub mod gpg;
 pub mod helper;
+pub mod http;
 pub mod incoming;
 pub mod instance;
 pub mod jobs;

@@ -392,13 +392,7 @@ fn dsc_keyring(inst: &Instance) -> Result<Vec<sequoia_openpgp::Cert>, PortError>
 
 /// GET `url`, at most `limit` bytes (a redirect or two allowed; 60 s in all).
 fn fetch(url: &str, limit: u64) -> Result<Vec<u8>, PortError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(3)
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .user_agent(concat!("buildbay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+    let agent = crate::http::agent(std::time::Duration::from_secs(60), 3);
     let mut r = agent.get(url).call().map_err(|e| PortError::Bad(format!("{url}: cannot fetch it: {e}")))?;
     let status = r.status().as_u16();
     if status != 200 {

@@ -27,13 +27,7 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(timeout))
-        .user_agent(concat!("buildbay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+    crate::http::agent(timeout, 0)
 }
 
 /// One anonymous API call; its JSON answer, at most [`MAX_ANSWER`] bytes.

@@ -162,13 +162,9 @@ pub fn host_archives(etc_apt: &std::path::Path) -> Vec<ArchiveUrl> {
     urls
 }
 
+/// Upstream archives: 30 s a request, redirects followed (ureq's default, 10).
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .user_agent(concat!("buildbay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+    crate::http::agent(Duration::from_secs(30), 10)
 }
 
 /// mini-buildd's archive ping: `GET <url>dists/`; any answer below 500 means the archive is up
@@ -359,47 +355,18 @@ mod tests {
         let e = verify_release(&unsigned, std::slice::from_ref(key.cert()), "Debian", "bookworm", true, now);
         assert!(e.is_err(), "an unsigned release is refused");
         // Release with Release.gpg (no InRelease): the detached signature must cover it.
-        let detached =
-            |release: &[u8], signature: Vec<u8>| SignedRelease::Detached { release: release.to_vec(), signature };
+        let detached = |release: &[u8], signature: &[u8], signer: &ArchiveKey| {
+            let signed = SignedRelease::Detached { release: release.to_vec(), signature: signature.to_vec() };
+            verify_release(&signed, std::slice::from_ref(signer.cert()), "Debian", "bookworm", true, now)
+        };
         let sig = key.detached_sign(release).unwrap();
-        let (r, signer) = verify_release(
-            &detached(release, sig.clone()),
-            std::slice::from_ref(key.cert()),
-            "Debian",
-            "bookworm",
-            true,
-            now,
-        )
-        .unwrap();
+        let (r, signer) = detached(release, &sig, &key).unwrap();
         assert_eq!((r.codename.as_str(), signer), ("bookworm", key.fingerprint()));
         let mut tampered = release.to_vec();
         tampered[0] = b'X';
-        let e = verify_release(
-            &detached(&tampered, sig.clone()),
-            std::slice::from_ref(key.cert()),
-            "Debian",
-            "bookworm",
-            true,
-            now,
-        );
-        assert!(e.unwrap_err().contains("Release.gpg does not verify"));
-        let e = verify_release(
-            &detached(release, sig),
-            std::slice::from_ref(other.cert()),
-            "Debian",
-            "bookworm",
-            true,
-            now,
-        );
-        assert!(e.unwrap_err().contains("Release.gpg does not verify"));
-        let e = verify_release(
-            &detached(release, b"garbage".to_vec()),
-            std::slice::from_ref(key.cert()),
-            "Debian",
-            "bookworm",
-            true,
-            now,
-        );
+        assert!(detached(&tampered, &sig, &key).unwrap_err().contains("Release.gpg does not verify"));
+        assert!(detached(release, &sig, &other).unwrap_err().contains("Release.gpg does not verify"));
+        let e = detached(release, b"garbage", &key);
         assert!(e.unwrap_err().contains("Release.gpg does not verify"), "garbage is no signature");
         assert!(check_source(&[], &[], "Debian", "bookworm", true).unwrap_err().contains("no apt keys"));
         let e = check_source(&[], std::slice::from_ref(key.cert()), "Debian", "bookworm", true).unwrap_err();

@@ -1142,11 +1142,14 @@ impl<'a> Archive<'a> {
         self.snapshot_drop(dist, name, None)
     }
 
+    /// Where a snapshot's tree is: `dists/.snapshots/<dist>/<name>/`.
+    fn snapshot_dir(&self, dist: &Dist, name: &SnapshotName) -> PathBuf {
+        self.dists_dir(&dist.repo).join(".snapshots").join(dist.to_string()).join(name.as_str())
+    }
+
     /// When a snapshot was made: its `Release`'s `Date` (`None` if it cannot be read).
     pub fn snapshot_made(&self, dist: &Dist, name: &SnapshotName) -> Option<chrono::DateTime<chrono::Utc>> {
-        let path =
-            self.dists_dir(&dist.repo).join(".snapshots").join(dist.to_string()).join(name.as_str()).join("Release");
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = std::fs::read_to_string(self.snapshot_dir(dist, name).join("Release")).ok()?;
         let date = text.lines().find_map(|l| l.strip_prefix("Date:"))?.trim().replace("UTC", "+0000");
         chrono::DateTime::parse_from_rfc2822(&date).ok().map(|d| d.with_timezone(&chrono::Utc))
     }
@@ -1256,7 +1259,7 @@ impl<'a> Archive<'a> {
             }
         }
         tx.commit()?;
-        let dir = self.dists_dir(&dist.repo).join(".snapshots").join(dist.to_string()).join(name.as_str());
+        let dir = self.snapshot_dir(dist, name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
