@@ -72,6 +72,8 @@ fn main() {
     let repo = state.join("repositories/test");
     let packages_size =
         std::fs::metadata(repo.join(format!("dists/{DIST}/main/binary-amd64/Packages"))).expect("Packages").len();
+    let contents_gz =
+        std::fs::metadata(repo.join(format!("dists/{DIST}/main/Contents-amd64.gz"))).expect("Contents").len();
 
     // reprepro, same files: pulled from buildbay's tree by `reprepro update`.
     let rr = base.join("reprepro");
@@ -91,7 +93,7 @@ fn main() {
     ]));
     std::fs::write(
         rr.join("conf/distributions"),
-        format!("Codename: {DIST}\nSuite: {DIST}\nLabel: {DIST}\nOrigin: bench\nComponents: main\nArchitectures: source amd64\nDescription: bench\nSignWith: default\nNotAutomatic: yes\nButAutomaticUpgrades: yes\nDebIndices: Packages Release . .gz .xz\nDscIndices: Sources Release . .gz .xz\nUpdate: bb\n"),
+        format!("Codename: {DIST}\nSuite: {DIST}\nLabel: {DIST}\nOrigin: bench\nComponents: main\nArchitectures: source amd64\nDescription: bench\nSignWith: default\nNotAutomatic: yes\nButAutomaticUpgrades: yes\nUDebComponents: main\nDebIndices: Packages Release . .gz .xz\nDscIndices: Sources Release . .gz .xz\nContents: .gz\nUpdate: bb\n"),
     )
     .expect("write");
     std::fs::write(
@@ -126,9 +128,11 @@ fn main() {
     let version = if version.is_empty() { "reprepro".into() } else { version };
     println!("### Include one package into {n} sources / {} binaries, and republish\n", 2 * n);
     println!(
-        "`cargo bench --bench publish` on {} cores; `Packages` is {:.1} MB; reprepro holds {rr_count} packages after `update`.",
+        "`cargo bench --bench publish` on {} cores; `Packages` is {:.1} MB; `Contents-amd64.gz` is {:.1} MB ({} paths, both sides publish it); reprepro holds {rr_count} packages after `update`.",
         std::thread::available_parallelism().map_or(0, |p| p.get()),
-        packages_size as f64 / 1e6
+        packages_size as f64 / 1e6,
+        contents_gz as f64 / 1e6,
+        6 * n
     );
     println!(
         "Median of 3 rounds, each a new source with one amd64 and one all binary, wall time and peak RSS by `/usr/bin/time`.\n"

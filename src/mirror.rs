@@ -102,7 +102,7 @@ impl Mirror {
         keyring: &Path,
     ) -> Result<Vec<OsString>, MirrorError> {
         let mut v: Vec<OsString> =
-            ["--verbose", "--diff=none", "--rsync-extra=none", "--method=http"].iter().map(OsString::from).collect();
+            ["--verbose", "--diff=none", "--getcontents", "--rsync-extra=none", "--method=http"].iter().map(OsString::from).collect();
         v.push(format!("--host={}", self.host).into());
         v.push(format!("--root=/repositories/{repo}").into());
         v.push(format!("--dist={}", dists.join(",")).into());

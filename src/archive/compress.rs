@@ -1,7 +1,8 @@
 //! Incremental index compression.
 //!
-//! An index (`Packages`, `Sources`) is cut into chunks on stanza boundaries, content-defined: a
-//! chunk ends after a stanza whose first line hashes to 0 mod [`SPREAD`]. Each chunk is compressed
+//! An index is cut into chunks on record boundaries (a stanza of `Packages` or `Sources`, a line
+//! of `Contents`), content-defined: a chunk ends after a record whose first line hashes to 0 mod
+//! the record kind's spread. Each chunk is compressed
 //! on its own, as a raw-deflate segment ending in a sync flush and as one xz block. The `.gz` is
 //! one gzip member (segments, a final empty block, the combined CRC-32) and the `.xz` one xz stream
 //! (blocks, an index): both are ordinary files to any reader, apt's included (apt does not read
@@ -12,8 +13,44 @@ use liblzma_sys as lz;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
-/// About one chunk boundary per this many stanzas.
-const SPREAD: u64 = 128;
+/// What an index is made of, for cutting it into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// deb822 stanzas, each ending in a blank line (about 1 KiB each).
+    Stanzas,
+    /// Lines (about 60 bytes each).
+    Lines,
+}
+
+impl Records {
+    /// About one chunk boundary per this many records.
+    fn spread(self) -> u64 {
+        match self {
+            Records::Stanzas => 128,
+            Records::Lines => 2048,
+        }
+    }
+
+    /// Whether a chunk ends after the record whose first line this is. FNV's low bits mix
+    /// poorly over lines that differ in a few characters, so lines take its high bits.
+    fn ends_chunk(self, first_line: &[u8]) -> bool {
+        let h = fnv(first_line);
+        match self {
+            Records::Stanzas => h.is_multiple_of(self.spread()),
+            Records::Lines => (h >> 32).is_multiple_of(self.spread()),
+        }
+    }
+
+    /// End of the record starting at `pos`, past its separator.
+    fn end(self, plain: &[u8], pos: usize) -> usize {
+        let sep: &[u8] = match self {
+            Records::Stanzas => b"\n\n",
+            Records::Lines => b"\n",
+        };
+        plain[pos..].windows(sep.len()).position(|w| w == sep).map_or(plain.len(), |i| pos + i + sep.len())
+    }
+}
+
 /// A chunk is cut at the next stanza boundary once it is this big, whatever the hashes say.
 const MAX_CHUNK: usize = 1 << 20;
 const GZ_LEVEL: u32 = 6;
@@ -49,25 +86,20 @@ fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
-/// Cut an index into chunks on stanza boundaries.
-pub fn chunks(plain: &[u8]) -> Vec<&[u8]> {
+/// Cut an index into chunks on record boundaries.
+pub fn chunks(plain: &[u8], records: Records) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let (mut start, mut pos) = (0, 0);
     while pos < plain.len() {
-        let end = find_stanza_end(plain, pos);
+        let end = records.end(plain, pos);
         let first_line = &plain[pos..plain[pos..end].iter().position(|&b| b == b'\n').map_or(end, |i| pos + i)];
         pos = end;
-        if fnv(first_line).is_multiple_of(SPREAD) || pos - start >= MAX_CHUNK || pos == plain.len() {
+        if records.ends_chunk(first_line) || pos - start >= MAX_CHUNK || pos == plain.len() {
             out.push(&plain[start..pos]);
             start = pos;
         }
     }
     out
-}
-
-/// End of the stanza starting at `pos`, past its blank separator line.
-fn find_stanza_end(plain: &[u8], pos: usize) -> usize {
-    plain[pos..].windows(2).position(|w| w == b"\n\n").map_or(plain.len(), |i| pos + i + 2)
 }
 
 fn deflate_segment(chunk: &[u8]) -> Vec<u8> {
@@ -197,8 +229,8 @@ fn reuse(prev: &Previous<'_>, sha: &str) -> Option<Piece> {
 }
 
 /// Compress an index into `.gz` and `.xz`, reusing what `prev` already compressed.
-pub fn compress(plain: &[u8], prev: Option<&Previous<'_>>) -> Compressed {
-    let parts = chunks(plain);
+pub fn compress(plain: &[u8], prev: Option<&Previous<'_>>, records: Records) -> Compressed {
+    let parts = chunks(plain, records);
     let shas: Vec<String> = parts.iter().map(|c| hex::encode(Sha256::digest(c))).collect();
     let mut pieces: Vec<Option<Piece>> = shas.iter().map(|s| prev.and_then(|p| reuse(p, s))).collect();
     let todo: Vec<usize> = (0..parts.len()).filter(|&i| pieces[i].is_none()).collect();
@@ -290,14 +322,14 @@ mod tests {
     #[test]
     fn roundtrip_and_reuse() {
         let before = index(3000, Some(1500));
-        let c1 = compress(&before, None);
+        let c1 = compress(&before, None, Records::Stanzas);
         assert!(c1.chunks.len() > 5, "{} chunks", c1.chunks.len());
         assert_eq!(gunzip(&c1.gz), before);
         assert_eq!(unxz(&c1.xz), before);
         // Adding one stanza recompresses one or two chunks and reuses the rest.
         let after = index(3000, None);
         let prev = Previous { chunks: &c1.chunks, gz: &c1.gz, xz: &c1.xz };
-        let c2 = compress(&after, Some(&prev));
+        let c2 = compress(&after, Some(&prev), Records::Stanzas);
         assert!(c2.fresh <= 2, "{} of {} chunks recompressed", c2.fresh, c2.chunks.len());
         assert_eq!(gunzip(&c2.gz), after);
         assert_eq!(unxz(&c2.xz), after);
@@ -305,7 +337,7 @@ mod tests {
 
     #[test]
     fn empty_index() {
-        let c = compress(b"", None);
+        let c = compress(b"", None, Records::Lines);
         assert!(gunzip(&c.gz).is_empty());
         assert!(unxz(&c.xz).is_empty());
     }
@@ -313,8 +345,31 @@ mod tests {
     #[test]
     fn chunks_cover_everything_on_stanza_boundaries() {
         let data = index(1000, None);
-        let parts = chunks(&data);
+        let parts = chunks(&data, Records::Stanzas);
         assert_eq!(parts.concat(), data);
         assert!(parts.iter().all(|c| c.ends_with(b"\n\n")));
+    }
+
+    #[test]
+    fn contents_is_cut_on_lines_and_reused() {
+        let lines = |skip: Option<usize>| {
+            (0..40_000)
+                .filter(|i| Some(*i) != skip)
+                .map(|i| format!("usr/share/doc/pkg{i}/copyright\t    misc/pkg{i}\n"))
+                .collect::<String>()
+                .into_bytes()
+        };
+        let before = lines(Some(20_000));
+        let parts = chunks(&before, Records::Lines);
+        assert!(parts.len() > 5, "{} chunks", parts.len());
+        assert_eq!(parts.concat(), before);
+        assert!(parts.iter().all(|c| c.ends_with(b"\n")));
+        let c1 = compress(&before, None, Records::Lines);
+        let after = lines(None);
+        let prev = Previous { chunks: &c1.chunks, gz: &c1.gz, xz: &c1.xz };
+        let c2 = compress(&after, Some(&prev), Records::Lines);
+        assert!(c2.fresh <= 2, "{} of {} chunks recompressed", c2.fresh, c2.chunks.len());
+        assert_eq!(gunzip(&c2.gz), after);
+        assert_eq!(unxz(&c2.xz), after);
     }
 }

@@ -1,4 +1,5 @@
-//! Index entries: the `Sources` stanza of a `.dsc`, the `Packages` stanza of a `.deb`, and `Release`.
+//! Index entries: the `Sources` stanza of a `.dsc`, the `Packages` stanza of a `.deb`, the lines
+//! of `Contents`, and `Release`.
 //!
 //! Pure: inputs are parsed stanzas and checksums, outputs are stanzas and text.
 
@@ -60,6 +61,46 @@ pub fn packages_entry(
     s.set("SHA512", sums.sha512.as_str());
     s.reorder_front(&["Package"]);
     s
+}
+
+/// The value of a single-line field of a stanza (`Filename`, `Section`), read without parsing
+/// the whole stanza.
+pub fn stanza_field<'a>(stanza: &'a [u8], field: &str) -> Option<&'a str> {
+    stanza.split(|&b| b == b'\n').find_map(|line| {
+        let rest = line.strip_prefix(field.as_bytes())?.strip_prefix(b":")?;
+        std::str::from_utf8(rest).ok().map(str::trim)
+    })
+}
+
+/// Who installs a path, as `Contents` names it: `<section>/<package>` (`devel/hello`,
+/// `contrib/net/foo`).
+pub fn contents_owner(section: Option<&str>, package: &str) -> String {
+    format!("{}/{package}", section.filter(|s| !s.is_empty()).unwrap_or("unknown"))
+}
+
+/// Render `Contents` from `(path, owner)` pairs: one line per path, sorted by path, its owners
+/// comma-separated, in reprepro's layout (`path`, a tab and four spaces, the owners).
+pub fn contents(mut entries: Vec<(String, String)>) -> Vec<u8> {
+    entries.sort_unstable();
+    entries.dedup();
+    let mut out = Vec::with_capacity(entries.iter().map(|(p, o)| p.len() + o.len() + 6).sum());
+    let mut i = 0;
+    while i < entries.len() {
+        let path = &entries[i].0;
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b"\t    ");
+        let mut first = true;
+        while i < entries.len() && &entries[i].0 == path {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(entries[i].1.as_bytes());
+            first = false;
+            i += 1;
+        }
+        out.push(b'\n');
+    }
+    out
 }
 
 /// One file listed in a `Release`.
@@ -206,5 +247,33 @@ mod tests {
         assert!(t.contains("Filename: pool/main/h/hello/hello_1.0_amd64.deb\nSize: 1\n"));
         assert!(t.contains("Section: devel\n"));
         assert!(t.contains("Description: hi\n there\n"));
+    }
+
+    #[test]
+    fn contents_lines_sorted_and_shared_paths_merged() {
+        let e = |p: &str, o: &str| (p.to_owned(), o.to_owned());
+        let text = contents(vec![
+            e("usr/share/doc/b/copyright", "devel/b"),
+            e("usr/bin/hello", "devel/hello"),
+            e("etc/shared.conf", "net/b"),
+            e("etc/shared.conf", "contrib/net/a"),
+            e("usr/bin/hello", "devel/hello"),
+        ]);
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "etc/shared.conf\t    contrib/net/a,net/b\nusr/bin/hello\t    devel/hello\nusr/share/doc/b/copyright\t    devel/b\n"
+        );
+        assert!(contents(vec![]).is_empty());
+        assert_eq!(contents_owner(Some("devel"), "hello"), "devel/hello");
+        assert_eq!(contents_owner(None, "hello"), "unknown/hello");
+    }
+
+    #[test]
+    fn stanza_fields_without_a_parse() {
+        let st = b"Package: hello\nSection: devel\nFilename: pool/main/h/hello/hello_1_amd64.deb\nDescription: x\n Filename: no\n";
+        assert_eq!(stanza_field(st, "Filename"), Some("pool/main/h/hello/hello_1_amd64.deb"));
+        assert_eq!(stanza_field(st, "Section"), Some("devel"));
+        assert_eq!(stanza_field(st, "Priority"), None);
+        assert_eq!(stanza_field(st, "Package"), Some("hello"));
     }
 }

@@ -13,7 +13,7 @@ pub mod scratch;
 use crate::config::{self, Distribution, LayoutObject, Repository};
 use crate::deb::changes::FileCheckError;
 use crate::deb::control::ControlError;
-use crate::deb::debfile::DebError;
+use crate::deb::debfile::{DebError, PackageType};
 use crate::deb::{
     Arch, Changes, Checksums, Component, Dist, Dsc, FileName, PackageName, RepoId, SnapshotName, Version,
 };
@@ -21,9 +21,9 @@ use crate::events::{Event, EventType};
 use crate::gpg::ArchiveKey;
 use crate::layout::{self, Layout, ShiftOp, Slot};
 use crate::store::{
-    self, CONFIG, DIRTY, DIST_BINARIES, DIST_DSCS, DIST_SOURCES, POOL_REFS, SNAPSHOTS, Store, StoreError,
+    self, CONFIG, DEB_CONTENTS, DIRTY, DIST_BINARIES, DIST_DSCS, DIST_SOURCES, POOL_REFS, SNAPSHOTS, Store, StoreError,
 };
-use publish::{Part, PublishError};
+use publish::{IndexKind, Part, PublishError};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -125,6 +125,9 @@ pub struct BinaryKey {
     pub arch: Arch,
     pub package: PackageName,
     pub version: Version,
+    /// `.deb` (not written), `.udeb` or `.ddeb`.
+    #[serde(default, skip_serializing_if = "PackageType::is_deb")]
+    pub kind: PackageType,
 }
 
 /// What a distribution holds of one source package.
@@ -236,9 +239,11 @@ impl RepoCtx {
         let mut parts = Vec::new();
         for c in &d.components {
             for a in d.arches() {
-                parts.push(Part { component: c.to_string(), arch: a.to_string() });
+                for kind in [IndexKind::Packages, IndexKind::Installer, IndexKind::Contents] {
+                    parts.push(Part { component: c.to_string(), arch: a.to_string(), kind });
+                }
             }
-            parts.push(Part { component: c.to_string(), arch: "source".into() });
+            parts.push(Part { component: c.to_string(), arch: "source".into(), kind: IndexKind::Sources });
         }
         parts
     }
@@ -301,6 +306,8 @@ struct Staged {
     copies: Vec<(String, PathBuf, Checksums)>,
     /// Binary-only upload onto an existing source record.
     binary_only: bool,
+    /// Pool path of each new `.deb` and `.ddeb` → the paths it installs, one per line.
+    contents: Vec<(String, Vec<u8>)>,
 }
 
 fn key3(a: &str, b: &str, c: &str) -> String {
@@ -365,7 +372,7 @@ impl<'a> Archive<'a> {
     pub fn check_repository(&self, repo: &RepoId) -> Result<()> {
         let ctx = self.ctx(repo)?;
         let _w = self.lock();
-        self.mark_other_origin(&ctx)?;
+        self.mark_stale(&ctx)?;
         self.publish_dirty_locked(&ctx)?;
         for d in ctx.all_dists() {
             let dir = self.dists_dir(repo).join(d.to_string());
@@ -374,7 +381,7 @@ impl<'a> Archive<'a> {
                 .map_err(|e| ArchiveError::Inconsistent(format!("{d}: InRelease: {e}")))?;
             for f in index::release_files(&String::from_utf8_lossy(&payload)) {
                 let p = dir.join(&f.path);
-                let sums = Checksums::of_file(&p).map_err(io_err(&p))?;
+                let sums = publish::listed_sums(&dir, &f.path).map_err(io_err(&p))?;
                 if sums.sha256 != f.sums.sha256 {
                     return Err(ArchiveError::Inconsistent(format!("{d}: {} does not match Release", f.path)));
                 }
@@ -389,21 +396,25 @@ impl<'a> Archive<'a> {
     pub fn refresh_origin(&self, repo: &RepoId) -> Result<usize> {
         let ctx = self.ctx(repo)?;
         let _w = self.lock();
-        let n = self.mark_other_origin(&ctx)?;
+        let n = self.mark_stale(&ctx)?;
         self.publish_dirty_locked(&ctx)?;
         Ok(n)
     }
 
-    /// Mark the distributions published with another `Origin` for publishing in full.
-    fn mark_other_origin(&self, ctx: &RepoCtx) -> Result<usize> {
+    /// Mark for publishing in full the distributions published with another `Origin`, or
+    /// without an index this version publishes (`Contents`, the installer's).
+    fn mark_stale(&self, ctx: &RepoCtx) -> Result<usize> {
         let dists = self.dists_dir(&ctx.repo.identity);
         let other: Vec<Dist> = ctx
             .all_dists()
             .into_iter()
             .filter(|d| {
-                let release = std::fs::read_to_string(dists.join(d.to_string()).join("Release")).unwrap_or_default();
+                let dir = dists.join(d.to_string());
+                let Ok(release) = std::fs::read_to_string(dir.join("Release")) else { return false };
                 let origin = release.lines().find_map(|l| l.strip_prefix("Origin:")).map(str::trim);
-                origin.is_some_and(|o| o != self.origin)
+                let listed = index::release_files(&release);
+                let lacks = ctx.parts(d).iter().any(|p| !listed.iter().any(|f| f.path == p.files()[0]));
+                origin.is_some_and(|o| o != self.origin) || lacks
             })
             .collect();
         if !other.is_empty() {
@@ -415,7 +426,7 @@ impl<'a> Archive<'a> {
                 }
             }
             tx.commit()?;
-            tracing::info!(repository = %ctx.repo.identity, n = other.len(), origin = %self.origin, "the archive's Origin changed: publishing again");
+            tracing::info!(repository = %ctx.repo.identity, n = other.len(), origin = %self.origin, "a distribution's Origin or indices are not this version's: publishing again");
         }
         Ok(other.len())
     }
@@ -527,14 +538,7 @@ impl<'a> Archive<'a> {
         let mut auto_debug: Vec<PackageName> = Vec::new();
         for f in &changes.files {
             let name = f.name.as_str();
-            if name.ends_with(".udeb") || name.ends_with(".ddeb") {
-                return Err(ArchiveError::Inconsistent(format!(
-                    "{name}: udeb and ddeb packages are not supported yet"
-                )));
-            }
-            if !name.ends_with(".deb") {
-                continue;
-            }
+            let Some(kind) = PackageType::of_file(name) else { continue };
             let control = crate::deb::debfile::read_control(&dir.join(name))
                 .map_err(|source| ArchiveError::Deb { file: name.to_owned(), source })?;
             let field = |k: &'static str| {
@@ -571,7 +575,7 @@ impl<'a> Archive<'a> {
                 f.priority.as_deref(),
             );
             copies.push((pool_path, dir.join(name), sums[&f.name].clone()));
-            new_bins.push((BinaryKey { arch, package, version }, stanza.to_string().into_bytes()));
+            new_bins.push((BinaryKey { arch, package, version, kind }, stanza.to_string().into_bytes()));
         }
         if binary_only && new_bins.is_empty() {
             return Err(ArchiveError::Inconsistent("the .changes lists neither a .dsc nor any .deb".into()));
@@ -625,7 +629,7 @@ impl<'a> Archive<'a> {
             let mut bins: Vec<(BinaryKey, Vec<u8>)> =
                 entry.record.binaries.iter().cloned().zip(entry.binaries.iter().cloned()).collect();
             for (k, s) in new_bins {
-                bins.retain(|(b, _)| !(b.package == k.package && b.arch == k.arch));
+                bins.retain(|(b, _)| !(b.package == k.package && b.arch == k.arch && b.kind == k.kind));
                 bins.push((k, s));
             }
             entry.record.binaries = bins.iter().map(|(k, _)| k.clone()).collect();
@@ -677,7 +681,17 @@ impl<'a> Archive<'a> {
                 }
             }
         }
-        Ok(Staged { dist: dist.clone(), entry, copies, binary_only })
+        // Last, as the dearest check: what each package installs, for `Contents`.
+        let mut contents = Vec::new();
+        for (path, from, _) in &copies {
+            if matches!(PackageType::of_file(path), Some(PackageType::Deb | PackageType::Ddeb)) {
+                let file = path.rsplit('/').next().unwrap_or(path).to_owned();
+                let paths =
+                    crate::deb::debfile::read_contents(from).map_err(|source| ArchiveError::Deb { file, source })?;
+                contents.push((path.clone(), paths.join("\n").into_bytes()));
+            }
+        }
+        Ok(Staged { dist: dist.clone(), entry, copies, binary_only, contents })
     }
 
     /// Run every check of an include without writing anything: the upload's files, the
@@ -686,7 +700,12 @@ impl<'a> Archive<'a> {
     pub fn precheck(&self, dist: &Dist, changes_path: &Path) -> Result<Vec<PathBuf>> {
         let ctx = self.ctx(&dist.repo)?;
         let staged = self.stage(&ctx, dist, changes_path, false)?;
-        Ok(staged.copies.into_iter().filter(|(p, _, _)| !p.ends_with(".deb")).map(|(_, from, _)| from).collect())
+        Ok(staged
+            .copies
+            .into_iter()
+            .filter(|(p, _, _)| PackageType::of_file(p).is_none())
+            .map(|(_, from, _)| from)
+            .collect())
     }
 
     /// Whether a distribution holds this version of a source package.
@@ -747,6 +766,12 @@ impl<'a> Archive<'a> {
             shift_rollbacks(&tx, ctx, &staged.dist, &staged.entry.record.source, gc)?;
         }
         put_entry(&tx, ctx, &staged.dist, &staged.entry, gc)?;
+        {
+            let mut t = tx.open_table(DEB_CONTENTS)?;
+            for (path, paths) in &staged.contents {
+                t.insert(format!("{}/{path}", dist.repo).as_str(), paths.as_slice())?;
+            }
+        }
         tx.commit()?;
         Ok(IncludeReport {
             distribution: staged.dist,
@@ -863,13 +888,21 @@ impl<'a> Archive<'a> {
             dist.repo.clone(),
             next.ok_or_else(|| ArchiveError::NoMigration(dist.clone()))?,
         );
-        let candidates: Vec<(Arch, Vec<u8>)> =
-            entry.record.binaries.iter().map(|b| b.arch.clone()).zip(entry.binaries.iter().cloned()).collect();
+        // The installer's packages are not for apt's solver.
+        let candidates: Vec<(Arch, Vec<u8>)> = entry
+            .record
+            .binaries
+            .iter()
+            .zip(entry.binaries.iter())
+            .filter(|(b, _)| b.kind != PackageType::Udeb)
+            .map(|(b, s)| (b.arch.clone(), s.clone()))
+            .collect();
         let names: Vec<&PackageName> = entry.record.binaries.iter().map(|b| &b.package).collect();
         let mut others = Vec::new();
         let table = read.open_table(DIST_BINARIES)?;
         let scan = |k: &str, v: &[u8], others: &mut Vec<(Arch, Vec<u8>)>| {
-            // <dist>/<component>/<arch>/<package>
+            // <dist>/<component>/<arch>/<package>; an installer package's `udeb:<arch>` is no
+            // architecture, so it is left out.
             let mut parts = k.rsplitn(3, '/');
             let (Some(package), Some(arch)) = (parts.next(), parts.next()) else { return };
             if names.iter().any(|n| n.as_str() == package) {
@@ -1109,6 +1142,9 @@ impl<'a> Archive<'a> {
         let release = std::fs::read_to_string(cur.join("Release")).map_err(io_err(cur.join("Release")))?;
         let files = index::release_files(&release);
         for f in &files {
+            if !publish::on_disk(&f.path) {
+                continue;
+            }
             let dst = tmp.join(&f.path);
             let parent = dst.parent().expect("index files live in directories");
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -1253,9 +1289,8 @@ impl<'a> Archive<'a> {
                 Some(v) => store::decode(&skey, v.value())?,
                 None => return Err(ArchiveError::NoSnapshot(name.clone(), dist.clone())),
             };
-            let mut refs = tx.open_table(POOL_REFS)?;
             for r in &records {
-                unref_files(&mut refs, &dist.repo, &r.files, &mut gc)?;
+                unref_files(&tx, &dist.repo, &r.files, &mut gc)?;
             }
         }
         tx.commit()?;
@@ -1295,21 +1330,27 @@ impl<'a> Archive<'a> {
             }
         }
         let dists = self.dists_dir(repo);
+        let root = self.repo_root(repo);
+        let mut learnt = Vec::new();
         std::fs::create_dir_all(&dists).map_err(io_err(&dists))?;
         for (dist_name, touched) in &by_dist {
             let dist: Dist = dist_name
                 .parse()
                 .map_err(|e: crate::deb::names::NameError| ArchiveError::Inconsistent(e.to_string()))?;
             let parts = ctx.parts(&dist);
-            let all =
-                touched.contains(&("*".into(), "*".into())) || publish::current_generation(&dists, dist_name).is_none();
-            let regen: Vec<&Part> =
-                parts.iter().filter(|p| all || touched.contains(&(p.component.clone(), p.arch.clone()))).collect();
+            let current = publish::current_generation(&dists, dist_name);
+            let all = touched.contains(&("*".into(), "*".into())) || current.is_none();
+            // A part the current tree lacks (an index kind newer than the tree) is made in full.
+            let missing = |p: &Part| current.as_ref().is_some_and(|(_, dir)| !dir.join(p.on_disk()).exists());
+            let regen: Vec<&Part> = parts
+                .iter()
+                .filter(|p| all || missing(p) || touched.contains(&(p.component.clone(), p.arch.clone())))
+                .collect();
             let t = std::time::Instant::now();
             let read = self.store.read()?;
             let mut fresh = Vec::new();
             for p in regen {
-                fresh.push((p.clone(), index_text(&read, &dist, p)?));
+                fresh.push((p.clone(), index_text(&read, &dist, p, &root, &mut learnt)?));
             }
             drop(read);
             let t_index = t.elapsed();
@@ -1329,6 +1370,10 @@ impl<'a> Archive<'a> {
                 for k in &dirty {
                     t.remove(k.as_str())?;
                 }
+                let mut t = tx.open_table(DEB_CONTENTS)?;
+                for (k, paths) in &learnt {
+                    t.insert(k.as_str(), paths.as_slice())?;
+                }
             }
             tx.commit()?;
         }
@@ -1336,20 +1381,67 @@ impl<'a> Archive<'a> {
     }
 }
 
-/// The plain text of one index (`Packages` of an arch, with arch-all, or `Sources`).
-fn index_text(read: &redb::ReadTransaction, dist: &Dist, part: &Part) -> Result<Vec<u8>> {
+type StanzaVisitor<'a> = dyn FnMut(&str, &[u8]) -> std::result::Result<(), StoreError> + 'a;
+
+/// The plain text of one index. `root` is the repository's, for a package stored before its
+/// paths were; what such a package installs is read from the pool and added to `learnt`.
+fn index_text(
+    read: &redb::ReadTransaction,
+    dist: &Dist,
+    part: &Part,
+    root: &Path,
+    learnt: &mut Vec<(String, Vec<u8>)>,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut add = |_: &str, v: &[u8]| {
+    let mut add = |_: &str, v: &[u8]| -> std::result::Result<(), StoreError> {
         out.extend_from_slice(v);
         out.push(b'\n');
         Ok(())
     };
-    if part.arch == "source" {
-        store::scan_prefix(&read.open_table(DIST_DSCS)?, &format!("{dist}/{}/", part.component), &mut add)?;
-    } else {
+    let c = &part.component;
+    let binaries = |kind: PackageType, f: &mut StanzaVisitor<'_>| {
         let t = read.open_table(DIST_BINARIES)?;
-        store::scan_prefix(&t, &format!("{dist}/{}/{}/", part.component, part.arch), &mut add)?;
-        store::scan_prefix(&t, &format!("{dist}/{}/all/", part.component), &mut add)?;
+        for arch in [part.arch.as_str(), "all"] {
+            store::scan_prefix(&t, &format!("{dist}/{c}/{}/", arch_segment(kind, arch)), &mut *f)?;
+        }
+        Ok::<_, ArchiveError>(())
+    };
+    match part.kind {
+        IndexKind::Sources => store::scan_prefix(&read.open_table(DIST_DSCS)?, &format!("{dist}/{c}/"), &mut add)?,
+        IndexKind::Packages => binaries(PackageType::Deb, &mut add)?,
+        IndexKind::Installer => binaries(PackageType::Udeb, &mut add)?,
+        IndexKind::Contents => {
+            let stored = read.open_table(DEB_CONTENTS)?;
+            let mut entries = Vec::new();
+            let mut owners = |_: &str, v: &[u8]| -> std::result::Result<(), StoreError> {
+                let (Some(package), Some(filename)) =
+                    (index::stanza_field(v, "Package"), index::stanza_field(v, "Filename"))
+                else {
+                    return Ok(());
+                };
+                let owner = index::contents_owner(index::stanza_field(v, "Section"), package);
+                let key = format!("{}/{filename}", dist.repo);
+                let paths = match stored.get(key.as_str())? {
+                    Some(v) => v.value().to_vec(),
+                    None => match crate::deb::debfile::read_contents(&root.join(filename)) {
+                        Ok(paths) => {
+                            let paths = paths.join("\n").into_bytes();
+                            learnt.push((key, paths.clone()));
+                            paths
+                        }
+                        Err(e) => {
+                            tracing::warn!(%dist, file = filename, error = %e, "Contents leaves this package out: its paths cannot be read");
+                            return Ok(());
+                        }
+                    },
+                };
+                let text = String::from_utf8_lossy(&paths);
+                entries.extend(text.lines().filter(|l| !l.is_empty()).map(|p| (p.to_owned(), owner.clone())));
+                Ok(())
+            };
+            binaries(PackageType::Deb, &mut owners)?;
+            return Ok(index::contents(entries));
+        }
     }
     Ok(out)
 }
@@ -1413,8 +1505,17 @@ fn get_entry_w(tx: &WriteTransaction, dist: &Dist, source: &PackageName) -> Resu
     load_entry(&tx.open_table(DIST_SOURCES)?, &tx.open_table(DIST_DSCS)?, &tx.open_table(DIST_BINARIES)?, dist, source)
 }
 
+/// `dist/component/arch/package`; a `.udeb`'s arch segment is `udeb:<arch>` (no architecture
+/// has a colon), so that `Packages` and the installer's index are apart.
 fn binary_key(dist: &Dist, component: &Component, b: &BinaryKey) -> String {
-    format!("{dist}/{component}/{}/{}", b.arch, b.package)
+    format!("{dist}/{component}/{}/{}", arch_segment(b.kind, b.arch.as_str()), b.package)
+}
+
+fn arch_segment(kind: PackageType, arch: &str) -> String {
+    match kind {
+        PackageType::Udeb => format!("udeb:{arch}"),
+        PackageType::Deb | PackageType::Ddeb => arch.to_owned(),
+    }
 }
 
 fn load_entry(
@@ -1460,17 +1561,17 @@ fn mark_dirty(tx: &WriteTransaction, ctx: &RepoCtx, dist: &Dist, record: &Source
     Ok(())
 }
 
-fn unref_files(
-    refs: &mut redb::Table<&'static str, u64>,
-    repo: &RepoId,
-    files: &[PoolFile],
-    gc: &mut Vec<String>,
-) -> Result<()> {
+/// Drop one reference to each file; a file no longer referenced goes to `gc`, and what it
+/// installs out of `Contents`' store.
+fn unref_files(tx: &WriteTransaction, repo: &RepoId, files: &[PoolFile], gc: &mut Vec<String>) -> Result<()> {
+    let mut refs = tx.open_table(POOL_REFS)?;
+    let mut contents = tx.open_table(DEB_CONTENTS)?;
     for f in files {
         let k = format!("{repo}/{}", f.path);
         let n = refs.get(k.as_str())?.map_or(0, |v| v.value());
         if n <= 1 {
             refs.remove(k.as_str())?;
+            contents.remove(k.as_str())?;
             gc.push(f.path.clone());
         } else {
             refs.insert(k.as_str(), n - 1)?;
@@ -1497,7 +1598,7 @@ fn delete_entry(
             bins.remove(binary_key(dist, &old.record.component, b).as_str())?;
         }
     }
-    unref_files(&mut tx.open_table(POOL_REFS)?, &dist.repo, &old.record.files, gc)?;
+    unref_files(tx, &dist.repo, &old.record.files, gc)?;
     Ok(())
 }
 

@@ -26,26 +26,94 @@ pub fn io<P: AsRef<Path>>(path: P) -> impl FnOnce(std::io::Error) -> PublishErro
     move |source| PublishError::Io { path, source }
 }
 
-/// One index directory of a distribution: `(component, "binary-<arch>" | "source")`.
+/// What an index lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IndexKind {
+    /// `<component>/binary-<arch>/Packages`: the `.deb`s (and `.ddeb`s) of an arch, with arch-all.
+    Packages,
+    /// `<component>/source/Sources`.
+    Sources,
+    /// `<component>/debian-installer/binary-<arch>/Packages`: the `.udeb`s, as reprepro's
+    /// `UDebComponents` publishes them.
+    Installer,
+    /// `<component>/Contents-<arch>`: which package installs each path (compressed only).
+    Contents,
+}
+
+/// One index of a distribution.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Part {
     pub component: String,
-    /// `amd64`, … or `source`.
+    /// `amd64`, … or `source` (for [`IndexKind::Sources`]): the part's key in the dirty table.
     pub arch: String,
+    pub kind: IndexKind,
 }
 
 impl Part {
-    pub fn dir(&self) -> String {
-        if self.arch == "source" {
-            format!("{}/source", self.component)
-        } else {
-            format!("{}/binary-{}", self.component, self.arch)
+    /// The index's path in the distribution, without a compression extension.
+    pub fn base(&self) -> String {
+        let (c, a) = (&self.component, &self.arch);
+        match self.kind {
+            IndexKind::Packages => format!("{c}/binary-{a}/Packages"),
+            IndexKind::Sources => format!("{c}/source/Sources"),
+            IndexKind::Installer => format!("{c}/debian-installer/binary-{a}/Packages"),
+            IndexKind::Contents => format!("{c}/Contents-{a}"),
         }
     }
 
-    pub fn base_name(&self) -> &'static str {
-        if self.arch == "source" { "Sources" } else { "Packages" }
+    /// The directory the index is in.
+    pub fn dir(&self) -> String {
+        let base = self.base();
+        base.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_owned())
     }
+
+    /// The files listed in `Release`: plain (`""`) and compressed.
+    pub const EXTS: [&'static str; 3] = ["", ".gz", ".xz"];
+
+    /// Whether the file with this extension is on disk. `Contents` is there compressed only;
+    /// its plain form is listed all the same, as reprepro and Debian list it (apt fetches an
+    /// index only when `Release` names its plain form).
+    pub fn written(&self, ext: &str) -> bool {
+        on_disk(&format!("{}{ext}", self.base()))
+    }
+
+    /// Every file of the index listed in `Release`, relative to the distribution directory.
+    pub fn files(&self) -> Vec<String> {
+        let base = self.base();
+        Self::EXTS.iter().map(|ext| format!("{base}{ext}")).collect()
+    }
+
+    /// One file of the index that is on disk.
+    pub fn on_disk(&self) -> String {
+        format!("{}.gz", self.base())
+    }
+
+    /// How the index is cut into chunks for incremental compression.
+    pub fn records(&self) -> compress::Records {
+        match self.kind {
+            IndexKind::Contents => compress::Records::Lines,
+            _ => compress::Records::Stanzas,
+        }
+    }
+}
+
+/// Whether a file `Release` lists is on disk (all but the plain `Contents`).
+pub fn on_disk(listed: &str) -> bool {
+    let name = listed.rsplit('/').next().unwrap_or(listed);
+    !name.starts_with("Contents-") || name.contains('.')
+}
+
+/// The checksums of a file `Release` lists, in `dist_dir`: a plain `Contents` from its `.gz`.
+pub fn listed_sums(dist_dir: &Path, listed: &str) -> std::io::Result<Checksums> {
+    if on_disk(listed) {
+        return Checksums::of_file(&dist_dir.join(listed));
+    }
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(dist_dir.join(format!("{listed}.gz")))?),
+        &mut plain,
+    )?;
+    Ok(Checksums::of_bytes(&plain))
 }
 
 /// Write a file and sync it; never leaves a partial file under `path`'s name.
@@ -68,7 +136,12 @@ fn manifest_name(index: &str) -> String {
 }
 
 /// Compress an index, reusing the chunks of the current generation's files; hash it meanwhile.
-fn compress_index(plain: &[u8], current: Option<&Path>, name: &str) -> (compress::Compressed, Checksums) {
+fn compress_index(
+    plain: &[u8],
+    current: Option<&Path>,
+    name: &str,
+    records: compress::Records,
+) -> (compress::Compressed, Checksums) {
     let prev = current.and_then(|cur| {
         let manifest: Vec<compress::ChunkMeta> =
             serde_json::from_slice(&std::fs::read(cur.join(manifest_name(name))).ok()?).ok()?;
@@ -79,7 +152,7 @@ fn compress_index(plain: &[u8], current: Option<&Path>, name: &str) -> (compress
     std::thread::scope(|s| {
         let sums = s.spawn(|| Checksums::of_bytes(plain));
         let prev = prev.as_ref().map(|(m, gz, xz)| compress::Previous { chunks: m, gz, xz });
-        let c = compress::compress(plain, prev.as_ref());
+        let c = compress::compress(plain, prev.as_ref(), records);
         (c, sums.join().expect("hash thread"))
     })
 }
@@ -124,15 +197,18 @@ pub fn publish(
     for part in parts {
         let dir = gen_dir.join(part.dir());
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let names = ["", ".gz", ".xz"].map(|ext| format!("{}/{}{ext}", part.dir(), part.base_name()));
+        let base = part.base();
+        let names = part.files();
         let regenerated = fresh.iter().position(|(p, _)| p == part).map(|i| fresh.swap_remove(i).1);
         let carried =
             regenerated.is_none() && current.is_some() && names.iter().all(|n| prev_files.iter().any(|f| &f.path == n));
-        let manifest = manifest_name(&names[0]);
+        let manifest = manifest_name(&base);
         if carried {
             let (_, cur) = current.as_ref().expect("checked");
-            for name in &names {
-                std::fs::hard_link(cur.join(name), gen_dir.join(name)).map_err(io(gen_dir.join(name)))?;
+            for (name, ext) in names.iter().zip(Part::EXTS) {
+                if part.written(ext) {
+                    std::fs::hard_link(cur.join(name), gen_dir.join(name)).map_err(io(gen_dir.join(name)))?;
+                }
                 let f = prev_files.iter().find(|f| &f.path == name).expect("checked");
                 files.push(f.clone());
             }
@@ -141,23 +217,38 @@ pub fn publish(
         } else {
             let plain = regenerated.unwrap_or_default();
             let t = std::time::Instant::now();
-            let (c, plain_sums) = compress_index(&plain, current.as_ref().map(|(_, d)| d.as_path()), &names[0]);
+            let (c, plain_sums) =
+                compress_index(&plain, current.as_ref().map(|(_, d)| d.as_path()), &base, part.records());
             tracing::debug!(
-                part = %part.dir(),
+                part = %base,
                 bytes = plain.len(),
                 chunks = c.chunks.len(),
                 fresh = c.fresh,
                 ms = t.elapsed().as_millis() as u64,
                 "compressed"
             );
-            write_synced(&gen_dir.join(&names[0]), &plain)?;
-            files.push(ReleaseFile { path: names[0].clone(), sums: plain_sums });
-            for (name, data) in names[1..].iter().zip([&c.gz, &c.xz]) {
-                write_synced(&gen_dir.join(name), data)?;
-                files.push(ReleaseFile { path: name.clone(), sums: Checksums::of_bytes(data) });
+            for ext in Part::EXTS {
+                let (data, sums) = match ext {
+                    "" => (plain.as_slice(), plain_sums.clone()),
+                    ".gz" => (c.gz.as_slice(), Checksums::of_bytes(&c.gz)),
+                    _ => (c.xz.as_slice(), Checksums::of_bytes(&c.xz)),
+                };
+                let name = format!("{base}{ext}");
+                if part.written(ext) {
+                    write_synced(&gen_dir.join(&name), data)?;
+                }
+                files.push(ReleaseFile { path: name, sums });
             }
             let m = serde_json::to_vec(&c.chunks).expect("manifest serializes");
             write_synced(&gen_dir.join(&manifest), &m)?;
+        }
+    }
+    // reprepro's compatibility link: `Contents-<arch>.gz` at the top is the first component's.
+    let mut linked = std::collections::BTreeSet::new();
+    for part in parts.iter().filter(|p| p.kind == IndexKind::Contents) {
+        if linked.insert(part.arch.clone()) {
+            let link = gen_dir.join(format!("Contents-{}.gz", part.arch));
+            std::os::unix::fs::symlink(part.on_disk(), &link).map_err(io(&link))?;
         }
     }
 

@@ -1101,7 +1101,7 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 /// `.dsc`, never binaries an uploader built).
 fn source_only_changes(dir: &Path, changes: &Changes) -> Result<PathBuf> {
     let mut st = changes.stanza.clone();
-    let keep = |name: &str| !name.ends_with(".deb") && !name.ends_with(".udeb") && !name.ends_with(".buildinfo");
+    let keep = |name: &str| crate::deb::debfile::PackageType::of_file(name).is_none() && !name.ends_with(".buildinfo");
     for field in ["Files", "Checksums-Sha1", "Checksums-Sha256"] {
         if let Some(v) = st.get(field) {
             let lines: Vec<&str> = v
@@ -1153,9 +1153,10 @@ fn result_is_of(path: &Path, upload: &Changes, arch: &str) -> std::result::Resul
     if let Some(a) = c.architectures.iter().find(|a| a.as_str() != arch && a.as_str() != "all") {
         return Err(format!("the build's .changes has architecture {a}; a build for {arch} makes {arch} and all"));
     }
-    if let Some(f) =
-        c.files.iter().find(|f| !(f.name.as_str().ends_with(".deb") || f.name.as_str().ends_with(".buildinfo")))
-    {
+    if let Some(f) = c.files.iter().find(|f| {
+        let name = f.name.as_str();
+        crate::deb::debfile::PackageType::of_file(name).is_none() && !name.ends_with(".buildinfo")
+    }) {
         return Err(format!("the build's .changes lists {}; a build result carries binary packages only", f.name));
     }
     Ok(())
@@ -1197,11 +1198,15 @@ mod tests {
             p
         };
         assert!(result_is_of(&write("hello", "1.0-1", "all amd64", "hello_1.0-1_amd64.deb"), &upload, "amd64").is_ok());
+        for file in ["hello-udeb_1.0-1_amd64.udeb", "hello-dbgsym_1.0-1_amd64.ddeb"] {
+            assert!(result_is_of(&write("hello", "1.0-1", "amd64", file), &upload, "amd64").is_ok(), "{file}");
+        }
         for (source, version, arch, file) in [
             ("victim", "1.0-1", "amd64", "victim_1.0-1_amd64.deb"),
             ("hello", "1.0-2", "amd64", "hello_1.0-2_amd64.deb"),
             ("hello", "1.0-1", "i386", "hello_1.0-1_i386.deb"),
             ("hello", "1.0-1", "source amd64", "hello_1.0-1.dsc"),
+            ("hello", "1.0-1", "amd64", "hello_1.0-1_amd64.deb.sh"),
         ] {
             let e = result_is_of(&write(source, version, arch, file), &upload, "amd64");
             assert!(e.is_err(), "{source} {version} {arch} {file}");

@@ -22,6 +22,9 @@ pub const DIST_BINARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("di
 pub const DIST_DSCS: TableDefinition<&str, &[u8]> = TableDefinition::new("dist_dscs");
 /// `repo/pool path` → number of distribution or snapshot records listing the file.
 pub const POOL_REFS: TableDefinition<&str, u64> = TableDefinition::new("pool_refs");
+/// `repo/pool path` of a `.deb` or `.ddeb` → the paths it installs, one per line (for `Contents`;
+/// dropped with the pool file's last reference).
+pub const DEB_CONTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deb_contents");
 /// `repo/dist` → 1 when the published tree is behind the index.
 pub const DIRTY: TableDefinition<&str, u8> = TableDefinition::new("dirty");
 /// `repo/dist` → JSON `Published` (generation and file list of what apt sees).
@@ -157,6 +160,7 @@ impl Store {
                 tx.open_table(t)?;
             }
             tx.open_table(POOL_REFS)?;
+            tx.open_table(DEB_CONTENTS)?;
             tx.open_table(DIRTY)?;
             tx.open_table(EVENTS)?;
             tx.open_table(EVENTS_BY_SOURCE)?;

@@ -25,12 +25,19 @@ fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     gz(&b.into_inner().expect("tar"))
 }
 
-fn deb(control: &str) -> Vec<u8> {
+/// A `.deb` of `pkg` installing a program, its copyright and its changelog (what `Contents`
+/// lists of a small real package).
+fn deb(control: &str, pkg: &str) -> Vec<u8> {
     let mut ar = ar::Builder::new(Vec::new());
+    let data = tar_gz(&[
+        (&format!("./usr/bin/{pkg}"), b"#!/bin/sh\n"),
+        (&format!("./usr/share/doc/{pkg}/copyright"), b"synthetic\n"),
+        (&format!("./usr/share/doc/{pkg}/changelog.Debian.gz"), b"synthetic\n"),
+    ]);
     for (name, data) in [
         ("debian-binary", b"2.0\n".to_vec()),
         ("control.tar.gz", tar_gz(&[("./control", control.as_bytes())])),
-        ("data.tar.gz", tar_gz(&[("./usr/share/doc/x/README", b"synthetic\n")])),
+        ("data.tar.gz", data),
     ] {
         let h = ar::Header::new(name.as_bytes().to_vec(), data.len() as u64);
         ar.append(&h, data.as_slice()).expect("ar");
@@ -65,7 +72,7 @@ pub fn package(dir: &Path, i: usize, version: &str) -> PathBuf {
         let control = format!(
             "Package: {pkg}\nSource: {src}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Bench <bench@example.org>\nInstalled-Size: 12\nDepends: libc6 (>= 2.36)\nSection: misc\nPriority: optional\nHomepage: https://example.org/{src}\nDescription: {desc}\n"
         );
-        files.push(write(dir, &format!("{pkg}_{version}_{arch}.deb"), &deb(&control)));
+        files.push(write(dir, &format!("{pkg}_{version}_{arch}.deb"), &deb(&control, &pkg)));
     }
     let list = |f: &dyn Fn(&Checksums) -> &str| {
         files.iter().map(|(n, c)| format!("\n {} {} {n}", f(c), c.size)).collect::<String>()

@@ -79,8 +79,28 @@ impl Gpg {
 /// A source-only upload `<name>_<version>_source.changes` for `dist`, signed (the `.dsc`, then
 /// the `.changes`, as debsign does) when a signer is given.
 pub fn make_source(dir: &Path, name: &str, version: &str, dist: &str, signer: Option<(&Gpg, &str)>) -> PathBuf {
+    make_source_with(dir, name, version, dist, signer, "")
+}
+
+/// [`make_source`] declaring `more` binary packages in its control (see `source_tree_with`).
+pub fn make_source_with(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    dist: &str,
+    signer: Option<(&Gpg, &str)>,
+    more: &str,
+) -> PathBuf {
     let work = dir.join(format!("{name}-{version}-{dist}"));
-    let tree = super::source_tree(&work, name, version, dist, "1.0", "  * MINI_BUILDD_OPTION: lintian-mode=ignore\n");
+    let tree = super::source_tree_with(
+        &work,
+        name,
+        version,
+        dist,
+        "1.0",
+        "  * MINI_BUILDD_OPTION: lintian-mode=ignore\n",
+        more,
+    );
     let upstream = version.split(':').next_back().unwrap_or(version);
     let dsc = work.join(format!("{name}_{upstream}.dsc"));
     if let Some((g, uid)) = signer {
@@ -179,6 +199,18 @@ pub fn api(url: &str, call: &str, query: &str) -> serde_json::Value {
 /// A builder's result for a PACKAGING event (mini-buildd §5.3): the buildlog and a tar with a
 /// binary-only `.changes` and its `.deb`, described by a result `.changes` signed with `signer`.
 pub fn build_result(dir: &Path, packaging: &serde_json::Value, status: &str, signer: (&Gpg, &str)) -> PathBuf {
+    build_result_with(dir, packaging, status, signer, &[])
+}
+
+/// [`build_result`] that also carries `more` binary files (`.deb`, `.udeb`, `.ddeb`) of amd64,
+/// each with its section, in the build's `.changes`.
+pub fn build_result_with(
+    dir: &Path,
+    packaging: &serde_json::Value,
+    status: &str,
+    signer: (&Gpg, &str),
+    more: &[(&Path, &str)],
+) -> PathBuf {
     use buildbay::deb::Checksums;
     let name = packaging["source"].as_str().expect("source");
     let version = packaging["version"].as_str().expect("version");
@@ -189,20 +221,37 @@ pub fn build_result(dir: &Path, packaging: &serde_json::Value, status: &str, sig
     let out = work.join("out");
     std::fs::create_dir_all(&out).expect("mkdir");
     let deb = super::build_deb(&work, &out, name, version);
-    let s = Checksums::of_file(&out.join(&deb)).expect("sums");
+    let mut files = vec![(deb, "misc".to_owned())];
+    for (path, section) in more {
+        let file = path.file_name().and_then(|n| n.to_str()).expect("file name").to_owned();
+        std::fs::copy(path, out.join(&file)).expect("copy");
+        files.push((file, section.to_string()));
+    }
+    let (mut sha256, mut md5) = (String::new(), String::new());
+    for (file, section) in &files {
+        let s = Checksums::of_file(&out.join(file)).expect("sums");
+        sha256.push_str(&format!("\n {} {} {file}", s.sha256, s.size));
+        md5.push_str(&format!("\n {} {} {section} optional {file}", s.md5, s.size));
+    }
+    let archs = if more.is_empty() { "all" } else { "all amd64" };
     let bin_changes = format!("{name}_{version}_{arch}.changes");
     std::fs::write(
         out.join(&bin_changes),
         format!(
-            "Format: 1.8\nDate: Mon, 01 Jan 2024 00:00:00 +0000\nSource: {name}\nBinary: {name}\nArchitecture: all\nVersion: {version}\nDistribution: {dist}\nMaintainer: Test User <test@example.org>\nChanged-By: Test User <test@example.org>\nDescription:\n {name} - test\nChanges:\n {name} ({version}) {dist}; urgency=medium\nChecksums-Sha256:\n {} {} {deb}\nFiles:\n {} {} misc optional {deb}\n",
-            s.sha256, s.size, s.md5, s.size
+            "Format: 1.8\nDate: Mon, 01 Jan 2024 00:00:00 +0000\nSource: {name}\nBinary: {name}\nArchitecture: {archs}\nVersion: {version}\nDistribution: {dist}\nMaintainer: Test User <test@example.org>\nChanged-By: Test User <test@example.org>\nDescription:\n {name} - test\nChanges:\n {name} ({version}) {dist}; urgency=medium\nChecksums-Sha256:{sha256}\nFiles:{md5}\n"
         ),
     )
     .expect("write");
     let tar = format!("{name}_{version}_mini-buildd-buildresult_{arch}.changes.tar");
     let upload = work.join("upload");
     std::fs::create_dir_all(&upload).expect("mkdir");
-    ok(Command::new("tar").arg("-C").arg(&out).arg("-cf").arg(upload.join(&tar)).args([&bin_changes, &deb]));
+    ok(Command::new("tar")
+        .arg("-C")
+        .arg(&out)
+        .arg("-cf")
+        .arg(upload.join(&tar))
+        .arg(&bin_changes)
+        .args(files.iter().map(|(f, _)| f)));
     let log = format!("{name}_{version}_{arch}.buildlog");
     std::fs::write(upload.join(&log), format!("Status: {status}\n")).expect("write");
     let (t, l) =

@@ -477,3 +477,71 @@ fn below_the_disk_reserve_nothing_is_installed_until_retry() {
     assert!(pool_files(&inst).iter().any(|p| p.ends_with("bblow_1.0-1~test12+1_all.deb")));
     assert!(srv.stop());
 }
+
+#[test]
+fn a_build_result_with_a_udeb_and_a_ddeb_is_installed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (inst, g) = with_uploader(dir.path());
+    let srv = serve_local(&inst, &[]);
+    let v = "1.0-1~test12+1";
+    let udeb_stanza = "\nPackage: bbinst-udeb\nPackage-Type: udeb\nSection: debian-installer\nArchitecture: amd64\nDescription: t\n t\n";
+    let changes = make_source_with(dir.path(), "bbinst", v, UNSTABLE, Some((&g, "up@example.org")), udeb_stanza);
+    ftp_upload(&srv.ftp, &changes);
+    let packaging = wait_event(&srv.url, "bbinst", "PACKAGING", WAIT);
+
+    // What sbuild leaves for such a source on Ubuntu: the .deb, the .udeb, and debhelper's
+    // automatic debug package as a .ddeb.
+    let bins = dir.path().join("bins");
+    std::fs::create_dir_all(&bins).expect("mkdir");
+    let control = |pkg: &str, section: &str, extra: &str| {
+        format!(
+            "Package: {pkg}\nSource: bbinst\nVersion: {v}\nArchitecture: amd64\nMaintainer: Test User <test@example.org>\nSection: {section}\nPriority: optional\n{extra}Description: t\n t\n"
+        )
+    };
+    let udeb = bins.join(format!("bbinst-udeb_{v}_amd64.udeb"));
+    let ddeb = bins.join(format!("bbinst-dbgsym_{v}_amd64.ddeb"));
+    deb_from(
+        &bins,
+        &bins,
+        &format!("bbinst-udeb_{v}_amd64.udeb"),
+        &control("bbinst-udeb", "debian-installer", "Package-Type: udeb\n"),
+        &[("usr/lib/bbinst-udeb/step", "x\n")],
+    );
+    deb_from(
+        &bins,
+        &bins,
+        &format!("bbinst-dbgsym_{v}_amd64.ddeb"),
+        &control("bbinst-dbgsym", "debug", "Auto-Built-Package: debug-symbols\nPackage-Type: ddeb\n"),
+        &[("usr/lib/debug/.build-id/12/3456789a.debug", "x\n")],
+    );
+    let (ig, ifpr) = instance_signer(dir.path(), &inst.state());
+    let result = build_result_with(
+        dir.path(),
+        &packaging,
+        "successful",
+        (&ig, &ifpr),
+        &[(&udeb, "debian-installer"), (&ddeb, "debug")],
+    );
+    ftp_upload(&srv.ftp, &result);
+    wait_event(&srv.url, "bbinst", "INSTALLED", WAIT);
+    let pool = pool_files(&inst);
+    for f in
+        [format!("bbinst_{v}_all.deb"), format!("bbinst-udeb_{v}_amd64.udeb"), format!("bbinst-dbgsym_{v}_amd64.ddeb")]
+    {
+        assert!(pool.iter().any(|p| p.ends_with(&f)), "{f} not in the pool: {pool:?}");
+    }
+    let dist = inst.state().join("repositories/test/dists").join(UNSTABLE);
+    let installer = std::fs::read_to_string(dist.join("main/debian-installer/binary-amd64/Packages")).expect("udebs");
+    assert!(installer.contains("Package: bbinst-udeb\n"), "{installer}");
+    let mut contents = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(dist.join("main/Contents-amd64.gz")).expect("Contents")),
+        &mut contents,
+    )
+    .expect("gunzip");
+    assert_eq!(
+        contents,
+        "usr/bin/bbinst\t    misc/bbinst\nusr/lib/debug/.build-id/12/3456789a.debug\t    debug/bbinst-dbgsym\n"
+    );
+    assert!(srv.stop());
+}

@@ -37,7 +37,8 @@ fn debmirror_makes_a_mirror_apt_installs_from() {
     assert_eq!(dest, inst.state().join("debmirror/test").display().to_string());
     assert_eq!(answer["test"]["dists"], serde_json::json!(["bookworm-test-unstable"]), "{answer}");
     let dists = std::path::Path::new(&dest).join("dists/bookworm-test-unstable");
-    for f in ["InRelease", "Release", "Release.gpg"] {
+    // Contents too (mini-buildd's --getcontents): Release lists it, and apt-file fetches it.
+    for f in ["InRelease", "Release", "Release.gpg", "main/Contents-amd64.gz"] {
         assert!(dists.join(f).exists(), "{f} not mirrored: {answer}");
     }
     assert!(!std::path::Path::new(&dest).join("dists/bookworm-test-stable").exists(), "only the suite asked for");

@@ -1,6 +1,8 @@
 //! The repository engine, judged by real apt and gpgv.
 
 use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 #[test]
 fn apt_accepts_the_repository_through_include_migrate_remove() {
@@ -266,4 +268,179 @@ fn the_archive_origin_is_an_option_and_every_release_follows_it() {
     assert_eq!(origin_of("bookworm-test-testing"), "Buildbay archive ci");
     assert!(srv.stop());
     verify_published(&inst.repo(), &keyring);
+}
+
+/// An arch:any source with a `.deb`, an arch-all `.deb`, a `.udeb` and a `.ddeb` (Ubuntu's
+/// debug symbols, debhelper's `Auto-Built-Package`), as a `.changes` from dpkg-genchanges.
+fn multi_pkg(dir: &Path) -> PathBuf {
+    let work = dir.join("bbmulti");
+    let tree = work.join("bbmulti-1.0~test12+1");
+    std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
+    let c = "Maintainer: Test User <test@example.org>";
+    std::fs::write(
+        tree.join("debian/changelog"),
+        "bbmulti (1.0~test12+1) bookworm-test-unstable; urgency=medium\n\n  * Test.\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n",
+    )
+    .expect("write");
+    std::fs::write(
+        tree.join("debian/control"),
+        format!("Source: bbmulti\nSection: misc\nPriority: optional\n{c}\nStandards-Version: 4.6.2\n\nPackage: bbmulti\nArchitecture: amd64\nDescription: t\n t\n\nPackage: bbmulti-data\nArchitecture: all\nDescription: t\n t\n\nPackage: bbmulti-udeb\nPackage-Type: udeb\nSection: debian-installer\nArchitecture: amd64\nDescription: t\n t\n"),
+    )
+    .expect("write");
+    std::fs::write(tree.join("debian/source/format"), "3.0 (native)\n").expect("write");
+    std::fs::write(tree.join("debian/rules"), "#!/usr/bin/make -f\n%:\n\tdh $@\n").expect("write");
+    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
+    let stanza = |pkg: &str, arch: &str, section: &str, extra: &str| {
+        format!(
+            "Package: {pkg}\nSource: bbmulti\nVersion: 1.0~test12+1\nArchitecture: {arch}\n{c}\nSection: {section}\nPriority: optional\n{extra}Description: t\n t\n"
+        )
+    };
+    deb_from(
+        &work,
+        &work,
+        "bbmulti_1.0~test12+1_amd64.deb",
+        &stanza("bbmulti", "amd64", "misc", ""),
+        &[("usr/bin/bbmulti", "#!/bin/sh\necho multi\n"), ("etc/bbmulti/shared.conf", "x\n")],
+    );
+    deb_from(
+        &work,
+        &work,
+        "bbmulti-data_1.0~test12+1_all.deb",
+        &stanza("bbmulti-data", "all", "misc", ""),
+        &[("usr/share/bbmulti/data", "data\n"), ("etc/bbmulti/shared.conf", "x\n")],
+    );
+    deb_from(
+        &work,
+        &work,
+        "bbmulti-udeb_1.0~test12+1_amd64.udeb",
+        &stanza("bbmulti-udeb", "amd64", "debian-installer", "Package-Type: udeb\n"),
+        &[("usr/lib/bbmulti-udeb/only-in-the-installer", "x\n")],
+    );
+    deb_from(
+        &work,
+        &work,
+        "bbmulti-dbgsym_1.0~test12+1_amd64.ddeb",
+        &stanza("bbmulti-dbgsym", "amd64", "debug", "Auto-Built-Package: debug-symbols\nPackage-Type: ddeb\n"),
+        &[("usr/lib/debug/.build-id/ab/cdef0123.debug", "x\n")],
+    );
+    std::fs::write(
+        tree.join("debian/files"),
+        "bbmulti_1.0~test12+1_amd64.deb misc optional\nbbmulti-data_1.0~test12+1_all.deb misc optional\nbbmulti-udeb_1.0~test12+1_amd64.udeb debian-installer optional\nbbmulti-dbgsym_1.0~test12+1_amd64.ddeb debug optional automatic=yes\n",
+    )
+    .expect("write");
+    let changes = ok(Command::new("dpkg-genchanges").arg("-sa").current_dir(&tree));
+    let path = work.join("bbmulti_1.0~test12+1_source+amd64+all.changes");
+    std::fs::write(&path, changes).expect("write");
+    path
+}
+
+#[test]
+fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
+    let inst = Instance::new("ed25519");
+    let changes = multi_pkg(inst.dir.path());
+    let text = std::fs::read_to_string(&changes).expect("changes");
+    assert!(text.contains(".udeb") && text.contains(".ddeb"), "{text}");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", changes.to_str().expect("utf-8")]);
+    let (asc, gpg) = inst.key_files();
+    verify_published(&inst.repo(), &gpg);
+
+    let dist = inst.repo().join("dists/bookworm-test-unstable");
+    let release = std::fs::read_to_string(dist.join("Release")).expect("Release");
+    for listed in [
+        " main/Contents-amd64.gz\n",
+        " main/debian-installer/binary-amd64/Packages\n",
+        " main/debian-installer/binary-amd64/Packages.xz\n",
+    ] {
+        assert!(release.contains(listed), "Release lacks{listed}{release}");
+    }
+    let gunzip = |p: &Path| {
+        let mut s = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(
+                std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            ),
+            &mut s,
+        )
+        .expect("gunzip");
+        s
+    };
+    let contents = gunzip(&dist.join("main/Contents-amd64.gz"));
+    assert_eq!(
+        contents,
+        "etc/bbmulti/shared.conf\t    misc/bbmulti,misc/bbmulti-data\n\
+         usr/bin/bbmulti\t    misc/bbmulti\n\
+         usr/lib/debug/.build-id/ab/cdef0123.debug\t    debug/bbmulti-dbgsym\n\
+         usr/share/bbmulti/data\t    misc/bbmulti-data\n",
+        "reprepro's layout, sorted, the installer's package left out"
+    );
+    assert_eq!(gunzip(&dist.join("Contents-amd64.gz")), contents, "reprepro's compatibility link");
+    let installer = std::fs::read_to_string(dist.join("main/debian-installer/binary-amd64/Packages")).expect("udebs");
+    assert!(installer.contains("Package: bbmulti-udeb\n") && installer.contains(".udeb\n"), "{installer}");
+    assert!(!installer.contains("Package: bbmulti\n"), "{installer}");
+    let packages = std::fs::read_to_string(dist.join("main/binary-amd64/Packages")).expect("Packages");
+    assert!(packages.contains("Filename: pool/main/b/bbmulti/bbmulti-dbgsym_1.0~test12+1_amd64.ddeb\n"), "{packages}");
+    assert!(!packages.contains("bbmulti-udeb"), "{packages}");
+
+    // apt reads Contents as apt-file configures it, and installs the .ddeb like any package.
+    let uri = format!("file://{}", inst.repo().display());
+    let apt = AptRoot::new(inst.dir.path(), &uri, &["bookworm-test-unstable"], &asc);
+    let target = "-oAcquire::IndexTargets::deb::Contents-deb";
+    let opts = [
+        format!("{target}::MetaKey=$(COMPONENT)/Contents-$(ARCHITECTURE)"),
+        format!("{target}::ShortDescription=Contents-$(ARCHITECTURE)"),
+        format!("{target}::Description=$(RELEASE)/$(COMPONENT) $(ARCHITECTURE) Contents (deb)"),
+    ];
+    let with =
+        |args: &[&str]| -> Vec<String> { opts.iter().cloned().chain(args.iter().map(|a| a.to_string())).collect() };
+    let argv = with(&["update"]);
+    let out = apt.apt("apt-get", &argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !all.contains("W:") && !all.contains("E:"), "{all}");
+    assert!(all.contains("amd64 Contents (deb)"), "apt fetched no Contents: {all}");
+    let argv = with(&["indextargets", "--format", "$(FILENAME)", "Identifier: Contents-deb"]);
+    let out = apt.apt("apt-get", &argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let file = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success() && !file.is_empty(), "indextargets: {}", String::from_utf8_lossy(&out.stderr));
+    // apt keeps it compressed (lz4 here); its helper reads it as apt-file does.
+    let fetched = ok(Command::new("/usr/lib/apt/apt-helper").args(["cat-file", &file]));
+    assert_eq!(fetched, contents);
+    let out = apt.apt("apt-get", &["-y", "install", "bbmulti", "bbmulti-dbgsym"]);
+    assert!(out.status.success(), "apt-get install: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(apt.root.join("usr/lib/debug/.build-id/ab/cdef0123.debug").exists());
+
+    // A package stored before buildbay kept paths (an upgraded state): the next publish of its
+    // Contents reads them from the pool, and keeps them.
+    let stored = || -> Vec<String> {
+        use redb::ReadableTable;
+        let store = buildbay::store::Store::open(&inst.state()).expect("store");
+        let read = store.read().expect("read");
+        let t = read.open_table(buildbay::store::DEB_CONTENTS).expect("table");
+        t.iter().expect("iter").map(|e| e.expect("entry").0.value().to_owned()).collect()
+    };
+    assert_eq!(stored().len(), 3, "the .deb, the arch-all .deb and the .ddeb: {:?}", stored());
+    {
+        let keys = stored();
+        let store = buildbay::store::Store::open(&inst.state()).expect("store");
+        let tx = store.write().expect("write");
+        for k in keys {
+            tx.open_table(buildbay::store::DEB_CONTENTS).expect("table").remove(k.as_str()).expect("remove");
+        }
+        tx.commit().expect("commit");
+    }
+    assert!(stored().is_empty());
+    let other = make_pkg(inst.dir.path(), "bbother", "1.0~test12+1");
+    inst.ok(&["repo", "include", "bookworm-test-unstable", other.to_str().expect("utf-8")]);
+    let now = gunzip(&dist.join("main/Contents-amd64.gz"));
+    let mut lines: Vec<&str> = contents.lines().chain(["usr/bin/bbother\t    misc/bbother"]).collect();
+    lines.sort();
+    assert_eq!(now, format!("{}\n", lines.join("\n")));
+    assert_eq!(stored().len(), 4, "learnt again: {:?}", stored());
+    inst.ok(&["repo", "remove", "bbother", "bookworm-test-unstable", "--without-rollback"]);
+
+    // Gone with the source: the next Contents lists nothing, and the pool files go.
+    inst.ok(&["repo", "remove", "bbmulti", "bookworm-test-unstable", "--without-rollback"]);
+    assert_eq!(gunzip(&dist.join("main/Contents-amd64.gz")), "");
+    assert!(!inst.repo().join("pool/main/b/bbmulti/bbmulti-udeb_1.0~test12+1_amd64.udeb").exists());
+    verify_published(&inst.repo(), &gpg);
+    inst.ok(&["repo", "check", "test"]);
 }
