@@ -101,8 +101,10 @@ impl Mirror {
         dest: &Path,
         keyring: &Path,
     ) -> Result<Vec<OsString>, MirrorError> {
-        let mut v: Vec<OsString> =
-            ["--verbose", "--diff=none", "--getcontents", "--rsync-extra=none", "--method=http"].iter().map(OsString::from).collect();
+        let mut v: Vec<OsString> = ["--verbose", "--diff=none", "--getcontents", "--rsync-extra=none", "--method=http"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         v.push(format!("--host={}", self.host).into());
         v.push(format!("--root=/repositories/{repo}").into());
         v.push(format!("--dist={}", dists.join(",")).into());

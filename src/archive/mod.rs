@@ -412,8 +412,7 @@ impl<'a> Archive<'a> {
                 let dir = dists.join(d.to_string());
                 let Ok(release) = std::fs::read_to_string(dir.join("Release")) else { return false };
                 let origin = release.lines().find_map(|l| l.strip_prefix("Origin:")).map(str::trim);
-                let listed = index::release_files(&release);
-                let lacks = ctx.parts(d).iter().any(|p| !listed.iter().any(|f| f.path == p.files()[0]));
+                let lacks = publish::lacks_parts(&index::release_files(&release), &ctx.parts(d));
                 origin.is_some_and(|o| o != self.origin) || lacks
             })
             .collect();
@@ -608,18 +607,17 @@ impl<'a> Archive<'a> {
                 }
             }
             // In every suite of the repository (rollbacks are history, not owners).
-            let mut owners = BTreeMap::new();
-            for d in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
-                for (pkg, src) in binary_owners(&read, &d)? {
-                    owners.entry(pkg).or_insert((src, d.clone()));
-                }
-            }
+            let stanzas = read.open_table(DIST_BINARIES)?;
             for (k, _) in &new_bins {
-                if let Some((owner, in_dist)) = owners.get(&k.package).filter(|(o, _)| *o != changes.source) {
-                    return Err(ArchiveError::Inconsistent(format!(
-                        "binary package {} belongs to source {owner} in {in_dist}; one source cannot take over another's package (remove {owner} first)",
-                        k.package
-                    )));
+                for in_dist in ctx.all_dists().into_iter().filter(|d| !d.is_rollback()) {
+                    if let Some(owner) = binary_owner(&stanzas, ctx, &in_dist, &k.package)?
+                        && owner != changes.source.as_str()
+                    {
+                        return Err(ArchiveError::Inconsistent(format!(
+                            "binary package {} belongs to source {owner} in {in_dist}; one source cannot take over another's package (remove {owner} first)",
+                            k.package
+                        )));
+                    }
                 }
             }
         }
@@ -1462,17 +1460,29 @@ fn get_record(
     Ok(store::get_json(records, &format!("{dist}/{source}"))?)
 }
 
-/// Which source owns each binary package name in a distribution.
-fn binary_owners(read: &redb::ReadTransaction, dist: &Dist) -> Result<BTreeMap<PackageName, PackageName>> {
-    let mut out = BTreeMap::new();
-    store::scan_prefix(&read.open_table(DIST_SOURCES)?, &format!("{dist}/"), |k, v| {
-        let r: SourceRecord = store::decode(k, v)?;
-        for b in r.binaries {
-            out.insert(b.package, r.source.clone());
+/// Which source builds a binary package name in a distribution: point lookups under each of
+/// its components and architectures (a `.deb`'s or a `.udeb`'s), not a scan of the distribution.
+fn binary_owner(
+    stanzas: &impl ReadableTable<&'static str, &'static [u8]>,
+    ctx: &RepoCtx,
+    dist: &Dist,
+    package: &PackageName,
+) -> Result<Option<String>> {
+    let Some((d, _)) = ctx.dists.get(dist.codename.as_str()) else { return Ok(None) };
+    let arches: Vec<String> = d.arches().map(|a| a.to_string()).chain(["all".to_owned()]).collect();
+    for c in &d.components {
+        for arch in &arches {
+            for kind in [PackageType::Deb, PackageType::Udeb] {
+                let key = format!("{dist}/{c}/{}/{package}", arch_segment(kind, arch));
+                if let Some(v) = stanzas.get(key.as_str())? {
+                    let stanza = v.value();
+                    let source = index::stanza_field(stanza, "Source").and_then(|s| s.split_whitespace().next());
+                    return Ok(Some(source.unwrap_or(package.as_str()).to_owned()));
+                }
+            }
         }
-        Ok(())
-    })?;
-    Ok(out)
+    }
+    Ok(None)
 }
 
 /// A source's entry in `dist`, which must exist, and be of `version` when one is asked for.

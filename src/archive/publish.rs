@@ -116,6 +116,11 @@ pub fn listed_sums(dist_dir: &Path, listed: &str) -> std::io::Result<Checksums> 
     Ok(Checksums::of_bytes(&plain))
 }
 
+/// Whether a published `Release` lacks an index of `parts` (a tree from before that index kind).
+pub fn lacks_parts(listed: &[ReleaseFile], parts: &[Part]) -> bool {
+    parts.iter().any(|p| p.files().iter().any(|name| !listed.iter().any(|f| &f.path == name)))
+}
+
 /// Write a file and sync it; never leaves a partial file under `path`'s name.
 pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     write_file_synced(path, data).map_err(io(path))
@@ -320,4 +325,30 @@ pub fn unpublish(dists: &Path, dist: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_from_before_contents_lacks_parts() {
+        let part = |arch: &str, kind| Part { component: "main".into(), arch: arch.into(), kind };
+        let parts = [part("amd64", IndexKind::Packages), part("amd64", IndexKind::Contents)];
+        let listed = |parts: &[Part]| -> Vec<ReleaseFile> {
+            parts
+                .iter()
+                .flat_map(|p| p.files())
+                .map(|path| ReleaseFile { path, sums: Checksums::of_bytes(b"") })
+                .collect()
+        };
+        assert!(!lacks_parts(&listed(&parts), &parts));
+        assert!(lacks_parts(&listed(&parts[..1]), &parts), "no Contents yet");
+        assert_eq!(parts[1].files(), ["main/Contents-amd64", "main/Contents-amd64.gz", "main/Contents-amd64.xz"]);
+        assert!(!on_disk("main/Contents-amd64") && on_disk("main/Contents-amd64.gz"));
+        assert!(on_disk("main/binary-amd64/Packages"));
+        assert_eq!(parts[1].on_disk(), "main/Contents-amd64.gz");
+        let udeb = part("amd64", IndexKind::Installer);
+        assert_eq!(udeb.dir(), "main/debian-installer/binary-amd64");
+    }
 }

@@ -334,6 +334,40 @@ fn multi_pkg(dir: &Path) -> PathBuf {
     path
 }
 
+/// Source `bbthief` (version 2.0~test12+1) declaring and building the binary `package`, a
+/// `.<file>` of `arch`.
+fn thief_pkg(dir: &Path, package: &str, file: &str, arch: &str) -> PathBuf {
+    let work = dir.join(format!("thief-{package}"));
+    let tree = work.join("bbthief-2.0~test12+1");
+    std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
+    let c = "Maintainer: Test User <test@example.org>";
+    std::fs::write(
+        tree.join("debian/changelog"),
+        "bbthief (2.0~test12+1) bookworm-test-unstable; urgency=medium\n\n  * Test.\n\n -- Test User <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n",
+    )
+    .expect("write");
+    let udeb = if file == "udeb" { "Package-Type: udeb\n" } else { "" };
+    std::fs::write(
+        tree.join("debian/control"),
+        format!("Source: bbthief\nSection: misc\nPriority: optional\n{c}\nStandards-Version: 4.6.2\n\nPackage: {package}\n{udeb}Architecture: {arch}\nDescription: t\n t\n"),
+    )
+    .expect("write");
+    std::fs::write(tree.join("debian/source/format"), "3.0 (native)\n").expect("write");
+    std::fs::write(tree.join("debian/rules"), "#!/usr/bin/make -f\n%:\n\tdh $@\n").expect("write");
+    ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
+    let name = format!("{package}_2.0~test12+1_{arch}.{file}");
+    let control = format!(
+        "Package: {package}\nSource: bbthief\nVersion: 2.0~test12+1\nArchitecture: {arch}\n{c}\nSection: misc\nPriority: optional\n{udeb}Description: t\n t\n"
+    );
+    deb_from(&work, &work, &name, &control, &[("usr/share/bbthief/x", "x\n")]);
+    let automatic = if file == "ddeb" { " automatic=yes" } else { "" };
+    std::fs::write(tree.join("debian/files"), format!("{name} misc optional{automatic}\n")).expect("write");
+    let changes = ok(Command::new("dpkg-genchanges").arg("-sa").current_dir(&tree));
+    let path = work.join("bbthief.changes");
+    std::fs::write(&path, changes).expect("write");
+    path
+}
+
 #[test]
 fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
     let inst = Instance::new("ed25519");
@@ -407,6 +441,22 @@ fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
     let out = apt.apt("apt-get", &["-y", "install", "bbmulti", "bbmulti-dbgsym"]);
     assert!(out.status.success(), "apt-get install: {}", String::from_utf8_lossy(&out.stderr));
     assert!(apt.root.join("usr/lib/debug/.build-id/ab/cdef0123.debug").exists());
+
+    // Another source cannot take over bbmulti's packages, a .udeb no more than a .deb.
+    for (stolen, file, arch) in
+        [("bbmulti-udeb", "udeb", "amd64"), ("bbmulti-data", "deb", "all"), ("bbmulti-dbgsym", "ddeb", "amd64")]
+    {
+        let thief = thief_pkg(inst.dir.path(), stolen, file, arch);
+        let out = inst
+            .cmd(&["repo", "include", "bookworm-test-unstable", thief.to_str().expect("utf-8")])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("binary package {stolen} belongs to source bbmulti")),
+            "{stolen}: {err}"
+        );
+    }
 
     // A package stored before buildbay kept paths (an upgraded state): the next publish of its
     // Contents reads them from the pool, and keeps them.
