@@ -64,26 +64,41 @@ pub fn packages_entry(
 }
 
 /// The value of a single-line field of a stanza (`Filename`, `Section`), read without parsing
-/// the whole stanza.
+/// the whole stanza. Field names are case-insensitive, as deb822's are.
 pub fn stanza_field<'a>(stanza: &'a [u8], field: &str) -> Option<&'a str> {
     stanza.split(|&b| b == b'\n').find_map(|line| {
-        let rest = line.strip_prefix(field.as_bytes())?.strip_prefix(b":")?;
+        let (name, rest) = (line.get(..field.len())?, line.get(field.len()..)?);
+        let rest = rest.strip_prefix(b":").filter(|_| name.eq_ignore_ascii_case(field.as_bytes()))?;
         std::str::from_utf8(rest).ok().map(str::trim)
     })
 }
 
+/// Whether a `Section` is one Debian's tools read: lower-case letters, digits, `+`, `-` and `.`,
+/// with at most one area in front (`devel`, `contrib/net`). Anything else could forge the
+/// owners of a `Contents` line (`admin/sudo,utils`).
+pub fn valid_section(section: &str) -> bool {
+    let part = |p: &str| {
+        p.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+    };
+    match section.split_once('/') {
+        Some((area, s)) => part(area) && part(s),
+        None => part(section),
+    }
+}
+
 /// Who installs a path, as `Contents` names it: `<section>/<package>` (`devel/hello`,
-/// `contrib/net/foo`).
+/// `contrib/net/foo`); a missing or invalid section is `unknown`.
 pub fn contents_owner(section: Option<&str>, package: &str) -> String {
-    format!("{}/{package}", section.filter(|s| !s.is_empty()).unwrap_or("unknown"))
+    format!("{}/{package}", section.filter(|s| valid_section(s)).unwrap_or("unknown"))
 }
 
 /// Render `Contents` from `(path, owner)` pairs: one line per path, sorted by path, its owners
 /// comma-separated, in reprepro's layout (`path`, a tab and four spaces, the owners).
-pub fn contents(mut entries: Vec<(String, String)>) -> Vec<u8> {
+pub fn contents<O: AsRef<str> + Ord>(mut entries: Vec<(String, O)>) -> Vec<u8> {
     entries.sort_unstable();
     entries.dedup();
-    let mut out = Vec::with_capacity(entries.iter().map(|(p, o)| p.len() + o.len() + 6).sum());
+    let mut out = Vec::with_capacity(entries.iter().map(|(p, o)| p.len() + o.as_ref().len() + 6).sum());
     let mut i = 0;
     while i < entries.len() {
         let path = &entries[i].0;
@@ -94,7 +109,7 @@ pub fn contents(mut entries: Vec<(String, String)>) -> Vec<u8> {
             if !first {
                 out.push(b',');
             }
-            out.extend_from_slice(entries[i].1.as_bytes());
+            out.extend_from_slice(entries[i].1.as_ref().as_bytes());
             first = false;
             i += 1;
         }
@@ -263,9 +278,17 @@ mod tests {
             String::from_utf8(text).unwrap(),
             "etc/shared.conf\t    contrib/net/a,net/b\nusr/bin/hello\t    devel/hello\nusr/share/doc/b/copyright\t    devel/b\n"
         );
-        assert!(contents(vec![]).is_empty());
+        assert!(contents::<String>(vec![]).is_empty());
         assert_eq!(contents_owner(Some("devel"), "hello"), "devel/hello");
+        assert_eq!(contents_owner(Some("contrib/net"), "a"), "contrib/net/a");
         assert_eq!(contents_owner(None, "hello"), "unknown/hello");
+        for forged in ["admin/sudo,utils", "a b", "x/y/z", "", "Devel", "/net", "net/"] {
+            assert!(!valid_section(forged), "{forged:?}");
+            assert_eq!(contents_owner(Some(forged), "evil"), "unknown/evil", "{forged:?}");
+        }
+        for good in ["devel", "non-free-firmware/kernel", "debian-installer", "libs", "c++"] {
+            assert!(valid_section(good), "{good}");
+        }
     }
 
     #[test]
@@ -275,5 +298,7 @@ mod tests {
         assert_eq!(stanza_field(st, "Section"), Some("devel"));
         assert_eq!(stanza_field(st, "Priority"), None);
         assert_eq!(stanza_field(st, "Package"), Some("hello"));
+        assert_eq!(stanza_field(b"package: x\nsource: evil\n", "Source"), Some("evil"), "case-insensitive");
+        assert_eq!(stanza_field(b"Package-Type: udeb\n", "Package"), None);
     }
 }

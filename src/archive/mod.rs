@@ -306,8 +306,36 @@ struct Staged {
     copies: Vec<(String, PathBuf, Checksums)>,
     /// Binary-only upload onto an existing source record.
     binary_only: bool,
-    /// Pool path of each new `.deb` and `.ddeb` → the paths it installs, one per line.
-    contents: Vec<(String, Vec<u8>)>,
+}
+
+/// What each `.deb` and `.ddeb` of an upload installs, one path per line, by file name.
+type UploadContents = BTreeMap<String, Vec<u8>>;
+
+/// Read what the packages of an upload install (for `Contents`). The dearest part of an include
+/// (each `data.tar` is unpacked), so it runs before the archive's writer lock is taken. A member
+/// compressed in a way not read here (bzip2) lists nothing, with a warning; any other fault of a
+/// package refuses the upload.
+fn upload_contents(changes_path: &Path) -> Result<UploadContents> {
+    let changes = Changes::parse(&read_limited(changes_path)?)
+        .map_err(|source| ArchiveError::Control { file: changes_path.display().to_string(), source })?;
+    let dir = changes_path.parent().unwrap_or(Path::new("."));
+    let mut out = BTreeMap::new();
+    for f in &changes.files {
+        let name = f.name.as_str();
+        if !matches!(PackageType::of_file(name), Some(PackageType::Deb | PackageType::Ddeb)) {
+            continue;
+        }
+        let paths = match crate::deb::debfile::read_contents(&dir.join(name)) {
+            Ok(paths) => paths.join("\n").into_bytes(),
+            Err(e @ DebError::Compression(..)) => {
+                tracing::warn!(file = name, error = %e, "Contents leaves this package out");
+                vec![]
+            }
+            Err(source) => return Err(ArchiveError::Deb { file: name.to_owned(), source }),
+        };
+        out.insert(name.to_owned(), paths);
+    }
+    Ok(out)
 }
 
 fn key3(a: &str, b: &str, c: &str) -> String {
@@ -573,6 +601,19 @@ impl<'a> Archive<'a> {
                 f.section.as_deref(),
                 f.priority.as_deref(),
             );
+            if let Some(section) = stanza.get("Section").filter(|s| !index::valid_section(s)) {
+                return Err(ArchiveError::Inconsistent(format!(
+                    "{name}: Section {section:?} is not a Debian section (lower-case letters, digits, '+', '-' and '.', with at most one area in front, e.g. contrib/net)"
+                )));
+            }
+            if let Some((twin, _)) = new_bins.iter().find(|(k, _)| {
+                k.package == package && arch_segment(k.kind, k.arch.as_str()) == arch_segment(kind, arch.as_str())
+            }) {
+                return Err(ArchiveError::Inconsistent(format!(
+                    "{name}: the upload has {} for {} already; one package per architecture",
+                    twin.package, twin.arch
+                )));
+            }
             copies.push((pool_path, dir.join(name), sums[&f.name].clone()));
             new_bins.push((BinaryKey { arch, package, version, kind }, stanza.to_string().into_bytes()));
         }
@@ -679,17 +720,7 @@ impl<'a> Archive<'a> {
                 }
             }
         }
-        // Last, as the dearest check: what each package installs, for `Contents`.
-        let mut contents = Vec::new();
-        for (path, from, _) in &copies {
-            if matches!(PackageType::of_file(path), Some(PackageType::Deb | PackageType::Ddeb)) {
-                let file = path.rsplit('/').next().unwrap_or(path).to_owned();
-                let paths =
-                    crate::deb::debfile::read_contents(from).map_err(|source| ArchiveError::Deb { file, source })?;
-                contents.push((path.clone(), paths.join("\n").into_bytes()));
-            }
-        }
-        Ok(Staged { dist: dist.clone(), entry, copies, binary_only, contents })
+        Ok(Staged { dist: dist.clone(), entry, copies, binary_only })
     }
 
     /// Run every check of an include without writing anything: the upload's files, the
@@ -727,9 +758,14 @@ impl<'a> Archive<'a> {
                 return changes.iter().map(|_| Err(ArchiveError::Inconsistent(msg.clone()))).collect();
             }
         };
+        let contents: Vec<Result<UploadContents>> = changes.iter().map(|c| upload_contents(c)).collect();
         let _w = self.lock();
         let mut gc = Vec::new();
-        let results: Vec<_> = changes.iter().map(|c| self.include_one(&ctx, dist, c, force, &mut gc)).collect();
+        let results: Vec<_> = changes
+            .iter()
+            .zip(contents)
+            .map(|(c, paths)| self.include_one(&ctx, dist, c, force, paths?, &mut gc))
+            .collect();
         if let Err(e) = self.finish(&ctx, gc) {
             let msg = e.to_string();
             return results.into_iter().map(|r| r.and_then(|_| Err(ArchiveError::Inconsistent(msg.clone())))).collect();
@@ -743,9 +779,21 @@ impl<'a> Archive<'a> {
         dist: &Dist,
         changes_path: &Path,
         force: bool,
+        mut paths: UploadContents,
         gc: &mut Vec<String>,
     ) -> Result<IncludeReport> {
         let staged = self.stage(ctx, dist, changes_path, force)?;
+        // Pool path of each new `.deb` and `.ddeb` → what it installs.
+        let mut contents = Vec::new();
+        for (path, _, _) in &staged.copies {
+            if matches!(PackageType::of_file(path), Some(PackageType::Deb | PackageType::Ddeb)) {
+                let file = path.rsplit('/').next().unwrap_or(path);
+                let listed = paths.remove(file).ok_or_else(|| {
+                    ArchiveError::Inconsistent(format!("{file} changed while it was being included; upload it again"))
+                })?;
+                contents.push((path.clone(), listed));
+            }
+        }
         let root = self.repo_root(&dist.repo);
         for (path, from, _) in &staged.copies {
             let dst = root.join(path);
@@ -766,7 +814,7 @@ impl<'a> Archive<'a> {
         put_entry(&tx, ctx, &staged.dist, &staged.entry, gc)?;
         {
             let mut t = tx.open_table(DEB_CONTENTS)?;
-            for (path, paths) in &staged.contents {
+            for (path, paths) in &contents {
                 t.insert(format!("{}/{path}", dist.repo).as_str(), paths.as_slice())?;
             }
         }
@@ -1417,7 +1465,7 @@ fn index_text(
                 else {
                     return Ok(());
                 };
-                let owner = index::contents_owner(index::stanza_field(v, "Section"), package);
+                let owner: std::rc::Rc<str> = index::contents_owner(index::stanza_field(v, "Section"), package).into();
                 let key = format!("{}/{filename}", dist.repo);
                 let paths = match stored.get(key.as_str())? {
                     Some(v) => v.value().to_vec(),
@@ -1428,7 +1476,9 @@ fn index_text(
                             paths
                         }
                         Err(e) => {
+                            // Remembered as listing nothing: not read (and warned about) again.
                             tracing::warn!(%dist, file = filename, error = %e, "Contents leaves this package out: its paths cannot be read");
+                            learnt.push((key, vec![]));
                             return Ok(());
                         }
                     },

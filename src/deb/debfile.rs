@@ -8,13 +8,17 @@ use std::path::Path;
 /// Most a control member may unpack to; real ones are a few KiB.
 const CONTROL_LIMIT: u64 = 16 << 20;
 /// Most a data member may unpack to (real packages reach a few GiB; an xz bomb stops here).
-const DATA_LIMIT: u64 = 32 << 30;
+const DATA_LIMIT: u64 = 8 << 30;
+/// Most memory an xz or lzma member's decoder may take (`xz -9` needs 65 MiB).
+const XZ_MEMLIMIT: u64 = 256 << 20;
+/// Most a GNU long name or a pax header inside a data member may hold.
+const NAME_HEADER_LIMIT: u64 = 64 << 10;
 /// Most paths a package may install (texlive's biggest lists about 100,000).
-pub const MAX_PATHS: usize = 1 << 20;
+pub const MAX_PATHS: usize = 1 << 19;
 /// Longest path a package may install, as Linux's PATH_MAX.
 const MAX_PATH_LEN: usize = 4096;
 /// Most bytes of paths a package may list (texlive's biggest lists about 10 MB).
-pub const MAX_PATHS_BYTES: usize = 64 << 20;
+pub const MAX_PATHS_BYTES: usize = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {
@@ -94,12 +98,39 @@ pub fn read_contents_from(reader: impl Read) -> Result<Vec<String>, DebError> {
         let mut out = Vec::new();
         let mut bytes = 0;
         let err = |e| DebError::Tar("data.tar", e);
-        for entry in tar.entries().map_err(err)? {
-            let entry = entry.map_err(err)?;
-            if entry.header().entry_type().is_dir() {
+        // Raw entries: the tar crate would read a GNU long name or a pax header whole, whatever
+        // size it declares; here each is bounded before it is read.
+        let mut long_name: Option<Vec<u8>> = None;
+        for entry in tar.entries().map_err(err)?.raw(true) {
+            let mut entry = entry.map_err(err)?;
+            let kind = entry.header().entry_type();
+            if kind.is_gnu_longname()
+                || kind.is_gnu_longlink()
+                || kind.is_pax_local_extensions()
+                || kind.is_pax_global_extensions()
+            {
+                if entry.header().size().map_err(err)? > NAME_HEADER_LIMIT {
+                    return Err(DebError::TooLarge("data.tar name header", NAME_HEADER_LIMIT));
+                }
+                let mut data = Vec::new();
+                (&mut entry).take(NAME_HEADER_LIMIT).read_to_end(&mut data).map_err(err)?;
+                if kind.is_gnu_longname() {
+                    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                    long_name = Some(data[..end].to_vec());
+                } else if kind.is_pax_local_extensions() {
+                    for ext in tar::PaxExtensions::new(&data) {
+                        let ext = ext.map_err(err)?;
+                        if ext.key_bytes() == b"path" {
+                            long_name = Some(ext.value_bytes().to_vec());
+                        }
+                    }
+                }
                 continue;
             }
-            let raw = entry.path_bytes();
+            let raw = long_name.take().unwrap_or_else(|| entry.path_bytes().into_owned());
+            if kind.is_dir() {
+                continue;
+            }
             let path = std::str::from_utf8(&raw)
                 .ok()
                 .filter(|p| p.len() <= MAX_PATH_LEN && !p.chars().any(char::is_control))
@@ -118,7 +149,7 @@ pub fn read_contents_from(reader: impl Read) -> Result<Vec<String>, DebError> {
     })
 }
 
-/// Find the `<prefix>(.gz|.xz|.zst)` member after `debian-binary` and read it, decompressed and
+/// Find the `<prefix>(.gz|.xz|.lzma|.zst)` member after `debian-binary` and read it, decompressed and
 /// bounded at `limit` both ways (a small bomb stops at the limit, with an error).
 fn with_member<T>(
     reader: impl Read,
@@ -143,7 +174,14 @@ fn with_member<T>(
         let tar: Box<dyn Read> = match comp {
             "" => Box::new(limited),
             ".gz" => Box::new(flate2::read::GzDecoder::new(limited)),
-            ".xz" => Box::new(liblzma::read::XzDecoder::new(limited)),
+            ".xz" | ".lzma" => {
+                let stream = match comp {
+                    ".xz" => liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0),
+                    _ => liblzma::stream::Stream::new_lzma_decoder(XZ_MEMLIMIT),
+                };
+                let stream = stream.map_err(|e| DebError::Tar(prefix, std::io::Error::other(e)))?;
+                Box::new(liblzma::read::XzDecoder::new_stream(limited, stream))
+            }
             ".zst" => Box::new(zstd::stream::read::Decoder::new(limited).map_err(|e| DebError::Tar(prefix, e))?),
             other => return Err(DebError::Compression(prefix, other.to_owned())),
         };
@@ -303,6 +341,45 @@ mod tests {
         let data = gz.finish().unwrap();
         let r = read_contents_from(&deb_of("data.tar.gz", &data)[..]);
         assert!(matches!(r, Err(DebError::TooManyPaths)), "{:?}", r.map(|p| p.len()));
+    }
+
+    #[test]
+    fn contents_bounds_long_names_and_reads_them() {
+        // A GNU long-name header declaring 1 GiB: refused before it is read.
+        let mut tar = Vec::new();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_size(1 << 30);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.extend(std::iter::repeat_n(b'a', 4096));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let r = read_contents_from(&deb_of("data.tar.gz", &gz.finish().unwrap())[..]);
+        assert!(matches!(r, Err(DebError::TooLarge("data.tar name header", _))), "{r:?}");
+
+        // Long names that are real (GNU and pax) are listed whole.
+        let long = format!("usr/share/doc/pkg/{}", "n".repeat(300));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        {
+            let mut tar = tar::Builder::new(&mut gz);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, format!("./{long}"), std::io::empty()).unwrap();
+            tar.append_pax_extensions([("path", format!("./{long}.pax").as_bytes())]).unwrap();
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_path("./short").unwrap();
+            h.set_cksum();
+            tar.append(&h, std::io::empty()).unwrap();
+            tar.finish().unwrap();
+        }
+        let paths = read_contents_from(&deb_of("data.tar.gz", &gz.finish().unwrap())[..]).unwrap();
+        assert_eq!(paths, [long.clone(), format!("{long}.pax")]);
     }
 
     #[test]

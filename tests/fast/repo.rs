@@ -336,7 +336,7 @@ fn multi_pkg(dir: &Path) -> PathBuf {
 
 /// Source `bbthief` (version 2.0~test12+1) declaring and building the binary `package`, a
 /// `.<file>` of `arch`.
-fn thief_pkg(dir: &Path, package: &str, file: &str, arch: &str) -> PathBuf {
+fn thief_pkg(dir: &Path, package: &str, file: &str, arch: &str, section: &str) -> PathBuf {
     let work = dir.join(format!("thief-{package}"));
     let tree = work.join("bbthief-2.0~test12+1");
     std::fs::create_dir_all(tree.join("debian/source")).expect("mkdir");
@@ -357,7 +357,7 @@ fn thief_pkg(dir: &Path, package: &str, file: &str, arch: &str) -> PathBuf {
     ok(Command::new("dpkg-source").arg("-b").arg(&tree).current_dir(&work));
     let name = format!("{package}_2.0~test12+1_{arch}.{file}");
     let control = format!(
-        "Package: {package}\nSource: bbthief\nVersion: 2.0~test12+1\nArchitecture: {arch}\n{c}\nSection: misc\nPriority: optional\n{udeb}Description: t\n t\n"
+        "Package: {package}\nSource: bbthief\nVersion: 2.0~test12+1\nArchitecture: {arch}\n{c}\nSection: {section}\nPriority: optional\n{udeb}Description: t\n t\n"
     );
     deb_from(&work, &work, &name, &control, &[("usr/share/bbthief/x", "x\n")]);
     let automatic = if file == "ddeb" { " automatic=yes" } else { "" };
@@ -381,6 +381,7 @@ fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
     let dist = inst.repo().join("dists/bookworm-test-unstable");
     let release = std::fs::read_to_string(dist.join("Release")).expect("Release");
     for listed in [
+        " main/Contents-amd64\n",
         " main/Contents-amd64.gz\n",
         " main/debian-installer/binary-amd64/Packages\n",
         " main/debian-installer/binary-amd64/Packages.xz\n",
@@ -446,7 +447,7 @@ fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
     for (stolen, file, arch) in
         [("bbmulti-udeb", "udeb", "amd64"), ("bbmulti-data", "deb", "all"), ("bbmulti-dbgsym", "ddeb", "amd64")]
     {
-        let thief = thief_pkg(inst.dir.path(), stolen, file, arch);
+        let thief = thief_pkg(inst.dir.path(), stolen, file, arch, "misc");
         let out = inst
             .cmd(&["repo", "include", "bookworm-test-unstable", thief.to_str().expect("utf-8")])
             .output()
@@ -457,6 +458,15 @@ fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
             "{stolen}: {err}"
         );
     }
+
+    // A Section that would forge a Contents line's owners is refused.
+    let forger = thief_pkg(inst.dir.path(), "bbthief", "deb", "all", "admin/sudo,utils");
+    let out = inst
+        .cmd(&["repo", "include", "bookworm-test-unstable", forger.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not a Debian section"), "{err}");
 
     // A package stored before buildbay kept paths (an upgraded state): the next publish of its
     // Contents reads them from the pool, and keeps them.
@@ -490,6 +500,7 @@ fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
     // Gone with the source: the next Contents lists nothing, and the pool files go.
     inst.ok(&["repo", "remove", "bbmulti", "bookworm-test-unstable", "--without-rollback"]);
     assert_eq!(gunzip(&dist.join("main/Contents-amd64.gz")), "");
+    assert!(stored().is_empty(), "what the removed packages install is dropped with them: {:?}", stored());
     assert!(!inst.repo().join("pool/main/b/bbmulti/bbmulti-udeb_1.0~test12+1_amd64.udeb").exists());
     verify_published(&inst.repo(), &gpg);
     inst.ok(&["repo", "check", "test"]);
