@@ -1196,6 +1196,7 @@ impl<'a> Archive<'a> {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
             std::fs::hard_link(cur.join(&f.path), &dst).map_err(io_err(&dst))?;
         }
+        publish::link_contents(&tmp, &files)?;
         let mut meta = ctx.release_meta(dist, &self.origin);
         meta.suite = format!("{dist}/snapshots/{name}");
         meta.codename = meta.suite.clone();

@@ -108,12 +108,22 @@ pub fn listed_sums(dist_dir: &Path, listed: &str) -> std::io::Result<Checksums> 
     if on_disk(listed) {
         return Checksums::of_file(&dist_dir.join(listed));
     }
-    let mut plain = Vec::new();
-    std::io::Read::read_to_end(
-        &mut flate2::read::GzDecoder::new(std::fs::File::open(dist_dir.join(format!("{listed}.gz")))?),
-        &mut plain,
-    )?;
-    Ok(Checksums::of_bytes(&plain))
+    let gz = std::fs::File::open(dist_dir.join(format!("{listed}.gz")))?;
+    Checksums::of_reader(flate2::read::GzDecoder::new(std::io::BufReader::new(gz)))
+}
+
+/// reprepro's compatibility link: `Contents-<arch>.gz` at the top of a tree (a distribution's
+/// generation or a snapshot) is the first listed component's.
+pub fn link_contents(tree: &Path, listed: &[ReleaseFile]) -> Result<()> {
+    let mut linked = std::collections::BTreeSet::new();
+    for f in listed {
+        let Some((_, name)) = f.path.split_once('/') else { continue };
+        if name.starts_with("Contents-") && name.ends_with(".gz") && !name.contains('/') && linked.insert(name) {
+            let link = tree.join(name);
+            std::os::unix::fs::symlink(&f.path, &link).map_err(io(&link))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a published `Release` lacks an index of `parts` (a tree from before that index kind).
@@ -248,14 +258,7 @@ pub fn publish(
             write_synced(&gen_dir.join(&manifest), &m)?;
         }
     }
-    // reprepro's compatibility link: `Contents-<arch>.gz` at the top is the first component's.
-    let mut linked = std::collections::BTreeSet::new();
-    for part in parts.iter().filter(|p| p.kind == IndexKind::Contents) {
-        if linked.insert(part.arch.clone()) {
-            let link = gen_dir.join(format!("Contents-{}.gz", part.arch));
-            std::os::unix::fs::symlink(part.on_disk(), &link).map_err(io(&link))?;
-        }
-    }
+    link_contents(&gen_dir, &files)?;
 
     // by-hash: this generation's files, plus the previous generation's, for clients mid-update.
     for (f, from_prev) in files.iter().map(|f| (f, false)).chain(prev_files.iter().map(|f| (f, true))) {

@@ -443,6 +443,11 @@ fn contents_udebs_and_ddebs_are_published_and_apt_reads_them() {
     assert!(out.status.success(), "apt-get install: {}", String::from_utf8_lossy(&out.stderr));
     assert!(apt.root.join("usr/lib/debug/.build-id/ab/cdef0123.debug").exists());
 
+    // A snapshot has the same link, to its own copy.
+    inst.ok(&["repo", "snapshot", "create", "bookworm-test-unstable", "s1"]);
+    assert_eq!(gunzip(&dist.join("snapshots/s1/Contents-amd64.gz")), contents);
+    inst.ok(&["repo", "snapshot", "delete", "bookworm-test-unstable", "s1"]);
+
     // Another source cannot take over bbmulti's packages, a .udeb no more than a .deb.
     for (stolen, file, arch) in
         [("bbmulti-udeb", "udeb", "amd64"), ("bbmulti-data", "deb", "all"), ("bbmulti-dbgsym", "ddeb", "amd64")]
