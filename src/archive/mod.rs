@@ -322,7 +322,7 @@ fn upload_contents(changes_path: &Path) -> Result<UploadContents> {
     let mut out = BTreeMap::new();
     for f in &changes.files {
         let name = f.name.as_str();
-        if !matches!(PackageType::of_file(name), Some(PackageType::Deb | PackageType::Ddeb)) {
+        if !PackageType::in_contents(name) {
             continue;
         }
         let paths = match crate::deb::debfile::read_contents(&dir.join(name)) {
@@ -786,7 +786,7 @@ impl<'a> Archive<'a> {
         // Pool path of each new `.deb` and `.ddeb` → what it installs.
         let mut contents = Vec::new();
         for (path, _, _) in &staged.copies {
-            if matches!(PackageType::of_file(path), Some(PackageType::Deb | PackageType::Ddeb)) {
+            if PackageType::in_contents(path) {
                 let file = path.rsplit('/').next().unwrap_or(path);
                 let listed = paths.remove(file).ok_or_else(|| {
                     ArchiveError::Inconsistent(format!("{file} changed while it was being included; upload it again"))
@@ -1388,7 +1388,7 @@ impl<'a> Archive<'a> {
             let current = publish::current_generation(&dists, dist_name);
             let all = touched.contains(&("*".into(), "*".into())) || current.is_none();
             // A part the current tree lacks (an index kind newer than the tree) is made in full.
-            let missing = |p: &Part| current.as_ref().is_some_and(|(_, dir)| !dir.join(p.on_disk()).exists());
+            let missing = |p: &Part| current.as_ref().is_some_and(|(_, dir)| !dir.join(p.gz()).exists());
             let regen: Vec<&Part> = parts
                 .iter()
                 .filter(|p| all || missing(p) || touched.contains(&(p.component.clone(), p.arch.clone())))

@@ -83,8 +83,8 @@ impl Part {
         Self::EXTS.iter().map(|ext| format!("{base}{ext}")).collect()
     }
 
-    /// One file of the index that is on disk.
-    pub fn on_disk(&self) -> String {
+    /// The index's `.gz`, which every index kind has on disk.
+    pub fn gz(&self) -> String {
         format!("{}.gz", self.base())
     }
 
@@ -350,7 +350,7 @@ mod tests {
         assert_eq!(parts[1].files(), ["main/Contents-amd64", "main/Contents-amd64.gz", "main/Contents-amd64.xz"]);
         assert!(!on_disk("main/Contents-amd64") && on_disk("main/Contents-amd64.gz"));
         assert!(on_disk("main/binary-amd64/Packages"));
-        assert_eq!(parts[1].on_disk(), "main/Contents-amd64.gz");
+        assert_eq!(parts[1].gz(), "main/Contents-amd64.gz");
         let udeb = part("amd64", IndexKind::Installer);
         assert_eq!(udeb.dir(), "main/debian-installer/binary-amd64");
     }

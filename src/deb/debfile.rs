@@ -73,6 +73,12 @@ impl PackageType {
     pub fn is_deb(&self) -> bool {
         *self == PackageType::Deb
     }
+
+    /// Whether `file` is a package whose paths `Contents` lists: a `.deb` or a `.ddeb` (the
+    /// installer's `.udeb`s are left out, as reprepro leaves them out for mini-buildd).
+    pub fn in_contents(file: &str) -> bool {
+        matches!(PackageType::of_file(file), Some(PackageType::Deb | PackageType::Ddeb))
+    }
 }
 
 /// The control stanza of a `.deb` file.
