@@ -334,15 +334,27 @@ impl Instance {
         Ok(())
     }
 
+    /// Take over another instance's archive key (an import), so its clients keep trusting the
+    /// repositories. Refused when this instance has a key already.
+    pub fn adopt_key(&self, key: ArchiveKey) -> Result<()> {
+        let path = Instance::key_path(self.store.dir());
+        if self.key.get().is_some() || path.exists() {
+            return Err(InstanceError::Setup(format!(
+                "this state directory has an archive key already ({}); import into a new state directory",
+                path.display()
+            )));
+        }
+        private_dir(&path)?;
+        key.save(&path)?;
+        let _ = self.key.set(key);
+        Ok(())
+    }
+
     /// Daemon prepare: generate the archive key once; never regenerate it.
     fn prepare_daemon(&self, d: &mut Daemon) -> Result<()> {
         if self.key.get().is_none() {
             let path = Instance::key_path(self.store.dir());
-            let dir = path.parent().expect("key path has a parent");
-            std::fs::create_dir_all(dir).map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))?;
+            private_dir(&path)?;
             let key = ArchiveKey::generate(&format!("{} <buildbay@{}>", d.archive_origin(), d.identity), d.key_algo)?;
             key.save(&path)?;
             tracing::info!(fingerprint = %key.fingerprint(), "generated archive key");
@@ -896,7 +908,8 @@ impl Instance {
         Ok(out)
     }
 
-    fn put_object(&self, id: &str, obj: &config::Object) -> Result<()> {
+    /// Store any object as it is, under its kind and `id` (an edit, an import).
+    pub fn put_object(&self, id: &str, obj: &config::Object) -> Result<()> {
         self.put_kind(obj.kind().as_str(), id, obj)
     }
 
@@ -1109,6 +1122,15 @@ impl Instance {
 
 /// Chroot specs as mini-buildd takes them: `codename:arch`, or several architectures of one
 /// codename as `codename:arch+arch`.
+/// Create the directory of the key at `path`, readable by its owner only.
+fn private_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().expect("key path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| InstanceError::Setup(format!("{}: {e}", dir.display())))
+}
+
 pub fn chroot_specs(specs: &[String]) -> Vec<String> {
     specs
         .iter()

@@ -25,6 +25,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("rootops", 4),
     ("chroot", 5),
     ("instance", 6),
+    ("import", 7),
     ("port", 7),
     ("mail", 7),
     ("packager", 8),

@@ -19,6 +19,7 @@ pub mod gate;
 pub mod gpg;
 pub mod helper;
 pub mod http;
+pub mod import;
 pub mod incoming;
 pub mod instance;
 pub mod jobs;

@@ -158,6 +158,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KeyAlgo::Rsa4096)]
         key_algo: KeyAlgo,
     },
+    /// Take over a stopped mini-buildd 2.x instance into this (new) state directory: its
+    /// configuration, archive key, users and uploaders, and every package, rollback and
+    /// snapshot of its repositories (pool files are hard-linked where they can be). Prints what
+    /// came over and what did not, with the reason.
+    Import {
+        /// mini-buildd's home, usually /var/lib/mini-buildd.
+        home: PathBuf,
+        /// The archive key (`gpg --export-secret-keys`, unencrypted), when gpg cannot export it
+        /// from the home's .gnupg.
+        #[arg(long)]
+        archive_key: Option<PathBuf>,
+    },
     /// Print the armored archive public key.
     PubKey,
     /// Users of the web and API.
@@ -676,6 +688,14 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Command::Import { home, archive_key } => {
+            let report = buildbay::import::import(&inst, &home, archive_key.as_deref())?;
+            print(json, &report, |r| {
+                let mut out: Vec<String> = r.carried.iter().map(|c| format!("carried over: {c}")).collect();
+                out.extend(r.left.iter().map(|l| format!("not carried over: {l}")));
+                out.join("\n")
             });
         }
         Command::PubKey => print!("{}", inst.pub_key()?),

@@ -5,6 +5,7 @@
 //! distribution whose tree is behind its index is marked dirty in the same transaction that
 //! changed the index, so a crash at any point is repaired by the next publish.
 
+pub mod adopt;
 pub mod compress;
 pub mod index;
 pub mod publish;
@@ -1197,11 +1198,11 @@ impl<'a> Archive<'a> {
             std::fs::hard_link(cur.join(&f.path), &dst).map_err(io_err(&dst))?;
         }
         publish::link_contents(&tmp, &files)?;
+        // As reprepro's gensnapshot writes it for mini-buildd: the Suite names the snapshot,
+        // the Codename and the pins stay the distribution's (apt refuses a Codename or a
+        // default priority that changes under a source line it already knows).
         let mut meta = ctx.release_meta(dist, &self.origin);
         meta.suite = format!("{dist}/snapshots/{name}");
-        meta.codename = meta.suite.clone();
-        meta.not_automatic = true;
-        meta.but_automatic_upgrades = false;
         let text = index::release(&meta, chrono::Utc::now(), &files);
         publish::write_synced(&tmp.join("Release"), text.as_bytes())?;
         publish::write_synced(

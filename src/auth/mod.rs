@@ -193,7 +193,69 @@ fn hash_password(password: &str) -> Result<String> {
 
 fn verify_password(hash: &str, password: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    if let Some(django) = hash.strip_prefix(DJANGO_PBKDF2) {
+        return verify_django(django, password);
+    }
     PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// The prefix of Django's PBKDF2-SHA256 hashes (`pbkdf2_sha256$<rounds>$<salt>$<base64>`), as a
+/// mini-buildd instance's users come with them; replaced by argon2 at their first login.
+const DJANGO_PBKDF2: &str = "pbkdf2_sha256$";
+/// Most rounds a taken-over hash may ask for (Django 4.2 uses 600,000): a forged hash must not
+/// make each login burn minutes.
+const DJANGO_MAX_ROUNDS: u32 = 2_000_000;
+
+fn verify_django(rest: &str, password: &str) -> bool {
+    use base64::Engine;
+    let mut parts = rest.splitn(3, '$');
+    let (Some(rounds), Some(salt), Some(want)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let Ok(rounds) = rounds.parse::<u32>() else { return false };
+    let Ok(want) = base64::engine::general_purpose::STANDARD.decode(want) else { return false };
+    if rounds == 0 || rounds > DJANGO_MAX_ROUNDS || want.len() != 32 {
+        return false;
+    }
+    let mut got = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt.as_bytes(), rounds, &mut got);
+    // Constant time: compare digests of both.
+    Sha256::digest(got) == Sha256::digest(&want)
+}
+
+/// Whether a stored hash is one taken over from Django (to be replaced by argon2).
+fn is_django(hash: &str) -> bool {
+    hash.starts_with(DJANGO_PBKDF2)
+}
+
+/// Take over a user from another instance (mini-buildd's `auth_user`) with their password
+/// hash as it is: argon2, or Django's PBKDF2-SHA256, which the first login replaces. An
+/// existing user of the name is kept, and refused here.
+pub fn import_user(store: &Store, name: &str, hash: &str, role: Role, email: Option<lettre::Address>) -> Result<User> {
+    if !valid_name(name) {
+        return Err(AuthError::BadName(name.to_owned()));
+    }
+    if !(is_django(hash) || hash.starts_with("$argon2")) || hash.len() > 512 {
+        return Err(AuthError::Hash(format!(
+            "the password hash of {name} is neither Django's pbkdf2_sha256 nor argon2"
+        )));
+    }
+    let user = User {
+        name: name.to_owned(),
+        password_hash: hash.to_owned(),
+        role,
+        created: Utc::now(),
+        must_change_password: false,
+        email,
+    };
+    let tx = store.write()?;
+    {
+        let mut t = tx.open_table(USERS)?;
+        if t.get(name)?.is_some() {
+            return Err(AuthError::Exists(name.to_owned()));
+        }
+        t.insert(name, store::encode(&user).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(user)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -256,7 +318,15 @@ pub fn list_users(store: &Store) -> Result<Vec<User>> {
 pub fn check_password(store: &Store, name: &str, password: &str) -> Result<Option<User>> {
     let user = get_user(store, name)?;
     match user {
-        Some(u) if verify_password(&u.password_hash, password) => Ok(Some(u)),
+        Some(mut u) if verify_password(&u.password_hash, password) => {
+            if is_django(&u.password_hash) {
+                u.password_hash = hash_password(password)?;
+                let tx = store.write()?;
+                tx.open_table(USERS)?.insert(name, store::encode(&u).as_slice())?;
+                tx.commit()?;
+            }
+            Ok(Some(u))
+        }
         Some(_) => Ok(None),
         None => {
             // Spend the same time as a real check, so timing does not reveal who exists.
@@ -663,6 +733,35 @@ impl Default for LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_over_django_hash_logs_in_once_then_is_argon2() {
+        // Python's hashlib.pbkdf2_hmac('sha256', password, salt, 1000), in Django's form.
+        let hash = "pbkdf2_sha256$1000$dCUA93c2hg5pBtwqeQ1zcc$b4QijvIvjakDn3RLaqAfOE1S7OAifYEAjcIp2i0AW2M=";
+        assert!(verify_password(hash, "mbd-admin-password"));
+        assert!(!verify_password(hash, "mbd-admin-passwore"));
+        // Hostile hashes: too many rounds, no rounds, a short digest, not base64, missing parts.
+        for forged in [
+            "pbkdf2_sha256$4000000000$s$b4QijvIvjakDn3RLaqAfOE1S7OAifYEAjcIp2i0AW2M=",
+            "pbkdf2_sha256$0$s$b4QijvIvjakDn3RLaqAfOE1S7OAifYEAjcIp2i0AW2M=",
+            "pbkdf2_sha256$1000$s$AAAA",
+            "pbkdf2_sha256$1000$s$!!!",
+            "pbkdf2_sha256$1000",
+        ] {
+            assert!(!verify_password(forged, "mbd-admin-password"), "{forged}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(import_user(&store, "x", "md5$abc", Role::Login, None), Err(AuthError::Hash(_))));
+        import_user(&store, "admin", hash, Role::Admin, None).unwrap();
+        assert!(matches!(import_user(&store, "admin", hash, Role::Admin, None), Err(AuthError::Exists(_))));
+        assert!(check_password(&store, "admin", "wrong").unwrap().is_none());
+        assert!(is_django(&get_user(&store, "admin").unwrap().unwrap().password_hash));
+        assert!(check_password(&store, "admin", "mbd-admin-password").unwrap().is_some());
+        let rehashed = get_user(&store, "admin").unwrap().unwrap().password_hash;
+        assert!(rehashed.starts_with("$argon2"), "{rehashed}");
+        assert!(check_password(&store, "admin", "mbd-admin-password").unwrap().is_some());
+    }
 
     #[test]
     fn users_sessions_tokens() {

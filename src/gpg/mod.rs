@@ -98,6 +98,12 @@ impl ArchiveKey {
         Ok(ArchiveKey { cert: Cert::from_bytes(&data)? })
     }
 
+    /// The keys of a secret keyring (`gpg --export-secret-keys`) that can sign here: an
+    /// unencrypted, alive, unrevoked signing key (another instance's archive key, taken over).
+    pub fn from_secret_keyring(data: &[u8]) -> Result<Vec<ArchiveKey>, GpgError> {
+        Ok(read_keyring(data)?.into_iter().map(|cert| ArchiveKey { cert }).filter(|k| k.keypair().is_ok()).collect())
+    }
+
     pub fn fingerprint(&self) -> String {
         self.cert.fingerprint().to_hex()
     }

@@ -57,9 +57,20 @@ fn apt_accepts_the_repository_through_include_migrate_remove() {
     // snapshot: served at dists/<dist>/snapshots/<name>/ and apt accepts it.
     inst.ok(&["repo", "snapshot", "create", "bookworm-test-testing", "s1"]);
     assert_eq!(inst.ok(&["repo", "snapshot", "ls", "bookworm-test-testing"]).trim(), "s1");
-    apt.set_sources(&uri, &["bookworm-test-testing/snapshots/s1"], &asc);
+    // As reprepro's gensnapshot for mini-buildd: the Suite names the snapshot, the Codename and
+    // the pins are the distribution's (a client that saw mini-buildd's would refuse others).
+    let release =
+        std::fs::read_to_string(inst.repo().join("dists/bookworm-test-testing/snapshots/s1/Release")).expect("Release");
+    let dist_release =
+        std::fs::read_to_string(inst.repo().join("dists/bookworm-test-testing/Release")).expect("Release");
+    assert!(release.contains("\nSuite: bookworm-test-testing/snapshots/s1\n"), "{release}");
+    assert!(release.contains("\nCodename: bookworm-test-testing\n"), "{release}");
+    for pin in ["NotAutomatic: yes", "ButAutomaticUpgrades: yes"] {
+        assert_eq!(release.contains(pin), dist_release.contains(pin), "{pin}: {release}");
+    }
+    apt.set_sources(&uri, &["bookworm-test-testing", "bookworm-test-testing/snapshots/s1"], &asc);
     apt.update();
-    assert!(apt.madison("bbhello").contains("bbhello"));
+    assert!(apt.madison("bbhello").contains("bookworm-test-testing/snapshots/s1"), "{}", apt.madison("bbhello"));
     // Removing from testing keeps the pool file alive for the snapshot.
     inst.ok(&["repo", "remove", "bbhello", "bookworm-test-testing", "--without-rollback"]);
     inst.ok(&["repo", "remove", "bbhello", "bookworm-test-unstable-rollback0"]);

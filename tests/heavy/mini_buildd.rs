@@ -183,4 +183,101 @@ fn mini_buildd_and_buildbay_build_for_each_other() {
     let ls = api(&sb.url, "ls", "source=bbany");
     assert!(ls.to_string().contains(&v2), "{ls}");
     assert!(sb.stop());
+
+    // 3. buildbay takes mini-buildd over (`buildbay import`), and mini-buildd's apt client and
+    // API client go on unchanged.
+    takeover(&c, dir.path(), &v1, &stamp);
+}
+
+/// The versions `mini-buildd-api ls` lists, per repository and distribution, rollbacks included.
+fn ls_versions(endpoint: &str, source: &str) -> Vec<(String, String)> {
+    let out = run(Command::new("mini-buildd-api").args(["--json", "ls", endpoint, source]));
+    assert!(out.status.success(), "mini-buildd-api ls: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls is JSON");
+    let mut found = Vec::new();
+    for (repo, dists) in v.as_object().into_iter().flatten() {
+        for (dist, e) in dists.as_object().into_iter().flatten() {
+            found.push((format!("{repo}/{dist}"), e["version"].as_str().unwrap_or_default().to_owned()));
+            for (rb, r) in e["rollbacks"].as_object().into_iter().flatten() {
+                found.push((format!("{repo}/{rb}"), r["version"].as_str().unwrap_or_default().to_owned()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The instance's apt client (the container), with the lines `sources_list` gives it, the
+/// snapshot's too, and the key from its keyring: update, then install `version`.
+fn apt_client(c: &Booted, snapshot: &str, version: &str) {
+    c.ok(&format!(
+        "apt-get update -q -o Dir::Etc::SourceList=/etc/apt/mbd-client.list -o Dir::Etc::SourceParts=/dev/null && \
+         apt-cache -o Dir::Etc::SourceList=/etc/apt/mbd-client.list -o Dir::Etc::SourceParts=/dev/null policy bbmbd | grep -F {UNSTABLE}/snapshots/{snapshot} && \
+         (dpkg -r bbmbd || true) && \
+         apt-get install -y -q -o Dir::Etc::SourceList=/etc/apt/mbd-client.list -o Dir::Etc::SourceParts=/dev/null bbmbd={version} && \
+         dpkg-query -W -f '${{Version}}' bbmbd | grep -Fx '{version}'"
+    ));
+}
+
+fn takeover(c: &Booted, work: &Path, v1: &str, stamp: &str) {
+    // mini-buildd: a snapshot, its client's apt lines, what its API lists.
+    let snapshot = format!("s{stamp}");
+    mbd_api(&["snapshot_create", UNSTABLE, &snapshot]);
+    let lines = mbd_api(&["sources_list", "--codenames", "bookworm", "--suites", "unstable", "--rollbacks", "2"]);
+    // `deb [options] URL dist components`: the same lines, the client's key as Signed-By.
+    let mut client: Vec<String> = lines
+        .lines()
+        .filter_map(|l| l.strip_prefix("deb "))
+        .map(|l| if l.starts_with('[') { l.split_once("] ").map_or(l, |(_, r)| r) } else { l })
+        .map(|l| format!("deb [signed-by=/etc/apt/keyrings/mbd.asc] {l}"))
+        .collect();
+    let unstable = client
+        .iter()
+        .find(|l| l.contains(&format!(" {UNSTABLE} ")))
+        .unwrap_or_else(|| panic!("no line for {UNSTABLE}: {lines}"))
+        .clone();
+    assert!(unstable.contains(&format!(" {MBD}/repositories/test")), "{lines}");
+    assert!(client.iter().any(|l| l.contains(&format!(" {UNSTABLE}-rollback1 "))), "{lines}");
+    client.push(unstable.replacen(&format!(" {UNSTABLE} "), &format!(" {UNSTABLE}/snapshots/{snapshot} "), 1));
+    c.ok("mkdir -p /etc/apt/keyrings && gpg --homedir /var/lib/mini-buildd/.gnupg --export --armor > /etc/apt/keyrings/mbd.asc");
+    std::fs::write(Path::new(TREE).join("etc/apt/mbd-client.list"), client.join("\n") + "\n").expect("write");
+    apt_client(c, &snapshot, v1);
+    let before = ls_versions(MBD, "bbmbd");
+    assert!(before.iter().any(|(d, v)| d.ends_with("-rollback0") && !v.is_empty()), "{before:?}");
+
+    // The takeover: mini-buildd stops; buildbay imports its home and serves on its port.
+    c.ok("systemctl stop mini-buildd");
+    let state = work.join("imported");
+    let t = Instant::now();
+    let out = ok(Command::new(bin())
+        .arg("--state")
+        .arg(&state)
+        .args(["--json", "import"])
+        .arg(Path::new(TREE).join("var/lib/mini-buildd")));
+    println!("buildbay import of mini-buildd: {:.1} s", t.elapsed().as_secs_f64());
+    let report: serde_json::Value = serde_json::from_str(&out).expect("the report is JSON");
+    let text = report.to_string();
+    for want in ["daemon 1", "repository test", "user admin (admin)", &format!("snapshot {UNSTABLE}/{snapshot}")] {
+        assert!(text.contains(want), "{want} not carried over: {report:#}");
+    }
+    assert!(report["left"].to_string().contains("chroot bookworm:i386"), "{report:#}");
+    let mut serve = Command::new(bin());
+    serve.arg("--state").arg(&state).args([
+        "serve",
+        "--http",
+        "127.0.0.1:8066",
+        "--ftp",
+        "127.0.0.1:8067",
+        "--build-slots",
+        "0",
+    ]);
+    let served = Server::start(serve);
+    assert_eq!(served.url, MBD);
+    // The client, unchanged: apt verifies the same key's signatures, and installs.
+    apt_client(c, &snapshot, v1);
+    assert_eq!(ls_versions(MBD, "bbmbd"), before, "mini-buildd-api ls lists the same versions");
+    // mini-buildd's admin logs in with the same password.
+    mbd_api(&["snapshot_create", UNSTABLE, &format!("after{stamp}")]);
+    assert!(served.stop());
+    c.ok("systemctl start mini-buildd");
 }
