@@ -13,7 +13,7 @@ use crate::config::{
     self, AptKey, ArchOption, Archive, Checked, Chroot, Daemon, Distribution, PrioritySource, Remote, Repository,
     Source, State, Status, Uploader,
 };
-use crate::deb::{Component, Dist, Stanza};
+use crate::deb::{Component, RepoId, Stanza};
 use crate::gpg::ArchiveKey;
 use crate::instance::Instance;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -50,6 +50,10 @@ pub struct Report {
 
 /// Bytes of one index read from the other instance.
 const MAX_INDEX: u64 = 512 << 20;
+/// Bytes of an `InRelease` (what a signature is verified over is bounded at 4 MiB anyway).
+const MAX_INRELEASE: u64 = 8 << 20;
+/// Rows of one table of `config.sqlite`.
+const MAX_ROWS: usize = 100_000;
 
 /// One value of a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,8 +98,6 @@ pub const TABLES: &[&str] = &[
     "architectureoption",
     "distribution_components",
     "distribution_extra_sources",
-    "suiteoption",
-    "suite",
     "repository",
     "repository_distributions",
     "uploader",
@@ -121,6 +123,12 @@ pub fn read_tables(path: &Path) -> Result<Tables> {
         .map(|t| (t.to_string(), format!("mini_buildd_{t}")))
         .chain([("auth_user".into(), "auth_user".into())]);
     for (name, table) in names {
+        // A table, not a view (a view's query could run without end).
+        let kind: String =
+            conn.query_row("SELECT type FROM sqlite_master WHERE name = ?1", [&table], |r| r.get(0)).map_err(err)?;
+        if kind != "table" {
+            return Err(ImportError::Bad(format!("{}: {table} is a {kind}, not a table", path.display())));
+        }
         // The table names are this module's constants, never input.
         let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).map_err(err)?;
         let cols: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
@@ -140,6 +148,9 @@ pub fn read_tables(path: &Path) -> Result<Tables> {
                 row.insert(c.clone(), cell);
             }
             list.push(row);
+            if list.len() > MAX_ROWS {
+                return Err(ImportError::Bad(format!("{}: {table} has more than {MAX_ROWS} rows", path.display())));
+            }
         }
         out.insert(name, list);
     }
@@ -286,8 +297,15 @@ pub fn objects(t: &Tables, origin: &str, key: &str, now: DateTime<Utc>) -> (Vec<
     }
     let mut prio_ids: BTreeMap<String, String> = BTreeMap::new();
     for r in rows(t, "prioritysource") {
-        let Some(source) = source_ids.get(&int(r, "source_id").to_string()) else { continue };
-        let p = PrioritySource { source: source.clone(), priority: int(r, "priority") as i32, status: active_now(now) };
+        let Some(source) = source_ids.get(&int(r, "source_id").to_string()) else {
+            left.push(format!("priority source {}: its source did not come over", int(r, "id")));
+            continue;
+        };
+        let p = PrioritySource {
+            source: source.clone(),
+            priority: i32::try_from(int(r, "priority")).unwrap_or(1),
+            status: active_now(now),
+        };
         prio_ids.insert(int(r, "id").to_string(), p.id());
         out.push(O::PrioritySource(p));
     }
@@ -344,10 +362,7 @@ pub fn objects(t: &Tables, origin: &str, key: &str, now: DateTime<Utc>) -> (Vec<
             "chroot_setup_script": text(r, "chroot_setup_script").replace("\r\n", "\n"),
             "sbuildrc_snippet": text(r, "sbuildrc_snippet").replace("\r\n", "\n"),
         });
-        let build = serde_json::from_value(settings).unwrap_or_else(|e| {
-            left.push(format!("{what}: its build settings are not valid here ({e}); the defaults are taken"));
-            Default::default()
-        });
+        let build = build_settings(settings, &what, &mut left);
         let d = Distribution {
             codename: codename_t,
             base_source: base.clone(),
@@ -409,12 +424,22 @@ pub fn objects(t: &Tables, origin: &str, key: &str, now: DateTime<Utc>) -> (Vec<
     let users: BTreeMap<String, String> =
         rows(t, "auth_user").iter().map(|u| (int(u, "id").to_string(), text(u, "username").to_owned())).collect();
     for r in rows(t, "uploader") {
-        let Some(user) = users.get(&int(r, "user_id").to_string()) else { continue };
+        let Some(user) = users.get(&int(r, "user_id").to_string()) else {
+            left.push(format!("uploader {}: its user did not come over", int(r, "id")));
+            continue;
+        };
         let key = text(r, "key");
-        let fingerprint = Some(text(r, "key_fingerprint").to_owned()).filter(|f| !f.is_empty());
         if key.is_empty() && int(r, "status") == 0 {
             continue; // mini-buildd makes one per user; without a key it says nothing
         }
+        // The fingerprint is the key's own, never the row's.
+        let fingerprint = match crate::gpg::one_key(key.as_bytes()) {
+            Ok(cert) => Some(cert.fingerprint().to_hex()),
+            Err(e) => {
+                left.push(format!("uploader {user}: its key: {e}"));
+                continue;
+            }
+        };
         let may = linked(t, "uploader_may_upload_to", "uploader_id", &int(r, "id").to_string(), "repository_id");
         out.push(O::Uploader(Uploader {
             user: user.clone(),
@@ -435,7 +460,7 @@ pub fn objects(t: &Tables, origin: &str, key: &str, now: DateTime<Utc>) -> (Vec<
                     st.checked = Checked::Reactivate;
                 }
                 left.push(format!(
-                    "remote {http}: its key came over; it activates once a check passes (`buildbay api check remote {http}`)"
+                    "remote {http}: its key came over; it activates once a check passes (`buildbay api config_action remote {http} check`)"
                 ));
                 out.push(O::Remote(Remote {
                     http,
@@ -451,7 +476,10 @@ pub fn objects(t: &Tables, origin: &str, key: &str, now: DateTime<Utc>) -> (Vec<
         }
     }
     for r in rows(t, "chroot") {
-        let Some(source) = source_ids.get(&int(r, "source_id").to_string()) else { continue };
+        let Some(source) = source_ids.get(&int(r, "source_id").to_string()) else {
+            left.push(format!("chroot {}: its source did not come over", int(r, "id")));
+            continue;
+        };
         let codename = source.rsplit(':').next().unwrap_or_default();
         let arch = text(r, "architecture_id");
         match (codename.parse(), arch.parse()) {
@@ -468,6 +496,44 @@ pub fn objects(t: &Tables, origin: &str, key: &str, now: DateTime<Utc>) -> (Vec<
         }
     }
     (out, left)
+}
+
+/// A distribution's build settings from mini-buildd's fields: a field buildbay refuses (an
+/// option it does not pass on, a block it does not know) takes buildbay's default, and is
+/// listed; the others are kept.
+fn build_settings(mut fields: serde_json::Value, what: &str, left: &mut Vec<String>) -> crate::protocol::BuildSettings {
+    fn attempt(fields: &serde_json::Value) -> std::result::Result<crate::protocol::BuildSettings, String> {
+        serde_json::from_value::<crate::protocol::BuildSettings>(fields.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.check().map(|()| b).map_err(|e| e.to_string()))
+    }
+    loop {
+        let why = match attempt(&fields) {
+            Ok(b) => return b,
+            Err(why) => why,
+        };
+        let Some(map) = fields.as_object_mut() else { return Default::default() };
+        // The field the reason names, else the one without which the reason changes.
+        let without = |k: &String| {
+            let mut m = map.clone();
+            m.remove(k);
+            attempt(&serde_json::Value::Object(m)).err().as_ref() != Some(&why)
+        };
+        let culprit =
+            map.keys().find(|k| why.contains(k.as_str())).or_else(|| map.keys().find(|k| without(k))).cloned();
+        match culprit {
+            Some(k) => {
+                left.push(format!("{what}: {why}; {k} takes buildbay's default"));
+                map.remove(&k);
+            }
+            None => {
+                left.push(format!(
+                    "{what}: its build settings are not valid here ({why}); buildbay's defaults are taken"
+                ));
+                return Default::default();
+            }
+        }
+    }
 }
 
 /// Active since the import (objects mini-buildd keeps no status for).
@@ -487,17 +553,55 @@ pub fn role(r: &Row) -> Role {
 }
 
 /// The secret keys of the other instance's GnuPG home, exported by gpg (without passphrase:
-/// mini-buildd's key has none).
+/// mini-buildd's key has none). gpg runs on a private copy of the keys only (`pubring.kbx`
+/// and `private-keys-v1.d/*.key`), with no configuration: the old home's `gpg.conf` or
+/// `gpg-agent.conf` could name programs for gpg to start.
 fn export_keys(gnupg: &Path) -> Result<Vec<ArchiveKey>> {
-    let out = std::process::Command::new("gpg")
+    let tmp = std::env::temp_dir().join(format!("buildbay-import-gnupg-{}", std::process::id()));
+    let result = export_from_copy(gnupg, &tmp);
+    let _ = std::process::Command::new("gpgconf")
         .arg("--homedir")
-        .arg(gnupg)
+        .arg(&tmp)
+        .args(["--kill", "all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn export_from_copy(gnupg: &Path, tmp: &Path) -> Result<Vec<ArchiveKey>> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ImportError::Io { path, source }
+    };
+    let _ = std::fs::remove_dir_all(tmp);
+    std::fs::DirBuilder::new().mode(0o700).create(tmp).map_err(io(tmp))?;
+    std::fs::DirBuilder::new().mode(0o700).create(tmp.join("private-keys-v1.d")).map_err(io(tmp))?;
+    let mut files = vec!["pubring.kbx".to_owned()];
+    for e in std::fs::read_dir(gnupg.join("private-keys-v1.d")).map_err(io(gnupg))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".key") && !name.contains('/') && files.len() < 64 {
+            files.push(format!("private-keys-v1.d/{name}"));
+        }
+    }
+    for f in &files {
+        let data = read_beneath(gnupg, f, None, 16 << 20)?;
+        std::fs::write(tmp.join(f), data).map_err(io(&tmp.join(f)))?;
+    }
+    let out = std::process::Command::new("gpg")
+        .arg("--no-options")
+        .arg("--homedir")
+        .arg(tmp)
         .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--export-secret-keys"])
+        .env_remove("GNUPGHOME")
+        .stdin(std::process::Stdio::null())
         .output()
         .map_err(|source| ImportError::Io { path: "gpg".into(), source })?;
     if !out.status.success() || out.stdout.is_empty() {
         return Err(ImportError::Bad(format!(
-            "gpg exported no secret key from {}: {}; give the archive key with --archive-key FILE (`gpg --export-secret-keys`)",
+            "gpg exported no secret key from {}: {}; give the archive key with --archive-key FILE (`gpg --export-secret-keys` as mini-buildd's user)",
             gnupg.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -505,66 +609,90 @@ fn export_keys(gnupg: &Path) -> Result<Vec<ArchiveKey>> {
     Ok(ArchiveKey::from_secret_keyring(&out.stdout)?)
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+/// Read `rel` beneath `root` (no symbolic link followed), when it has `want` bytes, or at most
+/// `max` when `want` is not known.
+fn read_beneath(root: &Path, rel: &str, want: Option<u64>, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|source| ImportError::Io { path: path.to_owned(), source })?;
-    let mut data = Vec::new();
-    f.take(MAX_INDEX + 1).read_to_end(&mut data).map_err(|source| ImportError::Io { path: path.to_owned(), source })?;
-    if data.len() as u64 > MAX_INDEX {
-        return Err(ImportError::Bad(format!("{} is larger than {MAX_INDEX} bytes", path.display())));
+    let path = root.join(rel);
+    let io = |source| ImportError::Io { path: path.clone(), source };
+    let (f, len) = crate::protocol::tar::open_regular_beneath(root, rel).map_err(io)?;
+    match want {
+        Some(w) if w != len => {
+            return Err(ImportError::Bad(format!("{}: does not match its Release (size)", path.display())));
+        }
+        None if len > max => return Err(ImportError::Bad(format!("{} is larger than {max} bytes", path.display()))),
+        _ => {}
     }
+    let mut data = Vec::new();
+    f.take(len.min(max)).read_to_end(&mut data).map_err(io)?;
     Ok(data)
 }
 
 /// A published distribution (or snapshot) tree of the other instance: its verified `Release`.
 struct Tree {
-    dir: PathBuf,
+    /// The repository's root (`<home>/repositories/<id>`), beneath which every read stays.
+    root: PathBuf,
+    /// `dists/<dist>` or `dists/<dist>/snapshots/<name>`.
+    dir: String,
     release: String,
 }
 
 impl Tree {
-    /// Read `InRelease` and verify it with `key`; `None` when the tree has none.
-    fn open(dir: &Path, key: &ArchiveKey) -> Result<Option<Tree>> {
-        let path = dir.join("InRelease");
-        if !path.exists() {
+    /// Read `InRelease` and verify it with `key`; `None` when the tree has none. Its Codename
+    /// must be `codename` and its Suite `suite` (reprepro's, for mini-buildd): a tree copied
+    /// or linked under another distribution's name is refused.
+    fn open(root: &Path, dir: &str, key: &ArchiveKey, codename: &str, suite: &str) -> Result<Option<Tree>> {
+        let rel = format!("{dir}/InRelease");
+        if std::fs::symlink_metadata(root.join(&rel)).is_err() {
             return Ok(None);
         }
-        let (payload, _) = crate::gpg::verify_clearsigned(&read_bounded(&path)?, std::slice::from_ref(key.cert()))
-            .map_err(|e| {
-                ImportError::Bad(format!("{}: {e}; is the archive key the one that signs it?", path.display()))
-            })?;
+        let data = read_beneath(root, &rel, None, MAX_INRELEASE)?;
+        let (payload, _) = crate::gpg::verify_clearsigned(&data, std::slice::from_ref(key.cert())).map_err(|e| {
+            ImportError::Bad(format!("{}/{rel}: {e}; is the archive key the one that signs it?", root.display()))
+        })?;
         let release =
-            String::from_utf8(payload).map_err(|_| ImportError::Bad(format!("{}: not UTF-8", path.display())))?;
-        Ok(Some(Tree { dir: dir.to_owned(), release }))
+            String::from_utf8(payload).map_err(|_| ImportError::Bad(format!("{}/{rel}: not UTF-8", root.display())))?;
+        let tree = Tree { root: root.to_owned(), dir: dir.to_owned(), release };
+        for (field, want) in [("Codename", codename), ("Suite", suite)] {
+            let have = tree.field(field).unwrap_or_default();
+            if have != want {
+                return Err(ImportError::Bad(format!(
+                    "{}/{rel}: its {field} is {have:?}, not {want:?}; a release is taken only where it was published",
+                    root.display()
+                )));
+            }
+        }
+        Ok(Some(tree))
     }
 
-    fn origin(&self) -> Option<String> {
-        self.release.lines().find_map(|l| l.strip_prefix("Origin:")).map(|o| o.trim().to_owned())
+    fn field(&self, name: &str) -> Option<String> {
+        self.release.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|o| o.trim().to_owned())
     }
 
     /// The entries of the index at `rel`, when the release lists it; its bytes must match.
     fn stanzas(&self, rel: &str) -> Result<Vec<Stanza>> {
         let files = crate::archive::index::release_files(&self.release);
         let Some(listed) = files.iter().find(|f| f.path == rel) else { return Ok(vec![]) };
-        let data = read_bounded(&self.dir.join(rel))?;
+        let path = format!("{}/{rel}", self.dir);
+        let data = read_beneath(&self.root, &path, Some(listed.sums.size), MAX_INDEX)?;
         let sums = crate::deb::Checksums::of_bytes(&data);
         if sums.size != listed.sums.size || !sums.sha256.eq_ignore_ascii_case(&listed.sums.sha256) {
-            return Err(ImportError::Bad(format!("{}: does not match its Release", self.dir.join(rel).display())));
+            return Err(ImportError::Bad(format!("{}/{path}: does not match its Release", self.root.display())));
         }
-        let text = String::from_utf8(data).map_err(|_| ImportError::Bad(format!("{rel}: not UTF-8")))?;
-        crate::deb::control::parse_stanzas(&text).map_err(|e| ImportError::Bad(format!("{rel}: {e}")))
+        let text = String::from_utf8(data).map_err(|_| ImportError::Bad(format!("{path}: not UTF-8")))?;
+        crate::deb::control::parse_stanzas(&text).map_err(|e| ImportError::Bad(format!("{path}: {e}")))
     }
 
     /// Every component's sources and binaries.
-    fn listed(&self) -> Result<BTreeMap<Component, Listed>> {
+    fn listed(&self, left: &mut Vec<String>) -> Result<BTreeMap<Component, Listed>> {
         use crate::deb::debfile::PackageType;
         let r = crate::deb::Release::parse(&self.release).map_err(|e| ImportError::Bad(e.to_string()))?;
+        let arches: Vec<crate::deb::Arch> = parsed(r.architectures.clone(), &self.dir, left);
         let mut out = BTreeMap::new();
-        for c in &r.components {
-            let Ok(comp) = c.parse::<Component>() else { continue };
-            let mut l = Listed { sources: self.stanzas(&format!("{c}/source/Sources"))?, binaries: vec![] };
-            for a in &r.architectures {
-                for st in self.stanzas(&format!("{c}/binary-{a}/Packages"))? {
+        for comp in parsed::<Component>(r.components.clone(), &self.dir, left) {
+            let mut l = Listed { sources: self.stanzas(&format!("{comp}/source/Sources"))?, binaries: vec![] };
+            for a in &arches {
+                for st in self.stanzas(&format!("{comp}/binary-{a}/Packages"))? {
                     let kind = if st.get("Filename").is_some_and(|f| f.ends_with(".ddeb")) {
                         PackageType::Ddeb
                     } else {
@@ -572,7 +700,7 @@ impl Tree {
                     };
                     l.binaries.push((kind, st));
                 }
-                for st in self.stanzas(&format!("{c}/debian-installer/binary-{a}/Packages"))? {
+                for st in self.stanzas(&format!("{comp}/debian-installer/binary-{a}/Packages"))? {
                     l.binaries.push((PackageType::Udeb, st));
                 }
             }
@@ -582,9 +710,45 @@ impl Tree {
     }
 }
 
+/// Import the mini-buildd instance at `home` into the state directory `state`, which must not
+/// exist or be empty: the import is made in a directory beside it, renamed into place only when
+/// it succeeded, so a failed import leaves nothing behind. `key_file`: the archive key, when
+/// gpg cannot export it from `home`.
+pub fn import_into(state: &Path, home: &Path, key_file: Option<&Path>) -> Result<Report> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ImportError::Io { path, source }
+    };
+    if std::fs::read_dir(state).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(ImportError::Bad(format!(
+            "{} is not empty; import into a new state directory (--state DIR)",
+            state.display()
+        )));
+    }
+    let name = state.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "state".into());
+    let tmp = state.with_file_name(format!(".{name}.importing"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    let result = Instance::open(&tmp).map_err(ImportError::from).and_then(|inst| import(&inst, home, key_file));
+    match result {
+        Ok(report) => {
+            if state.exists() {
+                std::fs::remove_dir(state).map_err(io(state))?;
+            }
+            std::fs::rename(&tmp, state).map_err(io(state))?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Import the mini-buildd instance at `home` into `inst`, a state directory with no
-/// configuration yet. `key_file`: the archive key when gpg cannot export it from `home`.
-pub fn import(inst: &Instance, home: &Path, key_file: Option<&Path>) -> Result<Report> {
+/// configuration yet.
+fn import(inst: &Instance, home: &Path, key_file: Option<&Path>) -> Result<Report> {
     let sqlite = home.join("config.sqlite");
     if !sqlite.is_file() {
         return Err(ImportError::Bad(format!(
@@ -599,26 +763,47 @@ pub fn import(inst: &Instance, home: &Path, key_file: Option<&Path>) -> Result<R
     }
     let tables = read_tables(&sqlite)?;
     let repos_dir = home.join("repositories");
+    let Some(daemon) = rows(&tables, "daemon").first() else {
+        return Err(ImportError::Bad(format!("{} has no Daemon: is it a mini-buildd 2.x instance?", sqlite.display())));
+    };
+    let identity = text(daemon, "identity").to_owned();
+    if identity.parse::<crate::deb::Identity>().is_err() {
+        return Err(ImportError::Bad(format!("the instance's identity {identity:?} is not one buildbay takes")));
+    }
     // The key: the one that signs the repositories.
     let keys = match key_file {
-        Some(f) => ArchiveKey::from_secret_keyring(&read_bounded(f)?)?,
+        Some(f) => ArchiveKey::from_secret_keyring(&read_beneath(
+            f.parent().unwrap_or(Path::new("/")),
+            &f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            None,
+            16 << 20,
+        )?)?,
         None => export_keys(&home.join(".gnupg"))?,
     };
     let mut first_tree = None;
     for r in rows(&tables, "repository") {
-        let dists = repos_dir.join(text(r, "identity")).join("dists");
-        if let Ok(rd) = std::fs::read_dir(&dists)
-            && let Some(d) = rd.flatten().map(|e| e.path()).find(|p| p.join("InRelease").exists())
+        let Ok(repo) = text(r, "identity").parse::<RepoId>() else { continue };
+        let root = repos_dir.join(repo.as_str());
+        if let Ok(rd) = std::fs::read_dir(root.join("dists"))
+            && let Some(d) = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|d| root.join("dists").join(d).join("InRelease").exists())
         {
-            first_tree = Some(d);
+            first_tree = Some((root, d));
             break;
         }
     }
+    let open = |k: &ArchiveKey, (root, d): &(PathBuf, String)| Tree::open(root, &format!("dists/{d}"), k, d, d);
     let key = match &first_tree {
-        Some(dir) => keys
-            .into_iter()
-            .find(|k| Tree::open(dir, k).ok().flatten().is_some())
-            .ok_or_else(|| ImportError::Bad(format!("no secret key found signs {}/InRelease", dir.display())))?,
+        Some(t) => keys.into_iter().find(|k| open(k, t).ok().flatten().is_some()).ok_or_else(|| {
+            ImportError::Bad(format!(
+                "no secret key found signs {}/dists/{}/InRelease as published",
+                t.0.display(),
+                t.1
+            ))
+        })?,
         None => {
             let mut keys = keys;
             if keys.len() != 1 {
@@ -631,101 +816,134 @@ pub fn import(inst: &Instance, home: &Path, key_file: Option<&Path>) -> Result<R
         }
     };
     let origin = match &first_tree {
-        Some(dir) => Tree::open(dir, &key)?.and_then(|t| t.origin()),
+        Some(t) => open(&key, t)?.and_then(|t| t.field("Origin")),
         None => None,
     };
-    let identity = rows(&tables, "daemon").first().map(|r| text(r, "identity").to_owned()).unwrap_or_default();
     let origin = origin.unwrap_or_else(|| format!("Mini-Buildd archive {identity}"));
     let (objects, mut left) = objects(&tables, &origin, &key.fingerprint(), Utc::now());
+    // Everything is read and verified before anything is written.
+    let trees = read_trees(&tables, &repos_dir, &key, &mut left)?;
     let mut report = Report::default();
     inst.adopt_key(key.clone())?;
     report.carried.push(format!("archive key {}", key.fingerprint()));
     for o in objects {
         let (kind, id) = (o.kind(), o.id());
-        inst.put_object(&id, &o)?;
-        report.carried.push(format!("{kind} {id}"));
+        // Checked as an edit is: what the editor would refuse does not come over either.
+        let status = o.status().clone();
+        match config::Object::from_fields(kind, o.fields(), status) {
+            Ok(o) => {
+                inst.put_object(&id, &o)?;
+                report.carried.push(format!("{kind} {id}"));
+            }
+            Err(e) => left.push(format!("{kind} {id:?}: {e}")),
+        }
     }
     for u in rows(&tables, "auth_user") {
         let name = text(u, "username");
         let email = text(u, "email").parse().ok();
         match crate::auth::import_user(&inst.store, name, text(u, "password"), role(u), email) {
             Ok(_) => report.carried.push(format!("user {name} ({})", role(u).as_str())),
-            Err(e) => left.push(format!("user {name}: {e}")),
+            Err(e) => left.push(format!("user {name:?}: {e}")),
         }
     }
     // The repositories, distribution by distribution, rollbacks and snapshots included.
     let archive = inst.archive()?;
-    for repo in inst.list::<Repository>()? {
-        let from = repos_dir.join(repo.identity.as_str());
-        if inst.get::<config::LayoutObject>(&repo.layout)?.is_none() {
+    for (repo, dists) in trees {
+        let Some(conf) = inst.get::<Repository>(repo.as_str())? else { continue };
+        if inst.get::<config::LayoutObject>(&conf.layout)?.is_none() {
             left.push(format!(
-                "repository {}: layout {:?} is not one of buildbay's (Default, Default (no rollbacks), Debian Developer); its packages are not taken",
-                repo.identity, repo.layout
+                "repository {repo}: layout {:?} is not one of buildbay's (Default, Default (no rollbacks), Debian Developer); its packages are not taken",
+                conf.layout
             ));
             continue;
         }
-        archive.prepare_repository(&repo.identity)?;
-        let ctx = archive.ctx(&repo.identity)?;
-        for dist in ctx.all_dists() {
-            let dir = from.join("dists").join(dist.to_string());
-            let Some(tree) = Tree::open(&dir, &key)? else { continue };
-            for name in snapshots(&dir) {
-                match adopt_snapshot(&archive, &dist, &from, &dir, &key, &name) {
-                    Ok(n) => report.carried.push(format!("snapshot {dist}/{name}: {n} sources")),
-                    Err(e) => left.push(format!("snapshot {dist}/{name}: {e}")),
-                }
+        let from = repos_dir.join(repo.as_str());
+        let ctx = match archive.prepare_repository(&repo).and_then(|()| archive.ctx(&repo)) {
+            Ok(ctx) => ctx,
+            Err(e) if e.is_input() => {
+                left.push(format!("repository {repo}: {e}; its packages are not taken"));
+                continue;
             }
-            let a = archive.adopt(&dist, &from, &tree.listed()?)?;
+            Err(e) => return Err(e.into()),
+        };
+        let known = ctx.all_dists();
+        for (name, read) in dists {
+            let Some(dist) = known.iter().find(|d| d.to_string() == name) else {
+                left.push(format!("{}/dists/{name}: not a distribution of repository {repo} here", from.display()));
+                continue;
+            };
+            for (snap, listed) in &read.snapshots {
+                let a = archive.adopt(dist, &from, listed)?;
+                archive.snapshot_create(dist, snap)?;
+                report.carried.push(format!("snapshot {dist}/{snap}: {} sources", a.sources));
+                left.extend(a.skipped.into_iter().map(|s| format!("snapshot {snap} of {s}")));
+            }
+            let a = archive.adopt(dist, &from, &read.listed)?;
             if a.sources > 0 {
                 report.carried.push(format!("{dist}: {} sources, {} binaries", a.sources, a.binaries));
             }
             left.extend(a.skipped);
-        }
-        for d in std::fs::read_dir(from.join("dists")).into_iter().flatten().flatten() {
-            let name = d.file_name().to_string_lossy().into_owned();
-            if !ctx.all_dists().iter().any(|x| x.to_string() == name) {
-                left.push(format!(
-                    "{}/dists/{name}: not a distribution of repository {} here",
-                    from.display(),
-                    repo.identity
-                ));
-            }
         }
     }
     report.left = left;
     Ok(report)
 }
 
-/// The snapshot names under a distribution's tree.
-fn snapshots(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("InRelease").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// Per repository, its distributions' trees by directory name.
+type Trees = Vec<(RepoId, Vec<(String, Read)>)>;
+
+/// A distribution's tree as read (and verified) before anything is written.
+struct Read {
+    listed: BTreeMap<Component, Listed>,
+    snapshots: Vec<(crate::deb::SnapshotName, BTreeMap<Component, Listed>)>,
 }
 
-/// A snapshot: the distribution is made to hold it, and it is frozen under its name (the
-/// distribution's own state is adopted after its snapshots).
-fn adopt_snapshot(
-    archive: &crate::archive::Archive<'_>,
-    dist: &Dist,
-    from: &Path,
-    dir: &Path,
-    key: &ArchiveKey,
-    name: &str,
-) -> Result<usize> {
-    let snap: crate::deb::SnapshotName =
-        name.parse().map_err(|e: crate::deb::names::NameError| ImportError::Bad(e.to_string()))?;
-    let tree =
-        Tree::open(&dir.join("snapshots").join(name), key)?.ok_or_else(|| ImportError::Bad("no InRelease".into()))?;
-    let a = archive.adopt(dist, from, &tree.listed()?)?;
-    archive.snapshot_create(dist, &snap)?;
-    Ok(a.sources)
+/// Every published tree of the repositories, verified against `key`: per repository, per
+/// distribution directory. A tree that does not verify fails the import before it writes.
+fn read_trees(tables: &Tables, repos_dir: &Path, key: &ArchiveKey, left: &mut Vec<String>) -> Result<Trees> {
+    let mut out = Vec::new();
+    for r in rows(tables, "repository") {
+        let Ok(repo) = text(r, "identity").parse::<RepoId>() else { continue };
+        let root = repos_dir.join(repo.as_str());
+        let mut dists = Vec::new();
+        for name in subdirs(&root.join("dists"), left) {
+            let dir = format!("dists/{name}");
+            let Some(tree) = Tree::open(&root, &dir, key, &name, &name)? else {
+                left.push(format!("{}/{dir}: no InRelease", root.display()));
+                continue;
+            };
+            let mut snapshots = Vec::new();
+            for s in subdirs(&root.join(&dir).join("snapshots"), left) {
+                match s.parse::<crate::deb::SnapshotName>() {
+                    Ok(snap) => {
+                        let sdir = format!("{dir}/snapshots/{s}");
+                        let t = Tree::open(&root, &sdir, key, &name, &format!("{name}/snapshots/{s}"))?
+                            .ok_or_else(|| ImportError::Bad(format!("{}/{sdir}: no InRelease", root.display())))?;
+                        snapshots.push((snap, t.listed(left)?));
+                    }
+                    Err(e) => left.push(format!("snapshot {s:?} of {name}: {e}")),
+                }
+            }
+            dists.push((name, Read { listed: tree.listed(left)?, snapshots }));
+        }
+        out.push((repo, dists));
+    }
+    Ok(out)
+}
+
+/// The directories in `dir`, sorted; a symbolic link is listed in `left`, not followed.
+fn subdirs(dir: &Path, left: &mut Vec<String>) -> Vec<String> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && !name.starts_with('.') => names.push(name),
+            Ok(t) if t.is_symlink() => left.push(format!("{:?}: a symbolic link, not followed", dir.join(&name))),
+            _ => {}
+        }
+    }
+    names.sort();
+    names
 }
 
 #[cfg(test)]
@@ -881,5 +1099,28 @@ mod tests {
             assert!(text.contains(want), "{want} not in {text}");
         }
         assert_eq!(role(&rows(&tables, "auth_user")[0]), Role::Admin);
+    }
+
+    #[test]
+    fn build_settings_keep_what_is_valid_and_list_what_is_not() {
+        let mut left = Vec::new();
+        let b = build_settings(
+            serde_json::json!({
+                "lintian_mode": "warnfail",
+                "lintian_extra_options": "--info",
+                "piuparts_extra_options": "--info --evil",
+                "sbuild_setup_blocks": "no-such-block",
+                "internal_apt_priority": 500,
+            }),
+            "distribution bookworm",
+            &mut left,
+        );
+        assert_eq!(b.lintian_mode, crate::protocol::QaMode::Warnfail, "{left:?}");
+        assert_eq!(b.internal_apt_priority, 500);
+        assert!(b.piuparts_extra_options.is_empty());
+        assert_eq!(b.sbuild_setup_blocks, crate::protocol::BuildSettings::default().sbuild_setup_blocks);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().any(|l| l.contains("piuparts_extra_options takes")), "{left:?}");
+        assert!(left.iter().any(|l| l.contains("sbuild_setup_blocks takes")), "{left:?}");
     }
 }

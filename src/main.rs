@@ -580,6 +580,22 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     if let Command::Helper { socket, daemon_user, build } = &cli.command {
         return helper(&cli.state, socket, daemon_user, build, inherited);
     }
+    if let Command::Import { home, archive_key } = &cli.command {
+        // As root (mini-buildd's home is its user's); the result goes to the owner of the
+        // (empty) state directory, when it is not root.
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&cli.state).ok().map(|m| (m.uid(), m.gid())).filter(|(u, _)| *u != 0);
+        let report = buildbay::import::import_into(&cli.state, home, archive_key.as_deref())?;
+        if let Some((uid, gid)) = owner {
+            chown_tree(&cli.state, uid, gid).with_context(|| format!("giving {} to its owner", cli.state.display()))?;
+        }
+        print(cli.json, &report, |r| {
+            let mut out: Vec<String> = r.carried.iter().map(|c| format!("carried over: {c}")).collect();
+            out.extend(r.left.iter().map(|l| format!("not carried over: {l}")));
+            out.join("\n")
+        });
+        return Ok(());
+    }
     // Files the caller names are read as the caller, before working as the state's owner.
     let key_text = match &cli.command {
         Command::Uploader(UploaderCommand::Add { key, .. }) => {
@@ -591,7 +607,11 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
     let inst =
         Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
     match cli.command {
-        Command::BuilderExec { .. } | Command::Man { .. } | Command::ApiReference | Command::Helper { .. } => {
+        Command::BuilderExec { .. }
+        | Command::Man { .. }
+        | Command::ApiReference
+        | Command::Helper { .. }
+        | Command::Import { .. } => {
             unreachable!("handled before the state directory is opened")
         }
         Command::Serve { http, no_default_setup, ftp, build } => {
@@ -690,14 +710,6 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
                     .join("\n")
             });
         }
-        Command::Import { home, archive_key } => {
-            let report = buildbay::import::import(&inst, &home, archive_key.as_deref())?;
-            print(json, &report, |r| {
-                let mut out: Vec<String> = r.carried.iter().map(|c| format!("carried over: {c}")).collect();
-                out.extend(r.left.iter().map(|l| format!("not carried over: {l}")));
-                out.join("\n")
-            });
-        }
         Command::PubKey => print!("{}", inst.pub_key()?),
         Command::User(UserCommand::Add { name, role }) => {
             let password = read_password(&format!("Password for {name}: "))?;
@@ -745,6 +757,17 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
 
 /// As root, on a state directory that another user owns (the packaged daemon's `buildbay`),
 /// work as that user, so that nothing in it becomes root's. Returns the user's name if so.
+/// Give a tree to `uid:gid`, never through a symbolic link.
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 fn become_state_owner(state: &std::path::Path) -> Result<Option<String>> {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {

@@ -23,8 +23,9 @@ as_root() {
     fi
 }
 
-# Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend.
-BUILD=(build-essential pkg-config nettle-dev libclang-dev)
+# Build: nettle-dev + libclang-dev for sequoia's crypto-nettle backend; libsqlite3-dev for
+# rusqlite (`buildbay import` reads a mini-buildd instance's config.sqlite).
+BUILD=(build-essential pkg-config nettle-dev libclang-dev libsqlite3-dev)
 # Tests: dpkg-dev (dpkg-source, dpkg-genchanges), gnupg/gpgv, apt, debian-archive-keyring (the
 # keys setup's source checks verify Debian's InRelease with), xz/gzip, curl,
 # systemd (systemd-socket-activate), dput and python3 (uploads over FTP).

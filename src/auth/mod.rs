@@ -227,15 +227,17 @@ fn is_django(hash: &str) -> bool {
 }
 
 /// Take over a user from another instance (mini-buildd's `auth_user`) with their password
-/// hash as it is: argon2, or Django's PBKDF2-SHA256, which the first login replaces. An
+/// hash as it is: Django's PBKDF2-SHA256 (its default), which the first login replaces with
+/// argon2. Other hashes are refused (an argon2 hash would bring its own cost settings). An
 /// existing user of the name is kept, and refused here.
 pub fn import_user(store: &Store, name: &str, hash: &str, role: Role, email: Option<lettre::Address>) -> Result<User> {
     if !valid_name(name) {
         return Err(AuthError::BadName(name.to_owned()));
     }
-    if !(is_django(hash) || hash.starts_with("$argon2")) || hash.len() > 512 {
+    if !is_django(hash) || hash.len() > 512 {
+        let algo = hash.split('$').next().unwrap_or_default().chars().take(20).collect::<String>();
         return Err(AuthError::Hash(format!(
-            "the password hash of {name} is neither Django's pbkdf2_sha256 nor argon2"
+            "its password hash ({algo:?}) is not Django's pbkdf2_sha256, the only one taken over; set a password with `buildbay user add`"
         )));
     }
     let user = User {
@@ -318,11 +320,19 @@ pub fn list_users(store: &Store) -> Result<Vec<User>> {
 pub fn check_password(store: &Store, name: &str, password: &str) -> Result<Option<User>> {
     let user = get_user(store, name)?;
     match user {
-        Some(mut u) if verify_password(&u.password_hash, password) => {
+        Some(u) if verify_password(&u.password_hash, password) => {
             if is_django(&u.password_hash) {
-                u.password_hash = hash_password(password)?;
+                // Replaced only if nothing changed the user meanwhile (a reset, a removal).
+                let new = hash_password(password)?;
                 let tx = store.write()?;
-                tx.open_table(USERS)?.insert(name, store::encode(&u).as_slice())?;
+                {
+                    let mut t = tx.open_table(USERS)?;
+                    let now: Option<User> = store::get_json(&t, name)?;
+                    if let Some(mut now) = now.filter(|n| n.password_hash == u.password_hash) {
+                        now.password_hash = new;
+                        t.insert(name, store::encode(&now).as_slice())?;
+                    }
+                }
                 tx.commit()?;
             }
             Ok(Some(u))

@@ -46,6 +46,28 @@ pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
     Ok((f, m.len()))
 }
 
+/// Open `rel` beneath `root` for reading: a regular file, reached through no symbolic link at
+/// all and never above `root` (another instance's tree being taken over). Returns it with its
+/// length.
+pub fn open_regular_beneath(root: &Path, rel: &str) -> std::io::Result<(std::fs::File, u64)> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let dir = std::fs::File::open(root)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let f: std::fs::File = nix::fcntl::openat2(&dir, rel, how)
+        .map_err(|e| std::io::Error::other(format!("{}/{rel}: {e} (symbolic links are not followed)", root.display())))?
+        .into();
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}/{rel} is not a regular file", root.display()),
+        ));
+    }
+    Ok((f, m.len()))
+}
+
 /// Writes a tar of regular files, each added from an open file (no symlink is followed).
 pub struct Writer {
     tar: tar::Builder<std::fs::File>,

@@ -10,6 +10,7 @@ mod browser;
 mod crash;
 mod fuzz;
 mod https;
+mod import;
 mod incoming;
 mod jobs;
 mod mail;
