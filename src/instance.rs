@@ -47,9 +47,66 @@ pub struct Instance {
     handshake: std::sync::OnceLock<String>,
 }
 
+/// mini-buildd's `setup --update` and `--pca`: never (empty), `all`, or the objects whose
+/// identity hashes (as an earlier run reported them) are listed, comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Selection {
+    Never,
+    #[default]
+    All,
+    Hashes(std::collections::BTreeSet<String>),
+}
+
+impl Selection {
+    pub fn parse(s: &str) -> Selection {
+        match s.trim() {
+            "" => Selection::Never,
+            "all" => Selection::All,
+            list => Selection::Hashes(
+                list.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect(),
+            ),
+        }
+    }
+
+    pub fn selects(&self, kind: &str, id: &str) -> bool {
+        match self {
+            Selection::Never => false,
+            Selection::All => true,
+            Selection::Hashes(h) => h.contains(&identity_hash(kind, id)),
+        }
+    }
+}
+
+/// mini-buildd's `identity_hash` of a setup instance: the SHA-256 of its identity as JSON with
+/// sorted keys, `{"class": "<class 'mini_buildd.models.<Model>'>", "identifiers": {"id": "'<id>'"}}`
+/// (stable for an object of this instance; `--update` and `--pca` select by it).
+pub fn identity_hash(kind: &str, id: &str) -> String {
+    use sha2::Digest;
+    let model = match kind {
+        kind::APTKEY => "AptKey".to_owned(),
+        kind::PRIORITYSOURCE => "PrioritySource".to_owned(),
+        other => {
+            let mut c = other.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        }
+    };
+    // Python's `json.dumps(…, sort_keys=True)`: ", " and ": " between items.
+    let string = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let identity = format!(
+        "{{\"class\": {}, \"identifiers\": {{\"id\": {}}}}}",
+        string(&format!("<class 'mini_buildd.models.{model}'>")),
+        string(&format!("'{id}'"))
+    );
+    hex::encode(sha2::Sha256::digest(identity.as_bytes()))
+}
+
 /// What `setup` asks for (mini-buildd's `setup` option names).
 #[derive(Debug, Clone, Default)]
 pub struct SetupOptions {
+    /// Which objects are created or changed (`--update`; the offline command: all).
+    pub update: Selection,
+    /// Which objects are prepared, checked and activated (`--pca`; the offline command: all).
+    pub pca: Selection,
     pub identity: Option<Identity>,
     /// The releases' `Origin`: `buildbay`, `mini-buildd` (mini-buildd's form), or the text.
     pub archive_origin: Option<String>,
@@ -93,6 +150,12 @@ pub struct SetupOptions {
 pub struct SetupItem {
     pub kind: &'static str,
     pub id: String,
+    /// mini-buildd's `identity_hash` (see [`identity_hash`]): what `--update` and `--pca` take.
+    pub identity_hash: String,
+    /// mini-buildd's `diff` of a CHANGED object: `{"setup": {"fields", "diff": {field: {"current",
+    /// "target"}}}, "model": …}`, the fields setup sets and how they differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<serde_json::Value>,
     /// MISSING → created, EXISTS (unchanged), CHANGED (updated), ACTIVE after PCA, FAILED.
     pub status: String,
     pub message: Option<String>,
@@ -100,7 +163,31 @@ pub struct SetupItem {
 
 impl SetupItem {
     fn new(kind: &'static str, id: &str, status: &str, message: Option<String>) -> SetupItem {
-        SetupItem { kind, id: id.to_owned(), status: status.to_owned(), message }
+        SetupItem {
+            kind,
+            id: id.to_owned(),
+            identity_hash: identity_hash(kind, id),
+            status: status.to_owned(),
+            message,
+            diff: None,
+        }
+    }
+
+    /// A CHANGED object, with what setup changes in it (`(field, current, target)`).
+    fn changed(kind: &'static str, id: &str, fields: &[(&str, String, String)]) -> SetupItem {
+        let diff: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .filter(|(_, current, target)| current != target)
+            .map(|(f, current, target)| (f.to_string(), serde_json::json!({"current": current, "target": target})))
+            .collect();
+        let names: Vec<&str> = fields.iter().map(|(f, _, _)| *f).collect();
+        SetupItem {
+            diff: Some(serde_json::json!({
+                "setup": {"fields": names, "diff": diff},
+                "model": {"fields": [], "diff": {}},
+            })),
+            ..SetupItem::new(kind, id, "CHANGED", None)
+        }
     }
 }
 
@@ -374,7 +461,8 @@ impl Instance {
         let item = SetupItem::new;
 
         // Daemon.
-        let mut daemon = match self.daemon()? {
+        let stored_daemon = self.daemon()?;
+        let mut daemon = match stored_daemon.clone() {
             Some(d) => d,
             None => {
                 let identity = match &opts.identity {
@@ -395,9 +483,13 @@ impl Instance {
         if let Some(i) = &opts.identity
             && &daemon.identity != i
         {
+            report.push(SetupItem::changed(
+                kind::DAEMON,
+                i.as_str(),
+                &[("identity", daemon.identity.to_string(), i.to_string())],
+            ));
             daemon.identity = i.clone();
             daemon.status.changed();
-            report.push(item(kind::DAEMON, i.as_str(), "CHANGED", None));
         }
         if let Some(choice) = &opts.archive_origin {
             let before = daemon.custom_archive_origin.clone();
@@ -405,15 +497,35 @@ impl Instance {
                 .set_archive_origin(choice, &host_fqdn())
                 .map_err(|e| InstanceError::Setup(format!("--archive-origin: {e}")))?;
             if daemon.custom_archive_origin != before {
-                report.push(item(kind::DAEMON, daemon.identity.as_str(), "CHANGED", Some(daemon.archive_origin())));
+                report.push(SetupItem::changed(
+                    kind::DAEMON,
+                    daemon.identity.as_str(),
+                    &[(
+                        "custom_archive_origin",
+                        before.unwrap_or_default(),
+                        daemon.custom_archive_origin.clone().unwrap_or_default(),
+                    )],
+                ));
             }
         }
-        self.prepare_daemon(&mut daemon)?;
-        let check = self.key()?.clearsign(b"check\n").map(|_| ()).map_err(|e| e.to_string());
-        daemon.status.checked(check, now);
-        daemon.status.activate("daemon")?;
-        self.put("1", &daemon)?;
-        self.refresh_origins()?;
+        let did = daemon.identity.to_string();
+        let update = opts.update.selects(kind::DAEMON, &did);
+        if !update && let Some(d) = &stored_daemon {
+            daemon = d.clone();
+        }
+        let pca = opts.pca.selects(kind::DAEMON, &did);
+        if update || (pca && stored_daemon.is_some()) {
+            if pca {
+                self.prepare_daemon(&mut daemon)?;
+                let check = self.key()?.clearsign(b"check\n").map(|_| ()).map_err(|e| e.to_string());
+                daemon.status.checked(check, now);
+                daemon.status.activate("daemon")?;
+            }
+            self.put("1", &daemon)?;
+            if self.key.get().is_some() {
+                self.refresh_origins()?;
+            }
+        }
 
         // Origins: their keys, main archive and releases.
         let mut archives: Vec<ArchiveUrl> = Vec::new();
@@ -456,7 +568,7 @@ impl Instance {
             archives.extend(found);
         }
         for url in archives {
-            self.setup_object(&opts.places, config::Object::Archive(config::Archive::new(url)), &mut report)?;
+            self.setup_object(opts, config::Object::Archive(config::Archive::new(url)), &mut report)?;
         }
         // Sources.
         for spec in &opts.sources {
@@ -474,7 +586,7 @@ impl Instance {
             ));
         }
         for (origin, codename) in &source_specs {
-            self.setup_source(&opts.places, origin, codename, &mut report)?;
+            self.setup_source(opts, origin, codename, &mut report)?;
         }
 
         // Distributions (each with its base source).
@@ -513,7 +625,7 @@ impl Instance {
                 codename.as_str().parse().map_err(|e: crate::deb::names::NameError| {
                     InstanceError::Setup(format!("distribution {spec:?}: {e}"))
                 })?;
-            let sid = self.setup_source(&opts.places, origin, &suite, &mut report)?;
+            let sid = self.setup_source(opts, origin, &suite, &mut report)?;
             let main: Component = "main".parse().expect("valid");
 
             let wanted: Vec<ArchOption> = arches
@@ -525,11 +637,21 @@ impl Instance {
                 Some(mut d) => {
                     if d.architectures != wanted || d.build_backend != build_backend || d.build_network != build_network
                     {
+                        let arches =
+                            |a: &[ArchOption]| a.iter().map(|o| o.arch.to_string()).collect::<Vec<_>>().join("+");
+                        report.push(SetupItem::changed(
+                            kind::DISTRIBUTION,
+                            codename.as_str(),
+                            &[
+                                ("architectures", arches(&d.architectures), arches(&wanted)),
+                                ("build_backend", format!("{:?}", d.build_backend), format!("{build_backend:?}")),
+                                ("build_network", d.build_network.to_string(), build_network.to_string()),
+                            ],
+                        ));
                         d.architectures = wanted;
                         d.build_backend = build_backend;
                         d.build_network = build_network;
                         d.status.changed();
-                        report.push(item(kind::DISTRIBUTION, codename.as_str(), "CHANGED", None));
                     }
                     d
                 }
@@ -548,8 +670,12 @@ impl Instance {
                     }
                 }
             };
+            if !opts.update.selects(kind::DISTRIBUTION, codename.as_str()) {
+                self.setup_report(opts, config::Kind::Distribution, codename.as_str(), &mut report)?;
+                continue;
+            }
             self.put(codename.as_str(), &dist)?;
-            self.setup_pca(&opts.places, config::Kind::Distribution, codename.as_str(), &mut report)?;
+            self.setup_pca(opts, config::Kind::Distribution, codename.as_str(), &mut report)?;
         }
 
         // Repositories.
@@ -585,10 +711,18 @@ impl Instance {
             let mut repo = match self.get::<Repository>(id.as_str())? {
                 Some(mut r) => {
                     if r.layout != layout_name || r.distributions != codenames {
+                        let join = |c: &[Codename]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("+");
+                        report.push(SetupItem::changed(
+                            kind::REPOSITORY,
+                            id.as_str(),
+                            &[
+                                ("layout", r.layout.clone(), layout_name.to_owned()),
+                                ("distributions", join(&r.distributions), join(&codenames)),
+                            ],
+                        ));
                         r.layout = layout_name.to_owned();
                         r.distributions = codenames;
                         r.status.changed();
-                        report.push(item(kind::REPOSITORY, id.as_str(), "CHANGED", None));
                     }
                     r
                 }
@@ -610,7 +744,14 @@ impl Instance {
                     }
                 }
             };
+            if !opts.update.selects(kind::REPOSITORY, id.as_str()) {
+                self.setup_report(opts, config::Kind::Repository, id.as_str(), &mut report)?;
+                continue;
+            }
             self.put(id.as_str(), &repo)?;
+            if !opts.pca.selects(kind::REPOSITORY, id.as_str()) {
+                continue;
+            }
             let was_prepared =
                 repo.status.state != config::State::Removed && repo.status.checked != config::Checked::Changed;
             if !was_prepared {
@@ -627,12 +768,22 @@ impl Instance {
         for spec in &chroot_specs(&opts.chroots) {
             let c = self.chroot_spec(spec)?;
             let id = c.id();
-            let exists = self.get::<Chroot>(&id)?.is_some();
-            if !exists {
+            let stored = self.get::<Chroot>(&id)?;
+            if stored.is_none() {
                 report.push(item(kind::CHROOT, &id, "MISSING", None));
             }
-            let c = self.make_chroot(&opts.places, c, false)?;
-            report.push(item(kind::CHROOT, &id, status_word(&c.status), c.status.message.clone()));
+            let (update, pca) = (opts.update.selects(kind::CHROOT, &id), opts.pca.selects(kind::CHROOT, &id));
+            match (stored, update, pca) {
+                (_, _, true) if update || self.get::<Chroot>(&id)?.is_some() => {
+                    let c = self.make_chroot(&opts.places, c, false)?;
+                    report.push(item(kind::CHROOT, &id, status_word(&c.status), c.status.message.clone()));
+                }
+                (None, true, false) => self.put(&id, &c)?,
+                (Some(c), _, _) => {
+                    report.push(item(kind::CHROOT, &id, status_word(&c.status), c.status.message.clone()))
+                }
+                _ => {}
+            }
         }
 
         // Remotes: each one's failure (unreachable, no key yet) is reported, the others go on.
@@ -652,7 +803,7 @@ impl Instance {
                 verified: false,
                 status: Status::default(),
             };
-            if let Err(e) = self.setup_object(&opts.places, config::Object::Remote(remote), &mut report) {
+            if let Err(e) = self.setup_object(opts, config::Object::Remote(remote), &mut report) {
                 report.push(item(kind::REMOTE, &id, "FAILED", Some(e.to_string())));
             }
         }
@@ -675,7 +826,7 @@ impl Instance {
     /// it went. A failed check is reported, not returned.
     fn setup_object(
         &self,
-        places: &crate::chroot::Places,
+        opts: &SetupOptions,
         obj: config::Object,
         report: &mut Vec<SetupItem>,
     ) -> Result<config::Object> {
@@ -688,24 +839,57 @@ impl Instance {
             }
             Some(_) => {}
             None => {
-                self.put_object(&id, &obj)?;
                 report.push(SetupItem::new(k.as_str(), &id, "MISSING", None));
+                if !opts.update.selects(k.as_str(), &id) {
+                    return Ok(obj);
+                }
+                self.put_object(&id, &obj)?;
             }
         }
-        self.setup_pca(places, k, &id, report)
+        self.setup_pca(opts, k, &id, report)
     }
 
+    /// Prepare, check and activate one object, when `--pca` selects it; else report its status.
     fn setup_pca(
         &self,
-        places: &crate::chroot::Places,
+        opts: &SetupOptions,
         k: config::Kind,
         id: &str,
         report: &mut Vec<SetupItem>,
     ) -> Result<config::Object> {
-        let done = self.lifecycle(places, k, id, config::Action::Pca)?;
+        if !opts.pca.selects(k.as_str(), id) {
+            return self.setup_report(opts, k, id, report);
+        }
+        let done = self.lifecycle(&opts.places, k, id, config::Action::Pca)?;
         let s = done.status();
         report.push(SetupItem::new(k.as_str(), id, status_word(s), s.message.clone()));
         Ok(done)
+    }
+
+    /// Report an object as it is (not selected by `--update` or `--pca`).
+    fn setup_report(
+        &self,
+        _opts: &SetupOptions,
+        k: config::Kind,
+        id: &str,
+        report: &mut Vec<SetupItem>,
+    ) -> Result<config::Object> {
+        let reported_changed =
+            report.last().is_some_and(|i| i.kind == k.as_str() && i.id == id && i.status == "CHANGED");
+        match self.object(k, id)? {
+            // Reported as CHANGED (with its diff) already, not applied.
+            Some(o) if reported_changed => Ok(o),
+            Some(o) => {
+                // There, never prepared: mini-buildd's DEACTIVATED.
+                let word = match o.status().state {
+                    config::State::Removed => "DEACTIVATED",
+                    _ => status_word(o.status()),
+                };
+                report.push(SetupItem::new(k.as_str(), id, word, o.status().message.clone()));
+                Ok(o)
+            }
+            None => Err(InstanceError::Setup(format!("{k} {id} is not there; select it with --update"))),
+        }
     }
 
     /// A Source for setup: created if missing, with its origin's keys (from the host's keyring
@@ -713,13 +897,19 @@ impl Instance {
     /// all; then prepared, checked against its archives, and activated. Returns its id.
     fn setup_source(
         &self,
-        places: &crate::chroot::Places,
+        opts: &SetupOptions,
         origin: &str,
         codename: &crate::deb::ArchiveSuite,
         report: &mut Vec<SetupItem>,
     ) -> Result<String> {
         let known = sources::origin(origin).ok();
         let id = format!("{origin}:{codename}");
+        // A selected source brings its keys and archive along.
+        let deps = SetupOptions {
+            update: if opts.update.selects(kind::SOURCE, &id) { Selection::All } else { opts.update.clone() },
+            pca: if opts.pca.selects(kind::SOURCE, &id) { Selection::All } else { opts.pca.clone() },
+            ..opts.clone()
+        };
         let mut s = match self.get::<Source>(&id)? {
             Some(s) => s,
             None => {
@@ -749,7 +939,7 @@ impl Instance {
                 Some(o) => {
                     let mut fps = Vec::new();
                     for k in o.keys().map_err(|e| InstanceError::Setup(e.to_string()))? {
-                        fps.push(self.setup_object(places, config::Object::AptKey(k), report)?.id());
+                        fps.push(self.setup_object(&deps, config::Object::AptKey(k), report)?.id());
                     }
                     fps
                 }
@@ -760,10 +950,16 @@ impl Instance {
             && self.list::<config::Archive>()?.is_empty()
         {
             let url = o.archive.parse().map_err(InstanceError::Setup)?;
-            self.setup_object(places, config::Object::Archive(config::Archive::new(url)), report)?;
+            self.setup_object(&deps, config::Object::Archive(config::Archive::new(url)), report)?;
+        }
+        if !opts.update.selects(kind::SOURCE, &id) {
+            if self.get::<Source>(&id)?.is_some() {
+                self.setup_report(opts, config::Kind::Source, &id, report)?;
+            }
+            return Ok(id);
         }
         self.put(&id, &s)?;
-        self.setup_pca(places, config::Kind::Source, &id, report)?;
+        self.setup_pca(opts, config::Kind::Source, &id, report)?;
         Ok(id)
     }
 
@@ -1337,6 +1533,23 @@ pub fn default_identity() -> Identity {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_hashes_and_selections_are_mini_buildds() {
+        use super::{Selection, identity_hash};
+        // Python: sha256(json.dumps({"class": "<class 'mini_buildd.models.Repository'>",
+        // "identifiers": {"id": repr("test")}}, sort_keys=True)).
+        let h = identity_hash("repository", "test");
+        assert_eq!(h, "33b605e867312da725e9d6413b62dbb25189483ecbc96f3684f8cc3ea546d4b2");
+        assert_ne!(identity_hash("distribution", "test"), h, "the kind is part of it");
+        assert_eq!(Selection::parse(""), Selection::Never);
+        assert_eq!(Selection::parse(" all "), Selection::All);
+        let some = Selection::parse(&format!("{}, other", h.to_uppercase()));
+        assert!(some.selects("repository", "test"));
+        assert!(!some.selects("repository", "other-repo"));
+        assert!(!Selection::Never.selects("repository", "test"));
+        assert!(Selection::All.selects("chroot", "bookworm:i386"));
+    }
+
     #[test]
     fn from_options_expand_like_mini_buildds() {
         let opts = super::SetupOptions {

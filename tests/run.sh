@@ -53,8 +53,9 @@ install_missing() {
 
 # Running the daemon so that it builds (debian/control's Depends): sbuild and schroot, mmdebstrap
 # for the chroot image it makes on its first start, systemd-nspawn for the default's builds.
-# dose-distcheck: the migration gate checks installability with it.
-DAEMON=(systemd sbuild schroot mmdebstrap systemd-container ca-certificates debian-archive-keyring dose-distcheck)
+# dose-distcheck: the migration gate checks installability with it; arch-test: mmdebstrap makes
+# a foreign architecture's image (bookworm:i386 on amd64) only with it.
+DAEMON=(systemd sbuild schroot mmdebstrap systemd-container ca-certificates debian-archive-keyring dose-distcheck arch-test)
 
 install_missing "${BUILD[@]}"
 [ "${1:-}" = build-deps ] && exit 0

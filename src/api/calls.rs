@@ -8,7 +8,7 @@ use crate::config::{self, LayoutObject, Repository, Subscription, Uploader};
 use crate::daemon::Daemon;
 use crate::deb::{Codename, Dist, PackageName, RepoId, SnapshotName, Version};
 use crate::events::Event;
-use crate::instance::{InstanceError, SetupOptions};
+use crate::instance::{InstanceError, Selection, SetupOptions};
 use crate::layout::Layout;
 use serde_json::{Value as Json, json};
 
@@ -583,7 +583,11 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 ApiError::new(503, "another maintenance call (setup) is running; try again when it is done")
             })?;
             let identity = args.parse("identity")?;
+            // mini-buildd's: without --update nothing is created or changed, without --pca
+            // nothing is prepared, checked or activated; the report says what is there.
             let opts = SetupOptions {
+                update: Selection::parse(args.str("update").unwrap_or_default()),
+                pca: Selection::parse(args.str("pca").unwrap_or_default()),
                 identity,
                 archive_origin: args.str("archive_origin").map(str::to_owned),
                 distributions: args.list("distributions"),
@@ -612,19 +616,7 @@ pub fn execute(d: &Daemon, args: &Args, who: &Principal, origin: &Origin) -> Res
                 json!({"given": e, "applied": false, "listening": format!("{}:{}", origin.host(), d.ftp_port),
                        "why": "the FTP listener is `buildbay serve --ftp` or buildbay-ftp.socket (systemctl edit buildbay-ftp.socket)"})
             });
-            let update = args.str("update") == Some("all")
-                || opts.archive_origin.is_some()
-                || !opts.distributions.is_empty()
-                || !opts.repositories.is_empty()
-                || !opts.chroots.is_empty()
-                || !opts.archives.is_empty()
-                || opts.archives_from_apt_sources
-                || !opts.sources.is_empty()
-                || !opts.from_origins.is_empty()
-                || opts.archives_from_proxy
-                || !opts.repositories_from_distributions.is_empty()
-                || !opts.remotes.is_empty();
-            let report = if update { d.inst.setup(&opts)? } else { vec![] };
+            let report = d.inst.setup(&opts)?;
             Ok(json!({
                 "setup": {"identity": args.str("identity"), "from_origins": opts.from_origins, "archives": opts.archives,
                           "archives_from_apt_sources": opts.archives_from_apt_sources, "sources": opts.sources,

@@ -441,7 +441,7 @@ pub static CALLS: &[Call] = &[
         needs_running: false,
         confirm: true,
         group: "Administrator",
-        doc: "Create or update configuration objects, then prepare, check and activate them.",
+        doc: "mini-buildd's declarative setup: report the objects the options name, create or change those --update selects, and prepare, check and activate those --pca selects.",
         args: &[
             opt(
                 "remotes",
@@ -455,14 +455,14 @@ pub static CALLS: &[Call] = &[
                 None,
                 Kind::Str,
                 Default::Server,
-                "all: apply the defaults even with no other option. Without it and with no object option, setup changes nothing and reports the instance; an object option applies with or without it.",
+                "Create or change the objects the options name: all, or the identity_hash of each, comma-separated (as a run without it reports them). Without it, setup changes nothing: it reports each object (MISSING, ACTIVE, CHANGED with a diff, FAILED, DEACTIVATED).",
             ),
             opt(
                 "pca",
                 None,
                 Kind::Str,
                 Default::Server,
-                "Accepted for mini-buildd's client; not yet used: setup always prepares, checks and activates what it creates or changes.",
+                "Prepare, check and activate the objects the options name: all, or their identity_hash, comma-separated. Without it, nothing is prepared, checked or activated (a chroot's image is not made).",
             ),
             opt("identity", None, Kind::Str, Default::Server, "Instance identity (default: host name)."),
             opt(

@@ -519,25 +519,60 @@ fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
     let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &["--chroots-backend", "LVM"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("chroots_backend LVM") && err.contains("Dir"), "{err}");
-    // mini-buildd's setup spellings through its own client: with no arguments it inspects and
-    // changes nothing; a bare codename is a source of its known origin (offline here, so its
-    // check fails, and says why).
+    // mini-buildd's setup spellings through its own client. With no arguments it inspects and
+    // changes nothing; without --update an object option is reported, not applied (MISSING, or
+    // CHANGED with its diff), each with its identity_hash; --update <hash> creates only that
+    // one, --pca <hash> prepares, checks and activates only that one. A bare codename is a
+    // source of its known origin (offline here, so its check fails, and says why).
     let config = || crate::common::upload::api_as(&s.url, "admin", &["config_ls"]).stdout;
     let before = config();
     assert!(String::from_utf8_lossy(&before).contains("\"kind\""), "config_ls answers");
-    let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &[]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("\"instances\": []"), "{text}");
+    let setup = |args: &[&str]| -> serde_json::Value {
+        let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", args);
+        assert!(out.status.success(), "setup {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let item = |out: &serde_json::Value, kind: &str, id: &str| -> serde_json::Value {
+        out["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|i| i["kind"] == kind && i["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} {id}: {out}"))
+    };
+    let out = setup(&[]);
+    assert_eq!(item(&out, "repository", "test")["status"], "ACTIVE", "{out}");
+    assert_eq!(item(&out, "daemon", "ci")["identity_hash"].as_str().map(str::len), Some(64), "{out}");
     assert_eq!(config(), before, "inspecting changed nothing");
-    let out = crate::common::upload::mbd_client_as(
-        &s.url,
-        "admin",
-        "setup",
-        &["--update", "all", "--sources", "bookworm-backports"],
+    let out = setup(&["--sources", "bookworm-backports", "--distributions", "bookworm:amd64+i386"]);
+    let missing = item(&out, "source", "Debian:bookworm-backports");
+    assert_eq!(missing["status"], "MISSING", "{out}");
+    let changed = item(&out, "distribution", "bookworm");
+    assert_eq!(changed["status"], "CHANGED", "{out}");
+    assert_eq!(
+        changed["diff"]["setup"]["diff"]["architectures"],
+        serde_json::json!({"current": "amd64", "target": "amd64+i386"}),
+        "{changed}"
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("\"id\": \"Debian:bookworm-backports\""), "{text}");
+    assert_eq!(config(), before, "without --update nothing is applied");
+    let hash = missing["identity_hash"].as_str().expect("identity_hash").to_owned();
+    let out = setup(&["--update", &hash, "--sources", "bookworm-backports", "--distributions", "bookworm:amd64+i386"]);
+    assert_eq!(
+        item(&out, "source", "Debian:bookworm-backports")["status"],
+        "DEACTIVATED",
+        "created, not prepared: {out}"
+    );
+    assert_eq!(item(&out, "distribution", "bookworm")["status"], "CHANGED", "not selected, not applied: {out}");
+    let out = setup(&["--update", "all", "--pca", &hash, "--sources", "bookworm-backports"]);
+    let text = out.to_string();
     assert!(text.contains("no archive serves Debian:bookworm-backports"), "{text}");
+    assert_eq!(item(&out, "source", "Debian:bookworm-backports")["status"], "FAILED", "{out}");
+    let all: serde_json::Value = serde_json::from_slice(&config()).expect("config_ls");
+    let dist = all.as_array().into_iter().flatten().find(|o| o["kind"] == "distribution" && o["id"] == "bookworm");
+    let arches = dist.map(|d| d["fields"]["architectures"].as_array().map_or(0, Vec::len));
+    assert_eq!(arches, Some(1), "the distribution was never selected: {dist:?}");
     // A setting setup does not change is answered with where it is set, not dropped.
     let out = crate::common::upload::mbd_client_as(&s.url, "admin", "setup", &["--ftp-endpoint", "tcp6:port=8067"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -102,16 +102,16 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
 
     // A adds B: B's key comes from its pub_key; the check (B's handshake) fails until B has
     // added A, so A's remote is armed to activate once a check passes.
-    let out = as_admin(&sa.url, &["setup", "--remotes", &sb.url]);
+    let out = as_admin(&sa.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &sb.url]);
     assert!(out.contains(&sb.url) && out.contains("FAILED"), "{out}");
     assert!(out.contains("handshake failed"), "{out}");
     // A lists B already (armed to activate once a check passes), so B's check of A passes.
     assert_eq!(remotes_of(&sa.url), vec![sb.url.clone()]);
-    let out = as_admin(&sb.url, &["setup", "--remotes", &sa.url]);
+    let out = as_admin(&sb.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &sa.url]);
     assert!(!out.contains("FAILED"), "{out}");
     assert_eq!(remotes_of(&sb.url), vec![sa.url.clone()]);
     // A's dispatcher checks B again by itself; or a second setup does it at once.
-    let out = as_admin(&sa.url, &["setup", "--remotes", &sb.url]);
+    let out = as_admin(&sa.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &sb.url]);
     assert!(!out.contains("FAILED"), "{out}");
     let ls: serde_json::Value = serde_json::from_str(&as_admin(&sa.url, &["config_ls"])).expect("config_ls JSON");
     let remote = ls.as_array().expect("objects").iter().find(|o| o["kind"] == "remote").expect("a remote").clone();
@@ -119,7 +119,10 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
     assert_eq!(remote["fields"]["key_fingerprint"].as_str().map(str::len), Some(40), "{remote}");
     // mini-buildd's spelling of a remote (a Twisted endpoint) names the same one.
     let port = sb.url.rsplit(':').next().expect("port");
-    let out = as_admin(&sa.url, &["setup", "--remotes", &format!("tcp:host=127.0.0.1:port={port}")]);
+    let out = as_admin(
+        &sa.url,
+        &["setup", "--update", "all", "--pca", "all", "--remotes", &format!("tcp:host=127.0.0.1:port={port}")],
+    );
     assert!(out.contains("ACTIVE") && !out.contains("FAILED"), "{out}");
     assert_eq!(remotes_of(&sa.url), vec![sb.url.clone()]);
 
@@ -173,7 +176,7 @@ fn two_instances_shake_hands_and_refuse_what_is_not_theirs() {
     admin(&c);
     let sc = serve(&c, "1");
     for (on, remote) in [(&sa, &sc), (&sc, &sa), (&sa, &sc)] {
-        as_admin(&on.url, &["setup", "--remotes", &remote.url]);
+        as_admin(&on.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &remote.url]);
     }
     ftp_upload(&sc.ftp, &build_request(dir.path(), &format!("ftp://{}/", sa.ftp), (&ag, afpr.as_str())));
     let built = wait_event(&sc.url, "evil", "BUILT", WAIT);

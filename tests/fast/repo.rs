@@ -274,7 +274,11 @@ fn the_archive_origin_is_an_option_and_every_release_follows_it() {
     let out = upload::api_as(&srv.url, "admin", &["config_action", "daemon", "1", "pca"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(origin_of("bookworm-test-unstable"), "Our Archive");
-    let out = upload::api_as(&srv.url, "admin", &["setup", "--archive-origin", "buildbay"]);
+    let out = upload::api_as(
+        &srv.url,
+        "admin",
+        &["setup", "--update", "all", "--pca", "all", "--archive-origin", "buildbay"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(origin_of("bookworm-test-testing"), "Buildbay archive ci");
     assert!(srv.stop());

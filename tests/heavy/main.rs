@@ -14,4 +14,5 @@ mod mini_buildd;
 mod online;
 mod qa;
 mod remotes;
+mod setup_spellings;
 mod systemd_builds;

@@ -137,11 +137,11 @@ fn mini_buildd_and_buildbay_build_for_each_other() {
     let sb = serve_builds(&b, (http, ftp), "1", &["--no-default-setup"]);
 
     // The handshake both ways, with mini-buildd's own spelling of a remote on its side.
-    let out = api_as(&sb.url, "admin", &["setup", "--remotes", MBD]);
+    let out = api_as(&sb.url, "admin", &["setup", "--update", "all", "--pca", "all", "--remotes", MBD]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = mbd_setup(&["--remotes", &format!("tcp:host=127.0.0.1:port={http}")]);
     assert!(out.contains("tcp:host=127.0.0.1"), "{out}");
-    let out = api_as(&sb.url, "admin", &["setup", "--remotes", MBD]);
+    let out = api_as(&sb.url, "admin", &["setup", "--update", "all", "--pca", "all", "--remotes", MBD]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !text.contains("FAILED"), "{text}");
     assert_eq!(api(&sb.url, "status", "")["remotes"], serde_json::json!([MBD]));

@@ -56,7 +56,15 @@ fn sources_are_checked_against_archives_and_keys() {
     assert!(archive["fields"]["ping_ms"].as_u64().is_some(), "{archive}");
 
     // Backports, through setup; then as a pinned extra source of bookworm.
-    let out = call(&["setup", "--sources", "Debian Backports:bookworm-backports,Debian:nosuchrelease"]);
+    let out = call(&[
+        "setup",
+        "--update",
+        "all",
+        "--pca",
+        "all",
+        "--sources",
+        "Debian Backports:bookworm-backports,Debian:nosuchrelease",
+    ]);
     let item = |id: &str| {
         out["instances"].as_array().unwrap().iter().rev().find(|i| i["kind"] == "source" && i["id"] == id).cloned()
     };

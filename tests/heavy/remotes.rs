@@ -62,9 +62,9 @@ fn a_remote_builds_what_its_packager_delegates() {
     let (pa, pb) = ((free_port(), free_port()), (free_port(), free_port()));
     let mut sa = serve(&a, pa, "0");
     let mut sb = serve(&b, pb, "1");
-    as_admin(&sa.url, &["setup", "--remotes", &sb.url]);
-    as_admin(&sb.url, &["setup", "--remotes", &sa.url]);
-    let out = as_admin(&sa.url, &["setup", "--remotes", &sb.url]);
+    as_admin(&sa.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &sb.url]);
+    as_admin(&sb.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &sa.url]);
+    let out = as_admin(&sa.url, &["setup", "--update", "all", "--pca", "all", "--remotes", &sb.url]);
     assert!(!out.contains("FAILED"), "{out}");
     assert_eq!(api(&sa.url, "status", "")["remotes"], serde_json::json!([sb.url]));
 

@@ -244,7 +244,11 @@ fn builds_are_transient_systemd_units() {
 
     // The nspawn backend, chosen by the distribution: an ephemeral machine that machinectl lists
     // while it builds, the build step as a user without network, the same kind of result.
-    let out = api_as(&url, "admin", &["setup", "--distributions", "bookworm:amd64:nspawn"]);
+    let out = api_as(
+        &url,
+        "admin",
+        &["setup", "--update", "all", "--pca", "all", "--distributions", "bookworm:amd64:nspawn"],
+    );
     assert!(out.status.success(), "setup nspawn: {}", String::from_utf8_lossy(&out.stderr));
     let probe = "echo buildbay-user: $$(id -un); echo buildbay-netifs: $$(grep -c : /proc/net/dev); sleep 8";
     let machine_pkg = buildable_source(dir.path(), "sdnspawn", "1.0~test12+1", UNSTABLE, probe);
