@@ -248,13 +248,18 @@ pub fn import_user(store: &Store, name: &str, hash: &str, role: Role, email: Opt
         must_change_password: false,
         email,
     };
+    insert_new(store, user)
+}
+
+/// Store a user that must not exist yet.
+fn insert_new(store: &Store, user: User) -> Result<User> {
     let tx = store.write()?;
     {
         let mut t = tx.open_table(USERS)?;
-        if t.get(name)?.is_some() {
-            return Err(AuthError::Exists(name.to_owned()));
+        if t.get(user.name.as_str())?.is_some() {
+            return Err(AuthError::Exists(user.name));
         }
-        t.insert(name, store::encode(&user).as_slice())?;
+        t.insert(user.name.as_str(), store::encode(&user).as_slice())?;
     }
     tx.commit()?;
     Ok(user)
@@ -289,16 +294,7 @@ pub fn add_user_with(store: &Store, name: &str, password: &str, role: Role, one_
         must_change_password: one_time,
         email: None,
     };
-    let tx = store.write()?;
-    {
-        let mut t = tx.open_table(USERS)?;
-        if t.get(name)?.is_some() {
-            return Err(AuthError::Exists(name.to_owned()));
-        }
-        t.insert(name, store::encode(&user).as_slice())?;
-    }
-    tx.commit()?;
-    Ok(user)
+    insert_new(store, user)
 }
 
 pub fn get_user(store: &Store, name: &str) -> Result<Option<User>> {

@@ -36,12 +36,14 @@ pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(path)?;
+    regular(f, &path.display())
+}
+
+/// An open file with its length, when it is a regular file (not a FIFO, a device, …).
+fn regular(f: std::fs::File, name: &dyn std::fmt::Display) -> std::io::Result<(std::fs::File, u64)> {
     let m = f.metadata()?;
     if !m.file_type().is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name} is not a regular file")));
     }
     Ok((f, m.len()))
 }
@@ -58,14 +60,7 @@ pub fn open_regular_beneath(root: &Path, rel: &str) -> std::io::Result<(std::fs:
     let f: std::fs::File = nix::fcntl::openat2(&dir, rel, how)
         .map_err(|e| std::io::Error::other(format!("{}/{rel}: {e} (symbolic links are not followed)", root.display())))?
         .into();
-    let m = f.metadata()?;
-    if !m.file_type().is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{}/{rel} is not a regular file", root.display()),
-        ));
-    }
-    Ok((f, m.len()))
+    regular(f, &format_args!("{}/{rel}", root.display()))
 }
 
 /// Writes a tar of regular files, each added from an open file (no symlink is followed).

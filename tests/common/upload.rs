@@ -454,6 +454,18 @@ pub fn mbd_client_as(url: &str, user: &str, call: &str, args: &[&str]) -> std::p
     )
 }
 
+/// The last item of `kind` `id` in a `setup` answer's `instances`.
+pub fn setup_item(out: &serde_json::Value, kind: &str, id: &str) -> serde_json::Value {
+    out["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|i| i["kind"] == kind && i["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} {id} in {out}"))
+}
+
 /// Wall-clock seconds since the epoch.
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

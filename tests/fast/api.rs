@@ -532,16 +532,7 @@ fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
         assert!(out.status.success(), "setup {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("JSON")
     };
-    let item = |out: &serde_json::Value, kind: &str, id: &str| -> serde_json::Value {
-        out["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .rev()
-            .find(|i| i["kind"] == kind && i["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {kind} {id}: {out}"))
-    };
+    let item = crate::common::upload::setup_item;
     let out = setup(&[]);
     assert_eq!(item(&out, "repository", "test")["status"], "ACTIVE", "{out}");
     assert_eq!(item(&out, "daemon", "ci")["identity_hash"].as_str().map(str::len), Some(64), "{out}");

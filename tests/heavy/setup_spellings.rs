@@ -3,7 +3,7 @@
 //! `--chroots bookworm:amd64+i386` prepares an i386 image beside the shared amd64 one, and
 //! `remake_chroots --keys bookworm:amd64` remakes that one only. Needs root and Debian's archive.
 
-use crate::common::upload::mbd_client_as;
+use crate::common::upload::{mbd_client_as, setup_item as item};
 use crate::common::*;
 use std::path::Path;
 use std::time::Instant;
@@ -13,18 +13,6 @@ const MACHINES: &str = "/var/lib/machines";
 fn json(out: std::process::Output, what: &str) -> serde_json::Value {
     assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// The last report item of `kind` `id`.
-fn item(out: &serde_json::Value, kind: &str, id: &str) -> serde_json::Value {
-    out["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .find(|i| i["kind"] == kind && i["id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {kind} {id} in {out}"))
 }
 
 #[test]
