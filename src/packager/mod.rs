@@ -966,17 +966,14 @@ impl Packager<'_> {
                 .map_err(|e| Install::Bad(format!("{arch}: {e}")))?;
             list.push(built);
         }
-        let mut bad = Vec::new();
-        for (r, p) in archive.include_many(&dist, &list, false).into_iter().zip(&list) {
-            if let Err(e) = r {
-                let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                if !e.is_input() {
-                    return Err(Install::Later(format!("{name}: {e}")));
-                }
-                bad.push(format!("{name}: {e}"));
-            }
+        // One include of everything: a refused architecture leaves nothing installed, neither
+        // the source nor the other architectures.
+        let all = combined_changes(&dir, changes, &list).map_err(Install::Bad)?;
+        match archive.include(&dist, &all, false) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_input() => Err(Install::Bad(format!("nothing was installed: {e}"))),
+            Err(e) => Err(Install::Later(e.to_string())),
         }
-        if bad.is_empty() { Ok(()) } else { Err(Install::Bad(bad.join("; "))) }
     }
 }
 
@@ -1117,6 +1114,72 @@ fn source_only_changes(dir: &Path, changes: &Changes) -> Result<PathBuf> {
     st.remove("Binary");
     let path = dir.join(format!("{}_{}_buildbay-source.changes", changes.source, changes.version));
     write_synced(&path, st.to_string().as_bytes())?;
+    Ok(path)
+}
+
+/// One `.changes` (in `<dir>/install/`) listing the files of every part (the source-only
+/// `.changes` and each architecture's result, each file checked against its part's sums), so
+/// that they are installed together or not at all. A name in two parts must be one content.
+fn combined_changes(dir: &Path, upload: &Changes, parts: &[PathBuf]) -> std::result::Result<PathBuf, String> {
+    use crate::deb::debfile::PackageType;
+    let out = dir.join("install");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut stanza: Option<crate::deb::Stanza> = None;
+    let (mut arches, mut binaries): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let (mut md5, mut sha1, mut sha256) = (String::new(), String::new(), String::new());
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    for part in parts {
+        let raw = crate::deb::changes::read_bounded(part).map_err(|e| format!("{}: {e}", part.display()))?;
+        let text = String::from_utf8(raw).map_err(|_| format!("{} is not UTF-8", part.display()))?;
+        let c = Changes::parse(&text).map_err(|e| format!("{}: {e}", part.display()))?;
+        let from = part.parent().unwrap_or(dir);
+        for f in c.files.iter().filter(|f| !f.name.as_str().ends_with(".buildinfo")) {
+            let name = f.name.as_str();
+            let sums = f.verify(from).map_err(|e| e.to_string())?;
+            match taken.get(name) {
+                Some(sha) if *sha == sums.sha256 => continue,
+                Some(_) => return Err(format!("{name} is in two build results, with different contents")),
+                None => {}
+            }
+            let dst = out.join(name);
+            if std::fs::hard_link(from.join(name), &dst).is_err() {
+                std::fs::copy(from.join(name), &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+            }
+            taken.insert(name.to_owned(), sums.sha256.clone());
+            let (section, priority) = (f.section.as_deref().unwrap_or("-"), f.priority.as_deref().unwrap_or("-"));
+            md5.push_str(&format!("\n {} {} {section} {priority} {name}", sums.md5, sums.size));
+            sha1.push_str(&format!("\n {} {} {name}", sums.sha1, sums.size));
+            sha256.push_str(&format!("\n {} {} {name}", sums.sha256, sums.size));
+            if PackageType::of_file(name).is_some()
+                && let Some(pkg) = name.split('_').next()
+                && !binaries.iter().any(|b| b == pkg)
+            {
+                binaries.push(pkg.to_owned());
+            }
+        }
+        for a in &c.architectures {
+            if !arches.contains(a) {
+                arches.push(a.clone());
+            }
+        }
+        stanza.get_or_insert(c.stanza);
+    }
+    let mut st = stanza.ok_or("nothing to install")?;
+    st.set("Architecture", arches.join(" "));
+    if binaries.is_empty() {
+        st.remove("Binary");
+    } else {
+        st.set("Binary", binaries.join(" "));
+    }
+    st.set("Files", md5);
+    st.set("Checksums-Sha1", sha1);
+    st.set("Checksums-Sha256", sha256);
+    let path = out.join(format!("{}_{}_buildbay-install.changes", upload.source, upload.version));
+    crate::store::write_file_synced(&path, st.to_string().as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 

@@ -545,3 +545,40 @@ fn a_build_result_with_a_udeb_and_a_ddeb_is_installed() {
     );
     assert!(srv.stop());
 }
+
+/// A build result the archive refuses (a binary package the source does not declare) leaves
+/// nothing installed: the upload ends FAILED, and neither its source nor its other packages are
+/// in the distribution or the pool (they were, before: the source went in first).
+#[test]
+fn a_refused_build_result_installs_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (inst, g) = with_uploader(dir.path());
+    let srv = serve_local(&inst, &[]);
+    let v = "1.0-1~test12+1";
+    let changes = make_source_with(dir.path(), "bbhalf", v, UNSTABLE, Some((&g, "up@example.org")), "");
+    ftp_upload(&srv.ftp, &changes);
+    let packaging = wait_event(&srv.url, "bbhalf", "PACKAGING", WAIT);
+    let bins = dir.path().join("bins");
+    std::fs::create_dir_all(&bins).expect("mkdir");
+    let evil = bins.join(format!("bbhalf-evil_{v}_amd64.deb"));
+    deb_from(
+        &bins,
+        &bins,
+        &format!("bbhalf-evil_{v}_amd64.deb"),
+        &format!(
+            "Package: bbhalf-evil\nSource: bbhalf\nVersion: {v}\nArchitecture: amd64\nMaintainer: Test User <test@example.org>\nSection: misc\nPriority: optional\nDescription: t\n t\n"
+        ),
+        &[("usr/bin/bbhalf-evil", "x\n")],
+    );
+    let (ig, ifpr) = instance_signer(dir.path(), &inst.state());
+    let result = build_result_with(dir.path(), &packaging, "successful", (&ig, &ifpr), &[(&evil, "misc")]);
+    ftp_upload(&srv.ftp, &result);
+    let failed = wait_event(&srv.url, "bbhalf", "FAILED", WAIT);
+    let ls = api(&srv.url, "ls", "source=bbhalf");
+    assert!(!ls.to_string().contains(v), "the source is not left in place: {ls}");
+    let pool = pool_files(&inst);
+    assert!(!pool.iter().any(|p| p.contains("bbhalf")), "nothing in the pool: {pool:?}");
+    let text = failed.to_string();
+    assert!(text.contains("nothing was installed") && text.contains("bbhalf-evil"), "{text}");
+    assert!(srv.stop());
+}
