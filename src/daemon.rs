@@ -57,6 +57,8 @@ pub struct Daemon {
     pub disk_reserve: u64,
     /// The HKP keyserver `set_user_key` fetches a key id from (`--keyserver`); `None`: none.
     pub keyserver: Option<String>,
+    /// The credential of local administration (`buildbay user …` while it runs), once serving.
+    pub local_admin: std::sync::OnceLock<crate::auth::LocalAdmin>,
 }
 
 /// Seconds a loop may take for one round (a chroot upgrade, a large install) before the
@@ -124,6 +126,7 @@ impl Daemon {
             ftps: false,
             disk_reserve: 1 << 30,
             keyserver: None,
+            local_admin: std::sync::OnceLock::new(),
         }
     }
 

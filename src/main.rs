@@ -604,8 +604,15 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         _ => None,
     };
     let owner = become_state_owner(&cli.state)?;
-    let inst =
-        Instance::open(&cli.state).with_context(|| format!("opening state directory {}", cli.state.display()))?;
+    let inst = match Instance::open(&cli.state) {
+        // A running daemon holds the state: users and uploaders go through its API.
+        Err(buildbay::instance::InstanceError::Store(buildbay::store::StoreError::InUse(_)))
+            if matches!(cli.command, Command::User(_) | Command::Uploader(_)) =>
+        {
+            return via_daemon(&cli.state, cli.command, key_text, json);
+        }
+        other => other.with_context(|| format!("opening state directory {}", cli.state.display()))?,
+    };
     match cli.command {
         Command::BuilderExec { .. }
         | Command::Man { .. }
@@ -751,6 +758,61 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             }
             println!("uploader {user}: key {} is active", cert.fingerprint());
         }
+    }
+    Ok(())
+}
+
+/// `buildbay user …` and `buildbay uploader …` while the daemon runs: the same changes through
+/// its API, as the local administrator (`<state>/run/local-admin`, which only root and the
+/// daemon's user read).
+fn via_daemon(state: &std::path::Path, command: Command, key_text: Option<String>, json: bool) -> Result<()> {
+    use buildbay::{api::registry, client};
+    let (url, token) = buildbay::auth::LocalAdmin::read(state).with_context(|| {
+        format!(
+            "{} is in use by a running daemon, and its local administration file cannot be read; run this as root or as the daemon's user",
+            state.display()
+        )
+    })?;
+    let api = client::Client::new(&url, Some(token));
+    let call = |argv: Vec<String>| -> Result<serde_json::Value> {
+        let name = argv[0].clone();
+        let c = registry::find(&name).with_context(|| format!("no API call {name}"))?;
+        let m = client::command(c).try_get_matches_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let args = client::args_from_matches(c, &m).map_err(|e| anyhow::anyhow!("{e}"))?;
+        api.call(&args, true).with_context(|| format!("{name} through the running daemon at {url}"))
+    };
+    match command {
+        Command::User(UserCommand::Add { name, role }) => {
+            let password = read_password(&format!("Password for {name}: "))?;
+            call(vec![
+                "user_add".into(),
+                name.clone(),
+                "--role".into(),
+                role.as_str().into(),
+                "--password".into(),
+                password,
+            ])?;
+            println!("created user {name} ({}) through the running daemon", role.as_str());
+        }
+        Command::User(UserCommand::Ls) => {
+            let users = call(vec!["user_ls".into()])?;
+            print!("{}", client::render(&users, json));
+        }
+        Command::Uploader(UploaderCommand::Add { user, key, repositories }) => {
+            let text = key_text.with_context(|| format!("reading {}", key.display()))?;
+            let cert = buildbay::gpg::one_key(text.as_bytes()).with_context(|| key.display().to_string())?;
+            let fields = serde_json::json!({"user": user, "key": text, "may_upload_to": repositories});
+            call(vec!["config_set".into(), "uploader".into(), fields.to_string()])?;
+            let done = call(vec!["config_action".into(), "uploader".into(), user.clone(), "pca".into()])?;
+            if done["state"] != "ACTIVE" {
+                anyhow::bail!(
+                    "uploader {user}: not activated: {}",
+                    done["message"].as_str().unwrap_or("its check failed")
+                );
+            }
+            println!("uploader {user}: key {} is active (through the running daemon)", cert.fingerprint());
+        }
+        _ => unreachable!("only users and uploaders go through the daemon"),
     }
     Ok(())
 }

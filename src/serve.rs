@@ -205,6 +205,26 @@ pub fn run(inst: Instance, opts: Options, inherited: systemd::Inherited) -> Resu
             .with_disk_reserve(opts.quota.reserve)
             .with_keyserver(opts.keyserver.clone()),
         );
+        // Local administration: the API on loopback, with a credential only root and the
+        // daemon's user read.
+        let loopback = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+            std::net::SocketAddr::new(
+                if addr.is_ipv6() {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                },
+                addr.port(),
+            )
+        } else {
+            addr
+        };
+        match crate::auth::LocalAdmin::create(daemon.inst.store.dir(), &format!("http://{loopback}")) {
+            Ok(l) => {
+                let _ = daemon.local_admin.set(l);
+            }
+            Err(e) => tracing::warn!("`buildbay user` and `uploader` cannot reach this daemon: {e}"),
+        }
         match crate::protocol::remote::RemoteUrl::new(false, &daemon.host, daemon.http_port) {
             Ok(url) => daemon.inst.set_public_url(url),
             Err(e) => tracing::warn!("remotes cannot reach this instance: {e}"),

@@ -623,6 +623,90 @@ pub fn token_principal(store: &Store, secret: &str) -> Result<Option<Principal>>
     }))
 }
 
+/// The running daemon's credential for local administration (`buildbay user …` and
+/// `buildbay uploader …` while it runs): a random bearer token made at each start, written with
+/// the daemon's loopback URL into `<state>/run/local-admin` (mode 0600: readable by the daemon's
+/// user and root, who may administer it anyway), known to the daemon only as its SHA-256, and
+/// dead when the daemon stops.
+pub struct LocalAdmin {
+    digest: String,
+    path: std::path::PathBuf,
+}
+
+/// The user name local administration acts as (in events and logs).
+pub const LOCAL_ADMIN: &str = "local-admin";
+
+impl LocalAdmin {
+    pub fn file(state: &std::path::Path) -> std::path::PathBuf {
+        state.join("run/local-admin")
+    }
+
+    /// Make a new credential for the daemon serving its API at `url`, replacing an old file.
+    pub fn create(state: &std::path::Path, url: &str) -> std::io::Result<LocalAdmin> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = LocalAdmin::file(state);
+        let dir = path.parent().expect("a file in run/");
+        std::fs::create_dir_all(dir)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let secret = format!("bbl_{}", random_token());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)?;
+        f.write_all(serde_json::json!({"url": url, "token": secret}).to_string().as_bytes())?;
+        f.sync_all()?;
+        Ok(LocalAdmin { digest: digest(&secret), path })
+    }
+
+    /// The admin principal, when `secret` is this credential.
+    pub fn principal(&self, secret: &str) -> Option<Principal> {
+        // Compared as digests: no timing of the secret itself.
+        (digest(secret) == self.digest).then(|| Principal {
+            user: Some(LOCAL_ADMIN.to_owned()),
+            role: Role::Admin,
+            via: Via::Token,
+            must_change_password: false,
+            session: None,
+        })
+    }
+
+    /// The daemon's URL and the token, as a local administrator reads them (bounded).
+    pub fn read(state: &std::path::Path) -> std::io::Result<(String, String)> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = LocalAdmin::file(state);
+        let mut text = String::new();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)?
+            .take(4096)
+            .read_to_string(&mut text)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+        match (v["url"].as_str(), v["token"].as_str()) {
+            (Some(u), Some(t)) => Ok((u.to_owned(), t.to_owned())),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: no url and token", path.display()),
+            )),
+        }
+    }
+}
+
+impl Drop for LocalAdmin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Login attempts, bounded before any password is hashed: per client address (IPv6 by its
 /// /64), per user name, and for everyone together. An attempt takes its place in every bucket
 /// before the hash runs and gives it back only when it succeeded, so parallel attempts count

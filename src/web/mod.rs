@@ -118,6 +118,9 @@ async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, ApiError
             .ok_or_else(|| ApiError::new(401, "unsupported Authorization scheme; use Authorization: Bearer <token>"))?
             .trim()
             .to_owned();
+        if let Some(p) = web.daemon.local_admin.get().and_then(|l| l.principal(&token)) {
+            return Ok(p);
+        }
         let d = web.daemon.clone();
         let p = tokio::task::spawn_blocking(move || auth::token_principal(&d.inst.store, &token))
             .await

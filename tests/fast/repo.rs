@@ -206,6 +206,49 @@ fn offline_command_on_a_held_state_directory_fails_clearly() {
     inst.ok(&["repo", "ls", "bbhello"]);
 }
 
+/// `buildbay user …` and `buildbay uploader …` while the daemon runs: through its API, with the
+/// local administration credential it writes at each start (0600); a wrong one is refused, and
+/// a stopped daemon's is dead.
+#[test]
+fn users_and_uploaders_are_added_while_the_daemon_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = Instance::new("ed25519");
+    let srv = serve_local(&inst, &[]);
+    let file = inst.state().join("run/local-admin");
+    assert_eq!(std::fs::metadata(&file).expect("local-admin").permissions().mode() & 0o777, 0o600);
+    let out = ok(inst.cmd(&["user", "add", "alice", "--role", "staff"]).env("BUILDBAY_PASSWORD", "alice-password"));
+    assert!(out.contains("through the running daemon"), "{out}");
+    assert!(inst.ok(&["user", "ls"]).contains("alice"));
+    assert!(upload::api_as(&srv.url, "alice", &["status"]).status.success(), "alice logs in");
+    let g = upload::Gpg::new(dir.path());
+    g.generate("Up <up@example.org>", "1y", None);
+    let key = dir.path().join("up.asc");
+    std::fs::write(&key, g.export("up@example.org")).expect("write");
+    let out = inst.ok(&["uploader", "add", "alice", "--key", key.to_str().unwrap(), "--repositories", "test"]);
+    assert!(out.contains("is active"), "{out}");
+    // Hostile: another token is refused; so is the credential of a daemon that stopped.
+    let text = std::fs::read_to_string(&file).expect("read");
+    let token = serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["token"].as_str().unwrap().to_owned();
+    let call = |url: &str, t: &str, call: &str| {
+        ok(Command::new("curl").args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {t}"),
+            &format!("{url}/mini_buildd/api/{call}/?output=json"),
+        ]))
+    };
+    let uploaders = call(&srv.url, &token, "uploaders");
+    assert!(uploaders.contains(&g.fingerprint("up@example.org")), "{uploaders}");
+    let who = |url: &str, t: &str| call(url, t, "user_ls");
+    assert!(who(&srv.url, &token).contains("alice"), "the credential works");
+    assert!(!who(&srv.url, &format!("{token}x")).contains("alice"), "another token is refused");
+    assert!(srv.stop());
+    let srv = serve_local(&inst, &[]);
+    assert!(!who(&srv.url, &token).contains("alice"), "a stopped daemon's credential is dead");
+    assert!(srv.stop());
+}
+
 #[test]
 fn archive_key_is_private_and_setup_is_idempotent() {
     use std::os::unix::fs::PermissionsExt;
