@@ -625,7 +625,21 @@ impl Instance {
                 codename.as_str().parse().map_err(|e: crate::deb::names::NameError| {
                     InstanceError::Setup(format!("distribution {spec:?}: {e}"))
                 })?;
-            let sid = self.setup_source(opts, origin, &suite, &mut report)?;
+            // A selected distribution brings its base source along.
+            let source_opts = SetupOptions {
+                update: if opts.update.selects(kind::DISTRIBUTION, codename.as_str()) {
+                    Selection::All
+                } else {
+                    opts.update.clone()
+                },
+                pca: if opts.pca.selects(kind::DISTRIBUTION, codename.as_str()) {
+                    Selection::All
+                } else {
+                    opts.pca.clone()
+                },
+                ..opts.clone()
+            };
+            let sid = self.setup_source(&source_opts, origin, &suite, &mut report)?;
             let main: Component = "main".parse().expect("valid");
 
             let wanted: Vec<ArchOption> = arches
@@ -671,7 +685,10 @@ impl Instance {
                 }
             };
             if !opts.update.selects(kind::DISTRIBUTION, codename.as_str()) {
-                self.setup_report(opts, config::Kind::Distribution, codename.as_str(), &mut report)?;
+                // Not changed; still prepared, checked and activated when --pca selects it.
+                if self.get::<Distribution>(codename.as_str())?.is_some() {
+                    self.setup_pca(opts, config::Kind::Distribution, codename.as_str(), &mut report)?;
+                }
                 continue;
             }
             self.put(codename.as_str(), &dist)?;
@@ -701,7 +718,8 @@ impl Instance {
                 .map(|c| c.parse::<Codename>())
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| InstanceError::Setup(format!("repository {spec:?}: {e}")))?;
-            for c in &codenames {
+            let update = opts.update.selects(kind::REPOSITORY, id.as_str());
+            for c in codenames.iter().filter(|_| update) {
                 if self.get::<Distribution>(c.as_str())?.is_none() {
                     return Err(InstanceError::Setup(format!(
                         "repository {id}: no distribution {c}; add it with --distributions {c}:<arch>"
@@ -744,12 +762,19 @@ impl Instance {
                     }
                 }
             };
-            if !opts.update.selects(kind::REPOSITORY, id.as_str()) {
-                self.setup_report(opts, config::Kind::Repository, id.as_str(), &mut report)?;
-                continue;
+            if update {
+                self.put(id.as_str(), &repo)?;
+            } else {
+                // Not changed; still prepared, checked and activated when --pca selects it.
+                match self.get::<Repository>(id.as_str())? {
+                    Some(stored) => repo = stored,
+                    None => continue,
+                }
             }
-            self.put(id.as_str(), &repo)?;
             if !opts.pca.selects(kind::REPOSITORY, id.as_str()) {
+                if !update {
+                    self.setup_report(opts, config::Kind::Repository, id.as_str(), &mut report)?;
+                }
                 continue;
             }
             let was_prepared =
@@ -954,7 +979,7 @@ impl Instance {
         }
         if !opts.update.selects(kind::SOURCE, &id) {
             if self.get::<Source>(&id)?.is_some() {
-                self.setup_report(opts, config::Kind::Source, &id, report)?;
+                self.setup_pca(opts, config::Kind::Source, &id, report)?;
             }
             return Ok(id);
         }

@@ -789,8 +789,8 @@ fn via_daemon(state: &std::path::Path, command: Command, key_text: Option<String
                 name.clone(),
                 "--role".into(),
                 role.as_str().into(),
-                "--password".into(),
-                password,
+                // `--password=…`: a password that starts with '-' is a value, never an option.
+                format!("--password={password}"),
             ])?;
             println!("created user {name} ({}) through the running daemon", role.as_str());
         }

@@ -43,6 +43,9 @@ const DEBDIFF_MAX: usize = 8 << 20;
 pub enum ArchiveError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Installed (committed), but publishing failed: the next publish catches up (retry).
+    #[error("installed, but publishing failed: {0}; the next publish catches up")]
+    NotPublished(String),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error("{path}: {source}")]
@@ -101,7 +104,10 @@ impl ArchiveError {
     /// Whether the error is about the input (a rule, a name, a file: final), not about the
     /// daemon (the store, the disk: try again later).
     pub fn is_input(&self) -> bool {
-        !matches!(self, ArchiveError::Store(_) | ArchiveError::Publish(_) | ArchiveError::Io { .. })
+        !matches!(
+            self,
+            ArchiveError::Store(_) | ArchiveError::Publish(_) | ArchiveError::Io { .. } | ArchiveError::NotPublished(_)
+        )
     }
 }
 
@@ -769,7 +775,7 @@ impl<'a> Archive<'a> {
             .collect();
         if let Err(e) = self.finish(&ctx, gc) {
             let msg = e.to_string();
-            return results.into_iter().map(|r| r.and_then(|_| Err(ArchiveError::Inconsistent(msg.clone())))).collect();
+            return results.into_iter().map(|r| r.and_then(|_| Err(ArchiveError::NotPublished(msg.clone())))).collect();
         }
         results
     }

@@ -266,7 +266,8 @@ fn insert_new(store: &Store, user: User) -> Result<User> {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    name != LOCAL_ADMIN
+        && !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
         && !name.starts_with(['.', '-'])
@@ -677,27 +678,41 @@ impl LocalAdmin {
         })
     }
 
-    /// The daemon's URL and the token, as a local administrator reads them (bounded).
+    /// The daemon's URL and the token, as a local administrator reads them (bounded). The
+    /// file must be the state directory owner's, readable by it only, and name a loopback
+    /// URL: a password is sent there.
     pub fn read(state: &std::path::Path) -> std::io::Result<(String, String)> {
         use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let path = LocalAdmin::file(state);
-        let mut text = String::new();
-        std::fs::OpenOptions::new()
+        let invalid =
+            |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&path)?
-            .take(4096)
-            .read_to_string(&mut text)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-        match (v["url"].as_str(), v["token"].as_str()) {
-            (Some(u), Some(t)) => Ok((u.to_owned(), t.to_owned())),
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: no url and token", path.display()),
-            )),
+            .open(&path)?;
+        let (meta, owner) = (f.metadata()?, std::fs::metadata(state)?.uid());
+        if !meta.is_file() || meta.uid() != owner || meta.mode() & 0o077 != 0 {
+            return Err(invalid(format!("not a file of the state's owner (uid {owner}) with mode 0600")));
         }
+        let mut text = String::new();
+        f.take(4096).read_to_string(&mut text)?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let (Some(u), Some(t)) = (v["url"].as_str(), v["token"].as_str()) else {
+            return Err(invalid("no url and token".into()));
+        };
+        let loopback = url::Url::parse(u).ok().is_some_and(|url| {
+            url.scheme() == "http"
+                && match url.host() {
+                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                    _ => false,
+                }
+        });
+        if !loopback {
+            return Err(invalid(format!("{u:?} is not a loopback http URL")));
+        }
+        Ok((u.to_owned(), t.to_owned()))
     }
 }
 

@@ -968,7 +968,10 @@ impl Packager<'_> {
         }
         // One include of everything: a refused architecture leaves nothing installed, neither
         // the source nor the other architectures.
-        let all = combined_changes(&dir, changes, &list).map_err(Install::Bad)?;
+        if list.is_empty() {
+            return Ok(()); // the source is in, and no architecture brought packages
+        }
+        let all = combined_changes(&dir, changes, &list)?;
         match archive.include(&dist, &all, false) {
             Ok(_) => Ok(()),
             Err(e) if e.is_input() => Err(Install::Bad(format!("nothing was installed: {e}"))),
@@ -1120,33 +1123,36 @@ fn source_only_changes(dir: &Path, changes: &Changes) -> Result<PathBuf> {
 /// One `.changes` (in `<dir>/install/`) listing the files of every part (the source-only
 /// `.changes` and each architecture's result, each file checked against its part's sums), so
 /// that they are installed together or not at all. A name in two parts must be one content.
-fn combined_changes(dir: &Path, upload: &Changes, parts: &[PathBuf]) -> std::result::Result<PathBuf, String> {
+fn combined_changes(dir: &Path, upload: &Changes, parts: &[PathBuf]) -> std::result::Result<PathBuf, Install> {
+    // The disk (try again later), or the parts (final).
+    let io = |what: &Path, e: std::io::Error| Install::Later(format!("{}: {e}", what.display()));
+    let bad = Install::Bad;
     use crate::deb::debfile::PackageType;
     let out = dir.join("install");
     if out.exists() {
-        std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        std::fs::remove_dir_all(&out).map_err(|e| io(&out, e))?;
     }
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
     let mut stanza: Option<crate::deb::Stanza> = None;
     let (mut arches, mut binaries): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     let (mut md5, mut sha1, mut sha256) = (String::new(), String::new(), String::new());
     let mut taken: BTreeMap<String, String> = BTreeMap::new();
     for part in parts {
-        let raw = crate::deb::changes::read_bounded(part).map_err(|e| format!("{}: {e}", part.display()))?;
-        let text = String::from_utf8(raw).map_err(|_| format!("{} is not UTF-8", part.display()))?;
-        let c = Changes::parse(&text).map_err(|e| format!("{}: {e}", part.display()))?;
+        let raw = crate::deb::changes::read_bounded(part).map_err(|e| io(part, e))?;
+        let text = String::from_utf8(raw).map_err(|_| bad(format!("{} is not UTF-8", part.display())))?;
+        let c = Changes::parse(&text).map_err(|e| bad(format!("{}: {e}", part.display())))?;
         let from = part.parent().unwrap_or(dir);
         for f in c.files.iter().filter(|f| !f.name.as_str().ends_with(".buildinfo")) {
             let name = f.name.as_str();
-            let sums = f.verify(from).map_err(|e| e.to_string())?;
+            let sums = f.verify(from).map_err(|e| bad(e.to_string()))?;
             match taken.get(name) {
                 Some(sha) if *sha == sums.sha256 => continue,
-                Some(_) => return Err(format!("{name} is in two build results, with different contents")),
+                Some(_) => return Err(bad(format!("{name} is in two build results, with different contents"))),
                 None => {}
             }
             let dst = out.join(name);
             if std::fs::hard_link(from.join(name), &dst).is_err() {
-                std::fs::copy(from.join(name), &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+                std::fs::copy(from.join(name), &dst).map_err(|e| io(&dst, e))?;
             }
             taken.insert(name.to_owned(), sums.sha256.clone());
             let (section, priority) = (f.section.as_deref().unwrap_or("-"), f.priority.as_deref().unwrap_or("-"));
@@ -1167,7 +1173,7 @@ fn combined_changes(dir: &Path, upload: &Changes, parts: &[PathBuf]) -> std::res
         }
         stanza.get_or_insert(c.stanza);
     }
-    let mut st = stanza.ok_or("nothing to install")?;
+    let mut st = stanza.ok_or_else(|| bad("nothing to install".into()))?;
     st.set("Architecture", arches.join(" "));
     if binaries.is_empty() {
         st.remove("Binary");
@@ -1178,8 +1184,7 @@ fn combined_changes(dir: &Path, upload: &Changes, parts: &[PathBuf]) -> std::res
     st.set("Checksums-Sha1", sha1);
     st.set("Checksums-Sha256", sha256);
     let path = out.join(format!("{}_{}_buildbay-install.changes", upload.source, upload.version));
-    crate::store::write_file_synced(&path, st.to_string().as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::store::write_file_synced(&path, st.to_string().as_bytes()).map_err(|e| io(&path, e))?;
     Ok(path)
 }
 
@@ -1222,6 +1227,21 @@ fn result_is_of(path: &Path, upload: &Changes, arch: &str) -> std::result::Resul
     }) {
         return Err(format!("the build's .changes lists {}; a build result carries binary packages only", f.name));
     }
+    // Each package is of this architecture (or all), by its name and by its control: a
+    // build for one architecture installs nothing for another.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for f in c.files.iter().filter(|f| crate::deb::debfile::PackageType::of_file(f.name.as_str()).is_some()) {
+        let name = f.name.as_str();
+        let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+        let named = stem.rsplit('_').next().unwrap_or_default();
+        let control = crate::deb::debfile::read_control(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        let declared = control.get("Architecture").unwrap_or_default();
+        if named != declared || (declared != arch && declared != "all") {
+            return Err(format!(
+                "{name} is a package for {declared} (named {named}); a build for {arch} makes {arch} and all"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -1251,7 +1271,30 @@ mod tests {
             "Format: 1.8\nSource: hello\nVersion: 1.0-1\nDistribution: bookworm-test-unstable\nArchitecture: source\nFiles:\n d41d8cd98f00b204e9800998ecf8427e 0 misc optional hello_1.0-1.dsc\n",
         )
         .unwrap();
+        // A package file whose control says `arch`, named `file`.
+        let deb = |file: &str, arch: &str| {
+            let control = format!("Package: hello\nVersion: 1.0-1\nArchitecture: {arch}\nDescription: t\n t\n");
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            {
+                let mut tar = ::tar::Builder::new(&mut gz);
+                let mut h = ::tar::Header::new_gnu();
+                h.set_size(control.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                tar.append_data(&mut h, "./control", control.as_bytes()).unwrap();
+                tar.finish().unwrap();
+            }
+            let gz = gz.finish().unwrap();
+            let mut ar = ar::Builder::new(std::fs::File::create(dir.path().join(file)).unwrap());
+            ar.append(&ar::Header::new(b"debian-binary".to_vec(), 4), &b"2.0\n"[..]).unwrap();
+            ar.append(&ar::Header::new(b"control.tar.gz".to_vec(), gz.len() as u64), &gz[..]).unwrap();
+        };
         let write = |source: &str, version: &str, arch: &str, file: &str| {
+            if crate::deb::debfile::PackageType::of_file(file).is_some()
+                && let Some(a) = file.rsplit_once('.').and_then(|(s, _)| s.rsplit('_').next())
+            {
+                deb(file, a);
+            }
             let p = dir.path().join("r.changes");
             std::fs::write(
                 &p,
@@ -1273,6 +1316,13 @@ mod tests {
         ] {
             let e = result_is_of(&write(source, version, arch, file), &upload, "amd64");
             assert!(e.is_err(), "{source} {version} {arch} {file}");
+        }
+        // A package of another architecture under this build's name, or named for another.
+        for (file, control_arch) in [("hello_1.0-1_amd64.deb", "i386"), ("hello_1.0-1_i386.deb", "i386")] {
+            let p = write("hello", "1.0-1", "amd64", file);
+            deb(file, control_arch);
+            let e = result_is_of(&p, &upload, "amd64");
+            assert!(e.as_ref().is_err_and(|e| e.contains("a build for amd64 makes amd64 and all")), "{file}: {e:?}");
         }
     }
 }

@@ -118,7 +118,13 @@ async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, ApiError
             .ok_or_else(|| ApiError::new(401, "unsupported Authorization scheme; use Authorization: Bearer <token>"))?
             .trim()
             .to_owned();
-        if let Some(p) = web.daemon.local_admin.get().and_then(|l| l.principal(&token)) {
+        // The local administrator's token counts from this host only.
+        let local = headers
+            .get(PEER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+            .is_some_and(|a| a.ip().is_loopback());
+        if let Some(p) = web.daemon.local_admin.get().filter(|_| local).and_then(|l| l.principal(&token)) {
             return Ok(p);
         }
         let d = web.daemon.clone();
@@ -570,7 +576,10 @@ async fn accept_loop<R>(
             } else {
                 req.headers_mut().remove(SCHEME_HEADER);
             }
-            if let Some(port) = redirect {
+            // Local administration (its token, from this host) is answered on plain HTTP too.
+            let local_admin = peer.ip().is_loopback()
+                && req.headers().get("authorization").is_some_and(|v| v.as_bytes().starts_with(b"Bearer bbl_"));
+            if let Some(port) = redirect.filter(|_| !local_admin) {
                 counted.metrics.http("redirect", 308);
                 return Either::Left(ready(Ok(to_https(req.headers(), req.uri(), port))));
             }

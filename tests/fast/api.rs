@@ -548,6 +548,10 @@ fn every_mini_buildd_call_and_argument_is_answered_or_refused_with_a_reason() {
         "{changed}"
     );
     assert_eq!(config(), before, "without --update nothing is applied");
+    // A repository over a distribution that is not there: reported, not an error.
+    let out = setup(&["--repositories", "other:Default:trixie"]);
+    assert_eq!(item(&out, "repository", "other")["status"], "MISSING", "{out}");
+    assert_eq!(config(), before, "inspecting changed nothing");
     let hash = missing["identity_hash"].as_str().expect("identity_hash").to_owned();
     let out = setup(&["--update", &hash, "--sources", "bookworm-backports", "--distributions", "bookworm:amd64+i386"]);
     assert_eq!(

@@ -219,6 +219,21 @@ fn users_and_uploaders_are_added_while_the_daemon_runs() {
     assert_eq!(std::fs::metadata(&file).expect("local-admin").permissions().mode() & 0o777, 0o600);
     let out = ok(inst.cmd(&["user", "add", "alice", "--role", "staff"]).env("BUILDBAY_PASSWORD", "alice-password"));
     assert!(out.contains("through the running daemon"), "{out}");
+    // A password that looks like an option is a password.
+    ok(inst.cmd(&["user", "add", "dashed"]).env("BUILDBAY_PASSWORD", "--help-me-please"));
+    let out =
+        inst.cmd(&["user", "add", "local-admin"]).env("BUILDBAY_PASSWORD", "local-admin-pw").output().expect("run");
+    assert!(!out.status.success(), "the local administrator's name is reserved");
+    // A credential file that names another host is not followed (a password would go there).
+    let good = std::fs::read_to_string(&file).expect("read");
+    let evil = good.replace("http://127.0.0.1", "http://192.0.2.1");
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::write(&file, &evil).expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = inst.cmd(&["user", "add", "mallory"]).env("BUILDBAY_PASSWORD", "mallory-password").output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a loopback"), "{err}");
+    std::fs::write(&file, &good).expect("write");
     assert!(inst.ok(&["user", "ls"]).contains("alice"));
     assert!(upload::api_as(&srv.url, "alice", &["status"]).status.success(), "alice logs in");
     let g = upload::Gpg::new(dir.path());
