@@ -39,7 +39,7 @@ fn main() {
     b.ok(&["setup", "--chroots", "bookworm:amd64"]);
     let (sa, sb) = (serve(&a, "0"), serve(&b, "1"));
     for (on, remote) in [(&sa, &sb), (&sb, &sa), (&sa, &sb)] {
-        let out = api_as(&on.url, "admin", &["setup", "--remotes", &remote.url]);
+        let out = api_as(&on.url, "admin", &["setup", "--update", "all", "--pca", "all", "--remotes", &remote.url]);
         assert!(out.status.success(), "setup --remotes: {}", String::from_utf8_lossy(&out.stderr));
     }
     let (mut ca, seen_a) = watch_seen(&sa.url);

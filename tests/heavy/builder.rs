@@ -404,6 +404,10 @@ fn sbuild_on_a_machine_image_chroot() {
         "admin",
         &[
             "setup",
+            "--update",
+            "all",
+            "--pca",
+            "all",
             "--distributions",
             "bullseye:amd64",
             "--repositories",

@@ -541,7 +541,10 @@ fn hostile_bounds_and_browsers() {
     std::fs::write(&file, vec![7u8; 3_000_000]).expect("write");
     let out = run(Command::new("curl").args(["-s", "-v", "-T"]).arg(&file).arg(format!("ftp://{}/incoming/", srv.ftp)));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("552"), "{}", String::from_utf8_lossy(&out.stderr));
+    // 552 on the control connection; curl may instead see the data connection reset first
+    // (the server stops reading it), which races the reply.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("552") || err.contains("Connection reset by peer"), "{err}");
     assert!(!inst.state().join("incoming/hostilequota_1.0.tar.xz").exists());
 
     // 6. A thousand parallel logins: a handful of hashes; status stays fast meanwhile.
