@@ -150,7 +150,11 @@ fn main() {
     let mut n = 0;
     for backend in ["sbuild", "nspawn"] {
         if backend == "nspawn" {
-            let out = api_as(&srv.url, "admin", &["setup", "--update", "all", "--pca", "all", "--distributions", "bookworm:amd64:nspawn"]);
+            let out = api_as(
+                &srv.url,
+                "admin",
+                &["setup", "--update", "all", "--pca", "all", "--distributions", "bookworm:amd64:nspawn"],
+            );
             assert!(out.status.success(), "setup nspawn: {}", String::from_utf8_lossy(&out.stderr));
         }
         for (i, lintian) in ["disabled", "ignore", "errfail"].into_iter().enumerate() {
