@@ -556,8 +556,9 @@ pub fn role(r: &Row) -> Role {
 /// mini-buildd's key has none). gpg runs on a private copy of the keys only (`pubring.kbx`
 /// and `private-keys-v1.d/*.key`), with no configuration: the old home's `gpg.conf` or
 /// `gpg-agent.conf` could name programs for gpg to start.
-fn export_keys(gnupg: &Path) -> Result<Vec<ArchiveKey>> {
-    let tmp = std::env::temp_dir().join(format!("buildbay-import-gnupg-{}", std::process::id()));
+fn export_keys(gnupg: &Path, work: &Path) -> Result<Vec<ArchiveKey>> {
+    // Inside the import's own (new, private) state directory, never a guessable name in /tmp.
+    let tmp = work.join("gnupg-import");
     let result = export_from_copy(gnupg, &tmp);
     let _ = std::process::Command::new("gpgconf")
         .arg("--homedir")
@@ -778,7 +779,7 @@ fn import(inst: &Instance, home: &Path, key_file: Option<&Path>) -> Result<Repor
             None,
             16 << 20,
         )?)?,
-        None => export_keys(&home.join(".gnupg"))?,
+        None => export_keys(&home.join(".gnupg"), inst.store.dir())?,
     };
     let mut first_tree = None;
     for r in rows(&tables, "repository") {

@@ -773,7 +773,7 @@ impl Instance {
             }
             if !opts.pca.selects(kind::REPOSITORY, id.as_str()) {
                 if !update {
-                    self.setup_report(opts, config::Kind::Repository, id.as_str(), &mut report)?;
+                    self.setup_report(config::Kind::Repository, id.as_str(), &mut report)?;
                 }
                 continue;
             }
@@ -883,7 +883,7 @@ impl Instance {
         report: &mut Vec<SetupItem>,
     ) -> Result<config::Object> {
         if !opts.pca.selects(k.as_str(), id) {
-            return self.setup_report(opts, k, id, report);
+            return self.setup_report(k, id, report);
         }
         let done = self.lifecycle(&opts.places, k, id, config::Action::Pca)?;
         let s = done.status();
@@ -892,13 +892,7 @@ impl Instance {
     }
 
     /// Report an object as it is (not selected by `--update` or `--pca`).
-    fn setup_report(
-        &self,
-        _opts: &SetupOptions,
-        k: config::Kind,
-        id: &str,
-        report: &mut Vec<SetupItem>,
-    ) -> Result<config::Object> {
+    fn setup_report(&self, k: config::Kind, id: &str, report: &mut Vec<SetupItem>) -> Result<config::Object> {
         let reported_changed =
             report.last().is_some_and(|i| i.kind == k.as_str() && i.id == id && i.status == "CHANGED");
         match self.object(k, id)? {
