@@ -15,7 +15,7 @@
 
 use crate::builder::runner::systemd::{Stage, SystemdRunner};
 use crate::builder::stage::Stager;
-use crate::builder::{BuilderError, unit_name};
+use crate::builder::{BuilderError, Phase, check_unit_name, unit_name};
 use crate::protocol::{BuildKey, BuildRequest};
 use crate::rootops::{Answer, ChrootOp, MAX_LINE, Request, check_request_path};
 use crate::systemd::bus::UnitState;
@@ -125,7 +125,7 @@ impl Helper {
     pub async fn answer(&self, req: Request) -> Answer {
         let what = verb(&req);
         let done = match req {
-            Request::BuildStart { bkey, slot, request } => self.build_start(&bkey, slot, &request).await,
+            Request::BuildStart { bkey, slot, request, phase } => self.build_start(&bkey, slot, &request, phase).await,
             Request::BuildStop { bkey, canceled_by } => {
                 self.build_stop(&bkey, canceled_by).await.map(|()| Answer::Done)
             }
@@ -148,10 +148,16 @@ impl Helper {
         }
     }
 
-    async fn build_start(&self, bkey: &BuildKey, slot: usize, request: &Path) -> Result<Answer, HelperError> {
+    async fn build_start(
+        &self,
+        bkey: &BuildKey,
+        slot: usize,
+        request: &Path,
+        phase: Phase,
+    ) -> Result<Answer, HelperError> {
         check_request_path(request).map_err(HelperError::Refused)?;
         let unit = unit_name(bkey);
-        if self.runner.state_of(&unit).await? != UnitState::Gone {
+        if phase == Phase::Build && self.runner.state_of(&unit).await? != UnitState::Gone {
             return Err(HelperError::Failed(format!("{unit} runs already; stop it first")));
         }
         let state = open_dir(&self.state)?;
@@ -167,9 +173,10 @@ impl Helper {
             certs.extend(crate::gpg::read_keyring(&raw).unwrap_or_default());
         }
         let mut tar = open_beneath(&state, &request.with_file_name(BuildRequest::tar_name(bkey)), self.daemon_uid)?;
-        let stage = Stage { bkey, slot, request: &raw, certs: &certs, group: Some(self.daemon_gid) };
+        let stage = Stage { bkey, slot, request: &raw, certs: &certs, group: Some(self.daemon_gid), phase };
         let launched = self.runner.stage_and_start(stage, &mut tar).await?;
-        Ok(Answer::Started { machine: launched.machine, backend: launched.backend, slot })
+        let checks_unit = launched.job.checks_unit;
+        Ok(Answer::Started { machine: launched.machine, backend: launched.backend, slot, checks_unit })
     }
 
     /// A build's unit name and directory: from its typed key, nothing else.
@@ -191,13 +198,17 @@ impl Helper {
                     .map_err(|e| HelperError::Failed(format!("{}: {e}", marker.display())))?;
             }
         }
+        // Its checks' unit too, whichever runs.
+        self.runner.stop_named(&check_unit_name(bkey)).await?;
         Ok(self.runner.stop_named(&unit).await?)
     }
 
     async fn build_remove(&self, bkey: &BuildKey) -> Result<(), HelperError> {
         let (unit, dir) = self.build(bkey);
-        if self.runner.state_of(&unit).await? != UnitState::Gone {
-            return Err(HelperError::Failed(format!("{unit} still runs; stop it first")));
+        for unit in [unit, check_unit_name(bkey)] {
+            if self.runner.state_of(&unit).await? != UnitState::Gone {
+                return Err(HelperError::Failed(format!("{unit} still runs; stop it first")));
+            }
         }
         Ok(crate::builder::runner::remove_dir(&dir)?)
     }
@@ -235,7 +246,10 @@ impl Helper {
 /// What a request asks, for the log.
 fn verb(req: &Request) -> String {
     match req {
-        Request::BuildStart { bkey, slot, .. } => format!("start build {bkey} in slot {slot}"),
+        Request::BuildStart { bkey, slot, phase: Phase::Build, .. } => format!("start build {bkey} in slot {slot}"),
+        Request::BuildStart { bkey, slot, phase: Phase::Checks, .. } => {
+            format!("start the checks of build {bkey} in slot {slot}")
+        }
         Request::BuildStop { bkey, canceled_by: None } => format!("stop build {bkey}"),
         Request::BuildStop { bkey, canceled_by: Some(by) } => format!("cancel build {bkey} (by {by})"),
         Request::BuildRemove { bkey } => format!("remove build directory {bkey}"),

@@ -86,6 +86,10 @@ enum Command {
         /// With --build-log: the checks to run after a successful build (a JSON plan).
         #[arg(long, requires = "build_log")]
         checks: Option<PathBuf>,
+        /// With --checks: the build ran in another unit and succeeded; run only the checks and
+        /// the after steps (no command).
+        #[arg(long, requires = "checks")]
+        checks_only: bool,
         /// sbuild's pre-build command: the apt setup of the session of this build directory;
         /// the command is the session's exec prefix.
         #[arg(long, conflicts_with = "build_log", requires = "apt_cache")]
@@ -533,6 +537,7 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
         after_dir,
         after_lintian_opt,
         checks,
+        checks_only,
         sbuild_setup,
         apt_cache,
         setup_blocks,
@@ -573,8 +578,12 @@ fn run(cli: Cli, inherited: buildbay::systemd::Inherited) -> Result<()> {
             lintian_options: after_lintian_opt.clone(),
             checks: checks.clone(),
         };
-        let code = exec::relay(log, result.as_deref(), note, &after, command)
-            .with_context(|| format!("running {command:?}"))?;
+        let code = if *checks_only {
+            exec::relay_checks(log, &after).context("the checks after the build")?
+        } else {
+            exec::relay(log, result.as_deref(), note, &after, command)
+                .with_context(|| format!("running {command:?}"))?
+        };
         std::process::exit(code);
     }
     if let Command::Helper { socket, daemon_user, build } = &cli.command {

@@ -38,6 +38,9 @@ pub enum Request {
         bkey: BuildKey,
         slot: usize,
         request: PathBuf,
+        /// The build, or the checks of a build that succeeded (in a unit of their own).
+        #[serde(default)]
+        phase: crate::protocol::Phase,
     },
     /// Stop a build's unit (everything in it), noting who canceled it.
     BuildStop {
@@ -61,6 +64,10 @@ pub enum Answer {
         machine: Option<String>,
         backend: Backend,
         slot: usize,
+        /// After it succeeds, its checks run in a unit of their own (ask again with
+        /// `phase: Checks`).
+        #[serde(default)]
+        checks_unit: bool,
     },
     Done,
     /// The request is bad (final): `why`.
@@ -154,6 +161,7 @@ mod tests {
             bkey: "hello/1.0/20261121-130030-234930/amd64".parse().unwrap(),
             slot: 1,
             request: "spool/1/requests/amd64/hello_1.0_mini-buildd-buildrequest_amd64.changes".into(),
+            phase: crate::protocol::Phase::Checks,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"verb\":\"build-start\""), "{text}");

@@ -56,6 +56,14 @@ pub fn relay(
     Ok(code)
 }
 
+/// The relay of a build's checks unit (`buildbay builder-exec --build-log … --checks-only`):
+/// no command; the checks and the after steps of a build that succeeded, as [`relay`] runs
+/// them after the build, into the build's logs.
+pub fn relay_checks(log: &Path, after: &AfterStep) -> std::io::Result<i32> {
+    checks_and_after(log, after)?;
+    Ok(0)
+}
+
 /// After a successful build: the gating checks, each into the build log, their verdicts into
 /// the build's `checks` file; then, when something runs after the result (lintian or a check in
 /// ignore mode), the `built` marker, and each of those into its own log.
@@ -71,8 +79,7 @@ fn checks_and_after(log: &Path, after: &AfterStep) -> std::io::Result<()> {
         verdicts.push_str(&format!("{}: {verdict}\n", c.check.field()));
     }
     if !verdicts.is_empty() {
-        let path = log.with_file_name(super::CHECKS);
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut f = append_to(&log.with_file_name(super::CHECKS))?;
         f.write_all(verdicts.as_bytes())?;
         f.sync_all()?;
     }
@@ -91,6 +98,12 @@ fn checks_and_after(log: &Path, after: &AfterStep) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A log or the verdicts, opened to append (made if missing), never through a symlink.
+fn append_to(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o644).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+}
+
 /// The checks' plan, as staging wrote it (bounded, never through a symlink).
 fn read_checks(path: &Path) -> std::io::Result<Vec<CheckRun>> {
     let (f, _) = crate::protocol::tar::open_regular(path)?;
@@ -105,13 +118,12 @@ fn run_check(log: &Path, c: &CheckRun, append: bool) -> std::io::Result<&'static
     let name = c.check.field();
     let note = format!("{name} (mode {}) in a fresh machine of the image", c.mode);
     let code = if append {
-        let file = std::fs::OpenOptions::new().append(true).open(log)?;
-        run_into(file, None, &[note], &c.argv)?
+        run_into(append_to(log)?, None, &[note], &c.argv)?
     } else {
         run_logged(log, None, &[note], &c.argv)?
     };
     let verdict = super::backend::nspawn::check_verdict(code);
-    let mut f = std::fs::OpenOptions::new().append(true).open(log)?;
+    let mut f = append_to(log)?;
     writeln!(f, "buildbay: {name}: {verdict} (exit code {code})")?;
     f.sync_all()?;
     Ok(verdict)

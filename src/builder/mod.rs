@@ -101,6 +101,8 @@ pub enum JobState {
     Finished,
 }
 
+pub use crate::protocol::Phase;
+
 /// One build (table `builds`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Job {
@@ -117,6 +119,13 @@ pub struct Job {
     /// running builds share one.
     #[serde(default)]
     pub slot: usize,
+    /// After a successful build, its checks run in a unit of their own (an sbuild build in a
+    /// systemd unit with piuparts or autopkgtest).
+    #[serde(default)]
+    pub checks_unit: bool,
+    /// What its unit (`unit`) does now.
+    #[serde(default)]
+    pub phase: Phase,
 }
 
 /// Every build the table knows: running, and finished but not yet collected.
@@ -135,7 +144,16 @@ pub fn jobs(store: &store::Store) -> std::result::Result<Vec<Job>, StoreError> {
 /// `_` separates the parts because none of them may contain it (a `-` would make `a-1`/`1-1`
 /// and `a`/`1-1-1` the same unit).
 pub fn unit_name(bkey: &BuildKey) -> String {
-    let mut s = String::from("buildbay-build-");
+    unit_name_of("buildbay-build-", bkey)
+}
+
+/// `buildbay-check-…service`: the unit of a build's checks (see [`Phase::Checks`]).
+pub fn check_unit_name(bkey: &BuildKey) -> String {
+    unit_name_of("buildbay-check-", bkey)
+}
+
+fn unit_name_of(prefix: &str, bkey: &BuildKey) -> String {
+    let mut s = String::from(prefix);
     for (i, b) in bkey.to_string().replace('/', "_").bytes().enumerate() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => s.push(b as char),
@@ -182,6 +200,9 @@ pub fn after_log(check: crate::protocol::Check) -> &'static str {
 pub const CHECKS: &str = "checks";
 /// How the unit ended, in the build directory.
 pub const RESULT: &str = "result";
+/// How the build's unit ended, once its checks run in a unit of their own (whose end is then
+/// [`RESULT`]).
+pub const BUILD_RESULT: &str = "result.build";
 /// The build's own output directory, in the build directory, once sanitised.
 pub const OUT: &str = "out";
 /// Where the build writes its output (`<dir>/.writing/out`): a directory only its owner (root
@@ -351,6 +372,16 @@ impl Builder {
                     Self::drop_job(inst, &job.bkey)?;
                     known.remove(&job.bkey);
                 }
+                // Its checks run in a unit of their own once it built.
+                JobState::Running if job.checks_unit && job.phase == Phase::Build => {
+                    match self.after_build(inst, &job, &queue).await? {
+                        None => held.push(job.slot),
+                        Some(internal) => {
+                            events.push(self.finish_with(inst, job, internal)?);
+                            delivered = true;
+                        }
+                    }
+                }
                 JobState::Running => {
                     let ended = self.runner.ended(&job).await?;
                     if job.dir.join(BUILT).exists() || ended {
@@ -412,6 +443,73 @@ impl Builder {
         Ok(Pass { events, delivered, running: held.len() })
     }
 
+    /// A build whose checks run in a unit of their own, while its row says it builds: `None`
+    /// while it holds its slot (building, or its checks just started), else finish it (with
+    /// the builder's reason, if any). Nothing in its directory counts until its unit is gone:
+    /// root in its session writes there; its checks' verdicts count only once the row says
+    /// their unit was started ([`Builder::finish_with`]).
+    async fn after_build(&self, inst: &Instance, job: &Job, queue: &[QueuedBuild]) -> Result<Option<Option<String>>> {
+        if !self.runner.unit_gone(&job.unit).await? {
+            return Ok(None);
+        }
+        if job.dir.join(BUILD_RESULT).exists() {
+            // Started before the daemon stopped, not recorded: its running unit proves it (no
+            // build reaches systemd); one that is gone leaves nothing to trust.
+            if !self.runner.unit_gone(&check_unit_name(&job.bkey)).await? {
+                self.record_checks(inst, job)?;
+                return Ok(None);
+            }
+            return Ok(Some(Some("its QA checks ended while the daemon was away; retry the upload".into())));
+        }
+        if !build_succeeded(&job.dir) {
+            return Ok(Some(None));
+        }
+        match self.start_checks(inst, job, queue).await {
+            Ok(()) => Ok(None),
+            Err(e @ (BuilderError::Request { .. } | BuilderError::Io { .. })) => {
+                Ok(Some(Some(format!("its QA checks could not start: {e}"))))
+            }
+            // Could not start now (the helper, systemd): again next pass.
+            Err(e) => {
+                tracing::warn!(bkey = %job.bkey, "cannot start the build's checks yet: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Record that a build's checks run now, in their unit.
+    fn record_checks(&self, inst: &Instance, job: &Job) -> Result<()> {
+        let mut job = job.clone();
+        job.phase = Phase::Checks;
+        job.unit = check_unit_name(&job.bkey);
+        let tx = inst.store.write()?;
+        Self::put_job(&tx, &job)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Start the checks of a build that succeeded, in a unit of their own, from its queued
+    /// request (verified again by whoever stages them), and record that its unit is now theirs.
+    async fn start_checks(&self, inst: &Instance, job: &Job, queue: &[QueuedBuild]) -> Result<()> {
+        let q = queue.iter().find(|q| q.bkey == job.bkey).ok_or_else(|| BuilderError::Request {
+            bkey: job.bkey.clone(),
+            why: "its request is no longer queued".into(),
+        })?;
+        let certs = inst.remotes_keyring()?;
+        self.runner
+            .launch(Launch {
+                bkey: &job.bkey,
+                slot: job.slot,
+                request: &q.changes,
+                certs: &certs,
+                distribution: &job.distribution,
+                phase: Phase::Checks,
+            })
+            .await?;
+        tracing::info!(bkey = %job.bkey, unit = %check_unit_name(&job.bkey), "the build succeeded: its QA checks started");
+        self.record_checks(inst, job)
+    }
+
     /// Keep a finished build's after logs (lintian's, the checks') beside its build log, then
     /// have the runner remove its directory.
     async fn retire(&self, job: &Job) -> Result<()> {
@@ -440,6 +538,8 @@ impl Builder {
             pid: None,
             started: chrono::Utc::now(),
             slot: 0,
+            checks_unit: false,
+            phase: Phase::Build,
         }
     }
 
@@ -473,6 +573,7 @@ impl Builder {
                 request: &q.changes,
                 certs: &certs,
                 distribution: &q.distribution,
+                phase: Phase::Build,
             })
             .await?;
         let mut job = launched.job;
@@ -516,13 +617,17 @@ impl Builder {
     fn finish_with(&self, inst: &Instance, mut job: Job, internal: Option<String>) -> Result<Event> {
         // `built` is how the build itself ended; a later `result` is about its after step.
         // Neither: the unit vanished without recording how (a reboot, or it never started).
-        let ended = read_marker(&job.dir.join(BUILT)).or_else(|| read_marker(&job.dir.join(RESULT)));
+        // A build whose checks run in a unit of their own but did not: neither `built` nor its
+        // checks' verdicts count (root in its session could have written them).
+        let trusted = !(job.checks_unit && job.phase == Phase::Build);
+        let built = if trusted { read_marker(&job.dir.join(BUILT)) } else { None };
+        let ended = built.or_else(|| read_marker(&job.dir.join(RESULT)));
         let ended = match (&internal, ended) {
             (Some(_), _) => Ended::new("error", "-", "-"),
             (None, Some(text)) => Ended::parse(&text),
             (None, None) => Ended::new("lost", "-", "-"),
         };
-        let outcome = result::deliver(inst, &job, &ended, &self.limits, &self.results, &self.logs, internal)?;
+        let outcome = result::deliver(inst, &job, &ended, &self.limits, &self.results, &self.logs, internal, trusted)?;
         job.state = JobState::Finished;
         let phases = phases::summary(&read_marker(&job.dir.join(phases::FILE)).unwrap_or_default());
         let phases_line = phases.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect::<Vec<_>>().join(", ");
@@ -608,6 +713,11 @@ pub fn empty_caches(caches: &Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(dir = %caches.display(), "cannot empty the apt archive caches: {e}"),
     }
+}
+
+/// Whether the build in `dir` ended well (its unit's `result`: exited 0).
+pub(crate) fn build_succeeded(dir: &Path) -> bool {
+    read_marker(&dir.join(RESULT)).is_some_and(|t| Ended::parse(&t) == Ended::of_exit(0))
 }
 
 pub(crate) fn write_result(path: &Path, ended: &Ended) -> Result<()> {

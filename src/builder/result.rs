@@ -132,8 +132,10 @@ fn built_changes(out: &Path, key: &crate::protocol::BuildKey) -> Option<(String,
 
 /// Make the signed result of a finished build and put it into `results`, and its build log into
 /// `logs` (`<logs>/<bkey>/`, where the web serves it). `internal`: why the builder could not
-/// run it. The build's directory is only read (it may be the helper's); the result is made in
-/// a directory of the daemon's own under `results`.
+/// run it. `checks_count`: the `checks` file holds verdicts the host wrote. The build's
+/// directory is only read (it may be the helper's); the result is made in a directory of the
+/// daemon's own under `results`.
+#[allow(clippy::too_many_arguments)]
 pub fn deliver(
     inst: &Instance,
     job: &Job,
@@ -142,6 +144,7 @@ pub fn deliver(
     results: &Path,
     logs: &Path,
     internal: Option<String>,
+    checks_count: bool,
 ) -> Result<Outcome, BuilderError> {
     let build_dir = &job.dir;
     let out = build_dir.join(super::OUT);
@@ -172,8 +175,10 @@ pub fn deliver(
     // piuparts' and autopkgtest's verdicts come from the host alone (the `checks` file): what a
     // build, its dependencies' maintainer scripts or sbuild's log say of them does not count.
     sbuild.retain(|(k, _)| k != Check::Piuparts.field() && k != Check::Autopkgtest.field());
-    // The checks' verdicts (or why they did not run), as the host wrote them.
-    let checks = super::read_marker(&build_dir.join(super::CHECKS)).unwrap_or_default();
+    // The checks' verdicts (or why they did not run), as the host wrote them; none when they
+    // do not count (`checks_count`: their unit never ran, so a gating mode fails).
+    let checks = if checks_count { super::read_marker(&build_dir.join(super::CHECKS)) } else { None };
+    let checks = checks.unwrap_or_default();
     let checks = summary_fields(checks.as_bytes());
     let not_run: Vec<Check> = Check::ALL
         .into_iter()

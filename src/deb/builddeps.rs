@@ -95,16 +95,7 @@ enum Match {
 /// `target.indep`, plus sbuild's implicit `build-essential` and `fakeroot`) is installed, and no
 /// build conflict is. Otherwise the first reason found, for the build log.
 pub fn satisfied(dsc: &Stanza, installed: &Installed, target: &Target) -> Result<(), String> {
-    let field = |name: &str| dsc.get(name).unwrap_or_default().replace('\n', " ");
-    let fields = |names: [&str; 3]| -> String {
-        let n = if target.indep { 3 } else { 2 };
-        names[..n].iter().map(|f| field(f)).collect::<Vec<_>>().join(", ")
-    };
-    let depends = format!(
-        "build-essential, fakeroot, {}",
-        fields(["Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep"])
-    );
-    let depends: Relations = depends.parse().map_err(|e| format!("cannot read the build dependencies: {e}"))?;
+    let (depends, conflicts) = relations(dsc, target)?;
     for alternatives in depends.iter() {
         let applying: Vec<&Relation> = alternatives
             .into_iter()
@@ -129,8 +120,6 @@ pub fn satisfied(dsc: &Stanza, installed: &Installed, target: &Target) -> Result
             return Err(format!("{first} is not satisfied: {why}"));
         }
     }
-    let conflicts = fields(["Build-Conflicts", "Build-Conflicts-Arch", "Build-Conflicts-Indep"]);
-    let conflicts: Relations = conflicts.parse().map_err(|e| format!("cannot read the build conflicts: {e}"))?;
     if !conflicts.is_empty() && installed.unreadable > 0 {
         return Err(format!(
             "{} paragraphs of the image's dpkg status are unreadable; its build conflicts are left to the resolver",
@@ -148,6 +137,62 @@ pub fn satisfied(dsc: &Stanza, installed: &Installed, target: &Target) -> Result
         }
     }
     Ok(())
+}
+
+/// The build dependencies (`Build-Depends`, `-Arch`, `-Indep` when `target.indep`, plus sbuild's
+/// implicit `build-essential` and `fakeroot`) and the build conflicts of `dsc`.
+fn relations(dsc: &Stanza, target: &Target) -> Result<(Relations, Relations), String> {
+    let field = |name: &str| dsc.get(name).unwrap_or_default().replace('\n', " ");
+    let fields = |names: [&str; 3]| -> String {
+        let n = if target.indep { 3 } else { 2 };
+        names[..n].iter().map(|f| field(f)).collect::<Vec<_>>().join(", ")
+    };
+    let depends = format!(
+        "build-essential, fakeroot, {}",
+        fields(["Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep"])
+    );
+    let depends: Relations = depends.parse().map_err(|e| format!("cannot read the build dependencies: {e}"))?;
+    let conflicts = fields(["Build-Conflicts", "Build-Conflicts-Arch", "Build-Conflicts-Indep"]);
+    let conflicts: Relations = conflicts.parse().map_err(|e| format!("cannot read the build conflicts: {e}"))?;
+    Ok((depends, conflicts))
+}
+
+/// The build dependencies and conflicts of `dsc` that apply to `target`, as the `Depends` and
+/// `Conflicts` of a package that stands for them (sbuild's dummy package, which aptitude then
+/// installs): restrictions resolved and dropped, `:native` dropped (an image has its own
+/// architecture only). Each is one line of package relations only (checked: nothing else can
+/// reach the control file it goes into); what cannot be decided here is an error.
+pub fn for_dummy(dsc: &Stanza, target: &Target) -> Result<(String, String), String> {
+    let (depends, conflicts) = relations(dsc, target)?;
+    let render = |alternatives: &[&Relation]| -> Result<Option<String>, String> {
+        let mut kept = Vec::new();
+        for r in alternatives {
+            if applies(r, target)? {
+                let mut plain = Relation::clone(r);
+                plain.architectures = None;
+                plain.profiles = vec![];
+                if plain.archqual.as_deref() == Some("native") {
+                    plain.archqual = None;
+                }
+                kept.push(plain.to_string());
+            }
+        }
+        Ok((!kept.is_empty()).then(|| kept.join(" | ")))
+    };
+    let mut deps = Vec::new();
+    for alternatives in depends.iter() {
+        deps.extend(render(&alternatives)?);
+    }
+    let mut conf = Vec::new();
+    for r in conflicts.iter().flatten() {
+        conf.extend(render(&[r])?);
+    }
+    let (deps, conf) = (deps.join(", "), conf.join(", "));
+    let plain = |s: &str| s.bytes().all(|c| c.is_ascii_alphanumeric() || b" .+-:~,|()<>=".contains(&c));
+    if !plain(&deps) || !plain(&conf) {
+        return Err("the build dependencies have characters no package relation has".into());
+    }
+    Ok((deps, conf))
 }
 
 /// Whether a relation applies to the target (its `[arch]` and `<profile>` restrictions).
@@ -329,6 +374,25 @@ mod tests {
         assert_eq!(satisfied(&plain, &installed, &target), Ok(()));
         let conflicting = Stanza::parse_one("Source: x\nBuild-Conflicts: foo\n").expect("dsc");
         assert!(satisfied(&conflicting, &installed, &target).unwrap_err().contains("unreadable"));
+    }
+
+    #[test]
+    fn a_dummy_package_stands_for_what_applies() {
+        let dsc = Stanza::parse_one(
+            "Source: x\nBuild-Depends: debhelper-compat (= 13), libfoo-dev [i386], perl:native,\n \
+             libbar-dev [amd64] | libbaz-dev <!nocheck>, check <!nocheck>\n\
+             Build-Depends-Indep: python3:any\nBuild-Conflicts: libold-dev (<< 2) [amd64], other [i386]\n",
+        )
+        .expect("dsc");
+        let target = Target { arch: "amd64", profiles: &["nocheck"], first_alternative_only: false, indep: false };
+        let (deps, conflicts) = for_dummy(&dsc, &target).expect("dummy");
+        assert_eq!(deps, "build-essential, fakeroot, debhelper-compat (= 13), perl, libbar-dev");
+        assert_eq!(conflicts, "libold-dev (<< 2)");
+        let all = Target { profiles: &[], indep: true, ..target };
+        let (deps, _) = for_dummy(&dsc, &all).expect("dummy");
+        assert!(deps.ends_with("libbar-dev | libbaz-dev, check, python3:any"), "{deps}");
+        let wild = Stanza::parse_one("Source: x\nBuild-Depends: libfoo-dev [linux-any]\n").expect("dsc");
+        assert!(for_dummy(&wild, &all).unwrap_err().contains("wildcards"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod tar;
 
 pub use key::{BuildKey, KeyError, Timecode, UploadKey};
 pub use qa::{Check, QaMode};
-pub use request::{Backend, BuildRequest, Resolver};
+pub use request::{Backend, BuildRequest, Phase, Resolver};
 pub use result::BuildResult;
 pub use settings::{Blocks, BuildSettings, ToolOptions};
 

@@ -19,6 +19,17 @@ pub enum Backend {
     Nspawn,
 }
 
+/// What a build's unit does now: a build request is built, then (an sbuild build in a systemd
+/// unit with piuparts or autopkgtest) checked in a unit of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Phase {
+    /// The build itself (its unit is `buildbay-build-….service`).
+    #[default]
+    Build,
+    /// Its checks, in a unit of their own after the build's ended (`buildbay-check-….service`).
+    Checks,
+}
+
 impl Backend {
     pub fn as_str(self) -> &'static str {
         match self {

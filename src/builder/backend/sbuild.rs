@@ -108,6 +108,7 @@ impl Backend for Sbuild {
             machine: None,
             notes,
             checks: vec![],
+            separate_checks: false,
             after: None::<After>,
             network: super::Network::None,
             writable: vec![],
@@ -187,6 +188,7 @@ pub fn sbuild_argv(req: &BuildRequest, chroot: &str, dir: &Path, dsc: &Path, ins
             a.extend(req.lintian_extra_options.words().iter().map(|o| format!("--lintian-opt={o}")));
         }
     }
+    // buildbay's own check machines run them (see `backend::checks`), never as root here.
     a.push("--no-run-piuparts".into());
     a.push("--no-run-autopkgtest".into());
     a.push(format!("--build-dir={}", crate::builder::writing_out(dir).display()));

@@ -97,7 +97,8 @@ impl Runner for ChildRunner {
     }
 
     async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError> {
-        std::fs::write(job.dir.join(crate::builder::result::CANCELED), by).map_err(io_err(&job.dir))?;
+        let marker = job.dir.join(crate::builder::result::CANCELED);
+        crate::store::write_file_synced(&marker, by.as_bytes()).map_err(io_err(&marker))?;
         let mut map = self.children();
         let pid = map.get(&job.unit).map(|c| c.id() as i32).or(job.pid);
         if let Some(pid) = pid {

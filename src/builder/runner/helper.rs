@@ -3,7 +3,7 @@
 //! directory (root's, readable by the daemon's group) and its unit's state over D-Bus.
 
 use super::{Launch, Launched, Runner};
-use crate::builder::{BuilderError, Job, JobState, unit_name};
+use crate::builder::{BuilderError, Job, JobState, Phase, check_unit_name, unit_name};
 use crate::protocol::BuildKey;
 use crate::rootops::{Answer, Client, Request, RootOpsError};
 use crate::systemd::bus::{Systemd, UnitState};
@@ -54,19 +54,25 @@ impl Runner for HelperRunner {
                 why: format!("{} is not in the state directory", l.request.display()),
             })?
             .to_owned();
-        let answer = self.call(l.bkey, Request::BuildStart { bkey: l.bkey.clone(), slot: l.slot, request }).await?;
-        let Answer::Started { machine, backend, .. } = answer else {
+        let start = Request::BuildStart { bkey: l.bkey.clone(), slot: l.slot, request, phase: l.phase };
+        let answer = self.call(l.bkey, start).await?;
+        let Answer::Started { machine, backend, checks_unit, .. } = answer else {
             return Err(BuilderError::Helper(format!("the helper answered {answer:?} to a build start")));
         };
         let job = Job {
             bkey: l.bkey.clone(),
             distribution: l.distribution.clone(),
-            unit: unit_name(l.bkey),
+            unit: match l.phase {
+                Phase::Build => unit_name(l.bkey),
+                Phase::Checks => check_unit_name(l.bkey),
+            },
             dir: self.root.join(l.bkey.rel_path()),
             state: JobState::Starting,
             pid: None,
             started: chrono::Utc::now(),
             slot: l.slot,
+            checks_unit,
+            phase: l.phase,
         };
         Ok(Launched { job, machine, backend })
     }
@@ -86,6 +92,10 @@ impl Runner for HelperRunner {
     async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError> {
         let req = Request::BuildStop { bkey: job.bkey.clone(), canceled_by: Some(by.to_owned()) };
         self.call(&job.bkey, req).await.map(|_| ())
+    }
+
+    async fn unit_gone(&self, unit: &str) -> Result<bool, BuilderError> {
+        Ok(self.bus.state(unit).await? == UnitState::Gone)
     }
 
     async fn remove(&self, job: &Job) -> Result<(), BuilderError> {

@@ -40,27 +40,68 @@ pub struct Unit {
     pub state: Option<PathBuf>,
 }
 
+/// The relay's arguments for what runs after a successful build: the checks (their plan in the
+/// build directory) and lintian after the result.
+fn after_args(after: Option<&After>, checks: Option<&std::path::Path>) -> Vec<String> {
+    let mut relay = Vec::new();
+    if let Some(After::Lintian { chroot, user, dir, options }) = after {
+        relay.extend(["--after-lintian".to_owned(), chroot.clone()]);
+        relay.extend(options.iter().map(|o| format!("--after-lintian-opt={o}")));
+        relay.extend(["--after-dir".to_owned(), dir.display().to_string()]);
+        if let Some(u) = user {
+            relay.extend(["--after-user".to_owned(), u.clone()]);
+        }
+    }
+    if let Some(plan) = checks {
+        relay.extend(["--checks".to_owned(), plan.display().to_string()]);
+    }
+    relay
+}
+
 impl Unit {
+    /// The unit of a build: the relay, then the build's command. Its checks and lintian after the
+    /// result run in it, unless they run in a unit of their own ([`Unit::for_checks`]).
     pub fn for_build(job: &Job, plan: &Plan, limits: &Limits, exe: &std::path::Path) -> Unit {
         let dir = job.dir.clone();
         let mut relay = vec![exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
         relay.push(dir.join(super::LIVE_LOG).display().to_string());
-        if let Some(After::Lintian { chroot, user, dir, options }) = &plan.after {
-            relay.extend(["--after-lintian".to_owned(), chroot.clone()]);
-            relay.extend(options.iter().map(|o| format!("--after-lintian-opt={o}")));
-            relay.extend(["--after-dir".to_owned(), dir.display().to_string()]);
-            if let Some(u) = user {
-                relay.extend(["--after-user".to_owned(), u.clone()]);
-            }
-        }
-        if !plan.checks.is_empty() {
-            relay.extend(["--checks".to_owned(), dir.join(super::backend::CHECKS_PLAN).display().to_string()]);
+        if !plan.separate_checks {
+            let checks = dir.join(super::backend::CHECKS_PLAN);
+            relay.extend(after_args(plan.after.as_ref(), (!plan.checks.is_empty()).then_some(checks.as_path())));
         }
         for note in &plan.notes {
             relay.extend(["--note".to_owned(), note.clone()]);
         }
         relay.push("--".into());
         relay.extend(plan.argv.iter().cloned());
+        Unit::new(job, relay, limits, exe, plan)
+    }
+
+    /// The unit of a build's checks after the build's unit ended (see [`super::Phase::Checks`]):
+    /// the relay runs no command, only the check machines of the plan at `checks` (they need
+    /// the namespaces the build's unit forbids), into the build's logs. It opens no schroot
+    /// session: lintian after the result is a check machine here too.
+    pub fn for_checks(
+        job: &Job,
+        plan: &Plan,
+        checks: &std::path::Path,
+        limits: &Limits,
+        exe: &std::path::Path,
+    ) -> Unit {
+        let dir = job.dir.clone();
+        let mut relay = vec![exe.display().to_string(), "builder-exec".into(), "--build-log".into()];
+        relay.push(dir.join(super::LIVE_LOG).display().to_string());
+        relay.push("--checks-only".into());
+        relay.extend(after_args(None, Some(checks)));
+        let mut unit = Unit::new(job, relay, limits, exe, plan);
+        unit.name = super::check_unit_name(&job.bkey);
+        unit.description = format!("buildbay checks {} {} {}", job.bkey.source(), job.bkey.version(), job.bkey.arch);
+        unit.backend = crate::protocol::Backend::Nspawn;
+        unit
+    }
+
+    fn new(job: &Job, relay: Vec<String>, limits: &Limits, exe: &std::path::Path, plan: &Plan) -> Unit {
+        let dir = job.dir.clone();
         Unit {
             name: job.unit.clone(),
             description: format!("buildbay build {} {} {}", job.bkey.source(), job.bkey.version(), job.bkey.arch),
@@ -98,6 +139,8 @@ pub struct Launch<'a> {
     /// The keys a request must be signed by.
     pub certs: &'a [crate::gpg::Cert],
     pub distribution: &'a crate::deb::Dist,
+    /// The build, or its checks after it succeeded.
+    pub phase: super::Phase,
 }
 
 /// A launched build.
@@ -122,7 +165,8 @@ pub trait Runner: Send + Sync {
     fn name(&self) -> &'static str;
     /// A systemd with machined is there (nspawn machines register).
     fn is_systemd(&self) -> bool;
-    /// Stage a build (verify its request, make its directory, plan it) and start it.
+    /// Stage a build (verify its request, make its directory, plan it) and start it; or, for
+    /// [`super::Phase::Checks`], start the checks of a build that succeeded.
     async fn launch(&self, l: Launch<'_>) -> Result<Launched, BuilderError>;
     /// Whether a build's unit (or child) has ended: its `result` exists, or it vanished without
     /// one (then `result` says "lost"). Reaps and times out what the runner must.
@@ -131,6 +175,11 @@ pub trait Runner: Send + Sync {
     async fn stop(&self, job: &Job) -> Result<(), BuilderError>;
     /// Cancel a running build (`by` whom): everything it started ends, and `result` says so.
     async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError>;
+    /// Whether a unit of this runner's is gone (never started, or ended). A runner without
+    /// units (child processes) never has a build whose checks run in a unit of their own.
+    async fn unit_gone(&self, _unit: &str) -> Result<bool, BuilderError> {
+        Ok(true)
+    }
     /// Remove the directory of a build that has ended and was delivered.
     async fn remove(&self, job: &Job) -> Result<(), BuilderError> {
         remove_dir(&job.dir)

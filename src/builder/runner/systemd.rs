@@ -20,6 +20,8 @@ pub struct Stage<'a> {
     /// The daemon's group, which reads the build directory (a helper stages for a daemon that
     /// is not root).
     pub group: Option<u32>,
+    /// The build, or its checks after it succeeded.
+    pub phase: crate::builder::Phase,
 }
 
 pub struct SystemdRunner {
@@ -37,9 +39,34 @@ impl SystemdRunner {
     pub async fn stage_and_start(&self, b: Stage<'_>, tar: &mut std::fs::File) -> Result<Launched, BuilderError> {
         // Verifying, unpacking and checking the apt cache block: off the async workers (the
         // daemon and the helper run on the multi-threaded runtime).
+        if b.phase == crate::builder::Phase::Checks {
+            return self.start_checks(b, tar).await;
+        }
         let staged =
             tokio::task::block_in_place(|| self.stager.stage(b.bkey, b.slot, b.request, tar, b.certs, true, b.group))?;
         self.start(&staged.unit).await?;
+        Ok(Launched { job: staged.job, machine: staged.machine, backend: staged.backend })
+    }
+
+    /// Start the checks of a build whose unit has ended well, in a unit of their own. The build's
+    /// end moves to `result.build` first (and back when the unit cannot start).
+    async fn start_checks(&self, b: Stage<'_>, tar: &mut std::fs::File) -> Result<Launched, BuilderError> {
+        let build_unit = crate::builder::unit_name(b.bkey);
+        if self.bus.state(&build_unit).await? != UnitState::Gone {
+            return Err(BuilderError::Helper(format!("{build_unit} still runs; its checks start after it")));
+        }
+        let check_unit = crate::builder::check_unit_name(b.bkey);
+        if self.bus.state(&check_unit).await? != UnitState::Gone {
+            return Err(BuilderError::Helper(format!("{check_unit} runs already")));
+        }
+        let staged = tokio::task::block_in_place(|| self.stager.stage_checks(b.bkey, b.slot, b.request, tar, b.certs))?;
+        let dir = &staged.job.dir;
+        let (result, build_result) = (dir.join(crate::builder::RESULT), dir.join(crate::builder::BUILD_RESULT));
+        std::fs::rename(&result, &build_result).map_err(crate::builder::io_err(&result))?;
+        if let Err(e) = self.start(&staged.unit).await {
+            let _ = std::fs::rename(&build_result, &result);
+            return Err(e);
+        }
         Ok(Launched { job: staged.job, machine: staged.machine, backend: staged.backend })
     }
 
@@ -306,7 +333,8 @@ impl Runner for SystemdRunner {
 
     async fn launch(&self, l: Launch<'_>) -> Result<Launched, BuilderError> {
         let (request, mut tar) = super::read_queued(&l)?;
-        let stage = Stage { bkey: l.bkey, slot: l.slot, request: &request, certs: l.certs, group: None };
+        let stage =
+            Stage { bkey: l.bkey, slot: l.slot, request: &request, certs: l.certs, group: None, phase: l.phase };
         self.stage_and_start(stage, &mut tar).await
     }
 
@@ -319,8 +347,14 @@ impl Runner for SystemdRunner {
     }
 
     async fn cancel(&self, job: &Job, by: &str) -> Result<(), BuilderError> {
-        std::fs::write(job.dir.join(crate::builder::result::CANCELED), by).map_err(crate::builder::io_err(&job.dir))?;
+        // Renamed into place: never written through what a build may have planted there.
+        let marker = job.dir.join(crate::builder::result::CANCELED);
+        crate::store::write_file_synced(&marker, by.as_bytes()).map_err(crate::builder::io_err(&marker))?;
         self.stop_unit(job).await
+    }
+
+    async fn unit_gone(&self, unit: &str) -> Result<bool, BuilderError> {
+        Ok(self.state_of(unit).await? == UnitState::Gone)
     }
 }
 
