@@ -73,6 +73,11 @@ fn checks_and_after(log: &Path, after: &AfterStep) -> std::io::Result<()> {
         None => vec![],
     };
     let (gating, later): (Vec<CheckRun>, Vec<CheckRun>) = checks.into_iter().partition(|c| c.mode.gates());
+    if !gating.is_empty() {
+        // Where the build's own log ends: what the checks print after it is no summary.
+        let end = std::fs::symlink_metadata(log)?.len();
+        crate::store::write_file_synced(&log.with_file_name(super::BUILD_END), end.to_string().as_bytes())?;
+    }
     let mut verdicts = String::new();
     for c in &gating {
         let verdict = run_check(log, c, true)?;

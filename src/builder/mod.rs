@@ -198,6 +198,9 @@ pub fn after_log(check: crate::protocol::Check) -> &'static str {
 /// The verdicts of the checks that ran after the build (or why they did not run), in sbuild's
 /// summary form (`Autopkgtest: pass`): written by the host, never by the build.
 pub const CHECKS: &str = "checks";
+/// The build log's length when the build ended, written by the host before a check appends its
+/// output there: sbuild's summary is read only up to it (a test's output could print one).
+pub const BUILD_END: &str = "buildlog.end";
 /// How the unit ended, in the build directory.
 pub const RESULT: &str = "result";
 /// How the build's unit ended, once its checks run in a unit of their own (whose end is then

@@ -29,10 +29,12 @@ pub struct Outcome {
 
 /// The summary lines of an sbuild log (those after its last `Summary` section, where sbuild and
 /// the nspawn script print them; what the build itself printed before does not count) that
-/// become `X-Mini-Buildd-Sbuild-<Name>` fields.
-pub fn sbuild_fields(log: &Path) -> Vec<(String, String)> {
+/// become `X-Mini-Buildd-Sbuild-<Name>` fields. `end`: where the build's own output ends (see
+/// [`super::BUILD_END`]); what checks appended after it is not read.
+pub fn sbuild_fields(log: &Path, end: Option<u64>) -> Vec<(String, String)> {
+    use std::io::Read;
     let Ok((f, _)) = tar::open_regular(log) else { return vec![] };
-    summary_fields(std::io::BufReader::new(f))
+    summary_fields(std::io::BufReader::new(f.take(end.unwrap_or(u64::MAX))))
 }
 
 fn summary_fields(text: impl BufRead) -> Vec<(String, String)> {
@@ -78,7 +80,7 @@ pub fn sanitise(dir: &Path) -> Result<(), BuilderError> {
 /// Remove everything from `out` that is not a regular file, and make the files plain (0644, no
 /// `security.capability`): nothing a build left there is a symlink, a device, setuid or
 /// privileged when the host reads it.
-fn clean(out: &Path) -> Result<(), BuilderError> {
+pub(crate) fn clean(out: &Path) -> Result<(), BuilderError> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(rd) = std::fs::read_dir(out) else { return Ok(()) };
     for e in rd.flatten() {
@@ -170,7 +172,9 @@ pub fn deliver(
         let _ = std::fs::remove_file(out.join(super::backend::nspawn::SUMMARY));
         summary_fields(text.as_bytes())
     } else {
-        sbuild_fields(&live)
+        // Only the host's record of where the build's output ended, when its checks count.
+        let end = checks_count.then(|| super::read_marker(&build_dir.join(super::BUILD_END))).flatten();
+        sbuild_fields(&live, end.and_then(|e| e.trim().parse().ok()))
     };
     // piuparts' and autopkgtest's verdicts come from the host alone (the `checks` file): what a
     // build, its dependencies' maintainer scripts or sbuild's log say of them does not count.
@@ -314,8 +318,8 @@ mod tests {
             "Status: successful\nLintian: pass\n{rule}\n| Summary{} |\n{rule}\nBuild-Time: 3\nStatus: failed\nSpace: 132\n",
             " ".repeat(69)
         );
-        std::fs::write(&log, text).unwrap();
-        let f = sbuild_fields(&log);
+        std::fs::write(&log, &text).unwrap();
+        let f = sbuild_fields(&log, None);
         assert_eq!(
             f,
             vec![
@@ -325,6 +329,13 @@ mod tests {
             ],
             "the build's own 'Status: successful' before the summary does not count"
         );
+        // A check's output after the build's end (a test printing a summary of its own).
+        let forged =
+            format!("{text}{rule}\n| Summary{} |\n{rule}\nStatus: successful\nLintian: pass\n", " ".repeat(69));
+        std::fs::write(&log, forged).unwrap();
+        assert!(sbuild_fields(&log, None).contains(&("Lintian".to_owned(), "pass".to_owned())));
+        let bounded = sbuild_fields(&log, Some(text.len() as u64));
+        assert_eq!(bounded, f, "only the build's own output counts");
     }
 
     #[test]

@@ -164,11 +164,13 @@ impl Stager {
         if !std::fs::symlink_metadata(&out).is_ok_and(|m| m.is_dir()) {
             return Err(bad("its output is not a directory".into()));
         }
+        // Sanitised again: the build's root may have added to it after the relay did.
+        super::result::clean(&out).map_err(|e| bad(format!("its output: {e}")))?;
         let log = dir.join(super::LIVE_LOG);
         if std::fs::symlink_metadata(&log).is_ok_and(|m| !m.file_type().is_file()) {
             return Err(bad("its build log is not a regular file".into()));
         }
-        let planted = [super::CHECKS, super::BUILT, super::result::CANCELED, CHECKS_DIR];
+        let planted = [super::CHECKS, super::BUILT, super::BUILD_END, super::result::CANCELED, CHECKS_DIR];
         for name in planted.into_iter().chain(super::AFTER_LOGS) {
             remove_any(&dir.join(name)).map_err(|e| io(&dir.join(name), e))?;
         }
@@ -366,6 +368,8 @@ mod tests {
         std::fs::write(dir.join(crate::builder::CHECKS), "Autopkgtest: pass\n").unwrap();
         std::fs::write(dir.join(crate::builder::BUILT), "success exited 0\n").unwrap();
         std::fs::write(dir.join(super::super::result::CANCELED), "nobody\n").unwrap();
+        std::fs::write(dir.join(crate::builder::BUILD_END), "0\n").unwrap();
+        nix::unistd::mkfifo(&dir.join(OUT).join("x.deb"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::os::unix::fs::symlink(&victim, dir.join(crate::builder::AFTER_LOGS[2])).unwrap();
         let other = crate::gpg::ArchiveKey::generate("O <o@example.org>", crate::gpg::KeyAlgo::Ed25519).unwrap();
         let why = refused(stager.stage_checks(&req.key, 0, &req.sign(&other).unwrap(), &mut tar(), &certs));
@@ -398,7 +402,14 @@ mod tests {
             assert!(binds.contains(&&format!("--bind-ro={}:/build", host(&src))), "{binds:?}");
             assert!(binds.contains(&&format!("--bind-ro={}:/build/out", host(&dir.join(OUT)))), "{binds:?}");
         }
-        for gone in [crate::builder::CHECKS, crate::builder::BUILT, "canceled", crate::builder::AFTER_LOGS[2]] {
+        assert!(std::fs::symlink_metadata(dir.join(OUT).join("x.deb")).is_err(), "a FIFO stayed in the output");
+        for gone in [
+            crate::builder::CHECKS,
+            crate::builder::BUILT,
+            crate::builder::BUILD_END,
+            "canceled",
+            crate::builder::AFTER_LOGS[2],
+        ] {
             assert!(std::fs::symlink_metadata(dir.join(gone)).is_err(), "{gone} survived");
         }
         let unit = &staged.unit;

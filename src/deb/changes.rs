@@ -103,8 +103,15 @@ pub const MAX_FILES: usize = 1000;
 /// Read a `.changes` (or a `.dsc`), refusing one larger than [`MAX_CHANGES`] at once, without
 /// reading it all: the error says how large it is.
 pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never blocks on a FIFO, and reads only a regular file (not a device, not a directory).
+    let f =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY).open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    let len = meta.len();
     let too_large = |n: u64| {
         std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,

@@ -115,10 +115,11 @@ fn builds_are_transient_systemd_units() {
     println!("systemd-analyze security buildbay-helper.service: {}", security.trim());
 
     // The helper's socket is hostile input too: only its fixed verbs, only paths below spool/,
-    // only the daemon's uid (and root); others cannot even connect.
+    // only the daemon's uid (and root); others cannot even connect. (The helper may refuse a
+    // peer before it has read its line: the client ignores SIGPIPE and reads the answer.)
     let ask = |user: &str, line: &str| -> String {
         let client = format!(
-            "perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => \"/run/buildbay/helper.sock\") or die \"connect: $!\\n\"; print $s \"$ARGV[0]\\n\"; print scalar <$s>' '{line}'"
+            "perl -MIO::Socket::UNIX -e '$SIG{{PIPE}} = \"IGNORE\"; $s = IO::Socket::UNIX->new(Peer => \"/run/buildbay/helper.sock\") or die \"connect: $!\\n\"; print $s \"$ARGV[0]\\n\"; print scalar <$s>' '{line}'"
         );
         let out = c.run(&format!("runuser -u {user} -- {client} 2>&1"));
         String::from_utf8_lossy(&out.stdout).into_owned()
