@@ -242,6 +242,14 @@ pub struct Builder {
     pub waiting: std::sync::Mutex<std::collections::BTreeSet<BuildKey>>,
 }
 
+/// What becomes of a build whose checks run in a unit of their own, once a pass looked at it.
+enum AfterBuild {
+    /// It keeps its slot: it builds, or its checks run.
+    Hold,
+    /// It is finished, with the builder's reason why it could not run, if any.
+    Finish(Option<String>),
+}
+
 /// What one builder pass did.
 pub struct Pass {
     pub events: Vec<Event>,
@@ -378,8 +386,8 @@ impl Builder {
                 // Its checks run in a unit of their own once it built.
                 JobState::Running if job.checks_unit && job.phase == Phase::Build => {
                     match self.after_build(inst, &job, &queue).await? {
-                        None => held.push(job.slot),
-                        Some(internal) => {
+                        AfterBuild::Hold => held.push(job.slot),
+                        AfterBuild::Finish(internal) => {
                             events.push(self.finish_with(inst, job, internal)?);
                             delivered = true;
                         }
@@ -446,36 +454,37 @@ impl Builder {
         Ok(Pass { events, delivered, running: held.len() })
     }
 
-    /// A build whose checks run in a unit of their own, while its row says it builds: `None`
-    /// while it holds its slot (building, or its checks just started), else finish it (with
-    /// the builder's reason, if any). Nothing in its directory counts until its unit is gone:
-    /// root in its session writes there; its checks' verdicts count only once the row says
-    /// their unit was started ([`Builder::finish_with`]).
-    async fn after_build(&self, inst: &Instance, job: &Job, queue: &[QueuedBuild]) -> Result<Option<Option<String>>> {
+    /// A build whose checks run in a unit of their own, while its row says it builds: it holds
+    /// its slot (building, or its checks just started), or it is finished (with the builder's
+    /// reason, if any). Nothing in its directory counts until its unit is gone: root in its
+    /// session writes there; its checks' verdicts count only once the row says their unit was
+    /// started ([`Builder::finish_with`]).
+    async fn after_build(&self, inst: &Instance, job: &Job, queue: &[QueuedBuild]) -> Result<AfterBuild> {
         if !self.runner.unit_gone(&job.unit).await? {
-            return Ok(None);
+            return Ok(AfterBuild::Hold);
         }
         if job.dir.join(BUILD_RESULT).exists() {
             // Started before the daemon stopped, not recorded: its running unit proves it (no
             // build reaches systemd); one that is gone leaves nothing to trust.
             if !self.runner.unit_gone(&check_unit_name(&job.bkey)).await? {
                 self.record_checks(inst, job)?;
-                return Ok(None);
+                return Ok(AfterBuild::Hold);
             }
-            return Ok(Some(Some("its QA checks ended while the daemon was away; retry the upload".into())));
+            let why = "its QA checks ended while the daemon was away; retry the upload";
+            return Ok(AfterBuild::Finish(Some(why.into())));
         }
         if !build_succeeded(&job.dir) {
-            return Ok(Some(None));
+            return Ok(AfterBuild::Finish(None));
         }
         match self.start_checks(inst, job, queue).await {
-            Ok(()) => Ok(None),
+            Ok(()) => Ok(AfterBuild::Hold),
             Err(e @ (BuilderError::Request { .. } | BuilderError::Io { .. })) => {
-                Ok(Some(Some(format!("its QA checks could not start: {e}"))))
+                Ok(AfterBuild::Finish(Some(format!("its QA checks could not start: {e}"))))
             }
             // Could not start now (the helper, systemd): again next pass.
             Err(e) => {
                 tracing::warn!(bkey = %job.bkey, "cannot start the build's checks yet: {e}");
-                Ok(None)
+                Ok(AfterBuild::Hold)
             }
         }
     }

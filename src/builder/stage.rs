@@ -32,16 +32,6 @@ pub struct Stager {
 /// build directory).
 pub const CHECKS_DIR: &str = ".checks";
 
-/// Remove whatever is at `path` (a file, a symlink itself, a directory tree), if anything.
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// A staged build, ready to start.
 pub struct Staged {
     pub job: Job,
@@ -172,7 +162,7 @@ impl Stager {
         }
         let planted = [super::CHECKS, super::BUILT, super::BUILD_END, super::result::CANCELED, CHECKS_DIR];
         for name in planted.into_iter().chain(super::AFTER_LOGS) {
-            remove_any(&dir.join(name)).map_err(|e| io(&dir.join(name), e))?;
+            crate::store::remove_any(&dir.join(name)).map_err(|e| io(&dir.join(name), e))?;
         }
         let src = dir.join(CHECKS_DIR);
         {

@@ -292,6 +292,17 @@ pub fn list_config_entries<T: ConfigObject>(
     Ok(out)
 }
 
+/// Remove whatever is at `path`, if anything: a file, a symlink itself (never what it names), a
+/// directory tree.
+pub fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Write a file durably and atomically: a fresh temporary beside it (never through an existing
 /// name or symlink), synced, then renamed over the target.
 pub fn write_file_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -300,12 +311,7 @@ pub fn write_file_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp =
         path.with_file_name(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     // Whatever is there (a leftover, or what a build planted: a symlink, a directory) goes.
-    match std::fs::symlink_metadata(&tmp) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&tmp)?,
-        Ok(_) => std::fs::remove_file(&tmp)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    remove_any(&tmp)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
